@@ -1,0 +1,309 @@
+//! Connections from the gateway to backend Postgres servers: connect and authenticate, exchange
+//! protocol messages with a bounded read buffer, reset a session, and cancel a running query.
+
+mod connect;
+mod db_error;
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use fallible_iterator::FallibleIterator;
+use postgres_protocol::message::{backend::Message, frontend};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::error::{ErrorKind, ReportableError};
+
+pub use connect::{connect, ConnectParams};
+pub use db_error::DbError;
+
+/// Transaction status from the last ReadyForQuery: idle, in a transaction, or in a failed one.
+pub const TX_IDLE: u8 = b'I';
+
+/// An authenticated connection to a backend, between requests always at a ReadyForQuery boundary.
+pub struct Backend {
+    stream: TcpStream,
+    read_buf: BytesMut,
+    write_buf: BytesMut,
+    cancel: CancelKey,
+    tx_status: u8,
+    /// True from the moment a request is written until its ReadyForQuery has been read.
+    in_flight: bool,
+    /// No single backend message may be larger than this (bounds memory per connection).
+    max_message_bytes: usize,
+}
+
+/// What it takes to cancel this backend's running query from another connection.
+#[derive(Clone, Copy, Debug)]
+pub struct CancelKey {
+    pub addr: SocketAddr,
+    pub process_id: i32,
+    pub secret_key: i32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("i/o error talking to the backend: {0}")]
+    Io(#[from] io::Error),
+    #[error("{}", .0.message)]
+    Db(#[from] DbError),
+    #[error("backend protocol error: {0}")]
+    Protocol(String),
+    #[error("backend asked for an unsupported authentication method ({0})")]
+    UnsupportedAuth(&'static str),
+    #[error("backend message of {len} bytes exceeds the {max} byte limit")]
+    MessageTooLarge { len: usize, max: usize },
+    #[error("timed out connecting to the backend")]
+    ConnectTimeout,
+}
+
+impl ReportableError for BackendError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            BackendError::Db(_) => ErrorKind::Postgres,
+            BackendError::MessageTooLarge { .. } => ErrorKind::User,
+            _ => ErrorKind::Compute,
+        }
+    }
+}
+
+impl BackendError {
+    pub(crate) fn protocol(what: impl Into<String>) -> Self {
+        BackendError::Protocol(what.into())
+    }
+
+    pub(crate) fn unexpected(message: &Message) -> Self {
+        BackendError::Protocol(format!("unexpected message {}", message_name(message)))
+    }
+}
+
+impl Backend {
+    fn new(stream: TcpStream, addr: SocketAddr, max_message_bytes: usize) -> Self {
+        Backend {
+            stream,
+            read_buf: BytesMut::with_capacity(8 * 1024),
+            write_buf: BytesMut::with_capacity(1024),
+            cancel: CancelKey {
+                addr,
+                process_id: 0,
+                secret_key: 0,
+            },
+            tx_status: TX_IDLE,
+            in_flight: false,
+            max_message_bytes,
+        }
+    }
+
+    pub fn cancel_key(&self) -> CancelKey {
+        self.cancel
+    }
+
+    pub fn tx_status(&self) -> u8 {
+        self.tx_status
+    }
+
+    /// Whether a request was sent whose ReadyForQuery has not been read yet. Such a connection
+    /// must be cancelled and closed, never reused.
+    pub fn in_flight(&self) -> bool {
+        self.in_flight
+    }
+
+    /// Messages to send are appended here and written by [`Backend::flush`].
+    pub fn write_buf(&mut self) -> &mut BytesMut {
+        &mut self.write_buf
+    }
+
+    pub async fn flush(&mut self) -> Result<(), BackendError> {
+        self.in_flight = true;
+        self.stream.write_all(&self.write_buf).await?;
+        self.write_buf.clear();
+        Ok(())
+    }
+
+    /// Reads the next message, skipping the asynchronous ones (notices, parameter status,
+    /// notifications) that may arrive at any time.
+    pub async fn next_message(&mut self) -> Result<Message, BackendError> {
+        loop {
+            match self.read_message().await? {
+                Message::NoticeResponse(_)
+                | Message::ParameterStatus(_)
+                | Message::NotificationResponse(_) => continue,
+                Message::ReadyForQuery(body) => {
+                    self.tx_status = body.status();
+                    self.in_flight = false;
+                    return Ok(Message::ReadyForQuery(body));
+                }
+                message => return Ok(message),
+            }
+        }
+    }
+
+    async fn read_message(&mut self) -> Result<Message, BackendError> {
+        loop {
+            if self.read_buf.len() >= 5 {
+                let declared = u32::from_be_bytes([
+                    self.read_buf[1],
+                    self.read_buf[2],
+                    self.read_buf[3],
+                    self.read_buf[4],
+                ]) as usize;
+                if declared < 4 {
+                    return Err(BackendError::protocol("invalid message length"));
+                }
+                let total = declared + 1;
+                if total > self.max_message_bytes {
+                    return Err(BackendError::MessageTooLarge {
+                        len: total,
+                        max: self.max_message_bytes,
+                    });
+                }
+                if let Some(message) = Message::parse(&mut self.read_buf)? {
+                    return Ok(message);
+                }
+                self.read_buf.reserve(total - self.read_buf.len());
+            }
+            if self.stream.read_buf(&mut self.read_buf).await? == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the backend closed the connection",
+                )
+                .into());
+            }
+        }
+    }
+
+    /// Runs one simple-protocol statement whose result rows are not needed.
+    pub async fn simple_query(&mut self, sql: &str) -> Result<(), BackendError> {
+        frontend::query(sql, &mut self.write_buf)?;
+        self.flush().await?;
+        self.finish_simple().await
+    }
+
+    /// Runs one simple-protocol statement of the gateway's own and returns its rows as text.
+    pub async fn simple_query_rows(
+        &mut self,
+        sql: &str,
+    ) -> Result<Vec<Vec<Option<String>>>, BackendError> {
+        frontend::query(sql, &mut self.write_buf)?;
+        self.flush().await?;
+        let mut rows = Vec::new();
+        self.read_simple(|row| rows.push(row)).await?;
+        Ok(rows)
+    }
+
+    /// Reads the replies of one simple Query up to its ReadyForQuery, returning its error if any.
+    async fn finish_simple(&mut self) -> Result<(), BackendError> {
+        self.read_simple(|_| {}).await
+    }
+
+    async fn read_simple(
+        &mut self,
+        mut on_row: impl FnMut(Vec<Option<String>>),
+    ) -> Result<(), BackendError> {
+        let mut error = None;
+        loop {
+            match self.next_message().await? {
+                Message::ReadyForQuery(_) => break,
+                Message::ErrorResponse(body) => error = Some(DbError::parse(&body)?),
+                Message::DataRow(row) => {
+                    let buf = row.buffer();
+                    let values = row
+                        .ranges()
+                        .map(|range| {
+                            Ok(range.map(|r| String::from_utf8_lossy(&buf[r]).into_owned()))
+                        })
+                        .collect()?;
+                    on_row(values);
+                }
+                Message::RowDescription(_)
+                | Message::CommandComplete(_)
+                | Message::EmptyQueryResponse => {}
+                other => return Err(BackendError::unexpected(&other)),
+            }
+        }
+        match error {
+            Some(error) => Err(error.into()),
+            None => Ok(()),
+        }
+    }
+
+    /// Returns the session to a clean state for the next user of the pool: ends any transaction
+    /// and discards session state (settings, prepared statements, temp tables, listeners, locks).
+    pub async fn reset(&mut self) -> Result<(), BackendError> {
+        let rollback = self.tx_status != TX_IDLE;
+        if rollback {
+            frontend::query("ROLLBACK", &mut self.write_buf)?;
+        }
+        // DISCARD ALL cannot run inside a multi-statement string, so it is its own message.
+        frontend::query("DISCARD ALL", &mut self.write_buf)?;
+        self.flush().await?;
+        if rollback {
+            self.finish_simple().await?;
+        }
+        self.finish_simple().await
+    }
+
+    /// True when the connection can no longer be used: the server closed it, or sent something
+    /// unsolicited (typically a FATAL error before closing). Never blocks.
+    pub fn is_closed(&self) -> bool {
+        if !self.read_buf.is_empty() {
+            return true;
+        }
+        let mut probe = [0u8; 1];
+        match self.stream.try_read(&mut probe) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => false,
+            _ => true,
+        }
+    }
+
+    /// Politely ends the session (best effort) and closes the socket.
+    pub async fn terminate(mut self) {
+        self.write_buf.clear();
+        frontend::terminate(&mut self.write_buf);
+        let _ = self.stream.write_all(&self.write_buf).await;
+        let _ = self.stream.shutdown().await;
+    }
+}
+
+impl CancelKey {
+    /// Sends a CancelRequest for this backend's running query over a new connection.
+    pub async fn cancel(&self) -> io::Result<()> {
+        let mut stream = TcpStream::connect(self.addr).await?;
+        let mut buf = BytesMut::with_capacity(16);
+        frontend::cancel_request(self.process_id, self.secret_key, &mut buf);
+        stream.write_all(&buf).await?;
+        // The server closes the connection once it has processed the request.
+        let mut ignored = [0u8; 1];
+        let _ = tokio::time::timeout(Duration::from_secs(2), stream.read(&mut ignored)).await;
+        Ok(())
+    }
+}
+
+fn message_name(message: &Message) -> &'static str {
+    match message {
+        Message::AuthenticationCleartextPassword => "AuthenticationCleartextPassword",
+        Message::AuthenticationMd5Password(_) => "AuthenticationMd5Password",
+        Message::AuthenticationOk => "AuthenticationOk",
+        Message::AuthenticationSasl(_) => "AuthenticationSasl",
+        Message::AuthenticationSaslContinue(_) => "AuthenticationSaslContinue",
+        Message::AuthenticationSaslFinal(_) => "AuthenticationSaslFinal",
+        Message::BackendKeyData(_) => "BackendKeyData",
+        Message::BindComplete => "BindComplete",
+        Message::CloseComplete => "CloseComplete",
+        Message::CommandComplete(_) => "CommandComplete",
+        Message::CopyInResponse(_) => "CopyInResponse",
+        Message::CopyOutResponse(_) => "CopyOutResponse",
+        Message::DataRow(_) => "DataRow",
+        Message::EmptyQueryResponse => "EmptyQueryResponse",
+        Message::ErrorResponse(_) => "ErrorResponse",
+        Message::NoData => "NoData",
+        Message::ParameterDescription(_) => "ParameterDescription",
+        Message::ParseComplete => "ParseComplete",
+        Message::PortalSuspended => "PortalSuspended",
+        Message::ReadyForQuery(_) => "ReadyForQuery",
+        Message::RowDescription(_) => "RowDescription",
+        _ => "message",
+    }
+}

@@ -1,0 +1,228 @@
+//! Command-line flags (each also an environment variable), validated once into an immutable
+//! [`Config`] before any port is bound.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::conn_info::EndpointId;
+use crate::pool::PoolConfig;
+use crate::routes::Route;
+
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "gateway",
+    version,
+    about = "SQL over HTTP in front of plain Postgres, compatible with @neondatabase/serverless"
+)]
+pub struct Args {
+    /// Public listener: POST /sql (HTTP/1.1 and HTTP/2).
+    #[arg(long, env = "GATEWAY_LISTEN", default_value = "127.0.0.1:4444")]
+    pub listen: SocketAddr,
+
+    /// Admin listener: /metrics, /healthz, /readyz.
+    #[arg(long, env = "GATEWAY_ADMIN_LISTEN", default_value = "127.0.0.1:4480")]
+    pub admin_listen: SocketAddr,
+
+    /// Static route `endpoint=host:port`; repeat the flag, or separate with commas in the
+    /// environment variable.
+    #[arg(long = "route", env = "GATEWAY_ROUTES", value_delimiter = ',')]
+    pub routes: Vec<Route>,
+
+    /// Endpoint for connection strings whose host is `localhost` or an IP address.
+    #[arg(long, env = "GATEWAY_DEFAULT_ENDPOINT", default_value = "db")]
+    pub default_endpoint: String,
+
+    /// Largest accepted request body, in bytes (larger gets 413).
+    #[arg(long, env = "GATEWAY_MAX_REQUEST_BYTES", default_value_t = 10 * 1024 * 1024)]
+    pub max_request_bytes: usize,
+
+    /// Largest response body, in bytes (larger gets 507).
+    #[arg(long, env = "GATEWAY_MAX_RESPONSE_BYTES", default_value_t = 10 * 1024 * 1024)]
+    pub max_response_bytes: usize,
+
+    /// Open backend connections per endpoint (active and idle).
+    #[arg(
+        long,
+        env = "GATEWAY_POOL_MAX_CONNS_PER_ENDPOINT",
+        default_value_t = 100
+    )]
+    pub pool_max_conns_per_endpoint: usize,
+
+    /// Idle pooled connections kept per endpoint.
+    #[arg(long, env = "GATEWAY_POOL_MAX_IDLE_PER_ENDPOINT", default_value_t = 20)]
+    pub pool_max_idle_per_endpoint: usize,
+
+    /// Idle pooled connections kept in total.
+    #[arg(long, env = "GATEWAY_POOL_MAX_IDLE_TOTAL", default_value_t = 2000)]
+    pub pool_max_idle_total: usize,
+
+    /// Seconds an idle pooled connection is kept.
+    #[arg(long, env = "GATEWAY_POOL_IDLE_TIMEOUT_SECONDS", default_value_t = 300)]
+    pub pool_idle_timeout_seconds: u64,
+
+    /// Seconds a request waits for a free connection slot before failing with 503.
+    #[arg(
+        long,
+        env = "GATEWAY_POOL_ACQUIRE_TIMEOUT_SECONDS",
+        default_value_t = 5
+    )]
+    pub pool_acquire_timeout_seconds: u64,
+
+    /// Seconds to connect and authenticate to a backend.
+    #[arg(long, env = "GATEWAY_CONNECT_TIMEOUT_SECONDS", default_value_t = 10)]
+    pub connect_timeout_seconds: u64,
+
+    /// Seconds a password Postgres accepted may be trusted to reuse pooled connections.
+    #[arg(
+        long,
+        env = "GATEWAY_PASSWORD_CACHE_TTL_SECONDS",
+        default_value_t = 300
+    )]
+    pub password_cache_ttl_seconds: u64,
+
+    /// Seconds SIGTERM waits for in-flight requests before closing them.
+    #[arg(long, env = "GATEWAY_SHUTDOWN_TIMEOUT_SECONDS", default_value_t = 30)]
+    pub shutdown_timeout_seconds: u64,
+
+    /// Validate the configuration, print it, and exit.
+    #[arg(long)]
+    pub check_config: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub routes: Vec<Route>,
+    pub default_endpoint: EndpointId,
+    pub max_request_bytes: usize,
+    pub max_response_bytes: usize,
+    pub pool: PoolConfig,
+    pub shutdown_timeout: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("invalid default endpoint id '{0}': use letters, digits and '-'")]
+    DefaultEndpoint(String),
+    #[error("endpoint '{0}' has more than one route")]
+    DuplicateRoute(String),
+    #[error("{0} must be greater than zero")]
+    Zero(&'static str),
+    #[error("the public and admin listeners must use different addresses")]
+    SameListeners,
+}
+
+impl Args {
+    pub fn validate(self) -> Result<Config, ConfigError> {
+        let default_endpoint = EndpointId::parse(&self.default_endpoint)
+            .ok_or_else(|| ConfigError::DefaultEndpoint(self.default_endpoint.clone()))?;
+        let mut seen = std::collections::HashSet::new();
+        for route in &self.routes {
+            if !seen.insert(route.endpoint.clone()) {
+                return Err(ConfigError::DuplicateRoute(route.endpoint.to_string()));
+            }
+        }
+        for (value, name) in [
+            (self.max_request_bytes, "max-request-bytes"),
+            (self.max_response_bytes, "max-response-bytes"),
+            (
+                self.pool_max_conns_per_endpoint,
+                "pool-max-conns-per-endpoint",
+            ),
+            (
+                self.pool_idle_timeout_seconds as usize,
+                "pool-idle-timeout-seconds",
+            ),
+            (
+                self.connect_timeout_seconds as usize,
+                "connect-timeout-seconds",
+            ),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::Zero(name));
+            }
+        }
+        if self.listen == self.admin_listen {
+            return Err(ConfigError::SameListeners);
+        }
+        Ok(Config {
+            listen: self.listen,
+            admin_listen: self.admin_listen,
+            routes: self.routes,
+            default_endpoint,
+            max_request_bytes: self.max_request_bytes,
+            max_response_bytes: self.max_response_bytes,
+            pool: PoolConfig {
+                max_conns_per_endpoint: self.pool_max_conns_per_endpoint,
+                max_idle_per_endpoint: self.pool_max_idle_per_endpoint,
+                max_idle_total: self.pool_max_idle_total,
+                idle_timeout: Duration::from_secs(self.pool_idle_timeout_seconds),
+                acquire_timeout: Duration::from_secs(self.pool_acquire_timeout_seconds),
+                connect_timeout: Duration::from_secs(self.connect_timeout_seconds),
+                password_ttl: Duration::from_secs(self.password_cache_ttl_seconds),
+                // A single row may not exceed the response limit; leave room for framing.
+                max_message_bytes: self.max_response_bytes.saturating_add(64 * 1024),
+            },
+            shutdown_timeout: Duration::from_secs(self.shutdown_timeout_seconds),
+        })
+    }
+}
+
+impl Config {
+    /// A configuration for tests: loopback listeners on port 0 and the given routes.
+    pub fn for_tests(routes: Vec<Route>) -> Config {
+        Args::parse_from([
+            "gateway",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:1",
+        ])
+        .validate()
+        .map(|mut config| {
+            config.routes = routes;
+            config
+        })
+        .expect("the test configuration is valid")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Config, String> {
+        let mut argv = vec!["gateway"];
+        argv.extend_from_slice(args);
+        Args::try_parse_from(argv)
+            .map_err(|e| e.to_string())?
+            .validate()
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn defaults() {
+        let config = parse(&[]).expect("defaults are valid");
+        assert_eq!(config.listen.to_string(), "127.0.0.1:4444");
+        assert_eq!(config.admin_listen.to_string(), "127.0.0.1:4480");
+        assert_eq!(config.default_endpoint.as_str(), "db");
+        assert_eq!(config.max_request_bytes, 10 * 1024 * 1024);
+        assert!(config.routes.is_empty());
+    }
+
+    #[test]
+    fn routes_and_errors() {
+        let config = parse(&["--route", "db=127.0.0.1:5432", "--route", "b=h:1"]).expect("valid");
+        assert_eq!(config.routes.len(), 2);
+        assert!(parse(&["--route", "db=h:1", "--route", "db=h:2"])
+            .expect_err("duplicate")
+            .contains("more than one route"));
+        assert!(parse(&["--route", "nonsense"]).is_err());
+        assert!(parse(&["--default-endpoint", "bad_id"]).is_err());
+        assert!(parse(&["--max-request-bytes", "0"]).is_err());
+        assert!(parse(&["--admin-listen", "127.0.0.1:4444"]).is_err());
+    }
+}

@@ -1,0 +1,289 @@
+//! Error classification, and the one place that decides HTTP status and client-visible text.
+//!
+//! Every module has its own `thiserror` enum and says which [`ErrorKind`] each case is
+//! ([`ReportableError`]). The kind drives the log level and the metric label; [`SqlError`]
+//! is what a `/sql` request can fail with, and its `IntoResponse` writes the exact JSON shape
+//! the driver parses.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::{json, Value};
+
+use crate::backend::{BackendError, DbError};
+use crate::pool::PoolError;
+use crate::query::QueryError;
+
+/// Who is to blame, which fixes how loudly we log and how the metric is labelled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The client sent something wrong (bad JSON, wrong password, limits exceeded).
+    User,
+    /// The client went away while we worked.
+    ClientDisconnect,
+    /// A limit protecting the backends was hit.
+    RateLimit,
+    /// The control plane failed or refused.
+    ControlPlane,
+    /// The backend Postgres could not be reached or broke the protocol.
+    Compute,
+    /// Postgres reported an error for the user's statement.
+    Postgres,
+    /// A bug or an unexpected condition in the gateway itself.
+    Internal,
+}
+
+impl ErrorKind {
+    pub fn label(self) -> &'static str {
+        match self {
+            ErrorKind::User => "user",
+            ErrorKind::ClientDisconnect => "client_disconnect",
+            ErrorKind::RateLimit => "rate_limit",
+            ErrorKind::ControlPlane => "control_plane",
+            ErrorKind::Compute => "compute",
+            ErrorKind::Postgres => "postgres",
+            ErrorKind::Internal => "internal",
+        }
+    }
+
+    pub const ALL: [ErrorKind; 7] = [
+        ErrorKind::User,
+        ErrorKind::ClientDisconnect,
+        ErrorKind::RateLimit,
+        ErrorKind::ControlPlane,
+        ErrorKind::Compute,
+        ErrorKind::Postgres,
+        ErrorKind::Internal,
+    ];
+}
+
+pub trait ReportableError: std::error::Error {
+    fn kind(&self) -> ErrorKind;
+}
+
+/// Everything a `POST /sql` request can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum SqlError {
+    /// Malformed request: body, headers or connection string. The text is shown to the client.
+    #[error("{0}")]
+    BadRequest(String),
+    /// Wrong password, unknown role, or unknown endpoint: deliberately indistinguishable.
+    #[error("password authentication failed for user '{user}'")]
+    AuthFailed { user: String },
+    #[error(transparent)]
+    Postgres(DbError),
+    #[error("request is too large (max is {max} bytes)")]
+    RequestTooLarge { max: usize },
+    #[error("response is too large (max is {max} bytes)")]
+    ResponseTooLarge { max: usize },
+    #[error("Too many connections to this endpoint. Please try again later.")]
+    TooManyConnections,
+    /// The backend could not be reached, or failed mid-request. The cause is logged, not shown.
+    #[error("could not connect to the database")]
+    Compute(#[source] BackendError),
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl ReportableError for SqlError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            SqlError::BadRequest(_)
+            | SqlError::AuthFailed { .. }
+            | SqlError::RequestTooLarge { .. }
+            | SqlError::ResponseTooLarge { .. } => ErrorKind::User,
+            SqlError::Postgres(_) => ErrorKind::Postgres,
+            SqlError::TooManyConnections => ErrorKind::RateLimit,
+            SqlError::Compute(_) => ErrorKind::Compute,
+            SqlError::Internal(_) => ErrorKind::Internal,
+        }
+    }
+}
+
+impl SqlError {
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        SqlError::BadRequest(message.into())
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            SqlError::BadRequest(_) | SqlError::AuthFailed { .. } | SqlError::Postgres(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            SqlError::RequestTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            SqlError::ResponseTooLarge { .. } => StatusCode::INSUFFICIENT_STORAGE,
+            SqlError::TooManyConnections => StatusCode::SERVICE_UNAVAILABLE,
+            SqlError::Compute(_) => StatusCode::BAD_GATEWAY,
+            SqlError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// Logs the error once, where it is handled, at the level its kind deserves.
+    pub fn log(&self) {
+        match self.kind() {
+            ErrorKind::User | ErrorKind::Postgres | ErrorKind::ClientDisconnect => {
+                tracing::debug!(error = %self, kind = self.kind().label(), "request failed")
+            }
+            ErrorKind::RateLimit | ErrorKind::ControlPlane | ErrorKind::Compute => {
+                tracing::warn!(error = %self, cause = ?std::error::Error::source(self), kind = self.kind().label(), "request failed")
+            }
+            ErrorKind::Internal => {
+                tracing::error!(error = ?self, kind = self.kind().label(), "request failed")
+            }
+        }
+    }
+
+    /// The flat error object: every key always present, in the order the proxy writes them.
+    fn body(&self) -> Value {
+        match self {
+            SqlError::Postgres(e) => json!({
+                "message": e.message,
+                "code": e.code,
+                "detail": e.detail,
+                "hint": e.hint,
+                "position": e.position,
+                "internalPosition": e.internal_position,
+                "internalQuery": e.internal_query,
+                "severity": e.severity,
+                "where": e.where_,
+                "table": e.table,
+                "column": e.column,
+                "schema": e.schema,
+                "dataType": e.data_type,
+                "constraint": e.constraint,
+                "file": e.file,
+                "line": e.line,
+                "routine": e.routine,
+            }),
+            other => json!({
+                "message": other.to_string(),
+                "code": "",
+                "detail": null,
+                "hint": null,
+                "position": null,
+                "internalPosition": null,
+                "internalQuery": null,
+                "severity": "",
+                "where": null,
+                "table": null,
+                "column": null,
+                "schema": null,
+                "dataType": null,
+                "constraint": null,
+                "file": null,
+                "line": null,
+                "routine": null,
+            }),
+        }
+    }
+}
+
+impl SqlError {
+    /// A pool failure for `user`; authentication failures all read the same.
+    pub fn from_pool(error: PoolError, user: &str) -> Self {
+        match error {
+            PoolError::AuthFailed => SqlError::AuthFailed {
+                user: user.to_owned(),
+            },
+            PoolError::TooManyConnections => SqlError::TooManyConnections,
+            PoolError::Backend(e) => e.into(),
+        }
+    }
+}
+
+impl From<QueryError> for SqlError {
+    fn from(error: QueryError) -> Self {
+        match error {
+            QueryError::Backend(e) => e.into(),
+            QueryError::ResponseTooLarge { max } => SqlError::ResponseTooLarge { max },
+            QueryError::Invalid(message) => SqlError::BadRequest(message.to_owned()),
+        }
+    }
+}
+
+impl From<BackendError> for SqlError {
+    fn from(error: BackendError) -> Self {
+        match error {
+            BackendError::Db(e) => SqlError::Postgres(e),
+            other => SqlError::Compute(other),
+        }
+    }
+}
+
+impl IntoResponse for SqlError {
+    fn into_response(self) -> Response {
+        let mut response = (self.status(), axum::Json(self.body())).into_response();
+        response.headers_mut().insert(
+            header::ACCESS_CONTROL_ALLOW_ORIGIN,
+            HeaderValue::from_static("*"),
+        );
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn non_postgres_errors_have_empty_code_and_severity() {
+        let body = SqlError::bad_request("missing connection string").body();
+        assert_eq!(body["message"], "missing connection string");
+        assert_eq!(body["code"], "");
+        assert_eq!(body["severity"], "");
+        assert!(body["position"].is_null());
+    }
+
+    #[test]
+    fn postgres_error_keys_are_in_driver_order() {
+        let body = SqlError::Postgres(DbError {
+            severity: "ERROR".into(),
+            code: "42703".into(),
+            message: "column \"x\" does not exist".into(),
+            position: Some("8".into()),
+            ..DbError::default()
+        })
+        .body();
+        let keys: Vec<&str> = body
+            .as_object()
+            .expect("object")
+            .keys()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                "message",
+                "code",
+                "detail",
+                "hint",
+                "position",
+                "internalPosition",
+                "internalQuery",
+                "severity",
+                "where",
+                "table",
+                "column",
+                "schema",
+                "dataType",
+                "constraint",
+                "file",
+                "line",
+                "routine"
+            ]
+        );
+        assert_eq!(body["position"], "8");
+    }
+
+    #[test]
+    fn statuses() {
+        assert_eq!(
+            SqlError::RequestTooLarge { max: 1 }.status(),
+            StatusCode::PAYLOAD_TOO_LARGE
+        );
+        assert_eq!(SqlError::ResponseTooLarge { max: 1 }.status().as_u16(), 507);
+        assert_eq!(
+            SqlError::AuthFailed { user: "u".into() }.status(),
+            StatusCode::BAD_REQUEST
+        );
+    }
+}

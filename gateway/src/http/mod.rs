@@ -1,0 +1,107 @@
+//! The HTTP surfaces: the public router (`POST /sql`, its CORS preflight, a request id on every
+//! response) and the admin router (`/metrics`, `/healthz`, `/readyz`).
+
+pub mod sql;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use tracing::Instrument;
+
+use crate::conn_info::EndpointId;
+use crate::metrics::Metrics;
+use crate::pool::Pool;
+use crate::query::types::TypeCache;
+use crate::routes::Routes;
+
+/// What every request handler shares.
+pub struct AppState {
+    pub routes: Routes,
+    pub default_endpoint: EndpointId,
+    pub max_request_bytes: usize,
+    pub max_response_bytes: usize,
+    pub pool: Arc<Pool>,
+    pub types: TypeCache,
+    pub metrics: Arc<Metrics>,
+    /// Set when shutdown begins: `/readyz` turns 503 so load balancers stop sending traffic.
+    pub draining: AtomicBool,
+}
+
+pub const REQUEST_ID: &str = "neon-request-id";
+
+/// The public router. Layers, outermost first: request id and span, then routing.
+pub fn app(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route(
+            "/sql",
+            post(sql::handle)
+                .options(sql::preflight)
+                .fallback(not_supported),
+        )
+        .fallback(not_supported)
+        .with_state(state)
+        .layer(middleware::from_fn(request_context))
+}
+
+/// The admin router.
+pub fn admin(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(ready))
+        .with_state(state)
+}
+
+/// Gives each request an id (returned as `Neon-Request-Id`) and a span carrying it.
+async fn request_context(request: Request, next: Next) -> Response {
+    let id = uuid::Uuid::new_v4().to_string();
+    let span = tracing::info_span!(
+        "request",
+        id = %id,
+        method = %request.method(),
+        path = %request.uri().path()
+    );
+    let mut response = next.run(request).instrument(span).await;
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert(REQUEST_ID, value);
+    }
+    response
+}
+
+async fn not_supported() -> Response {
+    let mut response = (
+        StatusCode::BAD_REQUEST,
+        axum::Json("query is not supported"),
+    )
+        .into_response();
+    response.headers_mut().insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
+    response
+}
+
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4"),
+        )],
+        state.metrics.encode(),
+    )
+        .into_response()
+}
+
+async fn ready(State(state): State<Arc<AppState>>) -> Response {
+    if state.draining.load(Ordering::Relaxed) {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response()
+    } else {
+        (StatusCode::OK, "ready\n").into_response()
+    }
+}

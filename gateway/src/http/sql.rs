@@ -1,0 +1,521 @@
+//! `POST /sql`: one statement or a batch transaction per request, the driver's headers, body
+//! limits, and the JSON response. The life of a request:
+//!
+//! 1. headers → output mode and batch transaction options; `Neon-Connection-String` →
+//!    [`ConnInfo`] (endpoint, database, role, password);
+//! 2. body, read up to the limit (413 beyond) → [`Payload`];
+//! 3. route lookup, then a connection from the pool, which verifies the password first;
+//! 4. execution ([`crate::query`]); an error or a dropped request discards the connection,
+//!    cancelling whatever still runs;
+//! 5. JSON rendering within the response limit (507 beyond); the connection goes back to the pool.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::AppState;
+use crate::conn_info::{self, ConnInfo};
+use crate::error::{ReportableError, SqlError};
+use crate::query::json::{self, OutputMode};
+use crate::query::types::TypeMap;
+use crate::query::{self, IsolationLevel, ResponseBudget, Statement, TxnOptions};
+
+const CONNECTION_STRING: &str = "neon-connection-string";
+const RAW_TEXT_OUTPUT: &str = "neon-raw-text-output";
+const ARRAY_MODE: &str = "neon-array-mode";
+const BATCH_ISOLATION_LEVEL: &str = "neon-batch-isolation-level";
+const BATCH_READ_ONLY: &str = "neon-batch-read-only";
+const BATCH_DEFERRABLE: &str = "neon-batch-deferrable";
+
+const ALLOWED_HEADERS: &str = "Authorization, Neon-Connection-String, Neon-Raw-Text-Output, \
+     Neon-Array-Mode, Neon-Pool-Opt-In, Neon-Batch-Read-Only, Neon-Batch-Isolation-Level, \
+     Neon-Batch-Deferrable";
+
+/// What the request body asks for.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Payload {
+    Single(Statement),
+    Batch(Vec<Statement>),
+}
+
+impl Payload {
+    fn kind(&self) -> &'static str {
+        match self {
+            Payload::Single(_) => "single",
+            Payload::Batch(_) => "batch",
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct RawQuery {
+    query: String,
+    #[serde(default)]
+    params: Vec<Value>,
+    #[serde(rename = "arrayMode")]
+    array_mode: Option<bool>,
+}
+
+#[derive(Deserialize)]
+struct RawPayload {
+    query: Option<String>,
+    params: Option<Vec<Value>>,
+    #[serde(rename = "arrayMode")]
+    array_mode: Option<bool>,
+    queries: Option<Vec<RawQuery>>,
+}
+
+impl Payload {
+    /// Parses `{"query", "params"?, "arrayMode"?}` or `{"queries": [...]}`; unknown fields are
+    /// ignored.
+    pub fn parse(body: &[u8]) -> Result<Payload, SqlError> {
+        let raw: RawPayload = serde_json::from_slice(body)
+            .map_err(|e| SqlError::bad_request(format!("invalid request body: {e}")))?;
+        match (raw.query, raw.queries) {
+            (Some(query), _) => Ok(Payload::Single(Statement {
+                query,
+                params: convert_params(raw.params.unwrap_or_default()),
+                array_mode: raw.array_mode,
+            })),
+            (None, Some(queries)) => Ok(Payload::Batch(
+                queries
+                    .into_iter()
+                    .map(|q| Statement {
+                        query: q.query,
+                        params: convert_params(q.params),
+                        array_mode: q.array_mode,
+                    })
+                    .collect(),
+            )),
+            (None, None) => Err(SqlError::bad_request(
+                "invalid request body: expected a \"query\" or a \"queries\" field",
+            )),
+        }
+    }
+}
+
+fn convert_params(params: Vec<Value>) -> Vec<Option<String>> {
+    params.into_iter().map(param_text).collect()
+}
+
+/// A JSON parameter as Postgres text: strings as they are, null as NULL, arrays as array
+/// literals, anything else as its JSON text. (The driver only sends strings and nulls.)
+fn param_text(value: Value) -> Option<String> {
+    match value {
+        Value::Null => None,
+        Value::String(s) => Some(s),
+        Value::Array(items) => {
+            let mut out = String::new();
+            write_array_literal(&mut out, &items);
+            Some(out)
+        }
+        other => Some(other.to_string()),
+    }
+}
+
+fn write_array_literal(out: &mut String, items: &[Value]) {
+    out.push('{');
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        match item {
+            Value::Null => out.push_str("NULL"),
+            Value::Array(nested) => write_array_literal(out, nested),
+            Value::String(s) => push_quoted(out, s),
+            Value::Object(_) => push_quoted(out, &item.to_string()),
+            other => out.push_str(&other.to_string()),
+        }
+    }
+    out.push('}');
+}
+
+fn push_quoted(out: &mut String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        if c == '"' || c == '\\' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('"');
+}
+
+/// Output mode and batch transaction options, from the driver's headers. Booleans are true
+/// only for the exact value `true`.
+#[derive(Debug, PartialEq, Eq)]
+struct RequestOptions {
+    mode: OutputMode,
+    txn: TxnOptions,
+}
+
+impl RequestOptions {
+    fn from_headers(headers: &HeaderMap) -> Result<Self, SqlError> {
+        let is_true = |name: &str| headers.get(name).is_some_and(|v| v.as_bytes() == b"true");
+        let isolation = match headers.get(BATCH_ISOLATION_LEVEL) {
+            None => None,
+            Some(value) => Some(
+                IsolationLevel::from_header(value.as_bytes())
+                    .ok_or_else(|| SqlError::bad_request("invalid isolation level"))?,
+            ),
+        };
+        Ok(RequestOptions {
+            mode: OutputMode {
+                raw_text: is_true(RAW_TEXT_OUTPUT),
+                array_mode: is_true(ARRAY_MODE),
+            },
+            txn: TxnOptions {
+                isolation,
+                read_only: is_true(BATCH_READ_ONLY),
+                deferrable: is_true(BATCH_DEFERRABLE),
+            },
+        })
+    }
+}
+
+fn conn_info(state: &AppState, headers: &HeaderMap) -> Result<ConnInfo, SqlError> {
+    if headers.contains_key(header::AUTHORIZATION) {
+        return Err(SqlError::bad_request(
+            "missing authentication credentials: JWT authentication is not enabled on this gateway; use a password",
+        ));
+    }
+    let value = headers
+        .get(CONNECTION_STRING)
+        .ok_or_else(|| SqlError::bad_request(conn_info::ConnInfoError::Missing.to_string()))?;
+    let text = std::str::from_utf8(value.as_bytes())
+        .map_err(|_| SqlError::bad_request(conn_info::ConnInfoError::NotUtf8.to_string()))?;
+    conn_info::parse(text, &state.default_endpoint)
+        .map_err(|e| SqlError::bad_request(e.to_string()))
+}
+
+async fn read_body(headers: &HeaderMap, body: Body, max: usize) -> Result<Bytes, SqlError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > max as u64) {
+        return Err(SqlError::RequestTooLarge { max });
+    }
+    match Limited::new(body, max).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
+            Err(SqlError::RequestTooLarge { max })
+        }
+        Err(_) => Err(SqlError::bad_request("could not read the request body")),
+    }
+}
+
+/// Records the request in metrics when it ends, including when the client goes away and the
+/// handler is dropped mid-flight.
+struct RequestRecord<'a> {
+    state: &'a AppState,
+    kind: &'static str,
+    started: Instant,
+    status: Option<StatusCode>,
+}
+
+impl Drop for RequestRecord<'_> {
+    fn drop(&mut self) {
+        let metrics = &self.state.metrics;
+        let status = match self.status {
+            Some(status) => status.as_u16().to_string(),
+            None => {
+                metrics
+                    .errors
+                    .with_label_values(&[crate::error::ErrorKind::ClientDisconnect.label()])
+                    .inc();
+                tracing::debug!("client went away; request cancelled");
+                "499".to_owned()
+            }
+        };
+        metrics
+            .http_requests
+            .with_label_values(&[self.kind, &status])
+            .inc();
+        metrics
+            .http_request_seconds
+            .with_label_values(&[self.kind])
+            .observe(self.started.elapsed().as_secs_f64());
+    }
+}
+
+pub async fn handle(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let mut record = RequestRecord {
+        state: &state,
+        kind: "invalid",
+        started: Instant::now(),
+        status: None,
+    };
+    let response = match run(&state, &headers, body, &mut record.kind).await {
+        Ok(response) => response,
+        Err(error) => {
+            error.log();
+            state
+                .metrics
+                .errors
+                .with_label_values(&[error.kind().label()])
+                .inc();
+            error.into_response()
+        }
+    };
+    record.status = Some(response.status());
+    response
+}
+
+async fn run(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+    kind: &mut &'static str,
+) -> Result<Response, SqlError> {
+    let options = RequestOptions::from_headers(headers)?;
+    let info = conn_info(state, headers)?;
+    let body = read_body(headers, body, state.max_request_bytes).await?;
+    let payload = Payload::parse(&body)?;
+    *kind = payload.kind();
+
+    if let Payload::Batch(statements) = &payload {
+        if statements.is_empty() {
+            return Ok(json_response(
+                b"{\"results\":[]}".to_vec(),
+                &payload,
+                &options,
+            ));
+        }
+    }
+
+    let route = state
+        .routes
+        .resolve(&info.endpoint)
+        .ok_or_else(|| SqlError::AuthFailed {
+            user: info.user.clone(),
+        })?;
+    let mut conn = state
+        .pool
+        .checkout(route, &info, None)
+        .await
+        .map_err(|e| SqlError::from_pool(e, &info.user))?;
+
+    let max = state.max_response_bytes;
+    let mut budget = ResponseBudget::new(max);
+    let results = match &payload {
+        Payload::Single(statement) => {
+            vec![query::execute(conn.backend(), statement, &mut budget).await?]
+        }
+        Payload::Batch(statements) => {
+            query::execute_batch(conn.backend(), statements, &options.txn, &mut budget).await?
+        }
+    };
+    let types = if options.mode.raw_text {
+        TypeMap::new()
+    } else {
+        state
+            .types
+            .resolve(&info.endpoint, &info.database, conn.backend(), &results)
+            .await?
+    };
+    conn.release();
+
+    let statements: Vec<&Statement> = match &payload {
+        Payload::Single(statement) => vec![statement],
+        Payload::Batch(statements) => statements.iter().collect(),
+    };
+    let mut out = Vec::new();
+    let batch = matches!(payload, Payload::Batch(_));
+    if batch {
+        out.extend_from_slice(b"{\"results\":[");
+    }
+    for (i, (result, statement)) in results.iter().zip(statements).enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        let mode = OutputMode {
+            array_mode: statement.array_mode.unwrap_or(options.mode.array_mode),
+            ..options.mode
+        };
+        json::write_result(&mut out, result, mode, &types, max)
+            .map_err(|json::TooLarge| SqlError::ResponseTooLarge { max })?;
+    }
+    if batch {
+        out.extend_from_slice(b"]}");
+    }
+    Ok(json_response(out, &payload, &options))
+}
+
+fn json_response(body: Vec<u8>, payload: &Payload, options: &RequestOptions) -> Response {
+    let mut response = (StatusCode::OK, body).into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    headers.insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
+    if let Payload::Batch(_) = payload {
+        let txn = options.txn;
+        if let Some(level) = txn.isolation {
+            headers.insert(
+                HeaderName::from_static(BATCH_ISOLATION_LEVEL),
+                HeaderValue::from_static(level.header_value()),
+            );
+        }
+        for (on, name) in [
+            (txn.read_only, BATCH_READ_ONLY),
+            (txn.deferrable, BATCH_DEFERRABLE),
+        ] {
+            if on {
+                headers.insert(
+                    HeaderName::from_static(name),
+                    HeaderValue::from_static("true"),
+                );
+            }
+        }
+    }
+    response
+}
+
+/// `OPTIONS /sql`: the CORS preflight.
+pub async fn preflight() -> Response {
+    let mut response = StatusCode::OK.into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::ALLOW, HeaderValue::from_static("OPTIONS, POST"));
+    headers.insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
+    headers.insert(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static("OPTIONS, POST"),
+    );
+    headers.insert(
+        header::ACCESS_CONTROL_ALLOW_HEADERS,
+        HeaderValue::from_static(ALLOWED_HEADERS),
+    );
+    headers.insert(
+        header::ACCESS_CONTROL_MAX_AGE,
+        HeaderValue::from_static("86400"),
+    );
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn statement(query: &str, params: &[Option<&str>], array_mode: Option<bool>) -> Statement {
+        Statement {
+            query: query.into(),
+            params: params.iter().map(|p| p.map(str::to_owned)).collect(),
+            array_mode,
+        }
+    }
+
+    fn check(body: &str, expected: Result<Payload, &str>) {
+        let got = Payload::parse(body.as_bytes()).map_err(|e| e.to_string());
+        match expected {
+            Ok(payload) => assert_eq!(got.expect("parses"), payload, "{body}"),
+            Err(fragment) => {
+                let message = got.expect_err("fails");
+                assert!(message.contains(fragment), "{body}: {message}");
+            }
+        }
+    }
+
+    #[test]
+    fn payloads() {
+        check(
+            r#"{"query":"SELECT $1, $2","params":["1",null]}"#,
+            Ok(Payload::Single(statement(
+                "SELECT $1, $2",
+                &[Some("1"), None],
+                None,
+            ))),
+        );
+        check(
+            r#"{"query":"SELECT 1","arrayMode":false,"extra":1}"#,
+            Ok(Payload::Single(statement("SELECT 1", &[], Some(false)))),
+        );
+        check(
+            r#"{"queries":[{"query":"SELECT 1"},{"query":"SELECT $1","params":["x"],"arrayMode":true}]}"#,
+            Ok(Payload::Batch(vec![
+                statement("SELECT 1", &[], None),
+                statement("SELECT $1", &[Some("x")], Some(true)),
+            ])),
+        );
+        check(r#"{"queries":[]}"#, Ok(Payload::Batch(vec![])));
+        check(
+            r#"{"query":"SELECT $1,$2,$3,$4","params":[true,1.5,{"a":[1]},[1,"a \"b\"",null,[2]]]}"#,
+            Ok(Payload::Single(statement(
+                "SELECT $1,$2,$3,$4",
+                &[
+                    Some("true"),
+                    Some("1.5"),
+                    Some(r#"{"a":[1]}"#),
+                    Some(r#"{1,"a \"b\"",NULL,{2}}"#),
+                ],
+                None,
+            ))),
+        );
+        check("not json", Err("invalid request body"));
+        check("[1,2]", Err("invalid request body"));
+        check(
+            r#"{"params":[]}"#,
+            Err("expected a \"query\" or a \"queries\" field"),
+        );
+        check(r#"{"query":5}"#, Err("invalid request body"));
+        check(r#"{"queries":{"query":"x"}}"#, Err("invalid request body"));
+        check("{\"query\":\"\u{FFFD}\"", Err("invalid request body"));
+    }
+
+    #[test]
+    fn invalid_utf8_body_is_rejected() {
+        let got = Payload::parse(b"{\"query\":\"\xff\xfe\"}");
+        assert!(matches!(got, Err(SqlError::BadRequest(_))));
+    }
+
+    #[test]
+    fn header_options() {
+        let mut headers = HeaderMap::new();
+        headers.insert(RAW_TEXT_OUTPUT, HeaderValue::from_static("true"));
+        headers.insert(ARRAY_MODE, HeaderValue::from_static("TRUE"));
+        headers.insert(
+            BATCH_ISOLATION_LEVEL,
+            HeaderValue::from_static("Serializable"),
+        );
+        headers.insert(BATCH_READ_ONLY, HeaderValue::from_static("true"));
+        headers.insert(BATCH_DEFERRABLE, HeaderValue::from_static("false"));
+        let options = RequestOptions::from_headers(&headers).expect("valid");
+        assert_eq!(
+            options,
+            RequestOptions {
+                mode: OutputMode {
+                    raw_text: true,
+                    array_mode: false
+                },
+                txn: TxnOptions {
+                    isolation: Some(IsolationLevel::Serializable),
+                    read_only: true,
+                    deferrable: false
+                }
+            }
+        );
+        headers.insert(
+            BATCH_ISOLATION_LEVEL,
+            HeaderValue::from_static("serializable"),
+        );
+        assert!(RequestOptions::from_headers(&headers).is_err());
+    }
+}

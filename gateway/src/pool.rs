@@ -1,0 +1,473 @@
+//! Backend connections for SQL over HTTP, kept warm per (endpoint, database, role).
+//!
+//! Architecture invariant: a request reuses a pooled connection only after its own password was
+//! verified ([`PasswordCache`]); otherwise it opens a new connection and Postgres judges the
+//! password. The pool key carries no credentials, and it carries the endpoint, so one endpoint's
+//! credentials are never tried against another endpoint's backend.
+//!
+//! Checkout is LIFO and skips connections the server has closed. Returned connections are reset
+//! in the background (`ROLLBACK` if needed, `DISCARD ALL`) before they become idle again. A
+//! connection is discarded, never returned, after any error or when the request is dropped
+//! mid-query; a dropped in-flight query is cancelled first. Limits: open connections per
+//! endpoint (waiting briefly for a slot, evicting idle connections of other roles first), idle
+//! connections per endpoint and in total, and an idle timeout enforced by [`Pool::run_reaper`].
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::PasswordCache;
+use crate::backend::{self, Backend, BackendError, ConnectParams};
+use crate::conn_info::{ConnInfo, EndpointId};
+use crate::error::{ErrorKind, ReportableError};
+use crate::metrics::Metrics;
+use crate::routes::Route;
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct PoolKey {
+    pub endpoint: EndpointId,
+    pub database: String,
+    pub role: String,
+}
+
+impl PoolKey {
+    pub fn of(info: &ConnInfo) -> Self {
+        PoolKey {
+            endpoint: info.endpoint.clone(),
+            database: info.database.clone(),
+            role: info.user.clone(),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct PoolConfig {
+    /// Open (active + idle) backend connections per endpoint.
+    pub max_conns_per_endpoint: usize,
+    pub max_idle_per_endpoint: usize,
+    pub max_idle_total: usize,
+    pub idle_timeout: Duration,
+    /// How long a request waits for a connection slot before failing.
+    pub acquire_timeout: Duration,
+    pub connect_timeout: Duration,
+    /// How long a verified password may be trusted for reuse without asking Postgres again.
+    pub password_ttl: Duration,
+    /// No backend message may exceed this (bounds memory per connection).
+    pub max_message_bytes: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    #[error("authentication failed")]
+    AuthFailed,
+    #[error("no connection slot became free in time")]
+    TooManyConnections,
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+}
+
+impl ReportableError for PoolError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            PoolError::AuthFailed => ErrorKind::User,
+            PoolError::TooManyConnections => ErrorKind::RateLimit,
+            PoolError::Backend(e) => e.kind(),
+        }
+    }
+}
+
+pub struct Pool {
+    config: PoolConfig,
+    passwords: PasswordCache,
+    state: Mutex<State>,
+    metrics: Arc<Metrics>,
+}
+
+#[derive(Default)]
+struct State {
+    endpoints: HashMap<EndpointId, EndpointPool>,
+    idle_total: usize,
+}
+
+struct EndpointPool {
+    /// Idle connections per (database, role), most recently returned last.
+    idle: HashMap<(String, String), Vec<Idle>>,
+    idle_count: usize,
+    slots: Arc<Semaphore>,
+}
+
+struct Idle {
+    backend: Backend,
+    slot: OwnedSemaphorePermit,
+    since: Instant,
+}
+
+impl Pool {
+    pub fn new(config: PoolConfig, metrics: Arc<Metrics>) -> Arc<Self> {
+        Arc::new(Pool {
+            passwords: PasswordCache::new(config.password_ttl),
+            config,
+            state: Mutex::new(State::default()),
+            metrics,
+        })
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave the maps inconsistent in a way that
+        // matters more than losing the pool, so recover the guard.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// A connection for `info` at `route`: a pooled one if the password is verified, else a
+    /// new one authenticated by Postgres.
+    pub async fn checkout(
+        self: &Arc<Self>,
+        route: &Route,
+        info: &ConnInfo,
+        application_name: Option<&str>,
+    ) -> Result<Conn, PoolError> {
+        let key = PoolKey::of(info);
+        if self.passwords.is_verified(&key, &info.password) {
+            if let Some(idle) = self.take_idle(&key) {
+                self.metrics
+                    .pool_checkouts
+                    .with_label_values(&["hit"])
+                    .inc();
+                return Ok(Conn::new(self.clone(), key, idle.backend, idle.slot));
+            }
+        }
+        self.metrics
+            .pool_checkouts
+            .with_label_values(&["miss"])
+            .inc();
+        let slot = self.acquire_slot(&key.endpoint).await?;
+        let started = Instant::now();
+        let params = ConnectParams {
+            user: &info.user,
+            password: info.password.as_bytes(),
+            database: &info.database,
+            application_name,
+        };
+        let connected = backend::connect(
+            &route.address,
+            &params,
+            self.config.connect_timeout,
+            self.config.max_message_bytes,
+        )
+        .await;
+        self.metrics
+            .backend_connect_seconds
+            .observe(started.elapsed().as_secs_f64());
+        match connected {
+            Ok(backend) => {
+                self.passwords.remember(&key, &info.password);
+                Ok(Conn::new(self.clone(), key, backend, slot))
+            }
+            Err(BackendError::Db(e)) if e.is_auth_failure() => {
+                // The password may have changed: nothing cached for this role is trusted now.
+                self.passwords.forget(&key);
+                self.drop_idle(&key);
+                Err(PoolError::AuthFailed)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn take_idle(&self, key: &PoolKey) -> Option<Idle> {
+        let mut closed = Vec::new();
+        let found = {
+            let mut state = self.state();
+            let State {
+                endpoints,
+                idle_total,
+            } = &mut *state;
+            let endpoint = endpoints.get_mut(&key.endpoint)?;
+            let list = endpoint
+                .idle
+                .get_mut(&(key.database.clone(), key.role.clone()))?;
+            let mut found = None;
+            while let Some(idle) = list.pop() {
+                endpoint.idle_count -= 1;
+                *idle_total -= 1;
+                if idle.backend.is_closed() {
+                    closed.push(idle);
+                } else {
+                    found = Some(idle);
+                    break;
+                }
+            }
+            found
+        };
+        self.metrics.pool_idle.sub(closed.len() as i64);
+        self.metrics.pool_discards.inc_by(closed.len() as u64);
+        if found.is_some() {
+            self.metrics.pool_idle.dec();
+        }
+        found
+    }
+
+    fn drop_idle(&self, key: &PoolKey) {
+        let removed = {
+            let mut state = self.state();
+            let State {
+                endpoints,
+                idle_total,
+            } = &mut *state;
+            let Some(endpoint) = endpoints.get_mut(&key.endpoint) else {
+                return;
+            };
+            let removed = endpoint
+                .idle
+                .remove(&(key.database.clone(), key.role.clone()))
+                .unwrap_or_default();
+            endpoint.idle_count -= removed.len();
+            *idle_total -= removed.len();
+            removed
+        };
+        self.close_idle(removed);
+    }
+
+    async fn acquire_slot(&self, endpoint: &EndpointId) -> Result<OwnedSemaphorePermit, PoolError> {
+        let slots = {
+            let mut state = self.state();
+            let max = self.config.max_conns_per_endpoint;
+            state
+                .endpoints
+                .entry(endpoint.clone())
+                .or_insert_with(|| EndpointPool {
+                    idle: HashMap::new(),
+                    idle_count: 0,
+                    slots: Arc::new(Semaphore::new(max)),
+                })
+                .slots
+                .clone()
+        };
+        if let Ok(slot) = slots.clone().try_acquire_owned() {
+            return Ok(slot);
+        }
+        // Full: the oldest idle connection of this endpoint (another database or role, or one
+        // whose password is no longer trusted) gives its slot to this request.
+        if let Some(Idle { backend, slot, .. }) = self.evict_oldest(endpoint) {
+            self.metrics.pool_idle.dec();
+            self.metrics.pool_discards.inc();
+            spawn_detached(backend.terminate());
+            return Ok(slot);
+        }
+        tokio::time::timeout(self.config.acquire_timeout, slots.acquire_owned())
+            .await
+            .map_err(|_| PoolError::TooManyConnections)?
+            .map_err(|_| PoolError::TooManyConnections)
+    }
+
+    fn evict_oldest(&self, endpoint: &EndpointId) -> Option<Idle> {
+        let mut state = self.state();
+        let State {
+            endpoints,
+            idle_total,
+        } = &mut *state;
+        let pool = endpoints.get_mut(endpoint)?;
+        let (_, list) = pool
+            .idle
+            .iter_mut()
+            .filter(|(_, list)| !list.is_empty())
+            .min_by_key(|(_, list)| list[0].since)?;
+        let idle = list.remove(0);
+        pool.idle_count -= 1;
+        *idle_total -= 1;
+        Some(idle)
+    }
+
+    /// Puts a freshly reset connection back, unless the idle caps are reached.
+    fn put(&self, key: PoolKey, backend: Backend, slot: OwnedSemaphorePermit) {
+        let idle = Idle {
+            backend,
+            slot,
+            since: Instant::now(),
+        };
+        let rejected = {
+            let mut state = self.state();
+            let State {
+                endpoints,
+                idle_total,
+            } = &mut *state;
+            match endpoints.get_mut(&key.endpoint) {
+                Some(pool)
+                    if *idle_total < self.config.max_idle_total
+                        && pool.idle_count < self.config.max_idle_per_endpoint =>
+                {
+                    pool.idle
+                        .entry((key.database, key.role))
+                        .or_default()
+                        .push(idle);
+                    pool.idle_count += 1;
+                    *idle_total += 1;
+                    None
+                }
+                _ => Some(idle),
+            }
+        };
+        match rejected {
+            Some(idle) => self.close_idle(vec![idle]),
+            None => self.metrics.pool_idle.inc(),
+        }
+    }
+
+    /// Closes connections that left the idle lists (their slots free as they go).
+    fn close_idle(&self, idle: Vec<Idle>) {
+        if idle.is_empty() {
+            return;
+        }
+        self.metrics.pool_discards.inc_by(idle.len() as u64);
+        spawn_detached(async move {
+            for Idle { backend, slot, .. } in idle {
+                backend.terminate().await;
+                drop(slot);
+            }
+        });
+    }
+
+    /// Removes idle connections older than the idle timeout or closed by the server, and
+    /// forgets endpoints with no connections at all. Returns how many connections it closed.
+    pub fn evict_expired(&self, now: Instant) -> usize {
+        let timeout = self.config.idle_timeout;
+        let expired: Vec<Idle> = {
+            let mut state = self.state();
+            let State {
+                endpoints,
+                idle_total,
+            } = &mut *state;
+            let mut expired = Vec::new();
+            for pool in endpoints.values_mut() {
+                for list in pool.idle.values_mut() {
+                    let (keep, gone): (Vec<Idle>, Vec<Idle>) =
+                        std::mem::take(list).into_iter().partition(|idle| {
+                            now.saturating_duration_since(idle.since) < timeout
+                                && !idle.backend.is_closed()
+                        });
+                    *list = keep;
+                    pool.idle_count -= gone.len();
+                    *idle_total -= gone.len();
+                    expired.extend(gone);
+                }
+                pool.idle.retain(|_, list| !list.is_empty());
+            }
+            let max = self.config.max_conns_per_endpoint;
+            endpoints
+                .retain(|_, pool| !(pool.idle.is_empty() && pool.slots.available_permits() == max));
+            expired
+        };
+        let count = expired.len();
+        self.metrics.pool_idle.sub(count as i64);
+        self.close_idle(expired);
+        count
+    }
+
+    /// Enforces the idle timeout until `shutdown`, then closes every idle connection.
+    pub async fn run_reaper(self: Arc<Self>, shutdown: CancellationToken) {
+        let period =
+            (self.config.idle_timeout / 4).clamp(Duration::from_secs(1), Duration::from_secs(30));
+        let mut tick = tokio::time::interval(period);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    self.evict_expired(Instant::now());
+                }
+                _ = shutdown.cancelled() => break,
+            }
+        }
+        let all: Vec<Idle> = {
+            let mut state = self.state();
+            state.idle_total = 0;
+            state
+                .endpoints
+                .drain()
+                .flat_map(|(_, pool)| pool.idle.into_values().flatten())
+                .collect()
+        };
+        self.metrics.pool_idle.sub(all.len() as i64);
+        for Idle { backend, .. } in all {
+            backend.terminate().await;
+        }
+    }
+
+    pub fn idle_count(&self) -> usize {
+        self.state().idle_total
+    }
+}
+
+fn spawn_detached(task: impl std::future::Future<Output = ()> + Send + 'static) {
+    if let Ok(handle) = tokio::runtime::Handle::try_current() {
+        handle.spawn(task);
+    }
+}
+
+/// A checked-out backend connection. [`Conn::release`] returns it to the pool after a reset;
+/// dropping it instead discards it, cancelling a query still in flight.
+pub struct Conn {
+    pool: Arc<Pool>,
+    key: PoolKey,
+    backend: Option<Backend>,
+    slot: Option<OwnedSemaphorePermit>,
+}
+
+impl Conn {
+    fn new(pool: Arc<Pool>, key: PoolKey, backend: Backend, slot: OwnedSemaphorePermit) -> Self {
+        pool.metrics.pool_active.inc();
+        Conn {
+            pool,
+            key,
+            backend: Some(backend),
+            slot: Some(slot),
+        }
+    }
+
+    pub fn backend(&mut self) -> &mut Backend {
+        self.backend
+            .as_mut()
+            .expect("the backend is only taken by release or drop")
+    }
+
+    /// Hands the connection back: reset in the background, then idle in the pool.
+    pub fn release(mut self) {
+        let (Some(mut backend), Some(slot)) = (self.backend.take(), self.slot.take()) else {
+            return;
+        };
+        self.pool.metrics.pool_active.dec();
+        let pool = self.pool.clone();
+        let key = self.key.clone();
+        spawn_detached(async move {
+            match tokio::time::timeout(Duration::from_secs(10), backend.reset()).await {
+                Ok(Ok(())) => pool.put(key, backend, slot),
+                _ => {
+                    pool.metrics.pool_discards.inc();
+                    discard(backend, slot).await;
+                }
+            }
+        });
+    }
+}
+
+async fn discard(backend: Backend, slot: OwnedSemaphorePermit) {
+    if backend.in_flight() {
+        if let Err(e) = backend.cancel_key().cancel().await {
+            tracing::debug!(error = %e, "could not send cancel request");
+        }
+    }
+    backend.terminate().await;
+    drop(slot);
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        if let (Some(backend), Some(slot)) = (self.backend.take(), self.slot.take()) {
+            self.pool.metrics.pool_active.dec();
+            self.pool.metrics.pool_discards.inc();
+            spawn_detached(discard(backend, slot));
+        }
+    }
+}

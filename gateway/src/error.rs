@@ -70,7 +70,7 @@ pub enum SqlError {
     #[error("password authentication failed for user '{user}'")]
     AuthFailed { user: String },
     #[error(transparent)]
-    Postgres(DbError),
+    Postgres(Box<DbError>),
     #[error("request is too large (max is {max} bytes)")]
     RequestTooLarge { max: usize },
     #[error("response is too large (max is {max} bytes)")]
@@ -235,13 +235,13 @@ mod tests {
 
     #[test]
     fn postgres_error_keys_are_in_driver_order() {
-        let body = SqlError::Postgres(DbError {
+        let body = SqlError::Postgres(Box::new(DbError {
             severity: "ERROR".into(),
             code: "42703".into(),
             message: "column \"x\" does not exist".into(),
             position: Some("8".into()),
             ..DbError::default()
-        })
+        }))
         .body();
         let keys: Vec<&str> = body
             .as_object()

@@ -48,7 +48,7 @@ pub enum BackendError {
     #[error("i/o error talking to the backend: {0}")]
     Io(#[from] io::Error),
     #[error("{}", .0.message)]
-    Db(#[from] DbError),
+    Db(Box<DbError>),
     #[error("backend protocol error: {0}")]
     Protocol(String),
     #[error("backend asked for an unsupported authentication method ({0})")]
@@ -57,6 +57,12 @@ pub enum BackendError {
     MessageTooLarge { len: usize, max: usize },
     #[error("timed out connecting to the backend")]
     ConnectTimeout,
+}
+
+impl From<DbError> for BackendError {
+    fn from(error: DbError) -> Self {
+        BackendError::Db(Box::new(error))
+    }
 }
 
 impl ReportableError for BackendError {
@@ -252,10 +258,7 @@ impl Backend {
             return true;
         }
         let mut probe = [0u8; 1];
-        match self.stream.try_read(&mut probe) {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => false,
-            _ => true,
-        }
+        !matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
     }
 
     /// Politely ends the session (best effort) and closes the socket.

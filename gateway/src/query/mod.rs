@@ -137,7 +137,7 @@ impl ReportableError for QueryError {
 
 impl From<DbError> for QueryError {
     fn from(error: DbError) -> Self {
-        QueryError::Backend(BackendError::Db(error))
+        QueryError::Backend(error.into())
     }
 }
 

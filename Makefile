@@ -1,0 +1,45 @@
+# Entry points for developers and CI. The scripts in scripts/ do the work;
+# `make` with no target lists what is here.
+
+DATA_DIR ?= .data
+CARGO ?= cargo
+
+.DEFAULT_GOAL := help
+.PHONY: help up test build fmt lint bench clean clean-data
+
+help: ## list the targets
+	@echo "Targets:"
+	@awk 'BEGIN { FS = ":.*## " } /^[a-z][a-z-]*:.*## / { printf "  %-11s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
+	@echo "Env switches: DATA_DIR, POSTGRES_PORT, GATEWAY_LISTEN, GATEWAY_ADMIN_LISTEN, RUST_LOG (up);"
+	@echo "              SKIP_RUST=1, SKIP_NODE=1 (test)"
+
+up: ## build and run the local stack (Postgres + gateway) in the foreground
+	bash scripts/dev-up.sh
+
+test: ## everything CI runs: fmt, clippy, cargo test, the Node sdk-tests suite
+	bash scripts/test.sh
+
+build: ## release build of the whole workspace
+	$(CARGO) build --workspace --release
+
+fmt: ## format the Rust code
+	$(CARGO) fmt --all
+
+lint: ## fmt check and clippy with warnings as errors
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+bench: ## gateway benchmarks (when there are any)
+	@if [ -d gateway/benches ]; then \
+		$(CARGO) bench -p gateway; \
+	else \
+		echo "no benchmarks yet: they arrive with a later issue"; \
+	fi
+
+clean: ## remove build output (keeps the dev data in DATA_DIR, default .data)
+	$(CARGO) clean
+
+clean-data: ## stop the dev Postgres and delete DATA_DIR (default .data)
+	@case "$(DATA_DIR)" in ""|/) echo "refusing to delete DATA_DIR='$(DATA_DIR)'"; exit 1;; esac
+	bash scripts/postgres.sh stop "$(DATA_DIR)/computes/db/pgdata"
+	rm -rf -- "$(DATA_DIR)"

@@ -1,0 +1,817 @@
+//! `POST /sql` end to end: an in-process gateway on real sockets in front of a real Postgres.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use support::{driver_request, postgres, sql, TestGateway, CONN};
+use tokio::io::AsyncWriteExt;
+
+/// A table name unique to this test run and call site.
+fn table(name: &str) -> String {
+    format!("{name}_{}", std::process::id())
+}
+
+#[tokio::test]
+async fn single_query_has_the_exact_result_shape() {
+    let gw = TestGateway::start(|_| {}).await;
+    let pg = postgres().client().await;
+    let t = table("shape");
+    pg.batch_execute(&format!(
+        "CREATE TABLE {t} (id int4 PRIMARY KEY, name text)"
+    ))
+    .await
+    .expect("create");
+    pg.execute(&format!("INSERT INTO {t} VALUES (1, 'a'), (2, NULL)"), &[])
+        .await
+        .expect("insert");
+    let table_oid: u32 = pg
+        .query_one(&format!("SELECT '{t}'::regclass::oid"), &[])
+        .await
+        .expect("oid")
+        .get(0);
+
+    let (status, body) = sql(
+        &gw,
+        CONN,
+        json!({"query": format!("SELECT id, name FROM {t} WHERE id >= $1 ORDER BY id"), "params": ["1"]}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        body,
+        json!({
+            "fields": [
+                {"name": "id", "dataTypeID": 23, "tableID": table_oid, "columnID": 1,
+                 "dataTypeSize": 4, "dataTypeModifier": -1, "format": "text"},
+                {"name": "name", "dataTypeID": 25, "tableID": table_oid, "columnID": 2,
+                 "dataTypeSize": -1, "dataTypeModifier": -1, "format": "text"}
+            ],
+            "rows": [["1", "a"], ["2", null]],
+            "command": "SELECT",
+            "rowCount": 2,
+            "rowAsArray": true
+        })
+    );
+    // The key order is part of the contract.
+    let keys: Vec<String> = body.as_object().expect("object").keys().cloned().collect();
+    assert_eq!(
+        keys,
+        ["fields", "rows", "command", "rowCount", "rowAsArray"]
+    );
+
+    let (_, body) = sql(
+        &gw,
+        CONN,
+        json!({"query": format!("INSERT INTO {t} VALUES (3, 'c'), (4, 'd')")}),
+    )
+    .await;
+    assert_eq!(
+        (body["command"].clone(), body["rowCount"].clone()),
+        (json!("INSERT"), json!(2))
+    );
+    assert_eq!(body["fields"], json!([]));
+    let (_, body) = sql(
+        &gw,
+        CONN,
+        json!({"query": format!("CREATE INDEX ON {t} (name)")}),
+    )
+    .await;
+    assert_eq!(
+        (body["command"].clone(), body["rowCount"].clone()),
+        (json!("CREATE"), Value::Null)
+    );
+    // Untyped parameters are inferred by Postgres: `SELECT $1` is text.
+    let (_, body) = sql(
+        &gw,
+        CONN,
+        json!({"query": "SELECT $1 AS x", "params": [null]}),
+    )
+    .await;
+    assert_eq!(body["fields"][0]["dataTypeID"], 25);
+    assert_eq!(body["rows"], json!([[null]]));
+    pg.batch_execute(&format!("DROP TABLE {t}"))
+        .await
+        .expect("drop");
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn typed_mode_and_object_rows_without_the_driver_headers() {
+    let gw = TestGateway::start(|_| {}).await;
+    let client = reqwest::Client::new();
+    let body: Value = client
+        .post(gw.sql_url())
+        .header("Neon-Connection-String", CONN)
+        .body(
+            json!({"query": "SELECT 1::int2 AS a, true AS b, '{\"x\":[1,null]}'::jsonb AS c, 5::int8 AS d, \
+                   '[0:1]={1,2}'::int4[] AS e, ARRAY['NaN','1.5']::float8[] AS f, 2.50::numeric AS g, \
+                   ARRAY[ARRAY['a b',NULL],ARRAY['\"q\"','c']] AS h, NULL::int AS i"})
+            .to_string(),
+        )
+        .send()
+        .await
+        .expect("send")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(body["rowAsArray"], false);
+    assert_eq!(
+        body["rows"],
+        json!([{"a": 1, "b": true, "c": {"x": [1, null]}, "d": "5", "e": [1, 2],
+                "f": ["NaN", 1.5], "g": "2.50", "h": [["a b", null], ["\"q\"", "c"]], "i": null}])
+    );
+
+    // A custom enum array is looked up in pg_type and still becomes a JSON array.
+    let pg = postgres().client().await;
+    let mood = table("mood");
+    pg.batch_execute(&format!("CREATE TYPE {mood} AS ENUM ('sad', 'ok')"))
+        .await
+        .expect("create type");
+    let body: Value = client
+        .post(gw.sql_url())
+        .header("Neon-Connection-String", CONN)
+        .body(json!({"query": format!("SELECT ARRAY['ok','sad']::{mood}[] AS m, 'ok'::{mood} AS one")}).to_string())
+        .send()
+        .await
+        .expect("send")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(body["rows"], json!([{"m": ["ok", "sad"], "one": "ok"}]));
+    pg.batch_execute(&format!("DROP TYPE {mood}"))
+        .await
+        .expect("drop");
+
+    // Per-query arrayMode overrides the header; raw mode keeps Postgres text.
+    let (_, body) = sql(
+        &gw,
+        CONN,
+        json!({"query": "SELECT true AS b", "arrayMode": false}),
+    )
+    .await;
+    assert_eq!(body["rows"], json!([{"b": "t"}]));
+    assert_eq!(body["rowAsArray"], false);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn batches_run_in_one_transaction() {
+    let gw = TestGateway::start(|_| {}).await;
+    let pg = postgres().client().await;
+    let t = table("batch");
+    pg.batch_execute(&format!("CREATE TABLE {t} (id int PRIMARY KEY)"))
+        .await
+        .expect("create");
+
+    let (status, body) = sql(
+        &gw,
+        CONN,
+        json!({"queries": [
+            {"query": format!("INSERT INTO {t} VALUES ($1)"), "params": ["1"]},
+            {"query": format!("SELECT count(*)::int AS n FROM {t}")},
+            {"query": "SELECT txid_current_if_assigned() IS NOT NULL AS in_tx", "arrayMode": false}
+        ]}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let results = body["results"].as_array().expect("results");
+    assert_eq!(results.len(), 3);
+    assert_eq!(results[0]["command"], "INSERT");
+    assert_eq!(results[1]["rows"], json!([["1"]]));
+    assert_eq!(results[2]["rows"], json!([{"in_tx": "t"}]));
+
+    // The second statement fails: the first one is rolled back and the error is returned.
+    let (status, body) = sql(
+        &gw,
+        CONN,
+        json!({"queries": [
+            {"query": format!("INSERT INTO {t} VALUES (2)")},
+            {"query": format!("INSERT INTO {t} VALUES (1)")}
+        ]}),
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert_eq!(body["code"], "23505");
+    assert_eq!(body["constraint"], format!("{t}_pkey"));
+    let ids: Vec<i32> = pg
+        .query(&format!("SELECT id FROM {t} ORDER BY id"), &[])
+        .await
+        .expect("select")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(ids, [1]);
+
+    let (status, body) = sql(&gw, CONN, json!({"queries": []})).await;
+    assert_eq!((status, body), (200, json!({"results": []})));
+    pg.batch_execute(&format!("DROP TABLE {t}"))
+        .await
+        .expect("drop");
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn batch_transaction_headers() {
+    let gw = TestGateway::start(|_| {}).await;
+    let client = reqwest::Client::new();
+    let show = json!({"queries": [
+        {"query": "SHOW transaction_isolation"},
+        {"query": "SHOW transaction_read_only"},
+        {"query": "SHOW transaction_deferrable"}
+    ]});
+    for (level, expected) in [
+        ("ReadUncommitted", "read uncommitted"),
+        ("ReadCommitted", "read committed"),
+        ("RepeatableRead", "repeatable read"),
+        ("Serializable", "serializable"),
+    ] {
+        let response = driver_request(&client, &gw, CONN)
+            .header("Neon-Batch-Isolation-Level", level)
+            .header("Neon-Batch-Read-Only", "true")
+            .header("Neon-Batch-Deferrable", "true")
+            .body(show.to_string())
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(response.headers()["neon-batch-isolation-level"], level);
+        assert_eq!(response.headers()["neon-batch-read-only"], "true");
+        assert_eq!(response.headers()["neon-batch-deferrable"], "true");
+        let body: Value = response.json().await.expect("json");
+        let values: Vec<&Value> = (0..3).map(|i| &body["results"][i]["rows"][0][0]).collect();
+        assert_eq!(
+            values,
+            [&json!(expected), &json!("on"), &json!("on")],
+            "{level}"
+        );
+    }
+    // Only the exact value `true` counts.
+    let body: Value = driver_request(&client, &gw, CONN)
+        .header("Neon-Batch-Read-Only", "TRUE")
+        .body(show.to_string())
+        .send()
+        .await
+        .expect("send")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(body["results"][1]["rows"][0][0], "off");
+    // A read-only batch cannot write.
+    let body: Value = driver_request(&client, &gw, CONN)
+        .header("Neon-Batch-Read-Only", "true")
+        .body(json!({"queries": [{"query": "CREATE TEMP TABLE nope (x int)"}]}).to_string())
+        .send()
+        .await
+        .expect("send")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(body["code"], "25006");
+    let response = driver_request(&client, &gw, CONN)
+        .header("Neon-Batch-Isolation-Level", "serializable")
+        .body(show.to_string())
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), 400);
+    let body: Value = response.json().await.expect("json");
+    assert_eq!(body["message"], "invalid isolation level");
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn postgres_errors_carry_every_field() {
+    let gw = TestGateway::start(|_| {}).await;
+    let (status, body) = sql(&gw, CONN, json!({"query": "SELECT nope FROM pg_class"})).await;
+    assert_eq!(status, 400);
+    assert_eq!(body["message"], "column \"nope\" does not exist");
+    assert_eq!(body["code"], "42703");
+    assert_eq!(body["severity"], "ERROR");
+    assert_eq!(body["position"], "8");
+    assert!(body["file"].is_string() && body["line"].is_string() && body["routine"].is_string());
+    assert_eq!(body.as_object().expect("object").len(), 17);
+
+    // An error inside a function sets internalQuery/internalPosition and where.
+    let (_, body) = sql(
+        &gw,
+        CONN,
+        json!({"query": "DO $$ BEGIN PERFORM 1/0; END $$"}),
+    )
+    .await;
+    assert_eq!(body["code"], "22012");
+    assert!(
+        body["where"]
+            .as_str()
+            .is_some_and(|w| w.contains("PL/pgSQL")),
+        "{body}"
+    );
+    gw.stop().await;
+}
+
+type BadInputCase<'a> = (&'a str, Option<&'a str>, Vec<u8>, u16, &'a str, &'a str);
+
+#[tokio::test]
+async fn bad_input_gets_clear_errors() {
+    let gw = TestGateway::start(|c| {
+        c.max_request_bytes = 64 * 1024;
+        c.max_response_bytes = 64 * 1024;
+    })
+    .await;
+    let client = reqwest::Client::new();
+    let send = |conn: Option<&str>, body: Vec<u8>| {
+        let mut request = client.post(gw.sql_url()).body(body);
+        if let Some(conn) = conn {
+            request = request.header("Neon-Connection-String", conn);
+        }
+        async move {
+            let response = request.send().await.expect("send");
+            let status = response.status().as_u16();
+            let body: Value = response.json().await.expect("json error body");
+            (status, body)
+        }
+    };
+    let query = |q: &str| json!({"query": q}).to_string().into_bytes();
+    // (name, connection string, body, expected status, code, message fragment)
+    let cases: Vec<BadInputCase> = vec![
+        (
+            "non-JSON body",
+            Some(CONN),
+            b"SELECT 1".to_vec(),
+            400,
+            "",
+            "invalid request body",
+        ),
+        (
+            "wrong JSON shape",
+            Some(CONN),
+            b"{\"sql\":\"SELECT 1\"}".to_vec(),
+            400,
+            "",
+            "expected a \"query\"",
+        ),
+        (
+            "query not a string",
+            Some(CONN),
+            b"{\"query\":[1]}".to_vec(),
+            400,
+            "",
+            "invalid request body",
+        ),
+        (
+            "invalid UTF-8",
+            Some(CONN),
+            b"{\"query\":\"SELECT '\xff'\"}".to_vec(),
+            400,
+            "",
+            "invalid request body",
+        ),
+        (
+            "missing connection string",
+            None,
+            query("SELECT 1"),
+            400,
+            "",
+            "missing connection string",
+        ),
+        (
+            "malformed connection string",
+            Some("not a url"),
+            query("SELECT 1"),
+            400,
+            "",
+            "invalid connection string",
+        ),
+        (
+            "wrong scheme",
+            Some("mysql://u:p@db.x/main"),
+            query("SELECT 1"),
+            400,
+            "",
+            "incorrect scheme",
+        ),
+        (
+            "missing database",
+            Some("postgres://u:p@db.x"),
+            query("SELECT 1"),
+            400,
+            "",
+            "missing database",
+        ),
+        (
+            "several statements",
+            Some(CONN),
+            query("SELECT 1; SELECT 2"),
+            400,
+            "42601",
+            "multiple commands",
+        ),
+        (
+            "wrong parameter count",
+            Some(CONN),
+            json!({"query": "SELECT $1, $2", "params": ["1"]})
+                .to_string()
+                .into_bytes(),
+            400,
+            "08P01",
+            "2",
+        ),
+        (
+            "NUL in query",
+            Some(CONN),
+            query("SELECT '\u{0}'"),
+            400,
+            "",
+            "NUL",
+        ),
+        (
+            "oversized body",
+            Some(CONN),
+            query(&"x".repeat(70 * 1024)),
+            413,
+            "",
+            "request is too large (max is 65536 bytes)",
+        ),
+        (
+            "oversized response",
+            Some(CONN),
+            query("SELECT repeat('x', 1000) FROM generate_series(1, 100)"),
+            507,
+            "",
+            "response is too large",
+        ),
+        (
+            "oversized single row",
+            Some(CONN),
+            query("SELECT repeat('x', 200000)"),
+            507,
+            "",
+            "response is too large",
+        ),
+        (
+            "unknown database",
+            Some("postgres://postgres:postgres@db.x/nosuchdb"),
+            query("SELECT 1"),
+            400,
+            "3D000",
+            "does not exist",
+        ),
+    ];
+    for (name, conn, body, status, code, fragment) in cases {
+        let (got_status, got) = send(conn, body).await;
+        assert_eq!(got_status, status, "{name}: {got}");
+        assert_eq!(got["code"], code, "{name}: {got}");
+        assert!(
+            got["message"]
+                .as_str()
+                .is_some_and(|m| m.contains(fragment)),
+            "{name}: {got}"
+        );
+    }
+    // Unknown endpoint and wrong password are indistinguishable.
+    let (s1, unknown) = send(
+        Some("postgres://postgres:postgres@nosuchendpoint.x/main"),
+        query("SELECT 1"),
+    )
+    .await;
+    let (s2, wrong) = send(
+        Some("postgres://postgres:wrong@db.x/main"),
+        query("SELECT 1"),
+    )
+    .await;
+    let (s3, no_role) = send(
+        Some("postgres://ghost:postgres@db.x/main"),
+        query("SELECT 1"),
+    )
+    .await;
+    assert_eq!((s1, s2, s3), (400, 400, 400));
+    assert_eq!(unknown, wrong);
+    assert_eq!(
+        unknown["message"],
+        "password authentication failed for user 'postgres'"
+    );
+    assert_eq!(
+        no_role["message"],
+        "password authentication failed for user 'ghost'"
+    );
+    // The gateway still works after all that.
+    let (status, _) = sql(&gw, CONN, json!({"query": "SELECT 1"})).await;
+    assert_eq!(status, 200);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn http_surface_cors_request_ids_and_http2() {
+    let gw = TestGateway::start(|_| {}).await;
+    let client = reqwest::Client::new();
+    let preflight = client
+        .request(reqwest::Method::OPTIONS, gw.sql_url())
+        .send()
+        .await
+        .expect("preflight");
+    assert_eq!(preflight.status(), 200);
+    assert_eq!(preflight.headers()["access-control-allow-origin"], "*");
+    let allowed = preflight.headers()["access-control-allow-headers"]
+        .to_str()
+        .expect("ascii");
+    for h in [
+        "Neon-Connection-String",
+        "Neon-Batch-Deferrable",
+        "Neon-Batch-Isolation-Level",
+        "Authorization",
+    ] {
+        assert!(allowed.contains(h), "{h} in {allowed}");
+    }
+    assert!(preflight.headers().contains_key("neon-request-id"));
+
+    for request in [
+        client.get(format!("http://{}/", gw.addr)),
+        client.get(gw.sql_url()),
+        client.post(format!("http://{}/other", gw.addr)),
+    ] {
+        let response = request.send().await.expect("send");
+        assert_eq!(response.status(), 400);
+        assert!(response.headers().contains_key("neon-request-id"));
+        assert_eq!(
+            response.text().await.expect("text"),
+            "\"query is not supported\""
+        );
+    }
+
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .expect("client");
+    let response = driver_request(&h2, &gw, CONN)
+        .body(json!({"query": "SELECT 42 AS answer"}).to_string())
+        .send()
+        .await
+        .expect("h2 request");
+    assert_eq!(response.version(), reqwest::Version::HTTP_2);
+    let ids: Vec<_> = [&response]
+        .iter()
+        .map(|r| {
+            r.headers()["neon-request-id"]
+                .to_str()
+                .expect("ascii")
+                .len()
+        })
+        .collect();
+    assert_eq!(ids, [36]);
+    assert_eq!(response.headers()["access-control-allow-origin"], "*");
+    let body: Value = response.json().await.expect("json");
+    assert_eq!(body["rows"], json!([["42"]]));
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn pooled_connections_need_a_verified_password() {
+    let gw = TestGateway::start(|_| {}).await;
+    let pg = postgres().client().await;
+    let role = table("pool_role");
+    pg.batch_execute(&format!("CREATE ROLE {role} LOGIN PASSWORD 'first'"))
+        .await
+        .expect("role");
+    let conn = |pw: &str| format!("postgres://{role}:{pw}@db.x/main");
+
+    let (status, _) = sql(&gw, &conn("first"), json!({"query": "SELECT 1"})).await;
+    assert_eq!(status, 200);
+    // Wait until the connection is back in the pool, then reuse it.
+    wait_for(|| async { gw.metric("gateway_pool_idle_connections", "").await >= 1.0 }).await;
+    let hits = gw
+        .metric("gateway_pool_checkouts_total", "outcome=\"hit\"")
+        .await;
+    let (status, _) = sql(&gw, &conn("first"), json!({"query": "SELECT 1"})).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        gw.metric("gateway_pool_checkouts_total", "outcome=\"hit\"")
+            .await,
+        hits + 1.0
+    );
+
+    // A wrong password never gets a result, although a pooled connection exists.
+    wait_for(|| async { gw.metric("gateway_pool_idle_connections", "").await >= 1.0 }).await;
+    let (status, body) = sql(&gw, &conn("wrong"), json!({"query": "SELECT 1"})).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(
+        body["message"],
+        format!("password authentication failed for user '{role}'")
+    );
+
+    // After a password change the new password works (Postgres judges it)...
+    pg.batch_execute(&format!("ALTER ROLE {role} PASSWORD 'second'"))
+        .await
+        .expect("alter");
+    let (status, _) = sql(&gw, &conn("second"), json!({"query": "SELECT 1"})).await;
+    assert_eq!(status, 200);
+    // ...and the old one is no longer trusted from the cache.
+    let (status, _) = sql(&gw, &conn("first"), json!({"query": "SELECT 1"})).await;
+    assert_eq!(status, 400);
+    gw.stop().await;
+    pg.batch_execute(&format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{role}'"
+    ))
+    .await
+    .expect("terminate");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    pg.batch_execute(&format!("DROP ROLE {role}"))
+        .await
+        .expect("drop role");
+}
+
+#[tokio::test]
+async fn sessions_are_reset_between_requests() {
+    let gw = TestGateway::start(|c| c.pool.max_idle_per_endpoint = 1).await;
+    let (_, body) = sql(&gw, CONN, json!({"query": "SHOW statement_timeout"})).await;
+    let default = body["rows"][0][0].clone();
+    for first in [
+        json!({"queries": [{"query": "SET statement_timeout = 1234"}]}),
+        json!({"query": "SET statement_timeout = 1234"}),
+        json!({"query": "BEGIN"}),
+    ] {
+        wait_for(|| async { gw.metric("gateway_pool_idle_connections", "").await >= 1.0 }).await;
+        let (status, _) = sql(&gw, CONN, first.clone()).await;
+        assert_eq!(status, 200, "{first}");
+        wait_for(|| async { gw.metric("gateway_pool_idle_connections", "").await >= 1.0 }).await;
+        let (_, body) = sql(
+            &gw,
+            CONN,
+            json!({"query": "SELECT current_setting('statement_timeout') AS t, txid_current_if_assigned() AS x"}),
+        )
+        .await;
+        assert_eq!(body["rows"][0][0], default, "after {first}");
+        assert_eq!(body["rows"][0][1], Value::Null, "after {first}");
+    }
+    assert!(
+        gw.metric("gateway_pool_checkouts_total", "outcome=\"hit\"")
+            .await
+            >= 3.0
+    );
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn client_disconnect_cancels_the_query() {
+    let gw = TestGateway::start(|_| {}).await;
+    let pg = postgres().client().await;
+    let t = table("cancelled");
+    pg.batch_execute(&format!("CREATE TABLE {t} (id int)"))
+        .await
+        .expect("create");
+    let query = format!(
+        "WITH ins AS (INSERT INTO {t} VALUES (1) RETURNING 1) SELECT pg_sleep(30) FROM ins"
+    );
+    let body = json!({"query": query}).to_string();
+    let request = format!(
+        "POST /sql HTTP/1.1\r\nHost: x\r\nNeon-Connection-String: {CONN}\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let mut stream = tokio::net::TcpStream::connect(gw.addr)
+        .await
+        .expect("connect");
+    stream.write_all(request.as_bytes()).await.expect("write");
+    // Wait until the statement runs, then go away.
+    wait_for(|| async { running(&pg, "pg_sleep(30)").await > 0 }).await;
+    drop(stream);
+    let started = Instant::now();
+    wait_for(|| async { running(&pg, "pg_sleep(30)").await == 0 }).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the query was cancelled, not finished"
+    );
+    let count: i64 = pg
+        .query_one(&format!("SELECT count(*) FROM {t}"), &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(count, 0, "the INSERT must not happen");
+    assert!(
+        gw.metric("gateway_errors_total", "kind=\"client_disconnect\"")
+            .await
+            >= 1.0
+    );
+    pg.batch_execute(&format!("DROP TABLE {t}"))
+        .await
+        .expect("drop");
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn connection_cap_per_endpoint() {
+    let gw = TestGateway::start(|c| {
+        c.pool.max_conns_per_endpoint = 1;
+        c.pool.acquire_timeout = Duration::from_millis(300);
+    })
+    .await;
+    let slow = tokio::spawn({
+        let url = gw.sql_url();
+        async move {
+            reqwest::Client::new()
+                .post(url)
+                .header("Neon-Connection-String", CONN)
+                .body(json!({"query": "SELECT pg_sleep(1.5)"}).to_string())
+                .send()
+                .await
+                .expect("send")
+                .status()
+                .as_u16()
+        }
+    });
+    wait_for(|| async { gw.metric("gateway_pool_active_connections", "").await >= 1.0 }).await;
+    let (status, body) = sql(&gw, CONN, json!({"query": "SELECT 1"})).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(
+        body["message"],
+        "Too many connections to this endpoint. Please try again later."
+    );
+    assert_eq!(slow.await.expect("slow request"), 200);
+    // The slot is free again.
+    let (status, _) = sql(&gw, CONN, json!({"query": "SELECT 1"})).await;
+    assert_eq!(status, 200);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn idle_connections_expire() {
+    let gw = TestGateway::start(|c| c.pool.idle_timeout = Duration::from_secs(1)).await;
+    let app = format!("expire_{}", std::process::id());
+    let (status, _) = sql(
+        &gw,
+        CONN,
+        json!({"query": format!("SET application_name = '{app}'")}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    wait_for(|| async { gw.metric("gateway_pool_idle_connections", "").await >= 1.0 }).await;
+    // The reaper closes it within the idle timeout plus one reaper period.
+    wait_for(|| async { gw.metric("gateway_pool_idle_connections", "").await == 0.0 }).await;
+    assert!(gw.metric("gateway_pool_discards_total", "").await >= 1.0);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn metrics_count_requests() {
+    let gw = TestGateway::start(|_| {}).await;
+    let before = gw
+        .metric(
+            "gateway_http_requests_total",
+            "kind=\"single\",status=\"200\"",
+        )
+        .await;
+    let (status, _) = sql(&gw, CONN, json!({"query": "SELECT 1"})).await;
+    assert_eq!(status, 200);
+    let (status, _) = sql(&gw, CONN, json!({"query": "SELECT nope"})).await;
+    assert_eq!(status, 400);
+    assert_eq!(
+        gw.metric(
+            "gateway_http_requests_total",
+            "kind=\"single\",status=\"200\""
+        )
+        .await,
+        before + 1.0
+    );
+    assert!(gw.metric("gateway_errors_total", "kind=\"postgres\"").await >= 1.0);
+    let text = gw.metrics().await;
+    for name in [
+        "gateway_http_request_duration_seconds_bucket",
+        "gateway_backend_connect_duration_seconds_count",
+        "gateway_pool_active_connections",
+    ] {
+        assert!(text.contains(name), "{name}");
+    }
+    let health = reqwest::get(format!("http://{}/healthz", gw.admin))
+        .await
+        .expect("healthz");
+    assert_eq!(health.status(), 200);
+    let ready = reqwest::get(format!("http://{}/readyz", gw.admin))
+        .await
+        .expect("readyz");
+    assert_eq!(ready.status(), 200);
+    gw.stop().await;
+}
+
+/// Polls `check` every 50 ms for up to 15 s.
+async fn wait_for<F, Fut>(check: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !check().await {
+        assert!(
+            Instant::now() < deadline,
+            "condition not reached within 15 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn running(pg: &tokio_postgres::Client, fragment: &str) -> i64 {
+    pg.query_one(
+        "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query LIKE '%' || $1 || '%' AND pid <> pg_backend_pid()",
+        &[&fragment],
+    )
+    .await
+    .expect("pg_stat_activity")
+    .get(0)
+}

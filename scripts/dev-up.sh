@@ -1,0 +1,165 @@
+#!/usr/bin/env bash
+# `make up`: the local dev stack in the foreground. It owns building the
+# gateway (release), the Postgres of the default endpoint `db` and the gateway
+# process; Ctrl-C (or SIGTERM) stops both.
+#
+# Env (all optional):
+#   DATA_DIR              state and compute data (default: .data in the repo)
+#   POSTGRES_PORT         Postgres of endpoint `db` on 127.0.0.1 (default 55432)
+#   GATEWAY_LISTEN        SQL-over-HTTP, WebSocket and Postgres listener (default 127.0.0.1:4444)
+#   GATEWAY_ADMIN_LISTEN  /metrics, /healthz, /readyz (default 127.0.0.1:4480)
+#   RUST_LOG              gateway log filter (default info)
+set -euo pipefail
+
+SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+LOG_TAG="dev-up"
+# shellcheck source=scripts/lib.sh
+. "$SCRIPT_DIR/lib.sh"
+REPO_ROOT="$(repo_root)"
+cd "$REPO_ROOT"
+
+POSTGRES_PORT="${POSTGRES_PORT:-55432}"
+GATEWAY_LISTEN="${GATEWAY_LISTEN:-127.0.0.1:4444}"
+GATEWAY_ADMIN_LISTEN="${GATEWAY_ADMIN_LISTEN:-127.0.0.1:4480}"
+RUST_LOG="${RUST_LOG:-info}"
+DATA_DIR="${DATA_DIR:-$REPO_ROOT/.data}"
+mkdir -p "$DATA_DIR"
+DATA_DIR="$(cd "$DATA_DIR" && pwd)"
+PGDATA_DIR="$DATA_DIR/computes/db/pgdata"
+GATEWAY_LOG="$DATA_DIR/gateway.log"
+GATEWAY_BIN="${CARGO_TARGET_DIR:-$REPO_ROOT/target}/release/gateway"
+READY_TIMEOUT_SECS=30
+
+# --- teardown: owns stopping everything this script started --------------------
+
+GATEWAY_PID=""
+PG_STARTED=0
+STOPPED=0
+# shellcheck disable=SC2317 # only called from the EXIT trap
+teardown() {
+  ((STOPPED == 0)) || return 0
+  STOPPED=1
+  trap - INT TERM
+  if [[ -n "$GATEWAY_PID" ]] && kill -0 "$GATEWAY_PID" 2>/dev/null; then
+    log "stopping gateway (pid $GATEWAY_PID)"
+    kill -TERM "$GATEWAY_PID" 2>/dev/null || true
+    # SIGTERM drains; give it a bounded time, then insist.
+    local i
+    for ((i = 0; i < 100; i++)); do
+      kill -0 "$GATEWAY_PID" 2>/dev/null || break
+      sleep 0.1
+    done
+    if kill -0 "$GATEWAY_PID" 2>/dev/null; then
+      warn "gateway did not exit within 10 s; killing it"
+      kill -KILL "$GATEWAY_PID" 2>/dev/null || true
+    fi
+    wait "$GATEWAY_PID" 2>/dev/null || true
+  fi
+  if ((PG_STARTED == 1)); then
+    bash "$SCRIPT_DIR/postgres.sh" stop "$PGDATA_DIR" || true
+  fi
+  log "stopped"
+}
+trap teardown EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# --- build -------------------------------------------------------------------------
+
+ensure_deps cargo curl
+log "building the gateway (cargo build --release -p gateway)"
+cargo build --release -p gateway
+[[ -x "$GATEWAY_BIN" ]] || die "no gateway binary at $GATEWAY_BIN after the build"
+
+# --- Postgres for the default endpoint `db` ---------------------------------------
+
+if curl -fsS --max-time 2 "http://$GATEWAY_ADMIN_LISTEN/readyz" >/dev/null 2>&1; then
+  die "something already answers on http://$GATEWAY_ADMIN_LISTEN/readyz; is the stack already up?"
+fi
+
+mkdir -p "$(dirname "$PGDATA_DIR")"
+bash "$SCRIPT_DIR/postgres.sh" init "$PGDATA_DIR"
+PG_STARTED=1
+bash "$SCRIPT_DIR/postgres.sh" start "$PGDATA_DIR" "$POSTGRES_PORT"
+bash "$SCRIPT_DIR/postgres.sh" createdb "$PGDATA_DIR" "$POSTGRES_PORT" main
+
+# --- gateway -------------------------------------------------------------------------
+
+log "starting gateway on $GATEWAY_LISTEN (admin $GATEWAY_ADMIN_LISTEN), log also in $GATEWAY_LOG"
+: >"$GATEWAY_LOG"
+# Output goes to the terminal and to the log file. tee ignores SIGINT so the
+# gateway can still log while it shuts down after Ctrl-C.
+RUST_LOG="$RUST_LOG" \
+  GATEWAY_LISTEN="$GATEWAY_LISTEN" \
+  GATEWAY_ADMIN_LISTEN="$GATEWAY_ADMIN_LISTEN" \
+  GATEWAY_ROUTES="db=127.0.0.1:$POSTGRES_PORT" \
+  GATEWAY_DEFAULT_ENDPOINT="db" \
+  "$GATEWAY_BIN" > >(
+    trap '' INT
+    exec tee -a "$GATEWAY_LOG"
+  ) 2>&1 &
+GATEWAY_PID=$!
+
+# --- readiness: bounded wait for /readyz --------------------------------------------
+
+ready=0
+for ((i = 0; i < READY_TIMEOUT_SECS * 2; i++)); do
+  if ! kill -0 "$GATEWAY_PID" 2>/dev/null; then
+    wait "$GATEWAY_PID" 2>/dev/null && rc=0 || rc=$?
+    warn "gateway exited (status $rc) before it was ready; last lines of $GATEWAY_LOG:"
+    tail -n 30 "$GATEWAY_LOG" >&2 || true
+    GATEWAY_PID=""
+    exit 1
+  fi
+  if curl -fsS --max-time 2 "http://$GATEWAY_ADMIN_LISTEN/readyz" >/dev/null 2>&1; then
+    ready=1
+    break
+  fi
+  sleep 0.5
+done
+if ((ready == 0)); then
+  warn "gateway not ready after ${READY_TIMEOUT_SECS} s; last lines of $GATEWAY_LOG:"
+  tail -n 30 "$GATEWAY_LOG" >&2 || true
+  exit 1
+fi
+
+# --- banner --------------------------------------------------------------------------
+
+GW_HOST="${GATEWAY_LISTEN%:*}"
+GW_PORT="${GATEWAY_LISTEN##*:}"
+# A wildcard bind is reached through loopback.
+case "$GW_HOST" in
+  0.0.0.0 | "[::]" | "") GW_HOST="127.0.0.1" ;;
+esac
+
+cat <<EOF
+
+  Serverless Postgres Gateway is up.
+
+  Connection string (endpoint db, database main):
+    postgres://postgres:postgres@db.localtest.me:$GW_PORT/main
+  db.localtest.me needs public DNS; without it use localhost (both route to endpoint db):
+    postgres://postgres:postgres@localhost:$GW_PORT/main
+
+  Postgres directly, bypassing the gateway:
+    psql postgres://postgres:postgres@127.0.0.1:$POSTGRES_PORT/main
+
+  With @neondatabase/serverless:
+    import { neon, neonConfig } from '@neondatabase/serverless';
+    neonConfig.fetchEndpoint = (host, port) => \`http://$GW_HOST:$GW_PORT/sql\`;
+    neonConfig.wsProxy = (host, port) => \`$GW_HOST:$GW_PORT/v2\`;
+    neonConfig.useSecureWebSocket = false;
+    const sql = neon('postgres://postgres:postgres@db.localtest.me:$GW_PORT/main');
+
+  Admin: http://$GATEWAY_ADMIN_LISTEN/metrics  /healthz  /readyz
+  Data:  $DATA_DIR   Gateway log: $GATEWAY_LOG
+  Press Ctrl-C to stop.
+
+EOF
+
+# --- foreground: wait until Ctrl-C, SIGTERM or the gateway exits --------------------
+
+wait "$GATEWAY_PID" && rc=0 || rc=$?
+GATEWAY_PID=""
+warn "gateway exited with status $rc"
+exit "$rc"

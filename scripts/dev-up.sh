@@ -61,8 +61,8 @@ teardown() {
   log "stopped"
 }
 trap teardown EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+trap 'exit 0' INT
+trap 'exit 0' TERM
 
 # --- build -------------------------------------------------------------------------
 
@@ -147,8 +147,6 @@ cat <<EOF
   With @neondatabase/serverless:
     import { neon, neonConfig } from '@neondatabase/serverless';
     neonConfig.fetchEndpoint = (host, port) => \`http://$GW_HOST:$GW_PORT/sql\`;
-    neonConfig.wsProxy = (host, port) => \`$GW_HOST:$GW_PORT/v2\`;
-    neonConfig.useSecureWebSocket = false;
     const sql = neon('postgres://postgres:postgres@db.localtest.me:$GW_PORT/main');
 
   Admin: http://$GATEWAY_ADMIN_LISTEN/metrics  /healthz  /readyz

@@ -538,6 +538,24 @@ async fn http_surface_cors_request_ids_and_http2() {
         );
     }
 
+    // A path prefix is ignored; only the `/sql` suffix matters.
+    let response = client
+        .post(format!("http://{}/any/prefix/sql", gw.addr))
+        .header("Neon-Connection-String", CONN)
+        .body(json!({"query": "SELECT 1 AS one"}).to_string())
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), 200);
+    let response = client
+        .post(format!("http://{}/sqlx", gw.addr))
+        .header("Neon-Connection-String", CONN)
+        .body(json!({"query": "SELECT 1"}).to_string())
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), 400);
+
     let h2 = reqwest::Client::builder()
         .http2_prior_knowledge()
         .build()

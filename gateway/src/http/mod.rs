@@ -12,6 +12,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
+use tower::ServiceExt;
 use tracing::Instrument;
 
 use crate::conn_info::EndpointId;
@@ -35,17 +36,24 @@ pub struct AppState {
 
 pub const REQUEST_ID: &str = "neon-request-id";
 
-/// The public router. Layers, outermost first: request id and span, then routing.
+/// The public router. Layers, outermost first: request id and span, then routing. Any path
+/// ending in `/sql` is the query endpoint (a path prefix is ignored, as is the Host header).
 pub fn app(state: Arc<AppState>) -> Router {
-    Router::new()
-        .route(
-            "/sql",
-            post(sql::handle)
-                .options(sql::preflight)
-                .fallback(not_supported),
-        )
+    let sql = post(sql::handle)
+        .options(sql::preflight)
         .fallback(not_supported)
-        .with_state(state)
+        .with_state(state);
+    Router::new()
+        .fallback(move |request: Request| {
+            let sql = sql.clone();
+            async move {
+                if request.uri().path().ends_with("/sql") {
+                    sql.oneshot(request).await.into_response()
+                } else {
+                    not_supported().await
+                }
+            }
+        })
         .layer(middleware::from_fn(request_context))
 }
 

@@ -113,3 +113,109 @@ async fn ready(State(state): State<Arc<AppState>>) -> Response {
         (StatusCode::OK, "ready\n").into_response()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use http_body_util::BodyExt;
+
+    fn router() -> Router {
+        let config = crate::config::Config::for_tests(vec![]);
+        let mut state = crate::state(&config);
+        Arc::get_mut(&mut state)
+            .expect("sole owner")
+            .max_request_bytes = 1024;
+        app(state)
+    }
+
+    async fn send(
+        request: axum::http::Request<Body>,
+    ) -> (StatusCode, axum::http::HeaderMap, String) {
+        let response = router().oneshot(request).await.expect("infallible");
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        (status, headers, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    fn post(path: &str, conn: Option<&str>, body: &str) -> axum::http::Request<Body> {
+        let mut builder = axum::http::Request::post(path);
+        if let Some(conn) = conn {
+            builder = builder.header("neon-connection-string", conn);
+        }
+        builder.body(Body::from(body.to_owned())).expect("request")
+    }
+
+    #[tokio::test]
+    async fn preflight_and_unsupported_paths() {
+        let (status, headers, _) = send(
+            axum::http::Request::options("/sql")
+                .body(Body::empty())
+                .expect("request"),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(headers["allow"], "OPTIONS, POST");
+        assert_eq!(headers["access-control-max-age"], "86400");
+        assert!(headers.contains_key(REQUEST_ID));
+        let (status, headers, body) = send(post("/nope", None, "")).await;
+        assert_eq!(
+            (status, body.as_str()),
+            (StatusCode::BAD_REQUEST, "\"query is not supported\"")
+        );
+        assert!(headers.contains_key(REQUEST_ID));
+    }
+
+    #[tokio::test]
+    async fn errors_before_any_backend_is_involved() {
+        let conn = "postgres://alice:pw@ghost.example.com/main";
+        let cases = [
+            (
+                post("/sql", None, "{}"),
+                StatusCode::BAD_REQUEST,
+                "missing connection string",
+            ),
+            (
+                post("/sql", Some(conn), "nope"),
+                StatusCode::BAD_REQUEST,
+                "invalid request body",
+            ),
+            (
+                post(
+                    "/sql",
+                    Some(conn),
+                    &format!("{{\"query\":\"{}\"}}", "x".repeat(2000)),
+                ),
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "request is too large (max is 1024 bytes)",
+            ),
+            (
+                post("/sql", Some(conn), "{\"query\":\"SELECT 1\"}"),
+                StatusCode::BAD_REQUEST,
+                "password authentication failed for user 'alice'",
+            ),
+            (
+                axum::http::Request::post("/sql")
+                    .header("neon-connection-string", conn)
+                    .header("authorization", "Bearer x.y.z")
+                    .body(Body::from("{}"))
+                    .expect("request"),
+                StatusCode::BAD_REQUEST,
+                "JWT authentication is not enabled",
+            ),
+        ];
+        for (request, status, fragment) in cases {
+            let (got, headers, body) = send(request).await;
+            assert_eq!(got, status, "{body}");
+            assert!(body.contains(fragment), "{body}");
+            assert_eq!(headers["access-control-allow-origin"], "*");
+            assert_eq!(headers["content-type"], "application/json");
+        }
+    }
+}

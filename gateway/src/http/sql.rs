@@ -16,7 +16,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use http_body_util::BodyExt;
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -195,22 +195,52 @@ fn conn_info(state: &AppState, headers: &HeaderMap) -> Result<ConnInfo, SqlError
         .map_err(|e| SqlError::bad_request(e.to_string()))
 }
 
-async fn read_body(headers: &HeaderMap, body: Body, max: usize) -> Result<Bytes, SqlError> {
+/// Reads the body, at most `max` bytes. A larger body gets 413, but only after the rest of the
+/// upload was read and discarded (up to [`DRAIN_LIMIT`] bytes, [`DRAIN_TIME`]): answering while
+/// the client still sends would make the kernel reset the connection, and clients such as
+/// `fetch` would then report a broken connection instead of the 413.
+async fn read_body(headers: &HeaderMap, mut body: Body, max: usize) -> Result<Bytes, SqlError> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > max as u64) {
+    if declared.is_some_and(|len| len > max.saturating_add(DRAIN_LIMIT) as u64) {
+        // Too large to be worth draining: answer at once.
         return Err(SqlError::RequestTooLarge { max });
     }
-    match Limited::new(body, max).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
-            Err(SqlError::RequestTooLarge { max })
+    if declared.is_none_or(|len| len <= max as u64) {
+        let mut collected = Vec::new();
+        loop {
+            let Some(frame) = body.frame().await else {
+                return Ok(Bytes::from(collected));
+            };
+            let frame =
+                frame.map_err(|_| SqlError::bad_request("could not read the request body"))?;
+            if let Some(data) = frame.data_ref() {
+                if collected.len() + data.len() > max {
+                    break;
+                }
+                collected.extend_from_slice(data);
+            }
         }
-        Err(_) => Err(SqlError::bad_request("could not read the request body")),
     }
+    // Over the limit: drain within bounds; whatever happens, the answer is 413.
+    let drain = async {
+        let mut drained = 0;
+        while let Some(Ok(frame)) = body.frame().await {
+            drained += frame.data_ref().map_or(0, |d| d.len());
+            if drained > DRAIN_LIMIT {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(DRAIN_TIME, drain).await;
+    Err(SqlError::RequestTooLarge { max })
 }
+
+/// How far past the limit a rejected upload is read before answering 413.
+const DRAIN_LIMIT: usize = 16 * 1024 * 1024;
+const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Records the request in metrics when it ends, including when the client goes away and the
 /// handler is dropped mid-flight.

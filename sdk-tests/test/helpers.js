@@ -1,0 +1,186 @@
+// Shared helpers for the SDK compatibility suite.
+//
+// The suite compares the real `@neondatabase/serverless` driver talking to the
+// gateway over HTTP with node-postgres talking straight to the same Postgres
+// over TCP. Everything is configured from the environment (set by `make test`);
+// a missing variable is a hard failure, never a skip.
+
+import assert from 'node:assert/strict';
+import { neon, neonConfig, NeonDbError } from '@neondatabase/serverless';
+import pg from 'pg';
+import ws from 'ws';
+
+function requireEnv(name) {
+  const value = process.env[name];
+  if (value === undefined || value.trim() === '') {
+    throw new Error(
+      `environment variable ${name} is not set: the SDK suite needs GATEWAY_HTTP, ` +
+        `GATEWAY_ADMIN, DATABASE_URL and DIRECT_DATABASE_URL (run it via \`make test\`)`,
+    );
+  }
+  return value.trim();
+}
+
+export const GATEWAY_HTTP = requireEnv('GATEWAY_HTTP').replace(/\/+$/, '');
+export const GATEWAY_ADMIN = requireEnv('GATEWAY_ADMIN').replace(/\/+$/, '');
+export const DATABASE_URL = requireEnv('DATABASE_URL');
+export const DIRECT_DATABASE_URL = requireEnv('DIRECT_DATABASE_URL');
+export const SQL_ENDPOINT = GATEWAY_HTTP + '/sql';
+
+// `*.localtest.me` does not resolve everywhere, so the driver is pointed at the
+// gateway explicitly; the host inside the connection string still names the
+// endpoint (the gateway routes on its first DNS label).
+neonConfig.fetchEndpoint = () => SQL_ENDPOINT;
+// Node 20 has no global WebSocket; nothing here uses the WebSocket transport,
+// but configure it so an accidental Pool/Client use does not crash obscurely.
+neonConfig.webSocketConstructor = ws;
+
+export { neon, neonConfig, NeonDbError, pg };
+
+/** The driver's HTTP query function for DATABASE_URL (or another URL). */
+export function httpSql(opts = {}, url = DATABASE_URL) {
+  return neon(url, opts);
+}
+
+/** A connected node-postgres client on DIRECT_DATABASE_URL. */
+export async function pgClient() {
+  const client = new pg.Client({ connectionString: DIRECT_DATABASE_URL });
+  await client.connect();
+  return client;
+}
+
+/**
+ * Run a statement with node-postgres the way the gateway runs it: the
+ * extended protocol (Parse/Bind/Execute with untyped text parameters), even
+ * when there are no parameters.
+ */
+export function pgQuery(client, text, values = [], extra = {}) {
+  return client.query({ text, values, queryMode: 'extended', ...extra });
+}
+
+const RUN_ID = `${process.pid.toString(36)}${Date.now().toString(36)}`;
+let counter = 0;
+
+/** A unique, lower-case SQL identifier for schema objects created by this run. */
+export function uniqueName(prefix) {
+  counter += 1;
+  return `sdkt_${prefix}_${RUN_ID}_${counter}`;
+}
+
+/** Double-quote an identifier. */
+export function ident(name) {
+  return '"' + name.replace(/"/g, '""') + '"';
+}
+
+/** A connection string equal to DATABASE_URL with some URL parts replaced. */
+export function variantUrl({ password, hostname, username, database } = {}) {
+  const u = new URL(DATABASE_URL);
+  if (password !== undefined) u.password = encodeURIComponent(password);
+  if (hostname !== undefined) u.hostname = hostname;
+  if (username !== undefined) u.username = encodeURIComponent(username);
+  if (database !== undefined) u.pathname = '/' + encodeURIComponent(database);
+  return u.toString();
+}
+
+/**
+ * Turn parsed values into plain data so results from the driver (which bundles
+ * its own copies of pg-types / postgres-interval) and from node-postgres can be
+ * compared with deepStrictEqual without tripping over distinct prototypes.
+ * Nothing is lost: Buffers become hex, Dates their epoch ms (or 'Invalid Date'),
+ * interval objects their own properties plus their Postgres text form.
+ */
+export function normalize(value) {
+  if (value === null || value === undefined) return value;
+  if (typeof value !== 'object') return value;
+  if (value instanceof Date) {
+    const t = value.getTime();
+    return { $date: Number.isNaN(t) ? 'Invalid Date' : t };
+  }
+  if (value instanceof Uint8Array) {
+    return { $bytes: Buffer.from(value.buffer, value.byteOffset, value.byteLength).toString('hex') };
+  }
+  if (Array.isArray(value)) return value.map(normalize);
+  const proto = Object.getPrototypeOf(value);
+  const out = {};
+  for (const [k, v] of Object.entries(value)) out[k] = normalize(v);
+  if (proto !== Object.prototype && proto !== null) {
+    const name = value.constructor?.name ?? 'anonymous';
+    const text = typeof value.toPostgres === 'function' ? value.toPostgres() : undefined;
+    return { $class: name, $text: text, ...out };
+  }
+  return out;
+}
+
+/** deepStrictEqual on normalised values. */
+export function assertSameValues(actual, expected, message) {
+  assert.deepStrictEqual(normalize(actual), normalize(expected), message);
+}
+
+/** The subset of field metadata compared in most tests. */
+export function fieldSummary(fields) {
+  return fields.map((f) => ({ name: f.name, dataTypeID: f.dataTypeID }));
+}
+
+/** Full field metadata as node-postgres exposes it. */
+export function fieldDetails(fields) {
+  return fields.map((f) => ({
+    name: f.name,
+    dataTypeID: f.dataTypeID,
+    tableID: f.tableID,
+    columnID: f.columnID,
+    dataTypeSize: f.dataTypeSize,
+    dataTypeModifier: f.dataTypeModifier,
+    format: f.format,
+  }));
+}
+
+/**
+ * Compare a driver `fullResults: true` result with a node-postgres Result:
+ * command, rowCount, field names/type OIDs and the parsed rows.
+ */
+export function assertSameResult(httpResult, pgResult, label = '') {
+  const where = label ? ` (${label})` : '';
+  assert.equal(httpResult.command, pgResult.command, `command${where}`);
+  assert.equal(httpResult.rowCount, pgResult.rowCount, `rowCount${where}`);
+  assert.deepStrictEqual(fieldSummary(httpResult.fields), fieldSummary(pgResult.fields), `fields${where}`);
+  assertSameValues(httpResult.rows, pgResult.rows, `rows${where}`);
+}
+
+/** The error fields node-postgres' DatabaseError and the driver's NeonDbError share. */
+export const ERROR_FIELDS = [
+  'message',
+  'code',
+  'severity',
+  'detail',
+  'hint',
+  'position',
+  'internalPosition',
+  'internalQuery',
+  'where',
+  'schema',
+  'table',
+  'column',
+  'dataType',
+  'constraint',
+  'file',
+  'line',
+  'routine',
+];
+
+export function errorSummary(err) {
+  const out = {};
+  for (const k of ERROR_FIELDS) out[k] = err?.[k];
+  return out;
+}
+
+/** Await a promise that must reject; return the rejection. */
+export async function captureError(promiseOrFn) {
+  try {
+    await (typeof promiseOrFn === 'function' ? promiseOrFn() : promiseOrFn);
+  } catch (err) {
+    return err;
+  }
+  assert.fail('expected the query to fail, but it succeeded');
+}
+
+export const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));

@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::PasswordCache;
@@ -97,6 +97,13 @@ struct EndpointPool {
     idle: HashMap<(String, String), Vec<Idle>>,
     idle_count: usize,
     slots: Arc<Semaphore>,
+    /// Wakes requests waiting for a slot when a connection becomes idle.
+    returned: Arc<Notify>,
+}
+
+enum Acquired {
+    Idle(Idle),
+    Slot(OwnedSemaphorePermit),
 }
 
 struct Idle {
@@ -132,20 +139,21 @@ impl Pool {
         application_name: Option<&str>,
     ) -> Result<Conn, PoolError> {
         let key = PoolKey::of(info);
-        if self.passwords.is_verified(&key, &info.password) {
-            if let Some(idle) = self.take_idle(&key) {
+        let verified = self.passwords.is_verified(&key, &info.password);
+        let slot = match self.acquire(&key, verified).await? {
+            Acquired::Idle(idle) => {
                 self.metrics
                     .pool_checkouts
                     .with_label_values(&["hit"])
                     .inc();
                 return Ok(Conn::new(self.clone(), key, idle.backend, idle.slot));
             }
-        }
+            Acquired::Slot(slot) => slot,
+        };
         self.metrics
             .pool_checkouts
             .with_label_values(&["miss"])
             .inc();
-        let slot = self.acquire_slot(&key.endpoint).await?;
         let started = Instant::now();
         let params = ConnectParams {
             user: &info.user,
@@ -232,36 +240,52 @@ impl Pool {
         self.close_idle(removed);
     }
 
-    async fn acquire_slot(&self, endpoint: &EndpointId) -> Result<OwnedSemaphorePermit, PoolError> {
-        let slots = {
+    /// An idle connection to reuse (only for a verified password), or a slot to open a new one.
+    async fn acquire(&self, key: &PoolKey, verified: bool) -> Result<Acquired, PoolError> {
+        let (slots, returned) = {
             let mut state = self.state();
             let max = self.config.max_conns_per_endpoint;
-            state
+            let pool = state
                 .endpoints
-                .entry(endpoint.clone())
+                .entry(key.endpoint.clone())
                 .or_insert_with(|| EndpointPool {
                     idle: HashMap::new(),
                     idle_count: 0,
                     slots: Arc::new(Semaphore::new(max)),
-                })
-                .slots
-                .clone()
+                    returned: Arc::new(Notify::new()),
+                });
+            (pool.slots.clone(), pool.returned.clone())
         };
-        if let Ok(slot) = slots.clone().try_acquire_owned() {
-            return Ok(slot);
+        let deadline = tokio::time::Instant::now() + self.config.acquire_timeout;
+        loop {
+            // Registered before looking, so a connection returned meanwhile is not missed.
+            let returned = returned.notified();
+            tokio::pin!(returned);
+            returned.as_mut().enable();
+            if verified {
+                if let Some(idle) = self.take_idle(key) {
+                    return Ok(Acquired::Idle(idle));
+                }
+            }
+            if let Ok(slot) = slots.clone().try_acquire_owned() {
+                return Ok(Acquired::Slot(slot));
+            }
+            // Full: the oldest idle connection of this endpoint (another database or role, or
+            // one whose password this request has not proven) gives its slot to this request.
+            if let Some(Idle { backend, slot, .. }) = self.evict_oldest(&key.endpoint) {
+                self.metrics.pool_idle.dec();
+                self.metrics.pool_discards.inc();
+                spawn_detached(backend.terminate());
+                return Ok(Acquired::Slot(slot));
+            }
+            tokio::select! {
+                slot = slots.clone().acquire_owned() => {
+                    return slot.map(Acquired::Slot).map_err(|_| PoolError::TooManyConnections);
+                }
+                _ = &mut returned => continue,
+                _ = tokio::time::sleep_until(deadline) => return Err(PoolError::TooManyConnections),
+            }
         }
-        // Full: the oldest idle connection of this endpoint (another database or role, or one
-        // whose password is no longer trusted) gives its slot to this request.
-        if let Some(Idle { backend, slot, .. }) = self.evict_oldest(endpoint) {
-            self.metrics.pool_idle.dec();
-            self.metrics.pool_discards.inc();
-            spawn_detached(backend.terminate());
-            return Ok(slot);
-        }
-        tokio::time::timeout(self.config.acquire_timeout, slots.acquire_owned())
-            .await
-            .map_err(|_| PoolError::TooManyConnections)?
-            .map_err(|_| PoolError::TooManyConnections)
     }
 
     fn evict_oldest(&self, endpoint: &EndpointId) -> Option<Idle> {
@@ -306,14 +330,15 @@ impl Pool {
                         .push(idle);
                     pool.idle_count += 1;
                     *idle_total += 1;
+                    self.metrics.pool_idle.inc();
+                    pool.returned.notify_waiters();
                     None
                 }
                 _ => Some(idle),
             }
         };
-        match rejected {
-            Some(idle) => self.close_idle(vec![idle]),
-            None => self.metrics.pool_idle.inc(),
+        if let Some(idle) = rejected {
+            self.close_idle(vec![idle]);
         }
     }
 

@@ -750,6 +750,45 @@ async fn connection_cap_per_endpoint() {
 }
 
 #[tokio::test]
+async fn a_waiting_request_gets_the_connection_another_returns() {
+    let gw = TestGateway::start(|c| {
+        c.pool.max_conns_per_endpoint = 1;
+        c.pool.acquire_timeout = Duration::from_secs(10);
+    })
+    .await;
+    // Prove the password once, so the waiter may reuse the connection.
+    let (status, _) = sql(&gw, CONN, json!({"query": "SELECT 1"})).await;
+    assert_eq!(status, 200);
+    let first = tokio::spawn({
+        let url = gw.sql_url();
+        async move {
+            reqwest::Client::new()
+                .post(url)
+                .header("Neon-Connection-String", CONN)
+                .body(json!({"query": "SELECT pg_sleep(0.5)"}).to_string())
+                .send()
+                .await
+                .expect("send")
+                .status()
+                .as_u16()
+        }
+    });
+    wait_for(|| async { gw.metric("gateway_pool_active_connections", "").await >= 1.0 }).await;
+    let started = Instant::now();
+    let (status, body) = sql(&gw, CONN, json!({"query": "SELECT 2"})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(first.await.expect("first request"), 200);
+    // It was handed the returned connection, well before the acquire timeout.
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(
+        gw.metric("gateway_pool_checkouts_total", "outcome=\"miss\"")
+            .await,
+        1.0
+    );
+    gw.stop().await;
+}
+
+#[tokio::test]
 async fn idle_connections_expire() {
     let gw = TestGateway::start(|c| c.pool.idle_timeout = Duration::from_secs(1)).await;
     let app = format!("expire_{}", std::process::id());

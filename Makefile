@@ -29,12 +29,8 @@ lint: ## fmt check and clippy with warnings as errors
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-bench: ## gateway benchmarks (when there are any)
-	@if [ -d gateway/benches ]; then \
-		$(CARGO) bench -p gateway; \
-	else \
-		echo "no benchmarks yet: they arrive with a later issue"; \
-	fi
+bench: ## throughput and latency of the driver through the gateway vs node-postgres direct, as ratios
+	bash scripts/bench.sh
 
 clean: ## remove build output (keeps the dev data in DATA_DIR, default .data)
 	$(CARGO) clean

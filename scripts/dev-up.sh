@@ -15,6 +15,8 @@ SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 LOG_TAG="dev-up"
 # shellcheck source=scripts/lib.sh
 . "$SCRIPT_DIR/lib.sh"
+# shellcheck source=scripts/stack.sh
+. "$SCRIPT_DIR/stack.sh"
 REPO_ROOT="$(repo_root)"
 cd "$REPO_ROOT"
 
@@ -32,7 +34,6 @@ READY_TIMEOUT_SECS=30
 
 # --- teardown: owns stopping everything this script started --------------------
 
-GATEWAY_PID=""
 PG_STARTED=0
 STOPPED=0
 # shellcheck disable=SC2317 # only called from the EXIT trap
@@ -40,21 +41,7 @@ teardown() {
   ((STOPPED == 0)) || return 0
   STOPPED=1
   trap - INT TERM
-  if [[ -n "$GATEWAY_PID" ]] && kill -0 "$GATEWAY_PID" 2>/dev/null; then
-    log "stopping gateway (pid $GATEWAY_PID)"
-    kill -TERM "$GATEWAY_PID" 2>/dev/null || true
-    # SIGTERM drains; give it a bounded time, then insist.
-    local i
-    for ((i = 0; i < 100; i++)); do
-      kill -0 "$GATEWAY_PID" 2>/dev/null || break
-      sleep 0.1
-    done
-    if kill -0 "$GATEWAY_PID" 2>/dev/null; then
-      warn "gateway did not exit within 10 s; killing it"
-      kill -KILL "$GATEWAY_PID" 2>/dev/null || true
-    fi
-    wait "$GATEWAY_PID" 2>/dev/null || true
-  fi
+  stop_gateway
   if ((PG_STARTED == 1)); then
     bash "$SCRIPT_DIR/postgres.sh" stop "$PGDATA_DIR" || true
   fi

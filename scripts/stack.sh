@@ -1,5 +1,5 @@
 # shellcheck shell=bash
-# Sourced by scripts/test.sh and scripts/bench.sh (after lib.sh): a throwaway
+# Sourced by scripts/test.sh, bench.sh and dev-up.sh (after lib.sh): a throwaway
 # Postgres and a gateway on free ports, for one run. The caller sets
 # GATEWAY_BIN, GATEWAY_LOG and READY_TIMEOUT_SECS, and calls stop_gateway and
 # `postgres.sh stop "$PG_DATADIR"` when it ends.
@@ -7,16 +7,21 @@
 GATEWAY_PID=""
 PG_DATADIR=""
 
+# stop_gateway — SIGTERM (the gateway drains), then SIGKILL after 10 s.
 stop_gateway() {
   [[ -n "$GATEWAY_PID" ]] || return 0
   if kill -0 "$GATEWAY_PID" 2>/dev/null; then
+    log "stopping gateway (pid $GATEWAY_PID)"
     kill -TERM "$GATEWAY_PID" 2>/dev/null || true
     local i
     for ((i = 0; i < 100; i++)); do
       kill -0 "$GATEWAY_PID" 2>/dev/null || break
       sleep 0.1
     done
-    kill -KILL "$GATEWAY_PID" 2>/dev/null || true
+    if kill -0 "$GATEWAY_PID" 2>/dev/null; then
+      warn "gateway did not exit within 10 s; killing it"
+      kill -KILL "$GATEWAY_PID" 2>/dev/null || true
+    fi
   fi
   wait "$GATEWAY_PID" 2>/dev/null || true
   GATEWAY_PID=""

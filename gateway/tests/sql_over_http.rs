@@ -721,20 +721,7 @@ async fn connection_cap_per_endpoint() {
         c.pool.acquire_timeout = Duration::from_millis(300);
     })
     .await;
-    let slow = tokio::spawn({
-        let url = gw.sql_url();
-        async move {
-            reqwest::Client::new()
-                .post(url)
-                .header("Neon-Connection-String", CONN)
-                .body(json!({"query": "SELECT pg_sleep(1.5)"}).to_string())
-                .send()
-                .await
-                .expect("send")
-                .status()
-                .as_u16()
-        }
-    });
+    let slow = spawn_status(&gw, "SELECT pg_sleep(1.5)");
     wait_for(|| async { gw.metric("gateway_pool_active_connections", "").await >= 1.0 }).await;
     let (status, body) = sql(&gw, CONN, json!({"query": "SELECT 1"})).await;
     assert_eq!(status, 503, "{body}");
@@ -759,20 +746,7 @@ async fn a_waiting_request_gets_the_connection_another_returns() {
     // Prove the password once, so the waiter may reuse the connection.
     let (status, _) = sql(&gw, CONN, json!({"query": "SELECT 1"})).await;
     assert_eq!(status, 200);
-    let first = tokio::spawn({
-        let url = gw.sql_url();
-        async move {
-            reqwest::Client::new()
-                .post(url)
-                .header("Neon-Connection-String", CONN)
-                .body(json!({"query": "SELECT pg_sleep(0.5)"}).to_string())
-                .send()
-                .await
-                .expect("send")
-                .status()
-                .as_u16()
-        }
-    });
+    let first = spawn_status(&gw, "SELECT pg_sleep(0.5)");
     wait_for(|| async { gw.metric("gateway_pool_active_connections", "").await >= 1.0 }).await;
     let started = Instant::now();
     let (status, body) = sql(&gw, CONN, json!({"query": "SELECT 2"})).await;
@@ -845,6 +819,15 @@ async fn metrics_count_requests() {
         .expect("readyz");
     assert_eq!(ready.status(), 200);
     gw.stop().await;
+}
+
+/// Sends `query` in the background; the handle yields the HTTP status.
+fn spawn_status(gw: &TestGateway, query: &str) -> tokio::task::JoinHandle<u16> {
+    let request = reqwest::Client::new()
+        .post(gw.sql_url())
+        .header("Neon-Connection-String", CONN)
+        .body(json!({ "query": query }).to_string());
+    tokio::spawn(async move { request.send().await.expect("send").status().as_u16() })
 }
 
 /// Polls `check` every 50 ms for up to 15 s.

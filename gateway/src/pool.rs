@@ -101,6 +101,30 @@ struct EndpointPool {
     returned: Arc<Notify>,
 }
 
+struct Locked<'a> {
+    guard: MutexGuard<'a, State>,
+    idle_gauge: &'a prometheus::IntGauge,
+}
+
+impl std::ops::Deref for Locked<'_> {
+    type Target = State;
+    fn deref(&self) -> &State {
+        &self.guard
+    }
+}
+
+impl std::ops::DerefMut for Locked<'_> {
+    fn deref_mut(&mut self) -> &mut State {
+        &mut self.guard
+    }
+}
+
+impl Drop for Locked<'_> {
+    fn drop(&mut self) {
+        self.idle_gauge.set(self.guard.idle_total as i64);
+    }
+}
+
 enum Acquired {
     Idle(Idle),
     Slot(OwnedSemaphorePermit),
@@ -122,12 +146,18 @@ impl Pool {
         })
     }
 
-    fn state(&self) -> MutexGuard<'_, State> {
+    /// Locks the pool state. The idle gauge is set from `idle_total` when the lock is
+    /// released, so no code path has to remember to update it.
+    fn state(&self) -> Locked<'_> {
         // A panic while holding the lock cannot leave the maps inconsistent in a way that
         // matters more than losing the pool, so recover the guard.
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        Locked {
+            guard: self
+                .state
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+            idle_gauge: &self.metrics.pool_idle,
+        }
     }
 
     /// A connection for `info` at `route`: a pooled one if the password is verified, else a
@@ -211,11 +241,7 @@ impl Pool {
             }
             found
         };
-        self.metrics.pool_idle.sub(closed.len() as i64);
         self.metrics.pool_discards.inc_by(closed.len() as u64);
-        if found.is_some() {
-            self.metrics.pool_idle.dec();
-        }
         found
     }
 
@@ -273,7 +299,6 @@ impl Pool {
             // Full: the oldest idle connection of this endpoint (another database or role, or
             // one whose password this request has not proven) gives its slot to this request.
             if let Some(Idle { backend, slot, .. }) = self.evict_oldest(&key.endpoint) {
-                self.metrics.pool_idle.dec();
                 self.metrics.pool_discards.inc();
                 spawn_detached(backend.terminate());
                 return Ok(Acquired::Slot(slot));
@@ -330,7 +355,6 @@ impl Pool {
                         .push(idle);
                     pool.idle_count += 1;
                     *idle_total += 1;
-                    self.metrics.pool_idle.inc();
                     pool.returned.notify_waiters();
                     None
                 }
@@ -387,7 +411,6 @@ impl Pool {
             expired
         };
         let count = expired.len();
-        self.metrics.pool_idle.sub(count as i64);
         self.close_idle(expired);
         count
     }
@@ -414,14 +437,9 @@ impl Pool {
                 .flat_map(|(_, pool)| pool.idle.into_values().flatten())
                 .collect()
         };
-        self.metrics.pool_idle.sub(all.len() as i64);
         for Idle { backend, .. } in all {
             backend.terminate().await;
         }
-    }
-
-    pub fn idle_count(&self) -> usize {
-        self.state().idle_total
     }
 }
 

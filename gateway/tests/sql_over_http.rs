@@ -615,6 +615,9 @@ async fn pooled_connections_need_a_verified_password() {
         body["message"],
         format!("password authentication failed for user '{role}'")
     );
+    // Postgres refused a password for this role: its idle connections are gone, and the
+    // idle gauge says so.
+    assert_eq!(gw.metric("gateway_pool_idle_connections", "").await, 0.0);
 
     // After a password change the new password works (Postgres judges it)...
     pg.batch_execute(&format!("ALTER ROLE {role} PASSWORD 'second'"))

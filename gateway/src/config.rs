@@ -2,6 +2,7 @@
 //! [`Config`] before any port is bound.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
@@ -9,15 +10,17 @@ use clap::Parser;
 use crate::conn_info::EndpointId;
 use crate::pool::PoolConfig;
 use crate::routes::Route;
+use crate::session::SessionConfig;
 
 #[derive(Parser, Debug, Clone)]
 #[command(
     name = "gateway",
     version,
-    about = "SQL over HTTP in front of plain Postgres, compatible with @neondatabase/serverless"
+    about = "SQL over HTTP, WebSocket and Postgres TCP in front of plain Postgres, compatible with @neondatabase/serverless"
 )]
 pub struct Args {
-    /// Public listener: POST /sql (HTTP/1.1 and HTTP/2).
+    /// Public listener: POST /sql (HTTP/1.1, HTTP/2), the WebSocket tunnel and Postgres
+    /// TCP, told apart by their first bytes; with --tls-cert also https, wss and Postgres TLS.
     #[arg(long, env = "GATEWAY_LISTEN", default_value = "127.0.0.1:4444")]
     pub listen: SocketAddr,
 
@@ -82,6 +85,45 @@ pub struct Args {
     )]
     pub password_cache_ttl_seconds: u64,
 
+    /// TLS certificate chain (PEM) for https, wss and Postgres TLS; needs --tls-key. Reloaded
+    /// on SIGHUP.
+    #[arg(long, env = "GATEWAY_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// TLS private key (PEM) matching --tls-cert.
+    #[arg(long, env = "GATEWAY_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Domain under which a Host header or TLS SNI name `<endpoint>.<domain>` picks the
+    /// endpoint; repeat or separate with commas. Without it, any dotted name's first label does.
+    #[arg(long = "domain", env = "GATEWAY_DOMAINS", value_delimiter = ',')]
+    pub domains: Vec<String>,
+
+    /// Seconds from a client's first byte to its session being ready (TLS, startup,
+    /// authentication, backend connect); also the HTTP request-header read timeout.
+    #[arg(long, env = "GATEWAY_HANDSHAKE_TIMEOUT_SECONDS", default_value_t = 15)]
+    pub handshake_timeout_seconds: u64,
+
+    /// Seconds a WebSocket or TCP session may pass no traffic before it is closed (0: never).
+    #[arg(
+        long,
+        env = "GATEWAY_SESSION_IDLE_TIMEOUT_SECONDS",
+        default_value_t = 3600
+    )]
+    pub session_idle_timeout_seconds: u64,
+
+    /// Largest message a session client may send, and largest WebSocket message, in bytes.
+    #[arg(
+        long,
+        env = "GATEWAY_MAX_SESSION_MESSAGE_BYTES",
+        default_value_t = 64 * 1024 * 1024
+    )]
+    pub max_session_message_bytes: usize,
+
+    /// Client connections open at once, all protocols together; more are closed on accept.
+    #[arg(long, env = "GATEWAY_MAX_CLIENT_CONNECTIONS", default_value_t = 10_000)]
+    pub max_client_connections: usize,
+
     /// Seconds SIGTERM waits for in-flight requests before closing them.
     #[arg(long, env = "GATEWAY_SHUTDOWN_TIMEOUT_SECONDS", default_value_t = 30)]
     pub shutdown_timeout_seconds: u64,
@@ -100,7 +142,16 @@ pub struct Config {
     pub max_request_bytes: usize,
     pub max_response_bytes: usize,
     pub pool: PoolConfig,
+    pub sessions: SessionConfig,
+    pub tls: Option<TlsFiles>,
+    pub max_client_connections: usize,
     pub shutdown_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -113,6 +164,10 @@ pub enum ConfigError {
     Zero(&'static str),
     #[error("the public and admin listeners must use different addresses")]
     SameListeners,
+    #[error("invalid domain '{0}': use a DNS name such as pg.example.com")]
+    Domain(String),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 impl Args {
@@ -140,6 +195,12 @@ impl Args {
                 self.connect_timeout_seconds as usize,
                 "connect-timeout-seconds",
             ),
+            (
+                self.handshake_timeout_seconds as usize,
+                "handshake-timeout-seconds",
+            ),
+            (self.max_session_message_bytes, "max-session-message-bytes"),
+            (self.max_client_connections, "max-client-connections"),
         ] {
             if value == 0 {
                 return Err(ConfigError::Zero(name));
@@ -148,6 +209,28 @@ impl Args {
         if self.listen == self.admin_listen {
             return Err(ConfigError::SameListeners);
         }
+        let domains = self
+            .domains
+            .iter()
+            .map(|d| d.trim().trim_matches('.').to_ascii_lowercase())
+            .filter(|d| !d.is_empty())
+            .collect::<Vec<_>>();
+        if let Some(bad) = domains.iter().find(|d| {
+            !d.contains('.')
+                || !d
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        }) {
+            return Err(ConfigError::Domain(bad.clone()));
+        }
+        let tls = match (self.tls_cert, self.tls_key) {
+            (Some(cert), Some(key)) => {
+                // Fail at startup (and in --check-config), not at the first handshake.
+                crate::tls::Tls::load(&cert, &key)?;
+                Some(TlsFiles { cert, key })
+            }
+            _ => None,
+        };
         Ok(Config {
             listen: self.listen,
             admin_listen: self.admin_listen,
@@ -166,6 +249,15 @@ impl Args {
                 // A single row may not exceed the response limit; leave room for framing.
                 max_message_bytes: self.max_response_bytes.saturating_add(64 * 1024),
             },
+            sessions: SessionConfig {
+                handshake_timeout: Duration::from_secs(self.handshake_timeout_seconds),
+                idle_timeout: (self.session_idle_timeout_seconds > 0)
+                    .then(|| Duration::from_secs(self.session_idle_timeout_seconds)),
+                max_message_bytes: self.max_session_message_bytes,
+                domains,
+            },
+            tls,
+            max_client_connections: self.max_client_connections,
             shutdown_timeout: Duration::from_secs(self.shutdown_timeout_seconds),
         })
     }
@@ -224,5 +316,27 @@ mod tests {
         assert!(parse(&["--default-endpoint", "bad_id"]).is_err());
         assert!(parse(&["--max-request-bytes", "0"]).is_err());
         assert!(parse(&["--admin-listen", "127.0.0.1:4444"]).is_err());
+        assert!(
+            parse(&["--tls-cert", "/nonexistent.crt"]).is_err(),
+            "needs a key"
+        );
+        assert!(parse(&[
+            "--tls-cert",
+            "/nonexistent.crt",
+            "--tls-key",
+            "/nonexistent.key"
+        ])
+        .expect_err("unreadable")
+        .contains("/nonexistent.crt"));
+        assert!(parse(&["--domain", "localhost"]).is_err());
+        let config = parse(&[
+            "--domain",
+            "PG.example.com.",
+            "--session-idle-timeout-seconds",
+            "0",
+        ])
+        .expect("valid");
+        assert_eq!(config.sessions.domains, vec!["pg.example.com".to_owned()]);
+        assert_eq!(config.sessions.idle_timeout, None);
     }
 }

@@ -1,5 +1,6 @@
-//! The data plane: SQL over HTTP in front of plain Postgres, compatible with the
-//! `@neondatabase/serverless` driver. See ARCHITECTURE.md for the map.
+//! The data plane in front of plain Postgres, compatible with the `@neondatabase/serverless`
+//! driver: SQL over HTTP, the WebSocket tunnel and Postgres TCP/TLS on one port. See
+//! ARCHITECTURE.md for the map.
 
 pub mod auth;
 pub mod backend;
@@ -12,25 +13,41 @@ pub mod pool;
 pub mod query;
 pub mod routes;
 pub mod server;
+pub mod session;
+pub mod state;
+pub mod tls;
+pub mod usage;
+pub mod websocket;
 
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
+use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use rand::RngCore;
+use tokio::sync::Semaphore;
+
 use crate::config::Config;
-use crate::http::AppState;
 use crate::metrics::Metrics;
 use crate::pool::Pool;
 use crate::routes::Routes;
+use crate::state::AppState;
+use crate::tls::{Tls, TlsError};
 
-/// Builds the shared state for a configuration.
-pub fn state(config: &Config) -> Arc<AppState> {
+/// Builds the shared state for a configuration; fails only on unreadable TLS files.
+pub fn state(config: &Config) -> Result<Arc<AppState>, TlsError> {
     let metrics = Arc::new(Metrics::new());
-    Arc::new(AppState {
+    let tls = match &config.tls {
+        Some(files) => Some(Tls::load(&files.cert, &files.key)?),
+        None => None,
+    };
+    let mut mock_auth_key = [0u8; 32];
+    rand::thread_rng().fill_bytes(&mut mock_auth_key);
+    Ok(Arc::new(AppState {
         routes: Routes::from_static(config.routes.iter().cloned()),
         default_endpoint: config.default_endpoint.clone(),
         max_request_bytes: config.max_request_bytes,
@@ -38,8 +55,16 @@ pub fn state(config: &Config) -> Arc<AppState> {
         pool: Pool::new(config.pool.clone(), metrics.clone()),
         types: Default::default(),
         metrics,
+        sessions: config.sessions.clone(),
+        tls,
+        cancels: Default::default(),
+        usage: Default::default(),
+        connections: Arc::new(Semaphore::new(config.max_client_connections)),
+        tasks: TaskTracker::new(),
+        stop_sessions: CancellationToken::new(),
+        mock_auth_key,
         draining: AtomicBool::new(false),
-    })
+    }))
 }
 
 /// Binds both listeners and serves until `shutdown` is cancelled and the drain is over.
@@ -50,8 +75,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let admin = TcpListener::bind(config.admin_listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.admin_listen))?;
-    serve(config, public, admin, shutdown).await;
-    Ok(())
+    serve(config, public, admin, shutdown).await
 }
 
 /// Serves on already-bound listeners (tests bind port 0) until `shutdown` and the drain end.
@@ -60,8 +84,8 @@ pub async fn serve(
     public: TcpListener,
     admin: TcpListener,
     shutdown: CancellationToken,
-) {
-    let state = state(&config);
+) -> anyhow::Result<()> {
+    let state = state(&config)?;
     let addr = |l: &TcpListener| {
         l.local_addr()
             .map_or_else(|_| "?".to_owned(), |a: SocketAddr| a.to_string())
@@ -71,10 +95,14 @@ pub async fn serve(
         admin = %addr(&admin),
         routes = ?config.routes.iter().map(ToString::to_string).collect::<Vec<_>>(),
         default_endpoint = %config.default_endpoint,
+        tls = config.tls.is_some(),
         "gateway started"
     );
     let tasks = TaskTracker::new();
     let admin_stop = CancellationToken::new();
+    if state.tls.is_some() {
+        tasks.spawn(reload_tls_on_sighup(state.clone(), admin_stop.clone()));
+    }
     tasks.spawn(server::serve_admin(
         admin,
         state.clone(),
@@ -86,4 +114,40 @@ pub async fn serve(
     tasks.close();
     tasks.wait().await;
     tracing::info!("gateway stopped");
+    Ok(())
+}
+
+/// Re-reads the TLS certificate and key on every SIGHUP until `stop`.
+async fn reload_tls_on_sighup(state: Arc<AppState>, stop: CancellationToken) {
+    let Some(tls) = state.tls.as_ref() else {
+        return;
+    };
+    let mut hangups = match signal(SignalKind::hangup()) {
+        Ok(hangups) => hangups,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGHUP; TLS reload is off");
+            return;
+        }
+    };
+    loop {
+        tokio::select! {
+            received = hangups.recv() => if received.is_none() { return },
+            () = stop.cancelled() => return,
+        }
+        let outcome = match tls.reload() {
+            Ok(()) => {
+                tracing::info!("SIGHUP: TLS certificate reloaded");
+                "ok"
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "SIGHUP: TLS reload failed; keeping the current certificate");
+                "error"
+            }
+        };
+        state
+            .metrics
+            .tls_reloads
+            .with_label_values(&[outcome])
+            .inc();
+    }
 }

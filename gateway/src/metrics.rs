@@ -2,8 +2,8 @@
 //! never labels.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::error::ErrorKind;
@@ -21,6 +21,18 @@ pub struct Metrics {
     pub pool_idle: IntGauge,
     pub pool_active: IntGauge,
     pub backend_connect_seconds: Histogram,
+    /// Accepted client connections by what their first bytes were: `http`, `postgres`,
+    /// `tls`, or `rejected` (over the connection cap).
+    pub client_connections: IntCounterVec,
+    /// Sessions (WebSocket, TCP, TLS) by `transport` and `outcome`: ok, cancel_request,
+    /// idle_timeout, shutdown, or the error kind that ended them.
+    pub sessions: IntCounterVec,
+    pub sessions_active: IntGaugeVec,
+    /// Session bytes by `direction`: ingress (from clients) and egress (to clients).
+    pub session_bytes: IntCounterVec,
+    /// CancelRequests by `outcome`: forwarded, or no_match (no live session has that key).
+    pub cancel_requests: IntCounterVec,
+    pub tls_reloads: IntCounterVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -78,6 +90,42 @@ impl Metrics {
         )
         .expect("valid metric");
 
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric")
+        };
+        let client_connections = counter(
+            "gateway_client_connections_total",
+            "Accepted client connections by protocol",
+            &["protocol"],
+        );
+        let sessions = counter(
+            "gateway_sessions_total",
+            "Postgres sessions (WebSocket, TCP, TLS) by transport and outcome",
+            &["transport", "outcome"],
+        );
+        let sessions_active = IntGaugeVec::new(
+            Opts::new(
+                "gateway_sessions_active",
+                "Sessions relaying right now, by transport",
+            ),
+            &["transport"],
+        )
+        .expect("valid metric");
+        let session_bytes = counter(
+            "gateway_session_bytes_total",
+            "Bytes relayed by sessions, by direction (ingress: from clients)",
+            &["direction"],
+        );
+        let cancel_requests = counter(
+            "gateway_cancel_requests_total",
+            "Cancel requests by outcome",
+            &["outcome"],
+        );
+        let tls_reloads = counter(
+            "gateway_tls_reloads_total",
+            "TLS certificate reloads by outcome",
+            &["outcome"],
+        );
         for collector in [
             Box::new(http_requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(http_request_seconds.clone()),
@@ -87,6 +135,12 @@ impl Metrics {
             Box::new(pool_idle.clone()),
             Box::new(pool_active.clone()),
             Box::new(backend_connect_seconds.clone()),
+            Box::new(client_connections.clone()),
+            Box::new(sessions.clone()),
+            Box::new(sessions_active.clone()),
+            Box::new(session_bytes.clone()),
+            Box::new(cancel_requests.clone()),
+            Box::new(tls_reloads.clone()),
         ] {
             registry
                 .register(collector)
@@ -95,6 +149,9 @@ impl Metrics {
         // Export every error kind from the start, so rates work before the first error.
         for kind in ErrorKind::ALL {
             errors.with_label_values(&[kind.label()]);
+        }
+        for direction in ["ingress", "egress"] {
+            session_bytes.with_label_values(&[direction]);
         }
         Metrics {
             registry,
@@ -106,6 +163,12 @@ impl Metrics {
             pool_idle,
             pool_active,
             backend_connect_seconds,
+            client_connections,
+            sessions,
+            sessions_active,
+            session_bytes,
+            cancel_requests,
+            tls_reloads,
         }
     }
 

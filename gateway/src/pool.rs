@@ -137,6 +137,10 @@ struct Idle {
 }
 
 impl Pool {
+    pub fn config(&self) -> &PoolConfig {
+        &self.config
+    }
+
     pub fn new(config: PoolConfig, metrics: Arc<Metrics>) -> Arc<Self> {
         Arc::new(Pool {
             passwords: PasswordCache::new(config.password_ttl),
@@ -185,11 +189,12 @@ impl Pool {
             .with_label_values(&["miss"])
             .inc();
         let started = Instant::now();
+        let startup = application_name.map(|name| [("application_name", name)]);
         let params = ConnectParams {
             user: &info.user,
             password: info.password.as_bytes(),
             database: &info.database,
-            application_name,
+            startup: startup.as_ref().map_or(&[][..], |s| &s[..]),
         };
         let connected = backend::connect(
             &route.address,

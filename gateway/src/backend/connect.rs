@@ -8,14 +8,16 @@ use postgres_protocol::authentication::{md5_hash, sasl};
 use postgres_protocol::message::{backend::Message, frontend};
 use tokio::net::TcpStream;
 
-use super::{Backend, BackendError, CancelKey, DbError};
+use super::{Backend, BackendError, DbError};
 
 /// Who connects to which database. The password is used for this handshake only.
 pub struct ConnectParams<'a> {
     pub user: &'a str,
     pub password: &'a [u8],
     pub database: &'a str,
-    pub application_name: Option<&'a str>,
+    /// Further startup parameters (`application_name`, `options`, settings). `client_encoding`
+    /// is UTF8 unless given here.
+    pub startup: &'a [(&'a str, &'a str)],
 }
 
 /// Connects to the backend at `addr` (`host:port`) and authenticates, all within `timeout`.
@@ -25,48 +27,52 @@ pub async fn connect(
     timeout: Duration,
     max_message_bytes: usize,
 ) -> Result<Backend, BackendError> {
-    tokio::time::timeout(timeout, connect_inner(addr, params, max_message_bytes))
+    let handshake = async {
+        let mut backend = open(
+            addr,
+            params.user,
+            params.database,
+            params.startup,
+            max_message_bytes,
+        )
+        .await?;
+        authenticate(&mut backend, params).await?;
+        backend.finish_startup().await?;
+        Ok(backend)
+    };
+    tokio::time::timeout(timeout, handshake)
         .await
         .map_err(|_| BackendError::ConnectTimeout)?
 }
 
-async fn connect_inner(
+/// Opens a TCP connection to `addr` and sends the StartupMessage. Authentication is the
+/// caller's: [`connect`] answers the server itself, a session may relay the exchange.
+pub async fn open(
     addr: &str,
-    params: &ConnectParams<'_>,
+    user: &str,
+    database: &str,
+    startup: &[(&str, &str)],
     max_message_bytes: usize,
 ) -> Result<Backend, BackendError> {
     let stream = TcpStream::connect(addr).await?;
     stream.set_nodelay(true)?;
     let peer = stream.peer_addr()?;
     let mut backend = Backend::new(stream, peer, max_message_bytes);
-
-    let mut startup = vec![
-        ("user", params.user),
-        ("database", params.database),
-        ("client_encoding", "UTF8"),
-    ];
-    if let Some(name) = params.application_name {
-        startup.push(("application_name", name));
+    let mut params = vec![("user", user), ("database", database)];
+    if !startup
+        .iter()
+        .any(|(name, _)| name.eq_ignore_ascii_case("client_encoding"))
+    {
+        params.push(("client_encoding", "UTF8"));
     }
-    frontend::startup_message(startup, backend.write_buf())?;
+    params.extend(
+        startup
+            .iter()
+            .filter(|(name, _)| !matches!(*name, "user" | "database")),
+    );
+    frontend::startup_message(params, backend.write_buf())?;
     backend.flush().await?;
-
-    authenticate(&mut backend, params).await?;
-
-    loop {
-        match backend.next_message().await? {
-            Message::BackendKeyData(body) => {
-                backend.cancel = CancelKey {
-                    addr: peer,
-                    process_id: body.process_id(),
-                    secret_key: body.secret_key(),
-                };
-            }
-            Message::ReadyForQuery(_) => return Ok(backend),
-            Message::ErrorResponse(body) => return Err(DbError::parse(&body)?.into()),
-            other => return Err(BackendError::unexpected(&other)),
-        }
-    }
+    Ok(backend)
 }
 
 async fn authenticate(

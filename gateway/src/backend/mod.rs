@@ -16,7 +16,7 @@ use tokio::net::TcpStream;
 
 use crate::error::{ErrorKind, ReportableError};
 
-pub use connect::{connect, ConnectParams};
+pub use connect::{connect, open, ConnectParams};
 pub use db_error::DbError;
 
 /// Transaction status from the last ReadyForQuery: idle, in a transaction, or in a failed one.
@@ -33,6 +33,8 @@ pub struct Backend {
     in_flight: bool,
     /// No single backend message may be larger than this (bounds memory per connection).
     max_message_bytes: usize,
+    /// The server's ParameterStatus values from startup, in arrival order.
+    parameters: Vec<(String, String)>,
 }
 
 /// What it takes to cancel this backend's running query from another connection.
@@ -99,7 +101,55 @@ impl Backend {
             tx_status: TX_IDLE,
             in_flight: false,
             max_message_bytes,
+            parameters: Vec::new(),
         }
+    }
+
+    /// Reads the rest of startup after AuthenticationOk: parameter values and the cancel key,
+    /// up to the first ReadyForQuery. Notices are dropped.
+    pub async fn finish_startup(&mut self) -> Result<(), BackendError> {
+        loop {
+            match self.read_message().await? {
+                Message::ParameterStatus(body) => {
+                    self.parameters
+                        .push((body.name()?.to_owned(), body.value()?.to_owned()));
+                }
+                Message::BackendKeyData(body) => {
+                    self.cancel.process_id = body.process_id();
+                    self.cancel.secret_key = body.secret_key();
+                }
+                Message::NoticeResponse(_) => {}
+                Message::ReadyForQuery(body) => {
+                    self.tx_status = body.status();
+                    self.in_flight = false;
+                    return Ok(());
+                }
+                Message::ErrorResponse(body) => return Err(DbError::parse(&body)?.into()),
+                other => return Err(BackendError::unexpected(&other)),
+            }
+        }
+    }
+
+    /// The server's ParameterStatus values reported during startup.
+    pub fn parameters(&self) -> &[(String, String)] {
+        &self.parameters
+    }
+
+    /// Reads one whole message without parsing it (tag, length and body), for relaying.
+    pub async fn read_frame(&mut self) -> Result<BytesMut, BackendError> {
+        let total = self.fill_message().await?;
+        Ok(self.read_buf.split_to(total))
+    }
+
+    /// Writes bytes that are already framed messages, as they are.
+    pub async fn send_raw(&mut self, bytes: &[u8]) -> Result<(), BackendError> {
+        self.stream.write_all(bytes).await?;
+        Ok(())
+    }
+
+    /// The socket and whatever was read past the last message, for byte-for-byte relaying.
+    pub fn into_parts(self) -> (TcpStream, BytesMut) {
+        (self.stream, self.read_buf)
     }
 
     pub fn cancel_key(&self) -> CancelKey {
@@ -147,6 +197,13 @@ impl Backend {
     }
 
     async fn read_message(&mut self) -> Result<Message, BackendError> {
+        self.fill_message().await?;
+        Message::parse(&mut self.read_buf)?
+            .ok_or_else(|| BackendError::protocol("incomplete message"))
+    }
+
+    /// Reads until the buffer holds one whole message and returns its length in bytes.
+    async fn fill_message(&mut self) -> Result<usize, BackendError> {
         loop {
             if self.read_buf.len() >= 5 {
                 let declared = u32::from_be_bytes([
@@ -165,8 +222,8 @@ impl Backend {
                         max: self.max_message_bytes,
                     });
                 }
-                if let Some(message) = Message::parse(&mut self.read_buf)? {
-                    return Ok(message);
+                if self.read_buf.len() >= total {
+                    return Ok(total);
                 }
                 self.read_buf.reserve(total - self.read_buf.len());
             }

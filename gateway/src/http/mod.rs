@@ -3,7 +3,7 @@
 
 pub mod sql;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use axum::extract::{Request, State};
@@ -15,39 +15,28 @@ use axum::Router;
 use tower::ServiceExt;
 use tracing::Instrument;
 
-use crate::conn_info::EndpointId;
-use crate::metrics::Metrics;
-use crate::pool::Pool;
-use crate::query::types::TypeCache;
-use crate::routes::Routes;
+use crate::websocket;
 
-/// What every request handler shares.
-pub struct AppState {
-    pub routes: Routes,
-    pub default_endpoint: EndpointId,
-    pub max_request_bytes: usize,
-    pub max_response_bytes: usize,
-    pub pool: Arc<Pool>,
-    pub types: TypeCache,
-    pub metrics: Arc<Metrics>,
-    /// Set when shutdown begins: `/readyz` turns 503 so load balancers stop sending traffic.
-    pub draining: AtomicBool,
-}
+pub use crate::state::AppState;
 
 pub const REQUEST_ID: &str = "neon-request-id";
 
-/// The public router. Layers, outermost first: request id and span, then routing. Any path
-/// ending in `/sql` is the query endpoint (a path prefix is ignored, as is the Host header).
+/// The public router. Layers, outermost first: request id and span, then routing. A
+/// WebSocket upgrade on any path is the tunnel; any other path ending in `/sql` is the query
+/// endpoint (a path prefix is ignored, as is the Host header).
 pub fn app(state: Arc<AppState>) -> Router {
     let sql = post(sql::handle)
         .options(sql::preflight)
         .fallback(not_supported)
-        .with_state(state);
+        .with_state(state.clone());
     Router::new()
         .fallback(move |request: Request| {
             let sql = sql.clone();
+            let state = state.clone();
             async move {
-                if request.uri().path().ends_with("/sql") {
+                if websocket::is_upgrade(request.headers()) {
+                    websocket::upgrade(state, request).await
+                } else if request.uri().path().ends_with("/sql") {
                     sql.oneshot(request).await.into_response()
                 } else {
                     not_supported().await
@@ -61,6 +50,7 @@ pub fn app(state: Arc<AppState>) -> Router {
 pub fn admin(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
+        .route("/usage", get(usage))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
         .with_state(state)
@@ -106,6 +96,11 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         .into_response()
 }
 
+/// Bytes per endpoint and direction since start: `{"endpoints":{"db":{"ingress_bytes":…}}}`.
+async fn usage(State(state): State<Arc<AppState>>) -> Response {
+    axum::Json(serde_json::json!({ "endpoints": state.usage.snapshot() })).into_response()
+}
+
 async fn ready(State(state): State<Arc<AppState>>) -> Response {
     if state.draining.load(Ordering::Relaxed) {
         (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response()
@@ -122,7 +117,7 @@ mod tests {
 
     fn router() -> Router {
         let config = crate::config::Config::for_tests(vec![]);
-        let mut state = crate::state(&config);
+        let mut state = crate::state(&config).expect("state");
         Arc::get_mut(&mut state)
             .expect("sole owner")
             .max_request_bytes = 1024;

@@ -86,7 +86,7 @@ pub struct TestGateway {
     pub addr: SocketAddr,
     pub admin: SocketAddr,
     shutdown: CancellationToken,
-    task: tokio::task::JoinHandle<()>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
 
 impl TestGateway {
@@ -117,7 +117,7 @@ impl TestGateway {
 
     pub async fn stop(self) {
         self.shutdown.cancel();
-        self.task.await.expect("gateway task");
+        self.task.await.expect("gateway task").expect("gateway ran");
     }
 
     pub async fn metrics(&self) -> String {

@@ -1,0 +1,726 @@
+//! Postgres sessions: the wire protocol from clients on plain TCP, TLS (after SSLRequest or
+//! direct) and WebSocket, handshaken by the gateway and then relayed byte for byte to one
+//! backend connection of the session's own.
+//!
+//! Handshake, within `handshake_timeout` of the first byte:
+//! 1. Startup packets: SSLRequest is answered `S` + TLS on plain TCP when a certificate is
+//!    configured, `N` otherwise; GSSENCRequest `N`; a CancelRequest is looked up in the
+//!    [`cancel::CancelMap`] and forwarded, then the connection closes.
+//! 2. The endpoint ([`credentials`]): host (WebSocket address, Host, SNI), `options`, password
+//!    hack, default.
+//! 3. Authentication. WebSocket clients, and TLS clients whose endpoint is still unknown (the
+//!    password hack), are asked for a cleartext password, which the gateway uses to log in to
+//!    the backend with whatever the backend asks for (SCRAM normally). Everyone else gets the
+//!    backend's own challenge relayed (SCRAM-SHA-256), so a password never crosses plain TCP.
+//!    Unknown endpoints get the same failure as a wrong password, after a mock SCRAM exchange
+//!    where one was due, and never reach a backend.
+//! 4. The client hears AuthenticationOk, the backend's ParameterStatus values, a
+//!    gateway-issued BackendKeyData and exactly one ReadyForQuery. Bytes the client sent ahead
+//!    (the driver pipelines startup, password and first query) go to the backend only then.
+//! 5. [`relay`] copies both ways until either side closes, the session idles out, or a drain
+//!    runs out of time.
+
+pub mod cancel;
+mod client;
+pub mod credentials;
+pub mod protocol;
+pub mod relay;
+
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{BufMut, BytesMut};
+use hmac::{Hmac, Mac};
+use postgres_protocol::message::backend::Message;
+use rand::RngCore;
+use sha2::Sha256;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio::time::{timeout_at, Instant};
+
+use crate::backend::{self, Backend, BackendError, ConnectParams, DbError};
+use crate::conn_info::EndpointId;
+use crate::error::{ErrorKind, ReportableError};
+use crate::state::AppState;
+use client::ClientStream;
+use credentials::CredentialsError;
+use protocol::{Startup, StartupError, StartupPacket};
+use relay::{Direction, RelayEnd, RelayLimits};
+
+/// Password and SASL messages larger than this are refused.
+const MAX_AUTH_MESSAGE: usize = 8 * 1024;
+/// SSLRequest/GSSENCRequest rounds before a client must send its startup.
+const MAX_NEGOTIATIONS: usize = 4;
+
+/// Limits and settings for sessions.
+#[derive(Clone, Debug)]
+pub struct SessionConfig {
+    /// From the first byte to ReadyForQuery (TLS, startup, authentication, backend connect).
+    pub handshake_timeout: Duration,
+    /// A session with no traffic either way for this long is closed.
+    pub idle_timeout: Option<Duration>,
+    /// The largest single message a client may send (WebSocket messages too).
+    pub max_message_bytes: usize,
+    /// Domains under which a Host header or SNI name `<endpoint>.<domain>` picks the endpoint.
+    pub domains: Vec<String>,
+}
+
+/// How the client reached the gateway.
+#[derive(Clone, Debug)]
+pub enum Transport {
+    Tcp,
+    Tls {
+        sni: Option<String>,
+    },
+    WebSocket {
+        tls: bool,
+        /// The `address` query parameter (`host:port`), as `neonConfig.wsProxy` strings send it.
+        address: Option<String>,
+        host: Option<String>,
+        sni: Option<String>,
+    },
+}
+
+impl Transport {
+    pub fn label(&self) -> &'static str {
+        match self {
+            Transport::Tcp => "tcp",
+            Transport::Tls { .. } => "tls",
+            Transport::WebSocket { tls: false, .. } => "ws",
+            Transport::WebSocket { tls: true, .. } => "wss",
+        }
+    }
+
+    /// The endpoint named by the host the client dialled, if any.
+    fn host_endpoint(&self, domains: &[String]) -> Result<Option<EndpointId>, CredentialsError> {
+        let by_name = |name: &Option<String>| {
+            name.as_deref()
+                .and_then(|n| credentials::from_server_name(n, domains))
+        };
+        match self {
+            Transport::Tcp => Ok(None),
+            Transport::Tls { sni } => Ok(by_name(sni)),
+            Transport::WebSocket {
+                address, host, sni, ..
+            } => match address {
+                Some(address) => credentials::from_address(address),
+                None => Ok(by_name(host).or_else(|| by_name(sni))),
+            },
+        }
+    }
+}
+
+/// What a session can fail with before or while relaying. Each case says what the client is
+/// told (a FATAL ErrorResponse) and how it is classified.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error(transparent)]
+    Startup(#[from] StartupError),
+    #[error(transparent)]
+    Credentials(#[from] CredentialsError),
+    #[error("no PostgreSQL user name specified in startup packet")]
+    MissingUser,
+    /// Wrong password, unknown role, or unknown endpoint: deliberately indistinguishable.
+    #[error("password authentication failed for user '{user}'")]
+    AuthFailed { user: String },
+    #[error("received unencrypted data after SSL request")]
+    UnencryptedData,
+    #[error("{0}")]
+    Protocol(String),
+    #[error("message of {len} bytes exceeds the limit of {max} bytes")]
+    MessageTooLarge { len: usize, max: usize },
+    #[error(
+        "WebSocket text frames are not supported: send the Postgres protocol in binary frames"
+    )]
+    TextFrame,
+    #[error("canceling authentication due to timeout")]
+    HandshakeTimeout,
+    #[error("terminating connection due to idle-session timeout")]
+    Idle,
+    #[error("terminating connection due to administrator command")]
+    Shutdown,
+    #[error("TLS handshake failed: {0}")]
+    Tls(io::Error),
+    #[error("the client closed the connection")]
+    ClientGone,
+    #[error("i/o error on the client connection: {0}")]
+    Io(io::Error),
+    /// Postgres refused the session after authentication (no such database, too many
+    /// connections): passed on as Postgres said it.
+    #[error("{}", .0.message)]
+    Postgres(Box<DbError>),
+    /// The backend could not be reached or failed. The cause is logged, not shown.
+    #[error("could not connect to the database")]
+    Backend(#[source] BackendError),
+}
+
+impl From<io::Error> for SessionError {
+    fn from(error: io::Error) -> Self {
+        if crate::websocket::is_text_frame(&error) {
+            return SessionError::TextFrame;
+        }
+        match error.kind() {
+            io::ErrorKind::UnexpectedEof
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::BrokenPipe => SessionError::ClientGone,
+            _ => SessionError::Io(error),
+        }
+    }
+}
+
+impl ReportableError for SessionError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            SessionError::Startup(_)
+            | SessionError::Credentials(_)
+            | SessionError::MissingUser
+            | SessionError::AuthFailed { .. }
+            | SessionError::UnencryptedData
+            | SessionError::Protocol(_)
+            | SessionError::MessageTooLarge { .. }
+            | SessionError::TextFrame
+            | SessionError::HandshakeTimeout
+            | SessionError::Idle
+            | SessionError::Shutdown
+            | SessionError::Tls(_) => ErrorKind::User,
+            SessionError::ClientGone | SessionError::Io(_) => ErrorKind::ClientDisconnect,
+            SessionError::Postgres(_) => ErrorKind::Postgres,
+            SessionError::Backend(e) => e.kind(),
+        }
+    }
+}
+
+impl SessionError {
+    /// The SQLSTATE and hint the client is told, or `None` when it cannot be told anything.
+    fn client_code(&self) -> Option<(&str, Option<&str>)> {
+        Some(match self {
+            SessionError::Startup(StartupError::Protocol { .. }) => ("0A000", None),
+            SessionError::Startup(_)
+            | SessionError::UnencryptedData
+            | SessionError::Protocol(_)
+            | SessionError::MessageTooLarge { .. }
+            | SessionError::TextFrame => ("08P01", None),
+            SessionError::Credentials(_) | SessionError::MissingUser => ("28000", None),
+            SessionError::AuthFailed { .. } => ("28P01", None),
+            SessionError::HandshakeTimeout => ("08006", None),
+            SessionError::Idle => ("57P05", None),
+            SessionError::Shutdown => ("57P01", None),
+            SessionError::Postgres(db) => (db.code.as_str(), db.hint.as_deref()),
+            SessionError::Backend(_) => ("08001", None),
+            SessionError::Tls(_) | SessionError::ClientGone | SessionError::Io(_) => return None,
+        })
+    }
+
+    /// Classifies a failed backend login for `user`.
+    fn from_backend(error: BackendError, user: &str) -> Self {
+        match error {
+            BackendError::Db(db) if db.is_auth_failure() => SessionError::AuthFailed {
+                user: user.to_owned(),
+            },
+            BackendError::Db(db) => SessionError::Postgres(db),
+            other => SessionError::Backend(other),
+        }
+    }
+}
+
+/// A Postgres connection on the public port (its first byte was that of a startup packet).
+pub async fn serve_tcp(stream: TcpStream, state: Arc<AppState>) {
+    let deadline = Instant::now() + state.sessions.handshake_timeout;
+    let mut client = ClientStream::new(stream);
+    let tls = state.tls.as_ref();
+    let first = timeout_at(deadline, first_packet(&mut client, tls.is_some()))
+        .await
+        .unwrap_or(Err(SessionError::HandshakeTimeout));
+    match (first, tls) {
+        (Ok(StartupPacket::SslRequest), Some(tls)) => {
+            // Anything sent after SSLRequest but before our answer could be injected by a
+            // man in the middle; Postgres refuses it too (CVE-2021-23222).
+            if client.buffered() > 0 {
+                return fail(
+                    client,
+                    &Transport::Tcp,
+                    SessionError::UnencryptedData,
+                    &state,
+                )
+                .await;
+            }
+            client.write_buf().put_u8(b'S');
+            if let Err(e) = client.flush().await {
+                return fail(client, &Transport::Tcp, e, &state).await;
+            }
+            let (tcp, _) = client.into_parts();
+            match timeout_at(deadline, tls.acceptor().accept(tcp)).await {
+                Ok(Ok(stream)) => {
+                    let sni = stream.get_ref().1.server_name().map(str::to_owned);
+                    let transport = Transport::Tls { sni };
+                    run(ClientStream::new(stream), transport, deadline, &state).await;
+                }
+                Ok(Err(e)) => record(&Transport::Tcp, &SessionError::Tls(e), &state),
+                Err(_) => record(&Transport::Tcp, &SessionError::HandshakeTimeout, &state),
+            }
+        }
+        (first, _) => proceed(client, first, Transport::Tcp, deadline, &state).await,
+    }
+}
+
+/// A session on a stream that is already set up: direct TLS, or a WebSocket. `ahead` holds
+/// bytes already read from it while telling protocols apart.
+pub async fn serve_stream<S>(io: S, ahead: &[u8], transport: Transport, state: Arc<AppState>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let deadline = Instant::now() + state.sessions.handshake_timeout;
+    let mut client = ClientStream::new(io);
+    client.push_ahead(ahead);
+    run(client, transport, deadline, &state).await;
+}
+
+async fn run<S>(
+    mut client: ClientStream<S>,
+    transport: Transport,
+    deadline: Instant,
+    state: &Arc<AppState>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let first = timeout_at(deadline, first_packet(&mut client, false))
+        .await
+        .unwrap_or(Err(SessionError::HandshakeTimeout));
+    proceed(client, first, transport, deadline, state).await;
+}
+
+/// Reads startup packets, refusing encryption requests (`N`) except an SSLRequest the caller
+/// will accept, until a StartupMessage or CancelRequest arrives.
+async fn first_packet<S>(
+    client: &mut ClientStream<S>,
+    accept_ssl: bool,
+) -> Result<StartupPacket, SessionError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    for _ in 0..MAX_NEGOTIATIONS {
+        match client.read_startup().await? {
+            StartupPacket::SslRequest if accept_ssl => return Ok(StartupPacket::SslRequest),
+            StartupPacket::SslRequest | StartupPacket::GssEncRequest => {
+                client.write_buf().put_u8(b'N');
+                client.flush().await?;
+            }
+            other => return Ok(other),
+        }
+    }
+    Err(SessionError::Protocol(
+        "too many encryption requests before the startup packet".into(),
+    ))
+}
+
+async fn proceed<S>(
+    mut client: ClientStream<S>,
+    first: Result<StartupPacket, SessionError>,
+    transport: Transport,
+    deadline: Instant,
+    state: &Arc<AppState>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let startup = match first {
+        Ok(StartupPacket::Startup(startup)) => startup,
+        Ok(StartupPacket::Cancel {
+            process_id,
+            secret_key,
+        }) => {
+            forward_cancel(process_id, secret_key, state).await;
+            state
+                .metrics
+                .sessions
+                .with_label_values(&[transport.label(), "cancel_request"])
+                .inc();
+            return client.close().await;
+        }
+        Ok(StartupPacket::SslRequest | StartupPacket::GssEncRequest) => {
+            let error = SessionError::Protocol("unexpected encryption request".into());
+            return fail(client, &transport, error, state).await;
+        }
+        Err(e) => return fail(client, &transport, e, state).await,
+    };
+    let handshake = handshake(&mut client, &startup, &transport, state);
+    match timeout_at(deadline, handshake).await {
+        Ok(Ok(ready)) => relay_session(client, ready, &transport, state).await,
+        Ok(Err(e)) => fail(client, &transport, e, state).await,
+        Err(_) => fail(client, &transport, SessionError::HandshakeTimeout, state).await,
+    }
+}
+
+async fn forward_cancel(process_id: i32, secret_key: i32, state: &AppState) {
+    match state.cancels.lookup(process_id, secret_key) {
+        Some(target) => {
+            state
+                .metrics
+                .cancel_requests
+                .with_label_values(&["forwarded"])
+                .inc();
+            if let Err(e) = target.cancel().await {
+                tracing::warn!(error = %e, "forwarding a cancel request failed");
+            }
+        }
+        None => {
+            state
+                .metrics
+                .cancel_requests
+                .with_label_values(&["no_match"])
+                .inc();
+            tracing::debug!("cancel request for an unknown key");
+        }
+    }
+}
+
+/// An authenticated backend, ready for the relay.
+struct Ready {
+    backend: Backend,
+    endpoint: EndpointId,
+}
+
+async fn handshake<S>(
+    client: &mut ClientStream<S>,
+    startup: &Startup,
+    transport: &Transport,
+    state: &AppState,
+) -> Result<Ready, SessionError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let unsupported = startup.protocol_options();
+    if startup.minor_version > 0 || !unsupported.is_empty() {
+        protocol::negotiate_protocol_version(client.write_buf(), &unsupported);
+    }
+    let user = startup
+        .get("user")
+        .filter(|u| !u.is_empty())
+        .ok_or(SessionError::MissingUser)?;
+    let database = startup
+        .get("database")
+        .filter(|d| !d.is_empty())
+        .unwrap_or(user);
+    let (option_endpoint, options) =
+        credentials::split_options(startup.get("options").unwrap_or_default())?;
+    let named = credentials::reconcile(
+        transport.host_endpoint(&state.sessions.domains)?,
+        option_endpoint,
+    )?;
+    // Everything else the client set reaches Postgres as it would directly.
+    let mut forward: Vec<(&str, &str)> = startup
+        .params
+        .iter()
+        .filter(|(name, _)| {
+            !matches!(name.as_str(), "user" | "database" | "options") && !name.starts_with("_pq_.")
+        })
+        .map(|(name, value)| (name.as_str(), value.as_str()))
+        .collect();
+    if !options.is_empty() {
+        forward.push(("options", &options));
+    }
+
+    let cleartext = match transport {
+        Transport::WebSocket { .. } => true,
+        Transport::Tls { .. } => named.is_none(),
+        Transport::Tcp => false,
+    };
+    let (endpoint, backend) = if cleartext {
+        protocol::authentication_cleartext_password(client.write_buf());
+        client.flush().await?;
+        let body = read_auth_message(client).await?;
+        let password = protocol::password(&body)
+            .ok_or_else(|| SessionError::Protocol("invalid password packet".into()))?;
+        let (endpoint, password) = match named {
+            Some(endpoint) => (endpoint, password),
+            None => credentials::password_hack(password)
+                .unwrap_or_else(|| (state.default_endpoint.clone(), password)),
+        };
+        let route = state
+            .routes
+            .resolve(&endpoint)
+            .ok_or_else(|| SessionError::AuthFailed {
+                user: user.to_owned(),
+            })?;
+        let params = ConnectParams {
+            user,
+            password,
+            database,
+            startup: &forward,
+        };
+        let backend = backend::connect(
+            &route.address,
+            &params,
+            state.pool.config().connect_timeout,
+            state.sessions.max_message_bytes,
+        )
+        .await
+        .map_err(|e| SessionError::from_backend(e, user))?;
+        (endpoint, backend)
+    } else {
+        let endpoint = named.unwrap_or_else(|| state.default_endpoint.clone());
+        let Some(route) = state.routes.resolve(&endpoint) else {
+            mock_scram(client, user, &endpoint, state).await?;
+            return Err(SessionError::AuthFailed {
+                user: user.to_owned(),
+            });
+        };
+        let backend = relay_authentication(
+            client,
+            &route.address,
+            user,
+            database,
+            &forward,
+            state.sessions.max_message_bytes,
+        )
+        .await?;
+        (endpoint, backend)
+    };
+    Ok(Ready { backend, endpoint })
+}
+
+/// The body of the client's next PasswordMessage (which also carries SASL responses).
+async fn read_auth_message<S>(client: &mut ClientStream<S>) -> Result<BytesMut, SessionError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    match client.read_message(MAX_AUTH_MESSAGE).await? {
+        (b'p', body) => Ok(body),
+        (tag, _) => Err(SessionError::Protocol(format!(
+            "expected password response, got message type {}",
+            char::from(tag).escape_default()
+        ))),
+    }
+}
+
+/// Opens the backend connection and lets the client answer the backend's own authentication
+/// challenge (SCRAM-SHA-256 normally), message by message.
+async fn relay_authentication<S>(
+    client: &mut ClientStream<S>,
+    address: &str,
+    user: &str,
+    database: &str,
+    forward: &[(&str, &str)],
+    max_message_bytes: usize,
+) -> Result<Backend, SessionError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let failed = |e| SessionError::from_backend(e, user);
+    let mut backend = backend::open(address, user, database, forward, max_message_bytes)
+        .await
+        .map_err(failed)?;
+    loop {
+        let mut frame = backend.read_frame().await.map_err(failed)?;
+        let tag = frame[0];
+        let code = frame
+            .get(5..9)
+            .map(|c| i32::from_be_bytes([c[0], c[1], c[2], c[3]]));
+        match (tag, code) {
+            (b'R', Some(0)) => break,
+            // Cleartext, MD5, SASL, SASLContinue: the client answers.
+            (b'R', Some(3 | 5 | 10 | 11)) => {
+                client.write_buf().extend_from_slice(&frame);
+                client.flush().await?;
+                let body = read_auth_message(client).await?;
+                let mut reply = BytesMut::with_capacity(body.len() + 5);
+                reply.put_u8(b'p');
+                reply.put_u32(body.len() as u32 + 4);
+                reply.extend_from_slice(&body);
+                backend.send_raw(&reply).await.map_err(failed)?;
+            }
+            // SASLFinal: the client checks the server's signature; AuthenticationOk follows.
+            (b'R', Some(12)) => client.write_buf().extend_from_slice(&frame),
+            (b'R', _) => {
+                return Err(SessionError::Backend(BackendError::UnsupportedAuth(
+                    "Kerberos, GSS, SSPI or SCM",
+                )))
+            }
+            (b'E', _) => {
+                let error = match Message::parse(&mut frame) {
+                    Ok(Some(Message::ErrorResponse(body))) => DbError::parse(&body)
+                        .map(BackendError::from)
+                        .unwrap_or_else(BackendError::from),
+                    _ => BackendError::protocol("malformed ErrorResponse"),
+                };
+                return Err(failed(error));
+            }
+            (b'N', _) => {}
+            _ => {
+                return Err(SessionError::Backend(BackendError::protocol(format!(
+                    "unexpected message type {} during authentication",
+                    char::from(tag).escape_default()
+                ))))
+            }
+        }
+    }
+    backend.finish_startup().await.map_err(failed)?;
+    Ok(backend)
+}
+
+/// A SCRAM-SHA-256 exchange that cannot succeed, for endpoints that do not exist: the client
+/// sees the same messages as for a real role with a wrong password. The salt is derived from
+/// the endpoint and user, so repeated attempts see a stable one, as with a real role.
+async fn mock_scram<S>(
+    client: &mut ClientStream<S>,
+    user: &str,
+    endpoint: &EndpointId,
+    state: &AppState,
+) -> Result<(), SessionError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    use base64::Engine;
+    let base64 = base64::engine::general_purpose::STANDARD;
+    protocol::authentication_sasl(client.write_buf(), &["SCRAM-SHA-256"]);
+    client.flush().await?;
+    let body = read_auth_message(client).await?;
+    let nonce = protocol::sasl_initial_response(&body)
+        .and_then(|(_, first)| std::str::from_utf8(first).ok())
+        .and_then(|first| first.split(',').find_map(|a| a.strip_prefix("r=")))
+        .map(str::to_owned)
+        .ok_or_else(|| SessionError::Protocol("malformed SASL initial response".into()))?;
+    let mut salt = Hmac::<Sha256>::new_from_slice(&state.mock_auth_key)
+        .map_err(|_| SessionError::Protocol("mock authentication key".into()))?;
+    salt.update(endpoint.as_str().as_bytes());
+    salt.update(&[0]);
+    salt.update(user.as_bytes());
+    let salt = salt.finalize().into_bytes();
+    let mut server_nonce = [0u8; 18];
+    rand::thread_rng().fill_bytes(&mut server_nonce);
+    let server_first = format!(
+        "r={nonce}{},s={},i=4096",
+        base64.encode(server_nonce),
+        base64.encode(&salt[..16])
+    );
+    protocol::authentication_sasl_continue(client.write_buf(), server_first.as_bytes());
+    client.flush().await?;
+    read_auth_message(client).await?;
+    Ok(())
+}
+
+/// Tells the client the session is ready, then relays until it ends.
+async fn relay_session<S>(
+    mut client: ClientStream<S>,
+    ready: Ready,
+    transport: &Transport,
+    state: &Arc<AppState>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let Ready { backend, endpoint } = ready;
+    let key = state.cancels.register(backend.cancel_key());
+    let out = client.write_buf();
+    protocol::authentication_ok(out);
+    for (name, value) in backend.parameters() {
+        protocol::parameter_status(out, name, value);
+    }
+    protocol::backend_key_data(out, key.process_id, key.secret_key);
+    protocol::ready_for_query(out, backend.tx_status());
+    if let Err(e) = client.flush().await {
+        return fail(client, transport, e, state).await;
+    }
+
+    let label = transport.label();
+    let active = state.metrics.sessions_active.with_label_values(&[label]);
+    active.inc();
+    let traffic = state.usage.endpoint(&endpoint);
+    let ingress = state.metrics.session_bytes.with_label_values(&["ingress"]);
+    let egress = state.metrics.session_bytes.with_label_values(&["egress"]);
+    let count = |direction: Direction, n: usize| {
+        traffic.add(direction, n as u64);
+        match direction {
+            Direction::Ingress => ingress.inc_by(n as u64),
+            Direction::Egress => egress.inc_by(n as u64),
+        }
+    };
+    let limits = RelayLimits {
+        idle_timeout: state.sessions.idle_timeout,
+        max_client_message: state.sessions.max_message_bytes,
+    };
+    let (client_io, client_ahead) = client.into_parts();
+    let (backend_io, backend_ahead) = backend.into_parts();
+    tracing::debug!(%endpoint, transport = label, "session relaying");
+    let relayed = relay::relay(
+        client_io,
+        client_ahead,
+        backend_io,
+        backend_ahead,
+        &limits,
+        &state.stop_sessions,
+        &count,
+    )
+    .await;
+    active.dec();
+    drop(key);
+    let error = match relayed.end {
+        RelayEnd::ClientClosed | RelayEnd::BackendClosed => None,
+        RelayEnd::Idle => Some(SessionError::Idle),
+        RelayEnd::Shutdown => Some(SessionError::Shutdown),
+        RelayEnd::MessageTooLarge { len, max } => Some(SessionError::MessageTooLarge { len, max }),
+        RelayEnd::BadMessage => Some(SessionError::Protocol("invalid message length".into())),
+        RelayEnd::ClientError(e) => Some(SessionError::from(e)),
+        RelayEnd::BackendError(e) => Some(SessionError::Backend(BackendError::Io(e))),
+    };
+    let client = ClientStream::new(relayed.client);
+    match error {
+        None => {
+            state
+                .metrics
+                .sessions
+                .with_label_values(&[label, "ok"])
+                .inc();
+            client.close().await;
+        }
+        // A FATAL can only be appended between two backend messages.
+        Some(error) if !relayed.at_boundary => {
+            record(transport, &error, state);
+            client.close().await;
+        }
+        Some(error) => fail(client, transport, error, state).await,
+    }
+}
+
+/// Reports `error` once (log, metrics), tells the client when it can be told, and closes.
+async fn fail<S>(
+    mut client: ClientStream<S>,
+    transport: &Transport,
+    error: SessionError,
+    state: &AppState,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    record(transport, &error, state);
+    if let Some((code, hint)) = error.client_code() {
+        protocol::fatal(client.write_buf(), code, &error.to_string(), hint);
+    }
+    client.close().await;
+}
+
+fn record(transport: &Transport, error: &SessionError, state: &AppState) {
+    let kind = error.kind();
+    // Timeouts and drains end sessions normally; they are outcomes, not errors.
+    let outcome = match error {
+        SessionError::Idle => "idle_timeout",
+        SessionError::Shutdown => "shutdown",
+        _ => {
+            state
+                .metrics
+                .errors
+                .with_label_values(&[kind.label()])
+                .inc();
+            kind.label()
+        }
+    };
+    state
+        .metrics
+        .sessions
+        .with_label_values(&[transport.label(), outcome])
+        .inc();
+    match kind {
+        ErrorKind::Internal | ErrorKind::Compute => {
+            tracing::warn!(transport = transport.label(), error = %error, cause = ?std::error::Error::source(error), "session failed")
+        }
+        _ => tracing::debug!(transport = transport.label(), error = %error, "session ended"),
+    }
+}

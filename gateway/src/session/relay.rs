@@ -1,0 +1,399 @@
+//! After the handshake: bytes copied both ways through fixed buffers (so memory per session is
+//! bounded and a slow reader slows its writer), counted per direction as they pass.
+//!
+//! The copy watches message boundaries without parsing messages, which costs a few
+//! comparisons per message and buys two things: a client message larger than the limit is
+//! refused before it is passed on, and the gateway knows when it may append a FATAL of its own
+//! (idle timeout, shutdown) without cutting a backend message in half.
+
+use std::io;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// Bytes per read in each direction.
+const CHUNK: usize = 16 * 1024;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    /// Client to backend.
+    Ingress,
+    /// Backend to client.
+    Egress,
+}
+
+pub struct RelayLimits {
+    /// Close a session with no traffic either way for this long.
+    pub idle_timeout: Option<Duration>,
+    /// The largest message a client may send.
+    pub max_client_message: usize,
+}
+
+/// Why a relay ended.
+#[derive(Debug)]
+pub enum RelayEnd {
+    /// The client closed (or sent Terminate and closed), then the backend finished.
+    ClientClosed,
+    /// The backend closed its side; whatever it said last has reached the client.
+    BackendClosed,
+    Idle,
+    Shutdown,
+    /// The client sent a message larger than the limit.
+    MessageTooLarge {
+        len: usize,
+        max: usize,
+    },
+    /// The client broke the framing (a length below 4).
+    BadMessage,
+    /// Reading from the client failed (a reset, or a WebSocket protocol error).
+    ClientError(io::Error),
+    /// The backend connection failed.
+    BackendError(io::Error),
+}
+
+/// What a relay hands back: the client stream, why it ended, and whether the stream is at a
+/// message boundary, so that a FATAL may be appended.
+pub struct Relayed<C> {
+    pub client: C,
+    pub end: RelayEnd,
+    pub at_boundary: bool,
+}
+
+/// Copies between `client` and `backend` until either side ends, the session idles out, or
+/// `stop` is cancelled. `client_ahead`/`backend_ahead` are bytes read during the handshake
+/// that belong to the stream (a pipelined first query) and go first.
+pub async fn relay<C>(
+    client: C,
+    client_ahead: BytesMut,
+    backend: TcpStream,
+    backend_ahead: BytesMut,
+    limits: &RelayLimits,
+    stop: &CancellationToken,
+    count: &(dyn Fn(Direction, usize) + Sync),
+) -> Relayed<C>
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+{
+    let (mut client_read, mut client_write) = tokio::io::split(client);
+    let (mut backend_read, mut backend_write) = backend.into_split();
+    let start = Instant::now();
+    let activity = AtomicU64::new(0);
+    let egress_clean = AtomicBool::new(true);
+
+    let end = {
+        let meter = Meter {
+            start,
+            activity: &activity,
+            count,
+        };
+        let ingress = pump(
+            &mut client_read,
+            &mut backend_write,
+            client_ahead,
+            Lane {
+                direction: Direction::Ingress,
+                max_message: limits.max_client_message,
+                clean: None,
+            },
+            &meter,
+        );
+        let egress = pump(
+            &mut backend_read,
+            &mut client_write,
+            backend_ahead,
+            Lane {
+                direction: Direction::Egress,
+                max_message: usize::MAX,
+                clean: Some(&egress_clean),
+            },
+            &meter,
+        );
+        tokio::pin!(ingress, egress);
+        let mut client_done = false;
+        loop {
+            tokio::select! {
+                result = &mut ingress, if !client_done => match result {
+                    // The client is done sending; let the backend finish replying.
+                    Ok(()) => client_done = true,
+                    Err(PumpError::Read(e)) => break RelayEnd::ClientError(e),
+                    Err(PumpError::Write(e)) => break RelayEnd::BackendError(e),
+                    Err(PumpError::TooLarge(len)) => break RelayEnd::MessageTooLarge {
+                        len,
+                        max: limits.max_client_message,
+                    },
+                    Err(PumpError::Framing) => break RelayEnd::BadMessage,
+                },
+                result = &mut egress => match result {
+                    Ok(()) if client_done => break RelayEnd::ClientClosed,
+                    Ok(()) => break RelayEnd::BackendClosed,
+                    Err(PumpError::Read(e)) => break RelayEnd::BackendError(e),
+                    Err(PumpError::Write(e)) => break RelayEnd::ClientError(e),
+                    Err(PumpError::TooLarge(_) | PumpError::Framing) => {
+                        break RelayEnd::BackendError(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            "the backend broke the message framing",
+                        ))
+                    }
+                },
+                () = idle(limits.idle_timeout, start, &activity) => break RelayEnd::Idle,
+                () = stop.cancelled() => break RelayEnd::Shutdown,
+            }
+        }
+    };
+    Relayed {
+        client: client_read.unsplit(client_write),
+        end,
+        at_boundary: egress_clean.load(Ordering::Acquire),
+    }
+}
+
+enum PumpError {
+    Read(io::Error),
+    Write(io::Error),
+    TooLarge(usize),
+    Framing,
+}
+
+/// One direction of the copy.
+struct Lane<'a> {
+    direction: Direction,
+    /// Messages larger than this are refused.
+    max_message: usize,
+    /// Kept true whenever everything written so far ends on a message boundary.
+    clean: Option<&'a AtomicBool>,
+}
+
+/// What both directions report to: traffic counts and the time of the last activity.
+struct Meter<'a> {
+    start: Instant,
+    /// Milliseconds after `start` of the last chunk in either direction.
+    activity: &'a AtomicU64,
+    count: &'a (dyn Fn(Direction, usize) + Sync),
+}
+
+async fn pump<R, W>(
+    from: &mut R,
+    to: &mut W,
+    ahead: BytesMut,
+    lane: Lane<'_>,
+    meter: &Meter<'_>,
+) -> Result<(), PumpError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut boundary = Boundary::default();
+    let mut buf = vec![0u8; CHUNK];
+    let mut pending = ahead.len();
+    if pending > 0 {
+        buf.resize(pending.max(CHUNK), 0);
+        buf[..pending].copy_from_slice(&ahead);
+    }
+    loop {
+        if pending == 0 {
+            pending = from
+                .read(&mut buf[..CHUNK])
+                .await
+                .map_err(PumpError::Read)?;
+            if pending == 0 {
+                // EOF: pass it on, so the other side sees the end of the stream.
+                let _ = to.shutdown().await;
+                return Ok(());
+            }
+        }
+        let chunk = &buf[..pending];
+        boundary.feed(chunk, lane.max_message)?;
+        if let Some(clean) = lane.clean {
+            clean.store(false, Ordering::Release);
+        }
+        to.write_all(chunk).await.map_err(PumpError::Write)?;
+        to.flush().await.map_err(PumpError::Write)?;
+        if let Some(clean) = lane.clean {
+            clean.store(boundary.at_boundary(), Ordering::Release);
+        }
+        (meter.count)(lane.direction, pending);
+        let elapsed = u64::try_from(meter.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        meter.activity.store(elapsed, Ordering::Relaxed);
+        pending = 0;
+        if buf.len() > CHUNK {
+            buf.truncate(CHUNK);
+            buf.shrink_to(CHUNK);
+        }
+    }
+}
+
+/// Resolves once nothing has moved for `limit`; never without a limit.
+async fn idle(limit: Option<Duration>, start: Instant, activity: &AtomicU64) {
+    let Some(limit) = limit else {
+        return std::future::pending().await;
+    };
+    loop {
+        let last = start + Duration::from_millis(activity.load(Ordering::Relaxed));
+        let deadline = last + limit;
+        if Instant::now() >= deadline {
+            return;
+        }
+        tokio::time::sleep_until(deadline).await;
+    }
+}
+
+/// Follows message boundaries (tag, 4-byte length, body) through a byte stream.
+#[derive(Default)]
+struct Boundary {
+    header: [u8; 5],
+    header_len: usize,
+    body_left: usize,
+}
+
+impl Boundary {
+    fn feed(&mut self, mut data: &[u8], max_message: usize) -> Result<(), PumpError> {
+        while !data.is_empty() {
+            if self.body_left > 0 {
+                let n = self.body_left.min(data.len());
+                self.body_left -= n;
+                data = &data[n..];
+                continue;
+            }
+            let n = (5 - self.header_len).min(data.len());
+            self.header[self.header_len..self.header_len + n].copy_from_slice(&data[..n]);
+            self.header_len += n;
+            data = &data[n..];
+            if self.header_len == 5 {
+                let declared = u32::from_be_bytes([
+                    self.header[1],
+                    self.header[2],
+                    self.header[3],
+                    self.header[4],
+                ]) as usize;
+                if declared < 4 {
+                    return Err(PumpError::Framing);
+                }
+                if declared + 1 > max_message {
+                    return Err(PumpError::TooLarge(declared + 1));
+                }
+                self.body_left = declared - 4;
+                self.header_len = 0;
+            }
+        }
+        Ok(())
+    }
+
+    fn at_boundary(&self) -> bool {
+        self.header_len == 0 && self.body_left == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut m = vec![tag];
+        m.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+        m.extend_from_slice(body);
+        m
+    }
+
+    #[test]
+    fn boundaries_across_any_split() {
+        let mut stream = message(b'Q', b"SELECT 1\0");
+        stream.extend(message(b'X', b""));
+        stream.extend(message(b'd', &[7u8; 300]));
+        for split in 0..=stream.len() {
+            let mut boundary = Boundary::default();
+            let (a, b) = stream.split_at(split);
+            assert!(boundary.feed(a, 1000).is_ok());
+            assert!(boundary.feed(b, 1000).is_ok());
+            assert!(boundary.at_boundary(), "split at {split}");
+        }
+        let mut boundary = Boundary::default();
+        assert!(boundary.feed(&stream[..7], 1000).is_ok());
+        assert!(!boundary.at_boundary());
+    }
+
+    #[test]
+    fn oversized_and_broken_lengths() {
+        let mut boundary = Boundary::default();
+        let big = message(b'd', &[0u8; 100]);
+        assert!(matches!(
+            boundary.feed(&big, 50),
+            Err(PumpError::TooLarge(105))
+        ));
+        let mut boundary = Boundary::default();
+        assert!(matches!(
+            boundary.feed(&[b'Q', 0, 0, 0, 3], 50),
+            Err(PumpError::Framing)
+        ));
+        let mut boundary = Boundary::default();
+        assert!(matches!(
+            boundary.feed(&[b'Q', 0xff, 0xff, 0xff, 0xff], 1 << 20),
+            Err(PumpError::TooLarge(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn relays_both_ways_and_counts() {
+        let backend_listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = backend_listener.local_addr().expect("addr");
+        let server = tokio::spawn(async move {
+            let (mut socket, _) = backend_listener.accept().await.expect("accept");
+            let mut got = vec![0u8; 17];
+            socket.read_exact(&mut got).await.expect("read");
+            socket.write_all(&message(b'Z', b"I")).await.expect("write");
+            got
+        });
+        let backend = TcpStream::connect(addr).await.expect("connect");
+        let (client, mut peer) = tokio::io::duplex(1024);
+        let ingress = AtomicU64::new(0);
+        let egress = AtomicU64::new(0);
+        let count = |direction: Direction, n: usize| {
+            match direction {
+                Direction::Ingress => &ingress,
+                Direction::Egress => &egress,
+            }
+            .fetch_add(n as u64, Ordering::Relaxed);
+        };
+        let ahead = BytesMut::from(&message(b'Q', b"SELECT\0")[..]);
+        let limits = RelayLimits {
+            idle_timeout: None,
+            max_client_message: 1024,
+        };
+        let stop = CancellationToken::new();
+        let relay = relay(
+            client,
+            ahead,
+            backend,
+            BytesMut::new(),
+            &limits,
+            &stop,
+            &count,
+        );
+        let driver = async {
+            peer.write_all(&message(b'X', b"")).await.expect("write");
+            let mut reply = vec![0u8; 6];
+            peer.read_exact(&mut reply).await.expect("read reply");
+            assert_eq!(reply, message(b'Z', b"I"));
+            peer.shutdown().await.expect("shutdown");
+        };
+        let (relayed, ()) = tokio::join!(relay, driver);
+        assert!(
+            matches!(
+                relayed.end,
+                RelayEnd::ClientClosed | RelayEnd::BackendClosed
+            ),
+            "{:?}",
+            relayed.end
+        );
+        let sent = server.await.expect("server");
+        assert_eq!(&sent[..12], &message(b'Q', b"SELECT\0")[..]);
+        assert_eq!(ingress.load(Ordering::Relaxed), 17);
+        assert_eq!(egress.load(Ordering::Relaxed), 6);
+    }
+}

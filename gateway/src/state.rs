@@ -1,0 +1,44 @@
+//! What every connection, request and session shares: routes, the pool, TLS, cancel keys,
+//! usage counters, metrics, and the bookkeeping for a graceful drain.
+
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::conn_info::EndpointId;
+use crate::metrics::Metrics;
+use crate::pool::Pool;
+use crate::query::types::TypeCache;
+use crate::routes::Routes;
+use crate::session::cancel::CancelMap;
+use crate::session::SessionConfig;
+use crate::tls::Tls;
+use crate::usage::Usage;
+
+pub struct AppState {
+    pub routes: Routes,
+    pub default_endpoint: EndpointId,
+    pub max_request_bytes: usize,
+    pub max_response_bytes: usize,
+    pub pool: Arc<Pool>,
+    pub types: TypeCache,
+    pub metrics: Arc<Metrics>,
+    pub sessions: SessionConfig,
+    /// The certificate for https, wss and Postgres TLS, when one is configured.
+    pub tls: Option<Tls>,
+    pub cancels: Arc<CancelMap>,
+    pub usage: Usage,
+    /// Client connections open at once (all protocols); more are closed on accept.
+    pub connections: Arc<Semaphore>,
+    /// Every client connection's task (HTTP connections, sessions), waited for on shutdown.
+    pub tasks: TaskTracker,
+    /// Cancelled when a drain runs out of time: sessions still open end with a FATAL.
+    pub stop_sessions: CancellationToken,
+    /// Keys the salts of mock SCRAM exchanges for endpoints that do not exist.
+    pub mock_auth_key: [u8; 32],
+    /// Set when shutdown begins: `/readyz` turns 503 so load balancers stop sending traffic.
+    pub draining: AtomicBool,
+}

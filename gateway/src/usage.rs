@@ -1,4 +1,5 @@
-//! Traffic per endpoint and direction, the raw material of metering. Kept in memory (not as
+//! Traffic per endpoint and direction, the raw material of metering: every byte a session
+//! relays, and the request and response bodies of successful `POST /sql` queries. Kept in memory (not as
 //! Prometheus labels, whose cardinality must stay bounded) and served as JSON on the admin
 //! listener's `/usage`. Counters only grow; a consumer takes differences between reads.
 
@@ -9,7 +10,14 @@ use std::sync::{Arc, Mutex};
 use serde::Serialize;
 
 use crate::conn_info::EndpointId;
-use crate::session::relay::Direction;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    /// From clients towards Postgres.
+    Ingress,
+    /// From Postgres to clients.
+    Egress,
+}
 
 #[derive(Default)]
 pub struct Usage {

@@ -26,6 +26,7 @@ use crate::error::{ReportableError, SqlError};
 use crate::query::json::{self, OutputMode};
 use crate::query::types::TypeMap;
 use crate::query::{self, IsolationLevel, ResponseBudget, Statement, TxnOptions};
+use crate::usage::Direction;
 
 const CONNECTION_STRING: &str = "neon-connection-string";
 const RAW_TEXT_OUTPUT: &str = "neon-raw-text-output";
@@ -380,6 +381,9 @@ async fn run(
     if batch {
         out.extend_from_slice(b"]}");
     }
+    let traffic = state.usage.endpoint(&info.endpoint);
+    traffic.add(Direction::Ingress, body.len() as u64);
+    traffic.add(Direction::Egress, out.len() as u64);
     Ok(json_response(out, &payload, &options))
 }
 

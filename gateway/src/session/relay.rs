@@ -16,16 +16,10 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+pub use crate::usage::Direction;
+
 /// Bytes per read in each direction.
 const CHUNK: usize = 16 * 1024;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Direction {
-    /// Client to backend.
-    Ingress,
-    /// Backend to client.
-    Egress,
-}
 
 pub struct RelayLimits {
     /// Close a session with no traffic either way for this long.

@@ -1,11 +1,58 @@
 # shellcheck shell=bash
 # Sourced by scripts/test.sh, bench.sh and dev-up.sh (after lib.sh): a throwaway
-# Postgres and a gateway on free ports, for one run. The caller sets
-# GATEWAY_BIN, GATEWAY_LOG and READY_TIMEOUT_SECS, and calls stop_gateway and
-# `postgres.sh stop "$PG_DATADIR"` when it ends.
+# Postgres and a gateway on free ports, for one run, and a throwaway test CA.
+# The caller sets GATEWAY_BIN, GATEWAY_LOG and READY_TIMEOUT_SECS, and calls
+# stop_gateway and `postgres.sh stop "$PG_DATADIR"` when it ends. Setting
+# STACK_TLS_CERT and STACK_TLS_KEY (e.g. from make_test_tls) before
+# start_gateway turns on TLS on the gateway's public port; plain HTTP, WebSocket
+# and Postgres keep working on it.
 
 GATEWAY_PID=""
 PG_DATADIR=""
+STACK_TLS_CERT="${STACK_TLS_CERT:-}"
+STACK_TLS_KEY="${STACK_TLS_KEY:-}"
+
+# make_test_tls DIR — a throwaway CA and a server certificate it signed, for
+# tests only (valid for 2 days), written to DIR: ca.crt, server.crt and
+# server.key. The server certificate names localhost, localtest.me,
+# *.localtest.me and 127.0.0.1. The CA key is deleted once it has signed, so
+# nothing can be signed with this CA later. The caller owns deleting DIR.
+make_test_tls() {
+  local dir="$1"
+  command -v openssl >/dev/null 2>&1 || { warn "openssl is needed for the test CA"; return 1; }
+  # A subshell, so cd and umask stay here. Every command is checked by hand:
+  # callers run this under `step`, where set -e does not apply.
+  (
+    cd "$dir" || exit 1
+    umask 077
+    openssl req -x509 -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+      -keyout ca.key -out ca.crt -days 2 -subj "/CN=gateway test CA (throwaway)" \
+      -addext "basicConstraints=critical,CA:TRUE" \
+      -addext "keyUsage=critical,keyCertSign,cRLSign" || exit 1
+    openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+      -keyout server.key -out server.csr -subj "/CN=localhost" || exit 1
+    printf '%s\n' \
+      "basicConstraints = critical, CA:FALSE" \
+      "keyUsage = critical, digitalSignature" \
+      "extendedKeyUsage = serverAuth" \
+      "subjectAltName = DNS:localhost, DNS:localtest.me, DNS:*.localtest.me, IP:127.0.0.1" \
+      >server.ext || exit 1
+    openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key \
+      -set_serial "0x$(openssl rand -hex 8)" -days 2 -extfile server.ext \
+      -out server.crt || exit 1
+    rm -f -- ca.key server.csr server.ext
+    # Readable by whoever runs the clients (node, psql, pgbench); the key only by
+    # us, who run the gateway.
+    chmod 644 ca.crt server.crt && chmod 600 server.key
+  ) 2>"$dir/openssl.log" || {
+    warn "could not create the test CA in $dir:"
+    cat "$dir/openssl.log" >&2
+    return 1
+  }
+  rm -f -- "$dir/openssl.log"
+  openssl verify -CAfile "$dir/ca.crt" "$dir/server.crt" >/dev/null ||
+    { warn "the test server certificate does not verify against the test CA"; return 1; }
+}
 
 # stop_gateway — SIGTERM (the gateway drains), then SIGKILL after 10 s.
 stop_gateway() {
@@ -44,18 +91,27 @@ start_temp_postgres() {
 }
 
 # start_gateway — gateway on free ports, waiting for /readyz. A lost port race
-# shows up as an early exit, so that is retried with new ports.
-# Sets GW_PORT and GW_ADMIN_PORT.
+# shows up as an early exit, so that is retried with new ports. TLS is on when
+# STACK_TLS_CERT and STACK_TLS_KEY are set, off otherwise (whatever the
+# caller's environment says). Sets GW_PORT and GW_ADMIN_PORT.
 start_gateway() {
-  local attempt i
+  local attempt i tls="off"
   : "${GATEWAY_BIN:?the caller sets GATEWAY_BIN}" "${GATEWAY_LOG:?the caller sets GATEWAY_LOG}"
+  local -a tls_env=(-u GATEWAY_TLS_CERT -u GATEWAY_TLS_KEY)
+  if [[ -n "$STACK_TLS_CERT" || -n "$STACK_TLS_KEY" ]]; then
+    [[ -r "$STACK_TLS_CERT" && -r "$STACK_TLS_KEY" ]] ||
+      { warn "STACK_TLS_CERT/STACK_TLS_KEY must both name readable files"; return 1; }
+    tls_env=(GATEWAY_TLS_CERT="$STACK_TLS_CERT" GATEWAY_TLS_KEY="$STACK_TLS_KEY")
+    tls="on"
+  fi
   : >"$GATEWAY_LOG"
   for attempt in 1 2 3; do
     GW_PORT="$(free_port)"
     GW_ADMIN_PORT="$(free_port)"
     [[ "$GW_PORT" != "$GW_ADMIN_PORT" ]] || continue
     echo "---- attempt $attempt: listen 127.0.0.1:$GW_PORT admin 127.0.0.1:$GW_ADMIN_PORT" >>"$GATEWAY_LOG"
-    RUST_LOG="${RUST_LOG:-info}" \
+    env "${tls_env[@]}" \
+      RUST_LOG="${RUST_LOG:-info}" \
       GATEWAY_LISTEN="127.0.0.1:$GW_PORT" \
       GATEWAY_ADMIN_LISTEN="127.0.0.1:$GW_ADMIN_PORT" \
       GATEWAY_ROUTES="db=127.0.0.1:$PG_PORT" \
@@ -71,7 +127,7 @@ start_gateway() {
         continue 2
       fi
       if curl -fsS --max-time 2 "http://127.0.0.1:$GW_ADMIN_PORT/readyz" >/dev/null 2>&1; then
-        log "gateway ready on 127.0.0.1:$GW_PORT (admin $GW_ADMIN_PORT), log: $GATEWAY_LOG"
+        log "gateway ready on 127.0.0.1:$GW_PORT (admin $GW_ADMIN_PORT, TLS $tls), log: $GATEWAY_LOG"
         return 0
       fi
       sleep 0.5

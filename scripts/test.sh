@@ -3,8 +3,10 @@
 # throwaway stack the Node suite runs against:
 #   1. Rust: cargo fmt --check, clippy -D warnings, cargo test (PG_FAST=1;
 #      integration tests start their own Postgres through scripts/postgres.sh)
-#   2. Node: a debug gateway in front of a temp Postgres on free ports, then
-#      `npm ci && npm test` in sdk-tests/
+#   2. Node: a throwaway test CA (openssl) and a debug gateway with TLS on, in
+#      front of a temp Postgres on free ports, then `npm ci && npm test` in
+#      sdk-tests/ (the driver over HTTP and WebSocket, node-postgres, psql and
+#      pgbench over TCP, each with and without TLS)
 # Fails fast, always tears down, prints a summary.
 #
 # Env: SKIP_RUST=1 skips step 1, SKIP_NODE=1 skips step 2 (CI sets neither).
@@ -56,6 +58,8 @@ skipped() { SUMMARY+=("skipped  $1"); }
 
 
 
+TLS_DIR=""
+
 # shellcheck disable=SC2317 # only called from the EXIT trap
 finish() {
   local rc=$?
@@ -65,6 +69,7 @@ finish() {
     bash "$SCRIPT_DIR/postgres.sh" stop "$PG_DATADIR" >/dev/null 2>&1 || true
     rm -rf -- "$PG_DATADIR"
   fi
+  if [[ -n "$TLS_DIR" ]]; then rm -rf -- "$TLS_DIR"; fi
   {
     echo
     echo "==== test summary ($((SECONDS - STARTED_AT)) s) ===="
@@ -87,7 +92,7 @@ trap 'exit 143' TERM
 # --- dependencies ----------------------------------------------------------------
 
 tools=(cargo curl)
-if [[ "$SKIP_NODE" != "1" ]]; then tools+=(node npm); fi
+if [[ "$SKIP_NODE" != "1" ]]; then tools+=(node npm openssl); fi
 ensure_deps "${tools[@]}"
 
 # --- 1. Rust ---------------------------------------------------------------------
@@ -104,6 +109,16 @@ fi
 
 npm_ci() { (cd sdk-tests && npm ci --no-audit --no-fund); }
 
+# test_tls — a throwaway CA and server certificate in a temp dir (removed on
+# exit); the gateway under test serves TLS with them.
+test_tls() {
+  TLS_DIR="$(mktemp -d "${TMPDIR:-/tmp}/gateway-test-tls.XXXXXX")" || return 1
+  chmod 755 "$TLS_DIR"
+  make_test_tls "$TLS_DIR" || return 1
+  STACK_TLS_CERT="$TLS_DIR/server.crt"
+  STACK_TLS_KEY="$TLS_DIR/server.key"
+}
+
 npm_test() {
   local rc=0
   (
@@ -112,6 +127,10 @@ npm_test() {
       GATEWAY_ADMIN="http://127.0.0.1:$GW_ADMIN_PORT" \
       DIRECT_DATABASE_URL="postgres://postgres:postgres@127.0.0.1:$PG_PORT/main" \
       DATABASE_URL="postgres://postgres:postgres@db.localtest.me:$GW_PORT/main" \
+      GATEWAY_TLS_CA="$TLS_DIR/ca.crt" \
+      NODE_EXTRA_CA_CERTS="$TLS_DIR/ca.crt" \
+      PSQL="$PG_BIN/psql" \
+      PGBENCH="$PG_BIN/pgbench" \
       npm test
   ) || rc=$?
   if ((rc != 0)); then
@@ -126,7 +145,8 @@ if [[ "$SKIP_NODE" != "1" ]]; then
   step "cargo build -p gateway" cargo build -p gateway
   [[ -x "$GATEWAY_BIN" ]] || die "no gateway binary at $GATEWAY_BIN after the build"
   step "temp Postgres" start_temp_postgres
-  step "gateway ready" start_gateway
+  step "test CA" test_tls
+  step "gateway ready (TLS on)" start_gateway
   step "npm ci (sdk-tests)" npm_ci
   step "npm test (sdk-tests)" npm_test
   stop_gateway

@@ -1,21 +1,22 @@
 // Shared helpers for the SDK compatibility suite.
 //
 // The suite compares the real `@neondatabase/serverless` driver talking to the
-// gateway over HTTP with node-postgres talking straight to the same Postgres
-// over TCP. Everything is configured from the environment (set by `make test`);
-// a missing variable is a hard failure, never a skip.
+// gateway (over HTTP and WebSocket) with node-postgres talking straight to the
+// same Postgres over TCP. Everything is configured from the environment (set by
+// `make test`); a missing variable is a hard failure, never a skip.
 
 import assert from 'node:assert/strict';
 import { neon, neonConfig, NeonDbError } from '@neondatabase/serverless';
 import pg from 'pg';
 import ws from 'ws';
 
-function requireEnv(name) {
+/** The value of environment variable `name`; throws when it is unset or empty. */
+export function requireEnv(name) {
   const value = process.env[name];
   if (value === undefined || value.trim() === '') {
     throw new Error(
-      `environment variable ${name} is not set: the SDK suite needs GATEWAY_HTTP, ` +
-        `GATEWAY_ADMIN, DATABASE_URL and DIRECT_DATABASE_URL (run it via \`make test\`)`,
+      `environment variable ${name} is not set: the SDK suite needs the variables listed in ` +
+        `sdk-tests/README.md (run it via \`make test\`)`,
     );
   }
   return value.trim();
@@ -26,6 +27,9 @@ export const GATEWAY_ADMIN = requireEnv('GATEWAY_ADMIN').replace(/\/+$/, '');
 export const DATABASE_URL = requireEnv('DATABASE_URL');
 export const DIRECT_DATABASE_URL = requireEnv('DIRECT_DATABASE_URL');
 export const SQL_ENDPOINT = GATEWAY_HTTP + '/sql';
+/** The gateway's public port: HTTP, WebSocket and Postgres (plain or TLS) all arrive on it. */
+export const GATEWAY_HOST = new URL(GATEWAY_HTTP).hostname;
+export const GATEWAY_PORT = Number(new URL(GATEWAY_HTTP).port);
 
 // `*.localtest.me` does not resolve everywhere, so the driver is pointed at the
 // gateway explicitly; the host inside the connection string still names the
@@ -184,3 +188,77 @@ export async function captureError(promiseOrFn) {
 }
 
 export const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+/**
+ * Poll `check` (sync or async, truthy when done) until it holds; fail with
+ * `what` after `timeoutMs`. For effects the gateway records after a client
+ * has already moved on (a session's end, a cancel). Returns check's value.
+ */
+export async function waitFor(check, what, timeoutMs = 10_000) {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const value = await check();
+    if (value) return value;
+    if (Date.now() > deadline) assert.fail(`timed out after ${timeoutMs} ms waiting for: ${what}`);
+    await sleep(50);
+  }
+}
+
+// ---------------------------------------------------------------------------
+// The admin listener: Prometheus metrics and per-endpoint usage
+// ---------------------------------------------------------------------------
+
+/** The Prometheus text from GET $GATEWAY_ADMIN/metrics. */
+export async function scrapeMetrics() {
+  const res = await fetch(GATEWAY_ADMIN + '/metrics');
+  assert.equal(res.status, 200, 'GET /metrics');
+  return res.text();
+}
+
+function parseLabels(raw) {
+  const labels = {};
+  if (!raw) return labels;
+  for (const m of raw.slice(1, -1).matchAll(/([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"/g)) {
+    labels[m[1]] = m[2];
+  }
+  return labels;
+}
+
+/**
+ * The sum of the samples of metric `name` (exactly that name) whose labels
+ * include all of `labels`; 0 when there are none (a labelled counter appears
+ * only once it has been touched).
+ */
+export function metricSum(text, name, labels = {}) {
+  let sum = 0;
+  for (const line of text.split('\n')) {
+    if (line.startsWith('#')) continue;
+    const m = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{.*\})?\s+(\S+)/.exec(line);
+    if (!m || m[1] !== name) continue;
+    const have = parseLabels(m[2]);
+    if (!Object.entries(labels).every(([k, v]) => have[k] === v)) continue;
+    const v = Number(m[3]);
+    assert.ok(Number.isFinite(v), `unparsable sample: ${line}`);
+    sum += v;
+  }
+  return sum;
+}
+
+/** metricSum on a fresh scrape. */
+export async function metric(name, labels = {}) {
+  return metricSum(await scrapeMetrics(), name, labels);
+}
+
+/** GET $GATEWAY_ADMIN/usage: `{ endpoints: { <id>: { ingress_bytes, egress_bytes } } }`. */
+export async function usage() {
+  const res = await fetch(GATEWAY_ADMIN + '/usage');
+  assert.equal(res.status, 200, 'GET /usage');
+  return res.json();
+}
+
+/** The usage counters of one endpoint (zeros when it has none yet). */
+export async function endpointUsage(endpoint = 'db') {
+  const body = await usage();
+  assert.ok(body && typeof body.endpoints === 'object', `unexpected /usage body: ${JSON.stringify(body)}`);
+  return body.endpoints[endpoint] ?? { ingress_bytes: 0, egress_bytes: 0 };
+}

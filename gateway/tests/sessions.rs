@@ -305,12 +305,7 @@ async fn tcp_clients_authenticate_with_the_backends_scram() {
         .expect_err("no such database");
     assert_eq!(error[&'C'], "3D000");
 
-    let usage: serde_json::Value = reqwest::get(format!("http://{}/usage", gw.admin))
-        .await
-        .expect("usage")
-        .json()
-        .await
-        .expect("JSON");
+    let usage = gw.usage().await;
     assert!(usage["endpoints"]["db"]["ingress_bytes"].as_u64() > Some(0));
     assert!(usage["endpoints"]["db"]["egress_bytes"].as_u64() > Some(0));
     assert!(usage["endpoints"].get("nope").is_none());

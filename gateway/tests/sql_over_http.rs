@@ -95,12 +95,7 @@ async fn single_query_has_the_exact_result_shape() {
         .await
         .expect("drop");
     // Request and response bodies are metered per endpoint.
-    let usage: serde_json::Value = reqwest::get(format!("http://{}/usage", gw.admin))
-        .await
-        .expect("usage")
-        .json()
-        .await
-        .expect("JSON");
+    let usage = gw.usage().await;
     assert!(usage["endpoints"]["db"]["ingress_bytes"].as_u64() > Some(100));
     assert!(usage["endpoints"]["db"]["egress_bytes"].as_u64() > Some(100));
     gw.stop().await;

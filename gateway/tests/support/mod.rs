@@ -129,6 +129,16 @@ impl TestGateway {
             .expect("metrics text")
     }
 
+    /// The admin listener's `/usage` document.
+    pub async fn usage(&self) -> serde_json::Value {
+        reqwest::get(format!("http://{}/usage", self.admin))
+            .await
+            .expect("usage")
+            .json()
+            .await
+            .expect("usage JSON")
+    }
+
     /// Sum of the samples of `name` whose label set contains `labels` (e.g. `outcome="hit"`).
     pub async fn metric(&self, name: &str, labels: &str) -> f64 {
         self.metrics()

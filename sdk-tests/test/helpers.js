@@ -35,8 +35,8 @@ export const GATEWAY_PORT = Number(new URL(GATEWAY_HTTP).port);
 // gateway explicitly; the host inside the connection string still names the
 // endpoint (the gateway routes on its first DNS label).
 neonConfig.fetchEndpoint = () => SQL_ENDPOINT;
-// Node 20 has no global WebSocket; nothing here uses the WebSocket transport,
-// but configure it so an accidental Pool/Client use does not crash obscurely.
+// Node 20 has no global WebSocket: the driver's Client and Pool use the `ws`
+// package. The files that use them also set wsProxy (see ws.test.js).
 neonConfig.webSocketConstructor = ws;
 
 export { neon, neonConfig, NeonDbError, pg };
@@ -149,6 +149,63 @@ export function assertSameResult(httpResult, pgResult, label = '') {
   assert.deepStrictEqual(fieldSummary(httpResult.fields), fieldSummary(pgResult.fields), `fields${where}`);
   assertSameValues(httpResult.rows, pgResult.rows, `rows${where}`);
 }
+
+/**
+ * Run `text` (with `values`) on `viaGateway` (the driver over WebSocket, or node-postgres
+ * through the gateway) and on `direct` (node-postgres straight to Postgres), and compare
+ * every result: command, rowCount, oid, full field metadata and the parsed rows. Several
+ * statements in one simple query give several results; all are compared.
+ */
+export async function assertSameQuery(viaGateway, direct, text, values, label = text) {
+  const g = await viaGateway.query(text, values);
+  const d = await direct.query(text, values);
+  const gs = Array.isArray(g) ? g : [g];
+  const ds = Array.isArray(d) ? d : [d];
+  assert.equal(gs.length, ds.length, `number of results (${label})`);
+  for (let i = 0; i < gs.length; i++) {
+    assert.equal(gs[i].command, ds[i].command, `command (${label})`);
+    assert.equal(gs[i].rowCount, ds[i].rowCount, `rowCount (${label})`);
+    assert.equal(gs[i].oid, ds[i].oid, `oid (${label})`);
+    assert.deepStrictEqual(fieldDetails(gs[i].fields), fieldDetails(ds[i].fields), `fields (${label})`);
+    assertSameValues(gs[i].rows, ds[i].rows, `rows (${label})`);
+  }
+  return { g, d };
+}
+
+/**
+ * Run `text` on both clients; both must fail with equal error fields, and `viaGateway` must
+ * still work afterwards. Returns the gateway-side error.
+ */
+export async function assertSameQueryError(viaGateway, direct, text, values, label = text) {
+  const directErr = await captureError(() => direct.query(text, values));
+  assert.ok(directErr instanceof pg.DatabaseError, `node-postgres should raise a DatabaseError: ${directErr}`);
+  const err = await captureError(() => viaGateway.query(text, values));
+  assert.deepStrictEqual(errorSummary(err), errorSummary(directErr), label);
+  assert.deepStrictEqual((await viaGateway.query('SELECT 1 AS still_ok')).rows, [{ still_ok: 1 }], `usable after: ${label}`);
+  return err;
+}
+
+/** One row of many Postgres types, for comparing sessions through the gateway with direct ones. */
+export const TYPES_QUERY = `SELECT
+    1::int2 AS i2, (-2147483648)::int4 AS i4, 9223372036854775807::int8 AS i8, 4294967295::oid AS oid,
+    '123456789012345678901234567890.123456789'::numeric AS num, 'NaN'::numeric AS num_nan,
+    0.1::float4 AS f4, 'Infinity'::float8 AS f8_inf, '-0'::float8 AS f8_negzero, 1/3::float8 AS third,
+    true AS t, NULL::bool AS nb, 'héllo — 🐘 日本語' AS unicode, '' AS empty, 'abc'::char(5) AS bpchar,
+    'abc'::varchar(10) AS vc, 'relname'::name AS nm, E'line1\\nline2\\ttab' AS esc,
+    '\\xdeadbeef'::bytea AS bytes, ''::bytea AS empty_bytes,
+    '2024-02-29'::date AS d, 'infinity'::date AS d_inf, '12:34:56.789'::time AS tm, '12:34:56+05:30'::timetz AS ttz,
+    '2024-01-02 03:04:05.678912'::timestamp AS ts, '2024-06-01 12:00:00.123456+02'::timestamptz AS tstz,
+    '-infinity'::timestamptz AS tstz_ninf, '0044-03-15 BC'::date AS d_bc,
+    '1 year 2 mons 3 days 04:05:06.789'::interval AS iv, '-1 day'::interval AS iv_neg,
+    '{"a":{"b":[1,2,{"c":null}]},"s":"x"}'::json AS js, '[1,"two",null,true]'::jsonb AS jsb, 'null'::jsonb AS jsb_null,
+    'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11'::uuid AS u,
+    ARRAY[1, NULL, -3]::int[] AS ints, ARRAY['a', NULL, 'with "quote"', 'comma,sep', '']::text[] AS texts,
+    '{{1,2},{3,4}}'::int[] AS two_d, '{}'::int[] AS empty_arr, ARRAY['2024-01-01', NULL]::date[] AS dates,
+    ARRAY['{"a":1}']::jsonb[] AS jsonbs, ARRAY['\\x0102'::bytea] AS byteas,
+    '(1.5,-2)'::point AS pt, '<(1,2),3>'::circle AS circ, 12.34::money AS money,
+    '192.168.0.1/24'::inet AS inet, '10.0.0.0/8'::cidr AS cidr, '08:00:2b:01:02:03'::macaddr AS mac,
+    B'10101'::bit(5) AS bits, 'a fat cat'::tsvector AS tsv, '[1,10)'::int4range AS r4,
+    '[2024-01-01,2024-02-01)'::daterange AS dr, 'int4'::regtype AS regtype, '<a>x</a>'::xml AS x`;
 
 /** The error fields node-postgres' DatabaseError and the driver's NeonDbError share. */
 export const ERROR_FIELDS = [

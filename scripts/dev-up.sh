@@ -7,7 +7,9 @@
 #   DATA_DIR              state and compute data (default: .data in the repo)
 #   POSTGRES_PORT         Postgres of endpoint `db` on 127.0.0.1 (default 55432)
 #   GATEWAY_LISTEN        SQL-over-HTTP, WebSocket and Postgres listener (default 127.0.0.1:4444)
-#   GATEWAY_ADMIN_LISTEN  /metrics, /healthz, /readyz (default 127.0.0.1:4480)
+#   GATEWAY_ADMIN_LISTEN  /metrics, /usage, /healthz, /readyz (default 127.0.0.1:4480)
+#   GATEWAY_TLS_CERT      with GATEWAY_TLS_KEY: PEM certificate chain and key; the listener
+#   GATEWAY_TLS_KEY       then also serves https, wss and Postgres TLS (default: TLS off)
 #   RUST_LOG              gateway log filter (default info)
 set -euo pipefail
 
@@ -24,6 +26,8 @@ POSTGRES_PORT="${POSTGRES_PORT:-55432}"
 GATEWAY_LISTEN="${GATEWAY_LISTEN:-127.0.0.1:4444}"
 GATEWAY_ADMIN_LISTEN="${GATEWAY_ADMIN_LISTEN:-127.0.0.1:4480}"
 RUST_LOG="${RUST_LOG:-info}"
+GATEWAY_TLS_CERT="${GATEWAY_TLS_CERT:-}"
+GATEWAY_TLS_KEY="${GATEWAY_TLS_KEY:-}"
 DATA_DIR="${DATA_DIR:-$REPO_ROOT/.data}"
 mkdir -p "$DATA_DIR"
 DATA_DIR="$(cd "$DATA_DIR" && pwd)"
@@ -72,11 +76,26 @@ bash "$SCRIPT_DIR/postgres.sh" createdb "$PGDATA_DIR" "$POSTGRES_PORT" main
 
 # --- gateway -------------------------------------------------------------------------
 
-log "starting gateway on $GATEWAY_LISTEN (admin $GATEWAY_ADMIN_LISTEN), log also in $GATEWAY_LOG"
+# TLS only when both files are given; otherwise no TLS variables reach the gateway.
+tls_env=(-u GATEWAY_TLS_CERT -u GATEWAY_TLS_KEY)
+TLS_ON=0
+if [[ -n "$GATEWAY_TLS_CERT" || -n "$GATEWAY_TLS_KEY" ]]; then
+  [[ -r "$GATEWAY_TLS_CERT" && -r "$GATEWAY_TLS_KEY" ]] ||
+    die "GATEWAY_TLS_CERT and GATEWAY_TLS_KEY must both name readable PEM files"
+  GATEWAY_TLS_CERT="$(abs_path "$GATEWAY_TLS_CERT")"
+  GATEWAY_TLS_KEY="$(abs_path "$GATEWAY_TLS_KEY")"
+  tls_env=(GATEWAY_TLS_CERT="$GATEWAY_TLS_CERT" GATEWAY_TLS_KEY="$GATEWAY_TLS_KEY")
+  TLS_ON=1
+fi
+TLS_STATE="off"
+((TLS_ON == 0)) || TLS_STATE="on"
+
+log "starting gateway on $GATEWAY_LISTEN (admin $GATEWAY_ADMIN_LISTEN, TLS $TLS_STATE), log also in $GATEWAY_LOG"
 : >"$GATEWAY_LOG"
 # Output goes to the terminal and to the log file. tee ignores SIGINT so the
 # gateway can still log while it shuts down after Ctrl-C.
-RUST_LOG="$RUST_LOG" \
+env "${tls_env[@]}" \
+  RUST_LOG="$RUST_LOG" \
   GATEWAY_LISTEN="$GATEWAY_LISTEN" \
   GATEWAY_ADMIN_LISTEN="$GATEWAY_ADMIN_LISTEN" \
   GATEWAY_ROUTES="db=127.0.0.1:$POSTGRES_PORT" \
@@ -119,6 +138,16 @@ case "$GW_HOST" in
   0.0.0.0 | "[::]" | "") GW_HOST="127.0.0.1" ;;
 esac
 
+if ((TLS_ON)); then
+  TLS_LINES="  TLS is on ($GATEWAY_TLS_CERT): https, wss and Postgres TLS on the same port.
+    wss: neonConfig.useSecureWebSocket = true (the certificate must name $GW_HOST;
+         for a private CA, start Node with NODE_EXTRA_CA_CERTS=<ca.crt>)
+    psql \"postgres://postgres:postgres@$GW_HOST:$GW_PORT/main?sslmode=verify-full&sslrootcert=<ca.crt>\""
+else
+  TLS_LINES="  TLS is off. To serve https, wss and Postgres TLS on the same port as well:
+    GATEWAY_TLS_CERT=server.crt GATEWAY_TLS_KEY=server.key make up"
+fi
+
 cat <<EOF
 
   Serverless Postgres Gateway is up.
@@ -131,12 +160,27 @@ cat <<EOF
   Postgres directly, bypassing the gateway:
     psql postgres://postgres:postgres@127.0.0.1:$POSTGRES_PORT/main
 
-  With @neondatabase/serverless:
+  psql (or any Postgres client) through the gateway, on the same port:
+    psql "postgres://postgres:postgres@$GW_HOST:$GW_PORT/main"
+
+  With @neondatabase/serverless over HTTP (neon, sql.transaction):
     import { neon, neonConfig } from '@neondatabase/serverless';
     neonConfig.fetchEndpoint = (host, port) => \`http://$GW_HOST:$GW_PORT/sql\`;
     const sql = neon('postgres://postgres:postgres@db.localtest.me:$GW_PORT/main');
 
-  Admin: http://$GATEWAY_ADMIN_LISTEN/metrics  /healthz  /readyz
+  Over WebSocket (Client, Pool, interactive transactions). Node 20 has no global
+  WebSocket, so give the driver the ws package (npm i ws). wsProxy dials the gateway
+  and passes the connection string's host as ?address=, which names the endpoint:
+    import { Pool, neonConfig } from '@neondatabase/serverless';
+    import ws from 'ws';
+    neonConfig.webSocketConstructor = ws;
+    neonConfig.useSecureWebSocket = false;
+    neonConfig.wsProxy = (host, port) => \`$GW_HOST:$GW_PORT/v2?address=\${host}:\${port}\`;
+    const pool = new Pool({ connectionString: 'postgres://postgres:postgres@db.localtest.me/main' });
+
+$TLS_LINES
+
+  Admin: http://$GATEWAY_ADMIN_LISTEN/metrics  /usage  /healthz  /readyz
   Data:  $DATA_DIR   Gateway log: $GATEWAY_LOG
   Press Ctrl-C to stop.
 

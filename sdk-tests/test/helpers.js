@@ -319,3 +319,28 @@ export async function endpointUsage(endpoint = 'db') {
   assert.ok(body && typeof body.endpoints === 'object', `unexpected /usage body: ${JSON.stringify(body)}`);
   return body.endpoints[endpoint] ?? { ingress_bytes: 0, egress_bytes: 0 };
 }
+
+/**
+ * Starts a long `pg_sleep` on client `c` and resolves once Postgres (seen through `direct`)
+ * reports it running. `outcome` resolves to the error that ends the sleep; `active` is the
+ * query object node-postgres's `cancel` needs.
+ */
+export async function startSleep(c, direct, marker) {
+  const pid = (await c.query('SELECT pg_backend_pid() AS pid')).rows[0].pid;
+  const query = c.query(`SELECT pg_sleep(60) /* ${marker} */`);
+  const outcome = query.then(
+    () => assert.fail('the sleep should have been cancelled'),
+    (err) => err,
+  );
+  await waitFor(
+    async () =>
+      (
+        await direct.query(`SELECT 1 FROM pg_stat_activity WHERE pid = $1 AND state = 'active' AND query LIKE $2`, [
+          pid,
+          `%${marker}%`,
+        ])
+      ).rowCount === 1,
+    `pg_sleep running on backend ${pid}`,
+  );
+  return { outcome, active: c.activeQuery };
+}

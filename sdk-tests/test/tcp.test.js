@@ -20,6 +20,7 @@ import {
   errorSummary,
   captureError,
   waitFor,
+  startSleep,
   metric,
   assertSameQuery,
   assertSameQueryError,
@@ -188,23 +189,8 @@ for (const t of TRANSPORTS.slice(0, 2)) {
     const c = await gatewayClient(t.extra);
     const before = await metric('gateway_cancel_requests_total', { outcome: 'forwarded' });
     try {
-      const pid = (await c.query('SELECT pg_backend_pid() AS pid')).rows[0].pid;
-      const marker = `tcp-cancel-${t.label}`;
-      const running = c.query(`SELECT pg_sleep(60) /* ${marker} */`).then(
-        () => assert.fail('the sleep should have been cancelled'),
-        (e) => e,
-      );
-      await waitFor(
-        async () =>
-          (
-            await direct.query(`SELECT 1 FROM pg_stat_activity WHERE pid = $1 AND state = 'active' AND query LIKE $2`, [
-              pid,
-              `%${marker}%`,
-            ])
-          ).rowCount === 1,
-        'pg_sleep running',
-      );
-      new pg.Client(BASE).cancel(c, c.activeQuery);
+      const { outcome: running, active } = await startSleep(c, direct, `tcp-cancel-${t.label}`);
+      new pg.Client(BASE).cancel(c, active);
       const err = await running;
       assert.equal(err.code, '57014');
       assert.equal(err.message, 'canceling statement due to user request');

@@ -35,6 +35,7 @@ import {
   errorSummary,
   captureError,
   waitFor,
+  startSleep,
   metric,
   scrapeMetrics,
   metricSum,
@@ -342,31 +343,11 @@ test('LISTEN/NOTIFY: notifications cross the tunnel in both directions', async (
 // Cancellation and timeouts
 // ---------------------------------------------------------------------------
 
-/** Start a long pg_sleep on `c`; resolves once Postgres reports it running. */
-async function startSleep(c, marker) {
-  const pid = (await c.query('SELECT pg_backend_pid() AS pid')).rows[0].pid;
-  const query = c.query(`SELECT pg_sleep(60) /* ${marker} */`);
-  const outcome = query.then(
-    () => assert.fail('the sleep should have been cancelled'),
-    (err) => err,
-  );
-  await waitFor(
-    async () =>
-      (
-        await direct.query(`SELECT 1 FROM pg_stat_activity WHERE pid = $1 AND state = 'active' AND query LIKE $2`, [
-          pid,
-          `%${marker}%`,
-        ])
-      ).rowCount === 1,
-    `pg_sleep running on backend ${pid}`,
-  );
-  return { outcome, active: c.activeQuery };
-}
 
 test('cancel: the driver Client.cancel sends a CancelRequest over a new WebSocket', async () => {
   const c = await connected();
   const before = await metric('gateway_cancel_requests_total', { outcome: 'forwarded' });
-  const { outcome, active } = await startSleep(c, 'ws-cancel');
+  const { outcome, active } = await startSleep(c, direct, 'ws-cancel');
   new Client(DATABASE_URL).cancel(c, active);
   const err = await outcome;
   assert.equal(err.code, '57014');
@@ -378,7 +359,7 @@ test('cancel: the driver Client.cancel sends a CancelRequest over a new WebSocke
 
 test('cancel: node-postgres cancels a WebSocket session over plain TCP with the same key', async () => {
   const c = await connected({ pipeline: false });
-  const { outcome, active } = await startSleep(c, 'tcp-cancel');
+  const { outcome, active } = await startSleep(c, direct, 'tcp-cancel');
   // pg's Client.prototype.cancel opens a TCP connection to host:port and sends c's key
   new pg.Client({ host: GATEWAY_HOST, port: GATEWAY_PORT }).cancel(c, active);
   const err = await outcome;

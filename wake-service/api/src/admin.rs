@@ -1,0 +1,189 @@
+//! The wake service's REST API (`/v1/...`, bearer-token protected).
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+/// Where an endpoint's compute is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EndpointState {
+    Active,
+    Suspending,
+    Suspended,
+    Resuming,
+    Failed,
+    #[serde(other)]
+    Unknown,
+}
+
+impl EndpointState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndpointState::Active => "active",
+            EndpointState::Suspending => "suspending",
+            EndpointState::Suspended => "suspended",
+            EndpointState::Resuming => "resuming",
+            EndpointState::Failed => "failed",
+            EndpointState::Unknown => "unknown",
+        }
+    }
+
+    pub fn parse(s: &str) -> EndpointState {
+        match s {
+            "active" => EndpointState::Active,
+            "suspending" => EndpointState::Suspending,
+            "suspended" => EndpointState::Suspended,
+            "resuming" => EndpointState::Resuming,
+            "failed" => EndpointState::Failed,
+            _ => EndpointState::Unknown,
+        }
+    }
+}
+
+/// `host:port` of the endpoint's Postgres and of its PgBouncer (transaction mode).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Addresses {
+    pub direct: String,
+    pub pooler: String,
+}
+
+/// An endpoint as the API shows it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Endpoint {
+    pub id: String,
+    pub state: EndpointState,
+    /// The operation in progress (`create`, `wake`, `suspend`, `delete`), if any.
+    pub operation: Option<String>,
+    pub suspend_timeout_seconds: i64,
+    pub min_cu: f64,
+    pub max_cu: f64,
+    pub current_cu: f64,
+    pub driver: String,
+    pub addresses: Addresses,
+    pub roles: Vec<String>,
+    pub databases: Vec<Database>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub last_active: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub suspended_at: Option<OffsetDateTime>,
+}
+
+/// `POST /v1/endpoints`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateEndpoint {
+    pub id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suspend_timeout_seconds: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_cu: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_cu: Option<f64>,
+}
+
+/// `PATCH /v1/endpoints/{id}`: only the fields present change.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PatchEndpoint {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suspend_timeout_seconds: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_cu: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_cu: Option<f64>,
+    /// Replaces the endpoint's JWKS rules (served to the gateway at `.../jwks`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks: Option<Vec<crate::proxy::JwksSettings>>,
+}
+
+/// `POST /v1/endpoints/{id}/roles`. The password is hashed (SCRAM-SHA-256) by the wake
+/// service and never stored in clear.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateRole {
+    pub name: String,
+    pub password: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Role {
+    pub name: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+}
+
+/// `POST /v1/endpoints/{id}/databases`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateDatabase {
+    pub name: String,
+    pub owner: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Database {
+    pub name: String,
+    pub owner: String,
+}
+
+/// Every API error: `{"error": {"code": "...", "message": "..."}}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    pub code: String,
+    pub message: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_round_trip_and_unknown() {
+        for state in [
+            EndpointState::Active,
+            EndpointState::Suspending,
+            EndpointState::Suspended,
+            EndpointState::Resuming,
+            EndpointState::Failed,
+        ] {
+            let json = serde_json::to_string(&state).expect("serialize");
+            assert_eq!(json, format!("\"{}\"", state.as_str()));
+            assert_eq!(EndpointState::parse(state.as_str()), state);
+        }
+        let later: EndpointState = serde_json::from_str("\"migrating\"").expect("parse");
+        assert_eq!(later, EndpointState::Unknown);
+    }
+
+    #[test]
+    fn create_endpoint_golden() {
+        let body: CreateEndpoint =
+            serde_json::from_str(r#"{"id":"db","suspend_timeout_seconds":-1}"#).expect("parse");
+        assert_eq!(body.id, "db");
+        assert_eq!(body.suspend_timeout_seconds, Some(-1));
+        assert!(serde_json::from_str::<CreateEndpoint>(r#"{"id":"db","bogus":1}"#).is_err());
+        assert!(serde_json::from_str::<CreateEndpoint>(r#"{}"#).is_err());
+    }
+
+    #[test]
+    fn error_body_golden() {
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: "not_found".into(),
+                message: "endpoint 'x' does not exist".into(),
+            },
+        };
+        assert_eq!(
+            serde_json::to_string(&body).expect("serialize"),
+            r#"{"error":{"code":"not_found","message":"endpoint 'x' does not exist"}}"#
+        );
+    }
+}

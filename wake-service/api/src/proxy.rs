@@ -1,0 +1,268 @@
+//! The Neon-compatible proxy API (`/proxy/api/v1/...`): the same message shapes Neon's
+//! control plane gives Neon's proxy, so either proxy can use either control plane.
+
+use serde::{Deserialize, Serialize};
+
+/// `GET /proxy/api/v1/wake_compute?endpointish=<id>[-pooler]`: where to connect now.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WakeCompute {
+    /// `host:port`.
+    pub address: String,
+    /// When set, the compute requires TLS with this server name. Always `null` here.
+    pub server_name: Option<String>,
+    pub aux: MetricsAuxInfo,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MetricsAuxInfo {
+    pub endpoint_id: String,
+    pub project_id: String,
+    pub branch_id: String,
+    pub compute_id: String,
+    #[serde(default = "ColdStartInfo::unknown")]
+    pub cold_start_info: ColdStartInfo,
+}
+
+/// Whether the wake found the compute running (`warm`) or had to start it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ColdStartInfo {
+    Warm,
+    PoolHit,
+    PoolMiss,
+    #[serde(other)]
+    Unknown,
+}
+
+impl ColdStartInfo {
+    fn unknown() -> Self {
+        ColdStartInfo::Unknown
+    }
+}
+
+/// `GET /proxy/api/v1/get_endpoint_access_control?endpointish=<id>&role=<role>`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccessControl {
+    /// The role's `SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>`; empty when the
+    /// role does not exist (the proxy then runs a mock exchange that always fails).
+    pub role_secret: String,
+    pub project_id: Option<String>,
+    pub allowed_ips: Option<Vec<String>>,
+    #[serde(default)]
+    pub allowed_vpc_endpoint_ids: Option<Vec<String>>,
+    #[serde(default)]
+    pub block_public_connections: Option<bool>,
+    #[serde(default)]
+    pub block_vpc_connections: Option<bool>,
+}
+
+/// `GET /proxy/api/v1/endpoints/{id}/jwks`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Jwks {
+    pub jwks: Vec<JwksSettings>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JwksSettings {
+    pub id: String,
+    pub jwks_url: String,
+    pub provider_name: String,
+    #[serde(default)]
+    pub jwt_audience: Option<String>,
+    pub role_names: Vec<String>,
+}
+
+/// Every proxy-API error: `{"error": "...", "status": {...}}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ControlPlaneError {
+    pub error: String,
+    #[serde(default)]
+    pub status: Option<Status>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    pub code: String,
+    pub message: String,
+    pub details: Details,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Details {
+    #[serde(default)]
+    pub error_info: Option<ErrorInfo>,
+    #[serde(default)]
+    pub retry_info: Option<RetryInfo>,
+    #[serde(default)]
+    pub user_facing_message: Option<UserFacingMessage>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorInfo {
+    pub reason: Reason,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetryInfo {
+    pub retry_delay_ms: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserFacingMessage {
+    pub message: String,
+}
+
+/// Why a proxy-API call failed (Neon's `error_info.reason`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Reason {
+    RoleProtected,
+    ResourceNotFound,
+    ProjectNotFound,
+    EndpointNotFound,
+    BranchNotFound,
+    RateLimitExceeded,
+    NonDefaultBranchComputeTimeExceeded,
+    ActiveTimeQuotaExceeded,
+    ComputeTimeQuotaExceeded,
+    WrittenDataQuotaExceeded,
+    DataTransferQuotaExceeded,
+    LogicalSizeQuotaExceeded,
+    ActiveEndpointsLimitExceeded,
+    RunningOperations,
+    ConcurrencyLimitReached,
+    LockAlreadyTaken,
+    EndpointIdle,
+    ProjectUnderMaintenance,
+    #[serde(other)]
+    Unknown,
+}
+
+impl Reason {
+    /// The thing asked for does not exist: cache the answer briefly, do not retry.
+    pub fn is_not_found(self) -> bool {
+        matches!(
+            self,
+            Reason::ResourceNotFound
+                | Reason::ProjectNotFound
+                | Reason::EndpointNotFound
+                | Reason::BranchNotFound
+        )
+    }
+
+    /// Neon's rule: these are transient and worth another try.
+    pub fn is_retryable(self) -> bool {
+        matches!(
+            self,
+            Reason::RunningOperations
+                | Reason::ConcurrencyLimitReached
+                | Reason::LockAlreadyTaken
+                | Reason::EndpointIdle
+                | Reason::ProjectUnderMaintenance
+        )
+    }
+}
+
+impl ControlPlaneError {
+    pub fn new(code: &str, message: impl Into<String>, reason: Reason) -> Self {
+        let message = message.into();
+        ControlPlaneError {
+            error: message.clone(),
+            status: Some(Status {
+                code: code.to_owned(),
+                message: message.clone(),
+                details: Details {
+                    error_info: Some(ErrorInfo { reason }),
+                    retry_info: None,
+                    user_facing_message: Some(UserFacingMessage { message }),
+                },
+            }),
+        }
+    }
+
+    pub fn with_retry_delay_ms(mut self, delay: u64) -> Self {
+        if let Some(status) = &mut self.status {
+            status.details.retry_info = Some(RetryInfo {
+                retry_delay_ms: delay,
+            });
+        }
+        self
+    }
+
+    pub fn reason(&self) -> Reason {
+        self.status
+            .as_ref()
+            .and_then(|s| s.details.error_info.as_ref())
+            .map_or(Reason::Unknown, |i| i.reason)
+    }
+
+    /// Retry when the reason says so or the control plane suggested a delay.
+    pub fn is_retryable(&self) -> bool {
+        self.reason().is_retryable() || self.retry_delay_ms().is_some()
+    }
+
+    pub fn retry_delay_ms(&self) -> Option<u64> {
+        self.status
+            .as_ref()
+            .and_then(|s| s.details.retry_info.as_ref())
+            .map(|r| r.retry_delay_ms)
+    }
+
+    /// The message meant for the end user, if the control plane gave one.
+    pub fn user_facing_message(&self) -> &str {
+        self.status
+            .as_ref()
+            .and_then(|s| s.details.user_facing_message.as_ref())
+            .map_or(self.error.as_str(), |m| m.message.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wake_compute_golden() {
+        let json = r#"{"address":"127.0.0.1:5432","server_name":null,"aux":{"endpoint_id":"db","project_id":"db","branch_id":"main","compute_id":"db-1","cold_start_info":"warm"}}"#;
+        let parsed: WakeCompute = serde_json::from_str(json).expect("parse");
+        assert_eq!(parsed.address, "127.0.0.1:5432");
+        assert_eq!(parsed.aux.cold_start_info, ColdStartInfo::Warm);
+        assert_eq!(serde_json::to_string(&parsed).expect("serialize"), json);
+        let later = json.replace("\"warm\"", "\"pool_hit_v2\"");
+        let parsed: WakeCompute = serde_json::from_str(&later).expect("parse");
+        assert_eq!(parsed.aux.cold_start_info, ColdStartInfo::Unknown);
+    }
+
+    #[test]
+    fn access_control_golden() {
+        let json = r#"{"role_secret":"SCRAM-SHA-256$4096:c2FsdA==$a:b","project_id":"db","allowed_ips":null}"#;
+        let parsed: AccessControl = serde_json::from_str(json).expect("parse");
+        assert!(parsed.role_secret.starts_with("SCRAM-SHA-256$"));
+        assert_eq!(parsed.allowed_ips, None);
+    }
+
+    #[test]
+    fn error_golden_and_retry_rules() {
+        let json = r#"{"error":"endpoint is busy","status":{"code":"UNAVAILABLE","message":"endpoint is busy","details":{"error_info":{"reason":"RUNNING_OPERATIONS"},"retry_info":{"retry_delay_ms":100},"user_facing_message":{"message":"endpoint is busy"}}}}"#;
+        let parsed: ControlPlaneError = serde_json::from_str(json).expect("parse");
+        assert_eq!(parsed.reason(), Reason::RunningOperations);
+        assert!(parsed.is_retryable());
+        assert_eq!(parsed.retry_delay_ms(), Some(100));
+        let built =
+            ControlPlaneError::new("UNAVAILABLE", "endpoint is busy", Reason::RunningOperations)
+                .with_retry_delay_ms(100);
+        assert_eq!(serde_json::to_string(&built).expect("serialize"), json);
+
+        let not_found =
+            ControlPlaneError::new("NOT_FOUND", "no such endpoint", Reason::EndpointNotFound);
+        assert!(!not_found.is_retryable());
+        assert!(not_found.reason().is_not_found());
+        let odd: ControlPlaneError =
+            serde_json::from_str(r#"{"error":"x","status":{"code":"C","message":"x","details":{"error_info":{"reason":"NEW_THING"}}}}"#)
+                .expect("parse");
+        assert_eq!(odd.reason(), Reason::Unknown);
+        assert!(!odd.is_retryable());
+        let bare: ControlPlaneError = serde_json::from_str(r#"{"error":"x"}"#).expect("parse");
+        assert_eq!(bare.user_facing_message(), "x");
+    }
+}

@@ -1,0 +1,175 @@
+//! `/v1`: endpoints, roles, databases, wake and suspend (admin token).
+
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use wake_api::admin::{
+    CreateDatabase, CreateEndpoint, CreateRole, Database, Endpoint, PatchEndpoint, Role,
+};
+
+use super::{ApiError, ApiJson, Service};
+use crate::store::EndpointRow;
+
+pub fn routes() -> Router<Arc<Service>> {
+    Router::new()
+        .route("/v1/endpoints", get(list).post(create))
+        .route(
+            "/v1/endpoints/{id}",
+            get(one).patch(update).delete(remove),
+        )
+        .route("/v1/endpoints/{id}/roles", post(create_role))
+        .route("/v1/endpoints/{id}/databases", post(create_database))
+        .route("/v1/endpoints/{id}/wake", post(wake))
+        .route("/v1/endpoints/{id}/suspend", post(suspend))
+}
+
+async fn render(service: &Service, row: EndpointRow) -> Result<Endpoint, ApiError> {
+    let store = service.computes.store();
+    let roles = store.roles(&row.id).await.map_err(crate::lifecycle::LifecycleError::from)?;
+    let databases = store
+        .databases(&row.id)
+        .await
+        .map_err(crate::lifecycle::LifecycleError::from)?;
+    Ok(Endpoint {
+        addresses: service.computes.addresses(&row),
+        id: row.id,
+        state: row.state,
+        operation: row.operation.map(|o| o.as_str().to_owned()),
+        suspend_timeout_seconds: row.suspend_timeout_seconds,
+        min_cu: row.min_cu,
+        max_cu: row.max_cu,
+        current_cu: row.current_cu,
+        driver: row.driver,
+        roles,
+        databases,
+        created_at: row.created_at,
+        updated_at: row.updated_at,
+        last_active: row.last_active,
+        suspended_at: row.suspended_at,
+    })
+}
+
+async fn row(service: &Service, id: &str) -> Result<EndpointRow, ApiError> {
+    service
+        .computes
+        .store()
+        .endpoint(id)
+        .await
+        .map_err(crate::lifecycle::LifecycleError::from)?
+        .ok_or_else(|| ApiError::NotFound(format!("endpoint '{id}' does not exist")))
+}
+
+async fn list(State(service): State<Arc<Service>>) -> Result<Json<Vec<Endpoint>>, ApiError> {
+    let rows = service
+        .computes
+        .store()
+        .endpoints()
+        .await
+        .map_err(crate::lifecycle::LifecycleError::from)?;
+    let mut out = Vec::with_capacity(rows.len());
+    for row in rows {
+        out.push(render(&service, row).await?);
+    }
+    Ok(Json(out))
+}
+
+async fn one(
+    State(service): State<Arc<Service>>,
+    Path(id): Path<String>,
+) -> Result<Json<Endpoint>, ApiError> {
+    let row = row(&service, &id).await?;
+    Ok(Json(render(&service, row).await?))
+}
+
+async fn create(
+    State(service): State<Arc<Service>>,
+    ApiJson(request): ApiJson<CreateEndpoint>,
+) -> Result<Response, ApiError> {
+    let row = service.computes.create(&request).await?;
+    Ok((StatusCode::CREATED, Json(render(&service, row).await?)).into_response())
+}
+
+async fn update(
+    State(service): State<Arc<Service>>,
+    Path(id): Path<String>,
+    ApiJson(patch): ApiJson<PatchEndpoint>,
+) -> Result<Json<Endpoint>, ApiError> {
+    let row = service.computes.update(&id, &patch).await?;
+    Ok(Json(render(&service, row).await?))
+}
+
+async fn remove(
+    State(service): State<Arc<Service>>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    service.computes.delete(&id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn create_role(
+    State(service): State<Arc<Service>>,
+    Path(id): Path<String>,
+    ApiJson(request): ApiJson<CreateRole>,
+) -> Result<Response, ApiError> {
+    let created_at = service
+        .computes
+        .create_role(&id, &request.name, &request.password)
+        .await?;
+    let role = Role {
+        name: request.name,
+        created_at,
+    };
+    Ok((StatusCode::CREATED, Json(role)).into_response())
+}
+
+async fn create_database(
+    State(service): State<Arc<Service>>,
+    Path(id): Path<String>,
+    ApiJson(request): ApiJson<CreateDatabase>,
+) -> Result<Response, ApiError> {
+    service
+        .computes
+        .create_database(&id, &request.name, &request.owner)
+        .await?;
+    let database = Database {
+        name: request.name,
+        owner: request.owner,
+    };
+    Ok((StatusCode::CREATED, Json(database)).into_response())
+}
+
+async fn wake(
+    State(service): State<Arc<Service>>,
+    Path(id): Path<String>,
+) -> Result<Json<Endpoint>, ApiError> {
+    let (row, _) = tokio::time::timeout(service.wake_timeout, service.computes.wake(&id))
+        .await
+        .map_err(|_| {
+            ApiError::Unavailable(format!(
+                "endpoint '{id}' did not become active within {} s; try again",
+                service.wake_timeout.as_secs()
+            ))
+        })??;
+    Ok(Json(render(&service, row).await?))
+}
+
+#[derive(Deserialize)]
+struct SuspendQuery {
+    #[serde(default)]
+    force: bool,
+}
+
+async fn suspend(
+    State(service): State<Arc<Service>>,
+    Path(id): Path<String>,
+    query: Result<Query<SuspendQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Endpoint>, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let row = service.computes.suspend(&id, query.force).await?;
+    Ok(Json(render(&service, row).await?))
+}

@@ -1,0 +1,293 @@
+//! The HTTP API: `fn app(service) -> Router` is the whole surface, and the test seam.
+//!
+//! Layers, outermost first: request metrics (by route template) → bearer-token check per
+//! route group → handlers. Errors become responses in one place per API shape:
+//! [`ApiError`] for `/v1` (`{"error":{"code","message"}}`) and [`ProxyError`] for the
+//! Neon-compatible `/proxy/api/v1` (Neon's `{"error", "status": {...}}`).
+
+mod admin;
+mod openapi;
+mod proxy;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{FromRequest, MatchedPath, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use serde::de::DeserializeOwned;
+use subtle::ConstantTimeEq;
+use wake_api::admin::{ErrorBody, ErrorDetail};
+use wake_api::proxy::{ControlPlaneError, Reason};
+
+use crate::lifecycle::{Computes, LifecycleError};
+use crate::metrics::Metrics;
+
+/// What every handler shares.
+pub struct Service {
+    pub computes: Computes,
+    pub metrics: Arc<Metrics>,
+    /// Grants `/v1` and `/proxy/api/v1`.
+    pub admin_token: String,
+    /// Grants only `/proxy/api/v1` (what the gateway holds).
+    pub proxy_token: Option<String>,
+    /// How long `wake` may block.
+    pub wake_timeout: Duration,
+}
+
+pub fn app(service: Arc<Service>) -> Router {
+    let admin = admin::routes().route_layer(middleware::from_fn_with_state(
+        service.clone(),
+        require_admin,
+    ));
+    let proxy = proxy::routes().route_layer(middleware::from_fn_with_state(
+        service.clone(),
+        require_proxy,
+    ));
+    Router::new()
+        .merge(admin)
+        .merge(proxy)
+        .route("/openapi.json", get(openapi::document))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .fallback(|| async { ApiError::NotFound("no such route".into()) })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(middleware::from_fn_with_state(service.clone(), count))
+        .with_state(service)
+}
+
+async fn readyz(State(service): State<Arc<Service>>) -> Response {
+    match service.computes.store().ping().await {
+        Ok(()) => "ready".into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, "not ready: state store unreachable");
+            ApiError::Unavailable("state store unreachable".into()).into_response()
+        }
+    }
+}
+
+async fn metrics(State(service): State<Arc<Service>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4"),
+        )],
+        service.metrics.encode(),
+    )
+        .into_response()
+}
+
+/// Counts every request by route template and status.
+async fn count(State(service): State<Arc<Service>>, request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let response = next.run(request).await;
+    service
+        .metrics
+        .http_requests
+        .with_label_values(&[route.as_str(), response.status().as_str()])
+        .inc();
+    response
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::trim)
+}
+
+fn token_matches(given: &str, expected: &str) -> bool {
+    !expected.is_empty() && bool::from(given.as_bytes().ct_eq(expected.as_bytes()))
+}
+
+async fn require_admin(
+    State(service): State<Arc<Service>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    match bearer(request.headers()) {
+        Some(token) if token_matches(token, &service.admin_token) => next.run(request).await,
+        _ => ApiError::Unauthorized.into_response(),
+    }
+}
+
+async fn require_proxy(
+    State(service): State<Arc<Service>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let allowed = bearer(request.headers()).is_some_and(|token| {
+        token_matches(token, &service.admin_token)
+            || service
+                .proxy_token
+                .as_deref()
+                .is_some_and(|expected| token_matches(token, expected))
+    });
+    if allowed {
+        next.run(request).await
+    } else {
+        ProxyError::Unauthorized.into_response()
+    }
+}
+
+/// `/v1` errors: `{"error": {"code", "message"}}`.
+#[derive(Debug)]
+pub enum ApiError {
+    BadRequest(String),
+    Unauthorized,
+    NotFound(String),
+    MethodNotAllowed,
+    Conflict(String),
+    Invalid(String),
+    Unavailable(String),
+}
+
+impl From<LifecycleError> for ApiError {
+    fn from(e: LifecycleError) -> Self {
+        match e {
+            LifecycleError::NotFound(_) => ApiError::NotFound(e.to_string()),
+            LifecycleError::Conflict(m) => ApiError::Conflict(m),
+            LifecycleError::Invalid(m) => ApiError::Invalid(m),
+            LifecycleError::Busy(_) => ApiError::Unavailable(e.to_string()),
+            LifecycleError::Compute { endpoint, source } => {
+                tracing::error!(endpoint, error = %source, "compute error");
+                ApiError::Unavailable(format!(
+                    "the compute of endpoint '{endpoint}' failed; see the wake-service log"
+                ))
+            }
+            LifecycleError::Store(source) => {
+                tracing::error!(error = %source, "state store error");
+                ApiError::Unavailable("the state store is unavailable; try again".into())
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code, message) = match self {
+            ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, "bad_request", m),
+            ApiError::Unauthorized => (
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "missing or invalid bearer token (Authorization: Bearer <admin token>)".into(),
+            ),
+            ApiError::NotFound(m) => (StatusCode::NOT_FOUND, "not_found", m),
+            ApiError::MethodNotAllowed => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "method not allowed on this route".into(),
+            ),
+            ApiError::Conflict(m) => (StatusCode::CONFLICT, "conflict", m),
+            ApiError::Invalid(m) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid", m),
+            ApiError::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", m),
+        };
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: code.into(),
+                message,
+            },
+        };
+        let mut response = (status, axum::Json(body)).into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}
+
+/// `/proxy/api/v1` errors, in Neon's shape.
+#[derive(Debug)]
+pub enum ProxyError {
+    Unauthorized,
+    BadRequest(String),
+    EndpointNotFound,
+    /// Worth retrying after the delay.
+    Busy(u64),
+    /// The compute could not be started.
+    ComputeFailed,
+}
+
+impl From<LifecycleError> for ProxyError {
+    fn from(e: LifecycleError) -> Self {
+        match e {
+            LifecycleError::NotFound(_) => ProxyError::EndpointNotFound,
+            LifecycleError::Busy(_) => ProxyError::Busy(200),
+            LifecycleError::Store(source) => {
+                tracing::error!(error = %source, "state store error");
+                ProxyError::Busy(500)
+            }
+            LifecycleError::Compute { endpoint, source } => {
+                tracing::error!(endpoint, error = %source, "compute error");
+                ProxyError::ComputeFailed
+            }
+            LifecycleError::Conflict(m) | LifecycleError::Invalid(m) => ProxyError::BadRequest(m),
+        }
+    }
+}
+
+impl IntoResponse for ProxyError {
+    fn into_response(self) -> Response {
+        let (status, body) = match self {
+            ProxyError::Unauthorized => (
+                StatusCode::UNAUTHORIZED,
+                ControlPlaneError::new("UNAUTHENTICATED", "missing or invalid bearer token", Reason::Unknown),
+            ),
+            ProxyError::BadRequest(m) => (
+                StatusCode::BAD_REQUEST,
+                ControlPlaneError::new("INVALID_ARGUMENT", m, Reason::Unknown),
+            ),
+            ProxyError::EndpointNotFound => (
+                StatusCode::NOT_FOUND,
+                ControlPlaneError::new("NOT_FOUND", "Endpoint not found", Reason::EndpointNotFound),
+            ),
+            ProxyError::Busy(delay) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                ControlPlaneError::new(
+                    "UNAVAILABLE",
+                    "the endpoint is busy with another operation",
+                    Reason::RunningOperations,
+                )
+                .with_retry_delay_ms(delay),
+            ),
+            ProxyError::ComputeFailed => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                ControlPlaneError::new(
+                    "UNAVAILABLE",
+                    "the endpoint's compute could not be started",
+                    Reason::Unknown,
+                ),
+            ),
+        };
+        (status, axum::Json(body)).into_response()
+    }
+}
+
+/// `axum::Json` whose rejections are [`ApiError::BadRequest`] with serde's message.
+pub struct ApiJson<T>(pub T);
+
+impl<T, S> FromRequest<S> for ApiJson<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::Json::<T>::from_request(request, state).await {
+            Ok(axum::Json(value)) => Ok(ApiJson(value)),
+            Err(rejection) => Err(ApiError::BadRequest(rejection.body_text())),
+        }
+    }
+}

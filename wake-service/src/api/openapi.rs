@@ -1,0 +1,146 @@
+//! `GET /openapi.json`: the API described as OpenAPI 3.0, written by hand next to the
+//! routes it describes (a test checks that every route is in it).
+
+use axum::Json;
+use serde_json::{json, Value};
+
+pub async fn document() -> Json<Value> {
+    Json(spec())
+}
+
+fn error_responses(codes: &[&str]) -> Value {
+    let mut out = serde_json::Map::new();
+    for code in codes {
+        out.insert(
+            (*code).to_owned(),
+            json!({"description": "error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}),
+        );
+    }
+    Value::Object(out)
+}
+
+fn with(mut base: Value, extra: Value) -> Value {
+    if let (Some(base), Value::Object(extra)) = (base.as_object_mut(), extra) {
+        base.extend(extra);
+    }
+    base
+}
+
+fn ok(status: &str, description: &str, schema: Value, errors: &[&str]) -> Value {
+    with(
+        json!({ status: {"description": description, "content": {"application/json": {"schema": schema}}}}),
+        error_responses(errors),
+    )
+}
+
+fn body(schema: &str) -> Value {
+    json!({"required": true, "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{schema}")}}}})
+}
+
+fn schema(name: &str) -> Value {
+    json!({"$ref": format!("#/components/schemas/{name}")})
+}
+
+pub fn spec() -> Value {
+    let id = json!([{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}]);
+    let endpointish = json!({"name": "endpointish", "in": "query", "required": true, "schema": {"type": "string"}, "description": "endpoint id, or `<id>-pooler` for its PgBouncer"});
+    json!({
+        "openapi": "3.0.3",
+        "info": {
+            "title": "wake-service",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "Control plane: endpoints, roles, databases and compute lifecycle. `/v1` needs the admin token; `/proxy/api/v1` (Neon-compatible) accepts the admin or the proxy token.",
+            "license": {"name": "Apache-2.0"}
+        },
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": {
+                "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "object", "required": ["code", "message"], "properties": {"code": {"type": "string"}, "message": {"type": "string"}}}}},
+                "State": {"type": "string", "enum": ["active", "suspending", "suspended", "resuming", "failed"]},
+                "Addresses": {"type": "object", "properties": {"direct": {"type": "string"}, "pooler": {"type": "string"}}},
+                "Database": {"type": "object", "properties": {"name": {"type": "string"}, "owner": {"type": "string"}}},
+                "Endpoint": {"type": "object", "properties": {
+                    "id": {"type": "string"}, "state": schema("State"), "operation": {"type": "string", "nullable": true},
+                    "suspend_timeout_seconds": {"type": "integer"}, "min_cu": {"type": "number"}, "max_cu": {"type": "number"},
+                    "current_cu": {"type": "number"}, "driver": {"type": "string"}, "addresses": schema("Addresses"),
+                    "roles": {"type": "array", "items": {"type": "string"}}, "databases": {"type": "array", "items": schema("Database")},
+                    "created_at": {"type": "string", "format": "date-time"}, "updated_at": {"type": "string", "format": "date-time"},
+                    "last_active": {"type": "string", "format": "date-time", "nullable": true},
+                    "suspended_at": {"type": "string", "format": "date-time", "nullable": true}}},
+                "CreateEndpoint": {"type": "object", "required": ["id"], "additionalProperties": false, "properties": {
+                    "id": {"type": "string", "pattern": "^[a-z][a-z0-9-]{0,62}$"},
+                    "suspend_timeout_seconds": {"type": "integer", "description": "-1 never, 0 default (300), up to 604800"},
+                    "min_cu": {"type": "number"}, "max_cu": {"type": "number"}}},
+                "PatchEndpoint": {"type": "object", "additionalProperties": false, "properties": {
+                    "suspend_timeout_seconds": {"type": "integer"}, "min_cu": {"type": "number"}, "max_cu": {"type": "number"},
+                    "jwks": {"type": "array", "items": schema("JwksSettings")}}},
+                "CreateRole": {"type": "object", "required": ["name", "password"], "additionalProperties": false, "properties": {"name": {"type": "string"}, "password": {"type": "string"}}},
+                "Role": {"type": "object", "properties": {"name": {"type": "string"}, "created_at": {"type": "string", "format": "date-time"}}},
+                "CreateDatabase": {"type": "object", "required": ["name", "owner"], "additionalProperties": false, "properties": {"name": {"type": "string"}, "owner": {"type": "string"}}},
+                "JwksSettings": {"type": "object", "required": ["id", "jwks_url", "provider_name", "role_names"], "properties": {
+                    "id": {"type": "string"}, "jwks_url": {"type": "string"}, "provider_name": {"type": "string"},
+                    "jwt_audience": {"type": "string", "nullable": true}, "role_names": {"type": "array", "items": {"type": "string"}}}},
+                "WakeCompute": {"type": "object", "properties": {"address": {"type": "string"}, "server_name": {"type": "string", "nullable": true}, "aux": {"type": "object", "properties": {
+                    "endpoint_id": {"type": "string"}, "project_id": {"type": "string"}, "branch_id": {"type": "string"}, "compute_id": {"type": "string"},
+                    "cold_start_info": {"type": "string", "enum": ["warm", "pool_hit", "pool_miss", "unknown"]}}}}},
+                "AccessControl": {"type": "object", "properties": {"role_secret": {"type": "string"}, "project_id": {"type": "string", "nullable": true}, "allowed_ips": {"type": "array", "nullable": true, "items": {"type": "string"}}}},
+                "Jwks": {"type": "object", "properties": {"jwks": {"type": "array", "items": schema("JwksSettings")}}},
+                "ControlPlaneError": {"type": "object", "description": "Neon's error shape: {error, status: {code, message, details: {error_info: {reason}, retry_info: {retry_delay_ms}, user_facing_message: {message}}}}"}
+            }
+        },
+        "security": [{"bearer": []}],
+        "paths": {
+            "/v1/endpoints": {
+                "get": {"summary": "List endpoints", "responses": ok("200", "endpoints", json!({"type": "array", "items": schema("Endpoint")}), &["401", "503"])},
+                "post": {"summary": "Create an endpoint and start its compute", "requestBody": body("CreateEndpoint"), "responses": ok("201", "created", schema("Endpoint"), &["400", "401", "409", "422", "503"])}
+            },
+            "/v1/endpoints/{id}": {
+                "parameters": id,
+                "get": {"summary": "One endpoint", "responses": ok("200", "endpoint", schema("Endpoint"), &["401", "404"])},
+                "patch": {"summary": "Change settings", "requestBody": body("PatchEndpoint"), "responses": ok("200", "updated", schema("Endpoint"), &["400", "401", "404", "422"])},
+                "delete": {"summary": "Delete the endpoint and its data", "responses": with(json!({"204": {"description": "deleted"}}), error_responses(&["401", "404", "503"]))}
+            },
+            "/v1/endpoints/{id}/roles": {
+                "parameters": id,
+                "post": {"summary": "Create a login role (password stored only as a SCRAM-SHA-256 secret)", "requestBody": body("CreateRole"), "responses": ok("201", "created", schema("Role"), &["400", "401", "404", "409", "422", "503"])}
+            },
+            "/v1/endpoints/{id}/databases": {
+                "parameters": id,
+                "post": {"summary": "Create a database", "requestBody": body("CreateDatabase"), "responses": ok("201", "created", schema("Database"), &["400", "401", "404", "409", "422", "503"])}
+            },
+            "/v1/endpoints/{id}/wake": {
+                "parameters": id,
+                "post": {"summary": "Start the compute if needed; blocks (bounded) until active", "responses": ok("200", "active", schema("Endpoint"), &["401", "404", "503"])}
+            },
+            "/v1/endpoints/{id}/suspend": {
+                "parameters": [
+                    {"name": "id", "in": "path", "required": true, "schema": {"type": "string"}},
+                    {"name": "force", "in": "query", "required": false, "schema": {"type": "boolean"}}
+                ],
+                "post": {"summary": "Stop the compute (refused while clients are connected unless force=true)", "responses": ok("200", "suspended", schema("Endpoint"), &["400", "401", "404", "409", "503"])}
+            },
+            "/proxy/api/v1/wake_compute": {
+                "get": {"summary": "Neon-compatible: wake and return the address", "parameters": [endpointish.clone(),
+                    {"name": "session_id", "in": "query", "schema": {"type": "string"}},
+                    {"name": "application_name", "in": "query", "schema": {"type": "string"}}],
+                    "responses": {"200": {"description": "address", "content": {"application/json": {"schema": schema("WakeCompute")}}},
+                                  "404": {"description": "ENDPOINT_NOT_FOUND", "content": {"application/json": {"schema": schema("ControlPlaneError")}}},
+                                  "503": {"description": "retry per retry_info", "content": {"application/json": {"schema": schema("ControlPlaneError")}}}}}
+            },
+            "/proxy/api/v1/get_endpoint_access_control": {
+                "get": {"summary": "Neon-compatible: the role's SCRAM secret (empty for an unknown role)", "parameters": [endpointish,
+                    {"name": "role", "in": "query", "required": true, "schema": {"type": "string"}}],
+                    "responses": {"200": {"description": "access control", "content": {"application/json": {"schema": schema("AccessControl")}}},
+                                  "404": {"description": "ENDPOINT_NOT_FOUND", "content": {"application/json": {"schema": schema("ControlPlaneError")}}}}}
+            },
+            "/proxy/api/v1/endpoints/{id}/jwks": {
+                "parameters": id,
+                "get": {"summary": "Neon-compatible: the endpoint's JWKS rules", "responses": {"200": {"description": "rules", "content": {"application/json": {"schema": schema("Jwks")}}}}}
+            },
+            "/openapi.json": {"get": {"summary": "This document", "security": [], "responses": {"200": {"description": "OpenAPI 3.0"}}}},
+            "/metrics": {"get": {"summary": "Prometheus metrics", "security": [], "responses": {"200": {"description": "text format"}}}},
+            "/healthz": {"get": {"summary": "Liveness", "security": [], "responses": {"200": {"description": "ok"}}}},
+            "/readyz": {"get": {"summary": "Readiness (state store reachable)", "security": [], "responses": {"200": {"description": "ready"}, "503": {"description": "not ready"}}}}
+        }
+    })
+}

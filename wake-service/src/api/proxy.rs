@@ -1,0 +1,120 @@
+//! `/proxy/api/v1`: the Neon-compatible API the gateway (or Neon's own proxy) calls.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Deserialize;
+use wake_api::proxy::{AccessControl, Jwks, JwksSettings, MetricsAuxInfo, WakeCompute};
+use wake_api::split_pooler;
+
+use super::{ProxyError, Service};
+use crate::lifecycle::LifecycleError;
+
+pub fn routes() -> Router<Arc<Service>> {
+    Router::new()
+        .route("/proxy/api/v1/wake_compute", get(wake_compute))
+        .route(
+            "/proxy/api/v1/get_endpoint_access_control",
+            get(access_control),
+        )
+        .route("/proxy/api/v1/endpoints/{id}/jwks", get(jwks))
+}
+
+type QueryResult<T> = Result<Query<T>, axum::extract::rejection::QueryRejection>;
+
+fn query<T>(query: QueryResult<T>) -> Result<T, ProxyError> {
+    query
+        .map(|Query(q)| q)
+        .map_err(|e| ProxyError::BadRequest(e.body_text()))
+}
+
+#[derive(Deserialize)]
+struct WakeQuery {
+    endpointish: String,
+    // Accepted for compatibility with Neon's proxy; used only for tracing.
+    #[serde(default)]
+    session_id: Option<String>,
+}
+
+async fn wake_compute(
+    State(service): State<Arc<Service>>,
+    params: QueryResult<WakeQuery>,
+) -> Result<Json<WakeCompute>, ProxyError> {
+    let params = query(params)?;
+    let (id, pooler) = split_pooler(&params.endpointish);
+    tracing::debug!(endpoint = id, pooler, session_id = ?params.session_id, "wake_compute");
+    let (row, cold_start_info) =
+        match tokio::time::timeout(service.wake_timeout, service.computes.wake(id)).await {
+            Ok(result) => result?,
+            Err(_) => return Err(ProxyError::Busy(1000)),
+        };
+    let addresses = service.computes.addresses(&row);
+    Ok(Json(WakeCompute {
+        address: if pooler {
+            addresses.pooler
+        } else {
+            addresses.direct
+        },
+        server_name: None,
+        aux: MetricsAuxInfo {
+            endpoint_id: row.id.clone(),
+            project_id: row.id.clone(),
+            branch_id: "main".into(),
+            compute_id: format!("{}-compute", row.id),
+            cold_start_info,
+        },
+    }))
+}
+
+#[derive(Deserialize)]
+struct AccessQuery {
+    endpointish: String,
+    role: String,
+}
+
+async fn access_control(
+    State(service): State<Arc<Service>>,
+    params: QueryResult<AccessQuery>,
+) -> Result<Json<AccessControl>, ProxyError> {
+    let params = query(params)?;
+    let (id, _) = split_pooler(&params.endpointish);
+    let store = service.computes.store();
+    if store
+        .endpoint(id)
+        .await
+        .map_err(LifecycleError::from)?
+        .is_none()
+    {
+        return Err(ProxyError::EndpointNotFound);
+    }
+    let secret = store
+        .role_secret(id, &params.role)
+        .await
+        .map_err(LifecycleError::from)?;
+    Ok(Json(AccessControl {
+        role_secret: secret.unwrap_or_default(),
+        project_id: Some(id.to_owned()),
+        allowed_ips: None,
+        allowed_vpc_endpoint_ids: None,
+        block_public_connections: None,
+        block_vpc_connections: None,
+    }))
+}
+
+async fn jwks(
+    State(service): State<Arc<Service>>,
+    Path(endpointish): Path<String>,
+) -> Result<Json<Jwks>, ProxyError> {
+    let (id, _) = split_pooler(&endpointish);
+    let row = service
+        .computes
+        .store()
+        .endpoint(id)
+        .await
+        .map_err(LifecycleError::from)?
+        .ok_or(ProxyError::EndpointNotFound)?;
+    let jwks: Vec<JwksSettings> = serde_json::from_value(row.jwks).unwrap_or_default();
+    Ok(Json(Jwks { jwks }))
+}

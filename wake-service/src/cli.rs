@@ -1,0 +1,253 @@
+//! Operator subcommands: thin wrappers over the REST API, so nobody needs curl.
+//! Each prints the API's JSON answer; errors print the API's message and exit non-zero.
+
+use std::io::Read;
+
+use clap::Subcommand;
+use reqwest::Method;
+use serde_json::{json, Value};
+
+use crate::config::ClientArgs;
+
+#[derive(Subcommand, Debug)]
+pub enum EndpointsCommand {
+    /// List endpoints.
+    List {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Show one endpoint.
+    Get {
+        id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Create an endpoint and start its compute.
+    Create {
+        id: String,
+        #[arg(long, allow_hyphen_values = true)]
+        suspend_timeout_seconds: Option<i64>,
+        #[arg(long)]
+        min_cu: Option<f64>,
+        #[arg(long)]
+        max_cu: Option<f64>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Change an endpoint's settings.
+    Update {
+        id: String,
+        #[arg(long, allow_hyphen_values = true)]
+        suspend_timeout_seconds: Option<i64>,
+        #[arg(long)]
+        min_cu: Option<f64>,
+        #[arg(long)]
+        max_cu: Option<f64>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Delete an endpoint and its data.
+    Delete {
+        id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Start the endpoint's compute if needed and wait until it is active.
+    Wake {
+        id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Stop the endpoint's compute.
+    Suspend {
+        id: String,
+        /// Suspend even with clients connected.
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RolesCommand {
+    /// Create a login role. The password comes from --password, or from stdin with
+    /// --password-stdin (keeps it out of the process list).
+    Create {
+        endpoint: String,
+        name: String,
+        #[arg(long, conflicts_with = "password_stdin")]
+        password: Option<String>,
+        #[arg(long)]
+        password_stdin: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DatabasesCommand {
+    /// Create a database owned by one of the endpoint's roles.
+    Create {
+        endpoint: String,
+        name: String,
+        #[arg(long)]
+        owner: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+fn settings(
+    suspend_timeout_seconds: Option<i64>,
+    min_cu: Option<f64>,
+    max_cu: Option<f64>,
+) -> serde_json::Map<String, Value> {
+    let mut body = serde_json::Map::new();
+    if let Some(v) = suspend_timeout_seconds {
+        body.insert("suspend_timeout_seconds".into(), json!(v));
+    }
+    if let Some(v) = min_cu {
+        body.insert("min_cu".into(), json!(v));
+    }
+    if let Some(v) = max_cu {
+        body.insert("max_cu".into(), json!(v));
+    }
+    body
+}
+
+pub async fn endpoints(command: EndpointsCommand) -> anyhow::Result<()> {
+    match command {
+        EndpointsCommand::List { client } => call(&client, Method::GET, "/v1/endpoints", None).await,
+        EndpointsCommand::Get { id, client } => {
+            call(&client, Method::GET, &format!("/v1/endpoints/{id}"), None).await
+        }
+        EndpointsCommand::Create {
+            id,
+            suspend_timeout_seconds,
+            min_cu,
+            max_cu,
+            client,
+        } => {
+            let mut body = settings(suspend_timeout_seconds, min_cu, max_cu);
+            body.insert("id".into(), json!(id));
+            call(&client, Method::POST, "/v1/endpoints", Some(Value::Object(body))).await
+        }
+        EndpointsCommand::Update {
+            id,
+            suspend_timeout_seconds,
+            min_cu,
+            max_cu,
+            client,
+        } => {
+            let body = settings(suspend_timeout_seconds, min_cu, max_cu);
+            call(
+                &client,
+                Method::PATCH,
+                &format!("/v1/endpoints/{id}"),
+                Some(Value::Object(body)),
+            )
+            .await
+        }
+        EndpointsCommand::Delete { id, client } => {
+            call(&client, Method::DELETE, &format!("/v1/endpoints/{id}"), None).await
+        }
+        EndpointsCommand::Wake { id, client } => {
+            call(&client, Method::POST, &format!("/v1/endpoints/{id}/wake"), None).await
+        }
+        EndpointsCommand::Suspend { id, force, client } => {
+            call(
+                &client,
+                Method::POST,
+                &format!("/v1/endpoints/{id}/suspend?force={force}"),
+                None,
+            )
+            .await
+        }
+    }
+}
+
+pub async fn roles(command: RolesCommand) -> anyhow::Result<()> {
+    match command {
+        RolesCommand::Create {
+            endpoint,
+            name,
+            password,
+            password_stdin,
+            client,
+        } => {
+            let password = match (password, password_stdin) {
+                (Some(p), _) => p,
+                (None, true) => {
+                    let mut p = String::new();
+                    std::io::stdin().read_to_string(&mut p)?;
+                    p.trim_end_matches(['\n', '\r']).to_owned()
+                }
+                (None, false) => anyhow::bail!("give --password or --password-stdin"),
+            };
+            call(
+                &client,
+                Method::POST,
+                &format!("/v1/endpoints/{endpoint}/roles"),
+                Some(json!({"name": name, "password": password})),
+            )
+            .await
+        }
+    }
+}
+
+pub async fn databases(command: DatabasesCommand) -> anyhow::Result<()> {
+    match command {
+        DatabasesCommand::Create {
+            endpoint,
+            name,
+            owner,
+            client,
+        } => {
+            call(
+                &client,
+                Method::POST,
+                &format!("/v1/endpoints/{endpoint}/databases"),
+                Some(json!({"name": name, "owner": owner})),
+            )
+            .await
+        }
+    }
+}
+
+async fn call(client: &ClientArgs, method: Method, path: &str, body: Option<Value>) -> anyhow::Result<()> {
+    let token = match (&client.token, &client.token_file) {
+        (Some(t), _) => t.trim().to_owned(),
+        (None, Some(file)) => std::fs::read_to_string(file)
+            .map_err(|e| anyhow::anyhow!("cannot read token file {}: {e}", file.display()))?
+            .trim()
+            .to_owned(),
+        (None, None) => anyhow::bail!("set WAKE_ADMIN_TOKEN or WAKE_ADMIN_TOKEN_FILE (or --token)"),
+    };
+    let url = format!("{}{}", client.url.trim_end_matches('/'), path);
+    let mut request = reqwest::Client::new()
+        .request(method, &url)
+        .bearer_auth(token);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request
+        .send()
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot reach the wake service at {}: {e}", client.url))?;
+    let status = response.status();
+    let text = response.text().await?;
+    let pretty = serde_json::from_str::<Value>(&text)
+        .ok()
+        .and_then(|v| serde_json::to_string_pretty(&v).ok())
+        .unwrap_or(text);
+    if status.is_success() {
+        if !pretty.is_empty() {
+            println!("{pretty}");
+        }
+        Ok(())
+    } else {
+        eprintln!("{pretty}");
+        anyhow::bail!("the wake service answered {status}")
+    }
+}

@@ -1,0 +1,249 @@
+//! Command line: `serve` (the service) and the operator subcommands that wrap the API.
+//! Every flag has an environment variable; `serve`'s flags are validated once into an
+//! immutable [`ServeConfig`] before any port is bound.
+
+use std::net::SocketAddr;
+use std::ops::RangeInclusive;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::compute::local::LocalConfig;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "wake-service",
+    version,
+    about = "Control plane for the gateway: endpoints, roles, databases and their computes"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the service (REST API, Neon-compatible proxy API, metrics).
+    Serve(Box<ServeArgs>),
+    /// Manage endpoints through a running service.
+    #[command(subcommand)]
+    Endpoints(crate::cli::EndpointsCommand),
+    /// Manage roles through a running service.
+    #[command(subcommand)]
+    Roles(crate::cli::RolesCommand),
+    /// Manage databases through a running service.
+    #[command(subcommand)]
+    Databases(crate::cli::DatabasesCommand),
+}
+
+/// Where the operator subcommands find the service.
+#[derive(Args, Debug, Clone)]
+pub struct ClientArgs {
+    /// Base URL of the wake service.
+    #[arg(long, env = "WAKE_URL", default_value = "http://127.0.0.1:4400", global = true)]
+    pub url: String,
+    /// Admin bearer token.
+    #[arg(long, env = "WAKE_ADMIN_TOKEN", hide_env_values = true, global = true)]
+    pub token: Option<String>,
+    /// File holding the admin token (the dev stack writes .data/admin-token).
+    #[arg(long, env = "WAKE_ADMIN_TOKEN_FILE", global = true)]
+    pub token_file: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// REST API, /metrics, /healthz and /readyz.
+    #[arg(long, env = "WAKE_LISTEN", default_value = "127.0.0.1:4400")]
+    pub listen: SocketAddr,
+
+    /// State and compute data live here (computes/<id>/, and state/ for the embedded store).
+    #[arg(long, env = "DATA_DIR", default_value = ".data")]
+    pub data_dir: PathBuf,
+
+    /// Postgres for the state store (e.g. postgres://user:pw@host/db), shared by replicas.
+    /// Without it the service runs an embedded Postgres under DATA_DIR/state on a unix socket.
+    #[arg(long, env = "WAKE_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+
+    /// Admin bearer token for /v1 (and /proxy/api/v1).
+    #[arg(long, env = "WAKE_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// File holding the admin token.
+    #[arg(long, env = "WAKE_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
+    /// Token that grants only /proxy/api/v1 (give this one to gateways).
+    #[arg(long, env = "WAKE_PROXY_TOKEN", hide_env_values = true)]
+    pub proxy_token: Option<String>,
+    /// File holding the proxy token.
+    #[arg(long, env = "WAKE_PROXY_TOKEN_FILE")]
+    pub proxy_token_file: Option<PathBuf>,
+
+    /// Compute driver.
+    #[arg(long, env = "WAKE_DRIVER", default_value = "local", value_parser = ["local"])]
+    pub driver: String,
+    /// Host the local computes listen on and are advertised at.
+    #[arg(long, env = "WAKE_COMPUTE_HOST", default_value = "127.0.0.1")]
+    pub compute_host: String,
+    /// Ports for local computes (Postgres and PgBouncer take one each), as FIRST-LAST.
+    #[arg(long, env = "WAKE_COMPUTE_PORTS", default_value = "56000-56999")]
+    pub compute_ports: String,
+    /// OS user that runs Postgres and PgBouncer (default: postgres when run as root).
+    #[arg(long, env = "WAKE_COMPUTE_OS_USER")]
+    pub compute_os_user: Option<String>,
+    /// Directory with initdb, pg_ctl and postgres (Postgres 15).
+    #[arg(long, env = "WAKE_PG_BIN", default_value = "/usr/lib/postgresql/15/bin")]
+    pub pg_bin: PathBuf,
+    /// PgBouncer binary.
+    #[arg(long, env = "WAKE_PGBOUNCER", default_value = "pgbouncer")]
+    pub pgbouncer: PathBuf,
+    /// Trade durability for speed in computes (fsync off): for tests only.
+    #[arg(long, env = "WAKE_COMPUTE_FAST")]
+    pub compute_fast: bool,
+
+    /// Endpoint created on first start ("" for none), with the role, password and database below.
+    #[arg(long, env = "WAKE_DEFAULT_ENDPOINT", default_value = "db")]
+    pub default_endpoint: String,
+    #[arg(long, env = "WAKE_DEFAULT_ROLE", default_value = "postgres")]
+    pub default_role: String,
+    #[arg(long, env = "WAKE_DEFAULT_PASSWORD", default_value = "postgres", hide_env_values = true)]
+    pub default_password: String,
+    #[arg(long, env = "WAKE_DEFAULT_DATABASE", default_value = "main")]
+    pub default_database: String,
+
+    /// Suspend timeout for endpoints that do not set one (seconds; -1 never).
+    #[arg(long, env = "WAKE_DEFAULT_SUSPEND_TIMEOUT_SECONDS", default_value_t = 300, allow_hyphen_values = true)]
+    pub default_suspend_timeout_seconds: i64,
+    /// How long a wake may block before answering 503.
+    #[arg(long, env = "WAKE_WAKE_TIMEOUT_SECONDS", default_value_t = 60)]
+    pub wake_timeout_seconds: u64,
+    /// Leave computes running when the service exits (by default SIGTERM suspends them; a
+    /// kill -9 always leaves them running, and they are adopted on the next start).
+    #[arg(long, env = "WAKE_LEAVE_COMPUTES_RUNNING")]
+    pub leave_computes_running: bool,
+
+    /// Validate the configuration, print it, and exit.
+    #[arg(long)]
+    pub check_config: bool,
+}
+
+/// A token or password: kept out of `Debug` output (and so out of logs and --check-config).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("\"<redacted>\"")
+    }
+}
+
+/// Validated `serve` configuration.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub database_url: Option<Secret>,
+    pub admin_token: Secret,
+    pub proxy_token: Option<Secret>,
+    pub local: LocalConfig,
+    pub compute_ports: RangeInclusive<u16>,
+    pub default_endpoint: Option<DefaultEndpoint>,
+    pub default_suspend_timeout_seconds: i64,
+    pub wake_timeout: Duration,
+    pub leave_computes_running: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct DefaultEndpoint {
+    pub id: String,
+    pub role: String,
+    pub password: Secret,
+    pub database: String,
+}
+
+fn secret(value: Option<String>, file: Option<PathBuf>, name: &str) -> anyhow::Result<Option<String>> {
+    match (value, file) {
+        (Some(v), _) if !v.trim().is_empty() => Ok(Some(v.trim().to_owned())),
+        (_, Some(path)) => {
+            let v = std::fs::read_to_string(&path)
+                .map_err(|e| anyhow::anyhow!("cannot read {name} file {}: {e}", path.display()))?;
+            let v = v.trim();
+            anyhow::ensure!(!v.is_empty(), "{name} file {} is empty", path.display());
+            Ok(Some(v.to_owned()))
+        }
+        _ => Ok(None),
+    }
+}
+
+pub fn parse_port_range(s: &str) -> Result<RangeInclusive<u16>, String> {
+    let (a, b) = s
+        .split_once('-')
+        .ok_or_else(|| format!("port range '{s}' is not FIRST-LAST"))?;
+    let first: u16 = a.trim().parse().map_err(|_| format!("bad port '{a}'"))?;
+    let last: u16 = b.trim().parse().map_err(|_| format!("bad port '{b}'"))?;
+    if first == 0 || last < first.saturating_add(1) {
+        return Err(format!("port range '{s}' must hold at least two ports, none of them 0"));
+    }
+    Ok(first..=last)
+}
+
+impl ServeArgs {
+    pub fn validate(self) -> anyhow::Result<ServeConfig> {
+        let admin_token = secret(self.admin_token, self.admin_token_file, "admin token")?
+            .ok_or_else(|| anyhow::anyhow!("set WAKE_ADMIN_TOKEN or WAKE_ADMIN_TOKEN_FILE"))?;
+        anyhow::ensure!(admin_token.len() >= 16, "the admin token must be at least 16 characters");
+        let proxy_token = secret(self.proxy_token, self.proxy_token_file, "proxy token")?;
+        let compute_ports = parse_port_range(&self.compute_ports).map_err(anyhow::Error::msg)?;
+        let data_dir = std::path::absolute(&self.data_dir)?;
+        let default_endpoint = if self.default_endpoint.is_empty() {
+            None
+        } else {
+            anyhow::ensure!(
+                wake_api::names::valid_endpoint_id(&self.default_endpoint),
+                "invalid default endpoint id '{}'",
+                self.default_endpoint
+            );
+            Some(DefaultEndpoint {
+                id: self.default_endpoint,
+                role: self.default_role,
+                password: Secret(self.default_password),
+                database: self.default_database,
+            })
+        };
+        let mut local = LocalConfig::defaults(data_dir.join("computes"));
+        local.pg_bin = self.pg_bin;
+        local.pgbouncer = self.pgbouncer;
+        if self.compute_os_user.is_some() {
+            local.os_user = self.compute_os_user;
+        }
+        local.host = self.compute_host;
+        local.fast = self.compute_fast;
+        Ok(ServeConfig {
+            listen: self.listen,
+            data_dir,
+            database_url: self.database_url.map(Secret),
+            admin_token: Secret(admin_token),
+            proxy_token: proxy_token.map(Secret),
+            local,
+            compute_ports,
+            default_endpoint,
+            default_suspend_timeout_seconds: self.default_suspend_timeout_seconds,
+            wake_timeout: Duration::from_secs(self.wake_timeout_seconds),
+            leave_computes_running: self.leave_computes_running,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_ranges() {
+        assert_eq!(parse_port_range("56000-56999"), Ok(56000..=56999));
+        assert!(parse_port_range("5-5").is_err());
+        assert!(parse_port_range("0-10").is_err());
+        assert!(parse_port_range("10").is_err());
+        assert!(parse_port_range("10-70000").is_err());
+    }
+}

@@ -1,0 +1,678 @@
+//! The compute lifecycle: the state machine every endpoint follows, and the only code that
+//! calls a compute driver.
+//!
+//! ```text
+//!   create ──▶ resuming ──▶ active ──▶ suspending ──▶ suspended
+//!                 ▲  │         ▲                          │
+//!                 │  ▼         └──────── resuming ◀────────┘  (wake)
+//!                 failed ───────────────▶ (wake retries the start)
+//! ```
+//!
+//! Each step is written to the store (state, operation, event) *before* the driver acts, and
+//! every driver call is idempotent, so after a crash [`Computes::reconcile`] can look at what
+//! the store says was in progress and finish it (create, wake, suspend, delete) without
+//! duplicating processes. One operation runs per endpoint at a time (a per-endpoint lock),
+//! which also makes concurrent wakes single-flight.
+
+use std::collections::HashMap;
+use std::net::TcpListener;
+use std::ops::RangeInclusive;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::OwnedMutexGuard;
+use wake_api::admin::{Addresses, CreateEndpoint, EndpointState, PatchEndpoint};
+use wake_api::names;
+use wake_api::proxy::ColdStartInfo;
+
+use crate::compute::{ComputeDriver, ComputeError, ComputeSpec, Health};
+use crate::metrics::Metrics;
+use crate::store::{EndpointChanges, EndpointRow, NewEndpoint, Operation, Store, StoreError, Transition};
+
+/// Largest suspend timeout (Neon's: one week). -1 means never; 0 means the default.
+const MAX_SUSPEND_TIMEOUT_SECONDS: i64 = 604_800;
+/// Compute-unit bounds (Neon's autoscaling range).
+const CU_RANGE: RangeInclusive<f64> = 0.25..=16.0;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LifecycleError {
+    #[error("endpoint '{0}' does not exist")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    /// The request is well-formed JSON but its values are not acceptable.
+    #[error("{0}")]
+    Invalid(String),
+    /// Another operation on the endpoint did not finish in time.
+    #[error("endpoint '{0}' is busy with another operation; try again")]
+    Busy(String),
+    #[error("compute of endpoint '{endpoint}' failed: {source}")]
+    Compute {
+        endpoint: String,
+        #[source]
+        source: ComputeError,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Settings for [`Computes`].
+#[derive(Clone, Debug)]
+pub struct LifecycleConfig {
+    /// Host the computes listen on, as clients reach it.
+    pub host: String,
+    pub ports: RangeInclusive<u16>,
+    pub default_suspend_timeout_seconds: i64,
+    /// How long an operation may wait for the previous one on the same endpoint.
+    pub operation_timeout: Duration,
+}
+
+pub struct Computes {
+    store: Store,
+    driver: Arc<dyn ComputeDriver>,
+    config: LifecycleConfig,
+    metrics: Arc<Metrics>,
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl Computes {
+    pub fn new(
+        store: Store,
+        driver: Arc<dyn ComputeDriver>,
+        config: LifecycleConfig,
+        metrics: Arc<Metrics>,
+    ) -> Computes {
+        Computes {
+            store,
+            driver,
+            config,
+            metrics,
+            locks: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn driver(&self) -> &dyn ComputeDriver {
+        self.driver.as_ref()
+    }
+
+    pub fn spec(row: &EndpointRow) -> ComputeSpec {
+        ComputeSpec {
+            endpoint: row.id.clone(),
+            port: row.port,
+            pooler_port: row.pooler_port,
+            cu: row.current_cu,
+        }
+    }
+
+    pub fn addresses(&self, row: &EndpointRow) -> Addresses {
+        let host = &self.config.host;
+        let host = if host.contains(':') {
+            format!("[{host}]")
+        } else {
+            host.clone()
+        };
+        Addresses {
+            direct: format!("{host}:{}", row.port),
+            pooler: format!("{host}:{}", row.pooler_port),
+        }
+    }
+
+    /// Waits (bounded) for the endpoint's operation lock.
+    async fn lock(&self, id: &str) -> Result<OwnedMutexGuard<()>, LifecycleError> {
+        let lock = {
+            let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+            locks.entry(id.to_owned()).or_default().clone()
+        };
+        tokio::time::timeout(self.config.operation_timeout, lock.lock_owned())
+            .await
+            .map_err(|_| LifecycleError::Busy(id.to_owned()))
+    }
+
+    async fn row(&self, id: &str) -> Result<EndpointRow, LifecycleError> {
+        self.store
+            .endpoint(id)
+            .await?
+            .ok_or_else(|| LifecycleError::NotFound(id.to_owned()))
+    }
+
+    async fn record(
+        &self,
+        id: &str,
+        to: EndpointState,
+        operation: Option<Operation>,
+        event: &str,
+        detail: Option<&str>,
+    ) -> Result<EndpointRow, LifecycleError> {
+        self.metrics.record_transition(to);
+        self.store
+            .transition(
+                id,
+                &Transition {
+                    to,
+                    operation,
+                    event,
+                    detail,
+                },
+            )
+            .await?
+            .ok_or_else(|| LifecycleError::NotFound(id.to_owned()))
+    }
+
+    /// Records a failed driver step: the endpoint goes `failed` with the reason.
+    async fn fail(&self, id: &str, source: ComputeError) -> LifecycleError {
+        let detail = source.to_string();
+        tracing::error!(endpoint = id, error = %detail, "compute operation failed");
+        if let Err(e) = self
+            .record(id, EndpointState::Failed, None, "failed", Some(&detail))
+            .await
+        {
+            tracing::error!(endpoint = id, error = %e, "could not record the failure");
+        }
+        LifecycleError::Compute {
+            endpoint: id.to_owned(),
+            source,
+        }
+    }
+
+    /// Creates an endpoint and starts its compute; returns once it is active.
+    pub async fn create(&self, request: &CreateEndpoint) -> Result<EndpointRow, LifecycleError> {
+        if !names::valid_endpoint_id(&request.id) {
+            return Err(LifecycleError::Invalid(format!(
+                "invalid endpoint id '{}': use 1-63 lower-case letters, digits and '-', starting with a letter, not ending with '-' or '-pooler'",
+                request.id
+            )));
+        }
+        let suspend = self.suspend_timeout(request.suspend_timeout_seconds)?;
+        let (min_cu, max_cu) = cu_range(request.min_cu, request.max_cu, (0.25, 0.25))?;
+        let _guard = self.lock(&request.id).await?;
+        let new = NewEndpoint {
+            id: request.id.clone(),
+            driver: self.driver.name().to_owned(),
+            suspend_timeout_seconds: suspend,
+            min_cu,
+            max_cu,
+        };
+        let host = self.config.host.clone();
+        let row = match self
+            .store
+            .insert_endpoint(&new, self.config.ports.clone(), |port| {
+                TcpListener::bind((host.as_str(), port)).is_ok()
+            })
+            .await
+        {
+            Err(StoreError::Conflict) => {
+                return Err(LifecycleError::Conflict(format!(
+                    "endpoint '{}' already exists",
+                    request.id
+                )))
+            }
+            other => other?,
+        };
+        self.finish_create(row).await
+    }
+
+    /// The driver half of create, also run by reconcile for a create cut short by a crash.
+    /// A create that fails is rolled back: the compute's files and the store row go.
+    async fn finish_create(&self, row: EndpointRow) -> Result<EndpointRow, LifecycleError> {
+        let spec = Self::spec(&row);
+        let started = Instant::now();
+        let result = async {
+            self.driver.create(&spec).await?;
+            self.driver.start(&spec).await
+        }
+        .await;
+        match result {
+            Ok(_) => {
+                self.metrics
+                    .start_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                self.record(&row.id, EndpointState::Active, None, "started", None)
+                    .await
+            }
+            Err(source) => {
+                tracing::error!(endpoint = %row.id, error = %source, "create failed; rolling back");
+                if let Err(e) = self.driver.destroy(&row.id).await {
+                    tracing::error!(endpoint = %row.id, error = %e, "rollback could not remove the compute");
+                    return Err(self.fail(&row.id, source).await);
+                }
+                self.store.delete_endpoint(&row.id).await?;
+                Err(LifecycleError::Compute {
+                    endpoint: row.id,
+                    source,
+                })
+            }
+        }
+    }
+
+    pub async fn update(
+        &self,
+        id: &str,
+        patch: &PatchEndpoint,
+    ) -> Result<EndpointRow, LifecycleError> {
+        let row = self.row(id).await?;
+        let suspend = patch
+            .suspend_timeout_seconds
+            .map(|s| self.suspend_timeout(Some(s)))
+            .transpose()?;
+        let (min_cu, max_cu) = cu_range(
+            patch.min_cu.or(Some(row.min_cu)),
+            patch.max_cu.or(Some(row.max_cu)),
+            (row.min_cu, row.max_cu),
+        )?;
+        let jwks = patch
+            .jwks
+            .as_ref()
+            .map(serde_json::to_value)
+            .transpose()
+            .map_err(|e| LifecycleError::Invalid(e.to_string()))?;
+        let changes = EndpointChanges {
+            suspend_timeout_seconds: suspend,
+            min_cu: Some(min_cu),
+            max_cu: Some(max_cu),
+            jwks,
+        };
+        self.store
+            .update_settings(id, &changes)
+            .await?
+            .ok_or_else(|| LifecycleError::NotFound(id.to_owned()))
+    }
+
+    fn suspend_timeout(&self, value: Option<i64>) -> Result<i64, LifecycleError> {
+        match value {
+            None | Some(0) => Ok(self.config.default_suspend_timeout_seconds),
+            Some(-1) => Ok(-1),
+            Some(s) if (1..=MAX_SUSPEND_TIMEOUT_SECONDS).contains(&s) => Ok(s),
+            Some(s) => Err(LifecycleError::Invalid(format!(
+                "suspend_timeout_seconds {s} is out of range: use -1 (never), 0 (default) or 1..={MAX_SUSPEND_TIMEOUT_SECONDS}"
+            ))),
+        }
+    }
+
+    /// Makes the endpoint active (starting its compute if needed) and returns it, with
+    /// whether it was already running.
+    pub async fn wake(&self, id: &str) -> Result<(EndpointRow, ColdStartInfo), LifecycleError> {
+        // Fast path, no lock: active and answering.
+        let row = self.row(id).await?;
+        if row.state == EndpointState::Active
+            && row.operation.is_none()
+            && self.driver.health(&Self::spec(&row)).await.ok() == Some(Health::Running)
+        {
+            return Ok((row, ColdStartInfo::Warm));
+        }
+        let _guard = self.lock(id).await?;
+        let row = self.row(id).await?;
+        let spec = Self::spec(&row);
+        if row.state == EndpointState::Active
+            && self.driver.health(&spec).await.ok() == Some(Health::Running)
+        {
+            return Ok((row, ColdStartInfo::Warm));
+        }
+        self.record(id, EndpointState::Resuming, Some(Operation::Wake), "resume_started", None)
+            .await?;
+        let started = Instant::now();
+        match self.driver.start(&spec).await {
+            Ok(_) => {
+                self.metrics
+                    .start_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                let row = self
+                    .record(id, EndpointState::Active, None, "started", None)
+                    .await?;
+                Ok((row, ColdStartInfo::PoolMiss))
+            }
+            Err(source) => Err(self.fail(id, source).await),
+        }
+    }
+
+    /// Stops the endpoint's compute. Without `force`, refused while clients are connected.
+    pub async fn suspend(&self, id: &str, force: bool) -> Result<EndpointRow, LifecycleError> {
+        let _guard = self.lock(id).await?;
+        let row = self.row(id).await?;
+        if row.state == EndpointState::Suspended && row.operation.is_none() {
+            return Ok(row);
+        }
+        let spec = Self::spec(&row);
+        if !force && row.state == EndpointState::Active {
+            let clients = self.connected_clients(&spec).await?;
+            if clients > 0 {
+                return Err(LifecycleError::Conflict(format!(
+                    "endpoint '{id}' has {clients} connected client(s); use force=true to suspend anyway"
+                )));
+            }
+        }
+        self.record(id, EndpointState::Suspending, Some(Operation::Suspend), "suspend_started", None)
+            .await?;
+        match self.driver.stop(&spec).await {
+            Ok(()) => {
+                self.record(id, EndpointState::Suspended, None, "stopped", None)
+                    .await
+            }
+            Err(source) => Err(self.fail(id, source).await),
+        }
+    }
+
+    /// Client sessions on the compute: busy ones, and any over TCP (PgBouncer's own
+    /// connections arrive over the private unix socket and only count while busy).
+    async fn connected_clients(&self, spec: &ComputeSpec) -> Result<i64, LifecycleError> {
+        let failed = |source| LifecycleError::Compute {
+            endpoint: spec.endpoint.clone(),
+            source,
+        };
+        let client = self.driver.admin(spec).await.map_err(failed)?;
+        let row = client
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity
+                 WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()
+                   AND usename <> 'cloud_admin'
+                   AND (state <> 'idle' OR client_addr IS NOT NULL)",
+                &[],
+            )
+            .await
+            .map_err(|e| failed(e.into()))?;
+        row.try_get(0).map_err(|e| failed(e.into()))
+    }
+
+    /// Deletes the endpoint, its compute and its data.
+    pub async fn delete(&self, id: &str) -> Result<(), LifecycleError> {
+        let _guard = self.lock(id).await?;
+        let row = self.row(id).await?;
+        self.record(id, row.state, Some(Operation::Delete), "delete_started", None)
+            .await?;
+        self.finish_delete(id).await?;
+        self.locks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+        Ok(())
+    }
+
+    async fn finish_delete(&self, id: &str) -> Result<(), LifecycleError> {
+        if let Err(source) = self.driver.destroy(id).await {
+            return Err(self.fail(id, source).await);
+        }
+        self.store.delete_endpoint(id).await?;
+        Ok(())
+    }
+
+    /// Creates a login role in the endpoint's Postgres (waking it) and records its SCRAM
+    /// secret. The password itself is never stored.
+    pub async fn create_role(
+        &self,
+        id: &str,
+        name: &str,
+        password: &str,
+    ) -> Result<time::OffsetDateTime, LifecycleError> {
+        if !names::valid_object_name(name) {
+            return Err(invalid_name("role", name));
+        }
+        if password.is_empty() || password.len() > 1024 || password.contains('\0') {
+            return Err(LifecycleError::Invalid(
+                "password must be 1-1024 bytes without NUL".into(),
+            ));
+        }
+        self.row(id).await?;
+        if self.store.role_secret(id, name).await?.is_some() {
+            return Err(LifecycleError::Conflict(format!(
+                "role '{name}' already exists on endpoint '{id}'"
+            )));
+        }
+        let secret = postgres_protocol::password::scram_sha_256(password.as_bytes());
+        let (row, _) = self.wake(id).await?;
+        let _guard = self.lock(id).await?;
+        let spec = Self::spec(&row);
+        let failed = |source: ComputeError| LifecycleError::Compute {
+            endpoint: id.to_owned(),
+            source,
+        };
+        let client = self.driver.admin(&spec).await.map_err(failed)?;
+        let role = quote_ident(name);
+        let secret_literal = quote_literal(&secret);
+        let create = format!(
+            "CREATE ROLE {role} WITH LOGIN CREATEDB CREATEROLE BYPASSRLS PASSWORD {secret_literal} \
+             IN ROLE pg_read_all_data, pg_write_all_data, pg_monitor, pg_signal_backend"
+        );
+        if let Err(e) = client.batch_execute(&create).await {
+            // Left over from a create cut short after the role was made: take it over.
+            if e.code() != Some(&tokio_postgres::error::SqlState::DUPLICATE_OBJECT) {
+                return Err(failed(e.into()));
+            }
+            client
+                .batch_execute(&format!("ALTER ROLE {role} WITH LOGIN PASSWORD {secret_literal}"))
+                .await
+                .map_err(|e| failed(e.into()))?;
+        }
+        match self.store.insert_role(id, name, &secret).await {
+            Err(StoreError::Conflict) => Err(LifecycleError::Conflict(format!(
+                "role '{name}' already exists on endpoint '{id}'"
+            ))),
+            other => Ok(other?),
+        }
+    }
+
+    /// Creates a database owned by one of the endpoint's roles.
+    pub async fn create_database(
+        &self,
+        id: &str,
+        name: &str,
+        owner: &str,
+    ) -> Result<(), LifecycleError> {
+        if !names::valid_object_name(name) || name == "postgres" {
+            return Err(invalid_name("database", name));
+        }
+        self.row(id).await?;
+        if self.store.role_secret(id, owner).await?.is_none() {
+            return Err(LifecycleError::Invalid(format!(
+                "owner '{owner}' is not a role of endpoint '{id}'"
+            )));
+        }
+        if self
+            .store
+            .databases(id)
+            .await?
+            .iter()
+            .any(|d| d.name == name)
+        {
+            return Err(LifecycleError::Conflict(format!(
+                "database '{name}' already exists on endpoint '{id}'"
+            )));
+        }
+        let (row, _) = self.wake(id).await?;
+        let _guard = self.lock(id).await?;
+        let failed = |source: ComputeError| LifecycleError::Compute {
+            endpoint: id.to_owned(),
+            source,
+        };
+        let client = self.driver.admin(&Self::spec(&row)).await.map_err(failed)?;
+        let create = format!(
+            "CREATE DATABASE {} OWNER {}",
+            quote_ident(name),
+            quote_ident(owner)
+        );
+        if let Err(e) = client.batch_execute(&create).await {
+            if e.code() != Some(&tokio_postgres::error::SqlState::DUPLICATE_DATABASE) {
+                return Err(failed(e.into()));
+            }
+        }
+        match self.store.insert_database(id, name, owner).await {
+            Err(StoreError::Conflict) => Err(LifecycleError::Conflict(format!(
+                "database '{name}' already exists on endpoint '{id}'"
+            ))),
+            other => Ok(other?),
+        }
+    }
+
+    /// After a start (or a crash): finishes or rolls back what the store says was in
+    /// progress, brings every compute to the state the store records (adopting running
+    /// processes, never duplicating them), and removes computes the store does not know.
+    pub async fn reconcile(&self) -> Result<(), LifecycleError> {
+        let rows = self.store.endpoints().await?;
+        for row in &rows {
+            let id = row.id.as_str();
+            let _guard = self.lock(id).await?;
+            let spec = Self::spec(row);
+            let outcome = match (row.operation, row.state) {
+                (Some(Operation::Create), _) => {
+                    tracing::info!(endpoint = id, "finishing a create cut short");
+                    self.finish_create(row.clone()).await.map(drop)
+                }
+                (Some(Operation::Delete), _) => {
+                    tracing::info!(endpoint = id, "finishing a delete cut short");
+                    self.finish_delete(id).await
+                }
+                (Some(Operation::Suspend), _)
+                | (None, EndpointState::Suspending | EndpointState::Suspended) => {
+                    match self.driver.stop(&spec).await {
+                        Ok(()) => self
+                            .record(id, EndpointState::Suspended, None, "stopped", None)
+                            .await
+                            .map(drop),
+                        Err(source) => Err(self.fail(id, source).await),
+                    }
+                }
+                (Some(Operation::Wake), _)
+                | (None, EndpointState::Active | EndpointState::Resuming) => {
+                    let was_running = self.driver.health(&spec).await.ok() == Some(Health::Running);
+                    match self.driver.start(&spec).await {
+                        Ok(_) => {
+                            let event = if was_running && row.state == EndpointState::Active {
+                                "adopted"
+                            } else {
+                                "started"
+                            };
+                            self.record(id, EndpointState::Active, None, event, None)
+                                .await
+                                .map(drop)
+                        }
+                        Err(source) => Err(self.fail(id, source).await),
+                    }
+                }
+                (None, EndpointState::Failed | EndpointState::Unknown) => Ok(()),
+            };
+            if let Err(e) = outcome {
+                tracing::error!(endpoint = id, error = %e, "reconcile could not restore the endpoint");
+            }
+        }
+        let known: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
+        let on_disk = self.driver.list().await.map_err(|source| LifecycleError::Compute {
+            endpoint: "*".into(),
+            source,
+        })?;
+        for orphan in on_disk.iter().filter(|id| !known.contains(&id.as_str())) {
+            tracing::warn!(endpoint = %orphan, "removing a compute the store does not know (left by a crash)");
+            if let Err(e) = self.driver.destroy(orphan).await {
+                tracing::error!(endpoint = %orphan, error = %e, "could not remove orphan compute");
+            }
+        }
+        self.metrics.set_endpoint_states(&self.store.endpoints().await?);
+        Ok(())
+    }
+
+    /// Suspends every active endpoint (graceful shutdown of a local stack).
+    pub async fn suspend_all(&self) {
+        let Ok(rows) = self.store.endpoints().await else {
+            return;
+        };
+        for row in rows {
+            if matches!(row.state, EndpointState::Active | EndpointState::Resuming) {
+                if let Err(e) = self.suspend(&row.id, true).await {
+                    tracing::error!(endpoint = %row.id, error = %e, "could not stop compute on exit");
+                }
+            }
+        }
+    }
+
+    /// Creates the default endpoint, its role and database, once (on first start).
+    pub async fn bootstrap_default(
+        &self,
+        id: &str,
+        role: &str,
+        password: &str,
+        database: &str,
+    ) -> Result<(), LifecycleError> {
+        const MARK: &str = "default_endpoint";
+        if self.store.bootstrapped(MARK).await? {
+            return Ok(());
+        }
+        if self.store.endpoint(id).await?.is_none() {
+            tracing::info!(endpoint = id, "creating the default endpoint");
+            let request = CreateEndpoint {
+                id: id.to_owned(),
+                ..CreateEndpoint::default()
+            };
+            self.create(&request).await?;
+        }
+        match self.create_role(id, role, password).await {
+            Ok(_) | Err(LifecycleError::Conflict(_)) => {}
+            Err(e) => return Err(e),
+        }
+        match self.create_database(id, database, role).await {
+            Ok(()) | Err(LifecycleError::Conflict(_)) => {}
+            Err(e) => return Err(e),
+        }
+        self.store.bootstrap_once(MARK).await?;
+        Ok(())
+    }
+}
+
+fn invalid_name(kind: &str, name: &str) -> LifecycleError {
+    LifecycleError::Invalid(format!(
+        "invalid {kind} name '{name}': use 1-63 letters, digits, '_' and '-', starting with a letter or '_'; 'pg_' names and reserved names are not allowed"
+    ))
+}
+
+/// Validates a CU range; missing values fall back to `default`.
+fn cu_range(
+    min: Option<f64>,
+    max: Option<f64>,
+    default: (f64, f64),
+) -> Result<(f64, f64), LifecycleError> {
+    let min = min.unwrap_or(default.0);
+    let max = max.unwrap_or(default.1.max(min));
+    for (name, value) in [("min_cu", min), ("max_cu", max)] {
+        if !CU_RANGE.contains(&value) || (value * 4.0).fract() != 0.0 {
+            return Err(LifecycleError::Invalid(format!(
+                "{name} {value} is invalid: use a multiple of 0.25 between 0.25 and 16"
+            )));
+        }
+    }
+    if min > max {
+        return Err(LifecycleError::Invalid(format!(
+            "min_cu {min} is greater than max_cu {max}"
+        )));
+    }
+    Ok((min, max))
+}
+
+fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+fn quote_literal(value: &str) -> String {
+    format!("'{}'", value.replace('\'', "''"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cu_ranges() {
+        assert_eq!(cu_range(None, None, (0.25, 0.25)).ok(), Some((0.25, 0.25)));
+        assert_eq!(cu_range(Some(1.0), None, (0.25, 0.25)).ok(), Some((1.0, 1.0)));
+        assert_eq!(cu_range(Some(0.5), Some(4.0), (0.25, 0.25)).ok(), Some((0.5, 4.0)));
+        assert!(cu_range(Some(2.0), Some(1.0), (0.25, 0.25)).is_err());
+        assert!(cu_range(Some(0.3), None, (0.25, 0.25)).is_err());
+        assert!(cu_range(None, Some(32.0), (0.25, 0.25)).is_err());
+        assert!(cu_range(Some(f64::NAN), None, (0.25, 0.25)).is_err());
+    }
+
+    #[test]
+    fn quoting() {
+        assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
+        assert_eq!(quote_literal("it's"), "'it''s'");
+    }
+}

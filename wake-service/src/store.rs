@@ -1,0 +1,584 @@
+//! The durable state: endpoints, roles, databases and compute events, in Postgres.
+//!
+//! Every change of an endpoint's state is one transaction that also appends the matching
+//! `compute_events` row, so the event log and the state can never disagree. Schema changes
+//! are numbered migrations (`migrations/NNNN_name.sql`), applied once, in order, under an
+//! advisory lock so that two replicas starting together do not race.
+
+use std::ops::RangeInclusive;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use time::OffsetDateTime;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{NoTls, Row};
+use wake_api::admin::{Database, EndpointState};
+
+/// The migrations, in order. A version is never edited once released; add a new one.
+const MIGRATIONS: &[(i32, &str, &str)] = &[(
+    1,
+    "initial",
+    include_str!("../migrations/0001_initial.sql"),
+)];
+
+/// Advisory-lock keys (arbitrary constants, unique to this schema).
+const MIGRATION_LOCK: i64 = 0x7761_6b65_0001;
+const LEADER_LOCK: i64 = 0x7761_6b65_0002;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("state store: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+    #[error("state store connection: {0}")]
+    Pool(#[from] deadpool_postgres::PoolError),
+    #[error("state store: {0}")]
+    Build(String),
+    /// A unique key is taken (the caller knows which).
+    #[error("already exists")]
+    Conflict,
+    #[error("no free port pair in {0:?}")]
+    NoFreePort(RangeInclusive<u16>),
+}
+
+impl StoreError {
+    fn from_db(e: tokio_postgres::Error) -> StoreError {
+        if e.code() == Some(&SqlState::UNIQUE_VIOLATION) {
+            StoreError::Conflict
+        } else {
+            StoreError::Postgres(e)
+        }
+    }
+}
+
+/// An operation in progress on an endpoint, recorded before it starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Operation {
+    Create,
+    Wake,
+    Suspend,
+    Delete,
+}
+
+impl Operation {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Operation::Create => "create",
+            Operation::Wake => "wake",
+            Operation::Suspend => "suspend",
+            Operation::Delete => "delete",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Operation> {
+        match s {
+            "create" => Some(Operation::Create),
+            "wake" => Some(Operation::Wake),
+            "suspend" => Some(Operation::Suspend),
+            "delete" => Some(Operation::Delete),
+            _ => None,
+        }
+    }
+}
+
+/// One row of `endpoints`.
+#[derive(Clone, Debug)]
+pub struct EndpointRow {
+    pub id: String,
+    pub state: EndpointState,
+    pub operation: Option<Operation>,
+    pub driver: String,
+    pub port: u16,
+    pub pooler_port: u16,
+    pub suspend_timeout_seconds: i64,
+    pub min_cu: f64,
+    pub max_cu: f64,
+    pub current_cu: f64,
+    pub jwks: serde_json::Value,
+    pub failure: Option<String>,
+    pub created_at: OffsetDateTime,
+    pub updated_at: OffsetDateTime,
+    pub last_active: Option<OffsetDateTime>,
+    pub suspended_at: Option<OffsetDateTime>,
+}
+
+impl EndpointRow {
+    fn from_row(row: &Row) -> Result<EndpointRow, StoreError> {
+        let port = |name: &str| -> Result<u16, StoreError> {
+            let value: i32 = row.try_get(name)?;
+            u16::try_from(value).map_err(|_| StoreError::Build(format!("{name} {value} out of range")))
+        };
+        let state: String = row.try_get("state")?;
+        let operation: Option<String> = row.try_get("operation")?;
+        Ok(EndpointRow {
+            id: row.try_get("id")?,
+            state: EndpointState::parse(&state),
+            operation: operation.as_deref().and_then(Operation::parse),
+            driver: row.try_get("driver")?,
+            port: port("port")?,
+            pooler_port: port("pooler_port")?,
+            suspend_timeout_seconds: row.try_get("suspend_timeout_seconds")?,
+            min_cu: row.try_get("min_cu")?,
+            max_cu: row.try_get("max_cu")?,
+            current_cu: row.try_get("current_cu")?,
+            jwks: row.try_get("jwks")?,
+            failure: row.try_get("failure")?,
+            created_at: row.try_get("created_at")?,
+            updated_at: row.try_get("updated_at")?,
+            last_active: row.try_get("last_active")?,
+            suspended_at: row.try_get("suspended_at")?,
+        })
+    }
+}
+
+/// What `insert_endpoint` needs; ports are chosen by the store.
+#[derive(Clone, Debug)]
+pub struct NewEndpoint {
+    pub id: String,
+    pub driver: String,
+    pub suspend_timeout_seconds: i64,
+    pub min_cu: f64,
+    pub max_cu: f64,
+}
+
+/// A state change and the event that records it.
+#[derive(Clone, Debug)]
+pub struct Transition<'a> {
+    pub to: EndpointState,
+    pub operation: Option<Operation>,
+    /// `created`, `started`, `stopped`, `failed`, … (what metering reads).
+    pub event: &'a str,
+    pub detail: Option<&'a str>,
+}
+
+/// Settings a PATCH may change; `None` leaves a field alone.
+#[derive(Clone, Debug, Default)]
+pub struct EndpointChanges {
+    pub suspend_timeout_seconds: Option<i64>,
+    pub min_cu: Option<f64>,
+    pub max_cu: Option<f64>,
+    pub jwks: Option<serde_json::Value>,
+}
+
+/// A lifecycle event as stored.
+#[derive(Clone, Debug)]
+pub struct Event {
+    pub endpoint_id: String,
+    pub at: OffsetDateTime,
+    pub kind: String,
+    pub from_state: Option<String>,
+    pub to_state: Option<String>,
+}
+
+#[derive(Clone)]
+pub struct Store {
+    pool: Pool,
+}
+
+/// Holds the leader lock for as long as it lives (one replica runs reconciliation and the
+/// schedulers at a time). The lock is a session advisory lock: it goes away with the
+/// connection, so a crashed leader releases it by dying.
+pub struct Leadership {
+    _client: deadpool_postgres::ClientWrapper,
+}
+
+impl Store {
+    /// Connects and applies pending migrations.
+    pub async fn open(config: tokio_postgres::Config) -> Result<Store, StoreError> {
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(16)
+            .build()
+            .map_err(|e| StoreError::Build(e.to_string()))?;
+        let store = Store { pool };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    async fn migrate(&self) -> Result<(), StoreError> {
+        let mut client = self.pool.get().await?;
+        client
+            .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
+            .await?;
+        let result = async {
+            client
+                .batch_execute(
+                    "CREATE TABLE IF NOT EXISTS schema_migrations (
+                        version integer PRIMARY KEY,
+                        name text NOT NULL,
+                        applied_at timestamptz NOT NULL DEFAULT now())",
+                )
+                .await?;
+            for (version, name, sql) in MIGRATIONS {
+                let done = client
+                    .query_opt(
+                        "SELECT 1 FROM schema_migrations WHERE version = $1",
+                        &[version],
+                    )
+                    .await?
+                    .is_some();
+                if done {
+                    continue;
+                }
+                tracing::info!(version, name, "applying state-store migration");
+                let tx = client.transaction().await?;
+                tx.batch_execute(sql).await?;
+                tx.execute(
+                    "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
+                    &[version, name],
+                )
+                .await?;
+                tx.commit().await?;
+            }
+            Ok::<(), StoreError>(())
+        }
+        .await;
+        client
+            .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
+            .await?;
+        result
+    }
+
+    /// Tries to become the leader; `None` while another replica is.
+    pub async fn try_lead(&self) -> Result<Option<Leadership>, StoreError> {
+        let client = self.pool.get().await?;
+        let row = client
+            .query_one("SELECT pg_try_advisory_lock($1)", &[&LEADER_LOCK])
+            .await?;
+        if row.try_get::<_, bool>(0)? {
+            // This connection must never go back to the pool while it holds the lock.
+            Ok(Some(Leadership {
+                _client: deadpool_postgres::Object::take(client),
+            }))
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// Inserts an endpoint in state `resuming` with operation `create`, on the lowest free
+    /// pair of ports in `ports` for which `bindable` holds.
+    pub async fn insert_endpoint(
+        &self,
+        new: &NewEndpoint,
+        ports: RangeInclusive<u16>,
+        bindable: impl Fn(u16) -> bool,
+    ) -> Result<EndpointRow, StoreError> {
+        for _ in 0..5 {
+            let mut client = self.pool.get().await?;
+            let used: Vec<i32> = client
+                .query(
+                    "SELECT port FROM endpoints UNION SELECT pooler_port FROM endpoints",
+                    &[],
+                )
+                .await?
+                .iter()
+                .map(|r| r.try_get(0))
+                .collect::<Result<_, _>>()?;
+            let mut free = ports
+                .clone()
+                .filter(|p| !used.contains(&i32::from(*p)) && bindable(*p));
+            let (Some(port), Some(pooler_port)) = (free.next(), free.next()) else {
+                return Err(StoreError::NoFreePort(ports));
+            };
+            let tx = client.transaction().await?;
+            let inserted = tx
+                .query_one(
+                    "INSERT INTO endpoints (id, state, operation, operation_started_at, driver,
+                        port, pooler_port, suspend_timeout_seconds, min_cu, max_cu, current_cu)
+                     VALUES ($1, 'resuming', 'create', now(), $2, $3, $4, $5, $6, $7, $6)
+                     RETURNING *",
+                    &[
+                        &new.id,
+                        &new.driver,
+                        &i32::from(port),
+                        &i32::from(pooler_port),
+                        &new.suspend_timeout_seconds,
+                        &new.min_cu,
+                        &new.max_cu,
+                    ],
+                )
+                .await;
+            match inserted {
+                Ok(row) => {
+                    insert_event(&tx, &new.id, "created", None, Some("resuming"), Some(new.min_cu), None)
+                        .await?;
+                    tx.commit().await?;
+                    return EndpointRow::from_row(&row);
+                }
+                Err(e) => {
+                    let id_taken = e
+                        .as_db_error()
+                        .is_some_and(|d| d.constraint() == Some("endpoints_pkey"));
+                    match StoreError::from_db(e) {
+                        StoreError::Conflict if id_taken => return Err(StoreError::Conflict),
+                        // Another replica took one of the ports first: choose again.
+                        StoreError::Conflict => continue,
+                        other => return Err(other),
+                    }
+                }
+            }
+        }
+        Err(StoreError::NoFreePort(ports))
+    }
+
+    pub async fn endpoint(&self, id: &str) -> Result<Option<EndpointRow>, StoreError> {
+        let client = self.pool.get().await?;
+        client
+            .query_opt("SELECT * FROM endpoints WHERE id = $1", &[&id])
+            .await?
+            .as_ref()
+            .map(EndpointRow::from_row)
+            .transpose()
+    }
+
+    pub async fn endpoints(&self) -> Result<Vec<EndpointRow>, StoreError> {
+        let client = self.pool.get().await?;
+        client
+            .query("SELECT * FROM endpoints ORDER BY id", &[])
+            .await?
+            .iter()
+            .map(EndpointRow::from_row)
+            .collect()
+    }
+
+    /// Moves `id` to a new state and records the event, in one transaction. Returns `None`
+    /// when the endpoint no longer exists.
+    pub async fn transition(
+        &self,
+        id: &str,
+        change: &Transition<'_>,
+    ) -> Result<Option<EndpointRow>, StoreError> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let Some(before) = tx
+            .query_opt("SELECT state, current_cu FROM endpoints WHERE id = $1 FOR UPDATE", &[&id])
+            .await?
+        else {
+            return Ok(None);
+        };
+        let from: String = before.try_get(0)?;
+        let cu: f64 = before.try_get(1)?;
+        let to = change.to.as_str();
+        let operation = change.operation.map(Operation::as_str);
+        let row = tx
+            .query_one(
+                "UPDATE endpoints SET
+                    state = $2,
+                    operation = $3,
+                    operation_started_at = CASE WHEN $3::text IS NULL THEN NULL ELSE now() END,
+                    failure = CASE WHEN $2 = 'failed' THEN $4 ELSE NULL END,
+                    suspended_at = CASE WHEN $2 = 'suspended' AND state <> 'suspended' THEN now()
+                                        WHEN $2 = 'active' THEN NULL
+                                        ELSE suspended_at END,
+                    last_active = CASE WHEN $2 = 'active' AND state <> 'active' THEN now()
+                                       ELSE last_active END,
+                    updated_at = now()
+                 WHERE id = $1 RETURNING *",
+                &[&id, &to, &operation, &change.detail],
+            )
+            .await?;
+        if from != to || change.event != "state" {
+            insert_event(&tx, id, change.event, Some(&from), Some(to), Some(cu), change.detail).await?;
+        }
+        tx.commit().await?;
+        EndpointRow::from_row(&row).map(Some)
+    }
+
+    pub async fn update_settings(
+        &self,
+        id: &str,
+        changes: &EndpointChanges,
+    ) -> Result<Option<EndpointRow>, StoreError> {
+        let client = self.pool.get().await?;
+        client
+            .query_opt(
+                "UPDATE endpoints SET
+                    suspend_timeout_seconds = COALESCE($2, suspend_timeout_seconds),
+                    min_cu = COALESCE($3, min_cu),
+                    max_cu = COALESCE($4, max_cu),
+                    current_cu = LEAST(GREATEST(current_cu, COALESCE($3, min_cu)), COALESCE($4, max_cu)),
+                    jwks = COALESCE($5, jwks),
+                    updated_at = now()
+                 WHERE id = $1 RETURNING *",
+                &[
+                    &id,
+                    &changes.suspend_timeout_seconds,
+                    &changes.min_cu,
+                    &changes.max_cu,
+                    &changes.jwks,
+                ],
+            )
+            .await?
+            .as_ref()
+            .map(EndpointRow::from_row)
+            .transpose()
+    }
+
+    /// Deletes the endpoint (its roles and databases go with it) and records the event.
+    pub async fn delete_endpoint(&self, id: &str) -> Result<bool, StoreError> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let deleted = tx
+            .query_opt("DELETE FROM endpoints WHERE id = $1 RETURNING state, current_cu", &[&id])
+            .await?;
+        if let Some(row) = &deleted {
+            let from: String = row.try_get(0)?;
+            let cu: f64 = row.try_get(1)?;
+            insert_event(&tx, id, "deleted", Some(&from), None, Some(cu), None).await?;
+        }
+        tx.commit().await?;
+        Ok(deleted.is_some())
+    }
+
+    pub async fn roles(&self, endpoint: &str) -> Result<Vec<String>, StoreError> {
+        let client = self.pool.get().await?;
+        client
+            .query(
+                "SELECT name FROM roles WHERE endpoint_id = $1 ORDER BY name",
+                &[&endpoint],
+            )
+            .await?
+            .iter()
+            .map(|r| r.try_get(0).map_err(StoreError::from))
+            .collect()
+    }
+
+    pub async fn role_secret(&self, endpoint: &str, role: &str) -> Result<Option<String>, StoreError> {
+        let client = self.pool.get().await?;
+        Ok(client
+            .query_opt(
+                "SELECT secret FROM roles WHERE endpoint_id = $1 AND name = $2",
+                &[&endpoint, &role],
+            )
+            .await?
+            .map(|r| r.try_get(0))
+            .transpose()?)
+    }
+
+    /// Records a role; `Conflict` when it is already recorded.
+    pub async fn insert_role(
+        &self,
+        endpoint: &str,
+        name: &str,
+        secret: &str,
+    ) -> Result<OffsetDateTime, StoreError> {
+        let client = self.pool.get().await?;
+        let row = client
+            .query_one(
+                "INSERT INTO roles (endpoint_id, name, secret) VALUES ($1, $2, $3)
+                 RETURNING created_at",
+                &[&endpoint, &name, &secret],
+            )
+            .await
+            .map_err(StoreError::from_db)?;
+        Ok(row.try_get(0)?)
+    }
+
+    pub async fn databases(&self, endpoint: &str) -> Result<Vec<Database>, StoreError> {
+        let client = self.pool.get().await?;
+        client
+            .query(
+                "SELECT name, owner FROM databases WHERE endpoint_id = $1 ORDER BY name",
+                &[&endpoint],
+            )
+            .await?
+            .iter()
+            .map(|r| {
+                Ok(Database {
+                    name: r.try_get(0)?,
+                    owner: r.try_get(1)?,
+                })
+            })
+            .collect()
+    }
+
+    pub async fn insert_database(
+        &self,
+        endpoint: &str,
+        name: &str,
+        owner: &str,
+    ) -> Result<(), StoreError> {
+        let client = self.pool.get().await?;
+        client
+            .execute(
+                "INSERT INTO databases (endpoint_id, name, owner) VALUES ($1, $2, $3)",
+                &[&endpoint, &name, &owner],
+            )
+            .await
+            .map_err(StoreError::from_db)?;
+        Ok(())
+    }
+
+    /// The lifecycle events of one endpoint, oldest first.
+    pub async fn events(&self, endpoint: &str) -> Result<Vec<Event>, StoreError> {
+        let client = self.pool.get().await?;
+        client
+            .query(
+                "SELECT endpoint_id, at, kind, from_state, to_state FROM compute_events
+                 WHERE endpoint_id = $1 ORDER BY id",
+                &[&endpoint],
+            )
+            .await?
+            .iter()
+            .map(|r| {
+                Ok(Event {
+                    endpoint_id: r.try_get(0)?,
+                    at: r.try_get(1)?,
+                    kind: r.try_get(2)?,
+                    from_state: r.try_get(3)?,
+                    to_state: r.try_get(4)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Marks a one-time action done; false when it already was.
+    pub async fn bootstrap_once(&self, name: &str) -> Result<bool, StoreError> {
+        let client = self.pool.get().await?;
+        let inserted = client
+            .execute(
+                "INSERT INTO bootstrap (name) VALUES ($1) ON CONFLICT DO NOTHING",
+                &[&name],
+            )
+            .await?;
+        Ok(inserted == 1)
+    }
+
+    /// Whether a one-time action was done.
+    pub async fn bootstrapped(&self, name: &str) -> Result<bool, StoreError> {
+        let client = self.pool.get().await?;
+        Ok(client
+            .query_opt("SELECT 1 FROM bootstrap WHERE name = $1", &[&name])
+            .await?
+            .is_some())
+    }
+
+    /// A cheap round trip, for readiness.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        let client = self.pool.get().await?;
+        client.execute("SELECT 1", &[]).await?;
+        Ok(())
+    }
+}
+
+async fn insert_event(
+    tx: &tokio_postgres::Transaction<'_>,
+    endpoint: &str,
+    kind: &str,
+    from: Option<&str>,
+    to: Option<&str>,
+    cu: Option<f64>,
+    detail: Option<&str>,
+) -> Result<(), StoreError> {
+    tx.execute(
+        "INSERT INTO compute_events (endpoint_id, kind, from_state, to_state, cu, detail)
+         VALUES ($1, $2, $3, $4, $5, $6)",
+        &[&endpoint, &kind, &from, &to, &cu, &detail],
+    )
+    .await?;
+    Ok(())
+}

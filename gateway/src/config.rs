@@ -8,8 +8,10 @@ use std::time::Duration;
 use clap::Parser;
 
 use crate::conn_info::EndpointId;
+use crate::control_plane::{ControlPlaneConfig, Token};
 use crate::pool::PoolConfig;
-use crate::routes::Route;
+use crate::retry::RetryConfig;
+use crate::routes::{Route, RouteCacheConfig};
 use crate::session::SessionConfig;
 
 #[derive(Parser, Debug, Clone)]
@@ -32,6 +34,55 @@ pub struct Args {
     /// environment variable.
     #[arg(long = "route", env = "GATEWAY_ROUTES", value_delimiter = ',')]
     pub routes: Vec<Route>,
+
+    /// The control plane's Neon-compatible proxy API, e.g.
+    /// `http://127.0.0.1:4400/proxy/api/v1`: endpoints without a static route are woken and
+    /// looked up there. Without it, only static routes exist.
+    #[arg(long, env = "GATEWAY_CONTROL_PLANE_URL")]
+    pub control_plane_url: Option<String>,
+
+    /// Bearer token for the control plane. Prefer the environment variable: command lines are
+    /// visible to every user of the machine.
+    #[arg(long, env = "GATEWAY_CONTROL_PLANE_TOKEN", hide_env_values = true)]
+    pub control_plane_token: Option<Token>,
+
+    /// Seconds one control-plane request may take (a wake may be held while a compute starts;
+    /// a timed-out wake is retried).
+    #[arg(
+        long,
+        env = "GATEWAY_CONTROL_PLANE_TIMEOUT_SECONDS",
+        default_value_t = 5
+    )]
+    pub control_plane_timeout_seconds: u64,
+
+    /// Seconds a route from the control plane is kept after its last use.
+    #[arg(long, env = "GATEWAY_ROUTE_CACHE_IDLE_SECONDS", default_value_t = 240)]
+    pub route_cache_idle_seconds: u64,
+
+    /// Seconds after which a used route is refreshed in the background (the cached address is
+    /// served meanwhile, and kept if the refresh fails).
+    #[arg(long, env = "GATEWAY_ROUTE_REFRESH_SECONDS", default_value_t = 30)]
+    pub route_refresh_seconds: u64,
+
+    /// Milliseconds "no such endpoint" (and "no secret for this role") is remembered.
+    #[arg(long, env = "GATEWAY_NEGATIVE_CACHE_TTL_MS", default_value_t = 3000)]
+    pub negative_cache_ttl_ms: u64,
+
+    /// Seconds a role's SCRAM secret from the control plane is trusted.
+    #[arg(long, env = "GATEWAY_ROLE_SECRET_TTL_SECONDS", default_value_t = 240)]
+    pub role_secret_ttl_seconds: u64,
+
+    /// Tries of one wake before the endpoint is reported unavailable.
+    #[arg(long, env = "GATEWAY_WAKE_MAX_ATTEMPTS", default_value_t = RetryConfig::WAKE.max_attempts)]
+    pub wake_max_attempts: u32,
+
+    /// Milliseconds before the first wake retry; later retries wait `factor` times longer each.
+    #[arg(long, env = "GATEWAY_WAKE_RETRY_BASE_MS", default_value_t = 100)]
+    pub wake_retry_base_ms: u64,
+
+    /// Growth of the wake retry delay per retry.
+    #[arg(long, env = "GATEWAY_WAKE_RETRY_FACTOR", default_value_t = RetryConfig::WAKE.factor)]
+    pub wake_retry_factor: f64,
 
     /// Endpoint for connection strings whose host is `localhost` or an IP address.
     #[arg(long, env = "GATEWAY_DEFAULT_ENDPOINT", default_value = "db")]
@@ -138,6 +189,9 @@ pub struct Config {
     pub listen: SocketAddr,
     pub admin_listen: SocketAddr,
     pub routes: Vec<Route>,
+    /// The control plane, when endpoints are not all static.
+    pub control_plane: Option<ControlPlaneConfig>,
+    pub route_cache: RouteCacheConfig,
     pub default_endpoint: EndpointId,
     pub max_request_bytes: usize,
     pub max_response_bytes: usize,
@@ -166,6 +220,10 @@ pub enum ConfigError {
     SameListeners,
     #[error("invalid domain '{0}': use a DNS name such as pg.example.com")]
     Domain(String),
+    #[error("invalid control-plane URL '{0}': {1}")]
+    ControlPlaneUrl(String, &'static str),
+    #[error("wake-retry-factor must be a number of at least 1")]
+    RetryFactor,
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
 }
@@ -201,6 +259,15 @@ impl Args {
             ),
             (self.max_session_message_bytes, "max-session-message-bytes"),
             (self.max_client_connections, "max-client-connections"),
+            (
+                self.control_plane_timeout_seconds as usize,
+                "control-plane-timeout-seconds",
+            ),
+            (
+                self.route_cache_idle_seconds as usize,
+                "route-cache-idle-seconds",
+            ),
+            (self.wake_max_attempts as usize, "wake-max-attempts"),
         ] {
             if value == 0 {
                 return Err(ConfigError::Zero(name));
@@ -223,6 +290,29 @@ impl Args {
         }) {
             return Err(ConfigError::Domain(bad.clone()));
         }
+        if !(self.wake_retry_factor.is_finite() && self.wake_retry_factor >= 1.0) {
+            return Err(ConfigError::RetryFactor);
+        }
+        let control_plane = match &self.control_plane_url {
+            None => None,
+            Some(url) => Some(ControlPlaneConfig {
+                url: control_plane_url(url)?,
+                token: self.control_plane_token.clone(),
+                request_timeout: Duration::from_secs(self.control_plane_timeout_seconds),
+            }),
+        };
+        let route_cache = RouteCacheConfig {
+            idle_ttl: Duration::from_secs(self.route_cache_idle_seconds),
+            refresh_after: Duration::from_secs(self.route_refresh_seconds),
+            negative_ttl: Duration::from_millis(self.negative_cache_ttl_ms),
+            secret_ttl: Duration::from_secs(self.role_secret_ttl_seconds),
+            wake_retry: RetryConfig {
+                max_attempts: self.wake_max_attempts,
+                base_delay: Duration::from_millis(self.wake_retry_base_ms),
+                factor: self.wake_retry_factor,
+            },
+            ..RouteCacheConfig::default()
+        };
         let tls = match (self.tls_cert, self.tls_key) {
             (Some(cert), Some(key)) => {
                 // Fail at startup (and in --check-config), not at the first handshake.
@@ -235,6 +325,8 @@ impl Args {
             listen: self.listen,
             admin_listen: self.admin_listen,
             routes: self.routes,
+            control_plane,
+            route_cache,
             default_endpoint,
             max_request_bytes: self.max_request_bytes,
             max_response_bytes: self.max_response_bytes,
@@ -263,22 +355,62 @@ impl Args {
     }
 }
 
+/// The proxy API base URL, checked and without a trailing `/` (paths are appended to it).
+fn control_plane_url(url: &str) -> Result<String, ConfigError> {
+    let bad = |why| ConfigError::ControlPlaneUrl(url.to_owned(), why);
+    let parsed = url::Url::parse(url.trim()).map_err(|_| bad("not a URL"))?;
+    if parsed.scheme() != "http" {
+        return Err(bad(
+            "use http:// (the control plane is reached over a private network or loopback)",
+        ));
+    }
+    if parsed.host_str().is_none_or(str::is_empty) {
+        return Err(bad("no host"));
+    }
+    if parsed.query().is_some() || parsed.fragment().is_some() {
+        return Err(bad("no query or fragment, please"));
+    }
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err(bad(
+            "put the token in GATEWAY_CONTROL_PLANE_TOKEN, not in the URL",
+        ));
+    }
+    Ok(parsed.as_str().trim_end_matches('/').to_owned())
+}
+
 impl Config {
     /// A configuration for tests: loopback listeners on port 0 and the given routes.
     pub fn for_tests(routes: Vec<Route>) -> Config {
-        Args::parse_from([
+        Config::for_tests_with(&[], routes)
+    }
+
+    /// A configuration for tests whose endpoints come from the control plane at `url` (the
+    /// proxy API base, e.g. `http://127.0.0.1:4400/proxy/api/v1`), with no static routes.
+    /// Tune the caches through `config.route_cache` (e.g. `negative_ttl`) before serving.
+    pub fn for_tests_with_control_plane(url: &str, token: Option<&str>) -> Config {
+        let mut args = vec!["--control-plane-url", url];
+        if let Some(token) = token {
+            args.extend(["--control-plane-token", token]);
+        }
+        Config::for_tests_with(&args, Vec::new())
+    }
+
+    fn for_tests_with(extra: &[&str], routes: Vec<Route>) -> Config {
+        let mut argv = vec![
             "gateway",
             "--listen",
             "127.0.0.1:0",
             "--admin-listen",
             "127.0.0.1:1",
-        ])
-        .validate()
-        .map(|mut config| {
-            config.routes = routes;
-            config
-        })
-        .expect("the test configuration is valid")
+        ];
+        argv.extend_from_slice(extra);
+        Args::parse_from(argv)
+            .validate()
+            .map(|mut config| {
+                config.routes = routes;
+                config
+            })
+            .expect("the test configuration is valid")
     }
 }
 
@@ -303,6 +435,59 @@ mod tests {
         assert_eq!(config.default_endpoint.as_str(), "db");
         assert_eq!(config.max_request_bytes, 10 * 1024 * 1024);
         assert!(config.routes.is_empty());
+        assert!(config.control_plane.is_none());
+        assert_eq!(config.route_cache.wake_retry, RetryConfig::WAKE);
+        assert_eq!(config.route_cache.idle_ttl, Duration::from_secs(240));
+        assert_eq!(config.route_cache.negative_ttl, Duration::from_secs(3));
+    }
+
+    #[test]
+    fn control_plane() {
+        let config = parse(&[
+            "--control-plane-url",
+            "http://127.0.0.1:4400/proxy/api/v1/",
+            "--control-plane-token",
+            "s3cret",
+            "--negative-cache-ttl-ms",
+            "250",
+            "--wake-max-attempts",
+            "3",
+        ])
+        .expect("valid");
+        let control_plane = config.control_plane.as_ref().expect("configured");
+        assert_eq!(control_plane.url, "http://127.0.0.1:4400/proxy/api/v1");
+        assert_eq!(
+            control_plane.token.as_ref().map(Token::expose),
+            Some("s3cret")
+        );
+        assert!(
+            !format!("{config:?}").contains("s3cret"),
+            "--check-config prints the config"
+        );
+        assert_eq!(config.route_cache.negative_ttl, Duration::from_millis(250));
+        assert_eq!(config.route_cache.wake_retry.max_attempts, 3);
+        for bad in [
+            "not a url",
+            "https://cp.example.com/proxy/api/v1",
+            "http://",
+            "http://user:pw@cp/proxy/api/v1",
+            "http://cp/proxy/api/v1?x=1",
+        ] {
+            assert!(
+                parse(&["--control-plane-url", bad])
+                    .expect_err(bad)
+                    .contains("control-plane URL"),
+                "{bad}"
+            );
+        }
+        assert!(parse(&["--wake-retry-factor", "0.5"]).is_err());
+        assert!(parse(&["--wake-max-attempts", "0"]).is_err());
+        let config = Config::for_tests_with_control_plane("http://127.0.0.1:1/p", None);
+        assert!(config.routes.is_empty());
+        assert_eq!(
+            config.control_plane.map(|c| c.url),
+            Some("http://127.0.0.1:1/p".to_owned())
+        );
     }
 
     #[test]

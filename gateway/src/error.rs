@@ -9,9 +9,13 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
 
+use std::sync::Arc;
+
 use crate::backend::{BackendError, DbError};
+use crate::control_plane::ControlPlaneError;
 use crate::pool::PoolError;
 use crate::query::QueryError;
+use crate::routes::RouteError;
 
 /// Who is to blame, which fixes how loudly we log and how the metric is labelled.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -77,6 +81,10 @@ pub enum SqlError {
     ResponseTooLarge { max: usize },
     #[error("Too many connections to this endpoint. Please try again later.")]
     TooManyConnections,
+    /// The control plane could not give an address (down, refused, or the endpoint did not
+    /// wake in time): 503, worth retrying. The cause is logged; the text is [`unavailable`].
+    #[error("{}", unavailable(.0))]
+    Unavailable(#[source] Arc<ControlPlaneError>),
     /// The backend could not be reached, or failed mid-request. The cause is logged, not shown.
     #[error("could not connect to the database")]
     Compute(#[source] BackendError),
@@ -93,6 +101,7 @@ impl ReportableError for SqlError {
             | SqlError::ResponseTooLarge { .. } => ErrorKind::User,
             SqlError::Postgres(_) => ErrorKind::Postgres,
             SqlError::TooManyConnections => ErrorKind::RateLimit,
+            SqlError::Unavailable(_) => ErrorKind::ControlPlane,
             SqlError::Compute(_) => ErrorKind::Compute,
             SqlError::Internal(_) => ErrorKind::Internal,
         }
@@ -111,7 +120,9 @@ impl SqlError {
             }
             SqlError::RequestTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             SqlError::ResponseTooLarge { .. } => StatusCode::INSUFFICIENT_STORAGE,
-            SqlError::TooManyConnections => StatusCode::SERVICE_UNAVAILABLE,
+            SqlError::TooManyConnections | SqlError::Unavailable(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             SqlError::Compute(_) => StatusCode::BAD_GATEWAY,
             SqlError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -177,6 +188,16 @@ impl SqlError {
     }
 }
 
+/// What clients are told when the control plane cannot provide their endpoint (HTTP 503 body,
+/// session FATAL): the control plane's own message when it refused on purpose (a quota, a
+/// disabled endpoint), otherwise a fixed text. Never addresses or transport details.
+pub fn unavailable(error: &ControlPlaneError) -> String {
+    match error.user_facing_message() {
+        Some(message) => format!("endpoint is unavailable: {message}"),
+        None => "endpoint is temporarily unavailable; please try again later".to_owned(),
+    }
+}
+
 impl SqlError {
     /// A pool failure for `user`; authentication failures all read the same.
     pub fn from_pool(error: PoolError, user: &str) -> Self {
@@ -186,6 +207,17 @@ impl SqlError {
             },
             PoolError::TooManyConnections => SqlError::TooManyConnections,
             PoolError::Backend(e) => e.into(),
+            PoolError::Route(e) => SqlError::from_route(e, user),
+        }
+    }
+
+    /// A route failure for `user`: an unknown endpoint reads exactly like a wrong password.
+    pub fn from_route(error: RouteError, user: &str) -> Self {
+        match error {
+            RouteError::NotFound => SqlError::AuthFailed {
+                user: user.to_owned(),
+            },
+            RouteError::Unavailable(e) => SqlError::Unavailable(e),
         }
     }
 }
@@ -284,6 +316,44 @@ mod tests {
         assert_eq!(
             SqlError::AuthFailed { user: "u".into() }.status(),
             StatusCode::BAD_REQUEST
+        );
+    }
+
+    #[test]
+    fn route_errors() {
+        let not_found = SqlError::from_route(RouteError::NotFound, "alice");
+        let wrong_password = SqlError::AuthFailed {
+            user: "alice".into(),
+        };
+        assert_eq!(not_found.status(), wrong_password.status());
+        assert_eq!(not_found.body(), wrong_password.body());
+
+        let down = SqlError::from_route(
+            RouteError::Unavailable(Arc::new(ControlPlaneError::Transport(
+                "connection refused to 10.1.2.3:4400".into(),
+            ))),
+            "alice",
+        );
+        assert_eq!(down.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(down.kind(), ErrorKind::ControlPlane);
+        let body = down.body();
+        assert_eq!(
+            body["message"],
+            "endpoint is temporarily unavailable; please try again later"
+        );
+        assert_eq!(body["code"], "");
+
+        let quota = SqlError::Unavailable(Arc::new(ControlPlaneError::Api {
+            status: 423,
+            body: wake_api::proxy::ControlPlaneError::new(
+                "LOCKED",
+                "compute time quota exceeded",
+                wake_api::proxy::Reason::ComputeTimeQuotaExceeded,
+            ),
+        }));
+        assert_eq!(
+            quota.body()["message"],
+            "endpoint is unavailable: compute time quota exceeded"
         );
     }
 }

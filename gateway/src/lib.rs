@@ -6,11 +6,13 @@ pub mod auth;
 pub mod backend;
 pub mod config;
 pub mod conn_info;
+pub mod control_plane;
 pub mod error;
 pub mod http;
 pub mod metrics;
 pub mod pool;
 pub mod query;
+pub mod retry;
 pub mod routes;
 pub mod server;
 pub mod session;
@@ -32,23 +34,45 @@ use rand::RngCore;
 use tokio::sync::Semaphore;
 
 use crate::config::Config;
+use crate::control_plane::{ControlPlaneApi, ControlPlaneClient};
 use crate::metrics::Metrics;
 use crate::pool::Pool;
-use crate::routes::Routes;
+use crate::routes::RouteTable;
 use crate::state::AppState;
 use crate::tls::{Tls, TlsError};
 
-/// Builds the shared state for a configuration; fails only on unreadable TLS files.
-pub fn state(config: &Config) -> Result<Arc<AppState>, TlsError> {
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("cannot build the control-plane client: {0}")]
+    ControlPlane(#[from] reqwest::Error),
+}
+
+/// Builds the shared state for a configuration; fails only on unreadable TLS files (or an HTTP
+/// client that cannot be built).
+pub fn state(config: &Config) -> Result<Arc<AppState>, StateError> {
     let metrics = Arc::new(Metrics::new());
     let tls = match &config.tls {
         Some(files) => Some(Tls::load(&files.cert, &files.key)?),
         None => None,
     };
+    let control_plane = match &config.control_plane {
+        Some(cp) => Some(
+            Arc::new(ControlPlaneClient::new(cp.clone(), metrics.clone())?)
+                as Arc<dyn ControlPlaneApi>,
+        ),
+        None => None,
+    };
     let mut mock_auth_key = [0u8; 32];
     rand::thread_rng().fill_bytes(&mut mock_auth_key);
     Ok(Arc::new(AppState {
-        routes: Routes::from_static(config.routes.iter().cloned()),
+        routes: RouteTable::new(
+            config.routes.iter().cloned(),
+            control_plane,
+            config.route_cache.clone(),
+            metrics.clone(),
+        ),
         default_endpoint: config.default_endpoint.clone(),
         max_request_bytes: config.max_request_bytes,
         max_response_bytes: config.max_response_bytes,
@@ -94,6 +118,7 @@ pub async fn serve(
         listen = %addr(&public),
         admin = %addr(&admin),
         routes = ?config.routes.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        control_plane = config.control_plane.as_ref().map(|c| c.url.as_str()),
         default_endpoint = %config.default_endpoint,
         tls = config.tls.is_some(),
         "gateway started"

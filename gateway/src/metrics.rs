@@ -33,7 +33,27 @@ pub struct Metrics {
     /// CancelRequests by `outcome`: forwarded, or no_match (no live session has that key).
     pub cancel_requests: IntCounterVec,
     pub tls_reloads: IntCounterVec,
+    /// Control-plane requests by `call` (wake_compute, access_control) and `outcome`: ok,
+    /// not_found, unreachable, retryable (an error worth retrying), error.
+    pub control_plane_requests: IntCounterVec,
+    pub control_plane_request_seconds: HistogramVec,
+    /// Retries by `operation`: wake_compute (control plane), compute_connect (backend).
+    pub retries: IntCounterVec,
+    /// Route-table lookups by `outcome`: static, hit, miss, negative_hit, stale_refresh (a hit
+    /// that started a background refresh).
+    pub route_cache_lookups: IntCounterVec,
+    /// Cached routes dropped because connecting to their address failed.
+    pub route_cache_invalidations: IntCounter,
+    /// Role-secret lookups by `outcome`: hit, miss (asked the control plane), none (static
+    /// route or no control plane).
+    pub role_secret_lookups: IntCounterVec,
+    /// Password checks against role secrets by `outcome`: cached, match, mismatch, no_secret.
+    pub secret_verifications: IntCounterVec,
 }
+
+/// `operation` labels of [`Metrics::retries`].
+pub const RETRY_WAKE: &str = "wake_compute";
+pub const RETRY_CONNECT: &str = "compute_connect";
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -126,6 +146,45 @@ impl Metrics {
             "TLS certificate reloads by outcome",
             &["outcome"],
         );
+        let control_plane_requests = counter(
+            "gateway_control_plane_requests_total",
+            "Control-plane requests by call and outcome",
+            &["call", "outcome"],
+        );
+        let control_plane_request_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "gateway_control_plane_request_duration_seconds",
+                "Control-plane request latency by call",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["call"],
+        )
+        .expect("valid metric");
+        let retries = counter(
+            "gateway_retries_total",
+            "Retries after a retryable error, by operation (wake_compute, compute_connect)",
+            &["operation"],
+        );
+        let route_cache_lookups = counter(
+            "gateway_route_cache_lookups_total",
+            "Route-table lookups by outcome",
+            &["outcome"],
+        );
+        let route_cache_invalidations = IntCounter::new(
+            "gateway_route_cache_invalidations_total",
+            "Cached routes dropped after a connect to their address failed",
+        )
+        .expect("valid metric");
+        let role_secret_lookups = counter(
+            "gateway_role_secret_lookups_total",
+            "Role-secret lookups by outcome",
+            &["outcome"],
+        );
+        let secret_verifications = counter(
+            "gateway_secret_verifications_total",
+            "Password checks against role secrets by outcome",
+            &["outcome"],
+        );
         for collector in [
             Box::new(http_requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(http_request_seconds.clone()),
@@ -141,6 +200,13 @@ impl Metrics {
             Box::new(session_bytes.clone()),
             Box::new(cancel_requests.clone()),
             Box::new(tls_reloads.clone()),
+            Box::new(control_plane_requests.clone()),
+            Box::new(control_plane_request_seconds.clone()),
+            Box::new(retries.clone()),
+            Box::new(route_cache_lookups.clone()),
+            Box::new(route_cache_invalidations.clone()),
+            Box::new(role_secret_lookups.clone()),
+            Box::new(secret_verifications.clone()),
         ] {
             registry
                 .register(collector)
@@ -152,6 +218,18 @@ impl Metrics {
         }
         for direction in ["ingress", "egress"] {
             session_bytes.with_label_values(&[direction]);
+        }
+        for call in crate::control_plane::Call::ALL {
+            control_plane_request_seconds.with_label_values(&[call.label()]);
+        }
+        for operation in [RETRY_WAKE, RETRY_CONNECT] {
+            retries.with_label_values(&[operation]);
+        }
+        for outcome in ["static", "hit", "miss", "negative_hit", "stale_refresh"] {
+            route_cache_lookups.with_label_values(&[outcome]);
+        }
+        for outcome in crate::auth::SecretOutcome::ALL {
+            secret_verifications.with_label_values(&[outcome.label()]);
         }
         Metrics {
             registry,
@@ -169,6 +247,13 @@ impl Metrics {
             session_bytes,
             cancel_requests,
             tls_reloads,
+            control_plane_requests,
+            control_plane_request_seconds,
+            retries,
+            route_cache_lookups,
+            route_cache_invalidations,
+            role_secret_lookups,
+            secret_verifications,
         }
     }
 

@@ -1,9 +1,12 @@
 //! Backend connections for SQL over HTTP, kept warm per (endpoint, database, role).
 //!
 //! Architecture invariant: a request reuses a pooled connection only after its own password was
-//! verified ([`PasswordCache`]); otherwise it opens a new connection and Postgres judges the
-//! password. The pool key carries no credentials, and it carries the endpoint, so one endpoint's
-//! credentials are never tried against another endpoint's backend.
+//! verified ([`PasswordCache`]: accepted by Postgres before, or matched against the role's
+//! SCRAM secret by the caller); otherwise it opens a new connection and Postgres judges the
+//! password. New connections go through [`RouteTable::connect`], which wakes the endpoint again
+//! when its cached address stopped answering. The pool key carries no credentials, and it
+//! carries the endpoint, so one endpoint's credentials are never tried against another
+//! endpoint's backend.
 //!
 //! Checkout is LIFO and skips connections the server has closed. Returned connections are reset
 //! in the background (`ROLLBACK` if needed, `DISCARD ALL`) before they become idle again. A
@@ -24,7 +27,7 @@ use crate::backend::{self, Backend, BackendError, ConnectParams};
 use crate::conn_info::{ConnInfo, EndpointId};
 use crate::error::{ErrorKind, ReportableError};
 use crate::metrics::Metrics;
-use crate::routes::Route;
+use crate::routes::{ConnectError, Route, RouteError, RouteTable};
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct PoolKey {
@@ -67,6 +70,9 @@ pub enum PoolError {
     TooManyConnections,
     #[error(transparent)]
     Backend(#[from] BackendError),
+    /// The cached address failed and waking the endpoint again did not work.
+    #[error(transparent)]
+    Route(RouteError),
 }
 
 impl ReportableError for PoolError {
@@ -75,6 +81,7 @@ impl ReportableError for PoolError {
             PoolError::AuthFailed => ErrorKind::User,
             PoolError::TooManyConnections => ErrorKind::RateLimit,
             PoolError::Backend(e) => e.kind(),
+            PoolError::Route(e) => e.kind(),
         }
     }
 }
@@ -141,9 +148,14 @@ impl Pool {
         &self.config
     }
 
+    /// Proofs of passwords: checks against role secrets, and what Postgres accepted.
+    pub fn passwords(&self) -> &PasswordCache {
+        &self.passwords
+    }
+
     pub fn new(config: PoolConfig, metrics: Arc<Metrics>) -> Arc<Self> {
         Arc::new(Pool {
-            passwords: PasswordCache::new(config.password_ttl),
+            passwords: PasswordCache::new(config.password_ttl, metrics.clone()),
             config,
             state: Mutex::new(State::default()),
             metrics,
@@ -164,16 +176,19 @@ impl Pool {
         }
     }
 
-    /// A connection for `info` at `route`: a pooled one if the password is verified, else a
-    /// new one authenticated by Postgres.
+    /// A connection for `info` at `route`: a pooled one if the password is verified (by the
+    /// caller against the role's secret: `secret_verified`, or by Postgres earlier), else a new
+    /// one authenticated by Postgres.
     pub async fn checkout(
         self: &Arc<Self>,
-        route: &Route,
+        routes: &RouteTable,
+        route: Route,
         info: &ConnInfo,
         application_name: Option<&str>,
+        secret_verified: bool,
     ) -> Result<Conn, PoolError> {
         let key = PoolKey::of(info);
-        let verified = self.passwords.is_verified(&key, &info.password);
+        let verified = secret_verified || self.passwords.is_verified(&key, &info.password);
         let slot = match self.acquire(&key, verified).await? {
             Acquired::Idle(idle) => {
                 self.metrics
@@ -196,13 +211,20 @@ impl Pool {
             database: &info.database,
             startup: startup.as_ref().map_or(&[][..], |s| &s[..]),
         };
-        let connected = backend::connect(
-            &route.address,
-            &params,
-            self.config.connect_timeout,
-            self.config.max_message_bytes,
-        )
-        .await;
+        let connected = routes
+            .connect(route, |address| {
+                let params = &params;
+                async move {
+                    backend::connect(
+                        &address,
+                        params,
+                        self.config.connect_timeout,
+                        self.config.max_message_bytes,
+                    )
+                    .await
+                }
+            })
+            .await;
         self.metrics
             .backend_connect_seconds
             .observe(started.elapsed().as_secs_f64());
@@ -211,13 +233,14 @@ impl Pool {
                 self.passwords.remember(&key, &info.password);
                 Ok(Conn::new(self.clone(), key, backend, slot))
             }
-            Err(BackendError::Db(e)) if e.is_auth_failure() => {
+            Err(ConnectError::Connect(BackendError::Db(e))) if e.is_auth_failure() => {
                 // The password may have changed: nothing cached for this role is trusted now.
                 self.passwords.forget(&key);
                 self.drop_idle(&key);
                 Err(PoolError::AuthFailed)
             }
-            Err(e) => Err(e.into()),
+            Err(ConnectError::Connect(e)) => Err(e.into()),
+            Err(ConnectError::Route(e)) => Err(PoolError::Route(e)),
         }
     }
 

@@ -1,4 +1,5 @@
-//! What every connection, request and session shares: routes, the pool, TLS, cancel keys,
+//! What every connection, request and session shares: the route table (static routes and the
+//! control plane's cached answers), the pool, TLS, cancel keys,
 //! usage counters, metrics, and the bookkeeping for a graceful drain.
 
 use std::sync::atomic::AtomicBool;
@@ -12,14 +13,15 @@ use crate::conn_info::EndpointId;
 use crate::metrics::Metrics;
 use crate::pool::Pool;
 use crate::query::types::TypeCache;
-use crate::routes::Routes;
+use crate::routes::RouteTable;
 use crate::session::cancel::CancelMap;
 use crate::session::SessionConfig;
 use crate::tls::Tls;
 use crate::usage::Usage;
 
 pub struct AppState {
-    pub routes: Routes,
+    /// Endpoint → address (static, or from the control plane, cached) and role secrets.
+    pub routes: RouteTable,
     pub default_endpoint: EndpointId,
     pub max_request_bytes: usize,
     pub max_response_bytes: usize,

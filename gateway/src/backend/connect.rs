@@ -45,6 +45,23 @@ pub async fn connect(
         .map_err(|_| BackendError::ConnectTimeout)?
 }
 
+/// [`open`] within `timeout`.
+pub async fn open_within(
+    timeout: Duration,
+    addr: &str,
+    user: &str,
+    database: &str,
+    startup: &[(&str, &str)],
+    max_message_bytes: usize,
+) -> Result<Backend, BackendError> {
+    tokio::time::timeout(
+        timeout,
+        open(addr, user, database, startup, max_message_bytes),
+    )
+    .await
+    .map_err(|_| BackendError::ConnectTimeout)?
+}
+
 /// Opens a TCP connection to `addr` and sends the StartupMessage. Authentication is the
 /// caller's: [`connect`] answers the server itself, a session may relay the exchange.
 pub async fn open(

@@ -16,7 +16,7 @@ use tokio::net::TcpStream;
 
 use crate::error::{ErrorKind, ReportableError};
 
-pub use connect::{connect, open, ConnectParams};
+pub use connect::{connect, open, open_within, ConnectParams};
 pub use db_error::DbError;
 
 /// Transaction status from the last ReadyForQuery: idle, in a transaction, or in a failed one.
@@ -73,6 +73,23 @@ impl ReportableError for BackendError {
             BackendError::Db(_) => ErrorKind::Postgres,
             BackendError::MessageTooLarge { .. } => ErrorKind::User,
             _ => ErrorKind::Compute,
+        }
+    }
+}
+
+/// Neon's rule for connecting to a compute: only failures to reach it are worth another try
+/// (it may be starting, or have moved). Authentication and other Postgres errors are final.
+impl crate::retry::Retryable for BackendError {
+    fn is_retryable(&self) -> bool {
+        match self {
+            BackendError::Io(e) => matches!(
+                e.kind(),
+                io::ErrorKind::ConnectionRefused
+                    | io::ErrorKind::AddrNotAvailable
+                    | io::ErrorKind::TimedOut
+            ),
+            BackendError::ConnectTimeout => true,
+            _ => false,
         }
     }
 }

@@ -4,7 +4,9 @@
 //! 1. headers → output mode and batch transaction options; `Neon-Connection-String` →
 //!    [`ConnInfo`] (endpoint, database, role, password);
 //! 2. body, read up to the limit (413 beyond) → [`Payload`];
-//! 3. route lookup, then a connection from the pool, which verifies the password first;
+//! 3. the password checked against the role's SCRAM secret when the control plane knows it,
+//!    the route looked up (the endpoint woken if needed), then a connection from the pool,
+//!    which reuses an idle one only for a verified password;
 //! 4. execution ([`crate::query`]); an error or a dropped request discards the connection,
 //!    cancelling whatever still runs;
 //! 5. JSON rendering within the response limit (507 beyond); the connection goes back to the pool.
@@ -21,8 +23,10 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::AppState;
+use crate::auth::PasswordCheck;
 use crate::conn_info::{self, ConnInfo};
 use crate::error::{ReportableError, SqlError};
+use crate::pool::PoolError;
 use crate::query::json::{self, OutputMode};
 use crate::query::types::TypeMap;
 use crate::query::{self, IsolationLevel, ResponseBudget, Statement, TxnOptions};
@@ -326,17 +330,7 @@ async fn run(
         }
     }
 
-    let route = state
-        .routes
-        .resolve(&info.endpoint)
-        .ok_or_else(|| SqlError::AuthFailed {
-            user: info.user.clone(),
-        })?;
-    let mut conn = state
-        .pool
-        .checkout(route, &info, None)
-        .await
-        .map_err(|e| SqlError::from_pool(e, &info.user))?;
+    let mut conn = connect(state, &info).await?;
 
     let max = state.max_response_bytes;
     let mut budget = ResponseBudget::new(max);
@@ -385,6 +379,48 @@ async fn run(
     traffic.add(Direction::Ingress, body.len() as u64);
     traffic.add(Direction::Egress, out.len() as u64);
     Ok(json_response(out, &payload, &options))
+}
+
+/// A connection for the request: the password is checked against the role's secret when the
+/// control plane knows it (a match may reuse pooled connections, a mismatch is refused without
+/// a backend), then the endpoint is resolved (woken if needed) and the pool asked.
+async fn connect(state: &AppState, info: &ConnInfo) -> Result<crate::pool::Conn, SqlError> {
+    let routes = &state.routes;
+    let secret = routes
+        .role_secret(&info.endpoint, &info.user)
+        .await
+        .map_err(|e| SqlError::from_route(e, &info.user))?;
+    let check = state
+        .pool
+        .passwords()
+        .check(secret.as_ref(), &info.endpoint, &info.user, &info.password)
+        .await;
+    let auth_failed = || SqlError::AuthFailed {
+        user: info.user.clone(),
+    };
+    if check == PasswordCheck::Wrong {
+        return Err(auth_failed());
+    }
+    let route = routes
+        .resolve(&info.endpoint)
+        .await
+        .map_err(|e| SqlError::from_route(e, &info.user))?;
+    let verified = check == PasswordCheck::Verified;
+    match state
+        .pool
+        .checkout(routes, route, info, None, verified)
+        .await
+    {
+        Ok(conn) => Ok(conn),
+        Err(PoolError::AuthFailed) => {
+            if verified {
+                // Postgres refused what the secret accepted: the secret is out of date.
+                routes.forget_role_secret(&info.endpoint, &info.user).await;
+            }
+            Err(auth_failed())
+        }
+        Err(e) => Err(SqlError::from_pool(e, &info.user)),
+    }
 }
 
 fn json_response(body: Vec<u8>, payload: &Payload, options: &RequestOptions) -> Response {

@@ -9,11 +9,15 @@
 //! 2. The endpoint ([`credentials`]): host (WebSocket address, Host, SNI), `options`, password
 //!    hack, default.
 //! 3. Authentication. WebSocket clients, and TLS clients whose endpoint is still unknown (the
-//!    password hack), are asked for a cleartext password, which the gateway uses to log in to
-//!    the backend with whatever the backend asks for (SCRAM normally). Everyone else gets the
-//!    backend's own challenge relayed (SCRAM-SHA-256), so a password never crosses plain TCP.
-//!    Unknown endpoints get the same failure as a wrong password, after a mock SCRAM exchange
-//!    where one was due, and never reach a backend.
+//!    password hack), are asked for a cleartext password; when the control plane knows the
+//!    role's SCRAM secret, a wrong one is refused right there, otherwise the gateway uses it to
+//!    log in to the backend with whatever the backend asks for (SCRAM normally). Everyone else
+//!    gets the backend's own challenge relayed (SCRAM-SHA-256), so a password never crosses
+//!    plain TCP. Unknown endpoints get the same failure as a wrong password, after a mock SCRAM
+//!    exchange where one was due, and never reach a backend. The endpoint's address comes from
+//!    the route table (woken if needed; `57P03` when the control plane cannot provide it), and
+//!    a cached address that refuses is replaced by a new wake
+//!    ([`crate::routes::RouteTable::connect`]).
 //! 4. The client hears AuthenticationOk, the backend's ParameterStatus values, a
 //!    gateway-issued BackendKeyData and exactly one ReadyForQuery. Bytes the client sent ahead
 //!    (the driver pipelines startup, password and first query) go to the backend only then.
@@ -39,9 +43,12 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::time::{timeout_at, Instant};
 
+use crate::auth::PasswordCheck;
 use crate::backend::{self, Backend, BackendError, ConnectParams, DbError};
-use crate::conn_info::EndpointId;
+use crate::conn_info::{EndpointId, Password};
+use crate::control_plane::ControlPlaneError;
 use crate::error::{ErrorKind, ReportableError};
+use crate::routes::{ConnectError, Route, RouteError};
 use crate::state::AppState;
 use client::ClientStream;
 use credentials::CredentialsError;
@@ -153,6 +160,10 @@ pub enum SessionError {
     /// The backend could not be reached or failed. The cause is logged, not shown.
     #[error("could not connect to the database")]
     Backend(#[source] BackendError),
+    /// The control plane could not give an address (down, refused, or the endpoint did not
+    /// wake in time). Worth retrying; the cause is logged, not shown.
+    #[error("{}", crate::error::unavailable(.0))]
+    Unavailable(#[source] Arc<ControlPlaneError>),
 }
 
 impl From<io::Error> for SessionError {
@@ -187,6 +198,7 @@ impl ReportableError for SessionError {
             SessionError::ClientGone | SessionError::Io(_) => ErrorKind::ClientDisconnect,
             SessionError::Postgres(_) => ErrorKind::Postgres,
             SessionError::Backend(e) => e.kind(),
+            SessionError::Unavailable(_) => ErrorKind::ControlPlane,
         }
     }
 }
@@ -208,8 +220,20 @@ impl SessionError {
             SessionError::Shutdown => ("57P01", None),
             SessionError::Postgres(db) => (db.code.as_str(), db.hint.as_deref()),
             SessionError::Backend(_) => ("08001", None),
+            // cannot_connect_now: what Postgres says while it starts; clients retry it.
+            SessionError::Unavailable(_) => ("57P03", None),
             SessionError::Tls(_) | SessionError::ClientGone | SessionError::Io(_) => return None,
         })
+    }
+
+    /// A route failure for `user`: an unknown endpoint reads exactly like a wrong password.
+    fn from_route(error: RouteError, user: &str) -> Self {
+        match error {
+            RouteError::NotFound => SessionError::AuthFailed {
+                user: user.to_owned(),
+            },
+            RouteError::Unavailable(e) => SessionError::Unavailable(e),
+        }
     }
 
     /// Classifies a failed backend login for `user`.
@@ -436,44 +460,71 @@ where
             None => credentials::password_hack(password)
                 .unwrap_or_else(|| (state.default_endpoint.clone(), password)),
         };
-        let route = state
-            .routes
+        let auth_failed = || SessionError::AuthFailed {
+            user: user.to_owned(),
+        };
+        let routes = &state.routes;
+        // The same check as SQL over HTTP: a wrong password never reaches a backend when the
+        // control plane knows the role's secret.
+        let secret = routes
+            .role_secret(&endpoint, user)
+            .await
+            .map_err(|e| SessionError::from_route(e, user))?;
+        let proof = Password::new(password.to_vec());
+        let check = state
+            .pool
+            .passwords()
+            .check(secret.as_ref(), &endpoint, user, &proof)
+            .await;
+        if check == PasswordCheck::Wrong {
+            return Err(auth_failed());
+        }
+        let route = routes
             .resolve(&endpoint)
-            .ok_or_else(|| SessionError::AuthFailed {
-                user: user.to_owned(),
-            })?;
+            .await
+            .map_err(|e| SessionError::from_route(e, user))?;
         let params = ConnectParams {
             user,
             password,
             database,
             startup: &forward,
         };
-        let backend = backend::connect(
-            &route.address,
-            &params,
-            state.pool.config().connect_timeout,
-            state.sessions.max_message_bytes,
-        )
-        .await
-        .map_err(|e| SessionError::from_backend(e, user))?;
+        let connect_timeout = state.pool.config().connect_timeout;
+        let max_message_bytes = state.sessions.max_message_bytes;
+        let connected = routes
+            .connect(route, |address| {
+                let params = &params;
+                async move {
+                    backend::connect(&address, params, connect_timeout, max_message_bytes).await
+                }
+            })
+            .await;
+        let backend = match connected {
+            Ok(backend) => backend,
+            Err(ConnectError::Connect(BackendError::Db(db)))
+                if db.is_auth_failure() && check == PasswordCheck::Verified =>
+            {
+                // Postgres refused what the secret accepted: the secret is out of date.
+                routes.forget_role_secret(&endpoint, user).await;
+                return Err(auth_failed());
+            }
+            Err(ConnectError::Connect(e)) => return Err(SessionError::from_backend(e, user)),
+            Err(ConnectError::Route(e)) => return Err(SessionError::from_route(e, user)),
+        };
         (endpoint, backend)
     } else {
         let endpoint = named.unwrap_or_else(|| state.default_endpoint.clone());
-        let Some(route) = state.routes.resolve(&endpoint) else {
-            mock_scram(client, user, &endpoint, state).await?;
-            return Err(SessionError::AuthFailed {
-                user: user.to_owned(),
-            });
+        let route = match state.routes.resolve(&endpoint).await {
+            Ok(route) => route,
+            Err(RouteError::NotFound) => {
+                mock_scram(client, user, &endpoint, state).await?;
+                return Err(SessionError::AuthFailed {
+                    user: user.to_owned(),
+                });
+            }
+            Err(e) => return Err(SessionError::from_route(e, user)),
         };
-        let backend = relay_authentication(
-            client,
-            &route.address,
-            user,
-            database,
-            &forward,
-            state.sessions.max_message_bytes,
-        )
-        .await?;
+        let backend = relay_authentication(client, state, route, user, database, &forward).await?;
         (endpoint, backend)
     };
     Ok(Ready { backend, endpoint })
@@ -497,19 +548,38 @@ where
 /// challenge (SCRAM-SHA-256 normally), message by message.
 async fn relay_authentication<S>(
     client: &mut ClientStream<S>,
-    address: &str,
+    state: &AppState,
+    route: Route,
     user: &str,
     database: &str,
     forward: &[(&str, &str)],
-    max_message_bytes: usize,
 ) -> Result<Backend, SessionError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let failed = |e| SessionError::from_backend(e, user);
-    let mut backend = backend::open(address, user, database, forward, max_message_bytes)
+    let timeout = state.pool.config().connect_timeout;
+    let max_message_bytes = state.sessions.max_message_bytes;
+    // Opening is only TCP and the StartupMessage: a refused or timed-out connect to a cached
+    // address wakes the endpoint again, before the client has seen any challenge.
+    let mut backend = state
+        .routes
+        .connect(route, |address| async move {
+            backend::open_within(
+                timeout,
+                &address,
+                user,
+                database,
+                forward,
+                max_message_bytes,
+            )
+            .await
+        })
         .await
-        .map_err(failed)?;
+        .map_err(|e| match e {
+            ConnectError::Connect(e) => failed(e),
+            ConnectError::Route(e) => SessionError::from_route(e, user),
+        })?;
     loop {
         let mut frame = backend.read_frame().await.map_err(failed)?;
         let tag = frame[0];
@@ -718,7 +788,7 @@ fn record(transport: &Transport, error: &SessionError, state: &AppState) {
         .with_label_values(&[transport.label(), outcome])
         .inc();
     match kind {
-        ErrorKind::Internal | ErrorKind::Compute => {
+        ErrorKind::Internal | ErrorKind::Compute | ErrorKind::ControlPlane => {
             tracing::warn!(transport = transport.label(), error = %error, cause = ?std::error::Error::source(error), "session failed")
         }
         _ => tracing::debug!(transport = transport.label(), error = %error, "session ended"),

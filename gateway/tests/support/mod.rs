@@ -1,12 +1,21 @@
 //! Test harness: a real Postgres 15 (started through `scripts/postgres.sh`, stopped by a watcher
 //! when the test process exits) and in-process gateways on port-0 listeners.
+//!
+//! Gateways with a control plane: `TestGateway::with_control_plane(url, token, tweak)` serves
+//! every endpoint from the proxy API at `url` (e.g. `http://127.0.0.1:4400/proxy/api/v1` for a
+//! real wake service) with no static routes; `tweak` can tune `config.route_cache` (say a short
+//! `negative_ttl`). The same configuration is `Config::for_tests_with_control_plane(url, token)`
+//! for tests that start gateways themselves. `MockControlPlane` is a stand-in proxy API that
+//! answers from tables and counts requests.
 
 #![allow(dead_code)]
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Command;
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use gateway::config::Config;
 use gateway::routes::Route;
@@ -71,6 +80,19 @@ impl TestPostgres {
         )
     }
 
+    /// A role's SCRAM secret as Postgres stores it (what a control plane hands out).
+    pub async fn role_secret(&self, role: &str) -> String {
+        self.client()
+            .await
+            .query_one(
+                "SELECT rolpassword FROM pg_authid WHERE rolname = $1",
+                &[&role],
+            )
+            .await
+            .expect("pg_authid")
+            .get(0)
+    }
+
     /// A direct tokio-postgres client, to set up and check what the gateway did.
     pub async fn client(&self) -> tokio_postgres::Client {
         let (client, connection) =
@@ -97,6 +119,24 @@ impl TestGateway {
             .expect("route");
         let mut config = Config::for_tests(vec![route]);
         tweak(&mut config);
+        TestGateway::serve(config).await
+    }
+
+    /// A gateway whose endpoints all come from the control plane at `url` (the proxy API base),
+    /// with `tweak` applied to its config.
+    pub async fn with_control_plane(
+        url: &str,
+        token: Option<&str>,
+        tweak: impl FnOnce(&mut Config),
+    ) -> TestGateway {
+        let mut config = Config::for_tests_with_control_plane(url, token);
+        tweak(&mut config);
+        TestGateway::serve(config).await
+    }
+
+    /// A gateway with this configuration, on fresh port-0 listeners (its listen addresses are
+    /// not used).
+    pub async fn serve(config: Config) -> TestGateway {
         let public = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let admin = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = public.local_addr().expect("addr");
@@ -152,6 +192,176 @@ impl TestGateway {
 }
 
 pub const CONN: &str = "postgres://postgres:postgres@db.localtest.me/main";
+
+/// A stand-in control plane: the Neon-compatible proxy API (`wake_compute`,
+/// `get_endpoint_access_control`) answering from tables, counting every request. Unknown
+/// endpoints get 404 ENDPOINT_NOT_FOUND; while `set_down(true)`, everything gets a bare 503.
+pub struct MockControlPlane {
+    /// The proxy API base, for `--control-plane-url`.
+    pub url: String,
+    state: Arc<MockState>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+#[derive(Default)]
+struct MockState {
+    routes: Mutex<HashMap<String, String>>,
+    secrets: Mutex<HashMap<(String, String), String>>,
+    wakes: AtomicUsize,
+    lookups: AtomicUsize,
+    down: AtomicBool,
+    token: Mutex<Option<String>>,
+}
+
+impl MockControlPlane {
+    pub async fn start() -> MockControlPlane {
+        use axum::extract::{Query, State};
+        use axum::http::{HeaderMap, StatusCode};
+        use axum::response::{IntoResponse, Response};
+        use axum::routing::get;
+        use wake_api::proxy::{ControlPlaneError, Reason};
+
+        type Params = Query<HashMap<String, String>>;
+        fn refused(state: &MockState, headers: &HeaderMap) -> Option<Response> {
+            if state.down.load(Ordering::SeqCst) {
+                return Some(StatusCode::SERVICE_UNAVAILABLE.into_response());
+            }
+            let expected = state.token.lock().expect("lock").clone();
+            let given = headers
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            match expected {
+                Some(token) if given != Some(format!("Bearer {token}")) => {
+                    Some(StatusCode::UNAUTHORIZED.into_response())
+                }
+                _ => None,
+            }
+        }
+        fn not_found() -> Response {
+            (
+                StatusCode::NOT_FOUND,
+                axum::Json(ControlPlaneError::new(
+                    "NOT_FOUND",
+                    "no such endpoint",
+                    Reason::EndpointNotFound,
+                )),
+            )
+                .into_response()
+        }
+        async fn wake(
+            State(state): State<Arc<MockState>>,
+            Query(query): Params,
+            headers: HeaderMap,
+        ) -> Response {
+            state.wakes.fetch_add(1, Ordering::SeqCst);
+            if let Some(refused) = refused(&state, &headers) {
+                return refused;
+            }
+            let endpoint = query.get("endpointish").cloned().unwrap_or_default();
+            let address = state.routes.lock().expect("lock").get(&endpoint).cloned();
+            match address {
+                Some(address) => axum::Json(serde_json::json!({
+                    "address": address,
+                    "server_name": null,
+                    "aux": {"endpoint_id": endpoint, "project_id": "p", "branch_id": "b",
+                            "compute_id": "c", "cold_start_info": "warm"}
+                }))
+                .into_response(),
+                None => not_found(),
+            }
+        }
+        async fn access(
+            State(state): State<Arc<MockState>>,
+            Query(query): Params,
+            headers: HeaderMap,
+        ) -> Response {
+            state.lookups.fetch_add(1, Ordering::SeqCst);
+            if let Some(refused) = refused(&state, &headers) {
+                return refused;
+            }
+            let endpoint = query.get("endpointish").cloned().unwrap_or_default();
+            let role = query.get("role").cloned().unwrap_or_default();
+            if !state.routes.lock().expect("lock").contains_key(&endpoint) {
+                return not_found();
+            }
+            let secret = state
+                .secrets
+                .lock()
+                .expect("lock")
+                .get(&(endpoint, role))
+                .cloned()
+                .unwrap_or_default();
+            axum::Json(serde_json::json!({
+                "role_secret": secret, "project_id": "p", "allowed_ips": null
+            }))
+            .into_response()
+        }
+
+        let state = Arc::new(MockState::default());
+        let app = axum::Router::new()
+            .route("/proxy/api/v1/wake_compute", get(wake))
+            .route("/proxy/api/v1/get_endpoint_access_control", get(access))
+            .with_state(state.clone());
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        MockControlPlane {
+            url: format!("http://{addr}/proxy/api/v1"),
+            state,
+            task,
+        }
+    }
+
+    /// `wake_compute` for `endpointish` answers `address` from now on.
+    pub fn route(&self, endpointish: &str, address: &str) {
+        self.state
+            .routes
+            .lock()
+            .expect("lock")
+            .insert(endpointish.to_owned(), address.to_owned());
+    }
+
+    /// `get_endpoint_access_control` for (endpoint, role) answers `secret` ("" by default).
+    pub fn secret(&self, endpoint: &str, role: &str, secret: &str) {
+        self.state
+            .secrets
+            .lock()
+            .expect("lock")
+            .insert((endpoint.to_owned(), role.to_owned()), secret.to_owned());
+    }
+
+    /// Requests without `Authorization: Bearer <token>` get 401.
+    pub fn require_token(&self, token: &str) {
+        *self.state.token.lock().expect("lock") = Some(token.to_owned());
+    }
+
+    /// While down, every request gets a bare 503.
+    pub fn set_down(&self, down: bool) {
+        self.state.down.store(down, Ordering::SeqCst);
+    }
+
+    pub fn wakes(&self) -> usize {
+        self.state.wakes.load(Ordering::SeqCst)
+    }
+
+    pub fn lookups(&self) -> usize {
+        self.state.lookups.load(Ordering::SeqCst)
+    }
+
+    /// Every request so far, both calls.
+    pub fn requests(&self) -> usize {
+        self.wakes() + self.lookups()
+    }
+}
+
+impl Drop for MockControlPlane {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
 
 /// A request as the driver sends it: raw text and array mode, connection string header.
 pub fn driver_request(

@@ -10,10 +10,10 @@ CARGO ?= cargo
 help: ## list the targets
 	@echo "Targets:"
 	@awk 'BEGIN { FS = ":.*## " } /^[a-z][a-z-]*:.*## / { printf "  %-11s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
-	@echo "Env switches: DATA_DIR, POSTGRES_PORT, GATEWAY_LISTEN, GATEWAY_ADMIN_LISTEN, RUST_LOG (up);"
+	@echo "Env switches: DATA_DIR, WAKE_LISTEN, WAKE_COMPUTE_PORTS, GATEWAY_LISTEN, GATEWAY_ADMIN_LISTEN, RUST_LOG (up);"
 	@echo "              SKIP_RUST=1, SKIP_NODE=1 (test)"
 
-up: ## build and run the local stack (Postgres + gateway) in the foreground
+up: ## build and run the local stack (wake service + gateway, endpoint db) in the foreground
 	bash scripts/dev-up.sh
 
 test: ## everything CI runs: fmt, clippy, cargo test, the Node sdk-tests suite
@@ -35,7 +35,7 @@ bench: ## throughput and latency of the driver through the gateway vs node-postg
 clean: ## remove build output (keeps the dev data in DATA_DIR, default .data)
 	$(CARGO) clean
 
-clean-data: ## stop the dev Postgres and delete DATA_DIR (default .data)
+clean-data: ## stop any Postgres/PgBouncer left under DATA_DIR (default .data) and delete it
 	@case "$(DATA_DIR)" in ""|/) echo "refusing to delete DATA_DIR='$(DATA_DIR)'"; exit 1;; esac
-	bash scripts/postgres.sh stop "$(DATA_DIR)/computes/db/pgdata"
+	bash scripts/stop-computes.sh "$(DATA_DIR)"
 	rm -rf -- "$(DATA_DIR)"

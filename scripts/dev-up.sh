@@ -1,11 +1,16 @@
 #!/usr/bin/env bash
 # `make up`: the local dev stack in the foreground. It owns building the
-# gateway (release), the Postgres of the default endpoint `db` and the gateway
-# process; Ctrl-C (or SIGTERM) stops both.
+# gateway and the wake service (release) and running both. The wake service
+# keeps its state in an embedded Postgres under DATA_DIR/state, runs each
+# endpoint's Postgres + PgBouncer under DATA_DIR/computes/<id>, and creates the
+# default endpoint `db` on first start. Ctrl-C (or SIGTERM) stops the gateway,
+# then the wake service, which stops the computes; data stays in DATA_DIR.
 #
 # Env (all optional):
 #   DATA_DIR              state and compute data (default: .data in the repo)
-#   POSTGRES_PORT         Postgres of endpoint `db` on 127.0.0.1 (default 55432)
+#   WAKE_LISTEN           wake service REST API (default 127.0.0.1:4400)
+#   WAKE_COMPUTE_PORTS    ports for endpoints' Postgres and PgBouncer (default 20000-20999)
+#   WAKE_ADMIN_TOKEN      admin token (default: generated once into DATA_DIR/admin-token)
 #   GATEWAY_LISTEN        SQL-over-HTTP, WebSocket and Postgres listener (default 127.0.0.1:4444)
 #   GATEWAY_ADMIN_LISTEN  /metrics, /usage, /healthz, /readyz (default 127.0.0.1:4480)
 #   GATEWAY_TLS_CERT      with GATEWAY_TLS_KEY: PEM certificate chain and key; the listener
@@ -22,7 +27,8 @@ LOG_TAG="dev-up"
 REPO_ROOT="$(repo_root)"
 cd "$REPO_ROOT"
 
-POSTGRES_PORT="${POSTGRES_PORT:-55432}"
+WAKE_LISTEN="${WAKE_LISTEN:-127.0.0.1:4400}"
+WAKE_COMPUTE_PORTS="${WAKE_COMPUTE_PORTS:-20000-20999}"
 GATEWAY_LISTEN="${GATEWAY_LISTEN:-127.0.0.1:4444}"
 GATEWAY_ADMIN_LISTEN="${GATEWAY_ADMIN_LISTEN:-127.0.0.1:4480}"
 RUST_LOG="${RUST_LOG:-info}"
@@ -31,14 +37,16 @@ GATEWAY_TLS_KEY="${GATEWAY_TLS_KEY:-}"
 DATA_DIR="${DATA_DIR:-$REPO_ROOT/.data}"
 mkdir -p "$DATA_DIR"
 DATA_DIR="$(cd "$DATA_DIR" && pwd)"
-PGDATA_DIR="$DATA_DIR/computes/db/pgdata"
 GATEWAY_LOG="$DATA_DIR/gateway.log"
+WAKE_LOG="$DATA_DIR/wake-service.log"
 GATEWAY_BIN="${CARGO_TARGET_DIR:-$REPO_ROOT/target}/release/gateway"
+WAKE_BIN="${CARGO_TARGET_DIR:-$REPO_ROOT/target}/release/wake-service"
+TOKEN_FILE="$DATA_DIR/admin-token"
 READY_TIMEOUT_SECS=30
 
 # --- teardown: owns stopping everything this script started --------------------
 
-PG_STARTED=0
+WAKE_PID=""
 STOPPED=0
 # shellcheck disable=SC2317 # only called from the EXIT trap
 teardown() {
@@ -46,8 +54,10 @@ teardown() {
   STOPPED=1
   trap - INT TERM
   stop_gateway
-  if ((PG_STARTED == 1)); then
-    bash "$SCRIPT_DIR/postgres.sh" stop "$PGDATA_DIR" || true
+  if [[ -n "$WAKE_PID" ]] && kill -0 "$WAKE_PID" 2>/dev/null; then
+    log "stopping the wake service (it stops the computes)"
+    kill -TERM "$WAKE_PID" 2>/dev/null || true
+    wait "$WAKE_PID" 2>/dev/null || true
   fi
   log "stopped"
 }
@@ -58,21 +68,66 @@ trap 'exit 0' TERM
 # --- build -------------------------------------------------------------------------
 
 ensure_deps cargo curl
-log "building the gateway (cargo build --release -p gateway)"
-cargo build --release -p gateway
+log "building the gateway and the wake service (cargo build --release -p gateway -p wake-service)"
+cargo build --release -p gateway -p wake-service
 [[ -x "$GATEWAY_BIN" ]] || die "no gateway binary at $GATEWAY_BIN after the build"
+[[ -x "$WAKE_BIN" ]] || die "no wake-service binary at $WAKE_BIN after the build"
 
-# --- Postgres for the default endpoint `db` ---------------------------------------
+# --- the wake service (creates endpoint db on first start) -----------------------------
 
-if curl -fsS --max-time 2 "http://$GATEWAY_ADMIN_LISTEN/readyz" >/dev/null 2>&1; then
-  die "something already answers on http://$GATEWAY_ADMIN_LISTEN/readyz; is the stack already up?"
+for url in "http://$GATEWAY_ADMIN_LISTEN/readyz" "http://$WAKE_LISTEN/readyz"; do
+  if curl -fsS --max-time 2 "$url" >/dev/null 2>&1; then
+    die "something already answers on $url; is the stack already up?"
+  fi
+done
+
+# Before the wake service, `make up` ran endpoint db's Postgres itself, in the
+# same directory the wake service would now initialise. Keep that data aside.
+if [[ -f "$DATA_DIR/computes/db/pgdata/PG_VERSION" && ! -d "$DATA_DIR/state" ]]; then
+  legacy="$DATA_DIR/legacy-db-$(date +%Y%m%d%H%M%S)"
+  warn "moving the data of the previous dev stack to $legacy (the wake service now creates endpoint db)"
+  bash "$SCRIPT_DIR/postgres.sh" stop "$DATA_DIR/computes/db/pgdata" || true
+  mv "$DATA_DIR/computes/db" "$legacy"
 fi
 
-mkdir -p "$(dirname "$PGDATA_DIR")"
-bash "$SCRIPT_DIR/postgres.sh" init "$PGDATA_DIR"
-PG_STARTED=1
-bash "$SCRIPT_DIR/postgres.sh" start "$PGDATA_DIR" "$POSTGRES_PORT"
-bash "$SCRIPT_DIR/postgres.sh" createdb "$PGDATA_DIR" "$POSTGRES_PORT" main
+if [[ -z "${WAKE_ADMIN_TOKEN:-}" ]]; then
+  if [[ ! -s "$TOKEN_FILE" ]]; then
+    (umask 077 && od -An -N16 -tx1 /dev/urandom | tr -d ' \n' >"$TOKEN_FILE")
+    log "generated the admin token in $TOKEN_FILE"
+  fi
+  WAKE_ADMIN_TOKEN="$(cat "$TOKEN_FILE")"
+fi
+export WAKE_ADMIN_TOKEN
+
+log "starting the wake service on $WAKE_LISTEN (computes on ports $WAKE_COMPUTE_PORTS), log also in $WAKE_LOG"
+: >"$WAKE_LOG"
+RUST_LOG="$RUST_LOG" "$WAKE_BIN" serve --listen "$WAKE_LISTEN" --data-dir "$DATA_DIR" \
+  --compute-ports "$WAKE_COMPUTE_PORTS" > >(
+    trap '' INT
+    exec tee -a "$WAKE_LOG"
+  ) 2>&1 &
+WAKE_PID=$!
+# The first start runs initdb for the state store and for endpoint db.
+ready=0
+for ((i = 0; i < 240; i++)); do
+  if ! kill -0 "$WAKE_PID" 2>/dev/null; then
+    wait "$WAKE_PID" 2>/dev/null && rc=0 || rc=$?
+    WAKE_PID=""
+    warn "wake service exited (status $rc) before it was ready; last lines of $WAKE_LOG:"
+    tail -n 30 "$WAKE_LOG" >&2 || true
+    exit 1
+  fi
+  if curl -fsS --max-time 2 "http://$WAKE_LISTEN/readyz" >/dev/null 2>&1; then
+    ready=1
+    break
+  fi
+  sleep 0.5
+done
+((ready == 1)) || die "wake service not ready after 120 s; see $WAKE_LOG"
+DB_DIRECT="$(curl -fsS --max-time 10 -H "Authorization: Bearer $WAKE_ADMIN_TOKEN" \
+  "http://$WAKE_LISTEN/v1/endpoints/db" | sed -n 's/.*"direct":"\([^"]*\)".*/\1/p')" || true
+DB_POOLER="$(curl -fsS --max-time 10 -H "Authorization: Bearer $WAKE_ADMIN_TOKEN" \
+  "http://$WAKE_LISTEN/v1/endpoints/db" | sed -n 's/.*"pooler":"\([^"]*\)".*/\1/p')" || true
 
 # --- gateway -------------------------------------------------------------------------
 
@@ -98,7 +153,8 @@ env "${tls_env[@]}" \
   RUST_LOG="$RUST_LOG" \
   GATEWAY_LISTEN="$GATEWAY_LISTEN" \
   GATEWAY_ADMIN_LISTEN="$GATEWAY_ADMIN_LISTEN" \
-  GATEWAY_ROUTES="db=127.0.0.1:$POSTGRES_PORT" \
+  GATEWAY_CONTROL_PLANE_URL="http://$WAKE_LISTEN/proxy/api/v1" \
+  GATEWAY_CONTROL_PLANE_TOKEN="$WAKE_ADMIN_TOKEN" \
   GATEWAY_DEFAULT_ENDPOINT="db" \
   "$GATEWAY_BIN" > >(
     trap '' INT
@@ -157,8 +213,16 @@ cat <<EOF
   db.localtest.me needs public DNS; without it use localhost (both route to endpoint db):
     postgres://postgres:postgres@localhost:$GW_PORT/main
 
-  Postgres directly, bypassing the gateway:
-    psql postgres://postgres:postgres@127.0.0.1:$POSTGRES_PORT/main
+  Endpoint db's Postgres and PgBouncer (transaction mode), bypassing the gateway:
+    psql postgres://postgres:postgres@${DB_DIRECT:-?}/main
+    psql postgres://postgres:postgres@${DB_POOLER:-?}/main
+  Through the gateway, the host db-pooler.localtest.me (or options=endpoint=db-pooler)
+  selects the PgBouncer.
+
+  Wake service (endpoints, roles, databases): http://$WAKE_LISTEN   token: $TOKEN_FILE
+    WAKE_ADMIN_TOKEN_FILE=$TOKEN_FILE $WAKE_BIN endpoints list
+    WAKE_ADMIN_TOKEN_FILE=$TOKEN_FILE $WAKE_BIN endpoints create myapp
+    WAKE_ADMIN_TOKEN_FILE=$TOKEN_FILE $WAKE_BIN roles create myapp alice --password-stdin
 
   psql (or any Postgres client) through the gateway, on the same port:
     psql "postgres://postgres:postgres@$GW_HOST:$GW_PORT/main"
@@ -181,7 +245,7 @@ cat <<EOF
 $TLS_LINES
 
   Admin: http://$GATEWAY_ADMIN_LISTEN/metrics  /usage  /healthz  /readyz
-  Data:  $DATA_DIR   Gateway log: $GATEWAY_LOG
+  Data:  $DATA_DIR   Logs: $GATEWAY_LOG, $WAKE_LOG
   Press Ctrl-C to stop.
 
 EOF

@@ -9,6 +9,9 @@
 
 GATEWAY_PID=""
 PG_DATADIR=""
+WAKE_PID=""
+WAKE_URL=""
+WAKE_ADMIN_TOKEN="${WAKE_ADMIN_TOKEN:-}"
 STACK_TLS_CERT="${STACK_TLS_CERT:-}"
 STACK_TLS_KEY="${STACK_TLS_KEY:-}"
 
@@ -104,6 +107,15 @@ start_gateway() {
     tls_env=(GATEWAY_TLS_CERT="$STACK_TLS_CERT" GATEWAY_TLS_KEY="$STACK_TLS_KEY")
     tls="on"
   fi
+  # Routes come from the wake service when one runs (start_wake_service), else
+  # from the static route to the temp Postgres.
+  local -a route_env
+  if [[ -n "$WAKE_URL" ]]; then
+    route_env=(-u GATEWAY_ROUTES GATEWAY_CONTROL_PLANE_URL="$WAKE_URL/proxy/api/v1"
+      GATEWAY_CONTROL_PLANE_TOKEN="$WAKE_ADMIN_TOKEN")
+  else
+    route_env=(GATEWAY_ROUTES="db=127.0.0.1:$PG_PORT" -u GATEWAY_CONTROL_PLANE_URL)
+  fi
   : >"$GATEWAY_LOG"
   for attempt in 1 2 3; do
     GW_PORT="$(free_port)"
@@ -114,7 +126,7 @@ start_gateway() {
       RUST_LOG="${RUST_LOG:-info}" \
       GATEWAY_LISTEN="127.0.0.1:$GW_PORT" \
       GATEWAY_ADMIN_LISTEN="127.0.0.1:$GW_ADMIN_PORT" \
-      GATEWAY_ROUTES="db=127.0.0.1:$PG_PORT" \
+      "${route_env[@]}" \
       GATEWAY_DEFAULT_ENDPOINT="db" \
       "$GATEWAY_BIN" >>"$GATEWAY_LOG" 2>&1 &
     GATEWAY_PID=$!
@@ -139,3 +151,87 @@ start_gateway() {
   return 1
 }
 
+
+# --- the wake service ----------------------------------------------------------
+
+# new_token — 32 random hex characters.
+new_token() { od -An -N16 -tx1 /dev/urandom | tr -d ' \n'; }
+
+# start_wake_service DATA_DIR PORTS [EXTRA_ARGS...] — the wake service
+# (WAKE_BIN, log WAKE_LOG) on a free port, keeping state and computes under
+# DATA_DIR and giving computes ports in PORTS (FIRST-LAST). Waits for /readyz,
+# which answers once computes are reconciled and the default endpoint `db`
+# exists (created on first start). Uses WAKE_ADMIN_TOKEN, generating one if
+# unset. Sets WAKE_PORT and WAKE_URL.
+start_wake_service() {
+  local data_dir="$1" ports="$2" attempt i
+  shift 2
+  : "${WAKE_BIN:?the caller sets WAKE_BIN}" "${WAKE_LOG:?the caller sets WAKE_LOG}"
+  [[ -n "$WAKE_ADMIN_TOKEN" ]] || WAKE_ADMIN_TOKEN="$(new_token)"
+  : >"$WAKE_LOG"
+  for attempt in 1 2 3; do
+    WAKE_PORT="$(free_port)"
+    echo "---- attempt $attempt: listen 127.0.0.1:$WAKE_PORT" >>"$WAKE_LOG"
+    RUST_LOG="${RUST_LOG:-info}" \
+      WAKE_ADMIN_TOKEN="$WAKE_ADMIN_TOKEN" \
+      "$WAKE_BIN" serve --listen "127.0.0.1:$WAKE_PORT" --data-dir "$data_dir" \
+      --compute-ports "$ports" "$@" >>"$WAKE_LOG" 2>&1 &
+    WAKE_PID=$!
+    WAKE_URL="http://127.0.0.1:$WAKE_PORT"
+    # The first start runs initdb twice (state store and endpoint db): allow 120 s.
+    for ((i = 0; i < 240; i++)); do
+      if ! kill -0 "$WAKE_PID" 2>/dev/null; then
+        wait "$WAKE_PID" 2>/dev/null || true
+        WAKE_PID=""
+        WAKE_URL=""
+        warn "wake service exited before it was ready (attempt $attempt); last lines of $WAKE_LOG:"
+        tail -n 20 "$WAKE_LOG" >&2 || true
+        continue 2
+      fi
+      if curl -fsS --max-time 2 "$WAKE_URL/readyz" >/dev/null 2>&1; then
+        log "wake service ready on $WAKE_URL (computes in $data_dir, ports $ports), log: $WAKE_LOG"
+        return 0
+      fi
+      sleep 0.5
+    done
+    warn "wake service not ready after 120 s; last lines of $WAKE_LOG:"
+    tail -n 30 "$WAKE_LOG" >&2 || true
+    return 1
+  done
+  return 1
+}
+
+# stop_wake_service — SIGTERM (it suspends the computes it runs and stops its
+# state store), then SIGKILL after 60 s.
+stop_wake_service() {
+  [[ -n "$WAKE_PID" ]] || return 0
+  if kill -0 "$WAKE_PID" 2>/dev/null; then
+    log "stopping wake service (pid $WAKE_PID)"
+    kill -TERM "$WAKE_PID" 2>/dev/null || true
+    local i
+    for ((i = 0; i < 600; i++)); do
+      kill -0 "$WAKE_PID" 2>/dev/null || break
+      sleep 0.1
+    done
+    if kill -0 "$WAKE_PID" 2>/dev/null; then
+      warn "wake service did not exit within 60 s; killing it"
+      kill -KILL "$WAKE_PID" 2>/dev/null || true
+    fi
+  fi
+  wait "$WAKE_PID" 2>/dev/null || true
+  WAKE_PID=""
+}
+
+# stop_computes_under DIR — last resort after a crash: stop every Postgres and
+# PgBouncer whose files live under DIR (the wake service normally does this).
+stop_computes_under() {
+  local dir="$1" pgdata pidfile pid
+  [[ -d "$dir" ]] || return 0
+  while IFS= read -r pidfile; do
+    pid="$(head -n 1 "$pidfile" 2>/dev/null || true)"
+    [[ "$pid" =~ ^[0-9]+$ ]] && kill -TERM "$pid" 2>/dev/null || true
+  done < <(find "$dir" -name pgbouncer.pid 2>/dev/null)
+  while IFS= read -r pgdata; do
+    bash "$SCRIPT_DIR/postgres.sh" stop "$(dirname "$pgdata")" >/dev/null 2>&1 || true
+  done < <(find "$dir" -name postmaster.pid 2>/dev/null)
+}

@@ -3,10 +3,12 @@
 # throwaway stack the Node suite runs against:
 #   1. Rust: cargo fmt --check, clippy -D warnings, cargo test (PG_FAST=1;
 #      integration tests start their own Postgres through scripts/postgres.sh)
-#   2. Node: a throwaway test CA (openssl) and a debug gateway with TLS on, in
-#      front of a temp Postgres on free ports, then `npm ci && npm test` in
-#      sdk-tests/ (the driver over HTTP and WebSocket, node-postgres, psql and
-#      pgbench over TCP, each with and without TLS)
+#   2. Node: a debug wake service with its own data dir (it creates endpoint
+#      `db`: Postgres + PgBouncer on ports 21000-21999), a throwaway test CA
+#      (openssl) and a debug gateway with TLS on routing through the wake
+#      service, then `npm ci && npm test` in sdk-tests/ (the driver over HTTP
+#      and WebSocket, node-postgres, psql and pgbench over TCP, each with and
+#      without TLS; the wake service's API, -pooler routing, restarts)
 # Fails fast, always tears down, prints a summary.
 #
 # Env: SKIP_RUST=1 skips step 1, SKIP_NODE=1 skips step 2 (CI sets neither).
@@ -27,6 +29,10 @@ SKIP_NODE="${SKIP_NODE:-0}"
 TARGET_DIR="${CARGO_TARGET_DIR:-$REPO_ROOT/target}"
 GATEWAY_BIN="$TARGET_DIR/debug/gateway"
 GATEWAY_LOG="$TARGET_DIR/sdk-tests-gateway.log"
+WAKE_BIN="$TARGET_DIR/debug/wake-service"
+WAKE_LOG="$TARGET_DIR/sdk-tests-wake.log"
+# Compute ports of the test stack's wake service (make up uses 20000-20999).
+TEST_COMPUTE_PORTS="21000-21999"
 READY_TIMEOUT_SECS=30
 # Postgres started by tests: no fsync, no full-page writes.
 export PG_FAST=1
@@ -59,12 +65,19 @@ skipped() { SUMMARY+=("skipped  $1"); }
 
 
 TLS_DIR=""
+WAKE_DATA=""
+DB_DIRECT=""
 
 # shellcheck disable=SC2317 # only called from the EXIT trap
 finish() {
   local rc=$?
   trap - INT TERM
   stop_gateway
+  stop_wake_service
+  if [[ -n "$WAKE_DATA" ]]; then
+    stop_computes_under "$WAKE_DATA"
+    rm -rf -- "$WAKE_DATA"
+  fi
   if [[ -n "$PG_DATADIR" ]]; then
     bash "$SCRIPT_DIR/postgres.sh" stop "$PG_DATADIR" >/dev/null 2>&1 || true
     rm -rf -- "$PG_DATADIR"
@@ -119,32 +132,51 @@ test_tls() {
   STACK_TLS_KEY="$TLS_DIR/server.key"
 }
 
+# test_wake_service — the wake service on a temp data dir; finds where endpoint
+# db's Postgres listens (DB_DIRECT) for the tests that compare with it.
+test_wake_service() {
+  WAKE_DATA="$(mktemp -d "${TMPDIR:-/tmp}/wake-test-data.XXXXXX")" || return 1
+  chmod 755 "$WAKE_DATA"
+  start_wake_service "$WAKE_DATA" "$TEST_COMPUTE_PORTS" --compute-fast || return 1
+  DB_DIRECT="$(curl -fsS --max-time 10 -H "Authorization: Bearer $WAKE_ADMIN_TOKEN" \
+    "$WAKE_URL/v1/endpoints/db" | sed -n 's/.*"direct":"\([^"]*\)".*/\1/p')"
+  [[ -n "$DB_DIRECT" ]] || { warn "endpoint db has no direct address"; return 1; }
+}
+
 npm_test() {
   local rc=0
   (
     cd sdk-tests
     GATEWAY_HTTP="http://127.0.0.1:$GW_PORT" \
       GATEWAY_ADMIN="http://127.0.0.1:$GW_ADMIN_PORT" \
-      DIRECT_DATABASE_URL="postgres://postgres:postgres@127.0.0.1:$PG_PORT/main" \
+      DIRECT_DATABASE_URL="postgres://postgres:postgres@$DB_DIRECT/main" \
       DATABASE_URL="postgres://postgres:postgres@db.localtest.me:$GW_PORT/main" \
       GATEWAY_TLS_CA="$TLS_DIR/ca.crt" \
       NODE_EXTRA_CA_CERTS="$TLS_DIR/ca.crt" \
       PSQL="$PG_BIN/psql" \
       PGBENCH="$PG_BIN/pgbench" \
+      PG_BIN="$PG_BIN" \
+      WAKE_URL="$WAKE_URL" \
+      WAKE_ADMIN_TOKEN="$WAKE_ADMIN_TOKEN" \
+      WAKE_BIN="$WAKE_BIN" \
+      GATEWAY_BIN="$GATEWAY_BIN" \
       npm test
   ) || rc=$?
   if ((rc != 0)); then
     warn "sdk-tests failed; last lines of the gateway log ($GATEWAY_LOG):"
     tail -n 50 "$GATEWAY_LOG" >&2 || true
+    warn "last lines of the wake service log ($WAKE_LOG):"
+    tail -n 50 "$WAKE_LOG" >&2 || true
   fi
   return "$rc"
 }
 
 if [[ "$SKIP_NODE" != "1" ]]; then
   [[ -f sdk-tests/package.json ]] || die "sdk-tests/package.json is missing"
-  step "cargo build -p gateway" cargo build -p gateway
+  step "cargo build -p gateway -p wake-service" cargo build -p gateway -p wake-service
   [[ -x "$GATEWAY_BIN" ]] || die "no gateway binary at $GATEWAY_BIN after the build"
-  step "temp Postgres" start_temp_postgres
+  [[ -x "$WAKE_BIN" ]] || die "no wake-service binary at $WAKE_BIN after the build"
+  step "wake service (endpoint db)" test_wake_service
   step "test CA" test_tls
   step "gateway ready (TLS on)" start_gateway
   step "npm ci (sdk-tests)" npm_ci

@@ -41,7 +41,12 @@ pub enum Command {
 #[derive(Args, Debug, Clone)]
 pub struct ClientArgs {
     /// Base URL of the wake service.
-    #[arg(long, env = "WAKE_URL", default_value = "http://127.0.0.1:4400", global = true)]
+    #[arg(
+        long,
+        env = "WAKE_URL",
+        default_value = "http://127.0.0.1:4400",
+        global = true
+    )]
     pub url: String,
     /// Admin bearer token.
     #[arg(long, env = "WAKE_ADMIN_TOKEN", hide_env_values = true, global = true)]
@@ -86,13 +91,17 @@ pub struct ServeArgs {
     #[arg(long, env = "WAKE_COMPUTE_HOST", default_value = "127.0.0.1")]
     pub compute_host: String,
     /// Ports for local computes (Postgres and PgBouncer take one each), as FIRST-LAST.
-    #[arg(long, env = "WAKE_COMPUTE_PORTS", default_value = "56000-56999")]
+    #[arg(long, env = "WAKE_COMPUTE_PORTS", default_value = "20000-20999")]
     pub compute_ports: String,
     /// OS user that runs Postgres and PgBouncer (default: postgres when run as root).
     #[arg(long, env = "WAKE_COMPUTE_OS_USER")]
     pub compute_os_user: Option<String>,
     /// Directory with initdb, pg_ctl and postgres (Postgres 15).
-    #[arg(long, env = "WAKE_PG_BIN", default_value = "/usr/lib/postgresql/15/bin")]
+    #[arg(
+        long,
+        env = "WAKE_PG_BIN",
+        default_value = "/usr/lib/postgresql/15/bin"
+    )]
     pub pg_bin: PathBuf,
     /// PgBouncer binary.
     #[arg(long, env = "WAKE_PGBOUNCER", default_value = "pgbouncer")]
@@ -106,13 +115,23 @@ pub struct ServeArgs {
     pub default_endpoint: String,
     #[arg(long, env = "WAKE_DEFAULT_ROLE", default_value = "postgres")]
     pub default_role: String,
-    #[arg(long, env = "WAKE_DEFAULT_PASSWORD", default_value = "postgres", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "WAKE_DEFAULT_PASSWORD",
+        default_value = "postgres",
+        hide_env_values = true
+    )]
     pub default_password: String,
     #[arg(long, env = "WAKE_DEFAULT_DATABASE", default_value = "main")]
     pub default_database: String,
 
     /// Suspend timeout for endpoints that do not set one (seconds; -1 never).
-    #[arg(long, env = "WAKE_DEFAULT_SUSPEND_TIMEOUT_SECONDS", default_value_t = 300, allow_hyphen_values = true)]
+    #[arg(
+        long,
+        env = "WAKE_DEFAULT_SUSPEND_TIMEOUT_SECONDS",
+        default_value_t = 300,
+        allow_hyphen_values = true
+    )]
     pub default_suspend_timeout_seconds: i64,
     /// How long a wake may block before answering 503.
     #[arg(long, env = "WAKE_WAKE_TIMEOUT_SECONDS", default_value_t = 60)]
@@ -161,7 +180,11 @@ pub struct DefaultEndpoint {
     pub database: String,
 }
 
-fn secret(value: Option<String>, file: Option<PathBuf>, name: &str) -> anyhow::Result<Option<String>> {
+fn secret(
+    value: Option<String>,
+    file: Option<PathBuf>,
+    name: &str,
+) -> anyhow::Result<Option<String>> {
     match (value, file) {
         (Some(v), _) if !v.trim().is_empty() => Ok(Some(v.trim().to_owned())),
         (_, Some(path)) => {
@@ -182,7 +205,9 @@ pub fn parse_port_range(s: &str) -> Result<RangeInclusive<u16>, String> {
     let first: u16 = a.trim().parse().map_err(|_| format!("bad port '{a}'"))?;
     let last: u16 = b.trim().parse().map_err(|_| format!("bad port '{b}'"))?;
     if first == 0 || last < first.saturating_add(1) {
-        return Err(format!("port range '{s}' must hold at least two ports, none of them 0"));
+        return Err(format!(
+            "port range '{s}' must hold at least two ports, none of them 0"
+        ));
     }
     Ok(first..=last)
 }
@@ -191,7 +216,10 @@ impl ServeArgs {
     pub fn validate(self) -> anyhow::Result<ServeConfig> {
         let admin_token = secret(self.admin_token, self.admin_token_file, "admin token")?
             .ok_or_else(|| anyhow::anyhow!("set WAKE_ADMIN_TOKEN or WAKE_ADMIN_TOKEN_FILE"))?;
-        anyhow::ensure!(admin_token.len() >= 16, "the admin token must be at least 16 characters");
+        anyhow::ensure!(
+            admin_token.len() >= 16,
+            "the admin token must be at least 16 characters"
+        );
         let proxy_token = secret(self.proxy_token, self.proxy_token_file, "proxy token")?;
         let compute_ports = parse_port_range(&self.compute_ports).map_err(anyhow::Error::msg)?;
         let data_dir = std::path::absolute(&self.data_dir)?;
@@ -240,7 +268,7 @@ mod tests {
 
     #[test]
     fn port_ranges() {
-        assert_eq!(parse_port_range("56000-56999"), Ok(56000..=56999));
+        assert_eq!(parse_port_range("20000-20999"), Ok(56000..=56999));
         assert!(parse_port_range("5-5").is_err());
         assert!(parse_port_range("0-10").is_err());
         assert!(parse_port_range("10").is_err());

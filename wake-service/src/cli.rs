@@ -118,7 +118,9 @@ fn settings(
 
 pub async fn endpoints(command: EndpointsCommand) -> anyhow::Result<()> {
     match command {
-        EndpointsCommand::List { client } => call(&client, Method::GET, "/v1/endpoints", None).await,
+        EndpointsCommand::List { client } => {
+            call(&client, Method::GET, "/v1/endpoints", None).await
+        }
         EndpointsCommand::Get { id, client } => {
             call(&client, Method::GET, &format!("/v1/endpoints/{id}"), None).await
         }
@@ -131,7 +133,13 @@ pub async fn endpoints(command: EndpointsCommand) -> anyhow::Result<()> {
         } => {
             let mut body = settings(suspend_timeout_seconds, min_cu, max_cu);
             body.insert("id".into(), json!(id));
-            call(&client, Method::POST, "/v1/endpoints", Some(Value::Object(body))).await
+            call(
+                &client,
+                Method::POST,
+                "/v1/endpoints",
+                Some(Value::Object(body)),
+            )
+            .await
         }
         EndpointsCommand::Update {
             id,
@@ -150,10 +158,22 @@ pub async fn endpoints(command: EndpointsCommand) -> anyhow::Result<()> {
             .await
         }
         EndpointsCommand::Delete { id, client } => {
-            call(&client, Method::DELETE, &format!("/v1/endpoints/{id}"), None).await
+            call(
+                &client,
+                Method::DELETE,
+                &format!("/v1/endpoints/{id}"),
+                None,
+            )
+            .await
         }
         EndpointsCommand::Wake { id, client } => {
-            call(&client, Method::POST, &format!("/v1/endpoints/{id}/wake"), None).await
+            call(
+                &client,
+                Method::POST,
+                &format!("/v1/endpoints/{id}/wake"),
+                None,
+            )
+            .await
         }
         EndpointsCommand::Suspend { id, force, client } => {
             call(
@@ -215,7 +235,12 @@ pub async fn databases(command: DatabasesCommand) -> anyhow::Result<()> {
     }
 }
 
-async fn call(client: &ClientArgs, method: Method, path: &str, body: Option<Value>) -> anyhow::Result<()> {
+async fn call(
+    client: &ClientArgs,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+) -> anyhow::Result<()> {
     let token = match (&client.token, &client.token_file) {
         (Some(t), _) => t.trim().to_owned(),
         (None, Some(file)) => std::fs::read_to_string(file)

@@ -27,7 +27,9 @@ use wake_api::proxy::ColdStartInfo;
 
 use crate::compute::{ComputeDriver, ComputeError, ComputeSpec, Health};
 use crate::metrics::Metrics;
-use crate::store::{EndpointChanges, EndpointRow, NewEndpoint, Operation, Store, StoreError, Transition};
+use crate::store::{
+    EndpointChanges, EndpointRow, NewEndpoint, Operation, Store, StoreError, Transition,
+};
 
 /// Largest suspend timeout (Neon's: one week). -1 means never; 0 means the default.
 const MAX_SUSPEND_TIMEOUT_SECONDS: i64 = 604_800;
@@ -311,8 +313,14 @@ impl Computes {
         {
             return Ok((row, ColdStartInfo::Warm));
         }
-        self.record(id, EndpointState::Resuming, Some(Operation::Wake), "resume_started", None)
-            .await?;
+        self.record(
+            id,
+            EndpointState::Resuming,
+            Some(Operation::Wake),
+            "resume_started",
+            None,
+        )
+        .await?;
         let started = Instant::now();
         match self.driver.start(&spec).await {
             Ok(_) => {
@@ -344,8 +352,14 @@ impl Computes {
                 )));
             }
         }
-        self.record(id, EndpointState::Suspending, Some(Operation::Suspend), "suspend_started", None)
-            .await?;
+        self.record(
+            id,
+            EndpointState::Suspending,
+            Some(Operation::Suspend),
+            "suspend_started",
+            None,
+        )
+        .await?;
         match self.driver.stop(&spec).await {
             Ok(()) => {
                 self.record(id, EndpointState::Suspended, None, "stopped", None)
@@ -380,8 +394,14 @@ impl Computes {
     pub async fn delete(&self, id: &str) -> Result<(), LifecycleError> {
         let _guard = self.lock(id).await?;
         let row = self.row(id).await?;
-        self.record(id, row.state, Some(Operation::Delete), "delete_started", None)
-            .await?;
+        self.record(
+            id,
+            row.state,
+            Some(Operation::Delete),
+            "delete_started",
+            None,
+        )
+        .await?;
         self.finish_delete(id).await?;
         self.locks
             .lock()
@@ -441,7 +461,9 @@ impl Computes {
                 return Err(failed(e.into()));
             }
             client
-                .batch_execute(&format!("ALTER ROLE {role} WITH LOGIN PASSWORD {secret_literal}"))
+                .batch_execute(&format!(
+                    "ALTER ROLE {role} WITH LOGIN PASSWORD {secret_literal}"
+                ))
                 .await
                 .map_err(|e| failed(e.into()))?;
         }
@@ -557,17 +579,22 @@ impl Computes {
             }
         }
         let known: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
-        let on_disk = self.driver.list().await.map_err(|source| LifecycleError::Compute {
-            endpoint: "*".into(),
-            source,
-        })?;
+        let on_disk = self
+            .driver
+            .list()
+            .await
+            .map_err(|source| LifecycleError::Compute {
+                endpoint: "*".into(),
+                source,
+            })?;
         for orphan in on_disk.iter().filter(|id| !known.contains(&id.as_str())) {
             tracing::warn!(endpoint = %orphan, "removing a compute the store does not know (left by a crash)");
             if let Err(e) = self.driver.destroy(orphan).await {
                 tracing::error!(endpoint = %orphan, error = %e, "could not remove orphan compute");
             }
         }
-        self.metrics.set_endpoint_states(&self.store.endpoints().await?);
+        self.metrics
+            .set_endpoint_states(&self.store.endpoints().await?);
         Ok(())
     }
 
@@ -662,8 +689,14 @@ mod tests {
     #[test]
     fn cu_ranges() {
         assert_eq!(cu_range(None, None, (0.25, 0.25)).ok(), Some((0.25, 0.25)));
-        assert_eq!(cu_range(Some(1.0), None, (0.25, 0.25)).ok(), Some((1.0, 1.0)));
-        assert_eq!(cu_range(Some(0.5), Some(4.0), (0.25, 0.25)).ok(), Some((0.5, 4.0)));
+        assert_eq!(
+            cu_range(Some(1.0), None, (0.25, 0.25)).ok(),
+            Some((1.0, 1.0))
+        );
+        assert_eq!(
+            cu_range(Some(0.5), Some(4.0), (0.25, 0.25)).ok(),
+            Some((0.5, 4.0))
+        );
         assert!(cu_range(Some(2.0), Some(1.0), (0.25, 0.25)).is_err());
         assert!(cu_range(Some(0.3), None, (0.25, 0.25)).is_err());
         assert!(cu_range(None, Some(32.0), (0.25, 0.25)).is_err());

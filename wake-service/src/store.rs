@@ -14,11 +14,8 @@ use tokio_postgres::{NoTls, Row};
 use wake_api::admin::{Database, EndpointState};
 
 /// The migrations, in order. A version is never edited once released; add a new one.
-const MIGRATIONS: &[(i32, &str, &str)] = &[(
-    1,
-    "initial",
-    include_str!("../migrations/0001_initial.sql"),
-)];
+const MIGRATIONS: &[(i32, &str, &str)] =
+    &[(1, "initial", include_str!("../migrations/0001_initial.sql"))];
 
 /// Advisory-lock keys (arbitrary constants, unique to this schema).
 const MIGRATION_LOCK: i64 = 0x7761_6b65_0001;
@@ -104,7 +101,8 @@ impl EndpointRow {
     fn from_row(row: &Row) -> Result<EndpointRow, StoreError> {
         let port = |name: &str| -> Result<u16, StoreError> {
             let value: i32 = row.try_get(name)?;
-            u16::try_from(value).map_err(|_| StoreError::Build(format!("{name} {value} out of range")))
+            u16::try_from(value)
+                .map_err(|_| StoreError::Build(format!("{name} {value} out of range")))
         };
         let state: String = row.try_get("state")?;
         let operation: Option<String> = row.try_get("operation")?;
@@ -304,8 +302,16 @@ impl Store {
                 .await;
             match inserted {
                 Ok(row) => {
-                    insert_event(&tx, &new.id, "created", None, Some("resuming"), Some(new.min_cu), None)
-                        .await?;
+                    insert_event(
+                        &tx,
+                        &new.id,
+                        "created",
+                        None,
+                        Some("resuming"),
+                        Some(new.min_cu),
+                        None,
+                    )
+                    .await?;
                     tx.commit().await?;
                     return EndpointRow::from_row(&row);
                 }
@@ -355,7 +361,10 @@ impl Store {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
         let Some(before) = tx
-            .query_opt("SELECT state, current_cu FROM endpoints WHERE id = $1 FOR UPDATE", &[&id])
+            .query_opt(
+                "SELECT state, current_cu FROM endpoints WHERE id = $1 FOR UPDATE",
+                &[&id],
+            )
             .await?
         else {
             return Ok(None);
@@ -382,7 +391,16 @@ impl Store {
             )
             .await?;
         if from != to || change.event != "state" {
-            insert_event(&tx, id, change.event, Some(&from), Some(to), Some(cu), change.detail).await?;
+            insert_event(
+                &tx,
+                id,
+                change.event,
+                Some(&from),
+                Some(to),
+                Some(cu),
+                change.detail,
+            )
+            .await?;
         }
         tx.commit().await?;
         EndpointRow::from_row(&row).map(Some)
@@ -423,7 +441,10 @@ impl Store {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
         let deleted = tx
-            .query_opt("DELETE FROM endpoints WHERE id = $1 RETURNING state, current_cu", &[&id])
+            .query_opt(
+                "DELETE FROM endpoints WHERE id = $1 RETURNING state, current_cu",
+                &[&id],
+            )
             .await?;
         if let Some(row) = &deleted {
             let from: String = row.try_get(0)?;
@@ -447,7 +468,11 @@ impl Store {
             .collect()
     }
 
-    pub async fn role_secret(&self, endpoint: &str, role: &str) -> Result<Option<String>, StoreError> {
+    pub async fn role_secret(
+        &self,
+        endpoint: &str,
+        role: &str,
+    ) -> Result<Option<String>, StoreError> {
         let client = self.pool.get().await?;
         Ok(client
             .query_opt(

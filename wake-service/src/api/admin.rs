@@ -18,10 +18,7 @@ use crate::store::EndpointRow;
 pub fn routes() -> Router<Arc<Service>> {
     Router::new()
         .route("/v1/endpoints", get(list).post(create))
-        .route(
-            "/v1/endpoints/{id}",
-            get(one).patch(update).delete(remove),
-        )
+        .route("/v1/endpoints/{id}", get(one).patch(update).delete(remove))
         .route("/v1/endpoints/{id}/roles", post(create_role))
         .route("/v1/endpoints/{id}/databases", post(create_database))
         .route("/v1/endpoints/{id}/wake", post(wake))
@@ -30,7 +27,10 @@ pub fn routes() -> Router<Arc<Service>> {
 
 async fn render(service: &Service, row: EndpointRow) -> Result<Endpoint, ApiError> {
     let store = service.computes.store();
-    let roles = store.roles(&row.id).await.map_err(crate::lifecycle::LifecycleError::from)?;
+    let roles = store
+        .roles(&row.id)
+        .await
+        .map_err(crate::lifecycle::LifecycleError::from)?;
     let databases = store
         .databases(&row.id)
         .await

@@ -242,7 +242,11 @@ impl IntoResponse for ProxyError {
         let (status, body) = match self {
             ProxyError::Unauthorized => (
                 StatusCode::UNAUTHORIZED,
-                ControlPlaneError::new("UNAUTHENTICATED", "missing or invalid bearer token", Reason::Unknown),
+                ControlPlaneError::new(
+                    "UNAUTHENTICATED",
+                    "missing or invalid bearer token",
+                    Reason::Unknown,
+                ),
             ),
             ProxyError::BadRequest(m) => (
                 StatusCode::BAD_REQUEST,

@@ -111,10 +111,10 @@ start_gateway() {
   # from the static route to the temp Postgres.
   local -a route_env
   if [[ -n "$WAKE_URL" ]]; then
-    route_env=(-u GATEWAY_ROUTES GATEWAY_CONTROL_PLANE_URL="$WAKE_URL/proxy/api/v1"
+    route_env=(GATEWAY_CONTROL_PLANE_URL="$WAKE_URL/proxy/api/v1"
       GATEWAY_CONTROL_PLANE_TOKEN="$WAKE_ADMIN_TOKEN")
   else
-    route_env=(GATEWAY_ROUTES="db=127.0.0.1:$PG_PORT" -u GATEWAY_CONTROL_PLANE_URL)
+    route_env=(GATEWAY_ROUTES="db=127.0.0.1:$PG_PORT")
   fi
   : >"$GATEWAY_LOG"
   for attempt in 1 2 3; do
@@ -122,7 +122,8 @@ start_gateway() {
     GW_ADMIN_PORT="$(free_port)"
     [[ "$GW_PORT" != "$GW_ADMIN_PORT" ]] || continue
     echo "---- attempt $attempt: listen 127.0.0.1:$GW_PORT admin 127.0.0.1:$GW_ADMIN_PORT" >>"$GATEWAY_LOG"
-    env "${tls_env[@]}" \
+    env -u GATEWAY_ROUTES -u GATEWAY_CONTROL_PLANE_URL -u GATEWAY_CONTROL_PLANE_TOKEN \
+      "${tls_env[@]}" \
       RUST_LOG="${RUST_LOG:-info}" \
       GATEWAY_LISTEN="127.0.0.1:$GW_PORT" \
       GATEWAY_ADMIN_LISTEN="127.0.0.1:$GW_ADMIN_PORT" \

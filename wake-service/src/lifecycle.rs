@@ -150,7 +150,8 @@ impl Computes {
         detail: Option<&str>,
     ) -> Result<EndpointRow, LifecycleError> {
         self.metrics.record_transition(to);
-        self.store
+        let row = self
+            .store
             .transition(
                 id,
                 &Transition {
@@ -161,7 +162,11 @@ impl Computes {
                 },
             )
             .await?
-            .ok_or_else(|| LifecycleError::NotFound(id.to_owned()))
+            .ok_or_else(|| LifecycleError::NotFound(id.to_owned()))?;
+        if let Ok(rows) = self.store.endpoints().await {
+            self.metrics.set_endpoint_states(&rows);
+        }
+        Ok(row)
     }
 
     /// Records a failed driver step: the endpoint goes `failed` with the reason.

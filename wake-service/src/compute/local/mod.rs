@@ -80,7 +80,8 @@
 //! * A unix socket path holds at most 107 bytes: `root/<endpoint>/run/.s.PGSQL.<port>` must
 //!   fit, and create refuses an endpoint whose path would not.
 //! * `cu` is not enforced (no cgroups): every compute gets `shared_buffers = 32MB` and
-//!   `max_connections = 100`.
+//!   `max_connections = 200` (room for the gateway's pool of 100 per endpoint plus PgBouncer's
+//!   pools and direct clients).
 //! * One wake service per root: the per-endpoint locks are in memory.
 
 mod pgbouncer;

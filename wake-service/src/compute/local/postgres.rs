@@ -116,7 +116,7 @@ impl Cluster<'_> {
         let static_conf = "# Written by the wake service (local driver) at create.\n\
              unix_socket_permissions = 0700\n\
              password_encryption = 'scram-sha-256'\n\
-             max_connections = 100\n\
+             max_connections = 200\n\
              shared_buffers = '32MB'\n\
              logging_collector = off\n";
         process::write_file(

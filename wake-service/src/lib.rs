@@ -130,6 +130,7 @@ pub async fn run(
         service.computes.suspend_all().await;
     }
     drop(leadership);
+    store.close();
     if let Some(cluster) = embedded {
         if let Err(e) = cluster.stop().await {
             tracing::warn!(error = %e, "could not stop the embedded state store");

@@ -582,6 +582,11 @@ impl Store {
             .is_some())
     }
 
+    /// Closes every pooled connection (before the embedded store is stopped).
+    pub fn close(&self) {
+        self.pool.close();
+    }
+
     /// A cheap round trip, for readiness.
     pub async fn ping(&self) -> Result<(), StoreError> {
         let client = self.pool.get().await?;

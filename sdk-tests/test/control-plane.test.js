@@ -40,6 +40,8 @@ const B = { id: `cp-b-${RUN}`, role: `sdkt_rb_${RUN}`, password: password(), dat
 /** An endpoint for the warm-path test only. */
 const C = { id: `cp-c-${RUN}`, role: `sdkt_rc_${RUN}`, password: password(), database: 'postgres' };
 /** Ids that must never exist; deleted in after() in case a validation let one through. */
+/** An endpoint for the thundering-herd test only. */
+const D = { id: `cp-d-${RUN}`, role: `sdkt_rd_${RUN}`, password: password(), database: 'postgres' };
 const MUST_NOT_EXIST = [`cp-v1-${RUN}`, `cp-v2-${RUN}`, `cp-v3-${RUN}`, `cp-v4-${RUN}`];
 const T = uniqueName('cp_items');
 
@@ -47,7 +49,7 @@ const opened = [];
 
 after(async () => {
   for (const c of opened) if (!c._ending) await c.end().catch(() => {});
-  for (const id of [A.id, B.id, C.id, ...MUST_NOT_EXIST]) {
+  for (const id of [A.id, B.id, C.id, D.id, ...MUST_NOT_EXIST]) {
     const status = await api.remove(id);
     if (status !== 204 && status !== 404) console.error(`cleanup: DELETE ${id} answered ${status}`);
   }
@@ -389,6 +391,26 @@ test('warm path: 50 HTTP queries, 50 WebSocket and 20 TCP sessions make zero con
   const afterCalls = await controlPlaneCalls(api);
   assert.deepStrictEqual(afterCalls, before, `wake_compute and get_endpoint_access_control calls before and after (${took} ms of traffic)`);
   assert.ok(took < 25_000, `the warm traffic took ${took} ms; it must fit well inside the gateway's route refresh interval`);
+});
+
+test('herd: 500 concurrent first queries on an endpoint the gateway has not seen make one wake_compute', { timeout: 180_000 }, async () => {
+  await api.create(D.id, { suspend_timeout_seconds: -1 });
+  await api.createRole(D.id, D.role, D.password);
+  const before = await controlPlaneCalls(api);
+  const sql = neon(urlFor(D));
+  const results = await Promise.allSettled(
+    Array.from({ length: 500 }, (_, i) => sql`SELECT ${i}::int AS i`),
+  );
+  const failed = results.filter((r) => r.status === 'rejected');
+  assert.deepStrictEqual(
+    failed.slice(0, 3).map((r) => String(r.reason)),
+    [],
+    `${failed.length} of 500 concurrent first queries failed`,
+  );
+  results.forEach((r, i) => assert.deepStrictEqual(r.value, [{ i }]));
+  const afterCalls = await controlPlaneCalls(api);
+  assert.equal(afterCalls.wake_compute - before.wake_compute, 1, 'one wake_compute for 500 concurrent first queries');
+  assert.equal(afterCalls.access_control - before.access_control, 1, 'one secret lookup for 500 concurrent first queries');
 });
 
 // ---------------------------------------------------------------------------

@@ -42,6 +42,7 @@ WAKE_LOG="$DATA_DIR/wake-service.log"
 GATEWAY_BIN="${CARGO_TARGET_DIR:-$REPO_ROOT/target}/release/gateway"
 WAKE_BIN="${CARGO_TARGET_DIR:-$REPO_ROOT/target}/release/wake-service"
 TOKEN_FILE="$DATA_DIR/admin-token"
+PROXY_TOKEN_FILE="$DATA_DIR/proxy-token"
 READY_TIMEOUT_SECS=30
 
 # --- teardown: owns stopping everything this script started --------------------
@@ -98,6 +99,13 @@ if [[ -z "${WAKE_ADMIN_TOKEN:-}" ]]; then
   WAKE_ADMIN_TOKEN="$(cat "$TOKEN_FILE")"
 fi
 export WAKE_ADMIN_TOKEN
+# The gateway gets the narrower proxy token: it can wake endpoints and read role secrets,
+# not create or delete anything.
+if [[ ! -s "$PROXY_TOKEN_FILE" ]]; then
+  (umask 077 && od -An -N16 -tx1 /dev/urandom | tr -d ' \n' >"$PROXY_TOKEN_FILE")
+fi
+WAKE_PROXY_TOKEN="$(cat "$PROXY_TOKEN_FILE")"
+export WAKE_PROXY_TOKEN
 
 log "starting the wake service on $WAKE_LISTEN (computes on ports $WAKE_COMPUTE_PORTS), log also in $WAKE_LOG"
 : >"$WAKE_LOG"
@@ -154,7 +162,7 @@ env "${tls_env[@]}" \
   GATEWAY_LISTEN="$GATEWAY_LISTEN" \
   GATEWAY_ADMIN_LISTEN="$GATEWAY_ADMIN_LISTEN" \
   GATEWAY_CONTROL_PLANE_URL="http://$WAKE_LISTEN/proxy/api/v1" \
-  GATEWAY_CONTROL_PLANE_TOKEN="$WAKE_ADMIN_TOKEN" \
+  GATEWAY_CONTROL_PLANE_TOKEN="$WAKE_PROXY_TOKEN" \
   GATEWAY_DEFAULT_ENDPOINT="db" \
   "$GATEWAY_BIN" > >(
     trap '' INT

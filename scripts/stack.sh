@@ -12,6 +12,7 @@ PG_DATADIR=""
 WAKE_PID=""
 WAKE_URL=""
 WAKE_ADMIN_TOKEN="${WAKE_ADMIN_TOKEN:-}"
+WAKE_PROXY_TOKEN="${WAKE_PROXY_TOKEN:-}"
 STACK_TLS_CERT="${STACK_TLS_CERT:-}"
 STACK_TLS_KEY="${STACK_TLS_KEY:-}"
 
@@ -112,7 +113,7 @@ start_gateway() {
   local -a route_env
   if [[ -n "$WAKE_URL" ]]; then
     route_env=(GATEWAY_CONTROL_PLANE_URL="$WAKE_URL/proxy/api/v1"
-      GATEWAY_CONTROL_PLANE_TOKEN="$WAKE_ADMIN_TOKEN")
+      GATEWAY_CONTROL_PLANE_TOKEN="$WAKE_PROXY_TOKEN")
   else
     route_env=(GATEWAY_ROUTES="db=127.0.0.1:$PG_PORT")
   fi
@@ -163,18 +164,21 @@ new_token() { od -An -N16 -tx1 /dev/urandom | tr -d ' \n'; }
 # DATA_DIR and giving computes ports in PORTS (FIRST-LAST). Waits for /readyz,
 # which answers once computes are reconciled and the default endpoint `db`
 # exists (created on first start). Uses WAKE_ADMIN_TOKEN, generating one if
-# unset. Sets WAKE_PORT and WAKE_URL.
+# unset, and WAKE_PROXY_TOKEN (the narrower token the gateway gets) likewise.
+# Sets WAKE_PORT and WAKE_URL.
 start_wake_service() {
   local data_dir="$1" ports="$2" attempt i
   shift 2
   : "${WAKE_BIN:?the caller sets WAKE_BIN}" "${WAKE_LOG:?the caller sets WAKE_LOG}"
   [[ -n "$WAKE_ADMIN_TOKEN" ]] || WAKE_ADMIN_TOKEN="$(new_token)"
+  [[ -n "$WAKE_PROXY_TOKEN" ]] || WAKE_PROXY_TOKEN="$(new_token)"
   : >"$WAKE_LOG"
   for attempt in 1 2 3; do
     WAKE_PORT="$(free_port)"
     echo "---- attempt $attempt: listen 127.0.0.1:$WAKE_PORT" >>"$WAKE_LOG"
     RUST_LOG="${RUST_LOG:-info}" \
       WAKE_ADMIN_TOKEN="$WAKE_ADMIN_TOKEN" \
+      WAKE_PROXY_TOKEN="$WAKE_PROXY_TOKEN" \
       "$WAKE_BIN" serve --listen "127.0.0.1:$WAKE_PORT" --data-dir "$data_dir" \
       --compute-ports "$ports" "$@" >>"$WAKE_LOG" 2>&1 &
     WAKE_PID=$!

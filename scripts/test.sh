@@ -158,6 +158,7 @@ npm_test() {
       PG_BIN="$PG_BIN" \
       WAKE_URL="$WAKE_URL" \
       WAKE_ADMIN_TOKEN="$WAKE_ADMIN_TOKEN" \
+      WAKE_PROXY_TOKEN="$WAKE_PROXY_TOKEN" \
       WAKE_BIN="$WAKE_BIN" \
       GATEWAY_BIN="$GATEWAY_BIN" \
       npm test

@@ -413,6 +413,19 @@ test('herd: 500 concurrent first queries on an endpoint the gateway has not seen
   assert.equal(afterCalls.access_control - before.access_control, 1, 'one secret lookup for 500 concurrent first queries');
 });
 
+test('the proxy token (what the gateway holds) opens /proxy/api/v1 only, never /v1', { timeout: 30_000 }, async () => {
+  const proxyToken = requireEnv('WAKE_PROXY_TOKEN');
+  const get = (path) => fetch(WAKE_URL + path, { headers: { authorization: `Bearer ${proxyToken}` } });
+  const wake = await get('/proxy/api/v1/wake_compute?endpointish=db');
+  assert.equal(wake.status, 200, await wake.text());
+  for (const path of ['/v1/endpoints', '/v1/endpoints/db']) {
+    const r = await get(path);
+    assert.equal(r.status, 401, `${path} with the proxy token`);
+  }
+  const del = await fetch(`${WAKE_URL}/v1/endpoints/db`, { method: 'DELETE', headers: { authorization: `Bearer ${proxyToken}` } });
+  assert.equal(del.status, 401, 'DELETE with the proxy token');
+});
+
 // ---------------------------------------------------------------------------
 // Errors of the REST API
 // ---------------------------------------------------------------------------

@@ -9,6 +9,20 @@ use serde_json::{json, Value};
 
 use crate::config::ClientArgs;
 
+/// Endpoint settings that `create` and `update` take.
+#[derive(clap::Args, Debug)]
+pub struct SettingsArgs {
+    /// Seconds idle before suspending; -1 never, 0 the service's default.
+    #[arg(long, allow_hyphen_values = true)]
+    suspend_timeout_seconds: Option<i64>,
+    /// Smallest compute size, in compute units (multiples of 0.25).
+    #[arg(long)]
+    min_cu: Option<f64>,
+    /// Largest compute size, in compute units.
+    #[arg(long)]
+    max_cu: Option<f64>,
+}
+
 #[derive(Subcommand, Debug)]
 pub enum EndpointsCommand {
     /// List endpoints.
@@ -25,24 +39,16 @@ pub enum EndpointsCommand {
     /// Create an endpoint and start its compute.
     Create {
         id: String,
-        #[arg(long, allow_hyphen_values = true)]
-        suspend_timeout_seconds: Option<i64>,
-        #[arg(long)]
-        min_cu: Option<f64>,
-        #[arg(long)]
-        max_cu: Option<f64>,
+        #[command(flatten)]
+        settings: SettingsArgs,
         #[command(flatten)]
         client: ClientArgs,
     },
     /// Change an endpoint's settings.
     Update {
         id: String,
-        #[arg(long, allow_hyphen_values = true)]
-        suspend_timeout_seconds: Option<i64>,
-        #[arg(long)]
-        min_cu: Option<f64>,
-        #[arg(long)]
-        max_cu: Option<f64>,
+        #[command(flatten)]
+        settings: SettingsArgs,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -98,22 +104,20 @@ pub enum DatabasesCommand {
     },
 }
 
-fn settings(
-    suspend_timeout_seconds: Option<i64>,
-    min_cu: Option<f64>,
-    max_cu: Option<f64>,
-) -> serde_json::Map<String, Value> {
-    let mut body = serde_json::Map::new();
-    if let Some(v) = suspend_timeout_seconds {
-        body.insert("suspend_timeout_seconds".into(), json!(v));
+impl SettingsArgs {
+    fn body(&self) -> serde_json::Map<String, Value> {
+        let mut body = serde_json::Map::new();
+        if let Some(v) = self.suspend_timeout_seconds {
+            body.insert("suspend_timeout_seconds".into(), json!(v));
+        }
+        if let Some(v) = self.min_cu {
+            body.insert("min_cu".into(), json!(v));
+        }
+        if let Some(v) = self.max_cu {
+            body.insert("max_cu".into(), json!(v));
+        }
+        body
     }
-    if let Some(v) = min_cu {
-        body.insert("min_cu".into(), json!(v));
-    }
-    if let Some(v) = max_cu {
-        body.insert("max_cu".into(), json!(v));
-    }
-    body
 }
 
 pub async fn endpoints(command: EndpointsCommand) -> anyhow::Result<()> {
@@ -126,12 +130,10 @@ pub async fn endpoints(command: EndpointsCommand) -> anyhow::Result<()> {
         }
         EndpointsCommand::Create {
             id,
-            suspend_timeout_seconds,
-            min_cu,
-            max_cu,
+            settings,
             client,
         } => {
-            let mut body = settings(suspend_timeout_seconds, min_cu, max_cu);
+            let mut body = settings.body();
             body.insert("id".into(), json!(id));
             call(
                 &client,
@@ -143,12 +145,10 @@ pub async fn endpoints(command: EndpointsCommand) -> anyhow::Result<()> {
         }
         EndpointsCommand::Update {
             id,
-            suspend_timeout_seconds,
-            min_cu,
-            max_cu,
+            settings,
             client,
         } => {
-            let body = settings(suspend_timeout_seconds, min_cu, max_cu);
+            let body = settings.body();
             call(
                 &client,
                 Method::PATCH,

@@ -47,7 +47,6 @@ READY_TIMEOUT_SECS=30
 
 # --- teardown: owns stopping everything this script started --------------------
 
-WAKE_PID=""
 STOPPED=0
 # shellcheck disable=SC2317 # only called from the EXIT trap
 teardown() {
@@ -55,11 +54,8 @@ teardown() {
   STOPPED=1
   trap - INT TERM
   stop_gateway
-  if [[ -n "$WAKE_PID" ]] && kill -0 "$WAKE_PID" 2>/dev/null; then
-    log "stopping the wake service (it stops the computes)"
-    kill -TERM "$WAKE_PID" 2>/dev/null || true
-    wait "$WAKE_PID" 2>/dev/null || true
-  fi
+  # The wake service suspends the computes before it exits.
+  stop_wake_service
   log "stopped"
 }
 trap teardown EXIT
@@ -116,26 +112,12 @@ RUST_LOG="$RUST_LOG" "$WAKE_BIN" serve --listen "$WAKE_LISTEN" --data-dir "$DATA
   ) 2>&1 &
 WAKE_PID=$!
 # The first start runs initdb for the state store and for endpoint db.
-ready=0
-for ((i = 0; i < 240; i++)); do
-  if ! kill -0 "$WAKE_PID" 2>/dev/null; then
-    wait "$WAKE_PID" 2>/dev/null && rc=0 || rc=$?
-    WAKE_PID=""
-    warn "wake service exited (status $rc) before it was ready; last lines of $WAKE_LOG:"
-    tail -n 30 "$WAKE_LOG" >&2 || true
-    exit 1
-  fi
-  if curl -fsS --max-time 2 "http://$WAKE_LISTEN/readyz" >/dev/null 2>&1; then
-    ready=1
-    break
-  fi
-  sleep 0.5
-done
-((ready == 1)) || die "wake service not ready after 120 s; see $WAKE_LOG"
-DB_DIRECT="$(curl -fsS --max-time 10 -H "Authorization: Bearer $WAKE_ADMIN_TOKEN" \
-  "http://$WAKE_LISTEN/v1/endpoints/db" | sed -n 's/.*"direct":"\([^"]*\)".*/\1/p')" || true
-DB_POOLER="$(curl -fsS --max-time 10 -H "Authorization: Bearer $WAKE_ADMIN_TOKEN" \
-  "http://$WAKE_LISTEN/v1/endpoints/db" | sed -n 's/.*"pooler":"\([^"]*\)".*/\1/p')" || true
+# Teardown stops it (or finds it gone) if it is not ready in time.
+await_ready "wake service" "$WAKE_PID" "http://$WAKE_LISTEN/readyz" "$WAKE_LOG" 120 || exit 1
+DB_JSON="$(curl -fsS --max-time 10 -H "Authorization: Bearer $WAKE_ADMIN_TOKEN" \
+  "http://$WAKE_LISTEN/v1/endpoints/db")" || DB_JSON=""
+DB_DIRECT="$(sed -n 's/.*"direct":"\([^"]*\)".*/\1/p' <<<"$DB_JSON")"
+DB_POOLER="$(sed -n 's/.*"pooler":"\([^"]*\)".*/\1/p' <<<"$DB_JSON")"
 
 # --- gateway -------------------------------------------------------------------------
 
@@ -172,26 +154,8 @@ GATEWAY_PID=$!
 
 # --- readiness: bounded wait for /readyz --------------------------------------------
 
-ready=0
-for ((i = 0; i < READY_TIMEOUT_SECS * 2; i++)); do
-  if ! kill -0 "$GATEWAY_PID" 2>/dev/null; then
-    wait "$GATEWAY_PID" 2>/dev/null && rc=0 || rc=$?
-    warn "gateway exited (status $rc) before it was ready; last lines of $GATEWAY_LOG:"
-    tail -n 30 "$GATEWAY_LOG" >&2 || true
-    GATEWAY_PID=""
-    exit 1
-  fi
-  if curl -fsS --max-time 2 "http://$GATEWAY_ADMIN_LISTEN/readyz" >/dev/null 2>&1; then
-    ready=1
-    break
-  fi
-  sleep 0.5
-done
-if ((ready == 0)); then
-  warn "gateway not ready after ${READY_TIMEOUT_SECS} s; last lines of $GATEWAY_LOG:"
-  tail -n 30 "$GATEWAY_LOG" >&2 || true
-  exit 1
-fi
+await_ready gateway "$GATEWAY_PID" "http://$GATEWAY_ADMIN_LISTEN/readyz" "$GATEWAY_LOG" \
+  "$READY_TIMEOUT_SECS" || exit 1
 
 # --- banner --------------------------------------------------------------------------
 

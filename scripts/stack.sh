@@ -1,6 +1,7 @@
 # shellcheck shell=bash
-# Sourced by scripts/test.sh, bench.sh and dev-up.sh (after lib.sh): a throwaway
-# Postgres and a gateway on free ports, for one run, and a throwaway test CA.
+# Sourced by scripts/test.sh, bench.sh, dev-up.sh and stop-computes.sh (after lib.sh): a
+# throwaway Postgres or wake service and a gateway on free ports, for one run,
+# and a throwaway test CA.
 # The caller sets GATEWAY_BIN, GATEWAY_LOG and READY_TIMEOUT_SECS, and calls
 # stop_gateway and `postgres.sh stop "$PG_DATADIR"` when it ends. Setting
 # STACK_TLS_CERT and STACK_TLS_KEY (e.g. from make_test_tls) before
@@ -58,23 +59,50 @@ make_test_tls() {
     { warn "the test server certificate does not verify against the test CA"; return 1; }
 }
 
-# stop_gateway — SIGTERM (the gateway drains), then SIGKILL after 10 s.
-stop_gateway() {
-  [[ -n "$GATEWAY_PID" ]] || return 0
-  if kill -0 "$GATEWAY_PID" 2>/dev/null; then
-    log "stopping gateway (pid $GATEWAY_PID)"
-    kill -TERM "$GATEWAY_PID" 2>/dev/null || true
-    local i
-    for ((i = 0; i < 100; i++)); do
-      kill -0 "$GATEWAY_PID" 2>/dev/null || break
+# await_ready NAME PID URL LOG SECS — poll URL until it answers (0). Returns 1
+# when PID exits first (the caller may retry on other ports) and 2 when SECS
+# pass; both print the tail of LOG.
+await_ready() {
+  local name="$1" pid="$2" url="$3" logfile="$4" secs="$5" i
+  for ((i = 0; i < secs * 2; i++)); do
+    if ! kill -0 "$pid" 2>/dev/null; then
+      wait "$pid" 2>/dev/null || true
+      warn "$name exited before it was ready; last lines of $logfile:"
+      tail -n 20 "$logfile" >&2 || true
+      return 1
+    fi
+    if curl -fsS --max-time 2 "$url" >/dev/null 2>&1; then
+      return 0
+    fi
+    sleep 0.5
+  done
+  warn "$name not ready after $secs s; last lines of $logfile:"
+  tail -n 30 "$logfile" >&2 || true
+  return 2
+}
+
+# stop_process NAME PID SECS — SIGTERM, wait up to SECS, then SIGKILL; reaps it.
+stop_process() {
+  local name="$1" pid="$2" secs="$3" i
+  [[ -n "$pid" ]] || return 0
+  if kill -0 "$pid" 2>/dev/null; then
+    log "stopping $name (pid $pid)"
+    kill -TERM "$pid" 2>/dev/null || true
+    for ((i = 0; i < secs * 10; i++)); do
+      kill -0 "$pid" 2>/dev/null || break
       sleep 0.1
     done
-    if kill -0 "$GATEWAY_PID" 2>/dev/null; then
-      warn "gateway did not exit within 10 s; killing it"
-      kill -KILL "$GATEWAY_PID" 2>/dev/null || true
+    if kill -0 "$pid" 2>/dev/null; then
+      warn "$name did not exit within $secs s; killing it"
+      kill -KILL "$pid" 2>/dev/null || true
     fi
   fi
-  wait "$GATEWAY_PID" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+}
+
+# stop_gateway — SIGTERM (the gateway drains), then SIGKILL after 10 s.
+stop_gateway() {
+  stop_process gateway "$GATEWAY_PID" 10
   GATEWAY_PID=""
 }
 
@@ -99,7 +127,7 @@ start_temp_postgres() {
 # STACK_TLS_CERT and STACK_TLS_KEY are set, off otherwise (whatever the
 # caller's environment says). Sets GW_PORT and GW_ADMIN_PORT.
 start_gateway() {
-  local attempt i tls="off"
+  local attempt rc tls="off"
   : "${GATEWAY_BIN:?the caller sets GATEWAY_BIN}" "${GATEWAY_LOG:?the caller sets GATEWAY_LOG}"
   local -a tls_env=(-u GATEWAY_TLS_CERT -u GATEWAY_TLS_KEY)
   if [[ -n "$STACK_TLS_CERT" || -n "$STACK_TLS_KEY" ]]; then
@@ -132,23 +160,16 @@ start_gateway() {
       GATEWAY_DEFAULT_ENDPOINT="db" \
       "$GATEWAY_BIN" >>"$GATEWAY_LOG" 2>&1 &
     GATEWAY_PID=$!
-    for ((i = 0; i < READY_TIMEOUT_SECS * 2; i++)); do
-      if ! kill -0 "$GATEWAY_PID" 2>/dev/null; then
-        wait "$GATEWAY_PID" 2>/dev/null || true
-        GATEWAY_PID=""
-        warn "gateway exited before it was ready (attempt $attempt); last lines of $GATEWAY_LOG:"
-        tail -n 20 "$GATEWAY_LOG" >&2 || true
-        continue 2
-      fi
-      if curl -fsS --max-time 2 "http://127.0.0.1:$GW_ADMIN_PORT/readyz" >/dev/null 2>&1; then
+    await_ready gateway "$GATEWAY_PID" "http://127.0.0.1:$GW_ADMIN_PORT/readyz" \
+      "$GATEWAY_LOG" "$READY_TIMEOUT_SECS" && rc=0 || rc=$?
+    case $rc in
+      0)
         log "gateway ready on 127.0.0.1:$GW_PORT (admin $GW_ADMIN_PORT, TLS $tls), log: $GATEWAY_LOG"
         return 0
-      fi
-      sleep 0.5
-    done
-    warn "gateway not ready after ${READY_TIMEOUT_SECS} s; last lines of $GATEWAY_LOG:"
-    tail -n 30 "$GATEWAY_LOG" >&2 || true
-    return 1
+        ;;
+      1) GATEWAY_PID="" ;; # exited early: a lost port race; try other ports
+      *) return 1 ;;
+    esac
   done
   return 1
 }
@@ -167,7 +188,7 @@ new_token() { od -An -N16 -tx1 /dev/urandom | tr -d ' \n'; }
 # unset, and WAKE_PROXY_TOKEN (the narrower token the gateway gets) likewise.
 # Sets WAKE_PORT and WAKE_URL.
 start_wake_service() {
-  local data_dir="$1" ports="$2" attempt i
+  local data_dir="$1" ports="$2" attempt rc
   shift 2
   : "${WAKE_BIN:?the caller sets WAKE_BIN}" "${WAKE_LOG:?the caller sets WAKE_LOG}"
   [[ -n "$WAKE_ADMIN_TOKEN" ]] || WAKE_ADMIN_TOKEN="$(new_token)"
@@ -184,24 +205,15 @@ start_wake_service() {
     WAKE_PID=$!
     WAKE_URL="http://127.0.0.1:$WAKE_PORT"
     # The first start runs initdb twice (state store and endpoint db): allow 120 s.
-    for ((i = 0; i < 240; i++)); do
-      if ! kill -0 "$WAKE_PID" 2>/dev/null; then
-        wait "$WAKE_PID" 2>/dev/null || true
-        WAKE_PID=""
-        WAKE_URL=""
-        warn "wake service exited before it was ready (attempt $attempt); last lines of $WAKE_LOG:"
-        tail -n 20 "$WAKE_LOG" >&2 || true
-        continue 2
-      fi
-      if curl -fsS --max-time 2 "$WAKE_URL/readyz" >/dev/null 2>&1; then
+    await_ready "wake service" "$WAKE_PID" "$WAKE_URL/readyz" "$WAKE_LOG" 120 && rc=0 || rc=$?
+    case $rc in
+      0)
         log "wake service ready on $WAKE_URL (computes in $data_dir, ports $ports), log: $WAKE_LOG"
         return 0
-      fi
-      sleep 0.5
-    done
-    warn "wake service not ready after 120 s; last lines of $WAKE_LOG:"
-    tail -n 30 "$WAKE_LOG" >&2 || true
-    return 1
+        ;;
+      1) WAKE_PID="" WAKE_URL="" ;; # exited early: a lost port race; try another port
+      *) return 1 ;;
+    esac
   done
   return 1
 }
@@ -209,21 +221,7 @@ start_wake_service() {
 # stop_wake_service — SIGTERM (it suspends the computes it runs and stops its
 # state store), then SIGKILL after 60 s.
 stop_wake_service() {
-  [[ -n "$WAKE_PID" ]] || return 0
-  if kill -0 "$WAKE_PID" 2>/dev/null; then
-    log "stopping wake service (pid $WAKE_PID)"
-    kill -TERM "$WAKE_PID" 2>/dev/null || true
-    local i
-    for ((i = 0; i < 600; i++)); do
-      kill -0 "$WAKE_PID" 2>/dev/null || break
-      sleep 0.1
-    done
-    if kill -0 "$WAKE_PID" 2>/dev/null; then
-      warn "wake service did not exit within 60 s; killing it"
-      kill -KILL "$WAKE_PID" 2>/dev/null || true
-    fi
-  fi
-  wait "$WAKE_PID" 2>/dev/null || true
+  stop_process "wake service" "$WAKE_PID" 60
   WAKE_PID=""
 }
 

@@ -60,7 +60,7 @@ step() {
 
 skipped() { SUMMARY+=("skipped  $1"); }
 
-# --- teardown: owns stopping the gateway and the temp Postgres --------------------
+# --- teardown: owns stopping the gateway, the wake service and its computes ------
 
 
 

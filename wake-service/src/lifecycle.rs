@@ -217,7 +217,11 @@ impl Computes {
                     request.id
                 )))
             }
-            other => other?,
+            Err(e) => {
+                self.forget_lock(&request.id);
+                return Err(e.into());
+            }
+            Ok(row) => row,
         };
         self.finish_create(row).await
     }
@@ -247,6 +251,7 @@ impl Computes {
                     return Err(self.fail(&row.id, source).await);
                 }
                 self.store.delete_endpoint(&row.id).await?;
+                self.forget_lock(&row.id);
                 Err(LifecycleError::Compute {
                     endpoint: row.id,
                     source,
@@ -343,6 +348,8 @@ impl Computes {
 
     /// Stops the endpoint's compute. Without `force`, refused while clients are connected.
     pub async fn suspend(&self, id: &str, force: bool) -> Result<EndpointRow, LifecycleError> {
+        // Unknown ids never get a lock entry (the map only holds real endpoints).
+        self.row(id).await?;
         let _guard = self.lock(id).await?;
         let row = self.row(id).await?;
         if row.state == EndpointState::Suspended && row.operation.is_none() {
@@ -397,6 +404,7 @@ impl Computes {
 
     /// Deletes the endpoint, its compute and its data.
     pub async fn delete(&self, id: &str) -> Result<(), LifecycleError> {
+        self.row(id).await?;
         let _guard = self.lock(id).await?;
         let row = self.row(id).await?;
         self.record(
@@ -408,11 +416,17 @@ impl Computes {
         )
         .await?;
         self.finish_delete(id).await?;
+        self.forget_lock(id);
+        Ok(())
+    }
+
+    /// Drops the lock entry of an endpoint that no longer exists. Holders of the lock keep
+    /// their `Arc`, so nothing waiting on it is disturbed.
+    fn forget_lock(&self, id: &str) {
         self.locks
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(id);
-        Ok(())
     }
 
     async fn finish_delete(&self, id: &str) -> Result<(), LifecycleError> {

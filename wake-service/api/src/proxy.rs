@@ -40,6 +40,46 @@ impl ColdStartInfo {
     }
 }
 
+/// `POST /proxy/api/v1/activity`: a gateway's report of what its clients are doing, sent
+/// every `interval_ms` and at once when an endpoint gets its first open session. Not part of
+/// Neon's API (Neon's computes watch themselves); it lets the wake service count sessions that
+/// are open but idle, and tells the gateway which of its cached routes went to sleep.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActivityReport {
+    /// How often this gateway reports. An open session holds its endpoint awake for three
+    /// intervals after the report, so one lost report never lets it suspend.
+    pub interval_ms: u64,
+    /// Endpoints with open sessions or queries in flight, or with activity since the last
+    /// report. Ids without `-pooler`.
+    pub endpoints: Vec<EndpointActivity>,
+    /// Endpoints whose routes the gateway holds in its cache: the reply says which of them
+    /// are no longer active.
+    #[serde(default)]
+    pub cached: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointActivity {
+    pub endpoint_id: String,
+    /// Open WebSocket and TCP sessions.
+    pub sessions: u32,
+    /// HTTP queries running now.
+    pub in_flight: u32,
+    /// Milliseconds since the last query, session or connection ended (0 while some are
+    /// open). An age rather than a timestamp, so the clocks of gateway and wake service need
+    /// not agree.
+    pub idle_ms: u64,
+}
+
+/// The reply to an [`ActivityReport`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActivityReply {
+    /// Of the reported and cached endpoints, those not `active` (suspending, suspended,
+    /// resuming, failed, or deleted): the gateway drops their cached routes and idle pooled
+    /// connections, so the next client wakes them instead of meeting a stopped compute.
+    pub inactive: Vec<String>,
+}
+
 /// `GET /proxy/api/v1/get_endpoint_access_control?endpointish=<id>&role=<role>`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AccessControl {
@@ -231,6 +271,20 @@ mod tests {
         let later = json.replace("\"warm\"", "\"pool_hit_v2\"");
         let parsed: WakeCompute = serde_json::from_str(&later).expect("parse");
         assert_eq!(parsed.aux.cold_start_info, ColdStartInfo::Unknown);
+    }
+
+    #[test]
+    fn activity_golden() {
+        let json = r#"{"interval_ms":1000,"endpoints":[{"endpoint_id":"db","sessions":1,"in_flight":0,"idle_ms":0}],"cached":["db","other"]}"#;
+        let parsed: ActivityReport = serde_json::from_str(json).expect("parse");
+        assert_eq!(parsed.endpoints[0].sessions, 1);
+        assert_eq!(serde_json::to_string(&parsed).expect("serialize"), json);
+        let without_cached: ActivityReport =
+            serde_json::from_str(r#"{"interval_ms":1,"endpoints":[]}"#).expect("parse");
+        assert!(without_cached.cached.is_empty());
+        let reply = r#"{"inactive":["other"]}"#;
+        let parsed: ActivityReply = serde_json::from_str(reply).expect("parse");
+        assert_eq!(parsed.inactive, ["other"]);
     }
 
     #[test]

@@ -55,6 +55,12 @@ pub struct Args {
     )]
     pub control_plane_timeout_seconds: u64,
 
+    /// Milliseconds between activity reports to the control plane (open sessions and queries
+    /// per endpoint, for scale to zero); an endpoint that becomes busy is also reported at once.
+    /// 0 turns reporting off; otherwise 50 to 60000. Only with --control-plane-url.
+    #[arg(long, env = "GATEWAY_ACTIVITY_INTERVAL_MS", default_value_t = 1000)]
+    pub activity_interval_ms: u64,
+
     /// Seconds a route from the control plane is kept after its last use.
     #[arg(long, env = "GATEWAY_ROUTE_CACHE_IDLE_SECONDS", default_value_t = 240)]
     pub route_cache_idle_seconds: u64,
@@ -192,6 +198,8 @@ pub struct Config {
     /// The control plane, when endpoints are not all static.
     pub control_plane: Option<ControlPlaneConfig>,
     pub route_cache: RouteCacheConfig,
+    /// How often activity is reported to the control plane; `None`: never.
+    pub activity_interval: Option<Duration>,
     pub default_endpoint: EndpointId,
     pub max_request_bytes: usize,
     pub max_response_bytes: usize,
@@ -224,6 +232,8 @@ pub enum ConfigError {
     ControlPlaneUrl(String, &'static str),
     #[error("wake-retry-factor must be a number of at least 1")]
     RetryFactor,
+    #[error("activity-interval-ms must be 0 (off) or between 50 and 60000")]
+    ActivityInterval,
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
 }
@@ -293,6 +303,11 @@ impl Args {
         if !(self.wake_retry_factor.is_finite() && self.wake_retry_factor >= 1.0) {
             return Err(ConfigError::RetryFactor);
         }
+        let activity_interval = match self.activity_interval_ms {
+            0 => None,
+            ms @ 50..=60_000 => Some(Duration::from_millis(ms)),
+            _ => return Err(ConfigError::ActivityInterval),
+        };
         let control_plane = match &self.control_plane_url {
             None => None,
             Some(url) => Some(ControlPlaneConfig {
@@ -327,6 +342,7 @@ impl Args {
             routes: self.routes,
             control_plane,
             route_cache,
+            activity_interval,
             default_endpoint,
             max_request_bytes: self.max_request_bytes,
             max_response_bytes: self.max_response_bytes,
@@ -439,6 +455,21 @@ mod tests {
         assert_eq!(config.route_cache.wake_retry, RetryConfig::WAKE);
         assert_eq!(config.route_cache.idle_ttl, Duration::from_secs(240));
         assert_eq!(config.route_cache.negative_ttl, Duration::from_secs(3));
+        assert_eq!(config.activity_interval, Some(Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn activity_interval() {
+        let interval =
+            |ms: &str| parse(&["--activity-interval-ms", ms]).map(|c| c.activity_interval);
+        assert_eq!(interval("0"), Ok(None));
+        assert_eq!(interval("50"), Ok(Some(Duration::from_millis(50))));
+        assert_eq!(interval("60000"), Ok(Some(Duration::from_secs(60))));
+        for bad in ["1", "49", "60001"] {
+            assert!(interval(bad)
+                .expect_err(bad)
+                .contains("activity-interval-ms"));
+        }
     }
 
     #[test]

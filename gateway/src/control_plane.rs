@@ -1,7 +1,7 @@
 //! The client for the control plane's Neon-compatible proxy API (`wake_compute`,
-//! `get_endpoint_access_control`; message types from `wake-api`), and the error every call
-//! fails with, which knows whether it is worth retrying and whether it means "no such
-//! endpoint".
+//! `get_endpoint_access_control`, and the wake service's own `activity` report; message types
+//! from `wake-api`), and the error every call fails with, which knows whether it is worth
+//! retrying and whether it means "no such endpoint".
 //!
 //! One call is one HTTP request: retries, caching and single-flight belong to
 //! [`crate::routes::RouteTable`], which talks to the control plane through the
@@ -13,14 +13,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use wake_api::proxy::{AccessControl, ControlPlaneError as ErrorBody, WakeCompute};
+use wake_api::proxy::{
+    AccessControl, ActivityReply, ActivityReport, ControlPlaneError as ErrorBody, WakeCompute,
+};
 
 use crate::conn_info::EndpointId;
 use crate::error::{ErrorKind, ReportableError};
 use crate::metrics::Metrics;
 use crate::retry::Retryable;
 
-/// The two proxy-API calls the gateway makes.
+/// The proxy-API calls the gateway makes.
 #[async_trait]
 pub trait ControlPlaneApi: Send + Sync + 'static {
     /// `wake_compute`: where `endpointish` (`ep` or `ep-pooler`) accepts connections now,
@@ -36,6 +38,13 @@ pub trait ControlPlaneApi: Send + Sync + 'static {
         endpoint: &EndpointId,
         role: &str,
     ) -> Result<AccessControl, ControlPlaneError>;
+
+    /// `POST activity`: what this gateway's clients are doing; the reply names the reported
+    /// and cached endpoints that are not active. One request, no retries.
+    async fn report_activity(
+        &self,
+        report: &ActivityReport,
+    ) -> Result<ActivityReply, ControlPlaneError>;
 }
 
 /// Which call, as a metric label.
@@ -43,15 +52,17 @@ pub trait ControlPlaneApi: Send + Sync + 'static {
 pub enum Call {
     WakeCompute,
     AccessControl,
+    Activity,
 }
 
 impl Call {
-    pub const ALL: [Call; 2] = [Call::WakeCompute, Call::AccessControl];
+    pub const ALL: [Call; 3] = [Call::WakeCompute, Call::AccessControl, Call::Activity];
 
     pub fn label(self) -> &'static str {
         match self {
             Call::WakeCompute => "wake_compute",
             Call::AccessControl => "access_control",
+            Call::Activity => "activity",
         }
     }
 
@@ -59,6 +70,7 @@ impl Call {
         match self {
             Call::WakeCompute => "wake_compute",
             Call::AccessControl => "get_endpoint_access_control",
+            Call::Activity => "activity",
         }
     }
 }
@@ -199,8 +211,31 @@ impl ControlPlaneClient {
         call: Call,
         query: &[(&str, &str)],
     ) -> Result<T, ControlPlaneError> {
+        let request = self.http.get(self.url(call)).query(query);
+        self.call(call, request).await
+    }
+
+    async fn post<B: serde::Serialize, T: serde::de::DeserializeOwned>(
+        &self,
+        call: Call,
+        body: &B,
+    ) -> Result<T, ControlPlaneError> {
+        let request = self.http.post(self.url(call)).json(body);
+        self.call(call, request).await
+    }
+
+    fn url(&self, call: Call) -> String {
+        format!("{}/{}", self.config.url, call.path())
+    }
+
+    /// Sends `request` (with the token and a request id) and counts it in the metrics.
+    async fn call<T: serde::de::DeserializeOwned>(
+        &self,
+        call: Call,
+        request: reqwest::RequestBuilder,
+    ) -> Result<T, ControlPlaneError> {
         let started = Instant::now();
-        let result = self.send(call, query).await;
+        let result = self.send(call, request).await;
         let outcome = match &result {
             Ok(_) => "ok",
             Err(e) => e.outcome(),
@@ -219,14 +254,10 @@ impl ControlPlaneClient {
     async fn send<T: serde::de::DeserializeOwned>(
         &self,
         call: Call,
-        query: &[(&str, &str)],
+        request: reqwest::RequestBuilder,
     ) -> Result<T, ControlPlaneError> {
         let request_id = uuid::Uuid::new_v4().to_string();
-        let mut request = self
-            .http
-            .get(format!("{}/{}", self.config.url, call.path()))
-            .query(query)
-            .header("X-Request-ID", &request_id);
+        let mut request = request.header("X-Request-ID", &request_id);
         if let Some(token) = &self.config.token {
             request = request.bearer_auth(token.expose());
         }
@@ -298,6 +329,13 @@ impl ControlPlaneApi for ControlPlaneClient {
             &[("endpointish", endpoint.as_str()), ("role", role)],
         )
         .await
+    }
+
+    async fn report_activity(
+        &self,
+        report: &ActivityReport,
+    ) -> Result<ActivityReply, ControlPlaneError> {
+        self.post(Call::Activity, report).await
     }
 }
 
@@ -481,6 +519,24 @@ mod tests {
         }))
     }
 
+    async fn mock_activity(
+        axum::extract::State(seen): axum::extract::State<Seen>,
+        headers: axum::http::HeaderMap,
+        axum::Json(report): axum::Json<ActivityReport>,
+    ) -> axum::Json<ActivityReply> {
+        let auth = headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("-");
+        let body = serde_json::to_string(&report).expect("serialize");
+        seen.lock()
+            .expect("lock")
+            .push(format!("activity {body} auth={auth}"));
+        axum::Json(ActivityReply {
+            inactive: report.cached.into_iter().filter(|id| id != "db").collect(),
+        })
+    }
+
     /// A stand-in control plane on a real socket: answers by endpoint name and records what
     /// it was asked.
     async fn mock_control_plane() -> (String, Seen) {
@@ -491,6 +547,7 @@ mod tests {
                 "/proxy/api/v1/get_endpoint_access_control",
                 axum::routing::get(mock_access),
             )
+            .route("/proxy/api/v1/activity", axum::routing::post(mock_activity))
             .with_state(seen.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -564,6 +621,37 @@ mod tests {
                 .with_label_values(&["wake_compute"])
                 .get_sample_count(),
             6
+        );
+    }
+
+    #[tokio::test]
+    async fn activity_reports_are_posted_with_the_token() {
+        let (url, seen) = mock_control_plane().await;
+        let (cp, metrics) = client(url, Some("t0ken"));
+        let report = ActivityReport {
+            interval_ms: 1000,
+            endpoints: vec![wake_api::proxy::EndpointActivity {
+                endpoint_id: "db".into(),
+                sessions: 1,
+                in_flight: 0,
+                idle_ms: 0,
+            }],
+            cached: vec!["db".into(), "old".into()],
+        };
+        let reply = cp.report_activity(&report).await.expect("reply");
+        assert_eq!(reply.inactive, ["old"]);
+        assert_eq!(
+            *seen.lock().expect("lock"),
+            [
+                r#"activity {"interval_ms":1000,"endpoints":[{"endpoint_id":"db","sessions":1,"in_flight":0,"idle_ms":0}],"cached":["db","old"]} auth=Bearer t0ken"#
+            ]
+        );
+        assert_eq!(
+            metrics
+                .control_plane_requests
+                .with_label_values(&["activity", "ok"])
+                .get(),
+            1
         );
     }
 

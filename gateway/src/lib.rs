@@ -2,6 +2,7 @@
 //! driver: SQL over HTTP, the WebSocket tunnel and Postgres TCP/TLS on one port. See
 //! ARCHITECTURE.md for the map.
 
+pub mod activity;
 pub mod auth;
 pub mod backend;
 pub mod config;
@@ -83,6 +84,7 @@ pub fn state(config: &Config) -> Result<Arc<AppState>, StateError> {
         tls,
         cancels: Default::default(),
         usage: Default::default(),
+        activity: activity::Activity::new(),
         connections: Arc::new(Semaphore::new(config.max_client_connections)),
         tasks: TaskTracker::new(),
         stop_sessions: CancellationToken::new(),
@@ -134,6 +136,17 @@ pub async fn serve(
         admin_stop.clone(),
     ));
     tasks.spawn(state.pool.clone().run_reaper(admin_stop.clone()));
+    // Activity reports go on while sessions drain, so a draining endpoint is not suspended.
+    if let (Some(control_plane), Some(interval)) =
+        (state.routes.control_plane(), config.activity_interval)
+    {
+        tasks.spawn(activity::run_reporter(
+            state.clone(),
+            control_plane.clone(),
+            interval,
+            admin_stop.clone(),
+        ));
+    }
     server::serve_public(public, state, shutdown, config.shutdown_timeout).await;
     admin_stop.cancel();
     tasks.close();

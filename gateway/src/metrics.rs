@@ -37,8 +37,14 @@ pub struct Metrics {
     /// not_found, unreachable, retryable (an error worth retrying), error.
     pub control_plane_requests: IntCounterVec,
     pub control_plane_request_seconds: HistogramVec,
-    /// Retries by `operation`: wake_compute (control plane), compute_connect (backend).
+    /// Retries by `operation`: wake_compute (control plane), compute_connect (backend),
+    /// pooled_query (a query whose reused pooled connection had closed before it ran).
     pub retries: IntCounterVec,
+    /// Activity reports to the control plane by `outcome`: ok, error.
+    pub activity_reports: IntCounterVec,
+    /// Endpoints (`id` and `id-pooler` counted apart) whose cached route or idle connections
+    /// were dropped because the control plane said they are not active.
+    pub inactive_drops: IntCounter,
     /// Route-table lookups by `outcome`: static, hit, miss, negative_hit, stale_refresh (a hit
     /// that started a background refresh).
     pub route_cache_lookups: IntCounterVec,
@@ -54,6 +60,7 @@ pub struct Metrics {
 /// `operation` labels of [`Metrics::retries`].
 pub const RETRY_WAKE: &str = "wake_compute";
 pub const RETRY_CONNECT: &str = "compute_connect";
+pub const RETRY_POOLED_QUERY: &str = "pooled_query";
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -162,9 +169,19 @@ impl Metrics {
         .expect("valid metric");
         let retries = counter(
             "gateway_retries_total",
-            "Retries after a retryable error, by operation (wake_compute, compute_connect)",
+            "Retries after a retryable error, by operation (wake_compute, compute_connect, pooled_query)",
             &["operation"],
         );
+        let activity_reports = counter(
+            "gateway_activity_reports_total",
+            "Activity reports to the control plane by outcome",
+            &["outcome"],
+        );
+        let inactive_drops = IntCounter::new(
+            "gateway_inactive_endpoint_drops_total",
+            "Endpoints whose cached route and idle connections were dropped because the control plane reported them inactive",
+        )
+        .expect("valid metric");
         let route_cache_lookups = counter(
             "gateway_route_cache_lookups_total",
             "Route-table lookups by outcome",
@@ -203,6 +220,8 @@ impl Metrics {
             Box::new(control_plane_requests.clone()),
             Box::new(control_plane_request_seconds.clone()),
             Box::new(retries.clone()),
+            Box::new(activity_reports.clone()),
+            Box::new(inactive_drops.clone()),
             Box::new(route_cache_lookups.clone()),
             Box::new(route_cache_invalidations.clone()),
             Box::new(role_secret_lookups.clone()),
@@ -222,8 +241,11 @@ impl Metrics {
         for call in crate::control_plane::Call::ALL {
             control_plane_request_seconds.with_label_values(&[call.label()]);
         }
-        for operation in [RETRY_WAKE, RETRY_CONNECT] {
+        for operation in [RETRY_WAKE, RETRY_CONNECT, RETRY_POOLED_QUERY] {
             retries.with_label_values(&[operation]);
+        }
+        for outcome in ["ok", "error"] {
+            activity_reports.with_label_values(&[outcome]);
         }
         for outcome in ["static", "hit", "miss", "negative_hit", "stale_refresh"] {
             route_cache_lookups.with_label_values(&[outcome]);
@@ -250,6 +272,8 @@ impl Metrics {
             control_plane_requests,
             control_plane_request_seconds,
             retries,
+            activity_reports,
+            inactive_drops,
             route_cache_lookups,
             route_cache_invalidations,
             role_secret_lookups,

@@ -14,6 +14,12 @@
 //! mid-query; a dropped in-flight query is cancelled first. Limits: open connections per
 //! endpoint (waiting briefly for a slot, evicting idle connections of other roles first), idle
 //! connections per endpoint and in total, and an idle timeout enforced by [`Pool::run_reaper`].
+//! When the control plane says an endpoint is not active (its compute was suspended), its idle
+//! connections are closed ([`Pool::close_idle_of`]).
+//!
+//! A reused connection can still have been closed by its server just before the request was
+//! sent (a compute being suspended). [`Conn::never_ran`] tells when a failed request provably
+//! never ran, so the caller may retry it once on a new connection.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -23,7 +29,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::PasswordCache;
-use crate::backend::{self, Backend, BackendError, ConnectParams};
+use crate::backend::{self, Backend, BackendError, ConnectParams, Progress};
 use crate::conn_info::{ConnInfo, EndpointId};
 use crate::error::{ErrorKind, ReportableError};
 use crate::metrics::Metrics;
@@ -132,8 +138,9 @@ impl Drop for Locked<'_> {
     }
 }
 
+/// An idle connection is boxed: it is far larger than a slot.
 enum Acquired {
-    Idle(Idle),
+    Idle(Box<Idle>),
     Slot(OwnedSemaphorePermit),
 }
 
@@ -179,6 +186,9 @@ impl Pool {
     /// A connection for `info` at `route`: a pooled one if the password is verified (by the
     /// caller against the role's secret: `secret_verified`, or by Postgres earlier), else a new
     /// one authenticated by Postgres.
+    ///
+    /// With `reuse_idle` false the connection is always a new one (a retry after a reused one
+    /// turned out to be closed: its idle siblings likely are too).
     pub async fn checkout(
         self: &Arc<Self>,
         routes: &RouteTable,
@@ -186,16 +196,17 @@ impl Pool {
         info: &ConnInfo,
         application_name: Option<&str>,
         secret_verified: bool,
+        reuse_idle: bool,
     ) -> Result<Conn, PoolError> {
         let key = PoolKey::of(info);
         let verified = secret_verified || self.passwords.is_verified(&key, &info.password);
-        let slot = match self.acquire(&key, verified).await? {
+        let slot = match self.acquire(&key, verified && reuse_idle).await? {
             Acquired::Idle(idle) => {
                 self.metrics
                     .pool_checkouts
                     .with_label_values(&["hit"])
                     .inc();
-                return Ok(Conn::new(self.clone(), key, idle.backend, idle.slot));
+                return Ok(Conn::new(self.clone(), key, idle.backend, idle.slot, true));
             }
             Acquired::Slot(slot) => slot,
         };
@@ -231,7 +242,7 @@ impl Pool {
         match connected {
             Ok(backend) => {
                 self.passwords.remember(&key, &info.password);
-                Ok(Conn::new(self.clone(), key, backend, slot))
+                Ok(Conn::new(self.clone(), key, backend, slot, false))
             }
             Err(ConnectError::Connect(BackendError::Db(e))) if e.is_auth_failure() => {
                 // The password may have changed: nothing cached for this role is trusted now.
@@ -294,6 +305,28 @@ impl Pool {
         self.close_idle(removed);
     }
 
+    /// Closes every idle connection of `endpoint` (the control plane said its compute is not
+    /// active: Postgres stopped, or PgBouncer paused). Returns how many.
+    pub fn close_idle_of(&self, endpoint: &EndpointId) -> usize {
+        let removed: Vec<Idle> = {
+            let mut state = self.state();
+            let State {
+                endpoints,
+                idle_total,
+            } = &mut *state;
+            let Some(pool) = endpoints.get_mut(endpoint) else {
+                return 0;
+            };
+            let removed: Vec<Idle> = pool.idle.drain().flat_map(|(_, list)| list).collect();
+            pool.idle_count -= removed.len();
+            *idle_total -= removed.len();
+            removed
+        };
+        let count = removed.len();
+        self.close_idle(removed);
+        count
+    }
+
     /// An idle connection to reuse (only for a verified password), or a slot to open a new one.
     async fn acquire(&self, key: &PoolKey, verified: bool) -> Result<Acquired, PoolError> {
         let (slots, returned) = {
@@ -318,7 +351,7 @@ impl Pool {
             returned.as_mut().enable();
             if verified {
                 if let Some(idle) = self.take_idle(key) {
-                    return Ok(Acquired::Idle(idle));
+                    return Ok(Acquired::Idle(Box::new(idle)));
                 }
             }
             if let Ok(slot) = slots.clone().try_acquire_owned() {
@@ -484,16 +517,70 @@ pub struct Conn {
     key: PoolKey,
     backend: Option<Backend>,
     slot: Option<OwnedSemaphorePermit>,
+    /// Taken from the idle list (rather than opened for this request).
+    reused: bool,
+    /// Where the conversation stood at checkout.
+    checked_out: Progress,
 }
 
 impl Conn {
-    fn new(pool: Arc<Pool>, key: PoolKey, backend: Backend, slot: OwnedSemaphorePermit) -> Self {
+    fn new(
+        pool: Arc<Pool>,
+        key: PoolKey,
+        backend: Backend,
+        slot: OwnedSemaphorePermit,
+        reused: bool,
+    ) -> Self {
         pool.metrics.pool_active.inc();
         Conn {
             pool,
             key,
+            checked_out: backend.progress(),
             backend: Some(backend),
             slot: Some(slot),
+            reused,
+        }
+    }
+
+    /// Whether this connection came from the idle list.
+    pub fn reused(&self) -> bool {
+        self.reused
+    }
+
+    /// Whether the request that just failed with `error` on this reused connection provably
+    /// never ran, because the server had closed the connection before the request reached it
+    /// (a compute suspended while the connection sat idle). Then, and only then, the request
+    /// may be retried on a new connection. Provably means one of:
+    ///
+    /// - not one byte of the request was written (writing failed at once: the socket was
+    ///   already reset);
+    /// - the first thing the server said after the request was a FATAL "operator
+    ///   intervention" (`57P01` admin shutdown, `57P02`, `57P05`, …) and nothing came before
+    ///   it. Postgres handles a connection's messages in order and queues each reply in order
+    ///   (ParseComplete for a Parse, CommandComplete before the ReadyForQuery that follows a
+    ///   commit), and a FATAL is queued after whatever is pending, so a FATAL that arrives
+    ///   first was raised before the server finished parsing the request's first message:
+    ///   nothing of it executed. (Through PgBouncer the same holds: it relays in order.)
+    ///
+    /// Everything else may have run and is never retried: the connection closing without a
+    /// word (a server killed after committing dies without flushing its replies), a FATAL
+    /// after any other reply, any error on a connection opened for this request, and any
+    /// error after the first round trip of a request.
+    pub fn never_ran(&self, error: &BackendError) -> bool {
+        let Some(backend) = self.backend.as_ref() else {
+            return false;
+        };
+        if !self.reused {
+            return false;
+        }
+        let now = backend.progress();
+        let before = self.checked_out;
+        match error {
+            BackendError::Io(_) => now.bytes_written == before.bytes_written,
+            BackendError::Db(db) => {
+                db.is_server_going_away() && now.messages_read == before.messages_read + 1
+            }
+            _ => false,
         }
     }
 

@@ -14,9 +14,11 @@
 //!     control-plane call per name and TTL;
 //!   - concurrent misses for one endpoint share one flight (`try_get_with`), and the retries
 //!     with backoff for retryable control-plane errors run inside it.
-//! - [`RouteTable::connect`] connects through a route; when a cached address refuses or times
-//!   out, the entry is invalidated, the endpoint woken again (one flight) and the connect
-//!   retried with backoff.
+//! - [`RouteTable::connect`] connects through a route; when a cached address refuses, times
+//!   out or answers `57P03` (its compute stopped or is stopping), the entry is invalidated, the
+//!   endpoint woken again (one flight) and the connect retried at once, then with backoff.
+//! - When the control plane reports an endpoint inactive ([`crate::activity`]), its cached
+//!   routes are dropped whatever their address ([`RouteTable::forget`]).
 //! - Role secrets (`get_endpoint_access_control`) are cached per (endpoint without
 //!   `-pooler`, role) for `secret_ttl`; a role the control plane does not know, or a failed
 //!   lookup, is remembered for `negative_ttl` as "no secret" (Postgres then judges the password).
@@ -405,11 +407,45 @@ impl RouteTable {
         removed
     }
 
+    /// Whether `endpoint` has a static route (`--route`).
+    pub fn is_static(&self, endpoint: &EndpointId) -> bool {
+        self.fixed.contains_key(endpoint)
+    }
+
+    /// The control plane, when there is one.
+    pub fn control_plane(&self) -> Option<&Arc<dyn ControlPlaneApi>> {
+        self.control_plane.as_ref()
+    }
+
+    /// Drops the cached route for `endpoint` whatever address it holds (the control plane said
+    /// the endpoint is not active: its compute may come back at the same address, but only
+    /// after a wake). Returns whether there was one.
+    pub async fn forget(&self, endpoint: &EndpointId) -> bool {
+        matches!(self.routes.remove(endpoint).await, Some(Cached::Found(_)))
+    }
+
+    /// The endpoints (ids without `-pooler`, deduplicated, sorted) whose routes are cached,
+    /// at most `max` of them.
+    pub fn cached_endpoints(&self, max: usize) -> Vec<String> {
+        let mut ids = std::collections::BTreeSet::new();
+        for (endpoint, cached) in self.routes.iter() {
+            if ids.len() >= max {
+                break;
+            }
+            if let Cached::Found(_) = cached {
+                ids.insert(wake_api::split_pooler(endpoint.as_str()).0.to_owned());
+            }
+        }
+        ids.into_iter().collect()
+    }
+
     /// Runs `connect` against `route.address`. When a cached address fails with a retryable
-    /// error (refused, timed out, unreachable), the entry is invalidated and the endpoint woken
-    /// again once; retryable failures are then retried with backoff (`connect_retry`). Other
-    /// errors (authentication, Postgres errors) and static routes are not retried. `connect`
-    /// should bound each attempt with a timeout.
+    /// error (refused, timed out, unreachable, or Postgres's `57P03` "starting up" / "shutting
+    /// down": the compute was suspended or is being suspended), the entry is invalidated, the
+    /// endpoint woken again once, and the next attempt runs at once, without a sleep (the
+    /// address is fresh); further retryable failures are retried with backoff
+    /// (`connect_retry`). Other errors (authentication, other Postgres errors) and static
+    /// routes are not retried. `connect` should bound each attempt with a timeout.
     pub async fn connect<T, E, F, Fut>(
         &self,
         route: Route,
@@ -718,6 +754,13 @@ mod tests {
                 }),
                 Err(answer) => Err(error(&answer)),
             }
+        }
+
+        async fn report_activity(
+            &self,
+            _: &wake_api::proxy::ActivityReport,
+        ) -> Result<wake_api::proxy::ActivityReply, ControlPlaneError> {
+            Ok(Default::default())
         }
     }
 
@@ -1104,6 +1147,48 @@ mod tests {
         let attempts = AtomicUsize::new(0);
         let failed = connect_to(&routes, cached, "nowhere", true, &attempts).await;
         assert_eq!(failed, Err("no such endpoint".to_owned()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_attempt_after_a_new_wake_runs_at_once_then_backoff_applies() {
+        let fake = FakeControlPlane::with_latency(Duration::ZERO);
+        fake.answer("ep", &[Answer::Address("10.0.0.1:5432")]);
+        let config = RouteCacheConfig {
+            connect_retry: RetryConfig {
+                max_attempts: 3,
+                base_delay: Duration::from_millis(200),
+                factor: 2.0,
+            },
+            ..quick()
+        };
+        let (routes, _) = table(&fake, config, &[]);
+        routes.resolve(&id("ep")).await.expect("woken");
+        let cached = routes.resolve(&id("ep")).await.expect("cached");
+        fake.answer("ep", &[Answer::Address("10.0.0.2:5432")]);
+        let started = tokio::time::Instant::now();
+        let attempts = Mutex::new(Vec::new());
+        let failed = routes
+            .connect(cached, |address| {
+                attempts
+                    .lock()
+                    .expect("lock")
+                    .push((address, started.elapsed()));
+                async { Err::<(), _>(ConnectFailed(true)) }
+            })
+            .await;
+        assert!(failed.is_err());
+        let ms = Duration::from_millis;
+        assert_eq!(
+            *attempts.lock().expect("lock"),
+            [
+                ("10.0.0.1:5432".to_owned(), ms(0)),
+                // Woken again: the fresh address is tried without a sleep.
+                ("10.0.0.2:5432".to_owned(), ms(0)),
+                // Still failing (starting up): backoff, 200 ms × 2¹.
+                ("10.0.0.2:5432".to_owned(), ms(400)),
+            ]
+        );
+        assert_eq!(fake.wakes(), 2);
     }
 
     #[tokio::test]

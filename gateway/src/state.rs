@@ -1,6 +1,6 @@
 //! What every connection, request and session shares: the route table (static routes and the
-//! control plane's cached answers), the pool, TLS, cancel keys,
-//! usage counters, metrics, and the bookkeeping for a graceful drain.
+//! control plane's cached answers), the pool, TLS, cancel keys, activity and usage counters,
+//! metrics, and the bookkeeping for a graceful drain.
 
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -9,6 +9,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::activity::Activity;
 use crate::conn_info::EndpointId;
 use crate::metrics::Metrics;
 use crate::pool::Pool;
@@ -33,6 +34,8 @@ pub struct AppState {
     pub tls: Option<Tls>,
     pub cancels: Arc<CancelMap>,
     pub usage: Usage,
+    /// Open sessions and queries in flight per endpoint, for the control plane's scale to zero.
+    pub activity: Arc<Activity>,
     /// Client connections open at once (all protocols); more are closed on accept.
     pub connections: Arc<Semaphore>,
     /// Every client connection's task (HTTP connections, sessions), waited for on shutdown.

@@ -2,19 +2,30 @@
 //! real Postgres 15: the warm path makes no control-plane calls, unknown endpoints and wrong
 //! passwords are refused like today, an unavailable control plane is a clear retryable error
 //! that does not touch warm endpoints, and a cached address that stops answering is replaced.
+//!
+//! Scale to zero: activity reports (sessions at once, queries in flight, idle time, failed
+//! reports resent), an "inactive" reply dropping routes and idle connections, `57P03` at
+//! connect retried through a new wake, and a query on a pooled connection that its server
+//! closed retried only when it provably never ran.
 
 mod support;
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_postgres::NoTls;
 
 use gateway::retry::RetryConfig;
 use gateway::websocket::WsStream;
-use support::{postgres, sql, MockControlPlane, TestGateway, CONN};
+use support::{eventually, postgres, sql, MockControlPlane, ReceivedReport, TestGateway, CONN};
+
+/// Bound for conditions that come true in the background (reports, releases).
+const WITHIN: Duration = Duration::from_secs(10);
 
 fn conn(endpoint: &str, password: &str) -> String {
     format!("postgres://postgres:{password}@{endpoint}.localtest.me/main")
@@ -368,4 +379,424 @@ async fn a_cached_address_that_stops_answering_is_woken_again() {
         assert_eq!(cp.wakes(), 2, "{transport}");
         gw.stop().await;
     }
+}
+
+/// What a [`Compute`] does with connections.
+const FORWARD: u8 = 0;
+/// Postgres shutting down (a compute being suspended): a new connection gets FATAL `57P03`
+/// after its startup packet; an open one answers its next request with FATAL `57P01`, without
+/// passing the request on, and closes (the FATAL was on its way before the request arrived).
+const STOPPING: u8 = 1;
+/// Postgres dying right after it ran a request: requests are passed on, the reply is dropped
+/// and the connection closed.
+const CRASHING: u8 = 2;
+
+/// A compute in front of the test Postgres: a TCP proxy that can play one being suspended.
+struct Compute {
+    addr: SocketAddr,
+    mode: Arc<AtomicU8>,
+    refused: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Compute {
+    async fn start(target: String) -> Compute {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let mode = Arc::new(AtomicU8::new(FORWARD));
+        let refused = Arc::new(AtomicUsize::new(0));
+        let (m, r) = (mode.clone(), refused.clone());
+        let task = tokio::spawn(async move {
+            let mut connections = tokio::task::JoinSet::new();
+            while let Ok((client, _)) = listener.accept().await {
+                connections.spawn(Compute::serve(client, target.clone(), m.clone(), r.clone()));
+            }
+        });
+        Compute {
+            addr,
+            mode,
+            refused,
+            task,
+        }
+    }
+
+    fn set(&self, mode: u8) {
+        self.mode.store(mode, Ordering::SeqCst);
+    }
+
+    /// Connections refused with `57P03`.
+    fn refused(&self) -> usize {
+        self.refused.load(Ordering::SeqCst)
+    }
+
+    async fn serve(
+        mut client: TcpStream,
+        target: String,
+        mode: Arc<AtomicU8>,
+        refused: Arc<AtomicUsize>,
+    ) {
+        let mode = move || mode.load(Ordering::SeqCst);
+        if mode() == STOPPING {
+            let mut len = [0u8; 4];
+            if client.read_exact(&mut len).await.is_ok() {
+                let mut rest = vec![0; (u32::from_be_bytes(len) as usize).saturating_sub(4)];
+                if client.read_exact(&mut rest).await.is_ok() {
+                    refused.fetch_add(1, Ordering::SeqCst);
+                    let refusal = fatal("57P03", "the database system is shutting down");
+                    let _ = client.write_all(&refusal).await;
+                }
+            }
+            return;
+        }
+        let Ok(server) = TcpStream::connect(&target).await else {
+            return;
+        };
+        let (mut client_r, mut client_w) = client.into_split();
+        let (mut server_r, mut server_w) = server.into_split();
+        let (mut up, mut down) = (vec![0u8; 16 * 1024], vec![0u8; 16 * 1024]);
+        loop {
+            tokio::select! {
+                read = client_r.read(&mut up) => {
+                    let Ok(n @ 1..) = read else { return };
+                    if mode() == STOPPING {
+                        let goodbye = fatal("57P01", "terminating connection due to administrator command");
+                        let _ = client_w.write_all(&goodbye).await;
+                        return;
+                    }
+                    if server_w.write_all(&up[..n]).await.is_err() {
+                        return;
+                    }
+                }
+                read = server_r.read(&mut down) => {
+                    let Ok(n @ 1..) = read else { return };
+                    if mode() == CRASHING || client_w.write_all(&down[..n]).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Compute {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A FATAL ErrorResponse as Postgres sends it.
+fn fatal(code: &str, message: &str) -> Vec<u8> {
+    let mut body = Vec::new();
+    for (field, value) in [
+        (b'S', "FATAL"),
+        (b'V', "FATAL"),
+        (b'C', code),
+        (b'M', message),
+    ] {
+        body.push(field);
+        body.extend_from_slice(value.as_bytes());
+        body.push(0);
+    }
+    body.push(0);
+    let mut message = vec![b'E'];
+    message.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
+    message.extend(body);
+    message
+}
+
+#[tokio::test]
+async fn a_57p03_at_connect_is_retried_through_a_new_wake() {
+    let pg = postgres();
+    let secret = pg.role_secret("postgres").await;
+    for transport in ["http", "tcp", "ws"] {
+        let compute = Compute::start(pg.address()).await;
+        let cp = MockControlPlane::start().await;
+        cp.route("db", &compute.addr.to_string());
+        cp.secret("db", "postgres", &secret);
+        let gw = TestGateway::with_control_plane(&cp.url, None, |config| {
+            // No idle connections: every query connects, as every session does.
+            config.pool.max_idle_per_endpoint = 0;
+        })
+        .await;
+        use_db(&gw, transport).await.expect("through the compute");
+        assert_eq!(cp.wakes(), 1);
+        if transport == "http" {
+            // The connection was reset and closed (not kept: no idle slots) before the switch.
+            eventually("the first connection closed", WITHIN, || async {
+                (gw.metric("gateway_pool_discards_total", "").await >= 1.0).then_some(())
+            })
+            .await;
+        }
+
+        // The compute is being suspended: Postgres refuses new connections with 57P03, and
+        // the control plane will start the endpoint elsewhere.
+        compute.set(STOPPING);
+        cp.route("db", &pg.address());
+        use_db(&gw, transport)
+            .await
+            .unwrap_or_else(|e| panic!("{transport} while the compute stops: {e}"));
+        assert_eq!(compute.refused(), 1, "{transport}: refused once");
+        assert_eq!(cp.wakes(), 2, "{transport}: one new wake");
+        assert_eq!(
+            gw.metric("gateway_route_cache_invalidations_total", "")
+                .await,
+            1.0,
+            "{transport}"
+        );
+        gw.stop().await;
+    }
+}
+
+/// `INSERT … RETURNING` of `n` into `suspended`.
+fn insert(n: i32) -> serde_json::Value {
+    json!({"query": "INSERT INTO suspended VALUES ($1) RETURNING n", "params": [n.to_string()]})
+}
+
+async fn count(pg: &tokio_postgres::Client, n: i32) -> i64 {
+    pg.query_one("SELECT count(*) FROM suspended WHERE n = $1", &[&n])
+        .await
+        .expect("count")
+        .get(0)
+}
+
+/// A gateway routing `db` through `compute`, with one idle pooled connection through it.
+async fn warm_through(compute: &Compute, cp: &MockControlPlane, warmup: i32) -> TestGateway {
+    let pg = postgres();
+    cp.route("db", &compute.addr.to_string());
+    cp.secret("db", "postgres", &pg.role_secret("postgres").await);
+    let gw = TestGateway::with_control_plane(&cp.url, None, |_| {}).await;
+    let (status, body) = sql(&gw, CONN, insert(warmup)).await;
+    assert_eq!(status, 200, "{body}");
+    eventually("the connection is idle", WITHIN, || async {
+        (gw.metric("gateway_pool_idle_connections", "").await == 1.0).then_some(())
+    })
+    .await;
+    gw
+}
+
+#[tokio::test]
+async fn a_query_on_a_pooled_connection_its_server_closed_is_retried_only_if_it_never_ran() {
+    let pg = postgres();
+    let direct = pg.client().await;
+    direct
+        .batch_execute("DROP TABLE IF EXISTS suspended; CREATE TABLE suspended (n int)")
+        .await
+        .expect("table");
+
+    // The compute stops while the connection is idle, and its FATAL is on the wire when the
+    // next query is sent: the query never reached Postgres, so it runs once more on a new
+    // connection, through a new wake (the old address refuses with 57P03).
+    let compute = Compute::start(pg.address()).await;
+    let cp = MockControlPlane::start().await;
+    let gw = warm_through(&compute, &cp, 1).await;
+    compute.set(STOPPING);
+    cp.route("db", &pg.address());
+    let (status, body) = sql(&gw, CONN, insert(2)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["rows"], json!([["2"]]));
+    assert_eq!(count(&direct, 2).await, 1, "ran exactly once");
+    assert_eq!(
+        gw.metric("gateway_retries_total", "operation=\"pooled_query\"")
+            .await,
+        1.0
+    );
+    assert_eq!(cp.wakes(), 2);
+    gw.stop().await;
+
+    // The server dies after running the query, before its reply: the query may have run
+    // (it did), so it is not repeated, although a retry would succeed.
+    let compute = Compute::start(pg.address()).await;
+    let cp = MockControlPlane::start().await;
+    let gw = warm_through(&compute, &cp, 10).await;
+    compute.set(CRASHING);
+    cp.route("db", &pg.address());
+    let (status, body) = sql(&gw, CONN, insert(11)).await;
+    assert_eq!(status, 502, "{body}");
+    assert_eq!(count(&direct, 11).await, 1, "ran once, and only once");
+    assert_eq!(
+        gw.metric("gateway_retries_total", "operation=\"pooled_query\"")
+            .await,
+        0.0
+    );
+    assert_eq!(cp.wakes(), 1);
+    gw.stop().await;
+}
+
+/// A gateway on `cp` reporting activity every `interval`.
+async fn reporting(cp: &MockControlPlane, interval: Duration) -> TestGateway {
+    let pg = postgres();
+    cp.route("db", &pg.address());
+    cp.route("db-pooler", &pg.address());
+    cp.secret("db", "postgres", &pg.role_secret("postgres").await);
+    TestGateway::with_control_plane(&cp.url, None, |config| {
+        config.activity_interval = Some(interval);
+    })
+    .await
+}
+
+/// The first report after the `after` first ones that satisfies `check`.
+async fn report_where(
+    cp: &MockControlPlane,
+    after: usize,
+    what: &str,
+    check: impl Fn(&ReceivedReport) -> bool,
+) -> ReceivedReport {
+    eventually(what, WITHIN, || {
+        let found = cp.reports().into_iter().skip(after).find(|r| check(r));
+        async move { found }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn an_open_session_is_reported_at_once() {
+    let cp = MockControlPlane::start().await;
+    // Far longer than the test's deadlines: only the report for a new session can show it.
+    let gw = reporting(&cp, Duration::from_secs(60)).await;
+
+    let tcp = tcp_session(&gw, "db", "postgres")
+        .await
+        .expect("TCP session");
+    let report = report_where(&cp, 0, "the TCP session is reported", |r| {
+        r.endpoint("db") == Some((1, 0, 0))
+    })
+    .await;
+    assert_eq!(report.report.interval_ms, 60_000);
+    assert_eq!(report.report.cached, ["db"]);
+    drop(tcp);
+    eventually("the TCP session ended", WITHIN, || async {
+        (gw.metric("gateway_sessions_active", "").await == 0.0).then_some(())
+    })
+    .await;
+
+    // Through the pooler too: activity is per endpoint, without -pooler.
+    let before = cp.reports().len();
+    let ws = ws_session(&gw, "db-pooler", "postgres")
+        .await
+        .expect("WebSocket session");
+    let report = report_where(&cp, before, "the WebSocket session is reported", |r| {
+        r.endpoint("db")
+            .is_some_and(|(sessions, _, _)| sessions == 1)
+    })
+    .await;
+    assert_eq!(report.report.cached, ["db"], "db and db-pooler, once");
+    assert!(report
+        .report
+        .endpoints
+        .iter()
+        .all(|e| e.endpoint_id == "db"));
+    assert_eq!(select_one(&ws).await, 1);
+    drop(ws);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn http_queries_are_in_flight_while_they_run_and_idle_time_grows_after() {
+    let cp = MockControlPlane::start().await;
+    let gw = Arc::new(reporting(&cp, Duration::from_millis(100)).await);
+    // The control plane refuses reports throughout: queries do not care, and what the
+    // reports carried is sent again until one is delivered.
+    cp.fail_activity(true);
+    let running = {
+        let gw = gw.clone();
+        tokio::spawn(async move { sql(&gw, CONN, json!({"query": "SELECT pg_sleep(1)"})).await })
+    };
+    report_where(&cp, 0, "the query is reported in flight", |r| {
+        r.endpoint("db") == Some((0, 1, 0))
+    })
+    .await;
+    let (status, body) = running.await.expect("query task");
+    assert_eq!(status, 200, "{body}");
+
+    // Ended: the failed reports keep carrying it, idle for longer each time.
+    let ended = cp.reports().len();
+    let idle = |r: &ReceivedReport| match r.endpoint("db") {
+        Some((0, 0, idle_ms)) => Some(idle_ms),
+        _ => None,
+    };
+    let first = report_where(&cp, ended, "a report after the end", |r| idle(r).is_some()).await;
+    let first_idle = idle(&first).expect("idle");
+    let later = report_where(&cp, ended, "a later report", |r| {
+        r.at > first.at && idle(r).is_some()
+    })
+    .await;
+    assert!(!first.delivered && !later.delivered);
+    assert!(
+        idle(&later).expect("idle") > first_idle,
+        "{first_idle} then {:?}",
+        idle(&later)
+    );
+    assert!(
+        gw.metric("gateway_activity_reports_total", "outcome=\"error\"")
+            .await
+            >= 2.0
+    );
+
+    // Delivered at last, then no longer reported (the route stays cached).
+    cp.fail_activity(false);
+    let delivered = report_where(&cp, ended, "a delivered report", |r| r.delivered).await;
+    assert!(idle(&delivered).expect("idle") > first_idle);
+    let after = cp.reports().len();
+    let quiet = report_where(&cp, after, "a report after the delivered one", |r| {
+        r.delivered
+    })
+    .await;
+    assert!(quiet.report.endpoints.is_empty(), "{:?}", quiet.report);
+    assert_eq!(quiet.report.cached, ["db"]);
+    Arc::try_unwrap(gw).ok().expect("sole owner").stop().await;
+}
+
+#[tokio::test]
+async fn an_inactive_reply_drops_routes_and_idle_connections() {
+    let cp = MockControlPlane::start().await;
+    let gw = reporting(&cp, Duration::from_millis(100)).await;
+    let query = json!({"query": "SELECT 1"});
+    for conn in [CONN, &conn("db-pooler", "postgres"), CONN] {
+        let (status, body) = sql(&gw, conn, query.clone()).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    assert_eq!(cp.wakes(), 2, "db and db-pooler, then warm");
+    eventually("two idle connections", WITHIN, || async {
+        (gw.metric("gateway_pool_idle_connections", "").await == 2.0).then_some(())
+    })
+    .await;
+    report_where(&cp, 0, "db is cached", |r| {
+        r.delivered && r.report.cached == ["db"]
+    })
+    .await;
+
+    // The wake service suspended db.
+    cp.set_inactive(&["db"]);
+    eventually("routes and connections dropped", WITHIN, || async {
+        let drops = gw.metric("gateway_inactive_endpoint_drops_total", "").await;
+        let idle = gw.metric("gateway_pool_idle_connections", "").await;
+        (drops >= 2.0 && idle == 0.0).then_some(())
+    })
+    .await;
+    // Until the wake service says otherwise. Nothing is cached or busy now, so no report
+    // follows: wait until the gateway has acted on every reply of the old kind.
+    let answered_old_way = cp.set_inactive(&[]) as f64;
+    eventually("every reply acted on", WITHIN, || async {
+        let ok = gw
+            .metric("gateway_activity_reports_total", "outcome=\"ok\"")
+            .await;
+        (ok >= answered_old_way).then_some(())
+    })
+    .await;
+
+    // The next queries wake db and db-pooler again, on new connections.
+    let misses = gw
+        .metric("gateway_pool_checkouts_total", "outcome=\"miss\"")
+        .await;
+    for conn in [CONN, &conn("db-pooler", "postgres")] {
+        let (status, body) = sql(&gw, conn, query.clone()).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    assert_eq!(cp.wakes(), 4);
+    assert_eq!(
+        gw.metric("gateway_pool_checkouts_total", "outcome=\"miss\"")
+            .await,
+        misses + 2.0
+    );
+    gw.stop().await;
 }

@@ -45,7 +45,10 @@ pub async fn connect(
         .map_err(|_| BackendError::ConnectTimeout)?
 }
 
-/// [`open`] within `timeout`.
+/// [`open`], then wait for the server's first message, all within `timeout`. A server that
+/// refuses the session before authentication (an ErrorResponse, such as `57P03` while it starts
+/// or shuts down) fails here, so the caller can retry elsewhere before a client has seen any of
+/// it; otherwise the message (the authentication request) stays buffered in the [`Backend`].
 pub async fn open_within(
     timeout: Duration,
     addr: &str,
@@ -54,12 +57,14 @@ pub async fn open_within(
     startup: &[(&str, &str)],
     max_message_bytes: usize,
 ) -> Result<Backend, BackendError> {
-    tokio::time::timeout(
-        timeout,
-        open(addr, user, database, startup, max_message_bytes),
-    )
-    .await
-    .map_err(|_| BackendError::ConnectTimeout)?
+    let opening = async {
+        let mut backend = open(addr, user, database, startup, max_message_bytes).await?;
+        backend.check_refusal().await?;
+        Ok(backend)
+    };
+    tokio::time::timeout(timeout, opening)
+        .await
+        .map_err(|_| BackendError::ConnectTimeout)?
 }
 
 /// Opens a TCP connection to `addr` and sends the StartupMessage. Authentication is the

@@ -62,6 +62,19 @@ impl DbError {
         matches!(self.severity.as_str(), "FATAL" | "PANIC")
     }
 
+    /// `57P03` cannot_connect_now: the server is starting up or shutting down (a compute
+    /// resuming or being suspended). Worth connecting again, after a wake.
+    pub fn is_cannot_connect_now(&self) -> bool {
+        self.code == "57P03"
+    }
+
+    /// A FATAL for an operator intervention (`57P01` admin shutdown, `57P02` crash shutdown,
+    /// `57P05` idle-session timeout, …): the server ends the session for reasons of its own,
+    /// not because of anything the client sent.
+    pub fn is_server_going_away(&self) -> bool {
+        self.is_fatal() && self.code.starts_with("57P")
+    }
+
     /// Authentication failures (wrong password, no such role, rejected by pg_hba).
     pub fn is_auth_failure(&self) -> bool {
         matches!(self.code.as_str(), "28P01" | "28000")

@@ -8,7 +8,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use fallible_iterator::FallibleIterator;
 use postgres_protocol::message::{backend::Message, frontend};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -35,6 +35,18 @@ pub struct Backend {
     max_message_bytes: usize,
     /// The server's ParameterStatus values from startup, in arrival order.
     parameters: Vec<(String, String)>,
+    /// Bytes written and messages read since the connection opened: whether a request reached
+    /// the server, and whether the server answered it, is told by comparing them with a
+    /// [`Progress`] taken before.
+    written: u64,
+    read: u64,
+}
+
+/// How far a connection's conversation had got: see [`Backend::progress`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Progress {
+    pub bytes_written: u64,
+    pub messages_read: u64,
 }
 
 /// What it takes to cancel this backend's running query from another connection.
@@ -78,7 +90,10 @@ impl ReportableError for BackendError {
 }
 
 /// Neon's rule for connecting to a compute: only failures to reach it are worth another try
-/// (it may be starting, or have moved). Authentication and other Postgres errors are final.
+/// (it may be starting, or have moved, or be suspending). That includes Postgres refusing the
+/// connection with `57P03` (cannot_connect_now: "the database system is starting up" / "is
+/// shutting down"), which it sends before authentication. Authentication and other Postgres
+/// errors are final.
 impl crate::retry::Retryable for BackendError {
     fn is_retryable(&self) -> bool {
         match self {
@@ -89,6 +104,7 @@ impl crate::retry::Retryable for BackendError {
                     | io::ErrorKind::TimedOut
             ),
             BackendError::ConnectTimeout => true,
+            BackendError::Db(db) => db.is_cannot_connect_now(),
             _ => false,
         }
     }
@@ -119,6 +135,30 @@ impl Backend {
             in_flight: false,
             max_message_bytes,
             parameters: Vec::new(),
+            written: 0,
+            read: 0,
+        }
+    }
+
+    /// Bytes written to and messages read from the server so far.
+    pub fn progress(&self) -> Progress {
+        Progress {
+            bytes_written: self.written,
+            messages_read: self.read,
+        }
+    }
+
+    /// After the StartupMessage: waits for the server's first message and fails with its
+    /// ErrorResponse if that is what it is (Postgres refuses with `57P03` while starting or
+    /// shutting down, before any authentication). Anything else stays buffered for the caller.
+    pub async fn check_refusal(&mut self) -> Result<(), BackendError> {
+        self.fill_message().await?;
+        if self.read_buf[0] != b'E' {
+            return Ok(());
+        }
+        match self.read_message().await? {
+            Message::ErrorResponse(body) => Err(DbError::parse(&body)?.into()),
+            other => Err(BackendError::unexpected(&other)),
         }
     }
 
@@ -155,6 +195,7 @@ impl Backend {
     /// Reads one whole message without parsing it (tag, length and body), for relaying.
     pub async fn read_frame(&mut self) -> Result<BytesMut, BackendError> {
         let total = self.fill_message().await?;
+        self.read += 1;
         Ok(self.read_buf.split_to(total))
     }
 
@@ -190,7 +231,15 @@ impl Backend {
 
     pub async fn flush(&mut self) -> Result<(), BackendError> {
         self.in_flight = true;
-        self.stream.write_all(&self.write_buf).await?;
+        // `write_all`, counting what the server may have received.
+        while !self.write_buf.is_empty() {
+            let n = self.stream.write(&self.write_buf).await?;
+            if n == 0 {
+                return Err(io::Error::from(io::ErrorKind::WriteZero).into());
+            }
+            self.written += n as u64;
+            self.write_buf.advance(n);
+        }
         self.write_buf.clear();
         Ok(())
     }
@@ -215,6 +264,7 @@ impl Backend {
 
     async fn read_message(&mut self) -> Result<Message, BackendError> {
         self.fill_message().await?;
+        self.read += 1;
         Message::parse(&mut self.read_buf)?
             .ok_or_else(|| BackendError::protocol("incomplete message"))
     }
@@ -282,9 +332,19 @@ impl Backend {
         &mut self,
         mut on_row: impl FnMut(Vec<Option<String>>),
     ) -> Result<(), BackendError> {
-        let mut error = None;
+        let mut error: Option<DbError> = None;
         loop {
-            match self.next_message().await? {
+            let message = match self.next_message().await {
+                Ok(message) => message,
+                // A FATAL is followed by the server closing the connection: report the FATAL.
+                Err(e) => {
+                    return Err(match error {
+                        Some(fatal) if fatal.is_fatal() => fatal.into(),
+                        _ => e,
+                    })
+                }
+            };
+            match message {
                 Message::ReadyForQuery(_) => break,
                 Message::ErrorResponse(body) => error = Some(DbError::parse(&body)?),
                 Message::DataRow(row) => {
@@ -382,5 +442,57 @@ fn message_name(message: &Message) -> &'static str {
         Message::ReadyForQuery(_) => "ReadyForQuery",
         Message::RowDescription(_) => "RowDescription",
         _ => "message",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::retry::Retryable;
+
+    fn db(severity: &str, code: &str) -> BackendError {
+        DbError {
+            severity: severity.into(),
+            code: code.into(),
+            ..DbError::default()
+        }
+        .into()
+    }
+
+    #[test]
+    fn connect_retry_rules() {
+        let io = |kind: io::ErrorKind| BackendError::Io(io::Error::from(kind));
+        // (error, worth connecting again after a wake)
+        let cases = [
+            (io(io::ErrorKind::ConnectionRefused), true),
+            (io(io::ErrorKind::TimedOut), true),
+            (BackendError::ConnectTimeout, true),
+            // "the database system is starting up" / "is shutting down"
+            (db("FATAL", "57P03"), true),
+            (io(io::ErrorKind::ConnectionReset), false),
+            (db("FATAL", "28P01"), false),
+            (db("FATAL", "57P01"), false),
+            (db("FATAL", "3D000"), false),
+            (BackendError::protocol("x"), false),
+        ];
+        for (error, retryable) in cases {
+            assert_eq!(error.is_retryable(), retryable, "{error:?}");
+        }
+    }
+
+    #[test]
+    fn server_going_away() {
+        let check = |severity: &str, code: &str| match db(severity, code) {
+            BackendError::Db(db) => db.is_server_going_away(),
+            _ => unreachable!(),
+        };
+        assert!(check("FATAL", "57P01"));
+        assert!(check("FATAL", "57P05"));
+        assert!(!check("ERROR", "57P01"), "only a FATAL ends the session");
+        assert!(
+            !check("FATAL", "08P01"),
+            "a protocol error is about what was sent"
+        );
+        assert!(!check("ERROR", "57014"), "a cancelled statement ran");
     }
 }

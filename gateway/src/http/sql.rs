@@ -6,9 +6,12 @@
 //! 2. body, read up to the limit (413 beyond) → [`Payload`];
 //! 3. the password checked against the role's SCRAM secret when the control plane knows it,
 //!    the route looked up (the endpoint woken if needed), then a connection from the pool,
-//!    which reuses an idle one only for a verified password;
+//!    which reuses an idle one only for a verified password; from here on the request counts
+//!    as in flight on its endpoint ([`crate::activity`]);
 //! 4. execution ([`crate::query`]); an error or a dropped request discards the connection,
-//!    cancelling whatever still runs;
+//!    cancelling whatever still runs. A request that failed on a reused connection which the
+//!    server had closed before the request reached it ([`crate::pool::Conn::never_ran`]) is
+//!    run once more on a new connection; one that may have run is never repeated;
 //! 5. JSON rendering within the response limit (507 beyond); the connection goes back to the pool.
 
 use std::sync::Arc;
@@ -26,10 +29,14 @@ use super::AppState;
 use crate::auth::PasswordCheck;
 use crate::conn_info::{self, ConnInfo};
 use crate::error::{ReportableError, SqlError};
-use crate::pool::PoolError;
+use crate::metrics::RETRY_POOLED_QUERY;
+use crate::pool::{Conn, PoolError};
 use crate::query::json::{self, OutputMode};
 use crate::query::types::TypeMap;
-use crate::query::{self, IsolationLevel, ResponseBudget, Statement, TxnOptions};
+use crate::query::{
+    self, IsolationLevel, QueryError, ResponseBudget, Statement, StatementResult, TxnOptions,
+};
+use crate::routes::Route;
 use crate::usage::Direction;
 
 const CONNECTION_STRING: &str = "neon-connection-string";
@@ -330,17 +337,31 @@ async fn run(
         }
     }
 
-    let mut conn = connect(state, &info).await?;
+    let verified = check_password(state, &info).await?;
+    let route = resolve(state, &info).await?;
+    // In flight on its endpoint from here until the response is built (or the request fails,
+    // or the client goes away and this future is dropped).
+    let _in_flight = state.activity.query(&info.endpoint);
+    let mut conn = checkout(state, &info, route, verified, true).await?;
 
     let max = state.max_response_bytes;
-    let mut budget = ResponseBudget::new(max);
-    let results = match &payload {
-        Payload::Single(statement) => {
-            vec![query::execute(conn.backend(), statement, &mut budget).await?]
+    let results = match execute(&mut conn, &payload, &options, max).await {
+        Err(QueryError::Backend(e)) if conn.never_ran(&e) => {
+            // The idle connection was closed under us (a compute being suspended) and the
+            // request provably did not run: once more, on a new connection through the route
+            // table, which wakes the endpoint again if its address no longer answers.
+            tracing::info!(endpoint = %info.endpoint, error = %e, "pooled connection was closed before the request reached it; retrying on a new connection");
+            state
+                .metrics
+                .retries
+                .with_label_values(&[RETRY_POOLED_QUERY])
+                .inc();
+            drop(conn);
+            let route = resolve(state, &info).await?;
+            conn = checkout(state, &info, route, verified, false).await?;
+            execute(&mut conn, &payload, &options, max).await?
         }
-        Payload::Batch(statements) => {
-            query::execute_batch(conn.backend(), statements, &options.txn, &mut budget).await?
-        }
+        result => result?,
     };
     let types = if options.mode.raw_text {
         TypeMap::new()
@@ -381,12 +402,30 @@ async fn run(
     Ok(json_response(out, &payload, &options))
 }
 
-/// A connection for the request: the password is checked against the role's secret when the
-/// control plane knows it (a match may reuse pooled connections, a mismatch is refused without
-/// a backend), then the endpoint is resolved (woken if needed) and the pool asked.
-async fn connect(state: &AppState, info: &ConnInfo) -> Result<crate::pool::Conn, SqlError> {
-    let routes = &state.routes;
-    let secret = routes
+/// Runs the payload's statements on `conn`.
+async fn execute(
+    conn: &mut Conn,
+    payload: &Payload,
+    options: &RequestOptions,
+    max: usize,
+) -> Result<Vec<StatementResult>, QueryError> {
+    let mut budget = ResponseBudget::new(max);
+    match payload {
+        Payload::Single(statement) => Ok(vec![
+            query::execute(conn.backend(), statement, &mut budget).await?,
+        ]),
+        Payload::Batch(statements) => {
+            query::execute_batch(conn.backend(), statements, &options.txn, &mut budget).await
+        }
+    }
+}
+
+/// Checks the password against the role's secret when the control plane knows it: a match
+/// (`true`) may reuse pooled connections, a mismatch is refused without a backend, and without
+/// a secret (`false`) Postgres judges the password.
+async fn check_password(state: &AppState, info: &ConnInfo) -> Result<bool, SqlError> {
+    let secret = state
+        .routes
         .role_secret(&info.endpoint, &info.user)
         .await
         .map_err(|e| SqlError::from_route(e, &info.user))?;
@@ -395,20 +434,36 @@ async fn connect(state: &AppState, info: &ConnInfo) -> Result<crate::pool::Conn,
         .passwords()
         .check(secret.as_ref(), &info.endpoint, &info.user, &info.password)
         .await;
-    let auth_failed = || SqlError::AuthFailed {
-        user: info.user.clone(),
-    };
     if check == PasswordCheck::Wrong {
-        return Err(auth_failed());
+        return Err(SqlError::AuthFailed {
+            user: info.user.clone(),
+        });
     }
-    let route = routes
+    Ok(check == PasswordCheck::Verified)
+}
+
+/// Where the endpoint is (woken if needed).
+async fn resolve(state: &AppState, info: &ConnInfo) -> Result<Route, SqlError> {
+    state
+        .routes
         .resolve(&info.endpoint)
         .await
-        .map_err(|e| SqlError::from_route(e, &info.user))?;
-    let verified = check == PasswordCheck::Verified;
+        .map_err(|e| SqlError::from_route(e, &info.user))
+}
+
+/// A connection from the pool (an idle one only for a `verified` password and with
+/// `reuse_idle`), or a new one through the route table.
+async fn checkout(
+    state: &AppState,
+    info: &ConnInfo,
+    route: Route,
+    verified: bool,
+    reuse_idle: bool,
+) -> Result<Conn, SqlError> {
+    let routes = &state.routes;
     match state
         .pool
-        .checkout(routes, route, info, None, verified)
+        .checkout(routes, route, info, None, verified, reuse_idle)
         .await
     {
         Ok(conn) => Ok(conn),
@@ -417,7 +472,9 @@ async fn connect(state: &AppState, info: &ConnInfo) -> Result<crate::pool::Conn,
                 // Postgres refused what the secret accepted: the secret is out of date.
                 routes.forget_role_secret(&info.endpoint, &info.user).await;
             }
-            Err(auth_failed())
+            Err(SqlError::AuthFailed {
+                user: info.user.clone(),
+            })
         }
         Err(e) => Err(SqlError::from_pool(e, &info.user)),
     }

@@ -6,7 +6,8 @@
 //! from Parse. Batches run inside `START TRANSACTION … / COMMIT`.
 //!
 //! Errors from Postgres come back only after the ReadyForQuery that ends the statement, so the
-//! connection is in sync; every other error leaves a request in flight.
+//! connection is in sync; every other error leaves a request in flight. A FATAL has no
+//! ReadyForQuery after it (the server closes the connection): it is returned as it is.
 
 pub mod json;
 pub mod types;
@@ -206,12 +207,18 @@ pub async fn execute(
     backend.flush().await?;
 
     let mut result = StatementResult::default();
-    let mut error = None;
+    let mut error: Option<DbError> = None;
     loop {
-        let message = backend
-            .next_message()
-            .await
-            .map_err(|e| budget.oversized(e))?;
+        let message = match backend.next_message().await {
+            Ok(message) => message,
+            // A FATAL is followed by the server closing the connection: report the FATAL.
+            Err(e) => {
+                return Err(match error {
+                    Some(fatal) if fatal.is_fatal() => fatal.into(),
+                    _ => budget.oversized(e),
+                })
+            }
+        };
         match message {
             Message::ParseComplete
             | Message::BindComplete

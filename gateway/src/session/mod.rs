@@ -43,6 +43,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::time::{timeout_at, Instant};
 
+use crate::activity::ActivityGuard;
 use crate::auth::PasswordCheck;
 use crate::backend::{self, Backend, BackendError, ConnectParams, DbError};
 use crate::conn_info::{EndpointId, Password};
@@ -402,6 +403,8 @@ async fn forward_cancel(process_id: i32, secret_key: i32, state: &AppState) {
 struct Ready {
     backend: Backend,
     endpoint: EndpointId,
+    /// Counts the session as open on its endpoint until the relay ends.
+    activity: ActivityGuard,
 }
 
 async fn handshake<S>(
@@ -449,7 +452,7 @@ where
         Transport::Tls { .. } => named.is_none(),
         Transport::Tcp => false,
     };
-    let (endpoint, backend) = if cleartext {
+    let (endpoint, backend, activity) = if cleartext {
         protocol::authentication_cleartext_password(client.write_buf());
         client.flush().await?;
         let body = read_auth_message(client).await?;
@@ -483,6 +486,7 @@ where
             .resolve(&endpoint)
             .await
             .map_err(|e| SessionError::from_route(e, user))?;
+        let activity = state.activity.session(&endpoint);
         let params = ConnectParams {
             user,
             password,
@@ -511,7 +515,7 @@ where
             Err(ConnectError::Connect(e)) => return Err(SessionError::from_backend(e, user)),
             Err(ConnectError::Route(e)) => return Err(SessionError::from_route(e, user)),
         };
-        (endpoint, backend)
+        (endpoint, backend, activity)
     } else {
         let endpoint = named.unwrap_or_else(|| state.default_endpoint.clone());
         let route = match state.routes.resolve(&endpoint).await {
@@ -524,10 +528,15 @@ where
             }
             Err(e) => return Err(SessionError::from_route(e, user)),
         };
+        let activity = state.activity.session(&endpoint);
         let backend = relay_authentication(client, state, route, user, database, &forward).await?;
-        (endpoint, backend)
+        (endpoint, backend, activity)
     };
-    Ok(Ready { backend, endpoint })
+    Ok(Ready {
+        backend,
+        endpoint,
+        activity,
+    })
 }
 
 /// The body of the client's next PasswordMessage (which also carries SASL responses).
@@ -560,7 +569,8 @@ where
     let failed = |e| SessionError::from_backend(e, user);
     let timeout = state.pool.config().connect_timeout;
     let max_message_bytes = state.sessions.max_message_bytes;
-    // Opening is only TCP and the StartupMessage: a refused or timed-out connect to a cached
+    // Opening is TCP, the StartupMessage and the server's first answer: a refused or
+    // timed-out connect, or a `57P03` refusal (a compute stopping or starting), at a cached
     // address wakes the endpoint again, before the client has seen any challenge.
     let mut backend = state
         .routes
@@ -678,7 +688,11 @@ async fn relay_session<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    let Ready { backend, endpoint } = ready;
+    let Ready {
+        backend,
+        endpoint,
+        activity,
+    } = ready;
     let key = state.cancels.register(backend.cancel_key());
     let out = client.write_buf();
     protocol::authentication_ok(out);
@@ -723,6 +737,7 @@ async fn relay_session<S>(
     .await;
     active.dec();
     drop(key);
+    drop(activity);
     let error = match relayed.end {
         RelayEnd::ClientClosed | RelayEnd::BackendClosed => None,
         RelayEnd::Idle => Some(SessionError::Idle),

@@ -6,7 +6,8 @@
 //! real wake service) with no static routes; `tweak` can tune `config.route_cache` (say a short
 //! `negative_ttl`). The same configuration is `Config::for_tests_with_control_plane(url, token)`
 //! for tests that start gateways themselves. `MockControlPlane` is a stand-in proxy API that
-//! answers from tables and counts requests.
+//! answers from tables and counts requests; it also takes the gateway's activity reports
+//! (`POST /activity`), records them and answers with a configurable `inactive` list.
 
 #![allow(dead_code)]
 
@@ -211,6 +212,37 @@ struct MockState {
     lookups: AtomicUsize,
     down: AtomicBool,
     token: Mutex<Option<String>>,
+    activity: Mutex<ActivityLog>,
+}
+
+#[derive(Default)]
+struct ActivityLog {
+    /// Every report received, also the ones answered with an error.
+    reports: Vec<ReceivedReport>,
+    /// The reply's `inactive` list.
+    inactive: Vec<String>,
+    /// Reports get a 500 while set.
+    failing: bool,
+}
+
+/// One activity report as the mock control plane received it.
+#[derive(Clone, Debug)]
+pub struct ReceivedReport {
+    pub at: std::time::Instant,
+    pub report: wake_api::proxy::ActivityReport,
+    /// Answered 200 (the gateway counts it delivered).
+    pub delivered: bool,
+}
+
+impl ReceivedReport {
+    /// (sessions, in_flight, idle_ms) of `endpoint`, when the report lists it.
+    pub fn endpoint(&self, endpoint: &str) -> Option<(u32, u32, u64)> {
+        self.report
+            .endpoints
+            .iter()
+            .find(|e| e.endpoint_id == endpoint)
+            .map(|e| (e.sessions, e.in_flight, e.idle_ms))
+    }
 }
 
 impl MockControlPlane {
@@ -298,10 +330,37 @@ impl MockControlPlane {
             .into_response()
         }
 
+        async fn activity(
+            State(state): State<Arc<MockState>>,
+            headers: HeaderMap,
+            axum::Json(report): axum::Json<wake_api::proxy::ActivityReport>,
+        ) -> Response {
+            if let Some(refused) = refused(&state, &headers) {
+                return refused;
+            }
+            // One lock for the reply and the record: a test that changes the reply knows
+            // which reports were answered the old way.
+            let mut log = state.activity.lock().expect("lock");
+            let delivered = !log.failing;
+            log.reports.push(ReceivedReport {
+                at: std::time::Instant::now(),
+                report,
+                delivered,
+            });
+            if !delivered {
+                return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+            }
+            axum::Json(wake_api::proxy::ActivityReply {
+                inactive: log.inactive.clone(),
+            })
+            .into_response()
+        }
+
         let state = Arc::new(MockState::default());
         let app = axum::Router::new()
             .route("/proxy/api/v1/wake_compute", get(wake))
             .route("/proxy/api/v1/get_endpoint_access_control", get(access))
+            .route("/proxy/api/v1/activity", axum::routing::post(activity))
             .with_state(state.clone());
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
@@ -351,9 +410,27 @@ impl MockControlPlane {
         self.state.lookups.load(Ordering::SeqCst)
     }
 
-    /// Every request so far, both calls.
+    /// Every `wake_compute` and access-control request so far (activity reports apart).
     pub fn requests(&self) -> usize {
         self.wakes() + self.lookups()
+    }
+
+    /// Every activity report received so far, in order.
+    pub fn reports(&self) -> Vec<ReceivedReport> {
+        self.state.activity.lock().expect("lock").reports.clone()
+    }
+
+    /// Activity reports are answered with these endpoints as inactive from now on. Returns
+    /// how many reports were received before the change (those were answered the old way).
+    pub fn set_inactive(&self, inactive: &[&str]) -> usize {
+        let mut log = self.state.activity.lock().expect("lock");
+        log.inactive = inactive.iter().map(|s| (*s).to_owned()).collect();
+        log.reports.len()
+    }
+
+    /// While set, activity reports get a 500 (they are still recorded).
+    pub fn fail_activity(&self, failing: bool) {
+        self.state.activity.lock().expect("lock").failing = failing;
     }
 }
 
@@ -392,4 +469,23 @@ pub async fn sql(
     let status = response.status().as_u16();
     let json = response.json().await.expect("JSON body");
     (status, json)
+}
+
+/// Polls `check` every 20 ms until it gives a value, for at most `limit`; panics naming `what`
+/// when it never does. For conditions that come true in the background (reports, drains).
+pub async fn eventually<T, F, Fut>(what: &str, limit: std::time::Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            panic!("{what}: not within {limit:?}");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 }

@@ -1,0 +1,692 @@
+//! Client activity per endpoint, and the report that tells the control plane about it, so it
+//! can suspend idle endpoints (scale to zero) without suspending one that has clients.
+//!
+//! - [`Activity`] counts, per endpoint id without `-pooler` (static routes included), the open
+//!   WebSocket/TCP sessions and the `POST /sql` requests in flight, and remembers when the last
+//!   one ended. Both are held by an [`ActivityGuard`] that decrements on drop, so every exit
+//!   (errors, panics unwinding, clients going away) is counted. The map is sharded: a session
+//!   or query takes one short, uncontended shard lock when it starts and one when it ends.
+//! - [`run_reporter`] (only with a control plane) sends an `ActivityReport` every interval, and
+//!   at once when an endpoint goes from idle to busy (at most one such extra report per
+//!   [`URGENT_GAP`]), so the control plane hears of a new session before it could decide to
+//!   suspend. A report lists the endpoints that are busy or had activity since the last report
+//!   the control plane received, and the endpoints whose routes are cached.
+//! - The reply names the reported or cached endpoints that are not active (suspended, starting,
+//!   deleted): their cached routes and idle pooled connections are dropped, so the next client
+//!   wakes the endpoint instead of meeting a stopped Postgres or a paused PgBouncer.
+//!
+//! Invariant: reporting never affects queries. A failed or slow report is logged and counted;
+//! the activity it carried is sent again with the next report.
+
+use std::collections::hash_map::RandomState;
+use std::collections::HashMap;
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use futures_util::FutureExt;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use wake_api::proxy::{ActivityReply, ActivityReport, EndpointActivity};
+
+use crate::conn_info::EndpointId;
+use crate::control_plane::ControlPlaneApi;
+use crate::state::AppState;
+
+/// Shards of the activity map: enough that two cores rarely meet on one lock.
+const SHARDS: usize = 16;
+/// An urgent report (an endpoint just became busy) waits at least this long after the
+/// previous report, so a burst of new sessions causes one extra report, not one each.
+pub const URGENT_GAP: Duration = Duration::from_millis(50);
+/// At most this many cached endpoint ids go into one report.
+pub const MAX_CACHED: usize = 10_000;
+/// A failing control plane is logged at WARN at most this often (DEBUG otherwise).
+const WARN_EVERY: Duration = Duration::from_secs(60);
+
+/// Open sessions and queries in flight per endpoint.
+pub struct Activity {
+    shards: Box<[Mutex<HashMap<EndpointId, Entry>>]>,
+    hasher: RandomState,
+    /// Numbers the reports: every start and end records the number of the report that will
+    /// carry it.
+    epoch: AtomicU64,
+    /// The number of the last report the control plane received.
+    acked: AtomicU64,
+    /// Signalled when an endpoint goes from idle to busy.
+    urgent: Notify,
+}
+
+#[derive(Debug, Default)]
+struct Entry {
+    sessions: u32,
+    in_flight: u32,
+    /// When the last session or query ended.
+    last_end: Option<Instant>,
+    /// The epoch of the last start or end.
+    seen: u64,
+}
+
+impl Entry {
+    fn busy(&self) -> bool {
+        self.sessions > 0 || self.in_flight > 0
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Session,
+    Query,
+}
+
+/// Holds one session or query open on its endpoint; dropping it ends it.
+#[must_use = "the activity ends when the guard is dropped"]
+pub struct ActivityGuard {
+    activity: Arc<Activity>,
+    endpoint: EndpointId,
+    kind: Kind,
+}
+
+impl Drop for ActivityGuard {
+    fn drop(&mut self) {
+        self.activity.end(&self.endpoint, self.kind);
+    }
+}
+
+/// What one report says about endpoints.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// Pass to [`Activity::acknowledge`] once the control plane has the report.
+    pub epoch: u64,
+    pub endpoints: Vec<EndpointActivity>,
+}
+
+impl Activity {
+    pub fn new() -> Arc<Activity> {
+        Arc::new(Activity {
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            hasher: RandomState::new(),
+            epoch: AtomicU64::new(1),
+            acked: AtomicU64::new(0),
+            urgent: Notify::new(),
+        })
+    }
+
+    /// A WebSocket or TCP session on `endpoint` (`-pooler` or not), open until the guard drops.
+    pub fn session(self: &Arc<Self>, endpoint: &EndpointId) -> ActivityGuard {
+        self.begin(endpoint, Kind::Session)
+    }
+
+    /// A `POST /sql` request on `endpoint`, in flight until the guard drops.
+    pub fn query(self: &Arc<Self>, endpoint: &EndpointId) -> ActivityGuard {
+        self.begin(endpoint, Kind::Query)
+    }
+
+    fn shard(&self, endpoint: &EndpointId) -> MutexGuard<'_, HashMap<EndpointId, Entry>> {
+        let index = (self.hasher.hash_one(endpoint) % SHARDS as u64) as usize;
+        // Counters stay consistent even if a holder panicked: every update is one statement.
+        self.shards[index]
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn begin(self: &Arc<Self>, endpoint: &EndpointId, kind: Kind) -> ActivityGuard {
+        let endpoint = tracked(endpoint);
+        let became_busy = {
+            let mut shard = self.shard(&endpoint);
+            let entry = shard.entry(endpoint.clone()).or_default();
+            let was_busy = entry.busy();
+            match kind {
+                Kind::Session => entry.sessions = entry.sessions.saturating_add(1),
+                Kind::Query => entry.in_flight = entry.in_flight.saturating_add(1),
+            }
+            // Under the shard lock, so a snapshot sees either this start or a later epoch.
+            entry.seen = self.epoch.load(Ordering::Acquire);
+            !was_busy
+        };
+        if became_busy {
+            self.urgent.notify_one();
+        }
+        ActivityGuard {
+            activity: self.clone(),
+            endpoint,
+            kind,
+        }
+    }
+
+    fn end(&self, endpoint: &EndpointId, kind: Kind) {
+        let mut shard = self.shard(endpoint);
+        // The entry exists: it is only removed while nothing is open on it.
+        if let Some(entry) = shard.get_mut(endpoint) {
+            match kind {
+                Kind::Session => entry.sessions = entry.sessions.saturating_sub(1),
+                Kind::Query => entry.in_flight = entry.in_flight.saturating_sub(1),
+            }
+            entry.last_end = Some(Instant::now());
+            entry.seen = self.epoch.load(Ordering::Acquire);
+        }
+    }
+
+    /// The endpoints that are busy, or had activity the control plane has not been told
+    /// about, as of `now`. Endpoints that are idle and already reported are forgotten.
+    pub fn snapshot(&self, now: Instant) -> Snapshot {
+        // Starts and ends from here on carry a later epoch, so none falls between reports.
+        let epoch = self.epoch.fetch_add(1, Ordering::AcqRel);
+        let acked = self.acked.load(Ordering::Acquire);
+        let mut endpoints = Vec::new();
+        for shard in self.shards.iter() {
+            let mut shard = shard
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            shard.retain(|endpoint, entry| {
+                let unreported = entry.seen > acked;
+                if !entry.busy() && !unreported {
+                    return false;
+                }
+                let idle_ms = match (entry.busy(), entry.last_end) {
+                    (false, Some(end)) => {
+                        u64::try_from(now.saturating_duration_since(end).as_millis())
+                            .unwrap_or(u64::MAX)
+                    }
+                    _ => 0,
+                };
+                endpoints.push(EndpointActivity {
+                    endpoint_id: endpoint.to_string(),
+                    sessions: entry.sessions,
+                    in_flight: entry.in_flight,
+                    idle_ms,
+                });
+                true
+            });
+        }
+        endpoints.sort_by(|a, b| a.endpoint_id.cmp(&b.endpoint_id));
+        Snapshot { epoch, endpoints }
+    }
+
+    /// The control plane received the report made from the snapshot numbered `epoch`.
+    pub fn acknowledge(&self, epoch: u64) {
+        self.acked.fetch_max(epoch, Ordering::AcqRel);
+    }
+
+    /// Completes when an endpoint became busy since the last call (or [`Self::clear_urgent`]).
+    pub async fn became_busy(&self) {
+        self.urgent.notified().await;
+    }
+
+    /// Forgets a pending "became busy": the snapshot about to be taken includes it.
+    pub fn clear_urgent(&self) {
+        let _ = self.urgent.notified().now_or_never();
+    }
+}
+
+/// Activity is tracked per endpoint, without `-pooler`: the pooler belongs to the endpoint.
+fn tracked(endpoint: &EndpointId) -> EndpointId {
+    match wake_api::split_pooler(endpoint.as_str()) {
+        (id, true) => EndpointId::parse(id).unwrap_or_else(|| endpoint.clone()),
+        (_, false) => endpoint.clone(),
+    }
+}
+
+/// Reports activity to the control plane every `interval`, and soon after an endpoint becomes
+/// busy, until `stop`. Runs only when a control plane is configured.
+pub async fn run_reporter(
+    state: Arc<AppState>,
+    control_plane: Arc<dyn ControlPlaneApi>,
+    interval: Duration,
+    stop: CancellationToken,
+) {
+    let mut reporter = Reporter {
+        state,
+        control_plane,
+        interval,
+        last_warning: None,
+        failing: false,
+    };
+    let activity = reporter.state.activity.clone();
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_report: Option<Instant> = None;
+    loop {
+        tokio::select! {
+            biased;
+            () = stop.cancelled() => return,
+            () = activity.became_busy() => {
+                // Coalesce: one extra report per URGENT_GAP at most.
+                if let Some(at) = last_report.map(|last| last + URGENT_GAP) {
+                    tokio::select! {
+                        () = stop.cancelled() => return,
+                        () = tokio::time::sleep_until(at) => {}
+                    }
+                }
+            }
+            _ = tick.tick() => {}
+        }
+        last_report = Some(Instant::now());
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = reporter.report() => {}
+        }
+    }
+}
+
+struct Reporter {
+    state: Arc<AppState>,
+    control_plane: Arc<dyn ControlPlaneApi>,
+    interval: Duration,
+    last_warning: Option<Instant>,
+    failing: bool,
+}
+
+impl Reporter {
+    /// Sends one report and acts on the reply. Never fails: errors are logged and counted.
+    async fn report(&mut self) {
+        let activity = &self.state.activity;
+        activity.clear_urgent();
+        let snapshot = activity.snapshot(Instant::now());
+        let cached = self.state.routes.cached_endpoints(MAX_CACHED);
+        if snapshot.endpoints.is_empty() && cached.is_empty() {
+            // Nothing to say; the control plane has heard everything before.
+            activity.acknowledge(snapshot.epoch);
+            return;
+        }
+        let report = ActivityReport {
+            interval_ms: u64::try_from(self.interval.as_millis()).unwrap_or(u64::MAX),
+            endpoints: snapshot.endpoints,
+            cached,
+        };
+        let outcomes = &self.state.metrics.activity_reports;
+        match self.control_plane.report_activity(&report).await {
+            Ok(reply) => {
+                activity.acknowledge(snapshot.epoch);
+                if self.failing {
+                    tracing::info!("activity reports reach the control plane again");
+                    self.failing = false;
+                }
+                forget_inactive(&self.state, &reply).await;
+                // Counted once the reply was acted on (tests wait for it).
+                outcomes.with_label_values(&["ok"]).inc();
+            }
+            Err(e) => {
+                outcomes.with_label_values(&["error"]).inc();
+                self.failing = true;
+                let now = Instant::now();
+                if self
+                    .last_warning
+                    .is_none_or(|last| now.duration_since(last) >= WARN_EVERY)
+                {
+                    self.last_warning = Some(now);
+                    tracing::warn!(error = %e, "activity report failed; its activity goes with the next one");
+                } else {
+                    tracing::debug!(error = %e, "activity report failed");
+                }
+            }
+        }
+    }
+}
+
+/// Drops the cached routes and idle pooled connections of every endpoint (and its `-pooler`)
+/// the control plane says is not active, so the next client wakes it. Endpoints with static
+/// routes are left alone: the control plane does not know them.
+pub async fn forget_inactive(state: &AppState, reply: &ActivityReply) {
+    for id in &reply.inactive {
+        let Some(id) = EndpointId::parse(id) else {
+            continue;
+        };
+        let pooler = EndpointId::parse(&format!("{id}{}", wake_api::POOLER_SUFFIX));
+        for endpoint in std::iter::once(id).chain(pooler) {
+            if state.routes.is_static(&endpoint) {
+                continue;
+            }
+            let dropped = state.routes.forget(&endpoint).await;
+            let closed = state.pool.close_idle_of(&endpoint);
+            if dropped || closed > 0 {
+                state.metrics.inactive_drops.inc();
+                tracing::info!(%endpoint, idle_connections = closed, "endpoint is not active; dropped its cached route and idle connections");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(name: &str) -> EndpointId {
+        EndpointId::parse(name).expect("endpoint id")
+    }
+
+    /// (endpoint, sessions, in_flight, idle_ms) per reported endpoint.
+    fn rows(snapshot: &Snapshot) -> Vec<(String, u32, u32, u64)> {
+        snapshot
+            .endpoints
+            .iter()
+            .map(|e| (e.endpoint_id.clone(), e.sessions, e.in_flight, e.idle_ms))
+            .collect()
+    }
+
+    fn row(endpoint: &str, sessions: u32, in_flight: u32, idle_ms: u64) -> (String, u32, u32, u64) {
+        (endpoint.to_owned(), sessions, in_flight, idle_ms)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn guards_count_sessions_and_queries_per_endpoint_without_pooler() {
+        let activity = Activity::new();
+        let a = activity.session(&id("db"));
+        let b = activity.session(&id("db-pooler"));
+        let q = activity.query(&id("db"));
+        let other = activity.query(&id("other"));
+        let now = Instant::now();
+        assert_eq!(
+            rows(&activity.snapshot(now)),
+            [row("db", 2, 1, 0), row("other", 0, 1, 0)]
+        );
+        drop((a, q, other));
+        tokio::time::advance(Duration::from_millis(700)).await;
+        let snapshot = activity.snapshot(Instant::now());
+        assert_eq!(
+            rows(&snapshot),
+            [row("db", 1, 0, 0), row("other", 0, 0, 700)],
+            "busy endpoints say 0; idle ones how long ago the last activity ended"
+        );
+        drop(b);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_ms_grows_until_the_control_plane_has_the_report() {
+        let activity = Activity::new();
+        drop(activity.query(&id("db")));
+        tokio::time::advance(Duration::from_millis(100)).await;
+        let first = activity.snapshot(Instant::now());
+        assert_eq!(rows(&first), [row("db", 0, 0, 100)]);
+        // Not acknowledged (the report failed): the next report carries it again, older.
+        tokio::time::advance(Duration::from_millis(400)).await;
+        let second = activity.snapshot(Instant::now());
+        assert_eq!(rows(&second), [row("db", 0, 0, 500)]);
+        activity.acknowledge(second.epoch);
+        // Delivered and idle since: no longer reported, and forgotten.
+        let third = activity.snapshot(Instant::now());
+        assert!(third.endpoints.is_empty(), "{third:?}");
+        assert!(activity
+            .shards
+            .iter()
+            .all(|s| s.lock().expect("lock").is_empty()));
+        // New activity after an acknowledged report is reported again.
+        drop(activity.session(&id("db")));
+        assert_eq!(
+            rows(&activity.snapshot(Instant::now())),
+            [row("db", 0, 0, 0)]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_end_racing_a_report_is_not_lost() {
+        let activity = Activity::new();
+        let guard = activity.session(&id("db"));
+        let snapshot = activity.snapshot(Instant::now());
+        assert_eq!(rows(&snapshot), [row("db", 1, 0, 0)]);
+        // The session ends after the snapshot was taken, before its report is acknowledged.
+        drop(guard);
+        activity.acknowledge(snapshot.epoch);
+        tokio::time::advance(Duration::from_millis(30)).await;
+        assert_eq!(
+            rows(&activity.snapshot(Instant::now())),
+            [row("db", 0, 0, 30)]
+        );
+    }
+
+    #[test]
+    fn guards_end_on_panic() {
+        let activity = Activity::new();
+        let inner = activity.clone();
+        let panicked = std::thread::spawn(move || {
+            let _guard = inner.query(&id("db"));
+            panic!("the request handler failed");
+        })
+        .join();
+        assert!(panicked.is_err());
+        let snapshot = activity.snapshot(Instant::now());
+        assert_eq!(snapshot.endpoints.len(), 1);
+        assert_eq!(
+            (
+                snapshot.endpoints[0].sessions,
+                snapshot.endpoints[0].in_flight
+            ),
+            (0, 0)
+        );
+    }
+
+    /// A control plane that records reports (with when they arrived) and answers from a table.
+    #[derive(Default)]
+    struct Recorder {
+        reports: Mutex<Vec<(Instant, ActivityReport)>>,
+        inactive: Mutex<Vec<String>>,
+        failing: std::sync::atomic::AtomicBool,
+        wakes: std::sync::atomic::AtomicUsize,
+    }
+
+    impl Recorder {
+        fn reports(&self) -> Vec<(Instant, ActivityReport)> {
+            self.reports.lock().expect("lock").clone()
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl ControlPlaneApi for Recorder {
+        async fn wake_compute(
+            &self,
+            endpointish: &EndpointId,
+        ) -> Result<wake_api::proxy::WakeCompute, crate::control_plane::ControlPlaneError> {
+            self.wakes.fetch_add(1, Ordering::SeqCst);
+            Ok(wake_api::proxy::WakeCompute {
+                address: "10.0.0.1:5432".into(),
+                server_name: None,
+                aux: wake_api::proxy::MetricsAuxInfo {
+                    endpoint_id: endpointish.to_string(),
+                    project_id: "p".into(),
+                    branch_id: "b".into(),
+                    compute_id: "c".into(),
+                    cold_start_info: wake_api::proxy::ColdStartInfo::Warm,
+                },
+            })
+        }
+
+        async fn access_control(
+            &self,
+            _: &EndpointId,
+            _: &str,
+        ) -> Result<wake_api::proxy::AccessControl, crate::control_plane::ControlPlaneError>
+        {
+            Err(crate::control_plane::ControlPlaneError::Invalid(
+                "not in this test".into(),
+            ))
+        }
+
+        async fn report_activity(
+            &self,
+            report: &ActivityReport,
+        ) -> Result<ActivityReply, crate::control_plane::ControlPlaneError> {
+            self.reports
+                .lock()
+                .expect("lock")
+                .push((Instant::now(), report.clone()));
+            if self.failing.load(Ordering::SeqCst) {
+                return Err(crate::control_plane::ControlPlaneError::Status { status: 503 });
+            }
+            Ok(ActivityReply {
+                inactive: self.inactive.lock().expect("lock").clone(),
+            })
+        }
+    }
+
+    /// Shared state whose route table has `fixed` static routes and `recorder` as its control
+    /// plane.
+    fn state_with(recorder: &Arc<Recorder>, fixed: &[&str]) -> Arc<AppState> {
+        let config = crate::config::Config::for_tests(vec![]);
+        let mut state = crate::state(&config).expect("state");
+        let routes = crate::routes::RouteTable::new(
+            fixed.iter().map(|r| r.parse().expect("route")),
+            Some(recorder.clone() as Arc<dyn ControlPlaneApi>),
+            crate::routes::RouteCacheConfig::default(),
+            state.metrics.clone(),
+        );
+        Arc::get_mut(&mut state).expect("sole owner").routes = routes;
+        state
+    }
+
+    fn busy_counts(report: &ActivityReport) -> Vec<(String, u32, u32, u64)> {
+        report
+            .endpoints
+            .iter()
+            .map(|e| (e.endpoint_id.clone(), e.sessions, e.in_flight, e.idle_ms))
+            .collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn new_activity_is_reported_at_once_bursts_coalesce_and_failures_are_resent() {
+        let recorder = Arc::new(Recorder::default());
+        let state = state_with(&recorder, &["db=127.0.0.1:1"]);
+        let stop = CancellationToken::new();
+        let interval = Duration::from_secs(10);
+        let started = Instant::now();
+        let reporter = tokio::spawn(run_reporter(
+            state.clone(),
+            recorder.clone(),
+            interval,
+            stop.clone(),
+        ));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(recorder.reports().is_empty(), "nothing to report yet");
+
+        // An endpoint becomes busy: reported at once, long before the interval.
+        let session = state.activity.session(&id("db"));
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        let reports = recorder.reports();
+        assert_eq!(reports.len(), 1);
+        let (first_at, first) = &reports[0];
+        assert_eq!(*first_at - started, Duration::from_millis(100));
+        assert_eq!(first.interval_ms, 10_000);
+        assert_eq!(busy_counts(first), [row("db", 1, 0, 0)]);
+        assert!(first.cached.is_empty(), "static routes are not cached");
+
+        // A burst of new activity right after: one more report, URGENT_GAP after the first.
+        let burst = [
+            state.activity.query(&id("a")),
+            state.activity.session(&id("b-pooler")),
+            state.activity.query(&id("c")),
+        ];
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let reports = recorder.reports();
+        assert_eq!(reports.len(), 2, "one report for the burst");
+        assert_eq!(reports[1].0 - *first_at, URGENT_GAP);
+        assert_eq!(
+            busy_counts(&reports[1].1),
+            [
+                row("a", 0, 1, 0),
+                row("b", 1, 0, 0),
+                row("c", 0, 1, 0),
+                row("db", 1, 0, 0)
+            ]
+        );
+
+        // Everything ends; the control plane is down at the next tick, so that report is
+        // sent again at the one after, with the endpoints idle for longer.
+        drop(burst);
+        drop(session);
+        let ended = Instant::now();
+        recorder.failing.store(true, Ordering::SeqCst);
+        tokio::time::sleep_until(started + interval + Duration::from_millis(1)).await;
+        recorder.failing.store(false, Ordering::SeqCst);
+        tokio::time::sleep_until(started + interval * 2 + Duration::from_millis(1)).await;
+        let reports = recorder.reports();
+        assert_eq!(reports.len(), 4, "two ticks, no urgent report for endings");
+        let idle = |at: Instant| (at - ended).as_millis() as u64;
+        for (at, report) in &reports[2..] {
+            assert_eq!(
+                busy_counts(report),
+                ["a", "b", "c", "db"].map(|e| row(e, 0, 0, idle(*at)))
+            );
+        }
+        assert_eq!(
+            state
+                .metrics
+                .activity_reports
+                .with_label_values(&["error"])
+                .get(),
+            1
+        );
+        // Delivered: the next tick has nothing to say and sends nothing.
+        tokio::time::sleep_until(started + interval * 3 + Duration::from_millis(1)).await;
+        assert_eq!(recorder.reports().len(), 4);
+        assert_eq!(
+            state
+                .metrics
+                .activity_reports
+                .with_label_values(&["ok"])
+                .get(),
+            3
+        );
+        stop.cancel();
+        reporter.await.expect("reporter");
+    }
+
+    #[tokio::test]
+    async fn cached_endpoints_are_reported_and_inactive_ones_forgotten() {
+        let recorder = Arc::new(Recorder::default());
+        let state = state_with(&recorder, &["fixed=127.0.0.1:1"]);
+        for endpoint in ["ep", "ep-pooler", "other", "fixed"] {
+            state.routes.resolve(&id(endpoint)).await.expect("route");
+        }
+        assert_eq!(recorder.wakes.load(Ordering::SeqCst), 3);
+        assert_eq!(
+            state.routes.cached_endpoints(MAX_CACHED),
+            ["ep", "other"],
+            "without -pooler, once, and no static routes"
+        );
+        assert_eq!(state.routes.cached_endpoints(1).len(), 1);
+
+        let reply = ActivityReply {
+            inactive: vec!["ep".into(), "fixed".into(), "not an id".into()],
+        };
+        forget_inactive(&state, &reply).await;
+        assert_eq!(state.metrics.inactive_drops.get(), 2, "ep and ep-pooler");
+        assert_eq!(state.routes.cached_endpoints(MAX_CACHED), ["other"]);
+        // The next lookups of ep wake it again; other and the static route are untouched.
+        for endpoint in ["ep", "ep-pooler", "other", "fixed"] {
+            state.routes.resolve(&id(endpoint)).await.expect("route");
+        }
+        assert_eq!(recorder.wakes.load(Ordering::SeqCst), 5);
+
+        // Through the reporter: the reply of a report drops the routes it names.
+        *recorder.inactive.lock().expect("lock") = vec!["other".into()];
+        let mut reporter = Reporter {
+            state: state.clone(),
+            control_plane: recorder.clone(),
+            interval: Duration::from_secs(1),
+            last_warning: None,
+            failing: false,
+        };
+        reporter.report().await;
+        let reports = recorder.reports();
+        assert_eq!(reports.len(), 1);
+        assert_eq!(reports[0].1.cached, ["ep", "other"]);
+        assert_eq!(state.routes.cached_endpoints(MAX_CACHED), ["ep"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn only_idle_to_busy_is_urgent() {
+        let activity = Activity::new();
+        let busy = || activity.became_busy().now_or_never().is_some();
+        assert!(!busy());
+        let first = activity.session(&id("db"));
+        let second = activity.query(&id("db-pooler"));
+        assert!(busy(), "idle to busy");
+        assert!(!busy(), "one signal for the burst");
+        drop(second);
+        drop(first);
+        let again = activity.query(&id("db"));
+        activity.clear_urgent();
+        assert!(!busy(), "cleared before a report");
+        drop(again);
+    }
+}

@@ -1,10 +1,14 @@
-//! One PgBouncer daemon (`pgbouncer -d`), recognised again through its pidfile.
+//! One PgBouncer daemon (`pgbouncer -d`), recognised again through its pidfile, and its admin
+//! console (`PAUSE`, `RESUME`, `SHOW POOLS`/`STATS`) over the private unix socket.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
+use tokio_postgres::{SimpleQueryMessage, SimpleQueryRow};
 
+use super::postgres::SUPERUSER;
 use super::process::{self, Identity};
 use crate::compute::ComputeError;
 
@@ -12,6 +16,13 @@ use crate::compute::ComputeError;
 const START_SECONDS: u64 = 30;
 /// How long SIGTERM may take before SIGKILL.
 const STOP_SECONDS: u64 = 10;
+/// How often a starting PgBouncer's log and sockets are looked at.
+const START_POLL: Duration = Duration::from_millis(5);
+/// The admin console's database name.
+const ADMIN_DB: &str = "pgbouncer";
+/// How long the admin console may take to accept a connection or answer a command (PAUSE
+/// excepted: its caller bounds it).
+const ADMIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The files of one PgBouncer.
 pub(crate) struct Bouncer<'a> {
@@ -20,6 +31,16 @@ pub(crate) struct Bouncer<'a> {
     pub ini: PathBuf,
     pub pidfile: PathBuf,
     pub log: PathBuf,
+    /// Where its unix sockets are (`unix_socket_dir`).
+    pub run_dir: PathBuf,
+}
+
+/// A running PgBouncer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Daemon {
+    pub pid: i32,
+    /// Started just now (so certainly not paused), not adopted.
+    pub fresh: bool,
 }
 
 pub(crate) enum PidFile {
@@ -73,24 +94,28 @@ impl Bouncer<'_> {
     /// Starts PgBouncer with `files` (path, contents; the ini among them) unless one already
     /// runs with exactly these files and answers on `host:port`; one with other files is
     /// restarted. Files are only rewritten while no PgBouncer runs, so "files on disk equal"
-    /// means "the running daemon loaded them". Returns the daemon's pid.
+    /// means "the running daemon loaded them". `verified`: a pid already seen listening on
+    /// `port` (by this wake service; PgBouncer keeps its listening sockets for life), which
+    /// spares reading `/proc/net/tcp` and a TCP probe on the resume path.
     pub async fn start(
         &self,
         files: &[(PathBuf, String)],
         host: &str,
         port: u16,
-    ) -> Result<i32, ComputeError> {
+        verified: Option<i32>,
+    ) -> Result<Daemon, ComputeError> {
         let current = files
             .iter()
             .all(|(path, contents)| process::file_is(path, contents.as_bytes()));
         match self.pid_file() {
             PidFile::Running(pid) => {
                 if current
-                    && process::listens_on(pid, port)
-                    && process::tcp_accepts(host, port, Duration::from_secs(2)).await
+                    && (verified == Some(pid)
+                        || (process::listens_on(pid, port)
+                            && process::tcp_accepts(host, port, Duration::from_secs(2)).await))
                 {
-                    tracing::info!(pid, port, "adopted running PgBouncer");
-                    return Ok(pid);
+                    tracing::debug!(pid, port, "adopted running PgBouncer");
+                    return Ok(Daemon { pid, fresh: false });
                 }
                 tracing::info!(
                     pid,
@@ -162,9 +187,12 @@ impl Bouncer<'_> {
                     "pgbouncer failed to start: {line}"
                 )));
             }
+            // It binds TCP first, then the unix socket (the admin console's way in).
             if let PidFile::Running(pid) = self.pid_file() {
-                if process::listens_on(pid, port) {
-                    return Ok(pid);
+                if process::listens_on(pid, port)
+                    && self.run_dir.join(format!(".s.PGSQL.{port}")).exists()
+                {
+                    return Ok(Daemon { pid, fresh: true });
                 }
             }
             if Instant::now() >= deadline {
@@ -173,7 +201,7 @@ impl Bouncer<'_> {
                     &self.log,
                 ));
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(START_POLL).await;
         }
     }
 
@@ -206,9 +234,12 @@ impl Bouncer<'_> {
         Ok(())
     }
 
-    /// Whether a PgBouncer (or something we cannot inspect) holds the pidfile.
-    pub fn running(&self) -> bool {
-        matches!(self.pid_file(), PidFile::Running(_) | PidFile::Unknown(_))
+    /// The pid of our PgBouncer, when it runs.
+    pub fn pid(&self) -> Option<i32> {
+        match self.pid_file() {
+            PidFile::Running(pid) => Some(pid),
+            _ => None,
+        }
     }
 
     /// Whether our PgBouncer runs and owns the listening socket on `port`.
@@ -222,4 +253,192 @@ impl Bouncer<'_> {
             self.pidfile.display()
         ))
     }
+}
+
+// --- the admin console ---------------------------------------------------------------------
+
+/// A connection to a PgBouncer's admin console. The connection task is aborted when the last
+/// handle goes: a client dropped with a request in flight (a `PAUSE` that was given up) would
+/// otherwise keep its connection open until PgBouncer answers, which it may never do.
+#[derive(Debug)]
+pub(crate) struct Admin {
+    pub client: tokio_postgres::Client,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Admin {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Admin {
+    /// Connects as `cloud_admin` to database `pgbouncer` over the unix socket in `run_dir`
+    /// (PgBouncer's hba trusts local connections; `cloud_admin` is its admin user).
+    pub async fn connect(run_dir: &Path, port: u16) -> Result<Arc<Admin>, ComputeError> {
+        let mut config = tokio_postgres::Config::new();
+        config
+            .host_path(run_dir)
+            .port(port)
+            .user(SUPERUSER)
+            .dbname(ADMIN_DB)
+            .application_name("wake-service")
+            .connect_timeout(Duration::from_secs(5));
+        let (client, connection) = bounded("connecting", config.connect(tokio_postgres::NoTls))
+            .await?
+            .map_err(ComputeError::from)?;
+        let task = tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "PgBouncer admin connection ended");
+            }
+        });
+        Ok(Arc::new(Admin { client, task }))
+    }
+
+    /// `PAUSE`: returns once every server connection is released and closed. An error of
+    /// kind [`AdminReply::AlreadyPaused`] when a PAUSE is in effect (maybe still pending).
+    pub async fn pause(&self) -> Result<AdminReply, ComputeError> {
+        reply("PAUSE", self.client.simple_query("PAUSE").await)
+    }
+
+    /// `RESUME`: waiting clients go on. [`AdminReply::NotPaused`] when there was no PAUSE.
+    pub async fn resume(&self) -> Result<AdminReply, ComputeError> {
+        self.command("RESUME").await
+    }
+
+    /// Whether a global PAUSE is in effect, without changing anything. PgBouncer 1.18 has no
+    /// `SHOW STATE`, and `SHOW DATABASES.paused` only reflects `PAUSE <db>`; but `PAUSE
+    /// pgbouncer` checks the global pause first ("already suspended/paused") and otherwise
+    /// refuses ("cannot pause admin db"). It costs an ERROR line in PgBouncer's log.
+    pub async fn probe_paused(&self) -> Result<bool, ComputeError> {
+        match self.command(&format!("PAUSE {ADMIN_DB}")).await? {
+            AdminReply::AlreadyPaused => Ok(true),
+            AdminReply::Refused => Ok(false),
+            other => Err(ComputeError::Process(format!(
+                "unexpected PgBouncer reply to PAUSE {ADMIN_DB}: {other:?}"
+            ))),
+        }
+    }
+
+    async fn command(&self, command: &str) -> Result<AdminReply, ComputeError> {
+        reply(
+            command,
+            bounded(command, self.client.simple_query(command)).await?,
+        )
+    }
+
+    /// `SHOW POOLS` and `SHOW STATS` (pipelined), summed over the databases except the admin
+    /// console.
+    pub async fn counts(&self) -> Result<Counts, ComputeError> {
+        let (pools, stats) = bounded("SHOW POOLS, SHOW STATS", async {
+            tokio::try_join!(
+                self.client.simple_query("SHOW POOLS"),
+                self.client.simple_query("SHOW STATS"),
+            )
+        })
+        .await??;
+        Ok(Counts::parse(&pools, &stats))
+    }
+}
+
+/// `what` within [`ADMIN_TIMEOUT`].
+async fn bounded<T>(
+    what: &str,
+    future: impl std::future::Future<Output = T>,
+) -> Result<T, ComputeError> {
+    tokio::time::timeout(ADMIN_TIMEOUT, future)
+        .await
+        .map_err(|_| {
+            ComputeError::Process(format!(
+                "PgBouncer's admin console did not answer {what} within {ADMIN_TIMEOUT:?}"
+            ))
+        })
+}
+
+/// An admin command's outcome: the errors that describe a state are answers.
+fn reply<T>(
+    command: &str,
+    result: Result<T, tokio_postgres::Error>,
+) -> Result<AdminReply, ComputeError> {
+    let e = match result {
+        Ok(_) => return Ok(AdminReply::Done),
+        Err(e) => e,
+    };
+    let Some(db) = e.as_db_error() else {
+        return Err(e.into());
+    };
+    let message = db.message();
+    if message.contains("already suspended/paused") {
+        Ok(AdminReply::AlreadyPaused)
+    } else if message.contains("is not paused") {
+        Ok(AdminReply::NotPaused)
+    } else if message.contains("cannot pause admin db") {
+        Ok(AdminReply::Refused)
+    } else {
+        Err(ComputeError::Process(format!(
+            "PgBouncer refused {command}: {message}"
+        )))
+    }
+}
+
+/// How PgBouncer answered an admin command.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum AdminReply {
+    Done,
+    /// "already suspended/paused" (to PAUSE).
+    AlreadyPaused,
+    /// "pooler is not paused/suspended" (to RESUME).
+    NotPaused,
+    /// "cannot pause admin db" (to `PAUSE pgbouncer`).
+    Refused,
+}
+
+/// Sums from `SHOW POOLS` and `SHOW STATS` (the admin console's own rows left out).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Counts {
+    pub clients_waiting: u64,
+    pub clients_active: u64,
+    pub servers_active: u64,
+    /// Every server connection, whatever its state (`sv_*`): zero once a PAUSE completed.
+    pub servers: u64,
+    pub transactions: u64,
+}
+
+impl Counts {
+    fn parse(pools: &[SimpleQueryMessage], stats: &[SimpleQueryMessage]) -> Counts {
+        let mut counts = Counts::default();
+        for row in rows(pools) {
+            counts.clients_waiting += number(row, "cl_waiting");
+            counts.clients_active += number(row, "cl_active");
+            counts.servers_active += number(row, "sv_active");
+            counts.servers += row
+                .columns()
+                .iter()
+                .filter(|column| column.name().starts_with("sv_"))
+                .map(|column| number(row, column.name()))
+                .sum::<u64>();
+        }
+        for row in rows(stats) {
+            counts.transactions += number(row, "total_xact_count");
+        }
+        counts
+    }
+}
+
+/// The rows of a result, without the admin console's own (`database = pgbouncer`).
+fn rows(messages: &[SimpleQueryMessage]) -> impl Iterator<Item = &SimpleQueryRow> {
+    messages.iter().filter_map(|message| match message {
+        SimpleQueryMessage::Row(row) if text(row, "database") != Some(ADMIN_DB) => Some(row),
+        _ => None,
+    })
+}
+
+/// A column's text; None when it is NULL or missing (another PgBouncer version).
+fn text<'a>(row: &'a SimpleQueryRow, column: &str) -> Option<&'a str> {
+    row.try_get(column).ok().flatten()
+}
+
+/// A counter column (0 when missing or not a number).
+fn number(row: &SimpleQueryRow, column: &str) -> u64 {
+    text(row, column).and_then(|v| v.parse().ok()).unwrap_or(0)
 }

@@ -1,19 +1,26 @@
-//! One Postgres cluster: initdb, configuration files, and a postmaster started by `pg_ctl`,
-//! recognised again through `postmaster.pid` after the wake service restarts.
+//! One Postgres cluster: initdb, configuration files, and a postmaster the wake service
+//! spawns itself (no `pg_ctl`: it polls every 100 ms) and stops with signals, recognised again
+//! through `postmaster.pid` after the wake service restarts.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
-use super::process::{self, Identity};
-use crate::compute::ComputeError;
+use super::process::{self, Children, Identity};
+use crate::compute::{ComputeError, StopMode};
 
 /// The superuser initdb creates. It logs in only over the private unix socket.
 pub(crate) const SUPERUSER: &str = "cloud_admin";
 
-/// How long `pg_ctl` may take to start or stop a postmaster.
-pub(crate) const PG_CTL_SECONDS: u64 = 60;
+/// How long a postmaster may take to become ready, and each of the fast and immediate
+/// shutdowns to finish.
+pub(crate) const PG_SECONDS: u64 = 60;
+/// How long a SIGKILLed postmaster may take to be gone.
+const KILL_SECONDS: u64 = 10;
+/// How often a starting postmaster's `postmaster.pid` is read. Postgres 15 needs ~20-35 ms
+/// from spawn to ready here, so a coarse poll would dominate the resume time.
+const READY_POLL: Duration = Duration::from_millis(1);
 
 /// Included from `postgresql.conf`; written once by create.
 const STATIC_CONF: &str = "wake.conf";
@@ -23,11 +30,13 @@ const START_CONF: &str = "wake.start.conf";
 /// Where a cluster lives and how its processes run.
 pub(crate) struct Cluster<'a> {
     pub identity: &'a Identity,
+    /// Postmasters spawned by this wake service, reaped when they exit.
+    pub children: &'a Children,
     pub pg_bin: &'a Path,
     pub pgdata: PathBuf,
     /// The unix socket directory (private: 0700, owned by the OS user).
     pub run_dir: PathBuf,
-    /// pg_ctl's `-l`: the postmaster's stderr.
+    /// The postmaster's stdout and stderr (appended to).
     pub log: PathBuf,
 }
 
@@ -225,7 +234,7 @@ impl Cluster<'_> {
         let wanted = self.start_conf(settings);
         let start_conf = self.pgdata.join(START_CONF);
         let run_dir = self.run_dir.to_string_lossy();
-        let deadline = Instant::now() + Duration::from_secs(3 * PG_CTL_SECONDS);
+        let deadline = Instant::now() + Duration::from_secs(3 * PG_SECONDS);
         loop {
             if Instant::now() >= deadline {
                 return Err(process::with_log(
@@ -239,7 +248,7 @@ impl Cluster<'_> {
             match self.pid_file() {
                 PidFile::NotRunning => {
                     self.write_start_conf(settings)?;
-                    return self.pg_ctl_start(settings).await;
+                    return self.spawn(settings).await;
                 }
                 PidFile::Stale(pid) => {
                     tracing::warn!(
@@ -256,7 +265,11 @@ impl Cluster<'_> {
                 PidFile::Unknown(pid) => return Err(unknown(pid, &self.pgdata)),
                 PidFile::Running(pm) if pm.status == "stopping" => {
                     tracing::info!(pid = pm.pid, "postmaster is shutting down; waiting");
-                    if !process::wait_exit(pm.pid, Duration::from_secs(PG_CTL_SECONDS)).await {
+                    if !self
+                        .children
+                        .wait_gone(pm.pid, Duration::from_secs(PG_SECONDS))
+                        .await
+                    {
                         return Err(process::with_log(
                             format!("postmaster {} did not finish shutting down", pm.pid),
                             &self.log,
@@ -274,7 +287,7 @@ impl Cluster<'_> {
                             port = settings.port,
                             "postmaster runs with other settings; restarting it"
                         );
-                        self.stop().await?;
+                        self.stop(StopMode::Fast).await?;
                     } else if pm.status == "ready" || pm.status == "standby" {
                         tracing::info!(
                             pid = pm.pid,
@@ -283,110 +296,158 @@ impl Cluster<'_> {
                         );
                         return Ok(pm.pid);
                     } else {
-                        // Starting up (e.g. a pg_ctl start of a killed wake service).
-                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        // Starting up (spawned by a wake service that was then killed).
+                        tokio::time::sleep(READY_POLL).await;
                     }
                 }
             }
         }
     }
 
-    async fn pg_ctl_start(&self, settings: &StartSettings) -> Result<i32, ComputeError> {
-        process::rotate_log(&self.log)?;
-        let mut cmd = self.identity.command(self.pg_bin.join("pg_ctl"));
-        cmd.arg("start")
-            .arg("-w")
-            .arg("-t")
-            .arg(PG_CTL_SECONDS.to_string())
-            .arg("-D")
-            .arg(&self.pgdata)
-            .arg("-l")
-            .arg(&self.log);
-        tracing::info!(pgdata = %self.pgdata.display(), "starting Postgres");
-        let output = process::run(
-            cmd,
-            Duration::from_secs(PG_CTL_SECONDS + 15),
-            "pg_ctl start",
-        )
-        .await
-        .map_err(|e| process::with_log(e.to_string(), &self.log))?;
-        if !output.status.success() {
-            return Err(process::with_log(
-                format!(
-                    "pg_ctl start failed for {} ({}): {}",
-                    self.pgdata.display(),
-                    output.status,
-                    process::output_text(&output)
-                ),
-                &self.log,
-            ));
-        }
-        match self.pid_file() {
-            PidFile::Running(pm)
-                if settings.listen.is_empty() || process::listens_on(pm.pid, settings.port) =>
-            {
-                Ok(pm.pid)
-            }
-            _ => Err(process::with_log(
-                format!(
-                    "pg_ctl reported Postgres in {} started, but no postmaster runs or it does \
-                     not listen on TCP port {}",
-                    self.pgdata.display(),
-                    settings.port
-                ),
-                &self.log,
-            )),
-        }
+    /// The command that runs this cluster's postmaster (`postgres -D <pgdata>` as the OS
+    /// user, in its own process group; stdout and stderr inherited): the configuration is all
+    /// in the data directory.
+    pub fn postmaster_command(&self) -> std::process::Command {
+        let mut cmd = self.identity.std_command(self.pg_bin.join("postgres"));
+        cmd.arg("-D").arg(&self.pgdata);
+        cmd
     }
 
-    /// Fast shutdown (sessions are cut); falls back to immediate, then SIGKILL. Nothing to do
-    /// when no postmaster runs.
-    pub async fn stop(&self) -> Result<(), ComputeError> {
+    /// Spawns the postmaster (no postmaster runs) and waits until `postmaster.pid` names it
+    /// and says `ready` (the moment Postgres accepts connections; pg_ctl waits for the same
+    /// line, but polls every 100 ms) and, when it should listen on TCP, names the address it
+    /// bound (line 6: Postgres writes the first address it could bind, and fails to start
+    /// when it binds none; a port held by another program is such a failure). That is the
+    /// proof [`process::listens_on`] gives for an adopted postmaster, without reading
+    /// `/proc/net/tcp` (~5 ms here).
+    async fn spawn(&self, settings: &StartSettings) -> Result<i32, ComputeError> {
+        process::rotate_log(&self.log)?;
+        let log = process::open_log(&self.log, self.identity.owner())?;
+        let stderr = log
+            .try_clone()
+            .map_err(|e| ComputeError::io(format!("opening {}", self.log.display()), e))?;
+        let mut cmd = tokio::process::Command::from(self.postmaster_command());
+        // The postmaster outlives the wake service: never kill it with the handle.
+        cmd.stdout(log).stderr(stderr).kill_on_drop(false);
+        let began = Instant::now();
+        let mut child = cmd.spawn().map_err(|e| {
+            ComputeError::io(format!("starting Postgres in {}", self.pgdata.display()), e)
+        })?;
+        let Some(pid) = child.id().and_then(|id| i32::try_from(id).ok()) else {
+            // Only when it already exited and was reaped, which cannot happen before a wait.
+            return Err(process::with_log(
+                format!("the postmaster of {} vanished", self.pgdata.display()),
+                &self.log,
+            ));
+        };
+        tracing::info!(pid, pgdata = %self.pgdata.display(), "starting Postgres");
+        let deadline = began + Duration::from_secs(PG_SECONDS);
+        loop {
+            match child.try_wait() {
+                Ok(Some(status)) => {
+                    return Err(process::with_log(
+                        format!(
+                            "Postgres in {} exited during startup ({status})",
+                            self.pgdata.display()
+                        ),
+                        &self.log,
+                    ))
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    self.children.reap(pid, child);
+                    return Err(ComputeError::io("waiting for the postmaster", e));
+                }
+            }
+            if let Some(listening) = self.says_ready(pid) {
+                if settings.listen.is_empty() || listening {
+                    break;
+                }
+                self.children.reap(pid, child);
+                return Err(process::with_log(
+                    format!(
+                        "Postgres in {} is ready but does not listen on TCP port {}",
+                        self.pgdata.display(),
+                        settings.port
+                    ),
+                    &self.log,
+                ));
+            }
+            if Instant::now() >= deadline {
+                // Left running, like pg_ctl does: the next start finds it and waits again.
+                self.children.reap(pid, child);
+                return Err(process::with_log(
+                    format!(
+                        "Postgres in {} did not become ready within {PG_SECONDS} s",
+                        self.pgdata.display()
+                    ),
+                    &self.log,
+                ));
+            }
+            tokio::time::sleep(READY_POLL).await;
+        }
+        self.children.reap(pid, child);
+        tracing::info!(pid, elapsed = ?began.elapsed(), "Postgres ready");
+        Ok(pid)
+    }
+
+    /// When `postmaster.pid` names `pid` and says `ready` (line 8): whether it names a TCP
+    /// listen address (line 6). The lighter check of the startup loop: `pid` is our own
+    /// child, so [`Self::pid_file`]'s identity checks are not needed.
+    fn says_ready(&self, pid: i32) -> Option<bool> {
+        let text = std::fs::read_to_string(self.pid_path()).ok()?;
+        let lines: Vec<&str> = text.lines().map(str::trim).collect();
+        (lines.first() == Some(&pid.to_string().as_str()) && lines.get(7) == Some(&"ready"))
+            .then(|| lines.get(5).is_some_and(|address| !address.is_empty()))
+    }
+
+    /// Stops the postmaster by signals, polling every few ms for it to be gone (and reaped,
+    /// when it is our child). Smart (SIGTERM: new connections are refused with 57P03, open
+    /// sessions go on) for up to `patience`, then fast (SIGINT: sessions are cut), then
+    /// immediate (SIGQUIT), then SIGKILL, each bounded. Nothing to do when no postmaster
+    /// runs.
+    pub async fn stop(&self, mode: StopMode) -> Result<(), ComputeError> {
         let pm = match self.pid_file() {
             PidFile::Running(pm) => pm,
             PidFile::NotRunning | PidFile::Stale(_) => return Ok(()),
             PidFile::Unknown(pid) => return Err(unknown(pid, &self.pgdata)),
         };
-        tracing::info!(pid = pm.pid, pgdata = %self.pgdata.display(), "stopping Postgres");
-        for mode in ["fast", "immediate"] {
-            let mut cmd = self.identity.command(self.pg_bin.join("pg_ctl"));
-            cmd.arg("stop")
-                .arg("-m")
-                .arg(mode)
-                .arg("-w")
-                .arg("-t")
-                .arg(PG_CTL_SECONDS.to_string())
-                .arg("-D")
-                .arg(&self.pgdata);
-            let result =
-                process::run(cmd, Duration::from_secs(PG_CTL_SECONDS + 15), "pg_ctl stop").await;
-            if !process::process_alive(pm.pid) {
+        let began = Instant::now();
+        let mut steps = Vec::with_capacity(4);
+        if let StopMode::Smart { patience } = mode {
+            steps.push(("smart", Signal::SIGTERM, patience));
+        }
+        steps.push(("fast", Signal::SIGINT, Duration::from_secs(PG_SECONDS)));
+        steps.push((
+            "immediate",
+            Signal::SIGQUIT,
+            Duration::from_secs(PG_SECONDS),
+        ));
+        steps.push(("kill", Signal::SIGKILL, Duration::from_secs(KILL_SECONDS)));
+        for (i, (name, signal, bound)) in steps.into_iter().enumerate() {
+            if i == 0 {
+                tracing::info!(pid = pm.pid, pgdata = %self.pgdata.display(), mode = name, "stopping Postgres");
+            } else {
+                tracing::warn!(
+                    pid = pm.pid,
+                    mode = name,
+                    "postmaster still runs; escalating"
+                );
+            }
+            process::signal(pm.pid, signal);
+            if self.children.wait_gone(pm.pid, bound).await {
+                tracing::info!(pid = pm.pid, elapsed = ?began.elapsed(), "Postgres stopped");
                 return Ok(());
             }
-            match result {
-                Ok(output) => tracing::warn!(
-                    mode,
-                    status = %output.status,
-                    output = %process::output_text(&output),
-                    "pg_ctl stop did not stop the postmaster"
-                ),
-                Err(e) => tracing::warn!(mode, error = %e, "pg_ctl stop failed"),
-            }
         }
-        tracing::warn!(pid = pm.pid, "killing the postmaster");
-        process::signal(pm.pid, Signal::SIGKILL);
-        if process::wait_exit(pm.pid, Duration::from_secs(10)).await {
-            Ok(())
-        } else {
-            Err(process::with_log(
-                format!(
-                    "postmaster {} of {} would not stop",
-                    pm.pid,
-                    self.pgdata.display()
-                ),
-                &self.log,
-            ))
-        }
+        Err(process::with_log(
+            format!(
+                "postmaster {} of {} would not stop",
+                pm.pid,
+                self.pgdata.display()
+            ),
+            &self.log,
+        ))
     }
 
     /// A connection config for the superuser over the unix socket.

@@ -1,11 +1,13 @@
 //! Running programs as the compute's OS user, and looking at processes through `/proc`.
 
+use std::collections::HashSet;
 use std::ffi::OsStr;
 use std::fs::OpenOptions;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
@@ -78,11 +80,12 @@ impl Identity {
 
     /// A command that runs as this identity: cwd `/` (the wake service's cwd may be closed to
     /// the OS user), a minimal environment (the wake service's own secrets stay out of the
-    /// compute; stray `PG*` variables cannot redirect `pg_ctl`), its own process group (a
-    /// terminal's Ctrl-C to the wake service does not reach Postgres), stdin closed,
-    /// stdout/stderr captured. Killed if the handle is dropped before it exits (timeouts).
-    pub fn command(&self, program: impl AsRef<OsStr>) -> Command {
-        let mut cmd = Command::new(program);
+    /// compute; stray `PG*` variables cannot redirect Postgres), its own process group (a
+    /// terminal's Ctrl-C to the wake service does not reach Postgres), stdin closed. stdout
+    /// and stderr are inherited: set them.
+    pub fn std_command(&self, program: impl AsRef<OsStr>) -> std::process::Command {
+        use std::os::unix::process::CommandExt;
+        let mut cmd = std::process::Command::new(program);
         cmd.env_clear()
             .env(
                 "PATH",
@@ -95,19 +98,78 @@ impl Identity {
         if let Some(tz) = std::env::var_os("TZ") {
             cmd.env("TZ", tz);
         }
-        cmd.current_dir("/")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0)
-            .kill_on_drop(true);
+        cmd.current_dir("/").stdin(Stdio::null()).process_group(0);
         if self.switch {
             // std drops supplementary groups (setgroups(0)) before setuid.
             cmd.uid(self.uid).gid(self.gid);
         }
         cmd
     }
+
+    /// [`Self::std_command`] for a short-lived helper (initdb, `pgbouncer -d`): stdout and
+    /// stderr captured, killed if the handle is dropped before it exits (timeouts).
+    pub fn command(&self, program: impl AsRef<OsStr>) -> Command {
+        let mut cmd = Command::from(self.std_command(program));
+        cmd.stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        cmd
+    }
 }
+
+/// Processes the wake service started itself and must reap (postmasters, which run long and
+/// are not daemons): each one is awaited by a task, so none is left a zombie when it exits.
+/// A pid stays registered until it has been reaped, so a wait for a process to be gone can
+/// also wait for that.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Children {
+    unreaped: Arc<Mutex<HashSet<i32>>>,
+}
+
+impl Children {
+    fn set(&self) -> std::sync::MutexGuard<'_, HashSet<i32>> {
+        self.unreaped
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Hands `child` (already spawned, not exited) to a task that reaps it when it exits.
+    pub fn reap(&self, pid: i32, mut child: tokio::process::Child) {
+        self.set().insert(pid);
+        let children = self.clone();
+        tokio::spawn(async move {
+            match child.wait().await {
+                Ok(status) => tracing::debug!(pid, %status, "child exited"),
+                Err(e) => tracing::warn!(pid, error = %e, "waiting for a child failed"),
+            }
+            children.set().remove(&pid);
+        });
+    }
+
+    /// Whether `pid` is a child of ours that has not been reaped yet (running or a zombie).
+    pub fn unreaped(&self, pid: i32) -> bool {
+        self.set().contains(&pid)
+    }
+
+    /// Polls (every [`EXIT_POLL`]) until `pid` has exited and, when it is our child, has been
+    /// reaped; false when it still runs at the deadline.
+    pub async fn wait_gone(&self, pid: i32, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if !process_alive(pid) && !self.unreaped(pid) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(EXIT_POLL).await;
+        }
+    }
+}
+
+/// How often waits for a process to exit look again: `/proc/<pid>/stat` is cheap, and a stop
+/// is on the suspend path.
+pub(crate) const EXIT_POLL: Duration = Duration::from_millis(2);
 
 /// Runs `cmd` to completion within `timeout`; `what` names it in errors. A command still
 /// running at the deadline is killed (only it: a daemon it started is not in its reach).
@@ -250,7 +312,8 @@ pub(crate) fn signal(pid: i32, signal: Signal) -> bool {
     }
 }
 
-/// Polls until `pid` is gone; false when it still runs at the deadline.
+/// Polls (every [`EXIT_POLL`]) until `pid` is gone or a zombie; false when it still runs at
+/// the deadline. For processes that are not our children (see [`Children::wait_gone`]).
 pub(crate) async fn wait_exit(pid: i32, timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;
     loop {
@@ -260,7 +323,7 @@ pub(crate) async fn wait_exit(pid: i32, timeout: Duration) -> bool {
         if Instant::now() >= deadline {
             return false;
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(EXIT_POLL).await;
     }
 }
 
@@ -499,6 +562,26 @@ pub(crate) fn rotate_log(path: &Path) -> Result<(), ComputeError> {
         .map_err(|e| ComputeError::io(format!("rotating {}", path.display()), e))
 }
 
+/// Opens `path` for appending (created 0600, owned by `owner` when given), to become a
+/// process's stdout and stderr.
+pub(crate) fn open_log(
+    path: &Path,
+    owner: Option<(u32, u32)>,
+) -> Result<std::fs::File, ComputeError> {
+    let context = || format!("opening {}", path.display());
+    let file = OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| ComputeError::io(context(), e))?;
+    if let Some((uid, gid)) = owner {
+        std::os::unix::fs::fchown(&file, Some(uid), Some(gid))
+            .map_err(|e| ComputeError::io(context(), e))?;
+    }
+    Ok(file)
+}
+
 /// The length of a log file, to find what a process wrote after a point.
 pub(crate) fn file_len(path: &Path) -> u64 {
     std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
@@ -535,6 +618,26 @@ mod tests {
         assert!(process_alive(me));
         assert!(cmdline(me).is_some_and(|args| !args.is_empty()));
         assert!(!process_alive(i32::MAX));
+    }
+
+    #[tokio::test]
+    async fn children_are_reaped() {
+        let children = Children::default();
+        let child = Command::new("sleep")
+            .arg("0.05")
+            .kill_on_drop(false)
+            .spawn()
+            .expect("spawn sleep");
+        let pid = i32::try_from(child.id().expect("pid")).expect("pid");
+        children.reap(pid, child);
+        assert!(children.unreaped(pid));
+        assert!(!children.wait_gone(pid, Duration::from_millis(1)).await);
+        assert!(children.wait_gone(pid, Duration::from_secs(10)).await);
+        assert!(!children.unreaped(pid));
+        assert!(
+            std::fs::metadata(format!("/proc/{pid}")).is_err(),
+            "reaped, not a zombie"
+        );
     }
 
     #[test]

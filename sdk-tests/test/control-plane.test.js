@@ -637,7 +637,9 @@ test('/openapi.json (no token) describes every /v1 and /proxy/api/v1 route', { t
     '/v1/endpoints/{id}/databases': ['post'],
     '/v1/endpoints/{id}/wake': ['post'],
     '/v1/endpoints/{id}/suspend': ['post'],
+    '/v1/endpoints/{id}/events': ['get'],
     '/proxy/api/v1/wake_compute': ['get'],
+    '/proxy/api/v1/activity': ['post'],
     '/proxy/api/v1/get_endpoint_access_control': ['get'],
     '/proxy/api/v1/endpoints/{id}/jwks': ['get'],
   };

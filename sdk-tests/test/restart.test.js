@@ -17,6 +17,7 @@ import os from 'node:os';
 import path from 'node:path';
 import ws from 'ws';
 import { neon, neonConfig, NeonDbError, Client } from '@neondatabase/serverless';
+import pg from 'pg';
 import {
   needEnv,
   poll,
@@ -154,8 +155,9 @@ async function assertConsistent(what) {
     assert.notEqual(expected, undefined, `${what}: ${e.id} is in a settled state: ${e.state}`);
     const pms = postmastersOf(pgdataOf(computeDir(e.id)));
     assert.equal(pms.length, expected, `${what}: postmasters of ${e.id} (${e.state}): ${JSON.stringify(pms.map((p) => p.pid))}`);
+    // PgBouncer runs in both states: paused while suspended, holding its clients.
     const bouncers = running.filter((p) => p.program === 'pgbouncer' && owner(p)[1] === e.id);
-    assert.equal(bouncers.length, expected, `${what}: PgBouncers of ${e.id} (${e.state}): ${JSON.stringify(bouncers.map((p) => p.pid))}`);
+    assert.equal(bouncers.length, 1, `${what}: PgBouncers of ${e.id} (${e.state}): ${JSON.stringify(bouncers.map((p) => p.pid))}`);
   }
   const stored = await assertStoreConsistent(what);
   assert.deepStrictEqual(stored.map((r) => r.id).sort(), list.map((e) => e.id).sort(), `${what}: the API lists what the store holds`);
@@ -418,6 +420,50 @@ test('kill -9 while waking an endpoint: after a restart it is active (or wakes),
     assert.deepStrictEqual(await wsQuery(conn, `SELECT max(n) AS m FROM ${T}`), [{ m: round }], `round ${round}: WebSocket through the gateway`);
     assert.deepStrictEqual(await wsQuery(url(id, { role, password, database, pooler: true }), 'SELECT 1 AS pooled'), [{ pooled: 1 }], `round ${round}: the pooler`);
     await assertConsistent(`round ${round}`);
+  }
+}));
+
+test('kill -9 while suspended: after a restart the endpoint is suspended, a client held by its paused PgBouncer is served, queries wake it', { timeout: 300_000 }, withLogs(async () => {
+  const id = `rs-${RUN}`;
+  const role = `sdkt_rs_${RUN}`;
+  const password = randomBytes(9).toString('hex');
+  const ep = await api.create(id, { suspend_timeout_seconds: -1 });
+  await api.createRole(id, role, password);
+  const sql = neon(url(id, { role, password, database: 'postgres' }));
+  await sql.query(`CREATE TABLE ${T}_s (n int)`);
+  await sql.query(`INSERT INTO ${T}_s VALUES (1)`);
+  const [host, port] = ep.addresses.pooler.split(':');
+  const held = new pg.Client({ host, port: Number(port), user: role, password, database: 'postgres' });
+  held.on('error', () => {});
+  await held.connect();
+  try {
+    assert.equal((await api.expect(200, 'POST', `/v1/endpoints/${id}/suspend?force=true`)).state, 'suspended');
+    const pgdata = pgdataOf(computeDir(id));
+    assert.equal(postmastersOf(pgdata).length, 0, 'no postmaster once suspended');
+    await wake.kill();
+    // The client's query waits in the paused PgBouncer while no wake service runs.
+    let answered = false;
+    const query = held.query(`SELECT count(*)::int AS n FROM ${T}_s`).then((r) => {
+      answered = true;
+      return r.rows;
+    });
+    await sleep(1500);
+    assert.equal(answered, false, 'held by the paused PgBouncer while the wake service is down');
+    assert.equal(postmastersOf(pgdata).length, 0, 'and nothing started it');
+    await startWake();
+    assert.deepStrictEqual(await query, [{ n: 1 }], 'released once the restarted service resumed the endpoint');
+    assert.equal((await settled(id)).state, 'active');
+    assert.equal(postmastersOf(pgdata).length, 1, 'exactly one postmaster');
+    assert.deepStrictEqual(await sql.query(`SELECT count(*)::int AS n FROM ${T}_s`), [{ n: 1 }], 'no data lost');
+    // Suspended again across a restart: the gateway's next query wakes it.
+    assert.equal((await api.expect(200, 'POST', `/v1/endpoints/${id}/suspend?force=true`)).state, 'suspended');
+    await wake.kill();
+    await startWake();
+    assert.equal((await settled(id)).state, 'suspended', 'still suspended after the restart');
+    await assertConsistent('after a restart while suspended');
+    assert.deepStrictEqual(await sql.query(`SELECT count(*)::int AS n FROM ${T}_s`), [{ n: 1 }], 'a query through the gateway wakes it');
+  } finally {
+    await held.end().catch(() => {});
   }
 }));
 

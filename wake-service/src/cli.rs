@@ -64,12 +64,21 @@ pub enum EndpointsCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
-    /// Stop the endpoint's compute.
+    /// Stop the endpoint's compute (refused while a client is busy, unless --force).
     Suspend {
         id: String,
-        /// Suspend even with clients connected.
+        /// Suspend even with clients busy (their sessions are cut).
         #[arg(long)]
         force: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// The compute's lifecycle events (starts, stops, …), oldest first.
+    Events {
+        id: String,
+        /// How many of the newest events.
+        #[arg(long, default_value_t = 1000)]
+        limit: u32,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -180,6 +189,15 @@ pub async fn endpoints(command: EndpointsCommand) -> anyhow::Result<()> {
                 &client,
                 Method::POST,
                 &format!("/v1/endpoints/{id}/suspend?force={force}"),
+                None,
+            )
+            .await
+        }
+        EndpointsCommand::Events { id, limit, client } => {
+            call(
+                &client,
+                Method::GET,
+                &format!("/v1/endpoints/{id}/events?limit={limit}"),
                 None,
             )
             .await

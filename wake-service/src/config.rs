@@ -10,6 +10,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use crate::compute::local::LocalConfig;
+use crate::scheduler::SchedulerConfig;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -136,6 +137,16 @@ pub struct ServeArgs {
     /// How long a wake may block before answering 503.
     #[arg(long, env = "WAKE_WAKE_TIMEOUT_SECONDS", default_value_t = 60)]
     pub wake_timeout_seconds: u64,
+    /// How often the suspend scheduler looks for idle endpoints (milliseconds).
+    #[arg(long, env = "WAKE_IDLE_CHECK_INTERVAL_MS", default_value_t = 500,
+          value_parser = clap::value_parser!(u64).range(50..=60_000))]
+    pub idle_check_interval_ms: u64,
+    /// How often suspended endpoints' PgBouncers are checked for waiting clients
+    /// (milliseconds; a client connected straight to PgBouncer waits up to this long before
+    /// its endpoint starts resuming).
+    #[arg(long, env = "WAKE_POOLER_CHECK_INTERVAL_MS", default_value_t = 100,
+          value_parser = clap::value_parser!(u64).range(10..=60_000))]
+    pub pooler_check_interval_ms: u64,
     /// Leave computes running when the service exits (by default SIGTERM suspends them; a
     /// kill -9 always leaves them running, and they are adopted on the next start).
     #[arg(long, env = "WAKE_LEAVE_COMPUTES_RUNNING")]
@@ -169,6 +180,7 @@ pub struct ServeConfig {
     pub default_endpoint: Option<DefaultEndpoint>,
     pub default_suspend_timeout_seconds: i64,
     pub wake_timeout: Duration,
+    pub scheduler: SchedulerConfig,
     pub leave_computes_running: bool,
 }
 
@@ -257,6 +269,10 @@ impl ServeArgs {
             default_endpoint,
             default_suspend_timeout_seconds: self.default_suspend_timeout_seconds,
             wake_timeout: Duration::from_secs(self.wake_timeout_seconds),
+            scheduler: SchedulerConfig {
+                check_interval: Duration::from_millis(self.idle_check_interval_ms),
+                pooler_interval: Duration::from_millis(self.pooler_check_interval_ms),
+            },
             leave_computes_running: self.leave_computes_running,
         })
     }

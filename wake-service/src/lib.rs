@@ -10,6 +10,7 @@ pub mod compute;
 pub mod config;
 pub mod lifecycle;
 pub mod metrics;
+pub mod scheduler;
 pub mod store;
 
 use std::sync::Arc;
@@ -18,6 +19,7 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::api::Service;
 use crate::compute::local::{LocalDriver, StateCluster};
@@ -80,9 +82,22 @@ pub async fn run(
         wake_timeout: config.wake_timeout,
     });
 
+    // The suspend scheduler runs on the leader only; it stops before computes are stopped.
+    let scheduling = CancellationToken::new();
+    let scheduler_tasks = TaskTracker::new();
+    let start_scheduler = {
+        let service = service.clone();
+        let scheduling = scheduling.clone();
+        let tracker = scheduler_tasks.clone();
+        let config = config.scheduler;
+        move || {
+            tracker.spawn(scheduler::run(service.clone(), config, scheduling.clone()));
+        }
+    };
     let leadership = match store.try_lead().await? {
         Some(lead) => {
             lead_startup(&service, &config).await?;
+            start_scheduler();
             Some(lead)
         }
         None => {
@@ -92,6 +107,7 @@ pub async fn run(
     };
     let follower = if leadership.is_none() {
         let service = service.clone();
+        let start_scheduler = start_scheduler.clone();
         let config = config.clone();
         let shutdown = shutdown.clone();
         Some(tokio::spawn(async move {
@@ -105,6 +121,7 @@ pub async fn run(
                     if let Err(e) = lead_startup(&service, &config).await {
                         tracing::error!(error = %e, "leader startup failed");
                     }
+                    start_scheduler();
                     return Some(lead);
                 }
             }
@@ -125,6 +142,9 @@ pub async fn run(
         Some(task) => task.await.ok().flatten(),
         None => leadership,
     };
+    scheduling.cancel();
+    scheduler_tasks.close();
+    scheduler_tasks.wait().await;
     if leadership.is_some() && !config.leave_computes_running {
         tracing::info!("suspending computes before exit");
         service.computes.suspend_all().await;

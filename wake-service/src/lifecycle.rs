@@ -25,8 +25,8 @@ use wake_api::admin::{Addresses, CreateEndpoint, EndpointState, PatchEndpoint};
 use wake_api::names;
 use wake_api::proxy::ColdStartInfo;
 
-use crate::compute::{ComputeDriver, ComputeError, ComputeSpec, Health};
-use crate::metrics::Metrics;
+use crate::compute::{ComputeDriver, ComputeError, ComputeSpec, Health, StopMode};
+use crate::metrics::{self, Metrics};
 use crate::store::{
     EndpointChanges, EndpointRow, NewEndpoint, Operation, Store, StoreError, Transition,
 };
@@ -67,6 +67,70 @@ pub struct LifecycleConfig {
     pub default_suspend_timeout_seconds: i64,
     /// How long an operation may wait for the previous one on the same endpoint.
     pub operation_timeout: Duration,
+}
+
+/// How long a gentle suspend waits for PgBouncer's transactions to finish.
+const POOLER_PAUSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a forced suspend lets PgBouncer's transactions finish before Postgres goes.
+const FORCED_PAUSE_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long a smart shutdown waits for a session that connected during the suspend's last
+/// look before cutting it.
+const SMART_SHUTDOWN_PATIENCE: Duration = Duration::from_secs(30);
+
+/// What kind of suspend, and so what it may interrupt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SuspendRequest {
+    /// The scheduler found the endpoint idle for this long: a session active more recently
+    /// counts as busy; idle sessions older than that are closed.
+    Idle(Duration),
+    /// `POST /suspend`: refused while any client is busy or holds a gateway session; idle
+    /// connections are closed.
+    Api,
+    /// `POST /suspend?force=true`: sessions are cut.
+    Forced,
+    /// The wake service is exiting: everything stops, PgBouncer too.
+    Shutdown,
+}
+
+impl SuspendRequest {
+    fn reason(self) -> &'static str {
+        match self {
+            SuspendRequest::Idle(_) => metrics::SUSPEND_IDLE,
+            SuspendRequest::Api => metrics::SUSPEND_API,
+            SuspendRequest::Forced => metrics::SUSPEND_FORCED,
+            SuspendRequest::Shutdown => metrics::SUSPEND_SHUTDOWN,
+        }
+    }
+}
+
+/// Who asked for a wake (the `trigger` label of `wake_resumes_total`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WakeTrigger {
+    /// The gateway's `wake_compute`.
+    Proxy,
+    /// `POST /v1/endpoints/{id}/wake`, or an API call that needs the compute.
+    Api,
+    /// A client waiting in a suspended endpoint's PgBouncer.
+    Pooler,
+    /// Startup finishing a resume a crash cut short.
+    Reconcile,
+}
+
+impl WakeTrigger {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WakeTrigger::Proxy => "proxy",
+            WakeTrigger::Api => "api",
+            WakeTrigger::Pooler => "pooler",
+            WakeTrigger::Reconcile => "reconcile",
+        }
+    }
+}
+
+/// Whether a gateway's lease holds the endpoint awake now.
+fn held(row: &EndpointRow) -> bool {
+    row.held_until
+        .is_some_and(|until| until > time::OffsetDateTime::now_utc())
 }
 
 pub struct Computes {
@@ -163,9 +227,13 @@ impl Computes {
             )
             .await?
             .ok_or_else(|| LifecycleError::NotFound(id.to_owned()))?;
-        if let Ok(rows) = self.store.endpoints().await {
-            self.metrics.set_endpoint_states(&rows);
-        }
+        // The gauges need every row: refresh them off the resume path.
+        let (store, metrics) = (self.store.clone(), self.metrics.clone());
+        tokio::spawn(async move {
+            if let Ok(rows) = store.endpoints().await {
+                metrics.set_endpoint_states(&rows);
+            }
+        });
         Ok(row)
     }
 
@@ -305,101 +373,268 @@ impl Computes {
     }
 
     /// Makes the endpoint active (starting its compute if needed) and returns it, with
-    /// whether it was already running.
-    pub async fn wake(&self, id: &str) -> Result<(EndpointRow, ColdStartInfo), LifecycleError> {
+    /// whether it was already running. `trigger` names who asked (a metrics label).
+    ///
+    /// This is the resume path of every cold query: one store read and a health probe when
+    /// the compute runs; otherwise the endpoint lock, two state transitions and the driver's
+    /// start, nothing else (no polling here, no fixed sleeps).
+    pub async fn wake(
+        &self,
+        id: &str,
+        trigger: WakeTrigger,
+    ) -> Result<(EndpointRow, ColdStartInfo), LifecycleError> {
         // Fast path, no lock: active and answering.
         let row = self.row(id).await?;
-        if row.state == EndpointState::Active
-            && row.operation.is_none()
-            && self.driver.health(&Self::spec(&row)).await.ok() == Some(Health::Running)
-        {
+        if self.is_running(&row).await {
             return Ok((row, ColdStartInfo::Warm));
         }
         let _guard = self.lock(id).await?;
         let row = self.row(id).await?;
-        let spec = Self::spec(&row);
-        if row.state == EndpointState::Active
-            && self.driver.health(&spec).await.ok() == Some(Health::Running)
-        {
+        // Someone else may have resumed it while this call waited for the lock.
+        if self.is_running(&row).await {
             return Ok((row, ColdStartInfo::Warm));
         }
+        let spec = Self::spec(&row);
+        let started = Instant::now();
         self.record(
             id,
             EndpointState::Resuming,
             Some(Operation::Wake),
             "resume_started",
-            None,
+            Some(trigger.as_str()),
         )
         .await?;
-        let started = Instant::now();
         match self.driver.start(&spec).await {
             Ok(_) => {
+                let elapsed = started.elapsed().as_secs_f64();
+                self.metrics.start_seconds.observe(elapsed);
+                self.metrics.resume_seconds.observe(elapsed);
                 self.metrics
-                    .start_seconds
-                    .observe(started.elapsed().as_secs_f64());
+                    .resumes
+                    .with_label_values(&[trigger.as_str()])
+                    .inc();
                 let row = self
                     .record(id, EndpointState::Active, None, "started", None)
                     .await?;
+                tracing::info!(
+                    endpoint = id,
+                    trigger = trigger.as_str(),
+                    ms = elapsed * 1000.0,
+                    "compute resumed"
+                );
                 Ok((row, ColdStartInfo::PoolMiss))
             }
             Err(source) => Err(self.fail(id, source).await),
         }
     }
 
-    /// Stops the endpoint's compute. Without `force`, refused while clients are connected.
-    pub async fn suspend(&self, id: &str, force: bool) -> Result<EndpointRow, LifecycleError> {
+    /// Whether the store says active and the compute answers (the driver is only asked when
+    /// the store says active).
+    async fn is_running(&self, row: &EndpointRow) -> bool {
+        row.state == EndpointState::Active
+            && row.operation.is_none()
+            && self.driver.health(&Self::spec(row)).await.ok() == Some(Health::Running)
+    }
+
+    /// Suspends the endpoint's compute (see [`SuspendRequest`] for what each kind may
+    /// interrupt). A suspend that finds a client busy at the last moment is given up: the
+    /// endpoint stays active and the answer is `Conflict`.
+    ///
+    /// The gentle kinds (`Idle`, `Api`) never cut a session that could be in use:
+    ///
+    /// 1. the store says `suspending` (a crash from here on is finished by reconcile);
+    /// 2. PgBouncer `PAUSE`: its clients, connected or new, wait from now on; a transaction
+    ///    that keeps a server connection past the bound cancels the suspend;
+    /// 3. in Postgres: any client backend that is not idle (a query running, idle in
+    ///    transaction, logging in) or was active more recently than the idle threshold
+    ///    cancels the suspend, as does a gateway lease renewed meanwhile;
+    /// 4. idle sessions older than the threshold are closed (the gateway's idle pooled
+    ///    connections, a forgotten psql), then Postgres gets a *smart* shutdown: it refuses
+    ///    new connections at once (`57P03`, which the gateway answers by waking the endpoint
+    ///    again, waiting for this suspend to finish) and lets any session that slipped in
+    ///    between steps 3 and 4 finish;
+    /// 5. the store says `suspended`. PgBouncer stays up, paused, holding its clients until
+    ///    the next start.
+    pub async fn suspend(
+        &self,
+        id: &str,
+        request: SuspendRequest,
+    ) -> Result<EndpointRow, LifecycleError> {
         // Unknown ids never get a lock entry (the map only holds real endpoints).
         self.row(id).await?;
         let _guard = self.lock(id).await?;
         let row = self.row(id).await?;
+        let spec = Self::spec(&row);
         if row.state == EndpointState::Suspended && row.operation.is_none() {
+            if request == SuspendRequest::Shutdown {
+                // The paused PgBouncer goes too; the next start's reconcile brings it back.
+                self.driver
+                    .stop(&spec)
+                    .await
+                    .map_err(|source| LifecycleError::Compute {
+                        endpoint: id.to_owned(),
+                        source,
+                    })?;
+            }
             return Ok(row);
         }
-        let spec = Self::spec(&row);
-        if !force && row.state == EndpointState::Active {
-            let clients = self.connected_clients(&spec).await?;
-            if clients > 0 {
+        let active = row.state == EndpointState::Active;
+        let request = match request {
+            SuspendRequest::Idle(_) if !active => {
                 return Err(LifecycleError::Conflict(format!(
-                    "endpoint '{id}' has {clients} connected client(s); use force=true to suspend anyway"
-                )));
+                    "endpoint '{id}' is {}, not active",
+                    row.state.as_str()
+                )))
             }
+            // A failed or half-started compute has no clients to protect.
+            SuspendRequest::Api if !active => SuspendRequest::Forced,
+            other => other,
+        };
+        let gentle = matches!(request, SuspendRequest::Idle(_) | SuspendRequest::Api);
+        if gentle && held(&row) {
+            return Err(LifecycleError::Conflict(format!(
+                "endpoint '{id}' has sessions open through the gateway; use force=true to suspend anyway"
+            )));
         }
+        let reason = request.reason();
         self.record(
             id,
             EndpointState::Suspending,
             Some(Operation::Suspend),
             "suspend_started",
-            None,
+            Some(reason),
         )
         .await?;
-        match self.driver.stop(&spec).await {
-            Ok(()) => {
-                self.record(id, EndpointState::Suspended, None, "stopped", None)
-                    .await
+        let outcome = match request {
+            SuspendRequest::Idle(idle) => self.stop_gently(&spec, idle).await,
+            SuspendRequest::Api => self.stop_gently(&spec, Duration::ZERO).await,
+            SuspendRequest::Forced => self.stop_forced(&spec).await.map(|()| None),
+            SuspendRequest::Shutdown => self.driver.stop(&spec).await.map(|()| None),
+        };
+        match outcome {
+            Ok(None) => {
+                self.metrics.suspends.with_label_values(&[reason]).inc();
+                let row = self
+                    .record(id, EndpointState::Suspended, None, "stopped", Some(reason))
+                    .await?;
+                tracing::info!(endpoint = id, reason, "compute suspended");
+                Ok(row)
+            }
+            Ok(Some(busy)) => {
+                self.metrics.suspends_cancelled.inc();
+                self.record(
+                    id,
+                    EndpointState::Active,
+                    None,
+                    "suspend_cancelled",
+                    Some(&busy),
+                )
+                .await?;
+                tracing::info!(endpoint = id, reason, busy = %busy, "suspend cancelled");
+                let hint = if gentle {
+                    "; use force=true to suspend anyway"
+                } else {
+                    ""
+                };
+                Err(LifecycleError::Conflict(format!(
+                    "endpoint '{id}' is in use: {busy}{hint}"
+                )))
             }
             Err(source) => Err(self.fail(id, source).await),
         }
     }
 
-    /// Client sessions on the compute: busy ones, and any over TCP (PgBouncer's own
-    /// connections arrive over the private unix socket and only count while busy).
-    async fn connected_clients(&self, spec: &ComputeSpec) -> Result<i64, LifecycleError> {
-        let failed = |source| LifecycleError::Compute {
-            endpoint: spec.endpoint.clone(),
-            source,
+    /// Steps 2-4 of a gentle suspend. `Ok(Some(why))` when a client turned out to be busy
+    /// (PgBouncer is resumed again and Postgres left running).
+    async fn stop_gently(
+        &self,
+        spec: &ComputeSpec,
+        idle: Duration,
+    ) -> Result<Option<String>, ComputeError> {
+        if !self.driver.pause_pooler(spec, POOLER_PAUSE_TIMEOUT).await? {
+            return Ok(Some(
+                "a transaction through PgBouncer did not finish in time".into(),
+            ));
+        }
+        let busy = match self.last_look(spec, idle).await {
+            Ok(busy) => busy,
+            Err(e) => {
+                self.driver.resume_pooler(spec).await?;
+                return Err(e);
+            }
         };
-        let client = self.driver.admin(spec).await.map_err(failed)?;
-        let row = client
+        if busy.is_some() {
+            self.driver.resume_pooler(spec).await?;
+            return Ok(busy);
+        }
+        self.driver
+            .stop_postgres(
+                spec,
+                StopMode::Smart {
+                    patience: SMART_SHUTDOWN_PATIENCE,
+                },
+            )
+            .await?;
+        Ok(None)
+    }
+
+    /// Step 3 and the first half of step 4: `Some(why)` when something is busy, else the
+    /// idle sessions are closed.
+    async fn last_look(
+        &self,
+        spec: &ComputeSpec,
+        idle: Duration,
+    ) -> Result<Option<String>, ComputeError> {
+        let client = self.driver.admin(spec).await?;
+        let idle_seconds = idle.as_secs_f64();
+        // The superuser's own sessions (the wake service's, PgBouncer's auth lookups) are not
+        // clients; everything else is.
+        let busy: i64 = client
             .query_one(
                 "SELECT count(*) FROM pg_stat_activity
                  WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()
-                   AND usename <> 'cloud_admin'
-                   AND (state <> 'idle' OR client_addr IS NOT NULL)",
-                &[],
+                   AND usename IS DISTINCT FROM current_user
+                   AND (state IS DISTINCT FROM 'idle'
+                        OR state_change > now() - make_interval(secs => $1))",
+                &[&idle_seconds],
             )
-            .await
-            .map_err(|e| failed(e.into()))?;
-        row.try_get(0).map_err(|e| failed(e.into()))
+            .await?
+            .try_get(0)?;
+        if busy > 0 {
+            return Ok(Some(format!("{busy} session(s) active")));
+        }
+        if let Ok(Some(row)) = self.store.endpoint(&spec.endpoint).await {
+            if held(&row) {
+                return Ok(Some("sessions are open through the gateway".into()));
+            }
+        }
+        let closed: i64 = client
+            .query_one(
+                "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity
+                 WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()
+                   AND state = 'idle'
+                   AND (usename = current_user
+                        OR state_change <= now() - make_interval(secs => $1))",
+                &[&idle_seconds],
+            )
+            .await?
+            .try_get(0)?;
+        if closed > 0 {
+            tracing::debug!(endpoint = %spec.endpoint, closed, "closed idle sessions before suspending");
+        }
+        Ok(None)
+    }
+
+    /// Cuts everything: PgBouncer paused (its clients wait for the next start), Postgres
+    /// stopped fast.
+    async fn stop_forced(&self, spec: &ComputeSpec) -> Result<(), ComputeError> {
+        let paused = self.driver.pause_pooler(spec, FORCED_PAUSE_TIMEOUT).await?;
+        self.driver.stop_postgres(spec, StopMode::Fast).await?;
+        if !paused {
+            // Its server connections died with Postgres, so this pause completes at once.
+            self.driver.pause_pooler(spec, POOLER_PAUSE_TIMEOUT).await?;
+        }
+        Ok(())
     }
 
     /// Deletes the endpoint, its compute and its data.
@@ -460,7 +695,7 @@ impl Computes {
             )));
         }
         let secret = postgres_protocol::password::scram_sha_256(password.as_bytes());
-        let (row, _) = self.wake(id).await?;
+        let (row, _) = self.wake(id, WakeTrigger::Api).await?;
         let _guard = self.lock(id).await?;
         let spec = Self::spec(&row);
         let failed = |source: ComputeError| LifecycleError::Compute {
@@ -521,7 +756,7 @@ impl Computes {
                 "database '{name}' already exists on endpoint '{id}'"
             )));
         }
-        let (row, _) = self.wake(id).await?;
+        let (row, _) = self.wake(id, WakeTrigger::Api).await?;
         let _guard = self.lock(id).await?;
         let failed = |source: ComputeError| LifecycleError::Compute {
             endpoint: id.to_owned(),
@@ -566,8 +801,14 @@ impl Computes {
                 }
                 (Some(Operation::Suspend), _)
                 | (None, EndpointState::Suspending | EndpointState::Suspended) => {
-                    match self.driver.stop(&spec).await {
-                        Ok(()) => self
+                    // Postgres down, PgBouncer up and paused (holding its clients).
+                    let stopped = async {
+                        self.driver.stop_postgres(&spec, StopMode::Fast).await?;
+                        self.driver.pause_pooler(&spec, POOLER_PAUSE_TIMEOUT).await
+                    }
+                    .await;
+                    match stopped {
+                        Ok(_) => self
                             .record(id, EndpointState::Suspended, None, "stopped", None)
                             .await
                             .map(drop),
@@ -582,6 +823,10 @@ impl Computes {
                             let event = if was_running && row.state == EndpointState::Active {
                                 "adopted"
                             } else {
+                                self.metrics
+                                    .resumes
+                                    .with_label_values(&[WakeTrigger::Reconcile.as_str()])
+                                    .inc();
                                 "started"
                             };
                             self.record(id, EndpointState::Active, None, event, None)
@@ -617,14 +862,19 @@ impl Computes {
         Ok(())
     }
 
-    /// Suspends every active endpoint (graceful shutdown of a local stack).
+    /// Stops every compute, PgBouncers of suspended endpoints included (the wake service
+    /// exiting). Active endpoints are recorded `suspended`; reconcile brings the PgBouncers
+    /// back (paused) on the next start.
     pub async fn suspend_all(&self) {
         let Ok(rows) = self.store.endpoints().await else {
             return;
         };
         for row in rows {
-            if matches!(row.state, EndpointState::Active | EndpointState::Resuming) {
-                if let Err(e) = self.suspend(&row.id, true).await {
+            if matches!(
+                row.state,
+                EndpointState::Active | EndpointState::Resuming | EndpointState::Suspended
+            ) {
+                if let Err(e) = self.suspend(&row.id, SuspendRequest::Shutdown).await {
                     tracing::error!(endpoint = %row.id, error = %e, "could not stop compute on exit");
                 }
             }

@@ -2,7 +2,8 @@
 //! path templates, never endpoint ids.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 use wake_api::admin::EndpointState;
 
@@ -18,7 +19,26 @@ pub struct Metrics {
     pub endpoints: IntGaugeVec,
     /// Time to start a compute (create or resume) until it accepts connections.
     pub start_seconds: Histogram,
+    /// Computes running now (endpoints `active`).
+    pub computes_active: IntGauge,
+    /// Suspends done, by reason (`idle`, `api`, `forced`, `shutdown`).
+    pub suspends: IntCounterVec,
+    /// Suspends given up because activity appeared at the last moment.
+    pub suspends_cancelled: IntCounter,
+    /// Resumes of a stopped compute, by what asked (`proxy`, `api`, `pooler`, `reconcile`).
+    pub resumes: IntCounterVec,
+    /// From the resume decision until the compute accepts connections (the wake service's
+    /// share of a cold query).
+    pub resume_seconds: Histogram,
+    /// Gateway activity reports received.
+    pub activity_reports: IntCounter,
 }
+
+/// Reasons a compute is suspended (the `reason` label of `wake_suspends_total`).
+pub const SUSPEND_IDLE: &str = "idle";
+pub const SUSPEND_API: &str = "api";
+pub const SUSPEND_FORCED: &str = "forced";
+pub const SUSPEND_SHUTDOWN: &str = "shutdown";
 
 const STATES: [EndpointState; 5] = [
     EndpointState::Active,
@@ -56,6 +76,45 @@ impl Metrics {
             )
             .buckets(vec![0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]),
         )?;
+        let computes_active = IntGauge::new(
+            "wake_computes_active",
+            "Computes running now (endpoints in state active)",
+        )?;
+        let suspends = IntCounterVec::new(
+            Opts::new("wake_suspends_total", "Compute suspends by reason"),
+            &["reason"],
+        )?;
+        let suspends_cancelled = IntCounter::new(
+            "wake_suspends_cancelled_total",
+            "Suspends given up because a client became active at the last moment",
+        )?;
+        let resumes = IntCounterVec::new(
+            Opts::new(
+                "wake_resumes_total",
+                "Resumes of a stopped compute by trigger",
+            ),
+            &["trigger"],
+        )?;
+        let resume_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "wake_resume_seconds",
+                "Seconds from a resume decision until the compute accepts connections",
+            )
+            .buckets(vec![
+                0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.25, 0.35, 0.5, 0.75, 1.0, 2.5, 5.0,
+                10.0,
+            ]),
+        )?;
+        let activity_reports = IntCounter::new(
+            "wake_activity_reports_total",
+            "Gateway activity reports received",
+        )?;
+        registry.register(Box::new(computes_active.clone()))?;
+        registry.register(Box::new(suspends.clone()))?;
+        registry.register(Box::new(suspends_cancelled.clone()))?;
+        registry.register(Box::new(resumes.clone()))?;
+        registry.register(Box::new(resume_seconds.clone()))?;
+        registry.register(Box::new(activity_reports.clone()))?;
         registry.register(Box::new(http_requests.clone()))?;
         registry.register(Box::new(transitions.clone()))?;
         registry.register(Box::new(endpoints.clone()))?;
@@ -66,6 +125,12 @@ impl Metrics {
             transitions,
             endpoints,
             start_seconds,
+            computes_active,
+            suspends,
+            suspends_cancelled,
+            resumes,
+            resume_seconds,
+            activity_reports,
         })
     }
 
@@ -76,9 +141,13 @@ impl Metrics {
     pub fn set_endpoint_states(&self, rows: &[EndpointRow]) {
         for state in STATES {
             let count = rows.iter().filter(|r| r.state == state).count();
+            let count = i64::try_from(count).unwrap_or(i64::MAX);
             self.endpoints
                 .with_label_values(&[state.as_str()])
-                .set(i64::try_from(count).unwrap_or(i64::MAX));
+                .set(count);
+            if state == EndpointState::Active {
+                self.computes_active.set(count);
+            }
         }
     }
 

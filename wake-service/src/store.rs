@@ -6,16 +6,23 @@
 //! advisory lock so that two replicas starting together do not race.
 
 use std::ops::RangeInclusive;
+use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use time::OffsetDateTime;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{NoTls, Row};
-use wake_api::admin::{Database, EndpointState};
+use wake_api::admin::{ComputeEvent, Database, EndpointState};
 
 /// The migrations, in order. A version is never edited once released; add a new one.
-const MIGRATIONS: &[(i32, &str, &str)] =
-    &[(1, "initial", include_str!("../migrations/0001_initial.sql"))];
+const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (1, "initial", include_str!("../migrations/0001_initial.sql")),
+    (
+        2,
+        "activity",
+        include_str!("../migrations/0002_activity.sql"),
+    ),
+];
 
 /// Advisory-lock keys (arbitrary constants, unique to this schema).
 const MIGRATION_LOCK: i64 = 0x7761_6b65_0001;
@@ -76,6 +83,16 @@ impl Operation {
     }
 }
 
+/// One endpoint's entry in a gateway's activity report.
+#[derive(Clone, Debug)]
+pub struct GatewayActivity {
+    pub endpoint: String,
+    /// Milliseconds since the gateway last saw activity.
+    pub idle_ms: i64,
+    /// Sessions open or queries in flight right now.
+    pub busy: bool,
+}
+
 /// One row of `endpoints`.
 #[derive(Clone, Debug)]
 pub struct EndpointRow {
@@ -95,6 +112,8 @@ pub struct EndpointRow {
     pub updated_at: OffsetDateTime,
     pub last_active: Option<OffsetDateTime>,
     pub suspended_at: Option<OffsetDateTime>,
+    /// Gateways hold the endpoint awake until then (open sessions, queries in flight).
+    pub held_until: Option<OffsetDateTime>,
 }
 
 impl EndpointRow {
@@ -123,6 +142,7 @@ impl EndpointRow {
             updated_at: row.try_get("updated_at")?,
             last_active: row.try_get("last_active")?,
             suspended_at: row.try_get("suspended_at")?,
+            held_until: row.try_get("held_until")?,
         })
     }
 }
@@ -154,16 +174,6 @@ pub struct EndpointChanges {
     pub min_cu: Option<f64>,
     pub max_cu: Option<f64>,
     pub jwks: Option<serde_json::Value>,
-}
-
-/// A lifecycle event as stored.
-#[derive(Clone, Debug)]
-pub struct Event {
-    pub endpoint_id: String,
-    pub at: OffsetDateTime,
-    pub kind: String,
-    pub from_state: Option<String>,
-    pub to_state: Option<String>,
 }
 
 #[derive(Clone)]
@@ -406,6 +416,60 @@ impl Store {
         EndpointRow::from_row(&row).map(Some)
     }
 
+    /// Records a gateway's activity report: `last_active` moves forward to what each entry
+    /// says, and endpoints with open sessions are held awake for `lease`. Returns which of
+    /// `ids` are not active (or do not exist).
+    pub async fn record_activity(
+        &self,
+        reports: &[GatewayActivity],
+        lease: Duration,
+        ids: &[String],
+    ) -> Result<Vec<String>, StoreError> {
+        let client = self.pool.get().await?;
+        if !reports.is_empty() {
+            let ids: Vec<&str> = reports.iter().map(|r| r.endpoint.as_str()).collect();
+            let idle_ms: Vec<i64> = reports.iter().map(|r| r.idle_ms).collect();
+            let busy: Vec<bool> = reports.iter().map(|r| r.busy).collect();
+            let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
+            client
+                .execute(
+                    "UPDATE endpoints e SET
+                        last_active = GREATEST(e.last_active,
+                            now() - make_interval(secs => r.idle_ms / 1000.0)),
+                        held_until = CASE WHEN r.busy
+                            THEN GREATEST(e.held_until, now() + make_interval(secs => $4 / 1000.0))
+                            ELSE e.held_until END
+                     FROM unnest($1::text[], $2::int8[], $3::bool[]) AS r(id, idle_ms, busy)
+                     WHERE e.id = r.id",
+                    &[&ids, &idle_ms, &busy, &lease_ms],
+                )
+                .await?;
+        }
+        let rows = client
+            .query(
+                "SELECT q.id FROM unnest($1::text[]) AS q(id)
+                 LEFT JOIN endpoints e ON e.id = q.id
+                 WHERE e.state IS DISTINCT FROM 'active'",
+                &[&ids],
+            )
+            .await?;
+        rows.iter()
+            .map(|row| row.try_get(0).map_err(StoreError::from))
+            .collect()
+    }
+
+    /// Moves `last_active` forward to `at` (activity the wake service saw itself).
+    pub async fn touch(&self, id: &str, at: OffsetDateTime) -> Result<(), StoreError> {
+        let client = self.pool.get().await?;
+        client
+            .execute(
+                "UPDATE endpoints SET last_active = GREATEST(last_active, $2) WHERE id = $1",
+                &[&id, &at],
+            )
+            .await?;
+        Ok(())
+    }
+
     pub async fn update_settings(
         &self,
         id: &str,
@@ -538,24 +602,31 @@ impl Store {
         Ok(())
     }
 
-    /// The lifecycle events of one endpoint, oldest first.
-    pub async fn events(&self, endpoint: &str) -> Result<Vec<Event>, StoreError> {
+    /// The newest `limit` lifecycle events of one endpoint, oldest first.
+    pub async fn events(
+        &self,
+        endpoint: &str,
+        limit: i64,
+    ) -> Result<Vec<ComputeEvent>, StoreError> {
         let client = self.pool.get().await?;
         client
             .query(
-                "SELECT endpoint_id, at, kind, from_state, to_state FROM compute_events
-                 WHERE endpoint_id = $1 ORDER BY id",
-                &[&endpoint],
+                "SELECT at, kind, from_state, to_state, cu, detail FROM (
+                    SELECT * FROM compute_events WHERE endpoint_id = $1
+                    ORDER BY id DESC LIMIT $2) newest
+                 ORDER BY id",
+                &[&endpoint, &limit],
             )
             .await?
             .iter()
             .map(|r| {
-                Ok(Event {
-                    endpoint_id: r.try_get(0)?,
-                    at: r.try_get(1)?,
-                    kind: r.try_get(2)?,
-                    from_state: r.try_get(3)?,
-                    to_state: r.try_get(4)?,
+                Ok(ComputeEvent {
+                    at: r.try_get(0)?,
+                    kind: r.try_get(1)?,
+                    from_state: r.try_get(2)?,
+                    to_state: r.try_get(3)?,
+                    cu: r.try_get(4)?,
+                    detail: r.try_get(5)?,
                 })
             })
             .collect()

@@ -130,6 +130,24 @@ pub struct Database {
     pub owner: String,
 }
 
+/// `GET /v1/endpoints/{id}/events`: one step of the compute's life, as recorded (durably,
+/// in the same transaction as the state change) for metering: `started` and `stopped` bound
+/// the periods the compute ran.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ComputeEvent {
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+    /// `created`, `resume_started`, `started`, `adopted`, `suspend_started`, `stopped`,
+    /// `suspend_cancelled`, `failed`, `delete_started`, …
+    pub kind: String,
+    pub from_state: Option<String>,
+    pub to_state: Option<String>,
+    /// Compute units at the time.
+    pub cu: Option<f64>,
+    /// Why (a suspend's reason, a wake's trigger, a failure's message).
+    pub detail: Option<String>,
+}
+
 /// Every API error: `{"error": {"code": "...", "message": "..."}}`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {

@@ -9,10 +9,12 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use wake_api::admin::{
-    CreateDatabase, CreateEndpoint, CreateRole, Database, Endpoint, PatchEndpoint, Role,
+    ComputeEvent, CreateDatabase, CreateEndpoint, CreateRole, Database, Endpoint, PatchEndpoint,
+    Role,
 };
 
 use super::{ApiError, ApiJson, Service};
+use crate::lifecycle::{SuspendRequest, WakeTrigger};
 use crate::store::EndpointRow;
 
 pub fn routes() -> Router<Arc<Service>> {
@@ -23,6 +25,7 @@ pub fn routes() -> Router<Arc<Service>> {
         .route("/v1/endpoints/{id}/databases", post(create_database))
         .route("/v1/endpoints/{id}/wake", post(wake))
         .route("/v1/endpoints/{id}/suspend", post(suspend))
+        .route("/v1/endpoints/{id}/events", get(events))
 }
 
 async fn render(service: &Service, row: EndpointRow) -> Result<Endpoint, ApiError> {
@@ -147,14 +150,12 @@ async fn wake(
     State(service): State<Arc<Service>>,
     Path(id): Path<String>,
 ) -> Result<Json<Endpoint>, ApiError> {
-    let (row, _) = tokio::time::timeout(service.wake_timeout, service.computes.wake(&id))
-        .await
-        .map_err(|_| {
-            ApiError::Unavailable(format!(
-                "endpoint '{id}' did not become active within {} s; try again",
-                service.wake_timeout.as_secs()
-            ))
-        })??;
+    let (row, _) = service.wake(&id, WakeTrigger::Api).await.ok_or_else(|| {
+        ApiError::Unavailable(format!(
+            "endpoint '{id}' did not become active within {} s; try again",
+            service.wake_timeout.as_secs()
+        ))
+    })??;
     Ok(Json(render(&service, row).await?))
 }
 
@@ -170,6 +171,43 @@ async fn suspend(
     query: Result<Query<SuspendQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Endpoint>, ApiError> {
     let Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
-    let row = service.computes.suspend(&id, query.force).await?;
+    let request = if query.force {
+        SuspendRequest::Forced
+    } else {
+        SuspendRequest::Api
+    };
+    let row = service.computes.suspend(&id, request).await?;
     Ok(Json(render(&service, row).await?))
+}
+
+#[derive(Deserialize)]
+struct EventsQuery {
+    #[serde(default = "default_event_limit")]
+    limit: i64,
+}
+
+fn default_event_limit() -> i64 {
+    1000
+}
+
+/// The newest `limit` (1-10000, default 1000) lifecycle events, oldest first.
+async fn events(
+    State(service): State<Arc<Service>>,
+    Path(id): Path<String>,
+    query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Vec<ComputeEvent>>, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    if !(1..=10_000).contains(&query.limit) {
+        return Err(ApiError::Invalid(
+            "limit must be between 1 and 10000".into(),
+        ));
+    }
+    row(&service, &id).await?;
+    let events = service
+        .computes
+        .store()
+        .events(&id, query.limit)
+        .await
+        .map_err(crate::lifecycle::LifecycleError::from)?;
+    Ok(Json(events))
 }

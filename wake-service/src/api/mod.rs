@@ -23,8 +23,10 @@ use subtle::ConstantTimeEq;
 use wake_api::admin::{ErrorBody, ErrorDetail};
 use wake_api::proxy::{ControlPlaneError, Reason};
 
-use crate::lifecycle::{Computes, LifecycleError};
+use crate::lifecycle::{Computes, LifecycleError, WakeTrigger};
 use crate::metrics::Metrics;
+use crate::store::EndpointRow;
+use wake_api::proxy::ColdStartInfo;
 
 /// What every handler shares.
 pub struct Service {
@@ -36,6 +38,28 @@ pub struct Service {
     pub proxy_token: Option<String>,
     /// How long `wake` may block.
     pub wake_timeout: Duration,
+}
+
+impl Service {
+    /// Wakes `id` in a task of its own, so that a caller giving up (the timeout, a client
+    /// gone) never cuts a start in half. `None` when it took longer than `wake_timeout`.
+    pub async fn wake(
+        self: &Arc<Self>,
+        id: &str,
+        trigger: WakeTrigger,
+    ) -> Option<Result<(EndpointRow, ColdStartInfo), LifecycleError>> {
+        let service = self.clone();
+        let owned = id.to_owned();
+        let task = tokio::spawn(async move { service.computes.wake(&owned, trigger).await });
+        match tokio::time::timeout(self.wake_timeout, task).await {
+            Ok(Ok(result)) => Some(result),
+            Ok(Err(e)) => {
+                tracing::error!(endpoint = id, error = %e, "wake task failed");
+                None
+            }
+            Err(_) => None,
+        }
+    }
 }
 
 pub fn app(service: Arc<Service>) -> Router {

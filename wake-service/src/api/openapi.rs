@@ -85,6 +85,16 @@ pub fn spec() -> Value {
                     "cold_start_info": {"type": "string", "enum": ["warm", "pool_hit", "pool_miss", "unknown"]}}}}},
                 "AccessControl": {"type": "object", "properties": {"role_secret": {"type": "string"}, "project_id": {"type": "string", "nullable": true}, "allowed_ips": {"type": "array", "nullable": true, "items": {"type": "string"}}}},
                 "Jwks": {"type": "object", "properties": {"jwks": {"type": "array", "items": schema("JwksSettings")}}},
+                "ComputeEvent": {"type": "object", "required": ["at", "kind"], "properties": {
+                    "at": {"type": "string", "format": "date-time"}, "kind": {"type": "string"},
+                    "from_state": {"type": "string", "nullable": true}, "to_state": {"type": "string", "nullable": true},
+                    "cu": {"type": "number", "nullable": true}, "detail": {"type": "string", "nullable": true}}},
+                "ActivityReport": {"type": "object", "required": ["interval_ms", "endpoints"], "properties": {
+                    "interval_ms": {"type": "integer", "minimum": 50, "maximum": 60000},
+                    "endpoints": {"type": "array", "items": {"type": "object", "required": ["endpoint_id", "sessions", "in_flight", "idle_ms"], "properties": {
+                        "endpoint_id": {"type": "string"}, "sessions": {"type": "integer"}, "in_flight": {"type": "integer"}, "idle_ms": {"type": "integer"}}}},
+                    "cached": {"type": "array", "items": {"type": "string"}}}},
+                "ActivityReply": {"type": "object", "properties": {"inactive": {"type": "array", "items": {"type": "string"}}}},
                 "ControlPlaneError": {"type": "object", "description": "Neon's error shape: {error, status: {code, message, details: {error_info: {reason}, retry_info: {retry_delay_ms}, user_facing_message: {message}}}}"}
             }
         },
@@ -117,7 +127,14 @@ pub fn spec() -> Value {
                     {"name": "id", "in": "path", "required": true, "schema": {"type": "string"}},
                     {"name": "force", "in": "query", "required": false, "schema": {"type": "boolean"}}
                 ],
-                "post": {"summary": "Stop the compute (refused while clients are connected unless force=true)", "responses": ok("200", "suspended", schema("Endpoint"), &["400", "401", "404", "409", "503"])}
+                "post": {"summary": "Stop the compute; refused (409) while a client is busy or holds a session through the gateway unless force=true (idle connections are closed)", "responses": ok("200", "suspended", schema("Endpoint"), &["400", "401", "404", "409", "503"])}
+            },
+            "/v1/endpoints/{id}/events": {
+                "parameters": [
+                    {"name": "id", "in": "path", "required": true, "schema": {"type": "string"}},
+                    {"name": "limit", "in": "query", "required": false, "schema": {"type": "integer", "minimum": 1, "maximum": 10000, "default": 1000}}
+                ],
+                "get": {"summary": "The compute's lifecycle events (newest `limit`, oldest first)", "responses": ok("200", "events", json!({"type": "array", "items": schema("ComputeEvent")}), &["400", "401", "404", "422"])}
             },
             "/proxy/api/v1/wake_compute": {
                 "get": {"summary": "Neon-compatible: wake and return the address", "parameters": [endpointish.clone(),
@@ -136,6 +153,11 @@ pub fn spec() -> Value {
             "/proxy/api/v1/endpoints/{id}/jwks": {
                 "parameters": id,
                 "get": {"summary": "Neon-compatible: the endpoint's JWKS rules", "responses": {"200": {"description": "rules", "content": {"application/json": {"schema": schema("Jwks")}}}}}
+            },
+            "/proxy/api/v1/activity": {
+                "post": {"summary": "A gateway's activity report (open sessions hold the endpoint awake); the reply lists the reported and cached endpoints that are not active", "requestBody": body("ActivityReport"),
+                    "responses": {"200": {"description": "inactive endpoints", "content": {"application/json": {"schema": schema("ActivityReply")}}},
+                                  "400": {"description": "malformed report", "content": {"application/json": {"schema": schema("ControlPlaneError")}}}}}
             },
             "/openapi.json": {"get": {"summary": "This document", "security": [], "responses": {"200": {"description": "OpenAPI 3.0"}}}},
             "/metrics": {"get": {"summary": "Prometheus metrics", "security": [], "responses": {"200": {"description": "text format"}}}},

@@ -3,14 +3,17 @@
 use std::sync::Arc;
 
 use axum::extract::{Path, Query, State};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
-use wake_api::proxy::{AccessControl, Jwks, JwksSettings, MetricsAuxInfo, WakeCompute};
+use wake_api::proxy::{
+    AccessControl, ActivityReply, ActivityReport, Jwks, JwksSettings, MetricsAuxInfo, WakeCompute,
+};
 use wake_api::split_pooler;
 
 use super::{ProxyError, Service};
-use crate::lifecycle::LifecycleError;
+use crate::lifecycle::{LifecycleError, WakeTrigger};
+use crate::store::GatewayActivity;
 
 pub fn routes() -> Router<Arc<Service>> {
     Router::new()
@@ -20,6 +23,7 @@ pub fn routes() -> Router<Arc<Service>> {
             get(access_control),
         )
         .route("/proxy/api/v1/endpoints/{id}/jwks", get(jwks))
+        .route("/proxy/api/v1/activity", post(activity))
 }
 
 type QueryResult<T> = Result<Query<T>, axum::extract::rejection::QueryRejection>;
@@ -45,11 +49,10 @@ async fn wake_compute(
     let params = query(params)?;
     let (id, pooler) = split_pooler(&params.endpointish);
     tracing::debug!(endpoint = id, pooler, session_id = ?params.session_id, "wake_compute");
-    let (row, cold_start_info) =
-        match tokio::time::timeout(service.wake_timeout, service.computes.wake(id)).await {
-            Ok(result) => result?,
-            Err(_) => return Err(ProxyError::Busy(1000)),
-        };
+    let (row, cold_start_info) = match service.wake(id, WakeTrigger::Proxy).await {
+        Some(result) => result?,
+        None => return Err(ProxyError::Busy(1000)),
+    };
     let addresses = service.computes.addresses(&row);
     Ok(Json(WakeCompute {
         address: if pooler {
@@ -117,4 +120,58 @@ async fn jwks(
         .ok_or(ProxyError::EndpointNotFound)?;
     let jwks: Vec<JwksSettings> = serde_json::from_value(row.jwks).unwrap_or_default();
     Ok(Json(Jwks { jwks }))
+}
+
+/// Gateways report at most this many endpoints per report (the rest are ignored).
+const MAX_REPORTED: usize = 10_000;
+/// An open session holds its endpoint for this many report intervals.
+const LEASE_INTERVALS: u32 = 3;
+/// Bounds on the interval a gateway says it reports at.
+const REPORT_INTERVAL_MS: std::ops::RangeInclusive<u64> = 50..=60_000;
+
+/// `POST /proxy/api/v1/activity`: a gateway's activity report (see [`ActivityReport`]).
+async fn activity(
+    State(service): State<Arc<Service>>,
+    report: Result<Json<ActivityReport>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<ActivityReply>, ProxyError> {
+    let Json(report) = report.map_err(|e| ProxyError::BadRequest(e.body_text()))?;
+    if !REPORT_INTERVAL_MS.contains(&report.interval_ms) {
+        return Err(ProxyError::BadRequest(format!(
+            "interval_ms must be between {} and {}",
+            REPORT_INTERVAL_MS.start(),
+            REPORT_INTERVAL_MS.end()
+        )));
+    }
+    service.metrics.activity_reports.inc();
+    let entries: Vec<GatewayActivity> = report
+        .endpoints
+        .iter()
+        .take(MAX_REPORTED)
+        .map(|e| GatewayActivity {
+            endpoint: split_pooler(&e.endpoint_id).0.to_owned(),
+            idle_ms: i64::try_from(e.idle_ms).unwrap_or(i64::MAX),
+            busy: e.sessions > 0 || e.in_flight > 0,
+        })
+        .collect();
+    let mut ids: Vec<String> = entries
+        .iter()
+        .map(|e| e.endpoint.clone())
+        .chain(
+            report
+                .cached
+                .iter()
+                .take(MAX_REPORTED)
+                .map(|id| split_pooler(id).0.to_owned()),
+        )
+        .collect();
+    ids.sort();
+    ids.dedup();
+    let lease = std::time::Duration::from_millis(report.interval_ms) * LEASE_INTERVALS;
+    let inactive = service
+        .computes
+        .store()
+        .record_activity(&entries, lease, &ids)
+        .await
+        .map_err(LifecycleError::from)?;
+    Ok(Json(ActivityReply { inactive }))
 }

@@ -5,6 +5,8 @@
 
 pub mod local;
 
+use std::time::Duration;
+
 use async_trait::async_trait;
 use wake_api::admin::Addresses;
 
@@ -21,14 +23,41 @@ pub struct ComputeSpec {
     pub cu: f64,
 }
 
+/// How Postgres is stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopMode {
+    /// Postgres' "smart" shutdown: new connections are refused at once (`57P03`), open
+    /// sessions go on until their clients end them. After `patience` the shutdown becomes
+    /// fast (sessions still open are cut).
+    Smart { patience: Duration },
+    /// Sessions are cut at once (their transactions roll back).
+    Fast,
+}
+
+/// PgBouncer's view of its clients, summed over its databases (the admin console excluded).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PoolerStats {
+    /// Clients waiting for a server connection (or, while paused, for the pause to end;
+    /// this includes clients still logging in).
+    pub clients_waiting: u64,
+    /// Clients connected and not waiting (idle or linked to a server).
+    pub clients_active: u64,
+    /// Server connections in use by a client (a transaction in progress).
+    pub servers_active: u64,
+    /// Transactions since PgBouncer started (`total_xact_count`): a change means activity.
+    pub transactions: u64,
+    /// Whether PgBouncer is paused.
+    pub paused: bool,
+}
+
 /// What a health check found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Health {
     /// Postgres and PgBouncer both accept connections.
     Running,
-    /// Neither process is running.
+    /// Postgres does not run (PgBouncer may, paused: a suspended compute).
     Stopped,
-    /// Something runs but not everything answers (e.g. Postgres up, PgBouncer gone).
+    /// Postgres runs but not everything answers (e.g. PgBouncer gone).
     Degraded,
 }
 
@@ -67,13 +96,38 @@ pub trait ComputeDriver: Send + Sync + 'static {
     /// wake service died in the middle) is wiped and redone. Leaves the compute stopped.
     async fn create(&self, spec: &ComputeSpec) -> Result<(), ComputeError>;
 
-    /// Starts Postgres, then PgBouncer, and returns once both accept connections. Processes
-    /// already running for this compute (a wake-service restart) are adopted, never
-    /// duplicated; a process of this compute on the wrong port is restarted.
+    /// Starts Postgres, then makes sure PgBouncer runs and is not paused (RESUME), and
+    /// returns once both accept connections. Processes already running for this compute (a
+    /// wake-service restart) are adopted, never duplicated; a process of this compute on the
+    /// wrong port is restarted. This is the resume path: every millisecond here is a
+    /// millisecond of the first query after a suspend.
     async fn start(&self, spec: &ComputeSpec) -> Result<Addresses, ComputeError>;
 
-    /// Stops PgBouncer and Postgres (fast shutdown: sessions are cut). Idempotent.
+    /// Stops Postgres only; PgBouncer keeps running (paused, when [`Self::pause_pooler`] ran
+    /// first, so its clients wait for the next start instead of failing). Idempotent.
+    async fn stop_postgres(&self, spec: &ComputeSpec, mode: StopMode) -> Result<(), ComputeError>;
+
+    /// Stops PgBouncer and Postgres (fast shutdown: sessions are cut): nothing of the compute
+    /// runs afterwards (the wake service exiting). Idempotent.
     async fn stop(&self, spec: &ComputeSpec) -> Result<(), ComputeError>;
+
+    /// PgBouncer `PAUSE`: waits until every server connection is released and closed; from
+    /// then on clients (new and connected) wait instead of reaching Postgres. Starts PgBouncer
+    /// (then pauses it) when it does not run. `Ok(false)` when the pause did not complete
+    /// within `timeout` (a transaction kept a server connection busy): PgBouncer is then
+    /// resumed again, as if nothing happened.
+    async fn pause_pooler(
+        &self,
+        spec: &ComputeSpec,
+        timeout: Duration,
+    ) -> Result<bool, ComputeError>;
+
+    /// PgBouncer `RESUME`: waiting clients go on. Nothing to do when it is not paused.
+    async fn resume_pooler(&self, spec: &ComputeSpec) -> Result<(), ComputeError>;
+
+    /// What PgBouncer's clients are doing (`SHOW POOLS`, `SHOW STATS`, `SHOW DATABASES`,
+    /// without the admin console itself). `None` when PgBouncer does not run.
+    async fn pooler_stats(&self, spec: &ComputeSpec) -> Result<Option<PoolerStats>, ComputeError>;
 
     /// Stops whatever runs for `endpoint` and deletes its data. Idempotent.
     async fn destroy(&self, endpoint: &str) -> Result<(), ComputeError>;

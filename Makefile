@@ -11,7 +11,7 @@ help: ## list the targets
 	@echo "Targets:"
 	@awk 'BEGIN { FS = ":.*## " } /^[a-z][a-z-]*:.*## / { printf "  %-11s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
 	@echo "Env switches: DATA_DIR, WAKE_LISTEN, WAKE_COMPUTE_PORTS, GATEWAY_LISTEN, GATEWAY_ADMIN_LISTEN, RUST_LOG (up);"
-	@echo "              SKIP_RUST=1, SKIP_NODE=1 (test)"
+	@echo "              SKIP_RUST=1, SKIP_NODE=1, NODE_TESTS="test/x.test.js" (test)"
 
 up: ## build and run the local stack (wake service + gateway, endpoint db) in the foreground
 	bash scripts/dev-up.sh

@@ -11,7 +11,8 @@
 #      without TLS; the wake service's API, -pooler routing, restarts)
 # Fails fast, always tears down, prints a summary.
 #
-# Env: SKIP_RUST=1 skips step 1, SKIP_NODE=1 skips step 2 (CI sets neither).
+# Env: SKIP_RUST=1 skips step 1, SKIP_NODE=1 skips step 2 (CI sets neither);
+# NODE_TESTS="test/a.test.js test/b.test.js" runs only those Node files.
 #      RUST_LOG for the gateway under test (default info).
 set -euo pipefail
 
@@ -143,6 +144,17 @@ test_wake_service() {
   [[ -n "$DB_DIRECT" ]] || { warn "endpoint db has no direct address"; return 1; }
 }
 
+# run_node_tests — the whole suite (npm test), or only the files in NODE_TESTS
+# (e.g. NODE_TESTS="test/scale-to-zero.test.js", paths relative to sdk-tests/).
+run_node_tests() {
+  if [[ -n "${NODE_TESTS:-}" ]]; then
+    # shellcheck disable=SC2086 # a list of file names
+    node --test --test-concurrency=1 $NODE_TESTS
+  else
+    npm test
+  fi
+}
+
 npm_test() {
   local rc=0
   (
@@ -161,7 +173,7 @@ npm_test() {
       WAKE_PROXY_TOKEN="$WAKE_PROXY_TOKEN" \
       WAKE_BIN="$WAKE_BIN" \
       GATEWAY_BIN="$GATEWAY_BIN" \
-      npm test
+      run_node_tests
   ) || rc=$?
   if ((rc != 0)); then
     warn "sdk-tests failed; last lines of the gateway log ($GATEWAY_LOG):"

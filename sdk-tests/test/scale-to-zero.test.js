@@ -33,21 +33,29 @@ after(async () => {
   }
 });
 
-/** Creates an endpoint with a role (and the role's database `postgres`). */
+/** Creates an endpoint with a role and a database it owns. */
 async function endpoint(name, settings = { suspend_timeout_seconds: 1 }) {
   const ep = {
     id: `sz-${name}-${RUN}`,
     role: `sdkt_sz_${RUN}`,
     password: randomBytes(12).toString('base64url'),
+    database: `sdkt_szdb_${RUN}`,
   };
   created.push(ep.id);
   ep.addresses = (await api.create(ep.id, settings)).addresses;
   await api.createRole(ep.id, ep.role, ep.password);
+  await api.createDatabase(ep.id, ep.database, ep.role);
   return ep;
 }
 
 function url(ep, { pooler = false } = {}) {
-  return `postgres://${ep.role}:${encodeURIComponent(ep.password)}@${ep.id}${pooler ? '-pooler' : ''}.localtest.me:${GATEWAY_PORT}/postgres`;
+  return `postgres://${ep.role}:${encodeURIComponent(ep.password)}@${ep.id}${pooler ? '-pooler' : ''}.localtest.me:${GATEWAY_PORT}/${ep.database}`;
+}
+
+/** node-postgres settings straight to the endpoint's Postgres or PgBouncer (no gateway). */
+function straight(ep, address) {
+  const [host, port] = address.split(':');
+  return { host, port: Number(port), user: ep.role, password: ep.password, database: ep.database };
 }
 
 function tcpConfig(ep, { pooler = false } = {}) {
@@ -56,7 +64,7 @@ function tcpConfig(ep, { pooler = false } = {}) {
     port: GATEWAY_PORT,
     user: ep.role,
     password: ep.password,
-    database: 'postgres',
+    database: ep.database,
     options: `endpoint=${ep.id}${pooler ? '-pooler' : ''}`,
   };
 }
@@ -160,8 +168,7 @@ test('an open idle WebSocket session keeps the endpoint active; after it closes 
 
 test('an idle-in-transaction backend (straight to Postgres) keeps the endpoint active', { timeout: 120_000 }, async () => {
   const ep = await endpoint('txn');
-  const [host, port] = ep.addresses.direct.split(':');
-  const c = await pgClient({ host, port: Number(port), user: ep.role, password: ep.password, database: 'postgres' });
+  const c = await pgClient(straight(ep, ep.addresses.direct));
   await c.query('BEGIN');
   await c.query('CREATE TABLE held (n int)');
   for (let i = 0; i < 10; i++) {
@@ -230,8 +237,7 @@ test('the next HTTP query, WebSocket session and TCP connection, direct and -poo
 
 test('a client connected straight to PgBouncer is held across a suspend and its next query resumes the endpoint', { timeout: 120_000 }, async () => {
   const ep = await endpoint('bouncer');
-  const [host, port] = ep.addresses.pooler.split(':');
-  const c = await pgClient({ host, port: Number(port), user: ep.role, password: ep.password, database: 'postgres' });
+  const c = await pgClient(straight(ep, ep.addresses.pooler));
   assert.deepStrictEqual((await c.query('SELECT 1 AS one')).rows, [{ one: 1 }]);
   await suspended(ep, 'idle PgBouncer client');
   assert.equal(postmasters(ep).length, 0);
@@ -243,7 +249,7 @@ test('a client connected straight to PgBouncer is held across a suspend and its 
   // A new direct PgBouncer client on a suspended endpoint: held while logging in, then served.
   await c.end();
   await suspended(ep, 'again');
-  const d = await pgClient({ host, port: Number(port), user: ep.role, password: ep.password, database: 'postgres' });
+  const d = await pgClient(straight(ep, ep.addresses.pooler));
   assert.deepStrictEqual((await d.query('SELECT 3 AS three')).rows, [{ three: 3 }]);
 });
 
@@ -252,7 +258,8 @@ test('a long-running query is never cut, and a suspend asked for meanwhile is re
   const sql = neon(url(ep));
   await sql`SELECT 1`;
   const started = Date.now();
-  const long = sql`SELECT pg_sleep(4), 'done' AS status`;
+  // The driver's query promises are lazy: then() sends it now.
+  const long = sql`SELECT pg_sleep(4), 'done' AS status`.then((rows) => rows);
   await sleep(1500);
   const refused = await api.call('POST', `/v1/endpoints/${ep.id}/suspend`);
   assert.equal(refused.status, 409, `suspend while a query runs: ${refused.text}`);
@@ -339,6 +346,37 @@ test('suspend errors: an unknown endpoint is 404, a bad query string 400', { tim
   assert.equal(events404.status, 404, events404.text);
   const badLimit = await api.call('GET', `/v1/endpoints/db/events?limit=0`);
   assert.equal(badLimit.status, 422, badLimit.text);
-  const err = await captureError(() => neon(url({ id: `sz-nope-${RUN}`, role: 'x', password: 'y' }))`SELECT 1`);
+  const err = await captureError(() => neon(url({ id: `sz-nope-${RUN}`, role: 'x', password: 'y', database: 'z' }))`SELECT 1`);
   assert.ok(err, 'a query on an unknown endpoint fails');
+});
+
+test('POST /proxy/api/v1/activity (proxy token): reports land in last_active, the reply lists what is not active', { timeout: 60_000 }, async () => {
+  const proxy = new WakeApi(WAKE_URL, requireEnv('WAKE_PROXY_TOKEN'));
+  const ep = await endpoint('report', { suspend_timeout_seconds: -1 });
+  const before = Date.parse((await state(ep)).last_active);
+  await sleep(50);
+  const reply = await proxy.expect(200, 'POST', '/proxy/api/v1/activity', {
+    body: {
+      interval_ms: 1000,
+      endpoints: [{ endpoint_id: `${ep.id}-pooler`, sessions: 1, in_flight: 0, idle_ms: 0 }],
+      cached: [ep.id, `sz-gone-${RUN}`],
+    },
+  });
+  assert.deepStrictEqual(reply.inactive, [`sz-gone-${RUN}`], 'only the unknown id is inactive');
+  assert.ok(Date.parse((await state(ep)).last_active) > before, 'last_active moved to the report');
+  const held = await api.call('POST', `/v1/endpoints/${ep.id}/suspend`);
+  assert.equal(held.status, 409, `a reported session holds the endpoint: ${held.text}`);
+  assert.match(held.json.error.message, /gateway/);
+  await api.expect(200, 'POST', `/v1/endpoints/${ep.id}/suspend?force=true`);
+  const after = await proxy.expect(200, 'POST', '/proxy/api/v1/activity', { body: { interval_ms: 1000, endpoints: [], cached: [ep.id] } });
+  assert.deepStrictEqual(after.inactive, [ep.id], 'a suspended endpoint is reported inactive');
+  for (const bad of [{ interval_ms: 1, endpoints: [] }, { endpoints: 'x' }, 'not json']) {
+    const r = await proxy.call('POST', '/proxy/api/v1/activity', typeof bad === 'string' ? { raw: bad } : { body: bad });
+    assert.equal(r.status, 400, `bad report ${JSON.stringify(bad)}: ${r.text}`);
+    assert.equal(typeof r.json?.error, 'string', 'Neon-shaped error');
+  }
+  const admin = await api.call('POST', '/proxy/api/v1/activity', { body: { interval_ms: 1000, endpoints: [] } });
+  assert.equal(admin.status, 200, 'the admin token works too');
+  const none = await api.call('POST', '/proxy/api/v1/activity', { token: null, body: { interval_ms: 1000, endpoints: [] } });
+  assert.equal(none.status, 401);
 });

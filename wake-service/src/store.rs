@@ -437,7 +437,7 @@ impl Store {
                         last_active = GREATEST(e.last_active,
                             now() - make_interval(secs => r.idle_ms / 1000.0)),
                         held_until = CASE WHEN r.busy
-                            THEN GREATEST(e.held_until, now() + make_interval(secs => $4 / 1000.0))
+                            THEN GREATEST(e.held_until, now() + make_interval(secs => $4::int8 / 1000.0))
                             ELSE e.held_until END
                      FROM unnest($1::text[], $2::int8[], $3::bool[]) AS r(id, idle_ms, busy)
                      WHERE e.id = r.id",

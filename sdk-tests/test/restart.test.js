@@ -427,13 +427,15 @@ test('kill -9 while suspended: after a restart the endpoint is suspended, a clie
   const id = `rs-${RUN}`;
   const role = `sdkt_rs_${RUN}`;
   const password = randomBytes(9).toString('hex');
+  const database = `sdkt_rsdb_${RUN}`;
   const ep = await api.create(id, { suspend_timeout_seconds: -1 });
   await api.createRole(id, role, password);
-  const sql = neon(url(id, { role, password, database: 'postgres' }));
+  await api.createDatabase(id, database, role);
+  const sql = neon(url(id, { role, password, database }));
   await sql.query(`CREATE TABLE ${T}_s (n int)`);
   await sql.query(`INSERT INTO ${T}_s VALUES (1)`);
   const [host, port] = ep.addresses.pooler.split(':');
-  const held = new pg.Client({ host, port: Number(port), user: role, password, database: 'postgres' });
+  const held = new pg.Client({ host, port: Number(port), user: role, password, database });
   held.on('error', () => {});
   await held.connect();
   try {

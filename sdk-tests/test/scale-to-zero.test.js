@@ -26,7 +26,8 @@ const created = [];
 const opened = [];
 
 after(async () => {
-  for (const c of opened) await c.end().catch(() => {});
+  // end() of a client that already ended never settles: skip those.
+  for (const c of opened) if (!c._ending) await c.end().catch(() => {});
   for (const id of created) {
     const status = await api.remove(id);
     if (status !== 204 && status !== 404) console.error(`cleanup: DELETE ${id} answered ${status}`);

@@ -127,10 +127,13 @@ impl WakeTrigger {
     }
 }
 
-/// Whether a gateway's lease holds the endpoint awake now.
+/// Whether a gateway's lease holds the endpoint awake at `now`.
+pub fn held_at(row: &EndpointRow, now: time::OffsetDateTime) -> bool {
+    row.held_until.is_some_and(|until| until > now)
+}
+
 fn held(row: &EndpointRow) -> bool {
-    row.held_until
-        .is_some_and(|until| until > time::OffsetDateTime::now_utc())
+    held_at(row, time::OffsetDateTime::now_utc())
 }
 
 pub struct Computes {

@@ -35,7 +35,7 @@ use tokio_util::task::TaskTracker;
 use wake_api::admin::EndpointState;
 
 use crate::api::Service;
-use crate::lifecycle::{Computes, LifecycleError, SuspendRequest, WakeTrigger};
+use crate::lifecycle::{held_at, Computes, LifecycleError, SuspendRequest, WakeTrigger};
 use crate::store::EndpointRow;
 
 /// How often the scheduler looks.
@@ -164,8 +164,7 @@ async fn idle_loop(
             };
             let timeout = Duration::from_secs(timeout);
             let idle_for = Duration::try_from(now - last_active).unwrap_or_default();
-            let held = row.held_until.is_some_and(|until| until > now);
-            if idle_for < timeout || held {
+            if idle_for < timeout || held_at(row, now) {
                 continue;
             }
             // The suspend looks at Postgres again itself; this connection would only be

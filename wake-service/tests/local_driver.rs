@@ -236,6 +236,21 @@ async fn scalar(client: &tokio_postgres::Client, sql: &str) -> String {
         .expect("a row")
 }
 
+/// Role `app` (password `pw`) and its database `appdb`, the way the wake service makes
+/// roles: only the SCRAM verifier is sent.
+async fn create_app_role(admin: &tokio_postgres::Client) {
+    let verifier = postgres_protocol::password::scram_sha_256(b"pw");
+    assert!(verifier.starts_with("SCRAM-SHA-256$4096:"));
+    admin
+        .batch_execute(&format!("CREATE ROLE app LOGIN PASSWORD '{verifier}'"))
+        .await
+        .expect("create role");
+    admin
+        .batch_execute("CREATE DATABASE appdb OWNER app")
+        .await
+        .expect("create database");
+}
+
 async fn expect_health(driver: &LocalDriver, spec: &ComputeSpec, want: Health) {
     let got = driver.health(spec).await.expect("health");
     assert_eq!(got, want, "health of {}", spec.endpoint);
@@ -284,18 +299,9 @@ async fn local_driver_lifecycle() {
     expect_health(&driver, &spec, Health::Running).await;
     println!("created and started in {:?}", began.elapsed());
 
-    // A role the way the wake service makes them: only the SCRAM verifier is sent.
-    let verifier = postgres_protocol::password::scram_sha_256(b"pw");
-    assert!(verifier.starts_with("SCRAM-SHA-256$4096:"));
+    // Role app and its database, as the wake service makes them.
     let admin = driver.admin(&spec).await.expect("admin");
-    admin
-        .batch_execute(&format!("CREATE ROLE app LOGIN PASSWORD '{verifier}'"))
-        .await
-        .expect("create role");
-    admin
-        .batch_execute("CREATE DATABASE appdb OWNER app")
-        .await
-        .expect("create database");
+    create_app_role(&admin).await;
     assert_eq!(scalar(&admin, "SHOW port").await, spec.port.to_string());
     drop(admin);
 
@@ -593,16 +599,8 @@ async fn running_compute(tag: &str) -> (TempRoot, Arc<LocalDriver>, ComputeSpec,
     let dir = driver.root().join(&spec.endpoint);
     driver.create(&spec).await.expect("create");
     driver.start(&spec).await.expect("start");
-    let verifier = postgres_protocol::password::scram_sha_256(b"pw");
     let admin = driver.admin(&spec).await.expect("admin");
-    admin
-        .batch_execute(&format!("CREATE ROLE app LOGIN PASSWORD '{verifier}'"))
-        .await
-        .expect("role");
-    admin
-        .batch_execute("CREATE DATABASE appdb OWNER app")
-        .await
-        .expect("database");
+    create_app_role(&admin).await;
     drop(admin);
     let app = connect(spec.port, "app", "pw", "appdb")
         .await

@@ -1,0 +1,89 @@
+//! The loadgen's view of the control side: the wake service's endpoint API (where the direct
+//! and PgBouncer addresses are) and the gateway's admin `/metrics` (control-plane calls).
+//! One-shot HTTP/1.1 GETs, each bounded by a timeout.
+
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper::header::{AUTHORIZATION, HOST};
+use hyper::Request;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+use wake_api::admin::Endpoint;
+
+const GET_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// GET `http://<authority><path>`; the body of a 2xx answer.
+async fn get(authority: &str, path: &str, bearer: Option<&str>) -> anyhow::Result<Bytes> {
+    timeout(GET_TIMEOUT, async {
+        let tcp = TcpStream::connect(authority)
+            .await
+            .with_context(|| format!("connecting to {authority}"))?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
+        let conn = tokio::spawn(conn);
+        let mut request = Request::get(path).header(HOST, authority);
+        if let Some(token) = bearer {
+            request = request.header(AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let response = sender
+            .send_request(request.body(Empty::<Bytes>::new())?)
+            .await?;
+        let status = response.status();
+        let body = response.into_body().collect().await?.to_bytes();
+        conn.abort();
+        if !status.is_success() {
+            bail!(
+                "GET {path}: HTTP {status}: {}",
+                String::from_utf8_lossy(&body[..body.len().min(300)])
+            );
+        }
+        Ok(body)
+    })
+    .await
+    .map_err(|_| anyhow!("GET http://{authority}{path} timed out"))?
+}
+
+/// `GET /v1/endpoints/<id>` on the wake service (`authority` is `host:port`).
+pub async fn endpoint(authority: &str, token: &str, id: &str) -> anyhow::Result<Endpoint> {
+    let body = get(authority, &format!("/v1/endpoints/{id}"), Some(token)).await?;
+    serde_json::from_slice(&body).context("parsing the endpoint")
+}
+
+/// Sum of `gateway_control_plane_requests_total` over every call except `activity` (the
+/// periodic activity reports): the calls the route table made.
+pub async fn control_plane_calls(admin: &str) -> anyhow::Result<f64> {
+    let body = get(admin, "/metrics", None).await?;
+    Ok(sum_calls(&String::from_utf8_lossy(&body)))
+}
+
+fn sum_calls(metrics: &str) -> f64 {
+    metrics
+        .lines()
+        .filter_map(|line| line.strip_prefix("gateway_control_plane_requests_total{"))
+        .filter(|rest| !rest.contains("call=\"activity\""))
+        .filter_map(|rest| rest.rsplit(' ').next())
+        .filter_map(|value| value.parse::<f64>().ok())
+        .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sum_calls;
+
+    #[test]
+    fn sums_route_table_calls_only() {
+        let text = "\
+# HELP gateway_control_plane_requests_total Control-plane requests by call and outcome
+# TYPE gateway_control_plane_requests_total counter
+gateway_control_plane_requests_total{call=\"activity\",outcome=\"ok\"} 40
+gateway_control_plane_requests_total{call=\"wake_compute\",outcome=\"ok\"} 2
+gateway_control_plane_requests_total{call=\"access_control\",outcome=\"not_found\"} 1
+gateway_control_plane_request_duration_seconds_count{call=\"wake_compute\"} 2
+";
+        assert_eq!(sum_calls(text), 3.0);
+        assert_eq!(sum_calls(""), 0.0);
+    }
+}

@@ -1,0 +1,209 @@
+//! `loadgen`: the load generator of `make bench`. `loadgen run` measures the gateway next to
+//! direct Postgres and PgBouncer (endpoint `db` of a wake service) and writes the report;
+//! `loadgen report` merges the Node cold-start bench into it and writes it again.
+//!
+//! Run with: make bench   (scripts/bench.sh starts the stack and passes the addresses)
+
+mod admin;
+mod client;
+mod measure;
+mod report;
+mod scenarios;
+mod sys;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{anyhow, Context};
+use clap::{Args, Parser, Subcommand};
+
+use crate::report::Report;
+use crate::scenarios::{Plan, Stack};
+
+#[derive(Parser)]
+#[command(
+    name = "loadgen",
+    about = "The gateway next to direct Postgres and PgBouncer"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the scenarios, print the table, write the JSON and Markdown reports.
+    Run(Box<RunArgs>),
+    /// Merge the cold-start JSON into the JSON report and write both reports again.
+    Report(ReportArgs),
+}
+
+#[derive(Args)]
+struct Outputs {
+    /// The JSON report.
+    #[arg(
+        long,
+        env = "BENCH_RESULTS_JSON",
+        default_value = "bench/results/latest.json"
+    )]
+    json: PathBuf,
+    /// The Markdown report.
+    #[arg(long, env = "BENCH_MARKDOWN", default_value = "BENCHMARKS.md")]
+    markdown: PathBuf,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// The gateway's public port (`host:port`).
+    #[arg(long, env = "BENCH_GATEWAY")]
+    gateway: SocketAddr,
+    /// The gateway's admin port (`host:port`), for `/metrics`.
+    #[arg(long, env = "BENCH_GATEWAY_ADMIN")]
+    gateway_admin: String,
+    /// The gateway's pid, for its memory and file limit (from /proc).
+    #[arg(long, env = "BENCH_GATEWAY_PID")]
+    gateway_pid: Option<u32>,
+    /// The wake service (`http://host:port`), for endpoint `db`'s addresses.
+    #[arg(long, env = "WAKE_URL")]
+    wake_url: String,
+    /// The wake service's admin token.
+    #[arg(long, env = "WAKE_ADMIN_TOKEN", hide_env_values = true)]
+    wake_token: String,
+    /// Smaller counts and durations (about a minute of load).
+    #[arg(long, env = "BENCH_QUICK")]
+    quick: bool,
+    /// How the processes were placed on cores (for the report).
+    #[arg(long, env = "BENCH_PINNING", default_value = "not pinned")]
+    pinning: String,
+    /// Only these scenarios (1, 2, 3, 4a, 4b, 6), comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+    /// Concurrency levels of scenarios 1 and 2, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    concurrency: Option<Vec<usize>>,
+    /// Measured seconds per cell of scenarios 1 and 2.
+    #[arg(long)]
+    cell_seconds: Option<f64>,
+    /// Set-ups per path in scenario 3.
+    #[arg(long)]
+    setup_count: Option<usize>,
+    /// HTTP keep-alive clients in scenario 4a.
+    #[arg(long)]
+    http_clients: Option<usize>,
+    /// Aggregate query rate of scenario 4a, per second.
+    #[arg(long)]
+    http_rate: Option<f64>,
+    /// Seconds of scenario 4a's paced load.
+    #[arg(long)]
+    http_seconds: Option<f64>,
+    /// Idle WebSocket sessions in scenario 4b (default: what the file limits allow, ≤ 9000).
+    #[arg(long)]
+    idle_sessions: Option<usize>,
+    #[command(flatten)]
+    outputs: Outputs,
+}
+
+#[derive(Args)]
+struct ReportArgs {
+    /// The cold-start bench's JSON (`BENCH_COLD_START_JSON` of cold-start.bench.js).
+    #[arg(long)]
+    cold_start: Option<PathBuf>,
+    #[command(flatten)]
+    outputs: Outputs,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run(args) => run(*args),
+        Command::Report(args) => report(args),
+    }
+}
+
+fn run(args: RunArgs) -> anyhow::Result<()> {
+    let nofile = sys::raise_nofile()?;
+    let mut plan = Plan::new(args.quick);
+    plan.only = args.only;
+    if let Some(c) = args.concurrency {
+        plan.concurrency = c;
+    }
+    if let Some(s) = args.cell_seconds {
+        plan.cell_seconds = s;
+    }
+    if let Some(n) = args.setup_count {
+        plan.setup_count = n;
+    }
+    if let Some(n) = args.http_clients {
+        plan.http_clients = n;
+    }
+    if let Some(r) = args.http_rate {
+        plan.http_rate = r;
+    }
+    if let Some(s) = args.http_seconds {
+        plan.http_seconds = s;
+    }
+    if args.idle_sessions.is_some() {
+        plan.idle_sessions = args.idle_sessions;
+    }
+    // One worker per core this process may use (one when bench.sh pins it).
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()?;
+    let machine = sys::Machine::detect(args.quick, args.pinning);
+    let rows = runtime.block_on(async {
+        let wake = args
+            .wake_url
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_string();
+        let endpoint = admin::endpoint(&wake, &args.wake_token, "db")
+            .await
+            .context("reading endpoint db from the wake service")?;
+        let stack = Stack {
+            gateway: args.gateway,
+            admin: args.gateway_admin,
+            gateway_pid: args.gateway_pid,
+            direct: host_port(&endpoint.addresses.direct)?,
+            pooler: host_port(&endpoint.addresses.pooler)?,
+            nofile,
+        };
+        scenarios::run(&stack, &plan).await
+    })?;
+    let settings = serde_json::to_value(&plan)?;
+    let report = Report::new(machine, settings, rows);
+    write(&report, &args.outputs)
+}
+
+fn report(args: ReportArgs) -> anyhow::Result<()> {
+    let mut report = Report::load(&args.outputs.json)?;
+    if let Some(path) = args.cold_start {
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        report.merge_cold_start(serde_json::from_str(&text)?)?;
+    }
+    write(&report, &args.outputs)
+}
+
+fn write(report: &Report, outputs: &Outputs) -> anyhow::Result<()> {
+    let markdown = report.markdown();
+    println!("{markdown}");
+    report.write_json(&outputs.json)?;
+    std::fs::write(&outputs.markdown, &markdown)
+        .with_context(|| format!("writing {}", outputs.markdown.display()))?;
+    eprintln!(
+        "[loadgen] wrote {} and {}",
+        outputs.json.display(),
+        outputs.markdown.display()
+    );
+    Ok(())
+}
+
+/// `host:port` → (host, port).
+fn host_port(address: &str) -> anyhow::Result<(String, u16)> {
+    let (host, port) = address
+        .rsplit_once(':')
+        .ok_or_else(|| anyhow!("not host:port: {address}"))?;
+    Ok((host.to_string(), port.parse().context("port")?))
+}

@@ -3,6 +3,8 @@
 
 DATA_DIR ?= .data
 CARGO ?= cargo
+# Extra arguments of scripts/bench.sh (make bench ARGS=--quick).
+ARGS ?=
 
 .DEFAULT_GOAL := help
 .PHONY: help up test build fmt lint bench clean clean-data
@@ -11,7 +13,8 @@ help: ## list the targets
 	@echo "Targets:"
 	@awk 'BEGIN { FS = ":.*## " } /^[a-z][a-z-]*:.*## / { printf "  %-11s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
 	@echo "Env switches: DATA_DIR, WAKE_LISTEN, WAKE_COMPUTE_PORTS, GATEWAY_LISTEN, GATEWAY_ADMIN_LISTEN, RUST_LOG (up);"
-	@echo "              SKIP_RUST=1, SKIP_NODE=1, NODE_TESTS="test/x.test.js" (test)"
+	@echo "              SKIP_RUST=1, SKIP_NODE=1, NODE_TESTS="test/x.test.js" (test);"
+	@echo "              ARGS=--quick or BENCH_QUICK=1 (bench: every scenario, smaller, under 2 minutes)"
 
 up: ## build and run the local stack (wake service + gateway, endpoint db) in the foreground
 	bash scripts/dev-up.sh
@@ -29,8 +32,8 @@ lint: ## fmt check and clippy with warnings as errors
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-bench: ## throughput and latency of the driver through the gateway vs node-postgres direct, as ratios
-	bash scripts/bench.sh
+bench: ## the gateway next to direct Postgres and PgBouncer, as ratios (writes BENCHMARKS.md)
+	bash scripts/bench.sh $(ARGS)
 
 clean: ## remove build output (keeps the dev data in DATA_DIR, default .data)
 	$(CARGO) clean

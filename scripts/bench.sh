@@ -1,11 +1,23 @@
 #!/usr/bin/env bash
-# What `make bench`: a release wake service (its default endpoint `db`, plus the
-# endpoints the benches create) and a release gateway on loopback, then
-# sdk-tests/bench/*.bench.js: the real driver through the gateway against
-# node-postgres straight to the same Postgres, and cold starts against a bare
-# Postgres started on the same data, all measured in the same run, printed as
-# ratios. Bounded by fixed counts (BENCH_* env vars). Computes run with fsync on,
-# as in production.
+# What `make bench` does: builds the release gateway, wake service and loadgen (bench/),
+# starts a wake service (its default endpoint `db`: Postgres 15 with fsync on, as in
+# production, and PgBouncer) and a gateway on free loopback ports, then measures the
+# gateway side by side with direct Postgres and PgBouncer in this one run:
+#   1. loadgen run      HTTP /sql, WebSocket tunnel, plain TCP, connection set-up,
+#                       route-table calls; then, each on a fresh gateway, thousands of idle
+#                       WebSocket sessions and 10 000 HTTP clients (with memory per connection);
+#   2. node cold-start  the real driver's first query on a suspended endpoint vs a bare
+#                       Postgres started on the same data (sdk-tests/bench/cold-start.bench.js);
+#   3. (full mode) node http.bench.js and session.bench.js: the real npm driver vs
+#                       node-postgres, printed only;
+#   4. loadgen report   merges the cold start in, prints the table, writes
+#                       bench/results/latest.json and BENCHMARKS.md.
+# With two or more cores the gateway runs on core 0 and the clients on core 1 (taskset).
+# Everything is bounded by fixed durations and counts.
+#
+# Usage: scripts/bench.sh [--quick]     (make bench ARGS=--quick, or BENCH_QUICK=1 make bench)
+# --quick runs every scenario with smaller counts and durations (under 2 minutes after the
+# build); the full run takes about 8 minutes.
 set -euo pipefail
 
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -15,6 +27,19 @@ LOG_TAG="bench"
 # shellcheck source=scripts/stack.sh
 . "$SCRIPT_DIR/stack.sh"
 
+QUICK=0
+case "${BENCH_QUICK:-}" in "" | 0 | false | no) ;; *) QUICK=1 ;; esac
+for arg in "$@"; do
+  case "$arg" in
+    --quick) QUICK=1 ;;
+    -h | --help)
+      sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'
+      exit 0
+      ;;
+    *) die "unknown argument: $arg (try --quick)" ;;
+  esac
+done
+
 REPO_ROOT="$(repo_root)"
 cd "$REPO_ROOT"
 TARGET_DIR="${CARGO_TARGET_DIR:-$REPO_ROOT/target}"
@@ -22,11 +47,17 @@ GATEWAY_BIN="$TARGET_DIR/release/gateway"
 GATEWAY_LOG="$TARGET_DIR/bench-gateway.log"
 WAKE_BIN="$TARGET_DIR/release/wake-service"
 WAKE_LOG="$TARGET_DIR/bench-wake.log"
+LOADGEN_BIN="$TARGET_DIR/release/loadgen"
+COLD_JSON="$TARGET_DIR/bench-cold-start.json"
 # Compute ports of the bench: away from `make up` (20000-20999) and `make test` (21000-22499).
 BENCH_COMPUTE_PORTS="${BENCH_COMPUTE_PORTS:-23000-23499}"
 PG_BIN="${PG_BIN:-/usr/lib/postgresql/15/bin}"
 READY_TIMEOUT_SECS=30
 export RUST_LOG="${RUST_LOG:-warn}"
+# Room for scenario 4: 10 000 HTTP clients, or up to 9 000 WebSocket sessions (two
+# descriptors each in the gateway). The gateway and the wake service inherit the file limit.
+export GATEWAY_MAX_CLIENT_CONNECTIONS="${GATEWAY_MAX_CLIENT_CONNECTIONS:-19000}"
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || warn "could not raise the open-files limit ($(ulimit -n))"
 WAKE_DATA=""
 
 finish() {
@@ -44,7 +75,8 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 ensure_deps cargo curl node npm
-cargo build --release -p gateway -p wake-service
+cargo build --release -p gateway -p wake-service -p loadgen
+started=$SECONDS
 WAKE_DATA="$(mktemp -d "${TMPDIR:-/tmp}/wake-bench-data.XXXXXX")"
 chmod 755 "$WAKE_DATA"
 start_wake_service "$WAKE_DATA" "$BENCH_COMPUTE_PORTS" --default-suspend-timeout-seconds -1
@@ -52,12 +84,74 @@ DB_DIRECT="$(curl -fsS --max-time 10 -H "Authorization: Bearer $WAKE_ADMIN_TOKEN
   "$WAKE_URL/v1/endpoints/db" | sed -n 's/.*"direct":"\([^"]*\)".*/\1/p')"
 [[ -n "$DB_DIRECT" ]] || die "could not read the address of endpoint db"
 start_gateway
-(cd sdk-tests && npm ci --no-audit --no-fund >/dev/null)
-for bench in sdk-tests/bench/*.bench.js; do
-  log "==> $bench"
-  GATEWAY_HTTP="http://127.0.0.1:$GW_PORT" \
-    DATABASE_URL="postgres://postgres:postgres@db.localtest.me:$GW_PORT/main" \
-    DIRECT_DATABASE_URL="postgres://postgres:postgres@$DB_DIRECT/main" \
-    WAKE_URL="$WAKE_URL" WAKE_ADMIN_TOKEN="$WAKE_ADMIN_TOKEN" WAKE_DATA="$WAKE_DATA" PG_BIN="$PG_BIN" \
-    node "$bench"
-done
+
+# The gateway on core 0 (all its threads), the clients (loadgen, node) on core 1.
+CLIENT=()
+PIN=0
+cores="$(nproc 2>/dev/null || echo 1)"
+if ((cores >= 2)) && command -v taskset >/dev/null 2>&1; then
+  PIN=1
+  CLIENT=(taskset -c 1)
+  PINNING="gateway on core 0, loadgen and node on core 1 (taskset); the wake service, Postgres and PgBouncer unpinned; $cores cores"
+else
+  PINNING="not pinned ($cores cores$(command -v taskset >/dev/null 2>&1 || echo ', no taskset')): the gateway and the clients share cores"
+fi
+pin_gateway() {
+  ((PIN)) || return 0
+  taskset -a -p -c 0 "$GATEWAY_PID" >/dev/null || die "could not pin the gateway to core 0"
+}
+# fresh_gateway — a new gateway process (new ports and pid). The memory scenarios each get
+# one: a gateway keeps memory it has freed and hands it to the next connections, which
+# would hide what they cost.
+fresh_gateway() {
+  stop_gateway
+  start_gateway
+  pin_gateway
+}
+pin_gateway
+log "placement: $PINNING"
+
+if [[ ! -d sdk-tests/node_modules || sdk-tests/package-lock.json -nt sdk-tests/node_modules/.package-lock.json ]]; then
+  (cd sdk-tests && npm ci --no-audit --no-fund >/dev/null)
+fi
+
+mode_args=()
+((QUICK)) && mode_args=(--quick)
+# loadgen_run ARGS... — the loadgen against the current gateway. Its table is printed once,
+# by `loadgen report` at the end.
+loadgen_run() {
+  log "==> loadgen run ${mode_args[*]} $*"
+  WAKE_ADMIN_TOKEN="$WAKE_ADMIN_TOKEN" "${CLIENT[@]}" "$LOADGEN_BIN" run "${mode_args[@]}" \
+    --gateway "127.0.0.1:$GW_PORT" --gateway-admin "127.0.0.1:$GW_ADMIN_PORT" \
+    --gateway-pid "$GATEWAY_PID" --wake-url "$WAKE_URL" --pinning "$PINNING" "$@" >/dev/null
+}
+loadgen_run --only 1,2,3,6
+fresh_gateway
+loadgen_run --only 4b --merge
+fresh_gateway
+loadgen_run --only 4a --merge
+
+node_env=(
+  GATEWAY_HTTP="http://127.0.0.1:$GW_PORT"
+  DATABASE_URL="postgres://postgres:postgres@db.localtest.me:$GW_PORT/main"
+  DIRECT_DATABASE_URL="postgres://postgres:postgres@$DB_DIRECT/main"
+  WAKE_URL="$WAKE_URL" WAKE_ADMIN_TOKEN="$WAKE_ADMIN_TOKEN" WAKE_DATA="$WAKE_DATA" PG_BIN="$PG_BIN"
+)
+rm -f -- "$COLD_JSON"
+log "==> sdk-tests/bench/cold-start.bench.js"
+if ! env "${node_env[@]}" BENCH_COLD_ROUNDS="${BENCH_COLD_ROUNDS:-$( ((QUICK)) && echo 5 || echo 30)}" \
+  BENCH_COLD_START_JSON="$COLD_JSON" "${CLIENT[@]}" node sdk-tests/bench/cold-start.bench.js; then
+  warn "the cold-start bench failed; the report goes without it"
+  rm -f -- "$COLD_JSON"
+fi
+if ((!QUICK)); then
+  for bench in sdk-tests/bench/http.bench.js sdk-tests/bench/session.bench.js; do
+    log "==> $bench (the npm driver; printed only)"
+    env "${node_env[@]}" "${CLIENT[@]}" node "$bench" || warn "$bench failed"
+  done
+fi
+
+report_args=()
+[[ -f "$COLD_JSON" ]] && report_args=(--cold-start "$COLD_JSON")
+"$LOADGEN_BIN" report "${report_args[@]}"
+log "measured in $((SECONDS - started)) s after the build ($( ((QUICK)) && echo quick || echo full) mode)"

@@ -2,6 +2,7 @@
 //! and PgBouncer addresses are) and the gateway's admin `/metrics` (control-plane calls).
 //! One-shot HTTP/1.1 GETs, each bounded by a timeout.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
@@ -52,29 +53,29 @@ pub async fn endpoint(authority: &str, token: &str, id: &str) -> anyhow::Result<
     serde_json::from_slice(&body).context("parsing the endpoint")
 }
 
-/// Sum of `gateway_control_plane_requests_total` over every call except `activity` (the
-/// periodic activity reports): the calls the route table made.
-pub async fn control_plane_calls(admin: &str) -> anyhow::Result<f64> {
+/// `gateway_control_plane_requests_total` by its labels (`call="…",outcome="…"`), every call
+/// except `activity` (the periodic activity reports): the calls the route table made.
+pub async fn control_plane_calls(admin: &str) -> anyhow::Result<BTreeMap<String, f64>> {
     let body = get(admin, "/metrics", None).await?;
-    Ok(sum_calls(&String::from_utf8_lossy(&body)))
+    Ok(route_table_calls(&String::from_utf8_lossy(&body)))
 }
 
-fn sum_calls(metrics: &str) -> f64 {
+fn route_table_calls(metrics: &str) -> BTreeMap<String, f64> {
     metrics
         .lines()
         .filter_map(|line| line.strip_prefix("gateway_control_plane_requests_total{"))
         .filter(|rest| !rest.contains("call=\"activity\""))
-        .filter_map(|rest| rest.rsplit(' ').next())
-        .filter_map(|value| value.parse::<f64>().ok())
-        .sum()
+        .filter_map(|rest| rest.rsplit_once("} "))
+        .filter_map(|(labels, value)| Some((labels.to_string(), value.trim().parse().ok()?)))
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
-    use super::sum_calls;
+    use super::route_table_calls;
 
     #[test]
-    fn sums_route_table_calls_only() {
+    fn route_table_calls_leave_out_activity_reports() {
         let text = "\
 # HELP gateway_control_plane_requests_total Control-plane requests by call and outcome
 # TYPE gateway_control_plane_requests_total counter
@@ -83,7 +84,10 @@ gateway_control_plane_requests_total{call=\"wake_compute\",outcome=\"ok\"} 2
 gateway_control_plane_requests_total{call=\"access_control\",outcome=\"not_found\"} 1
 gateway_control_plane_request_duration_seconds_count{call=\"wake_compute\"} 2
 ";
-        assert_eq!(sum_calls(text), 3.0);
-        assert_eq!(sum_calls(""), 0.0);
+        let calls = route_table_calls(text);
+        assert_eq!(calls.len(), 2);
+        assert_eq!(calls["call=\"wake_compute\",outcome=\"ok\""], 2.0);
+        assert_eq!(calls["call=\"access_control\",outcome=\"not_found\""], 1.0);
+        assert!(route_table_calls("").is_empty());
     }
 }

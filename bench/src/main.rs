@@ -99,6 +99,10 @@ struct RunArgs {
     /// Idle WebSocket sessions in scenario 4b (default: what the file limits allow, ≤ 9000).
     #[arg(long)]
     idle_sessions: Option<usize>,
+    /// Keep the other scenarios' rows of an existing JSON report (replace only the rows of
+    /// the scenarios run now).
+    #[arg(long)]
+    merge: bool,
     #[command(flatten)]
     outputs: Outputs,
 }
@@ -171,8 +175,13 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         };
         scenarios::run(&stack, &plan).await
     })?;
-    let settings = serde_json::to_value(&plan)?;
-    let report = Report::new(machine, settings, rows);
+    let report = if args.merge && args.outputs.json.exists() {
+        let mut report = Report::load(&args.outputs.json)?;
+        report.replace_rows(rows);
+        report
+    } else {
+        Report::new(machine, serde_json::to_value(&plan)?, rows)
+    };
     write(&report, &args.outputs)
 }
 

@@ -144,6 +144,16 @@ impl Report {
         fs::write(path, text).with_context(|| format!("writing {}", path.display()))
     }
 
+    /// Replaces the rows of the scenarios `rows` belong to (a later run of some scenarios,
+    /// e.g. on a fresh gateway), keeping the scenario order.
+    pub fn replace_rows(&mut self, rows: Vec<Row>) {
+        let ran: Vec<String> = rows.iter().map(|row| row.scenario.clone()).collect();
+        self.rows.retain(|row| !ran.contains(&row.scenario));
+        self.rows.extend(rows);
+        self.rows.sort_by(|a, b| a.scenario.cmp(&b.scenario));
+        self.count_goals();
+    }
+
     /// Adds the cold-start rows from the Node bench's JSON (replacing earlier ones).
     pub fn merge_cold_start(&mut self, json: serde_json::Value) -> anyhow::Result<()> {
         let cold: ColdStart =

@@ -44,6 +44,7 @@ pub struct Plan {
     pub connect_timeout_seconds: f64,
     pub query_timeout_seconds: f64,
     /// Scenario numbers to run (`1`, `2`, `3`, `4a`, `4b`, `6`); empty: all.
+    #[serde(skip)]
     pub only: Vec<String>,
 }
 
@@ -51,8 +52,8 @@ impl Plan {
     pub fn new(quick: bool) -> Plan {
         Plan {
             concurrency: vec![1, 16, 128],
-            warmup_seconds: if quick { 0.3 } else { 1.0 },
-            cell_seconds: if quick { 1.0 } else { 5.0 },
+            warmup_seconds: if quick { 0.2 } else { 1.0 },
+            cell_seconds: if quick { 0.8 } else { 5.0 },
             setup_count: if quick { 150 } else { 1000 },
             http_clients: 10_000,
             http_rate: 2000.0,
@@ -411,18 +412,27 @@ async fn setups(stack: &Stack, dials: &Dials, plan: &Plan) -> Vec<Row> {
         );
         let row = match (calls_before, calls_after) {
             (Ok(before), Ok(after)) => {
-                let per_1000 = (after - before) * 1000.0 / connections as f64;
+                let made: Vec<(String, f64)> = after
+                    .iter()
+                    .map(|(labels, n)| (labels.clone(), n - before.get(labels).unwrap_or(&0.0)))
+                    .filter(|(_, n)| *n > 0.0)
+                    .collect();
+                let total: f64 = made.iter().map(|(_, n)| n).sum();
+                let per_1000 = total * 1000.0 / connections as f64;
                 log(format!(
-                    "control-plane calls: {} for {connections} sessions",
-                    after - before
+                    "control-plane calls: {total} for {connections} sessions {made:?}"
                 ));
                 row.goal(Goal::new(
-                    per_1000 == 0.0,
-                    format!(
-                        "0 control-plane calls per 1,000 ({per_1000:.1}; {} in all)",
-                        after - before
-                    ),
+                    total == 0.0,
+                    format!("0 control-plane calls per 1,000 ({per_1000:.1}; {total} in all)"),
                 ))
+                .note((!made.is_empty()).then(|| {
+                    let list: Vec<String> = made
+                        .iter()
+                        .map(|(labels, n)| format!("{n} × {{{labels}}}"))
+                        .collect();
+                    format!("calls made: {}", list.join(", "))
+                }))
             }
             (Err(e), _) | (_, Err(e)) => row.goal(Goal::new(
                 false,
@@ -564,8 +574,9 @@ async fn query_each(
 }
 
 /// Scenario 4a: many HTTP keep-alive clients, each sending `SELECT 1` about every
-/// clients/rate seconds (jittered), for a fixed time. Latency counts from the moment a query
-/// was due, so a loaded gateway (or loadgen) cannot hide queueing.
+/// clients/rate seconds (jittered), for a fixed time. Open loop: a client sends when its query
+/// is due, whatever the previous answers took (each has at most one in flight, and a period
+/// of seconds). How late the loadgen sent is reported next to the latencies.
 async fn many_http_clients(stack: &Stack, dials: &Dials, plan: &Plan) -> Vec<Row> {
     let timeouts = plan.timeouts();
     let n = plan.http_clients;
@@ -597,9 +608,10 @@ async fn many_http_clients(stack: &Stack, dials: &Dials, plan: &Plan) -> Vec<Row
                 let mut due = start + period.mul_f64(rng.gen::<f64>());
                 while due < until {
                     tokio::time::sleep_until(due.into()).await;
-                    lag.record(due.elapsed());
+                    let sent = Instant::now();
+                    lag.record(sent - due);
                     match session.query(&statement, timeouts.query).await {
-                        Ok(()) => recorder.record(due.elapsed()),
+                        Ok(()) => recorder.record(sent.elapsed()),
                         Err(e) => {
                             recorder.error(e);
                             return (recorder, lag, None);
@@ -655,8 +667,8 @@ async fn many_http_clients(stack: &Stack, dials: &Dials, plan: &Plan) -> Vec<Row
     ))
     .goal(memory)
     .note(Some(format!(
-        "latency counts from when a query was due; the loadgen itself sent them p50 {} ms, \
-         p99 {} ms late",
+        "latency counts from the send; the loadgen sent queries p50 {} ms, p99 {} ms after \
+         they were due (its timer ticks are 1 ms)",
         fmt_ms(lag.p50_ms),
         fmt_ms(lag.p99_ms)
     )))

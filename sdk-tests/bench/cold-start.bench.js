@@ -3,6 +3,8 @@
 // starting a bare Postgres on the endpoint's data directory (`postgres -D`, no wake service,
 // no gateway, no PgBouncer) and running one query over TCP with the same role (SCRAM).
 // Rounds alternate so that drift hits both sides alike. Bounded: BENCH_COLD_ROUNDS rounds.
+// With BENCH_COLD_START_JSON set, the figures are also written there as JSON (merged into
+// BENCHMARKS.md by `loadgen report`).
 //
 // Run with: make bench   (scripts/bench.sh starts a wake service and a release gateway)
 
@@ -170,3 +172,14 @@ if (resumes > 0) {
 }
 const http = rows[1][1];
 console.log(`\ntargets: p50 <= 250 ms: ${http.p50 <= 250 ? 'met' : 'MISSED'} (${http.p50.toFixed(1)}); p99 <= 500 ms: ${http.p99 <= 500 ? 'met' : 'MISSED'} (${http.p99.toFixed(1)})`);
+if (process.env.BENCH_COLD_START_JSON) {
+  // For `loadgen report`, which merges these rows into BENCHMARKS.md.
+  const result = {
+    rounds: ROUNDS,
+    floor: rows[0][1],
+    http: rows[1][1],
+    ws: rows[2][1],
+    resume_ms_mean: resumes > 0 ? (resumeSeconds / resumes) * 1000 : null,
+  };
+  fs.writeFileSync(process.env.BENCH_COLD_START_JSON, `${JSON.stringify(result, null, 2)}\n`);
+}

@@ -13,7 +13,7 @@
 #   4. loadgen report   merges the cold start in, prints the table, writes
 #                       bench/results/latest.json and BENCHMARKS.md.
 # With two or more cores the gateway runs on core 0 and the clients on core 1 (taskset).
-# Everything is bounded by fixed durations and counts.
+# Everything is bounded by fixed durations and counts, and each step by a time limit.
 #
 # Usage: scripts/bench.sh [--quick]     (make bench ARGS=--quick, or BENCH_QUICK=1 make bench)
 # --quick runs every scenario with smaller counts and durations (under 2 minutes after the
@@ -121,7 +121,7 @@ mode_args=()
 # by `loadgen report` at the end.
 loadgen_run() {
   log "==> loadgen run ${mode_args[*]} $*"
-  WAKE_ADMIN_TOKEN="$WAKE_ADMIN_TOKEN" "${CLIENT[@]}" "$LOADGEN_BIN" run "${mode_args[@]}" \
+  WAKE_ADMIN_TOKEN="$WAKE_ADMIN_TOKEN" timeout --foreground -k 10 900 "${CLIENT[@]}" "$LOADGEN_BIN" run "${mode_args[@]}" \
     --gateway "127.0.0.1:$GW_PORT" --gateway-admin "127.0.0.1:$GW_ADMIN_PORT" \
     --gateway-pid "$GATEWAY_PID" --wake-url "$WAKE_URL" --pinning "$PINNING" "$@" >/dev/null
 }
@@ -140,14 +140,14 @@ node_env=(
 rm -f -- "$COLD_JSON"
 log "==> sdk-tests/bench/cold-start.bench.js"
 if ! env "${node_env[@]}" BENCH_COLD_ROUNDS="${BENCH_COLD_ROUNDS:-$( ((QUICK)) && echo 5 || echo 30)}" \
-  BENCH_COLD_START_JSON="$COLD_JSON" "${CLIENT[@]}" node sdk-tests/bench/cold-start.bench.js; then
+  BENCH_COLD_START_JSON="$COLD_JSON" timeout --foreground -k 10 900 "${CLIENT[@]}" node sdk-tests/bench/cold-start.bench.js; then
   warn "the cold-start bench failed; the report goes without it"
   rm -f -- "$COLD_JSON"
 fi
 if ((!QUICK)); then
   for bench in sdk-tests/bench/http.bench.js sdk-tests/bench/session.bench.js; do
     log "==> $bench (the npm driver; printed only)"
-    env "${node_env[@]}" "${CLIENT[@]}" node "$bench" || warn "$bench failed"
+    env "${node_env[@]}" timeout --foreground -k 10 600 "${CLIENT[@]}" node "$bench" || warn "$bench failed"
   done
 fi
 

@@ -237,6 +237,21 @@ impl Report {
             m.date_utc, m.git_commit, m.mode
         );
         let _ = writeln!(out, "- Placement: {}", m.pinning);
+        let setting = |key: &str| {
+            self.settings
+                .get(key)
+                .map_or("?".to_string(), |v| v.to_string())
+        };
+        let _ = writeln!(
+            out,
+            "- Sizes: scenarios 1-2 closed loop, {} s warm-up then {} s measured per cell; 3: {} \
+             set-ups per path; 4a: {} s; 4b: held {} s",
+            setting("warmup_seconds"),
+            setting("cell_seconds"),
+            setting("setup_count"),
+            setting("http_seconds"),
+            setting("idle_hold_seconds"),
+        );
         let _ = writeln!(
             out,
             "- Latencies in ms, throughput in queries (or set-ups) per second; `×` = gateway / \

@@ -2,7 +2,8 @@
 // driver (HTTP and WebSocket), against the floor measured in the same run on the same data:
 // starting a bare Postgres on the endpoint's data directory (`postgres -D`, no wake service,
 // no gateway, no PgBouncer) and running one query over TCP with the same role (SCRAM).
-// Rounds alternate so that drift hits both sides alike. Bounded: BENCH_COLD_ROUNDS rounds.
+// Rounds alternate so that drift hits both sides alike. Bounded: BENCH_COLD_ROUNDS rounds, and
+// every network wait has a time limit (STEP_MS).
 // With BENCH_COLD_START_JSON set, the figures are also written there as JSON (merged into
 // BENCHMARKS.md by `loadgen report`).
 //
@@ -23,6 +24,9 @@ for (const name of ['GATEWAY_HTTP', 'WAKE_URL', 'WAKE_ADMIN_TOKEN', 'WAKE_DATA',
 const GATEWAY = new URL(process.env.GATEWAY_HTTP);
 const WAKE_URL = process.env.WAKE_URL.replace(/\/+$/, '');
 const ROUNDS = Number(process.env.BENCH_COLD_ROUNDS ?? 30);
+// Longest wait for one step (an API call, a cold query): a suspend may wait up to 30 s for
+// sessions to finish, a resume up to the wake timeout.
+const STEP_MS = 90_000;
 neonConfig.fetchEndpoint = () => `${process.env.GATEWAY_HTTP}/sql`;
 neonConfig.webSocketConstructor = ws;
 neonConfig.useSecureWebSocket = false;
@@ -31,6 +35,7 @@ neonConfig.wsProxy = (host, port) => `${GATEWAY.hostname}:${GATEWAY.port}/v2?add
 async function call(method, urlPath, body) {
   const res = await fetch(WAKE_URL + urlPath, {
     method,
+    signal: AbortSignal.timeout(STEP_MS),
     headers: { authorization: `Bearer ${process.env.WAKE_ADMIN_TOKEN}`, 'content-type': 'application/json' },
     body: body === undefined ? undefined : JSON.stringify(body),
   });
@@ -40,7 +45,7 @@ async function call(method, urlPath, body) {
 }
 
 async function metricSum(name) {
-  const text = await (await fetch(`${WAKE_URL}/metrics`)).text();
+  const text = await (await fetch(`${WAKE_URL}/metrics`, { signal: AbortSignal.timeout(STEP_MS) })).text();
   return text
     .split('\n')
     .filter((l) => l.startsWith(`${name} `) || l.startsWith(`${name}{`))
@@ -48,6 +53,14 @@ async function metricSum(name) {
 }
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+/** `promise`, or an error after STEP_MS (the script then fails instead of hanging). */
+function bounded(what, promise) {
+  let timer;
+  const limit = new Promise((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`${what} took longer than ${STEP_MS} ms`)), STEP_MS);
+  });
+  return Promise.race([promise, limit]).finally(() => clearTimeout(timer));
+}
 const percentile = (sorted, p) => sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))];
 
 // The endpoint under test, with its own role.
@@ -88,6 +101,10 @@ async function floor() {
   let client;
   for (;;) {
     if (early !== undefined) throw new Error(`bare postgres exited (${early}); see ${floorLog}`);
+    if (performance.now() - t0 > STEP_MS) {
+      child.kill('SIGINT');
+      throw new Error(`bare postgres did not accept connections within ${STEP_MS} ms; see ${floorLog}`);
+    }
     client = new pg.Client({ host: directHost, port: Number(directPort), user: role, password, database: 'postgres' });
     client.on('error', () => {});
     try {
@@ -130,21 +147,22 @@ const samples = { floor: [], http: [], ws: [] };
 let resumeSeconds = 0;
 let resumes = 0;
 try {
-  await viaHttp(); // the gateway learns the endpoint (route and role secret cached)
+  await bounded('the first query', viaHttp()); // the gateway learns the endpoint (route and role secret cached)
   for (let round = 0; round < ROUNDS; round++) {
     await suspend();
-    samples.floor.push(await floor());
+    samples.floor.push(await bounded('the floor', floor()));
     await suspend();
     const [s0, c0] = [await metricSum('wake_resume_seconds_sum'), await metricSum('wake_resume_seconds_count')];
-    samples.http.push(await viaHttp());
+    samples.http.push(await bounded('an HTTP cold query', viaHttp()));
     resumeSeconds += (await metricSum('wake_resume_seconds_sum')) - s0;
     resumes += (await metricSum('wake_resume_seconds_count')) - c0;
     await suspend();
-    samples.ws.push(await viaWebSocket());
+    samples.ws.push(await bounded('a WebSocket cold query', viaWebSocket()));
   }
 } finally {
   await fetch(`${WAKE_URL}/v1/endpoints/${id}`, {
     method: 'DELETE',
+    signal: AbortSignal.timeout(STEP_MS),
     headers: { authorization: `Bearer ${process.env.WAKE_ADMIN_TOKEN}` },
   }).catch(() => {});
   fs.rmSync(floorLog, { force: true });

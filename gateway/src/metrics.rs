@@ -1,6 +1,8 @@
 //! Every metric the gateway exports, in one typed struct with bounded labels. Endpoint ids are
 //! never labels.
 
+use std::sync::OnceLock;
+
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
@@ -55,6 +57,80 @@ pub struct Metrics {
     pub role_secret_lookups: IntCounterVec,
     /// Password checks against role secrets by `outcome`: cached, match, mismatch, no_secret.
     pub secret_verifications: IntCounterVec,
+    /// The label values counted on every request or connection, resolved once.
+    pub hot: HotMetrics,
+}
+
+/// Handles for the label values that every request, connection or session counts:
+/// `with_label_values` hashes its labels and takes a lock on every call, which these paths
+/// should not pay. A handle is resolved on first use, so what `/metrics` exports does not
+/// change (a series appears once it was counted, as before).
+pub struct HotMetrics {
+    /// `http_requests{kind, status="200"}` and `http_request_seconds{kind}`, by [`REQUEST_KINDS`].
+    http_ok: [OnceLock<IntCounter>; 3],
+    http_seconds: [OnceLock<Histogram>; 3],
+    http_requests: IntCounterVec,
+    http_request_seconds: HistogramVec,
+    pub route_cache_lookups: CounterCache,
+    pub role_secret_lookups: CounterCache,
+    pub secret_verifications: CounterCache,
+    pub pool_checkouts: CounterCache,
+    pub client_connections: CounterCache,
+}
+
+/// The `kind` label values of [`Metrics::http_requests`].
+pub const REQUEST_KINDS: [&str; 3] = ["single", "batch", "invalid"];
+
+impl HotMetrics {
+    /// Counts one `POST /sql` request of `kind` that ended with `status` after `seconds`.
+    pub fn http_request(&self, kind: &str, status: u16, seconds: f64) {
+        let Some(i) = REQUEST_KINDS.iter().position(|k| *k == kind) else {
+            self.http_requests
+                .with_label_values(&[kind, &status.to_string()])
+                .inc();
+            self.http_request_seconds
+                .with_label_values(&[kind])
+                .observe(seconds);
+            return;
+        };
+        if status == 200 {
+            self.http_ok[i]
+                .get_or_init(|| self.http_requests.with_label_values(&[kind, "200"]))
+                .inc();
+        } else {
+            self.http_requests
+                .with_label_values(&[kind, &status.to_string()])
+                .inc();
+        }
+        self.http_seconds[i]
+            .get_or_init(|| self.http_request_seconds.with_label_values(&[kind]))
+            .observe(seconds);
+    }
+}
+
+/// The counters of a one-label vector for a fixed set of label values, each resolved on first
+/// use. Other values still work, at the price of a lookup.
+pub struct CounterCache {
+    vec: IntCounterVec,
+    cells: Vec<(&'static str, OnceLock<IntCounter>)>,
+}
+
+impl CounterCache {
+    fn new(vec: &IntCounterVec, labels: &[&'static str]) -> Self {
+        CounterCache {
+            vec: vec.clone(),
+            cells: labels.iter().map(|l| (*l, OnceLock::new())).collect(),
+        }
+    }
+
+    pub fn inc(&self, label: &str) {
+        match self.cells.iter().find(|(known, _)| *known == label) {
+            Some((known, cell)) => cell
+                .get_or_init(|| self.vec.with_label_values(&[known]))
+                .inc(),
+            None => self.vec.with_label_values(&[label]).inc(),
+        }
+    }
 }
 
 /// `operation` labels of [`Metrics::retries`].
@@ -253,7 +329,28 @@ impl Metrics {
         for outcome in crate::auth::SecretOutcome::ALL {
             secret_verifications.with_label_values(&[outcome.label()]);
         }
+        let hot = HotMetrics {
+            http_ok: Default::default(),
+            http_seconds: Default::default(),
+            http_requests: http_requests.clone(),
+            http_request_seconds: http_request_seconds.clone(),
+            route_cache_lookups: CounterCache::new(
+                &route_cache_lookups,
+                &["static", "hit", "miss", "negative_hit", "stale_refresh"],
+            ),
+            role_secret_lookups: CounterCache::new(&role_secret_lookups, &["hit", "miss", "none"]),
+            secret_verifications: CounterCache::new(
+                &secret_verifications,
+                &crate::auth::SecretOutcome::ALL.map(|o| o.label()),
+            ),
+            pool_checkouts: CounterCache::new(&pool_checkouts, &["hit", "miss"]),
+            client_connections: CounterCache::new(
+                &client_connections,
+                &["http", "postgres", "tls", "rejected"],
+            ),
+        };
         Metrics {
+            hot,
             registry,
             http_requests,
             http_request_seconds,

@@ -202,18 +202,12 @@ impl Pool {
         let verified = secret_verified || self.passwords.is_verified(&key, &info.password);
         let slot = match self.acquire(&key, verified && reuse_idle).await? {
             Acquired::Idle(idle) => {
-                self.metrics
-                    .pool_checkouts
-                    .with_label_values(&["hit"])
-                    .inc();
+                self.metrics.hot.pool_checkouts.inc("hit");
                 return Ok(Conn::new(self.clone(), key, idle.backend, idle.slot, true));
             }
             Acquired::Slot(slot) => slot,
         };
-        self.metrics
-            .pool_checkouts
-            .with_label_values(&["miss"])
-            .inc();
+        self.metrics.hot.pool_checkouts.inc("miss");
         let started = Instant::now();
         let startup = application_name.map(|name| [("application_name", name)]);
         let params = ConnectParams {
@@ -221,6 +215,7 @@ impl Pool {
             password: info.password.as_bytes(),
             database: &info.database,
             startup: startup.as_ref().map_or(&[][..], |s| &s[..]),
+            keys: &self.passwords,
         };
         let connected = routes
             .connect(route, |address| {

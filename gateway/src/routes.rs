@@ -311,10 +311,7 @@ impl RouteTable {
     }
 
     fn count(&self, outcome: &str) {
-        self.metrics
-            .route_cache_lookups
-            .with_label_values(&[outcome])
-            .inc();
+        self.metrics.hot.route_cache_lookups.inc(outcome);
     }
 
     /// The backend for `endpoint` (as the client named it, `-pooler` included).
@@ -498,13 +495,13 @@ impl RouteTable {
         endpoint: &EndpointId,
         role: &str,
     ) -> Result<Option<Arc<ScramSecret>>, RouteError> {
-        let lookups = &self.metrics.role_secret_lookups;
+        let lookups = &self.metrics.hot.role_secret_lookups;
         let Some(control_plane) = self
             .control_plane
             .as_ref()
             .filter(|_| !self.fixed.contains_key(endpoint))
         else {
-            lookups.with_label_values(&["none"]).inc();
+            lookups.inc("none");
             return Ok(None);
         };
         if let Some(Cached::NotFound) = self.routes.get(endpoint).await {
@@ -513,10 +510,10 @@ impl RouteTable {
         }
         let key = (secret_endpoint(endpoint), role.to_owned());
         if let Some(secret) = self.secrets.get(&key).await {
-            lookups.with_label_values(&["hit"]).inc();
+            lookups.inc("hit");
             return Ok(secret.into_option());
         }
-        lookups.with_label_values(&["miss"]).inc();
+        lookups.inc("miss");
         let control_plane = control_plane.clone();
         let (id, role) = key.clone();
         let lookup = async move {

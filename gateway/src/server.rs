@@ -128,25 +128,23 @@ impl Connection {
             Ok(Ok(1)) => {}
             _ => return,
         }
+        // Each protocol's future is boxed: the task would otherwise be as large as the largest
+        // of them (a whole session, ~20 KiB) for every connection, idle HTTP ones included.
         match first[0] {
-            0x16 => self.serve_tls(stream).await,
+            0x16 => Box::pin(self.serve_tls(stream)).await,
             0x00 => {
                 self.count("postgres");
-                session::serve_tcp(stream, self.state).await;
+                Box::pin(session::serve_tcp(stream, self.state)).await;
             }
             _ => {
                 self.count("http");
-                self.serve_http(stream, ConnectionInfo::default()).await;
+                Box::pin(self.serve_http(stream, ConnectionInfo::default())).await;
             }
         }
     }
 
     fn count(&self, protocol: &str) {
-        self.state
-            .metrics
-            .client_connections
-            .with_label_values(&[protocol])
-            .inc();
+        self.state.metrics.hot.client_connections.inc(protocol);
     }
 
     async fn serve_tls(self, stream: TcpStream) {

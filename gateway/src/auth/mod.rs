@@ -28,7 +28,7 @@ use tokio::sync::Semaphore;
 use crate::conn_info::{EndpointId, Password};
 use crate::metrics::Metrics;
 use crate::pool::PoolKey;
-use scram::ScramSecret;
+use scram::{ClientKeys, ScramSecret};
 
 type Digest = [u8; 32];
 
@@ -76,6 +76,7 @@ impl SecretOutcome {
 /// Domain separation between the two kinds of proof.
 const ACCEPTED_BY_POSTGRES: u8 = 1;
 const MATCHED_SECRET: u8 = 2;
+const CLIENT_KEYS: u8 = 3;
 
 pub struct PasswordCache {
     key: [u8; 32],
@@ -83,6 +84,8 @@ pub struct PasswordCache {
     verified: moka::sync::Cache<PoolKey, Digest>,
     /// Digests of (endpoint, role, secret, password) that matched the secret.
     matched: moka::future::Cache<Digest, ()>,
+    /// SCRAM client keys derived for backend logins, by digest of (salt, iterations, password).
+    client_keys: moka::sync::Cache<Digest, ClientKeys>,
     /// PBKDF2 runs at most this many at a time, so a flood of wrong passwords cannot take
     /// every blocking thread.
     hashing: Arc<Semaphore>,
@@ -104,6 +107,10 @@ impl PasswordCache {
                 .max_capacity(100_000)
                 .time_to_live(ttl)
                 .build(),
+            client_keys: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(ttl)
+                .build(),
             hashing: Arc::new(Semaphore::new(threads)),
             metrics,
         }
@@ -114,7 +121,7 @@ impl PasswordCache {
         &self,
         domain: u8,
         parts: impl IntoIterator<Item = &'a [u8]>,
-        password: &Password,
+        password: &[u8],
     ) -> Digest {
         let mut mac =
             Hmac::<Sha256>::new_from_slice(&self.key).expect("HMAC accepts keys of any length");
@@ -123,7 +130,7 @@ impl PasswordCache {
             mac.update(&(part.len() as u64).to_be_bytes());
             mac.update(part);
         }
-        mac.update(password.as_bytes());
+        mac.update(password);
         mac.finalize().into_bytes().into()
     }
 
@@ -136,7 +143,7 @@ impl PasswordCache {
                 key.database.as_bytes(),
                 key.role.as_bytes(),
             ],
-            password,
+            password.as_bytes(),
         )
     }
 
@@ -159,6 +166,21 @@ impl PasswordCache {
         self.verified.invalidate(key);
     }
 
+    /// The SCRAM client keys for logging in to a backend with `password`, for the `salt` and
+    /// `iterations` the server sent: derived (PBKDF2) once per (salt, iterations, password)
+    /// within the TTL, so a warm role's next login costs a few hashes. The keys depend on
+    /// nothing else, so sharing them across endpoints and roles grants nothing: another
+    /// password gets other keys, and the server still checks the proof.
+    pub fn client_keys(&self, password: &[u8], salt: &[u8], iterations: u32) -> ClientKeys {
+        let digest = self.digest(CLIENT_KEYS, [salt, &iterations.to_be_bytes()[..]], password);
+        if let Some(keys) = self.client_keys.get(&digest) {
+            return keys;
+        }
+        let keys = ClientKeys::derive(password, salt, iterations);
+        self.client_keys.insert(digest, keys);
+        keys
+    }
+
     /// Checks `password` against the role's `secret` (when one is known), counting the
     /// outcome. PBKDF2 runs on the blocking pool, once per (endpoint, role, secret, password)
     /// within the TTL; concurrent checks of the same password wait for the same run.
@@ -178,10 +200,7 @@ impl PasswordCache {
                 outcome => (outcome, PasswordCheck::Wrong),
             },
         };
-        self.metrics
-            .secret_verifications
-            .with_label_values(&[outcome.label()])
-            .inc();
+        self.metrics.hot.secret_verifications.inc(outcome.label());
         check
     }
 
@@ -197,7 +216,7 @@ impl PasswordCache {
             [endpoint.as_str().as_bytes(), role.as_bytes()]
                 .into_iter()
                 .chain(secret.fingerprint()),
-            password,
+            password.as_bytes(),
         );
         let mut hashed = false;
         let result = self

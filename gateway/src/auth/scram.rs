@@ -81,6 +81,39 @@ impl ScramSecret {
     }
 }
 
+/// What a SCRAM client derives from a password for one salt and iteration count (RFC 5802):
+/// `ClientKey = HMAC(SaltedPassword, "Client Key")`, `ServerKey = HMAC(SaltedPassword, "Server
+/// Key")`. Deriving costs `iterations` HMACs; the rest of an exchange is a few hashes.
+/// Password-equivalent for that salt: never logged (`Debug` is redacted).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct ClientKeys {
+    pub client_key: [u8; 32],
+    pub server_key: [u8; 32],
+}
+
+impl fmt::Debug for ClientKeys {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ClientKeys(<redacted>)")
+    }
+}
+
+impl ClientKeys {
+    /// CPU-heavy (see module docs).
+    pub fn derive(password: &[u8], salt: &[u8], iterations: u32) -> ClientKeys {
+        let salted = hi(&saslprep(password), salt, iterations);
+        let key = |label: &[u8]| -> [u8; 32] {
+            let mut mac =
+                Hmac::<Sha256>::new_from_slice(&salted).expect("HMAC takes keys of any size");
+            mac.update(label);
+            mac.finalize().into_bytes().into()
+        };
+        ClientKeys {
+            client_key: key(b"Client Key"),
+            server_key: key(b"Server Key"),
+        }
+    }
+}
+
 /// SASLprep (RFC 4013) as Postgres applies it: a password that is not UTF-8, or that SASLprep
 /// refuses (prohibited characters), is used as the raw bytes.
 fn saslprep(password: &[u8]) -> Cow<'_, [u8]> {

@@ -7,12 +7,10 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use axum::extract::{Request, State};
-use axum::http::{header, HeaderValue, StatusCode};
-use axum::middleware::{self, Next};
+use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::get;
 use axum::Router;
-use tower::ServiceExt;
 use tracing::Instrument;
 
 use crate::websocket;
@@ -21,29 +19,48 @@ pub use crate::state::AppState;
 
 pub const REQUEST_ID: &str = "neon-request-id";
 
-/// The public router. Layers, outermost first: request id and span, then routing. A
-/// WebSocket upgrade on any path is the tunnel; any other path ending in `/sql` is the query
-/// endpoint (a path prefix is ignored, as is the Host header).
+/// The public router: every request gets an id and a span, then a WebSocket upgrade on any
+/// path is the tunnel; any other path ending in `/sql` is the query endpoint (`POST`, and
+/// `OPTIONS` for the CORS preflight; a path prefix is ignored, as is the Host header).
+///
+/// One handler routes by hand: a method router and a middleware layer would be cloned and
+/// boxed for every request.
 pub fn app(state: Arc<AppState>) -> Router {
-    let sql = post(sql::handle)
-        .options(sql::preflight)
-        .fallback(not_supported)
-        .with_state(state.clone());
-    Router::new()
-        .fallback(move |request: Request| {
-            let sql = sql.clone();
-            let state = state.clone();
-            async move {
-                if websocket::is_upgrade(request.headers()) {
-                    websocket::upgrade(state, request).await
-                } else if request.uri().path().ends_with("/sql") {
-                    sql.oneshot(request).await.into_response()
-                } else {
-                    not_supported().await
-                }
-            }
-        })
-        .layer(middleware::from_fn(request_context))
+    Router::new().fallback(public).with_state(state)
+}
+
+/// Gives each request an id (returned as `Neon-Request-Id`) and a span carrying it, and routes it.
+async fn public(State(state): State<Arc<AppState>>, request: Request) -> Response {
+    let mut id = uuid::Uuid::encode_buffer();
+    let id: &str = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut id);
+    let span = tracing::info_span!(
+        "request",
+        id = %id,
+        method = %request.method(),
+        path = %request.uri().path()
+    );
+    let mut response = route(state, request).instrument(span).await;
+    if let Ok(value) = HeaderValue::from_str(id) {
+        response.headers_mut().insert(REQUEST_ID, value);
+    }
+    response
+}
+
+async fn route(state: Arc<AppState>, request: Request) -> Response {
+    if websocket::is_upgrade(request.headers()) {
+        return websocket::upgrade(state, request).await;
+    }
+    if !request.uri().path().ends_with("/sql") {
+        return not_supported().await;
+    }
+    match *request.method() {
+        Method::POST => {
+            let (parts, body) = request.into_parts();
+            sql::handle(state, parts.headers, body).await
+        }
+        Method::OPTIONS => sql::preflight().await,
+        _ => not_supported().await,
+    }
 }
 
 /// The admin router.
@@ -54,22 +71,6 @@ pub fn admin(state: Arc<AppState>) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
         .with_state(state)
-}
-
-/// Gives each request an id (returned as `Neon-Request-Id`) and a span carrying it.
-async fn request_context(request: Request, next: Next) -> Response {
-    let id = uuid::Uuid::new_v4().to_string();
-    let span = tracing::info_span!(
-        "request",
-        id = %id,
-        method = %request.method(),
-        path = %request.uri().path()
-    );
-    let mut response = next.run(request).instrument(span).await;
-    if let Ok(value) = HeaderValue::from_str(&id) {
-        response.headers_mut().insert(REQUEST_ID, value);
-    }
-    response
 }
 
 async fn not_supported() -> Response {
@@ -114,6 +115,7 @@ mod tests {
     use super::*;
     use axum::body::Body;
     use http_body_util::BodyExt;
+    use tower::ServiceExt;
 
     fn router() -> Router {
         let config = crate::config::Config::for_tests(vec![]);

@@ -18,7 +18,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::{Body, Bytes};
-use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use http_body_util::BodyExt;
@@ -267,32 +266,23 @@ impl Drop for RequestRecord<'_> {
     fn drop(&mut self) {
         let metrics = &self.state.metrics;
         let status = match self.status {
-            Some(status) => status.as_u16().to_string(),
+            Some(status) => status.as_u16(),
             None => {
                 metrics
                     .errors
                     .with_label_values(&[crate::error::ErrorKind::ClientDisconnect.label()])
                     .inc();
                 tracing::debug!("client went away; request cancelled");
-                "499".to_owned()
+                499
             }
         };
         metrics
-            .http_requests
-            .with_label_values(&[self.kind, &status])
-            .inc();
-        metrics
-            .http_request_seconds
-            .with_label_values(&[self.kind])
-            .observe(self.started.elapsed().as_secs_f64());
+            .hot
+            .http_request(self.kind, status, self.started.elapsed().as_secs_f64());
     }
 }
 
-pub async fn handle(
-    State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
+pub async fn handle(state: Arc<AppState>, headers: HeaderMap, body: Body) -> Response {
     let mut record = RequestRecord {
         state: &state,
         kind: "invalid",

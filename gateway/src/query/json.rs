@@ -5,6 +5,8 @@
 //! values. Rows are arrays in array mode, else objects keyed by column name (duplicate names
 //! give duplicate keys, as in the proxy).
 
+use std::io::Write;
+
 use super::types::{ColumnType, JsonKind, TypeMap};
 use super::StatementResult;
 
@@ -34,13 +36,13 @@ pub fn write_result(
         }
         out.extend_from_slice(b"{\"name\":");
         write_str(out, &field.name);
-        out.extend_from_slice(
-            format!(
-                ",\"dataTypeID\":{},\"tableID\":{},\"columnID\":{},\"dataTypeSize\":{},\"dataTypeModifier\":{},\"format\":\"text\"}}",
-                field.type_oid, field.table_oid, field.column_id, field.type_size, field.type_modifier
-            )
-            .as_bytes(),
-        );
+        // Into the buffer directly: no String per field.
+        write!(
+            out,
+            ",\"dataTypeID\":{},\"tableID\":{},\"columnID\":{},\"dataTypeSize\":{},\"dataTypeModifier\":{},\"format\":\"text\"}}",
+            field.type_oid, field.table_oid, field.column_id, field.type_size, field.type_modifier
+        )
+        .expect("writing into a Vec cannot fail");
     }
     out.extend_from_slice(b"],\"rows\":[");
     let column_types: Vec<ColumnType> = result
@@ -92,7 +94,7 @@ pub fn write_result(
     write_str(out, command);
     out.extend_from_slice(b",\"rowCount\":");
     match row_count {
-        Some(n) => out.extend_from_slice(n.to_string().as_bytes()),
+        Some(n) => write!(out, "{n}").expect("writing into a Vec cannot fail"),
         None => out.extend_from_slice(b"null"),
     }
     out.extend_from_slice(b",\"rowAsArray\":");

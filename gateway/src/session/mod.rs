@@ -368,7 +368,8 @@ async fn proceed<S>(
         }
         Err(e) => return fail(client, &transport, e, state).await,
     };
-    let handshake = handshake(&mut client, &startup, &transport, state);
+    // Boxed, and freed once done: the session's task then only holds what the relay needs.
+    let handshake = Box::pin(handshake(&mut client, &startup, &transport, state));
     match timeout_at(deadline, handshake).await {
         Ok(Ok(ready)) => relay_session(client, ready, &transport, state).await,
         Ok(Err(e)) => fail(client, &transport, e, state).await,
@@ -492,6 +493,7 @@ where
             password,
             database,
             startup: &forward,
+            keys: state.pool.passwords(),
         };
         let connect_timeout = state.pool.config().connect_timeout;
         let max_message_bytes = state.sessions.max_message_bytes;

@@ -1,5 +1,7 @@
 //! After the handshake: bytes copied both ways through fixed buffers (so memory per session is
-//! bounded and a slow reader slows its writer), counted per direction as they pass.
+//! bounded and a slow reader slows its writer), counted per direction as they pass. A buffer is
+//! taken from a per-thread free list for each read and given back once its bytes are written,
+//! so an idle session holds no relay buffer.
 //!
 //! The copy watches message boundaries without parsing messages, which costs a few
 //! comparisons per message and buys two things: a client message larger than the limit is
@@ -11,7 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::BytesMut;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -182,41 +184,124 @@ where
     W: AsyncWrite + Unpin,
 {
     let mut boundary = Boundary::default();
-    let mut buf = vec![0u8; CHUNK];
-    let mut pending = ahead.len();
-    if pending > 0 {
-        buf.resize(pending.max(CHUNK), 0);
-        buf[..pending].copy_from_slice(&ahead);
+    if !ahead.is_empty() {
+        forward(to, &ahead, &mut boundary, &lane, meter).await?;
     }
+    // The handshake's buffer is not kept for the life of the session.
+    drop(ahead);
     loop {
-        if pending == 0 {
-            pending = from
-                .read(&mut buf[..CHUNK])
-                .await
-                .map_err(PumpError::Read)?;
-            if pending == 0 {
-                // EOF: pass it on, so the other side sees the end of the stream.
-                let _ = to.shutdown().await;
-                return Ok(());
+        // A buffer is held only while bytes are moving: an idle session holds none.
+        let Some(buf) = std::future::poll_fn(|cx| buffers::poll_read(from, cx))
+            .await
+            .map_err(PumpError::Read)?
+        else {
+            // EOF: pass it on, so the other side sees the end of the stream.
+            let _ = to.shutdown().await;
+            return Ok(());
+        };
+        let result = forward(to, &buf, &mut boundary, &lane, meter).await;
+        buffers::give_back(buf);
+        result?;
+    }
+}
+
+/// Passes one chunk on: checks framing, writes and flushes it, counts it.
+async fn forward<W>(
+    to: &mut W,
+    chunk: &[u8],
+    boundary: &mut Boundary,
+    lane: &Lane<'_>,
+    meter: &Meter<'_>,
+) -> Result<(), PumpError>
+where
+    W: AsyncWrite + Unpin,
+{
+    boundary.feed(chunk, lane.max_message)?;
+    if let Some(clean) = lane.clean {
+        clean.store(false, Ordering::Release);
+    }
+    to.write_all(chunk).await.map_err(PumpError::Write)?;
+    to.flush().await.map_err(PumpError::Write)?;
+    if let Some(clean) = lane.clean {
+        clean.store(boundary.at_boundary(), Ordering::Release);
+    }
+    (meter.count)(lane.direction, chunk.len());
+    let elapsed = u64::try_from(meter.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+    meter.activity.store(elapsed, Ordering::Relaxed);
+    Ok(())
+}
+
+/// Relay buffers, reused through a small per-thread free list. A read is attempted with a
+/// buffer in hand and the buffer goes back at once if nothing was ready, so sessions waiting
+/// for traffic (nearly all of them, most of the time) hold no buffer at all.
+mod buffers {
+    use std::cell::RefCell;
+    use std::io;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    use tokio::io::{AsyncRead, ReadBuf};
+
+    use super::CHUNK;
+
+    /// Free buffers kept per worker thread (at most this many × [`CHUNK`] bytes).
+    const KEEP: usize = 64;
+
+    thread_local! {
+        static FREE: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+    }
+
+    /// A buffer of [`CHUNK`] bytes and how many of them a read filled.
+    pub(super) struct Filled {
+        buf: Vec<u8>,
+        len: usize,
+    }
+
+    impl std::ops::Deref for Filled {
+        type Target = [u8];
+        fn deref(&self) -> &[u8] {
+            &self.buf[..self.len]
+        }
+    }
+
+    fn take() -> Vec<u8> {
+        FREE.with(|free| free.borrow_mut().pop())
+            .unwrap_or_else(|| vec![0; CHUNK])
+    }
+
+    fn put(buf: Vec<u8>) {
+        FREE.with(|free| {
+            let mut free = free.borrow_mut();
+            if free.len() < KEEP {
+                free.push(buf);
             }
-        }
-        let chunk = &buf[..pending];
-        boundary.feed(chunk, lane.max_message)?;
-        if let Some(clean) = lane.clean {
-            clean.store(false, Ordering::Release);
-        }
-        to.write_all(chunk).await.map_err(PumpError::Write)?;
-        to.flush().await.map_err(PumpError::Write)?;
-        if let Some(clean) = lane.clean {
-            clean.store(boundary.at_boundary(), Ordering::Release);
-        }
-        (meter.count)(lane.direction, pending);
-        let elapsed = u64::try_from(meter.start.elapsed().as_millis()).unwrap_or(u64::MAX);
-        meter.activity.store(elapsed, Ordering::Relaxed);
-        pending = 0;
-        if buf.len() > CHUNK {
-            buf.truncate(CHUNK);
-            buf.shrink_to(CHUNK);
+        });
+    }
+
+    /// Returns a buffer to this thread's free list (or frees it if the list is full).
+    pub(super) fn give_back(filled: Filled) {
+        put(filled.buf);
+    }
+
+    /// Reads up to [`CHUNK`] bytes into a buffer from the free list: `Some` with data, `None`
+    /// at EOF. Pending holds no buffer.
+    pub(super) fn poll_read<R>(
+        from: &mut R,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<Option<Filled>>>
+    where
+        R: AsyncRead + Unpin,
+    {
+        let mut buf = take();
+        let mut read = ReadBuf::new(&mut buf);
+        let result = Pin::new(from).poll_read(cx, &mut read);
+        let len = read.filled().len();
+        match result {
+            Poll::Ready(Ok(())) if len > 0 => Poll::Ready(Ok(Some(Filled { buf, len }))),
+            other => {
+                put(buf);
+                other.map_ok(|()| None)
+            }
         }
     }
 }
@@ -285,6 +370,7 @@ impl Boundary {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::AsyncReadExt;
 
     fn message(tag: u8, body: &[u8]) -> Vec<u8> {
         let mut m = vec![tag];

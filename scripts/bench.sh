@@ -17,7 +17,7 @@
 #
 # Usage: scripts/bench.sh [--quick]     (make bench ARGS=--quick, or BENCH_QUICK=1 make bench)
 # --quick runs every scenario with smaller counts and durations (under 2 minutes after the
-# build); the full run takes about 8 minutes.
+# build); the full run takes about 5 minutes after the build.
 set -euo pipefail
 
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"

@@ -8,7 +8,8 @@
 //! carries the endpoint, so one endpoint's credentials are never tried against another
 //! endpoint's backend.
 //!
-//! Checkout is LIFO and skips connections the server has closed. Returned connections are reset
+//! Checkout is LIFO and skips connections the server has closed. With none idle but one of the
+//! endpoint being reset, a verified request waits briefly for it rather than open a new one. Returned connections are reset
 //! in the background (`ROLLBACK` if needed, `DISCARD ALL`) before they become idle again. A
 //! connection is discarded, never returned, after any error or when the request is dropped
 //! mid-query; a dropped in-flight query is cancelled first. Limits: open connections per
@@ -22,6 +23,7 @@
 //! never ran, so the caller may retry it once on a new connection.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -112,6 +114,8 @@ struct EndpointPool {
     slots: Arc<Semaphore>,
     /// Wakes requests waiting for a slot when a connection becomes idle.
     returned: Arc<Notify>,
+    /// Connections being reset after a request, about to become idle (or be discarded).
+    resetting: Arc<AtomicUsize>,
 }
 
 struct Locked<'a> {
@@ -200,10 +204,18 @@ impl Pool {
     ) -> Result<Conn, PoolError> {
         let key = PoolKey::of(info);
         let verified = secret_verified || self.passwords.is_verified(&key, &info.password);
-        let slot = match self.acquire(&key, verified && reuse_idle).await? {
+        let (acquired, resetting) = self.acquire(&key, verified && reuse_idle).await?;
+        let slot = match acquired {
             Acquired::Idle(idle) => {
                 self.metrics.hot.pool_checkouts.inc("hit");
-                return Ok(Conn::new(self.clone(), key, idle.backend, idle.slot, true));
+                return Ok(Conn::new(
+                    self.clone(),
+                    key,
+                    idle.backend,
+                    idle.slot,
+                    true,
+                    resetting,
+                ));
             }
             Acquired::Slot(slot) => slot,
         };
@@ -237,7 +249,14 @@ impl Pool {
         match connected {
             Ok(backend) => {
                 self.passwords.remember(&key, &info.password);
-                Ok(Conn::new(self.clone(), key, backend, slot, false))
+                Ok(Conn::new(
+                    self.clone(),
+                    key,
+                    backend,
+                    slot,
+                    false,
+                    resetting,
+                ))
             }
             Err(ConnectError::Connect(BackendError::Db(e))) if e.is_auth_failure() => {
                 // The password may have changed: nothing cached for this role is trusted now.
@@ -322,9 +341,20 @@ impl Pool {
         count
     }
 
-    /// An idle connection to reuse (only for a verified password), or a slot to open a new one.
-    async fn acquire(&self, key: &PoolKey, verified: bool) -> Result<Acquired, PoolError> {
-        let (slots, returned) = {
+    /// An idle connection to reuse (only for a verified password), or a slot to open a new one;
+    /// and the endpoint's count of connections being reset.
+    ///
+    /// With nothing idle but a connection of the endpoint being reset, a verified request first
+    /// waits up to [`RESET_WAIT`] for it: the reset is one round trip, a new connection a
+    /// fork and an authentication on the server. Without the wait, a steady load of N clients
+    /// keeps opening connections (each request's own is still resetting when its next one
+    /// arrives) and closing them again past the idle cap.
+    async fn acquire(
+        &self,
+        key: &PoolKey,
+        verified: bool,
+    ) -> Result<(Acquired, Arc<AtomicUsize>), PoolError> {
+        let (slots, returned, resetting) = {
             let mut state = self.state();
             let max = self.config.max_conns_per_endpoint;
             let pool = state
@@ -335,9 +365,30 @@ impl Pool {
                     idle_count: 0,
                     slots: Arc::new(Semaphore::new(max)),
                     returned: Arc::new(Notify::new()),
+                    resetting: Arc::new(AtomicUsize::new(0)),
                 });
-            (pool.slots.clone(), pool.returned.clone())
+            (
+                pool.slots.clone(),
+                pool.returned.clone(),
+                pool.resetting.clone(),
+            )
         };
+        let acquired = self
+            .acquire_in(key, verified, &slots, &returned, &resetting)
+            .await?;
+        Ok((acquired, resetting))
+    }
+
+    async fn acquire_in(
+        &self,
+        key: &PoolKey,
+        verified: bool,
+        slots: &Arc<Semaphore>,
+        returned: &Notify,
+        resetting: &AtomicUsize,
+    ) -> Result<Acquired, PoolError> {
+        // Waiting for resets ends here, however many returns other requests win.
+        let mut reset_deadline = None;
         let deadline = tokio::time::Instant::now() + self.config.acquire_timeout;
         loop {
             // Registered before looking, so a connection returned meanwhile is not missed.
@@ -347,6 +398,16 @@ impl Pool {
             if verified {
                 if let Some(idle) = self.take_idle(key) {
                     return Ok(Acquired::Idle(Box::new(idle)));
+                }
+                if resetting.load(Ordering::Acquire) > 0 {
+                    let deadline = *reset_deadline
+                        .get_or_insert_with(|| tokio::time::Instant::now() + RESET_WAIT);
+                    if tokio::time::timeout_at(deadline, &mut returned)
+                        .await
+                        .is_ok()
+                    {
+                        continue;
+                    }
                 }
             }
             if let Ok(slot) = slots.clone().try_acquire_owned() {
@@ -507,8 +568,13 @@ fn spawn_detached(task: impl std::future::Future<Output = ()> + Send + 'static) 
 
 /// A checked-out backend connection. [`Conn::release`] returns it to the pool after a reset;
 /// dropping it instead discards it, cancelling a query still in flight.
+/// How long a request waits for a connection being reset before opening a new one.
+const RESET_WAIT: Duration = Duration::from_millis(5);
+
 pub struct Conn {
     pool: Arc<Pool>,
+    /// The endpoint's count of connections being reset (see [`Pool::acquire`]).
+    resetting: Arc<AtomicUsize>,
     key: PoolKey,
     backend: Option<Backend>,
     slot: Option<OwnedSemaphorePermit>,
@@ -525,10 +591,12 @@ impl Conn {
         backend: Backend,
         slot: OwnedSemaphorePermit,
         reused: bool,
+        resetting: Arc<AtomicUsize>,
     ) -> Self {
         pool.metrics.pool_active.inc();
         Conn {
             pool,
+            resetting,
             key,
             checked_out: backend.progress(),
             backend: Some(backend),
@@ -593,15 +661,36 @@ impl Conn {
         self.pool.metrics.pool_active.dec();
         let pool = self.pool.clone();
         let key = self.key.clone();
+        let resetting = Resetting::start(self.resetting.clone());
         spawn_detached(async move {
             match tokio::time::timeout(Duration::from_secs(10), backend.reset()).await {
-                Ok(Ok(())) => pool.put(key, backend, slot),
+                Ok(Ok(())) => {
+                    pool.put(key, backend, slot);
+                    drop(resetting);
+                }
                 _ => {
+                    drop(resetting);
                     pool.metrics.pool_discards.inc();
                     discard(backend, slot).await;
                 }
             }
         });
+    }
+}
+
+/// Counts a connection as being reset until dropped (also if its task is).
+struct Resetting(Arc<AtomicUsize>);
+
+impl Resetting {
+    fn start(count: Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::AcqRel);
+        Resetting(count)
+    }
+}
+
+impl Drop for Resetting {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

@@ -58,6 +58,9 @@ pub async fn serve_public(
         .half_close(false)
         .timer(TokioTimer::new())
         .header_read_timeout(state.sessions.handshake_timeout);
+    // Shared: every connection's task would otherwise carry its own copy of both protocols'
+    // settings for as long as it lives.
+    let builder = Arc::new(builder);
     let graceful = GracefulShutdown::new();
     loop {
         let (stream, peer) = tokio::select! {
@@ -115,7 +118,7 @@ pub async fn serve_public(
 struct Connection {
     state: Arc<AppState>,
     router: Router,
-    builder: auto::Builder<TokioExecutor>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
     watcher: Watcher,
 }
 

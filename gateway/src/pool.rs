@@ -9,12 +9,14 @@
 //! endpoint's backend.
 //!
 //! Checkout is LIFO and skips connections the server has closed. With none idle but one of the
-//! endpoint being reset, a verified request waits briefly for it rather than open a new one. Returned connections are reset
-//! in the background (`ROLLBACK` if needed, `DISCARD ALL`) before they become idle again. A
-//! connection is discarded, never returned, after any error or when the request is dropped
-//! mid-query; a dropped in-flight query is cancelled first. Limits: open connections per
-//! endpoint (waiting briefly for a slot, evicting idle connections of other roles first), idle
-//! connections per endpoint and in total, and an idle timeout enforced by [`Pool::run_reaper`].
+//! endpoint being reset, a verified request waits briefly for it rather than open a new one.
+//! Returned connections are reset in the background (`ROLLBACK` if needed, `DISCARD ALL`)
+//! before they become idle again. A connection is discarded, never returned, after any error
+//! or when the request is dropped mid-query; a dropped in-flight query is cancelled first.
+//! Limits: open connections per endpoint (waiting briefly for a slot, evicting idle connections
+//! of other roles first), idle connections per endpoint (exceeded only while verified requests
+//! wait for a connection, which take them at once) and in total, and an idle timeout enforced
+//! by [`Pool::run_reaper`].
 //! When the control plane says an endpoint is not active (its compute was suspended), its idle
 //! connections are closed ([`Pool::close_idle_of`]).
 //!
@@ -116,6 +118,9 @@ struct EndpointPool {
     returned: Arc<Notify>,
     /// Connections being reset after a request, about to become idle (or be discarded).
     resetting: Arc<AtomicUsize>,
+    /// Verified requests looking for a connection: while there are any, a returned connection
+    /// is kept even past the idle cap, since one of them takes it at once.
+    waiting: Arc<AtomicUsize>,
 }
 
 struct Locked<'a> {
@@ -354,7 +359,7 @@ impl Pool {
         key: &PoolKey,
         verified: bool,
     ) -> Result<(Acquired, Arc<AtomicUsize>), PoolError> {
-        let (slots, returned, resetting) = {
+        let (slots, returned, resetting, waiting) = {
             let mut state = self.state();
             let max = self.config.max_conns_per_endpoint;
             let pool = state
@@ -366,13 +371,16 @@ impl Pool {
                     slots: Arc::new(Semaphore::new(max)),
                     returned: Arc::new(Notify::new()),
                     resetting: Arc::new(AtomicUsize::new(0)),
+                    waiting: Arc::new(AtomicUsize::new(0)),
                 });
             (
                 pool.slots.clone(),
                 pool.returned.clone(),
                 pool.resetting.clone(),
+                pool.waiting.clone(),
             )
         };
+        let _waiting = verified.then(|| Counted::start(waiting));
         let acquired = self
             .acquire_in(key, verified, &slots, &returned, &resetting)
             .await?;
@@ -415,7 +423,10 @@ impl Pool {
             }
             // Full: the oldest idle connection of this endpoint (another database or role, or
             // one whose password this request has not proven) gives its slot to this request.
-            if let Some(Idle { backend, slot, .. }) = self.evict_oldest(&key.endpoint) {
+            // A verified request never evicts its own key's connections: one returned since it
+            // looked is for it to take (the `returned` wake-up below), not to close and reopen.
+            let own = verified.then_some(key);
+            if let Some(Idle { backend, slot, .. }) = self.evict_oldest(&key.endpoint, own) {
                 self.metrics.pool_discards.inc();
                 spawn_detached(backend.terminate());
                 return Ok(Acquired::Slot(slot));
@@ -430,7 +441,8 @@ impl Pool {
         }
     }
 
-    fn evict_oldest(&self, endpoint: &EndpointId) -> Option<Idle> {
+    /// The oldest idle connection of `endpoint`, other than those of `except`.
+    fn evict_oldest(&self, endpoint: &EndpointId, except: Option<&PoolKey>) -> Option<Idle> {
         let mut state = self.state();
         let State {
             endpoints,
@@ -440,7 +452,10 @@ impl Pool {
         let (_, list) = pool
             .idle
             .iter_mut()
-            .filter(|(_, list)| !list.is_empty())
+            .filter(|((database, role), list)| {
+                !list.is_empty()
+                    && except.is_none_or(|key| key.database != *database || key.role != *role)
+            })
             .min_by_key(|(_, list)| list[0].since)?;
         let idle = list.remove(0);
         pool.idle_count -= 1;
@@ -464,7 +479,8 @@ impl Pool {
             match endpoints.get_mut(&key.endpoint) {
                 Some(pool)
                     if *idle_total < self.config.max_idle_total
-                        && pool.idle_count < self.config.max_idle_per_endpoint =>
+                        && (pool.idle_count < self.config.max_idle_per_endpoint
+                            || pool.waiting.load(Ordering::Acquire) > 0) =>
                 {
                     pool.idle
                         .entry((key.database, key.role))
@@ -661,7 +677,7 @@ impl Conn {
         self.pool.metrics.pool_active.dec();
         let pool = self.pool.clone();
         let key = self.key.clone();
-        let resetting = Resetting::start(self.resetting.clone());
+        let resetting = Counted::start(self.resetting.clone());
         spawn_detached(async move {
             match tokio::time::timeout(Duration::from_secs(10), backend.reset()).await {
                 Ok(Ok(())) => {
@@ -678,17 +694,18 @@ impl Conn {
     }
 }
 
-/// Counts a connection as being reset until dropped (also if its task is).
-struct Resetting(Arc<AtomicUsize>);
+/// Counts one (a connection being reset, a request waiting) until dropped, also if its task
+/// or future is.
+struct Counted(Arc<AtomicUsize>);
 
-impl Resetting {
+impl Counted {
     fn start(count: Arc<AtomicUsize>) -> Self {
         count.fetch_add(1, Ordering::AcqRel);
-        Resetting(count)
+        Counted(count)
     }
 }
 
-impl Drop for Resetting {
+impl Drop for Counted {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
     }

@@ -53,11 +53,35 @@ pub async fn endpoint(authority: &str, token: &str, id: &str) -> anyhow::Result<
     serde_json::from_slice(&body).context("parsing the endpoint")
 }
 
-/// `gateway_control_plane_requests_total` by its labels (`call="…",outcome="…"`), every call
-/// except `activity` (the periodic activity reports): the calls the route table made.
-pub async fn control_plane_calls(admin: &str) -> anyhow::Result<BTreeMap<String, f64>> {
+/// The control-plane calls the gateway made, from its admin `/metrics`.
+#[derive(Debug, Default)]
+pub struct ControlPlaneCalls {
+    /// `gateway_control_plane_requests_total` by its labels (`call="…",outcome="…"`), every
+    /// call except `activity` (the periodic activity reports): the calls the route table made.
+    pub by_labels: BTreeMap<String, f64>,
+    /// Background refreshes the route table started
+    /// (`gateway_route_cache_lookups_total{outcome="stale_refresh"}`): each is one call made off
+    /// the connection path, once per used route every `--route-refresh-seconds`, whatever the
+    /// number of connections.
+    pub refreshes: f64,
+}
+
+pub async fn control_plane_calls(admin: &str) -> anyhow::Result<ControlPlaneCalls> {
     let body = get(admin, "/metrics", None).await?;
-    Ok(route_table_calls(&String::from_utf8_lossy(&body)))
+    let text = String::from_utf8_lossy(&body);
+    Ok(ControlPlaneCalls {
+        by_labels: route_table_calls(&text),
+        refreshes: background_refreshes(&text),
+    })
+}
+
+fn background_refreshes(metrics: &str) -> f64 {
+    metrics
+        .lines()
+        .filter_map(|line| line.strip_prefix("gateway_route_cache_lookups_total{"))
+        .filter(|rest| rest.contains("\"stale_refresh\""))
+        .filter_map(|rest| rest.rsplit_once("} ")?.1.trim().parse::<f64>().ok())
+        .sum()
 }
 
 fn route_table_calls(metrics: &str) -> BTreeMap<String, f64> {
@@ -72,7 +96,7 @@ fn route_table_calls(metrics: &str) -> BTreeMap<String, f64> {
 
 #[cfg(test)]
 mod tests {
-    use super::route_table_calls;
+    use super::{background_refreshes, route_table_calls};
 
     #[test]
     fn route_table_calls_leave_out_activity_reports() {
@@ -89,5 +113,16 @@ gateway_control_plane_request_duration_seconds_count{call=\"wake_compute\"} 2
         assert_eq!(calls["call=\"wake_compute\",outcome=\"ok\""], 2.0);
         assert_eq!(calls["call=\"access_control\",outcome=\"not_found\""], 1.0);
         assert!(route_table_calls("").is_empty());
+    }
+
+    #[test]
+    fn background_refreshes_are_the_stale_hits() {
+        let text = "\
+gateway_route_cache_lookups_total{outcome=\"hit\"} 2000
+gateway_route_cache_lookups_total{outcome=\"stale_refresh\"} 3
+gateway_route_cache_lookups_total{outcome=\"miss\"} 1
+";
+        assert_eq!(background_refreshes(text), 3.0);
+        assert_eq!(background_refreshes(""), 0.0);
     }
 }

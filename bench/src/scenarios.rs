@@ -413,18 +413,29 @@ async fn setups(stack: &Stack, dials: &Dials, plan: &Plan) -> Vec<Row> {
         let row = match (calls_before, calls_after) {
             (Ok(before), Ok(after)) => {
                 let made: Vec<(String, f64)> = after
+                    .by_labels
                     .iter()
-                    .map(|(labels, n)| (labels.clone(), n - before.get(labels).unwrap_or(&0.0)))
+                    .map(|(labels, n)| {
+                        let was = before.by_labels.get(labels).unwrap_or(&0.0);
+                        (labels.clone(), n - was)
+                    })
                     .filter(|(_, n)| *n > 0.0)
                     .collect();
                 let total: f64 = made.iter().map(|(_, n)| n).sum();
-                let per_1000 = total * 1000.0 / connections as f64;
+                // Background refreshes are not on any connection's path (and not per connection).
+                let refreshes = (after.refreshes - before.refreshes).clamp(0.0, total);
+                let on_path = total - refreshes;
+                let per_1000 = on_path * 1000.0 / connections as f64;
                 log(format!(
-                    "control-plane calls: {total} for {connections} sessions {made:?}"
+                    "control-plane calls: {total} for {connections} sessions, \
+                     {refreshes} of them background refreshes {made:?}"
                 ));
                 row.goal(Goal::new(
-                    total == 0.0,
-                    format!("0 control-plane calls per 1,000 ({per_1000:.1}; {total} in all)"),
+                    on_path == 0.0,
+                    format!(
+                        "0 control-plane calls per 1,000 on the connection path \
+                         ({per_1000:.1}; {on_path} in all, plus {refreshes} background refreshes)"
+                    ),
                 ))
                 .note((!made.is_empty()).then(|| {
                     let list: Vec<String> = made

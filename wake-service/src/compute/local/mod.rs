@@ -724,6 +724,27 @@ impl LocalDriver {
         Ok(())
     }
 
+    /// Waits until none of PgBouncer's server connections is logging in; false when one still
+    /// is at `deadline`.
+    async fn wait_logins_done(
+        &self,
+        spec: &ComputeSpec,
+        dir: &Path,
+        pid: i32,
+        deadline: Instant,
+    ) -> Result<bool, ComputeError> {
+        loop {
+            let admin = self.pooler_admin(spec, dir, pid).await?;
+            if admin.counts().await?.servers_logging_in == 0 {
+                return Ok(true);
+            }
+            if Instant::now() >= deadline {
+                return Ok(false);
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
     /// A PAUSE is in effect but may still be waiting for server connections (sent by an
     /// earlier wake service): waits until PgBouncer holds none, until `deadline`.
     async fn wait_paused(
@@ -882,6 +903,14 @@ impl ComputeDriver for LocalDriver {
         // The timeout is the pause's own (not the lock's, nor a PgBouncer start's).
         let began = Instant::now();
         let deadline = began + timeout;
+        // A PAUSE closes server connections still logging in, and PgBouncer 1.18 counts such a
+        // close as a failed login: until the pool's next successful login, any client needing
+        // a server there gets "server login has been failing" at once — right after the RESUME
+        // that should have served it. So PAUSE only once no login is in flight (they take a
+        // few ms; bounded by the pause's own timeout).
+        if !self.wait_logins_done(spec, &dir, pid, deadline).await? {
+            return Ok(false);
+        }
         // PAUSE on a connection of its own: it answers only once every server connection is
         // closed, and a connection waiting for that cannot be used for anything else.
         let pauser = match tokio::time::timeout_at(

@@ -399,6 +399,8 @@ pub(crate) struct Counts {
     pub clients_waiting: u64,
     pub clients_active: u64,
     pub servers_active: u64,
+    /// Server connections still logging in (`sv_login`).
+    pub servers_logging_in: u64,
     /// Every server connection, whatever its state (`sv_*`): zero once a PAUSE completed.
     pub servers: u64,
     pub transactions: u64,
@@ -411,6 +413,7 @@ impl Counts {
             counts.clients_waiting += number(row, "cl_waiting");
             counts.clients_active += number(row, "cl_active");
             counts.servers_active += number(row, "sv_active");
+            counts.servers_logging_in += number(row, "sv_login");
             counts.servers += row
                 .columns()
                 .iter()

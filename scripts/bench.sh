@@ -12,7 +12,8 @@
 #                       node-postgres, printed only;
 #   4. loadgen report   merges the cold start in, prints the table, writes
 #                       bench/results/latest.json and BENCHMARKS.md.
-# With two or more cores the gateway runs on core 0 and the clients on core 1 (taskset).
+# With two or more cores the gateway (and the reference PgBouncer) run on core 0 and the
+# clients on core 1 (taskset).
 # Everything is bounded by fixed durations and counts, and each step by a time limit.
 #
 # Usage: scripts/bench.sh [--quick]     (make bench ARGS=--quick, or BENCH_QUICK=1 make bench)
@@ -92,13 +93,21 @@ cores="$(nproc 2>/dev/null || echo 1)"
 if ((cores >= 2)) && command -v taskset >/dev/null 2>&1; then
   PIN=1
   CLIENT=(taskset -c 1)
-  PINNING="gateway on core 0, loadgen and node on core 1 (taskset); the wake service, Postgres and PgBouncer unpinned; $cores cores"
+  PINNING="gateway and the reference PgBouncer on core 0, loadgen and node on core 1 (taskset); the wake service and Postgres unpinned; $cores cores"
 else
   PINNING="not pinned ($cores cores$(command -v taskset >/dev/null 2>&1 || echo ', no taskset')): the gateway and the clients share cores"
 fi
 pin_gateway() {
   ((PIN)) || return 0
   taskset -a -p -c 0 "$GATEWAY_PID" >/dev/null || die "could not pin the gateway to core 0"
+}
+# The reference pooler gets the gateway's placement, so both proxies compete with Postgres
+# for the same core and their latency taxes compare like for like.
+pin_pgbouncer() {
+  ((PIN)) || return 0
+  local pidfile="$WAKE_DATA/computes/db/pgbouncer/pgbouncer.pid" pid
+  pid="$(cat "$pidfile" 2>/dev/null)" || die "no PgBouncer pid file at $pidfile"
+  taskset -a -p -c 0 "$pid" >/dev/null || die "could not pin PgBouncer ($pid) to core 0"
 }
 # fresh_gateway — a new gateway process (new ports and pid). The memory scenarios each get
 # one: a gateway keeps memory it has freed and hands it to the next connections, which
@@ -109,6 +118,7 @@ fresh_gateway() {
   pin_gateway
 }
 pin_gateway
+pin_pgbouncer
 log "placement: $PINNING"
 
 if [[ ! -d sdk-tests/node_modules || sdk-tests/package-lock.json -nt sdk-tests/node_modules/.package-lock.json ]]; then

@@ -15,8 +15,8 @@
 //! or when the request is dropped mid-query; a dropped in-flight query is cancelled first.
 //! Limits: open connections per endpoint (waiting briefly for a slot, evicting idle connections
 //! of other roles first), idle connections per endpoint (exceeded only while verified requests
-//! wait for a connection, which take them at once) and in total, and an idle timeout enforced
-//! by [`Pool::run_reaper`].
+//! wait for a connection, which take them at once; the first return with nobody waiting closes
+//! the surplus) and in total, and an idle timeout enforced by [`Pool::run_reaper`].
 //! When the control plane says an endpoint is not active (its compute was suspended), its idle
 //! connections are closed ([`Pool::close_idle_of`]).
 //!
@@ -448,17 +448,7 @@ impl Pool {
             endpoints,
             idle_total,
         } = &mut *state;
-        let pool = endpoints.get_mut(endpoint)?;
-        let (_, list) = pool
-            .idle
-            .iter_mut()
-            .filter(|((database, role), list)| {
-                !list.is_empty()
-                    && except.is_none_or(|key| key.database != *database || key.role != *role)
-            })
-            .min_by_key(|(_, list)| list[0].since)?;
-        let idle = list.remove(0);
-        pool.idle_count -= 1;
+        let idle = take_oldest(endpoints.get_mut(endpoint)?, except)?;
         *idle_total -= 1;
         Some(idle)
     }
@@ -470,7 +460,7 @@ impl Pool {
             slot,
             since: Instant::now(),
         };
-        let rejected = {
+        let closing = {
             let mut state = self.state();
             let State {
                 endpoints,
@@ -489,14 +479,27 @@ impl Pool {
                     pool.idle_count += 1;
                     *idle_total += 1;
                     pool.returned.notify_waiters();
-                    None
+                    Vec::new()
                 }
-                _ => Some(idle),
+                Some(pool) => {
+                    // Over the cap with nobody waiting: the burst that let the pool grow past
+                    // it is over, so the oldest surplus goes too (not at the idle timeout).
+                    let mut closing = vec![idle];
+                    if pool.waiting.load(Ordering::Acquire) == 0 {
+                        while pool.idle_count > self.config.max_idle_per_endpoint {
+                            let Some(oldest) = take_oldest(pool, None) else {
+                                break;
+                            };
+                            *idle_total -= 1;
+                            closing.push(oldest);
+                        }
+                    }
+                    closing
+                }
+                None => vec![idle],
             }
         };
-        if let Some(idle) = rejected {
-            self.close_idle(vec![idle]);
-        }
+        self.close_idle(closing);
     }
 
     /// Closes connections that left the idle lists (their slots free as they go).
@@ -692,6 +695,22 @@ impl Conn {
             }
         });
     }
+}
+
+/// Takes the oldest idle connection of `pool`, other than those of `except` (the caller
+/// adjusts the total idle count).
+fn take_oldest(pool: &mut EndpointPool, except: Option<&PoolKey>) -> Option<Idle> {
+    let (_, list) = pool
+        .idle
+        .iter_mut()
+        .filter(|((database, role), list)| {
+            !list.is_empty()
+                && except.is_none_or(|key| key.database != *database || key.role != *role)
+        })
+        .min_by_key(|(_, list)| list[0].since)?;
+    let idle = list.remove(0);
+    pool.idle_count -= 1;
+    Some(idle)
 }
 
 /// Counts one (a connection being reset, a request waiting) until dropped, also if its task

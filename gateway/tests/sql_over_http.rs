@@ -675,6 +675,32 @@ async fn sessions_are_reset_between_requests() {
     gw.stop().await;
 }
 
+/// More requests than connections finishing together: their returns are kept past the idle
+/// cap while requests wait, and the pool settles back to the cap once the burst is over (not
+/// at the idle timeout, holding Postgres connection slots meanwhile).
+#[tokio::test]
+async fn a_burst_past_the_idle_cap_settles_back_to_it() {
+    let gw = TestGateway::start(|c| {
+        c.pool.max_conns_per_endpoint = 8;
+        c.pool.max_idle_per_endpoint = 1;
+    })
+    .await;
+    // Verified first, so the burst reuses connections instead of each logging in.
+    let (status, _) = sql(&gw, CONN, json!({"query": "SELECT 1"})).await;
+    assert_eq!(status, 200);
+    for _ in 0..5 {
+        let burst = (0..12).map(|_| sql(&gw, CONN, json!({"query": "SELECT pg_sleep(0.05)"})));
+        let statuses: Vec<u16> = futures_util::future::join_all(burst)
+            .await
+            .into_iter()
+            .map(|(status, _)| status)
+            .collect();
+        assert!(statuses.iter().all(|&s| s == 200), "{statuses:?}");
+    }
+    wait_for(|| async { gw.metric("gateway_pool_idle_connections", "").await <= 1.0 }).await;
+    gw.stop().await;
+}
+
 #[tokio::test]
 async fn client_disconnect_cancels_the_query() {
     let gw = TestGateway::start(|_| {}).await;

@@ -110,7 +110,8 @@ pub struct Args {
     )]
     pub pool_max_conns_per_endpoint: usize,
 
-    /// Idle pooled connections kept per endpoint (more while requests wait for one).
+    /// Idle pooled connections kept per endpoint; those beyond it close after a second unused
+    /// (0: none kept idle unless a request waits).
     #[arg(long, env = "GATEWAY_POOL_MAX_IDLE_PER_ENDPOINT", default_value_t = 20)]
     pub pool_max_idle_per_endpoint: usize,
 

@@ -14,9 +14,10 @@
 //! before they become idle again. A connection is discarded, never returned, after any error
 //! or when the request is dropped mid-query; a dropped in-flight query is cancelled first.
 //! Limits: open connections per endpoint (waiting briefly for a slot, evicting idle connections
-//! of other roles first), idle connections per endpoint (exceeded only while verified requests
-//! wait for a connection, which take them at once; the first return with nobody waiting closes
-//! the surplus) and in total, and an idle timeout enforced by [`Pool::run_reaper`].
+//! of other roles first), idle connections per endpoint (a returned connection is kept past
+//! that cap, and the connections beyond it close once unused for a second: a load needing more
+//! connections than the cap keeps them instead of closing and reopening them) and in total,
+//! and an idle timeout, both enforced by [`Pool::run_reaper`] too.
 //! When the control plane says an endpoint is not active (its compute was suspended), its idle
 //! connections are closed ([`Pool::close_idle_of`]).
 //!
@@ -453,13 +454,19 @@ impl Pool {
         Some(idle)
     }
 
-    /// Puts a freshly reset connection back, unless the idle caps are reached.
+    /// Puts a freshly reset connection back, unless the idle caps are reached. Past the
+    /// per-endpoint cap it is kept all the same (a load that needs more connections than the
+    /// cap would otherwise close and reopen them all the time); idle connections beyond the
+    /// cap go once unused for [`SURPLUS_GRACE`] (here and by [`Pool::run_reaper`]). A cap of 0
+    /// keeps nothing idle unless a request is waiting.
     fn put(&self, key: PoolKey, backend: Backend, slot: OwnedSemaphorePermit) {
+        let now = Instant::now();
         let idle = Idle {
             backend,
             slot,
-            since: Instant::now(),
+            since: now,
         };
+        let cap = self.config.max_idle_per_endpoint;
         let closing = {
             let mut state = self.state();
             let State {
@@ -469,8 +476,7 @@ impl Pool {
             match endpoints.get_mut(&key.endpoint) {
                 Some(pool)
                     if *idle_total < self.config.max_idle_total
-                        && (pool.idle_count < self.config.max_idle_per_endpoint
-                            || pool.waiting.load(Ordering::Acquire) > 0) =>
+                        && (cap > 0 || pool.waiting.load(Ordering::Acquire) > 0) =>
                 {
                     pool.idle
                         .entry((key.database, key.role))
@@ -479,27 +485,32 @@ impl Pool {
                     pool.idle_count += 1;
                     *idle_total += 1;
                     pool.returned.notify_waiters();
-                    Vec::new()
+                    trim_surplus(pool, idle_total, cap, now)
                 }
-                Some(pool) => {
-                    // Over the cap with nobody waiting: the burst that let the pool grow past
-                    // it is over, so the oldest surplus goes too (not at the idle timeout).
-                    let mut closing = vec![idle];
-                    if pool.waiting.load(Ordering::Acquire) == 0 {
-                        while pool.idle_count > self.config.max_idle_per_endpoint {
-                            let Some(oldest) = take_oldest(pool, None) else {
-                                break;
-                            };
-                            *idle_total -= 1;
-                            closing.push(oldest);
-                        }
-                    }
-                    closing
-                }
-                None => vec![idle],
+                _ => vec![idle],
             }
         };
         self.close_idle(closing);
+    }
+
+    /// Closes every endpoint's idle connections beyond the per-endpoint cap that went unused
+    /// for [`SURPLUS_GRACE`]. Returns how many it closed.
+    pub fn trim_surplus(&self, now: Instant) -> usize {
+        let cap = self.config.max_idle_per_endpoint;
+        let closing: Vec<Idle> = {
+            let mut state = self.state();
+            let State {
+                endpoints,
+                idle_total,
+            } = &mut *state;
+            endpoints
+                .values_mut()
+                .flat_map(|pool| trim_surplus(pool, idle_total, cap, now))
+                .collect()
+        };
+        let count = closing.len();
+        self.close_idle(closing);
+        count
     }
 
     /// Closes connections that left the idle lists (their slots free as they go).
@@ -551,15 +562,21 @@ impl Pool {
         count
     }
 
-    /// Enforces the idle timeout until `shutdown`, then closes every idle connection.
+    /// Enforces the idle timeout and closes the surplus beyond the per-endpoint idle cap until
+    /// `shutdown`, then closes every idle connection.
     pub async fn run_reaper(self: Arc<Self>, shutdown: CancellationToken) {
         let period =
             (self.config.idle_timeout / 4).clamp(Duration::from_secs(1), Duration::from_secs(30));
         let mut tick = tokio::time::interval(period);
+        let mut surplus_tick = tokio::time::interval(SURPLUS_TICK);
+        surplus_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = tick.tick() => {
                     self.evict_expired(Instant::now());
+                }
+                _ = surplus_tick.tick() => {
+                    self.trim_surplus(Instant::now());
                 }
                 _ = shutdown.cancelled() => break,
             }
@@ -589,6 +606,12 @@ fn spawn_detached(task: impl std::future::Future<Output = ()> + Send + 'static) 
 /// dropping it instead discards it, cancelling a query still in flight.
 /// How long a request waits for a connection being reset before opening a new one.
 const RESET_WAIT: Duration = Duration::from_millis(5);
+
+/// How long an idle connection beyond the per-endpoint cap may go unused before it is closed.
+const SURPLUS_GRACE: Duration = Duration::from_secs(1);
+
+/// How often the reaper closes the surplus (the idle timeout is enforced less often).
+const SURPLUS_TICK: Duration = Duration::from_millis(250);
 
 pub struct Conn {
     pool: Arc<Pool>,
@@ -695,6 +718,34 @@ impl Conn {
             }
         });
     }
+}
+
+/// Takes `pool`'s idle connections beyond `cap` that went unused for [`SURPLUS_GRACE`], oldest
+/// first (LIFO checkout leaves the unneeded ones at the bottom to age).
+fn trim_surplus(
+    pool: &mut EndpointPool,
+    idle_total: &mut usize,
+    cap: usize,
+    now: Instant,
+) -> Vec<Idle> {
+    let mut closing = Vec::new();
+    while pool.idle_count > cap {
+        let oldest = pool
+            .idle
+            .values()
+            .filter_map(|list| list.first())
+            .map(|idle| idle.since)
+            .min();
+        if oldest.is_none_or(|since| now.saturating_duration_since(since) < SURPLUS_GRACE) {
+            break;
+        }
+        let Some(idle) = take_oldest(pool, None) else {
+            break;
+        };
+        *idle_total -= 1;
+        closing.push(idle);
+    }
+    closing
 }
 
 /// Takes the oldest idle connection of `pool`, other than those of `except` (the caller

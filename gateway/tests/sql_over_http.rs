@@ -676,8 +676,8 @@ async fn sessions_are_reset_between_requests() {
 }
 
 /// More requests than connections finishing together: their returns are kept past the idle
-/// cap while requests wait, and the pool settles back to the cap once the burst is over (not
-/// at the idle timeout, holding Postgres connection slots meanwhile).
+/// cap, and the pool settles back to the cap about a second after the burst (not at the idle
+/// timeout, holding Postgres connection slots meanwhile).
 #[tokio::test]
 async fn a_burst_past_the_idle_cap_settles_back_to_it() {
     let gw = TestGateway::start(|c| {

@@ -27,6 +27,9 @@ use crate::sys;
 const ROWS_100: &str = "SELECT g, md5(g::text) FROM generate_series(1,100) g";
 /// The memory goal: gateway RSS per idle connection.
 const RSS_GOAL_KIB: f64 = 16.0;
+/// Pause between the paths of scenarios 1 and 2 (longer than the gateway pool's 1 s grace
+/// for idle connections beyond its cap, plus its 250 ms trim period).
+const SETTLE: Duration = Duration::from_millis(1500);
 
 /// Sizes and durations of one run (quick or full, then flags).
 #[derive(Clone, Debug, serde::Serialize)]
@@ -274,6 +277,9 @@ async fn statements(dials: &Dials, plan: &Plan) -> Vec<Row> {
                 cells.insert((path, c, i), (figures, error));
             }
             measure::close_many(sessions, 64, timeouts.connect).await;
+            // The next path starts from a settled backend: the gateway's pool closes the
+            // connections beyond its idle cap a second after a load that needed them.
+            tokio::time::sleep(SETTLE).await;
         }
     }
 

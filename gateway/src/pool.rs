@@ -119,8 +119,8 @@ struct EndpointPool {
     returned: Arc<Notify>,
     /// Connections being reset after a request, about to become idle (or be discarded).
     resetting: Arc<AtomicUsize>,
-    /// Verified requests looking for a connection: while there are any, a returned connection
-    /// is kept even past the idle cap, since one of them takes it at once.
+    /// Verified requests looking for a connection: with an idle cap of 0, a returned connection
+    /// is kept only while there are any (one of them takes it at once).
     waiting: Arc<AtomicUsize>,
 }
 

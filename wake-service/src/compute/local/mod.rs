@@ -160,7 +160,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use wake_api::admin::Addresses;
 
-use self::pgbouncer::{Admin, AdminReply, Bouncer};
+use self::pgbouncer::{Admin, AdminReply, Bouncer, Counts};
 use self::postgres::{Cluster, StartSettings, SUPERUSER};
 use self::process::{Children, Identity};
 use super::{ComputeDriver, ComputeError, ComputeSpec, Health, PoolerStats, StopMode};
@@ -724,45 +724,26 @@ impl LocalDriver {
         Ok(())
     }
 
-    /// Waits until none of PgBouncer's server connections is logging in; false when one still
-    /// is at `deadline`.
-    async fn wait_logins_done(
+    /// Polls PgBouncer's counts every `every` until `done` holds (true) or `deadline` passes
+    /// (false).
+    async fn wait_counts(
         &self,
         spec: &ComputeSpec,
         dir: &Path,
         pid: i32,
         deadline: Instant,
+        every: Duration,
+        done: impl Fn(&Counts) -> bool,
     ) -> Result<bool, ComputeError> {
         loop {
             let admin = self.pooler_admin(spec, dir, pid).await?;
-            if admin.counts().await?.servers_logging_in == 0 {
+            if done(&admin.counts().await?) {
                 return Ok(true);
             }
             if Instant::now() >= deadline {
                 return Ok(false);
             }
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-    }
-
-    /// A PAUSE is in effect but may still be waiting for server connections (sent by an
-    /// earlier wake service): waits until PgBouncer holds none, until `deadline`.
-    async fn wait_paused(
-        &self,
-        spec: &ComputeSpec,
-        dir: &Path,
-        pid: i32,
-        deadline: Instant,
-    ) -> Result<bool, ComputeError> {
-        loop {
-            let admin = self.pooler_admin(spec, dir, pid).await?;
-            if admin.counts().await?.servers == 0 {
-                return Ok(true);
-            }
-            if Instant::now() >= deadline {
-                return Ok(false);
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
+            tokio::time::sleep(every).await;
         }
     }
 
@@ -908,7 +889,12 @@ impl ComputeDriver for LocalDriver {
         // a server there gets "server login has been failing" at once — right after the RESUME
         // that should have served it. So PAUSE only once no login is in flight (they take a
         // few ms; bounded by the pause's own timeout).
-        if !self.wait_logins_done(spec, &dir, pid, deadline).await? {
+        let no_login = |c: &Counts| c.servers_logging_in == 0;
+        let millis = Duration::from_millis(2);
+        if !self
+            .wait_counts(spec, &dir, pid, deadline, millis, no_login)
+            .await?
+        {
             return Ok(false);
         }
         // PAUSE on a connection of its own: it answers only once every server connection is
@@ -929,7 +915,12 @@ impl ComputeDriver for LocalDriver {
         let paused = match tokio::time::timeout_at(deadline.into(), pauser.pause()).await {
             Ok(Ok(AdminReply::Done)) => true,
             Ok(Ok(AdminReply::AlreadyPaused)) => {
-                self.wait_paused(spec, &dir, pid, deadline).await?
+                // Sent by an earlier wake service, it may still be waiting for server
+                // connections: paused once PgBouncer holds none.
+                let no_server = |c: &Counts| c.servers == 0;
+                let millis = Duration::from_millis(5);
+                self.wait_counts(spec, &dir, pid, deadline, millis, no_server)
+                    .await?
             }
             Ok(Ok(other)) => {
                 return Err(ComputeError::Process(format!(

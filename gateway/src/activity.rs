@@ -294,6 +294,7 @@ impl Reporter {
             interval_ms: u64::try_from(self.interval.as_millis()).unwrap_or(u64::MAX),
             endpoints: snapshot.endpoints,
             cached,
+            ..ActivityReport::default()
         };
         let outcomes = &self.state.metrics.activity_reports;
         match self.control_plane.report_activity(&report).await {
@@ -515,6 +516,7 @@ mod tests {
             }
             Ok(ActivityReply {
                 inactive: self.inactive.lock().expect("lock").clone(),
+                ..ActivityReply::default()
             })
         }
     }
@@ -647,6 +649,7 @@ mod tests {
 
         let reply = ActivityReply {
             inactive: vec!["ep".into(), "fixed".into(), "not an id".into()],
+            ..ActivityReply::default()
         };
         forget_inactive(&state, &reply).await;
         assert_eq!(state.metrics.inactive_drops.get(), 2, "ep and ep-pooler");

@@ -534,6 +534,7 @@ mod tests {
             .push(format!("activity {body} auth={auth}"));
         axum::Json(ActivityReply {
             inactive: report.cached.into_iter().filter(|id| id != "db").collect(),
+            ..ActivityReply::default()
         })
     }
 
@@ -637,6 +638,7 @@ mod tests {
                 idle_ms: 0,
             }],
             cached: vec!["db".into(), "old".into()],
+            ..ActivityReport::default()
         };
         let reply = cp.report_activity(&report).await.expect("reply");
         assert_eq!(reply.inactive, ["old"]);

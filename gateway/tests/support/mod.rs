@@ -352,6 +352,7 @@ impl MockControlPlane {
             }
             axum::Json(wake_api::proxy::ActivityReply {
                 inactive: log.inactive.clone(),
+                ..Default::default()
             })
             .into_response()
         }

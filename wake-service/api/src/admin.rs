@@ -102,11 +102,34 @@ pub struct PatchEndpoint {
 
 /// `POST /v1/endpoints/{id}/roles`. The password is hashed (SCRAM-SHA-256) by the wake
 /// service and never stored in clear.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CreateRole {
     pub name: String,
     pub password: String,
+}
+
+impl std::fmt::Debug for CreateRole {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CreateRole")
+            .field("name", &self.name)
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}
+
+/// `PATCH /v1/endpoints/{id}/roles/{name}`: a new password (hashed like at create). Postgres,
+/// PgBouncer and the gateways stop accepting the old one before the call returns.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PatchRole {
+    pub password: String,
+}
+
+impl std::fmt::Debug for PatchRole {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PatchRole { password: <redacted> }")
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

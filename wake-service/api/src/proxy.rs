@@ -56,6 +56,14 @@ pub struct ActivityReport {
     /// are no longer active.
     #[serde(default)]
     pub cached: Vec<String>,
+    /// Identifies this gateway process (random, chosen at start), so that the wake service can
+    /// tell when every gateway that reports has applied a role change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway_id: Option<String>,
+    /// The newest role change this gateway has applied (the `role_changes_cursor` of an
+    /// earlier reply, once acted on); `None` until it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role_changes_applied: Option<i64>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -78,6 +86,31 @@ pub struct ActivityReply {
     /// resuming, failed, or deleted): the gateway drops their cached routes and idle pooled
     /// connections, so the next client wakes them instead of meeting a stopped compute.
     pub inactive: Vec<String>,
+    /// Roles whose password changed or that were dropped after the report's
+    /// `role_changes_applied`, oldest first. The gateway drops what it holds for each
+    /// (cached secret, password proofs, idle pooled connections, on the endpoint and its
+    /// `-pooler`) before it reports `role_changes_cursor` as applied. Empty when the report
+    /// had no `role_changes_applied` (a gateway's first report): the gateway then drops every
+    /// role secret and password proof it holds.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub role_changes: Vec<RoleChange>,
+    /// The id of the newest role change the wake service knows (0 for none): report it as
+    /// `role_changes_applied` once the changes above are applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role_changes_cursor: Option<i64>,
+    /// More changes happened than a reply carries: the gateway drops every role secret and
+    /// password proof it holds, and the idle pooled connections of every endpoint.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub role_changes_truncated: bool,
+}
+
+/// One role whose credentials changed (`PATCH` with a new password, or `DELETE`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoleChange {
+    pub id: i64,
+    /// Without `-pooler`: the change applies to both.
+    pub endpoint_id: String,
+    pub role: String,
 }
 
 /// `GET /proxy/api/v1/get_endpoint_access_control?endpointish=<id>&role=<role>`.
@@ -285,6 +318,20 @@ mod tests {
         let reply = r#"{"inactive":["other"]}"#;
         let parsed: ActivityReply = serde_json::from_str(reply).expect("parse");
         assert_eq!(parsed.inactive, ["other"]);
+        assert!(parsed.role_changes.is_empty() && parsed.role_changes_cursor.is_none());
+        assert_eq!(serde_json::to_string(&parsed).expect("serialize"), reply);
+
+        let json = r#"{"interval_ms":1000,"endpoints":[],"cached":[],"gateway_id":"g-1","role_changes_applied":7}"#;
+        let parsed: ActivityReport = serde_json::from_str(json).expect("parse");
+        assert_eq!(parsed.gateway_id.as_deref(), Some("g-1"));
+        assert_eq!(parsed.role_changes_applied, Some(7));
+        assert_eq!(serde_json::to_string(&parsed).expect("serialize"), json);
+        let reply = r#"{"inactive":[],"role_changes":[{"id":8,"endpoint_id":"db","role":"alice"}],"role_changes_cursor":8,"role_changes_truncated":true}"#;
+        let parsed: ActivityReply = serde_json::from_str(reply).expect("parse");
+        assert_eq!(parsed.role_changes[0].role, "alice");
+        assert_eq!(parsed.role_changes_cursor, Some(8));
+        assert!(parsed.role_changes_truncated);
+        assert_eq!(serde_json::to_string(&parsed).expect("serialize"), reply);
     }
 
     #[test]

@@ -173,5 +173,8 @@ async fn activity(
         .record_activity(&entries, lease, &ids)
         .await
         .map_err(LifecycleError::from)?;
-    Ok(Json(ActivityReply { inactive }))
+    Ok(Json(ActivityReply {
+        inactive,
+        ..ActivityReply::default()
+    }))
 }

@@ -23,6 +23,23 @@ pub struct ComputeSpec {
     pub cu: f64,
 }
 
+/// A login role as the compute's pooler must know it: its name and SCRAM-SHA-256 verifier
+/// (`SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>`, the same one Postgres holds).
+#[derive(Clone, PartialEq, Eq)]
+pub struct PoolerRole {
+    pub name: String,
+    pub secret: String,
+}
+
+impl std::fmt::Debug for PoolerRole {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PoolerRole")
+            .field("name", &self.name)
+            .field("secret", &"<redacted>")
+            .finish()
+    }
+}
+
 /// How Postgres is stopped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StopMode {
@@ -136,8 +153,34 @@ pub trait ComputeDriver: Send + Sync + 'static {
     async fn health(&self, spec: &ComputeSpec) -> Result<Health, ComputeError>;
 
     /// A superuser connection to the compute's Postgres (database `postgres`), for creating
-    /// roles and databases. The compute must be running.
-    async fn admin(&self, spec: &ComputeSpec) -> Result<tokio_postgres::Client, ComputeError>;
+    /// roles and databases. The compute must be running. Its `search_path` is `pg_catalog`
+    /// whatever the database or role settings say, so no object a tenant created is ever
+    /// resolved by it.
+    async fn admin(&self, spec: &ComputeSpec) -> Result<tokio_postgres::Client, ComputeError> {
+        self.admin_database(spec, "postgres").await
+    }
+
+    /// [`Self::admin`] in another database (dropping a role reassigns what it owns in each).
+    async fn admin_database(
+        &self,
+        spec: &ComputeSpec,
+        database: &str,
+    ) -> Result<tokio_postgres::Client, ComputeError>;
+
+    /// Makes the compute's pooler authenticate exactly `roles`, with their SCRAM verifiers
+    /// (PgBouncer: its auth file, then `RELOAD` when it runs; a stopped one reads the file at
+    /// its next start). No SQL runs for it. Idempotent: the store is the source, and
+    /// reconcile repeats it for every endpoint.
+    async fn set_pooler_roles(
+        &self,
+        spec: &ComputeSpec,
+        roles: &[PoolerRole],
+    ) -> Result<(), ComputeError>;
+
+    /// Stops whatever runs for `endpoint` and moves its storage aside, where nothing lists,
+    /// starts or deletes it, for an operator to look at (a compute the store does not know).
+    /// Returns where it went.
+    async fn quarantine(&self, endpoint: &str) -> Result<String, ComputeError>;
 
     /// The endpoints this driver holds storage or processes for, to find orphans (left by a
     /// crash between a driver step and the store) at startup.

@@ -1035,9 +1035,30 @@ impl ComputeDriver for LocalDriver {
         })
     }
 
-    async fn admin(&self, spec: &ComputeSpec) -> Result<tokio_postgres::Client, ComputeError> {
+    async fn admin_database(
+        &self,
+        spec: &ComputeSpec,
+        database: &str,
+    ) -> Result<tokio_postgres::Client, ComputeError> {
         let dir = self.endpoint_dir(&spec.endpoint)?;
-        postgres::connect(&self.setup.cluster(&dir).admin_config(spec.port)).await
+        let mut config = self.setup.cluster(&dir).admin_config(spec.port);
+        config.dbname(database).options("-c search_path=pg_catalog");
+        postgres::connect(&config).await
+    }
+
+    async fn set_pooler_roles(
+        &self,
+        _spec: &ComputeSpec,
+        _roles: &[super::PoolerRole],
+    ) -> Result<(), ComputeError> {
+        // TODO(isolation helper): PgBouncer auth_file + RELOAD.
+        Ok(())
+    }
+
+    async fn quarantine(&self, endpoint: &str) -> Result<String, ComputeError> {
+        Err(ComputeError::Process(format!(
+            "quarantine of {endpoint} is not implemented yet"
+        )))
     }
 
     async fn list(&self) -> Result<Vec<String>, ComputeError> {

@@ -79,7 +79,7 @@ ensure_deps cargo curl node npm
 cargo build --release -p gateway -p wake-service -p loadgen
 started=$SECONDS
 WAKE_DATA="$(mktemp -d "${TMPDIR:-/tmp}/wake-bench-data.XXXXXX")"
-chmod 755 "$WAKE_DATA"
+chmod 711 "$WAKE_DATA"
 start_wake_service "$WAKE_DATA" "$BENCH_COMPUTE_PORTS" --default-suspend-timeout-seconds -1
 DB_DIRECT="$(curl -fsS --max-time 10 -H "Authorization: Bearer $WAKE_ADMIN_TOKEN" \
   "$WAKE_URL/v1/endpoints/db" | sed -n 's/.*"direct":"\([^"]*\)".*/\1/p')"

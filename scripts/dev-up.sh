@@ -11,6 +11,9 @@
 #   WAKE_LISTEN           wake service REST API (default 127.0.0.1:4400)
 #   WAKE_COMPUTE_PORTS    ports for endpoints' Postgres and PgBouncer (default 20000-20999)
 #   WAKE_ADMIN_TOKEN      admin token (default: generated once into DATA_DIR/admin-token)
+#   WAKE_DEFAULT_PASSWORD password of endpoint db's role postgres (default postgres while the
+#                         gateway listens on loopback only; otherwise generated once into
+#                         DATA_DIR/default-password, and an existing `postgres` is replaced)
 #   GATEWAY_LISTEN        SQL-over-HTTP, WebSocket and Postgres listener (default 127.0.0.1:4444)
 #   GATEWAY_ADMIN_LISTEN  /metrics, /usage, /healthz, /readyz (default 127.0.0.1:4480)
 #   GATEWAY_TLS_CERT      with GATEWAY_TLS_KEY: PEM certificate chain and key; the listener
@@ -37,6 +40,9 @@ GATEWAY_TLS_KEY="${GATEWAY_TLS_KEY:-}"
 DATA_DIR="${DATA_DIR:-$REPO_ROOT/.data}"
 mkdir -p "$DATA_DIR"
 DATA_DIR="$(cd "$DATA_DIR" && pwd)"
+# Tokens, logs and passwords are for us alone; the computes' OS users only pass through to
+# their own directories (the wake service keeps those private to each of them).
+chmod 711 "$DATA_DIR"
 GATEWAY_LOG="$DATA_DIR/gateway.log"
 WAKE_LOG="$DATA_DIR/wake-service.log"
 GATEWAY_BIN="${CARGO_TARGET_DIR:-$REPO_ROOT/target}/release/gateway"
@@ -67,6 +73,8 @@ trap 'exit 0' TERM
 ensure_deps cargo curl
 log "building the gateway and the wake service (cargo build --release -p gateway -p wake-service)"
 cargo build --release -p gateway -p wake-service
+# Everything this script writes from here on (tokens, logs) is private.
+umask 077
 [[ -x "$GATEWAY_BIN" ]] || die "no gateway binary at $GATEWAY_BIN after the build"
 [[ -x "$WAKE_BIN" ]] || die "no wake-service binary at $WAKE_BIN after the build"
 
@@ -89,23 +97,48 @@ fi
 
 if [[ -z "${WAKE_ADMIN_TOKEN:-}" ]]; then
   if [[ ! -s "$TOKEN_FILE" ]]; then
-    (umask 077 && od -An -N16 -tx1 /dev/urandom | tr -d ' \n' >"$TOKEN_FILE")
+    od -An -N16 -tx1 /dev/urandom | tr -d ' \n' >"$TOKEN_FILE"
     log "generated the admin token in $TOKEN_FILE"
   fi
   WAKE_ADMIN_TOKEN="$(cat "$TOKEN_FILE")"
 fi
-export WAKE_ADMIN_TOKEN
 # The gateway gets the narrower proxy token: it can wake endpoints and read role secrets,
-# not create or delete anything.
+# not create or delete anything. Neither token is exported: each process gets only its own.
 if [[ ! -s "$PROXY_TOKEN_FILE" ]]; then
-  (umask 077 && od -An -N16 -tx1 /dev/urandom | tr -d ' \n' >"$PROXY_TOKEN_FILE")
+  od -An -N16 -tx1 /dev/urandom | tr -d ' \n' >"$PROXY_TOKEN_FILE"
 fi
 WAKE_PROXY_TOKEN="$(cat "$PROXY_TOKEN_FILE")"
-export WAKE_PROXY_TOKEN
+chmod 600 "$TOKEN_FILE" "$PROXY_TOKEN_FILE" 2>/dev/null || true
+
+# A gateway reachable from other machines must not let anyone in as postgres/postgres: the
+# default endpoint's password is then a random one, generated once and printed below.
+DEFAULT_PASSWORD_FILE="$DATA_DIR/default-password"
+gateway_is_public() {
+  local host="${GATEWAY_LISTEN%:*}"
+  host="${host#[}"
+  host="${host%]}"
+  case "$host" in
+    127.* | localhost | ::1) return 1 ;;
+    *) return 0 ;;
+  esac
+}
+PUBLIC_PASSWORD=0
+if gateway_is_public && [[ -z "${WAKE_DEFAULT_PASSWORD:-}" || "${WAKE_DEFAULT_PASSWORD:-}" == "postgres" ]]; then
+  if [[ ! -s "$DEFAULT_PASSWORD_FILE" ]]; then
+    od -An -N12 -tx1 /dev/urandom | tr -d ' \n' >"$DEFAULT_PASSWORD_FILE"
+  fi
+  WAKE_DEFAULT_PASSWORD="$(cat "$DEFAULT_PASSWORD_FILE")"
+  PUBLIC_PASSWORD=1
+  warn "the gateway listens on $GATEWAY_LISTEN (not loopback): endpoint db's role postgres gets the password in $DEFAULT_PASSWORD_FILE instead of 'postgres'"
+fi
+DB_PASSWORD="${WAKE_DEFAULT_PASSWORD:-postgres}"
 
 log "starting the wake service on $WAKE_LISTEN (computes on ports $WAKE_COMPUTE_PORTS), log also in $WAKE_LOG"
 : >"$WAKE_LOG"
-RUST_LOG="$RUST_LOG" "$WAKE_BIN" serve --listen "$WAKE_LISTEN" --data-dir "$DATA_DIR" \
+env -u WAKE_PROXY_TOKEN_FILE -u WAKE_ADMIN_TOKEN_FILE \
+  RUST_LOG="$RUST_LOG" WAKE_ADMIN_TOKEN="$WAKE_ADMIN_TOKEN" WAKE_PROXY_TOKEN="$WAKE_PROXY_TOKEN" \
+  WAKE_DEFAULT_PASSWORD="$DB_PASSWORD" \
+  "$WAKE_BIN" serve --listen "$WAKE_LISTEN" --data-dir "$DATA_DIR" \
   --compute-ports "$WAKE_COMPUTE_PORTS" > >(
     trap '' INT
     exec tee -a "$WAKE_LOG"
@@ -118,6 +151,18 @@ DB_JSON="$(curl -fsS --max-time 10 -H "Authorization: Bearer $WAKE_ADMIN_TOKEN" 
   "http://$WAKE_LISTEN/v1/endpoints/db")" || DB_JSON=""
 DB_DIRECT="$(sed -n 's/.*"direct":"\([^"]*\)".*/\1/p' <<<"$DB_JSON")"
 DB_POOLER="$(sed -n 's/.*"pooler":"\([^"]*\)".*/\1/p' <<<"$DB_JSON")"
+
+# Endpoint db made by an earlier, loopback-only run still has postgres/postgres: replace it
+# before the gateway opens to the network.
+if ((PUBLIC_PASSWORD)) && [[ -n "$DB_DIRECT" ]] &&
+  PGPASSWORD=postgres PGCONNECT_TIMEOUT=5 "$PG_BIN/psql" -XAtq -w \
+    -h "${DB_DIRECT%:*}" -p "${DB_DIRECT##*:}" -U postgres -d postgres -c 'SELECT 1' >/dev/null 2>&1; then
+  log "endpoint db's role postgres still has the default password; setting the one in $DEFAULT_PASSWORD_FILE"
+  printf '{"password":"%s"}' "$DB_PASSWORD" | curl -fsS --max-time 60 -X PATCH \
+    -H "Authorization: Bearer $WAKE_ADMIN_TOKEN" -H 'Content-Type: application/json' --data-binary @- \
+    "http://$WAKE_LISTEN/v1/endpoints/db/roles/postgres" >/dev/null ||
+    die "could not change the default password of endpoint db; refusing to expose postgres/postgres on $GATEWAY_LISTEN"
+fi
 
 # --- gateway -------------------------------------------------------------------------
 
@@ -139,7 +184,9 @@ log "starting gateway on $GATEWAY_LISTEN (admin $GATEWAY_ADMIN_LISTEN, TLS $TLS_
 : >"$GATEWAY_LOG"
 # Output goes to the terminal and to the log file. tee ignores SIGINT so the
 # gateway can still log while it shuts down after Ctrl-C.
-env "${tls_env[@]}" \
+env -u WAKE_ADMIN_TOKEN -u WAKE_ADMIN_TOKEN_FILE -u WAKE_PROXY_TOKEN -u WAKE_PROXY_TOKEN_FILE \
+  -u WAKE_DEFAULT_PASSWORD \
+  "${tls_env[@]}" \
   RUST_LOG="$RUST_LOG" \
   GATEWAY_LISTEN="$GATEWAY_LISTEN" \
   GATEWAY_ADMIN_LISTEN="$GATEWAY_ADMIN_LISTEN" \
@@ -170,7 +217,7 @@ if ((TLS_ON)); then
   TLS_LINES="  TLS is on ($GATEWAY_TLS_CERT): https, wss and Postgres TLS on the same port.
     wss: neonConfig.useSecureWebSocket = true (the certificate must name $GW_HOST;
          for a private CA, start Node with NODE_EXTRA_CA_CERTS=<ca.crt>)
-    psql \"postgres://postgres:postgres@$GW_HOST:$GW_PORT/main?sslmode=verify-full&sslrootcert=<ca.crt>\""
+    psql \"postgres://postgres:$DB_PASSWORD@$GW_HOST:$GW_PORT/main?sslmode=verify-full&sslrootcert=<ca.crt>\""
 else
   TLS_LINES="  TLS is off. To serve https, wss and Postgres TLS on the same port as well:
     GATEWAY_TLS_CERT=server.crt GATEWAY_TLS_KEY=server.key make up"
@@ -181,13 +228,13 @@ cat <<EOF
   Serverless Postgres Gateway is up.
 
   Connection string (endpoint db, database main):
-    postgres://postgres:postgres@db.localtest.me:$GW_PORT/main
+    postgres://postgres:$DB_PASSWORD@db.localtest.me:$GW_PORT/main
   db.localtest.me needs public DNS; without it use localhost (both route to endpoint db):
-    postgres://postgres:postgres@localhost:$GW_PORT/main
+    postgres://postgres:$DB_PASSWORD@localhost:$GW_PORT/main
 
   Endpoint db's Postgres and PgBouncer (transaction mode), bypassing the gateway:
-    psql postgres://postgres:postgres@${DB_DIRECT:-?}/main
-    psql postgres://postgres:postgres@${DB_POOLER:-?}/main
+    psql postgres://postgres:$DB_PASSWORD@${DB_DIRECT:-?}/main
+    psql postgres://postgres:$DB_PASSWORD@${DB_POOLER:-?}/main
   Through the gateway, the host db-pooler.localtest.me (or options=endpoint=db-pooler)
   selects the PgBouncer.
 
@@ -197,12 +244,12 @@ cat <<EOF
     WAKE_ADMIN_TOKEN_FILE=$TOKEN_FILE $WAKE_BIN roles create myapp alice --password-stdin
 
   psql (or any Postgres client) through the gateway, on the same port:
-    psql "postgres://postgres:postgres@$GW_HOST:$GW_PORT/main"
+    psql "postgres://postgres:$DB_PASSWORD@$GW_HOST:$GW_PORT/main"
 
   With @neondatabase/serverless over HTTP (neon, sql.transaction):
     import { neon, neonConfig } from '@neondatabase/serverless';
     neonConfig.fetchEndpoint = (host, port) => \`http://$GW_HOST:$GW_PORT/sql\`;
-    const sql = neon('postgres://postgres:postgres@db.localtest.me:$GW_PORT/main');
+    const sql = neon('postgres://postgres:$DB_PASSWORD@db.localtest.me:$GW_PORT/main');
 
   Over WebSocket (Client, Pool, interactive transactions). Node 20 has no global
   WebSocket, so give the driver the ws package (npm i ws). wsProxy dials the gateway
@@ -212,10 +259,11 @@ cat <<EOF
     neonConfig.webSocketConstructor = ws;
     neonConfig.useSecureWebSocket = false;
     neonConfig.wsProxy = (host, port) => \`$GW_HOST:$GW_PORT/v2?address=\${host}:\${port}\`;
-    const pool = new Pool({ connectionString: 'postgres://postgres:postgres@db.localtest.me/main' });
+    const pool = new Pool({ connectionString: 'postgres://postgres:$DB_PASSWORD@db.localtest.me/main' });
 
 $TLS_LINES
 
+$( ((PUBLIC_PASSWORD)) && printf '  The gateway listens beyond loopback, so endpoint db'"'"'s role postgres has a random password\n  (above, and in %s); change it with: wake-service roles update db postgres --password-stdin\n\n' "$DEFAULT_PASSWORD_FILE")
   Admin: http://$GATEWAY_ADMIN_LISTEN/metrics  /usage  /healthz  /readyz
   Data:  $DATA_DIR   Logs: $GATEWAY_LOG, $WAKE_LOG
   Press Ctrl-C to stop.

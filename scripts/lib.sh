@@ -37,6 +37,37 @@ as_pg_user() {
   fi
 }
 
+# remove_compute_users DATA_DIR — when root: removes the OS users a wake service
+# made for the computes and the state store of DATA_DIR (one per endpoint): those
+# named w<tag>... whose passwd comment is "wake-service <tag> ...", <tag> being the
+# first 6 hex digits of the SHA-256 of the real path of DATA_DIR/computes. Their
+# processes are killed first. For after the wake service is gone and before
+# DATA_DIR is deleted; a wake service started again on DATA_DIR makes them anew
+# (and takes the files over). Every step is bounded.
+remove_compute_users() {
+  local dir="$1" computes tag name uid comment pids i
+  is_root || return 0
+  computes="$(realpath -e "$dir/computes" 2>/dev/null)" || return 0
+  tag="$(printf '%s' "$computes" | sha256sum | cut -c1-6)"
+  while IFS=: read -r name _ uid _ comment _; do
+    [[ "$name" == "w$tag"* && "$comment" == "wake-service $tag "* && "$uid" != 0 ]] || continue
+    for i in $(seq 50); do
+      pids="$(pgrep -u "$uid" 2>/dev/null || true)"
+      [[ -n "$pids" ]] || break
+      # shellcheck disable=SC2086 # one pid per word
+      kill -KILL $pids 2>/dev/null || true
+      sleep 0.1
+    done
+    for i in $(seq 20); do
+      timeout 30 userdel "$name" >/dev/null 2>&1 && break
+      sleep 0.5
+    done
+    getent group "$name" >/dev/null && timeout 30 groupdel "$name" >/dev/null 2>&1
+    getent passwd "$name" >/dev/null && warn "could not remove OS user $name"
+  done < <(getent passwd)
+  return 0
+}
+
 # --- dependencies --------------------------------------------------------------
 
 # apt_install PKG... — non-interactive apt install (as root, or via sudo -n).

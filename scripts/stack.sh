@@ -227,14 +227,34 @@ stop_wake_service() {
 
 # stop_computes_under DIR — last resort after a crash: stop every Postgres and
 # PgBouncer whose files live under DIR (the wake service normally does this).
+# Everything in a compute's directory is writable by that compute's OS user, so
+# nothing read there is trusted as root: a pid from pgbouncer.pid is read and
+# signalled by the owner of the pidfile's directory (who can only signal its own
+# processes; never root, never a uid without a name), pg_ctl runs as the owner of
+# its data directory, find follows no symlinks and only regular files are read,
+# each step bounded by a timeout. Then, when DIR is a wake service's data
+# directory, the OS users made for it go too (remove_compute_users in lib.sh).
 stop_computes_under() {
-  local dir="$1" pgdata pidfile pid
+  local dir="$1" file owner as_owner
   [[ -d "$dir" ]] || return 0
-  while IFS= read -r pidfile; do
-    pid="$(head -n 1 "$pidfile" 2>/dev/null || true)"
-    [[ "$pid" =~ ^[0-9]+$ ]] && kill -TERM "$pid" 2>/dev/null || true
-  done < <(find "$dir" -name pgbouncer.pid 2>/dev/null)
-  while IFS= read -r pgdata; do
-    bash "$SCRIPT_DIR/postgres.sh" stop "$(dirname "$pgdata")" >/dev/null 2>&1 || true
-  done < <(find "$dir" -name postmaster.pid 2>/dev/null)
+  while IFS= read -r file; do
+    owner="$(stat -c %U "$(dirname "$file")" 2>/dev/null || true)"
+    as_owner=(timeout 10)
+    if is_root; then
+      [[ -n "$owner" && "$owner" != UNKNOWN && "$owner" != root ]] || continue
+      as_owner=(timeout 10 runuser -u "$owner" --)
+    fi
+    # shellcheck disable=SC2016 # expanded by the inner shell
+    (cd / && "${as_owner[@]}" /bin/sh -c \
+      'pid="$(head -c 32 "$1" | head -n 1)"; case "$pid" in "" | *[!0-9]*) exit 0 ;; esac; kill -TERM "$pid"' \
+      sh "$file") >/dev/null 2>&1 || true
+  done < <(find "$dir" -name pgbouncer.pid -type f 2>/dev/null)
+  while IFS= read -r file; do
+    owner="$(stat -c %U "$file" 2>/dev/null || true)"
+    if is_root; then
+      [[ -n "$owner" && "$owner" != UNKNOWN && "$owner" != root ]] || continue
+    fi
+    PG_OS_USER="$owner" timeout 120 bash "$SCRIPT_DIR/postgres.sh" stop "$file" >/dev/null 2>&1 || true
+  done < <(find "$dir" -name postmaster.pid -type f -printf '%h\n' 2>/dev/null)
+  remove_compute_users "$dir"
 }

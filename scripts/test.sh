@@ -137,7 +137,7 @@ test_tls() {
 # db's Postgres listens (DB_DIRECT) for the tests that compare with it.
 test_wake_service() {
   WAKE_DATA="$(mktemp -d "${TMPDIR:-/tmp}/wake-test-data.XXXXXX")" || return 1
-  chmod 755 "$WAKE_DATA"
+  chmod 711 "$WAKE_DATA"
   start_wake_service "$WAKE_DATA" "$TEST_COMPUTE_PORTS" --compute-fast || return 1
   DB_DIRECT="$(curl -fsS --max-time 10 -H "Authorization: Bearer $WAKE_ADMIN_TOKEN" \
     "$WAKE_URL/v1/endpoints/db" | sed -n 's/.*"direct":"\([^"]*\)".*/\1/p')"
@@ -170,6 +170,8 @@ npm_test() {
       PG_BIN="$PG_BIN" \
       WAKE_URL="$WAKE_URL" \
       WAKE_ADMIN_TOKEN="$WAKE_ADMIN_TOKEN" \
+      WAKE_DATA_DIR="$WAKE_DATA" \
+      WAKE_PID="$WAKE_PID" \
       WAKE_PROXY_TOKEN="$WAKE_PROXY_TOKEN" \
       WAKE_BIN="$WAKE_BIN" \
       GATEWAY_BIN="$GATEWAY_BIN" \

@@ -634,6 +634,7 @@ test('/openapi.json (no token) describes every /v1 and /proxy/api/v1 route', { t
     '/v1/endpoints': ['get', 'post'],
     '/v1/endpoints/{id}': ['get', 'patch', 'delete'],
     '/v1/endpoints/{id}/roles': ['post'],
+    '/v1/endpoints/{id}/roles/{name}': ['patch', 'delete'],
     '/v1/endpoints/{id}/databases': ['post'],
     '/v1/endpoints/{id}/wake': ['post'],
     '/v1/endpoints/{id}/suspend': ['post'],

@@ -18,7 +18,9 @@ import {
   errorSummary,
   captureError,
   NeonDbError,
+  requireEnv,
 } from './helpers.js';
+import { WakeApi } from './stack.js';
 
 let sql; // rows only
 let sqlFull; // fullResults: true
@@ -882,17 +884,27 @@ test('connection string variants: IP literal / localhost host, sslmode and chann
 });
 
 test('percent-encoded user and password are decoded', async () => {
+  // Roles are made through the wake service's API: tenant roles cannot create roles in SQL.
+  const api = new WakeApi(requireEnv('WAKE_URL'), requireEnv('WAKE_ADMIN_TOKEN'));
   const role = uniqueName('role');
   const password = 'p@ss:w/rd%?#& é"\'';
-  await client.query(`CREATE ROLE ${role} LOGIN PASSWORD '${password.replace(/'/g, "''")}'`);
-  cleanup.push(`DROP ROLE IF EXISTS ${role}`);
+  await api.createRole('db', role, password);
+  try {
+    await checkEncodedRole(role, password);
+  } finally {
+    const r = await api.call('DELETE', `/v1/endpoints/db/roles/${role}`);
+    assert.equal(r.status, 204, `dropping ${role}: ${r.text}`);
+  }
+});
+
+async function checkEncodedRole(role, password) {
   const asRole = httpSql({}, variantUrl({ username: role, password }));
   const rows = await asRole`SELECT current_user AS usr, session_user AS sess`;
   assert.deepStrictEqual(rows, [{ usr: role, sess: role }]);
   const wrong = await captureError(() => httpSql({}, variantUrl({ username: role, password: password + 'x' }))`SELECT 1`);
   assert.ok(wrong instanceof NeonDbError);
   assert.match(wrong.message, /password authentication failed/);
-});
+}
 
 test('unknown database is a query error, not a crash', async () => {
   const err = await captureError(() => httpSql({}, variantUrl({ database: uniqueName('nodb') }))`SELECT 1`);

@@ -143,7 +143,8 @@ async function assertConsistent(what) {
     if (top === 'state') continue;
     assert.ok(top === 'computes' && ids.has(id), `${what}: ${p.program} (pid ${p.pid}, ${p.args.join(' ')}) belongs to no listed endpoint`);
   }
-  const onDisk = fs.existsSync(path.join(dataDir, 'computes')) ? fs.readdirSync(path.join(dataDir, 'computes')) : [];
+  // (names starting with '.' are the driver's own, e.g. .quarantine)
+  const onDisk = fs.existsSync(path.join(dataDir, 'computes')) ? fs.readdirSync(path.join(dataDir, 'computes')).filter((d) => !d.startsWith('.')) : [];
   for (const dir of onDisk) assert.ok(ids.has(dir), `${what}: computes/${dir} belongs to no listed endpoint (listed: ${[...ids]})`);
   const ports = list.flatMap((e) => [e.addresses.direct, e.addresses.pooler]);
   assert.equal(new Set(ports).size, ports.length, `${what}: every endpoint has its own ports: ${ports}`);
@@ -166,8 +167,9 @@ async function assertConsistent(what) {
 
 /**
  * Rows of a query on the wake service's embedded state store (Postgres on a private unix
- * socket, run as the compute OS user): connects as that user with psql. The query must
- * return one JSON value.
+ * socket, run as its own OS user, letting in only the wake service's user — root, as this
+ * suite runs — by peer authentication): psql as ourselves. The query must return one JSON
+ * value.
  */
 async function stateStore(sql) {
   const pidfile = path.join(dataDir, 'state', 'pgdata', 'postmaster.pid');
@@ -175,7 +177,7 @@ async function stateStore(sql) {
   const [port, socketDir] = [lines[3].trim(), lines[4].trim()];
   const psql = path.join(PG_BIN, 'psql');
   const args = ['-X', '-A', '-t', '-v', 'ON_ERROR_STOP=1', '-h', socketDir, '-p', port, '-U', 'cloud_admin', '-d', 'postgres', '-c', sql];
-  const r = process.getuid?.() === 0 ? await run('runuser', ['-u', 'postgres', '--', psql, ...args]) : await run(psql, args);
+  const r = await run(psql, args);
   assert.equal(r.code, 0, `psql on the state store: ${r.stderr}`);
   return JSON.parse(r.stdout.trim());
 }
@@ -222,7 +224,7 @@ before(async () => {
   const busy = [...listeningPorts()].filter((p) => p >= COMPUTE_PORTS[0] && p <= COMPUTE_PORTS[1]);
   assert.deepStrictEqual(busy, [], `ports ${COMPUTE_PORTS.join('-')} must be free for this file's computes`);
   tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'sdkt-restart-'));
-  fs.chmodSync(tmp, 0o755); // the computes run as an unprivileged user when we are root
+  fs.chmodSync(tmp, 0o711); // the computes run as unprivileged users when we are root
   dataDir = path.join(tmp, 'data');
   wakePort = await freePort();
   gwPort = await freePort();

@@ -437,19 +437,46 @@ export function pgdataOf(computeDir) {
 
 /**
  * Last-resort cleanup of everything a wake service left under `dir`: `pg_ctl stop -m immediate`
- * (as `osUser` when we are root) for every data directory with a postmaster.pid, SIGKILL for
- * PgBouncers whose pidfile is there, then SIGKILL for whatever still runs there. Returns what
- * it had to stop (empty when the wake service cleaned up after itself).
+ * (as the owner of the data directory when we are root: each compute has its own OS user) for
+ * every data directory with a postmaster.pid, SIGKILL for PgBouncers whose pidfile is there,
+ * then SIGKILL for whatever still runs there. A compute's files are writable by its OS user, so
+ * nothing read there is trusted as root: pidfiles are read without following symlinks and only
+ * when they are regular files, and a pid from one is only signalled when the process is a
+ * PgBouncer running as the owner of the pidfile's directory (never root). `osUser` is only used
+ * for a data directory whose owner has no name. Last, the OS users made for the data
+ * directories under `dir` are removed (see below). Returns what it had to stop (empty when the
+ * wake service cleaned up after itself).
  */
 export async function reapUnder(dir, { pgBin, osUser = 'postgres' } = {}) {
   const stopped = [];
   if (!fs.existsSync(dir)) return stopped;
-  const asUser = (file, args) =>
-    process.getuid?.() === 0 ? run('runuser', ['-u', osUser, '--', file, ...args], { timeoutMs: 30_000 }) : run(file, args, { timeoutMs: 30_000 });
+  const root = process.getuid?.() === 0;
+  const names = new Map(
+    fs
+      .readFileSync('/etc/passwd', 'utf8')
+      .split('\n')
+      .map((line) => line.split(':'))
+      .filter((f) => f.length > 2)
+      .map((f) => [Number(f[2]), f[0]]),
+  );
+  const ownerOf = (file) => {
+    try {
+      return fs.lstatSync(file).uid;
+    } catch {
+      return undefined;
+    }
+  };
+  const asOwnerOf = (target, file, args) => {
+    if (!root) return run(file, args, { timeoutMs: 30_000 });
+    const uid = ownerOf(target);
+    const user = uid === undefined ? osUser : (names.get(uid) ?? osUser);
+    if (uid === 0 || user === 'root') return Promise.resolve({ code: 1 });
+    return run('runuser', ['-u', user, '--', file, ...args], { timeoutMs: 30_000 });
+  };
   for (const pgdata of dirsWith(dir, 'postmaster.pid', 5)) {
     if (postmastersOf(pgdata).length === 0) continue;
     stopped.push(`postmaster of ${pgdata}`);
-    if (pgBin) await asUser(path.join(pgBin, 'pg_ctl'), ['stop', '-D', pgdata, '-m', 'immediate', '-w', '-t', '20']).catch(() => {});
+    if (pgBin) await asOwnerOf(pgdata, path.join(pgBin, 'pg_ctl'), ['stop', '-D', pgdata, '-m', 'immediate', '-w', '-t', '20']).catch(() => {});
   }
   const pidfiles = [];
   const walk = (d, depth) => {
@@ -466,10 +493,36 @@ export async function reapUnder(dir, { pgBin, osUser = 'postgres' } = {}) {
     }
   };
   walk(dir, 5);
+  const readPid = (file) => {
+    let fd;
+    try {
+      const { O_RDONLY, O_NOFOLLOW, O_NONBLOCK } = fs.constants;
+      fd = fs.openSync(file, O_RDONLY | O_NOFOLLOW | O_NONBLOCK);
+      const st = fs.fstatSync(fd);
+      if (!st.isFile() || st.nlink !== 1) return undefined;
+      const buf = Buffer.alloc(32);
+      const n = fs.readSync(fd, buf, 0, buf.length, 0);
+      return Number(buf.subarray(0, n).toString('utf8').split('\n')[0].trim());
+    } catch {
+      return undefined;
+    } finally {
+      if (fd !== undefined) fs.closeSync(fd);
+    }
+  };
+  const uidOf = (pid) => {
+    try {
+      const line = fs.readFileSync(`/proc/${pid}/status`, 'utf8').split('\n').find((l) => l.startsWith('Uid:'));
+      return Number(line.split(/\s+/)[1]);
+    } catch {
+      return undefined;
+    }
+  };
   for (const file of pidfiles) {
-    const pid = Number(fs.readFileSync(file, 'utf8').trim());
+    const pid = readPid(file);
     const p = Number.isInteger(pid) && pid > 0 ? readProc(pid) : undefined;
-    if (p && programOf(p) === 'pgbouncer') {
+    const owner = ownerOf(path.dirname(file));
+    const trusted = !root || (owner !== undefined && owner !== 0 && uidOf(pid) === owner);
+    if (p && programOf(p) === 'pgbouncer' && trusted) {
       stopped.push(`pgbouncer ${pid} (${file})`);
       try {
         process.kill(pid, 'SIGKILL');
@@ -491,5 +544,66 @@ export async function reapUnder(dir, { pgBin, osUser = 'postgres' } = {}) {
     }
     await sleep(100);
   }
+  // The OS users a wake service (run as root) made for the computes and the state store of
+  // every data directory under `dir` (depth <= 3): named `w<tag>…`, with the passwd comment
+  // `wake-service <tag> …`, `<tag>` being the first 6 hex digits of the SHA-256 of the real
+  // path of `<data dir>/computes` (as scripts/lib.sh's remove_compute_users). Their processes
+  // are killed, then they are removed: the wake service keeps them while the data exists.
+  if (root) {
+    const { createHash } = await import('node:crypto');
+    const roots = [];
+    const walk = (d, depth) => {
+      let entries;
+      try {
+        entries = fs.readdirSync(d, { withFileTypes: true });
+      } catch {
+        return;
+      }
+      for (const e of entries) {
+        if (!e.isDirectory()) continue;
+        const p = path.join(d, e.name);
+        if (e.name === 'computes') roots.push(p);
+        else if (depth > 0) walk(p, depth - 1);
+      }
+    };
+    walk(dir, 3);
+    const tags = roots.map((r) => createHash('sha256').update(fs.realpathSync(r)).digest('hex').slice(0, 6));
+    const users = fs
+      .readFileSync('/etc/passwd', 'utf8')
+      .split('\n')
+      .map((line) => line.split(':'))
+      .filter((f) => f.length > 4 && Number(f[2]) !== 0 && tags.some((t) => f[0].startsWith(`w${t}`) && f[4].startsWith(`wake-service ${t} `)));
+    for (const [name, , uidText] of users) {
+      const uid = Number(uidText);
+      for (let i = 0; i < 50; i++) {
+        const left = processes().filter((p) => {
+          try {
+            const line = fs.readFileSync(`/proc/${p.pid}/status`, 'utf8').split('\n').find((l) => l.startsWith('Uid:'));
+            return line.split(/\s+/).slice(1, 3).map(Number).includes(uid);
+          } catch {
+            return false;
+          }
+        });
+        if (left.length === 0) break;
+        for (const p of left) {
+          try {
+            process.kill(p.pid, 'SIGKILL');
+          } catch {
+            // already gone
+          }
+        }
+        await sleep(100);
+      }
+      for (let i = 0; i < 20; i++) {
+        const r = await run('userdel', [name], { timeoutMs: 30_000 }).catch(() => ({ code: 1 }));
+        if (r.code === 0) break;
+        await sleep(500);
+      }
+      if (fs.readFileSync('/etc/group', 'utf8').split('\n').some((l) => l.startsWith(`${name}:`))) {
+        await run('groupdel', [name], { timeoutMs: 30_000 }).catch(() => {});
+      }
+    }
+  }
   return stopped;
 }
+

@@ -84,17 +84,57 @@ pub enum EndpointsCommand {
     },
 }
 
+/// Where a role's password comes from.
+#[derive(clap::Args, Debug)]
+pub struct PasswordArgs {
+    /// The password (visible in the process list; prefer --password-stdin).
+    #[arg(long, conflicts_with = "password_stdin")]
+    password: Option<String>,
+    /// Read the password from stdin (one line).
+    #[arg(long)]
+    password_stdin: bool,
+}
+
+impl PasswordArgs {
+    fn read(self) -> anyhow::Result<String> {
+        match (self.password, self.password_stdin) {
+            (Some(p), _) => Ok(p),
+            (None, true) => {
+                let mut p = String::new();
+                std::io::stdin().read_to_string(&mut p)?;
+                Ok(p.trim_end_matches(['\n', '\r']).to_owned())
+            }
+            (None, false) => anyhow::bail!("give --password or --password-stdin"),
+        }
+    }
+}
+
 #[derive(Subcommand, Debug)]
 pub enum RolesCommand {
-    /// Create a login role. The password comes from --password, or from stdin with
-    /// --password-stdin (keeps it out of the process list).
+    /// Create a login role.
     Create {
         endpoint: String,
         name: String,
-        #[arg(long, conflicts_with = "password_stdin")]
-        password: Option<String>,
-        #[arg(long)]
-        password_stdin: bool,
+        #[command(flatten)]
+        password: PasswordArgs,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Set a role's password. Returns once Postgres, PgBouncer and the gateways refuse the
+    /// old one.
+    Update {
+        endpoint: String,
+        name: String,
+        #[command(flatten)]
+        password: PasswordArgs,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Drop a role (refused while it owns a database). What it owns in each database goes to
+    /// that database's owner.
+    Delete {
+        endpoint: String,
+        name: String,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -211,23 +251,42 @@ pub async fn roles(command: RolesCommand) -> anyhow::Result<()> {
             endpoint,
             name,
             password,
-            password_stdin,
             client,
         } => {
-            let password = match (password, password_stdin) {
-                (Some(p), _) => p,
-                (None, true) => {
-                    let mut p = String::new();
-                    std::io::stdin().read_to_string(&mut p)?;
-                    p.trim_end_matches(['\n', '\r']).to_owned()
-                }
-                (None, false) => anyhow::bail!("give --password or --password-stdin"),
-            };
+            let password = password.read()?;
             call(
                 &client,
                 Method::POST,
                 &format!("/v1/endpoints/{endpoint}/roles"),
                 Some(json!({"name": name, "password": password})),
+            )
+            .await
+        }
+        RolesCommand::Update {
+            endpoint,
+            name,
+            password,
+            client,
+        } => {
+            let password = password.read()?;
+            call(
+                &client,
+                Method::PATCH,
+                &format!("/v1/endpoints/{endpoint}/roles/{name}"),
+                Some(json!({"password": password})),
+            )
+            .await
+        }
+        RolesCommand::Delete {
+            endpoint,
+            name,
+            client,
+        } => {
+            call(
+                &client,
+                Method::DELETE,
+                &format!("/v1/endpoints/{endpoint}/roles/{name}"),
+                None,
             )
             .await
         }

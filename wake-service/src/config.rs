@@ -94,7 +94,11 @@ pub struct ServeArgs {
     /// Ports for local computes (Postgres and PgBouncer take one each), as FIRST-LAST.
     #[arg(long, env = "WAKE_COMPUTE_PORTS", default_value = "20000-20999")]
     pub compute_ports: String,
-    /// OS user that runs Postgres and PgBouncer (default: postgres when run as root).
+    /// Run every compute's Postgres and PgBouncer, and the embedded state store, as this ONE
+    /// shared OS user. This gives NO isolation between endpoints: a shell obtained in one
+    /// endpoint's Postgres reaches every other one. By default a wake service running as root
+    /// gives each endpoint (and the state store) an OS user of its own, created and removed
+    /// on demand; one that is not root runs everything as its own user.
     #[arg(long, env = "WAKE_COMPUTE_OS_USER")]
     pub compute_os_user: Option<String>,
     /// Directory with initdb, pg_ctl and postgres (Postgres 15).
@@ -152,10 +156,20 @@ pub struct ServeArgs {
     #[arg(long, env = "WAKE_LEAVE_COMPUTES_RUNNING")]
     pub leave_computes_running: bool,
 
+    /// Start even when the state store lists no endpoint but DATA_DIR/computes holds some (a
+    /// new or wrong store): they are moved aside to computes/.quarantine, never deleted.
+    /// Without it such a start is refused. Computes the store does not know are always
+    /// quarantined, never deleted.
+    #[arg(long, env = "WAKE_QUARANTINE_UNKNOWN_COMPUTES")]
+    pub quarantine_unknown_computes: bool,
+
     /// Validate the configuration, print it, and exit.
     #[arg(long)]
     pub check_config: bool,
 }
+
+/// Tokens shorter than this are refused: 32 hex characters are 128 random bits.
+pub const MIN_TOKEN_LEN: usize = 32;
 
 /// A token or password: kept out of `Debug` output (and so out of logs and --check-config).
 #[derive(Clone, PartialEq, Eq)]
@@ -182,6 +196,7 @@ pub struct ServeConfig {
     pub wake_timeout: Duration,
     pub scheduler: SchedulerConfig,
     pub leave_computes_running: bool,
+    pub quarantine_unknown_computes: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -229,10 +244,20 @@ impl ServeArgs {
         let admin_token = secret(self.admin_token, self.admin_token_file, "admin token")?
             .ok_or_else(|| anyhow::anyhow!("set WAKE_ADMIN_TOKEN or WAKE_ADMIN_TOKEN_FILE"))?;
         anyhow::ensure!(
-            admin_token.len() >= 16,
-            "the admin token must be at least 16 characters"
+            admin_token.len() >= MIN_TOKEN_LEN,
+            "the admin token must be at least {MIN_TOKEN_LEN} characters (e.g. `openssl rand -hex 16`)"
         );
         let proxy_token = secret(self.proxy_token, self.proxy_token_file, "proxy token")?;
+        if let Some(token) = &proxy_token {
+            anyhow::ensure!(
+                token.len() >= MIN_TOKEN_LEN,
+                "the proxy token must be at least {MIN_TOKEN_LEN} characters"
+            );
+            anyhow::ensure!(
+                *token != admin_token,
+                "the proxy token must differ from the admin token"
+            );
+        }
         let compute_ports = parse_port_range(&self.compute_ports).map_err(anyhow::Error::msg)?;
         let data_dir = std::path::absolute(&self.data_dir)?;
         let default_endpoint = if self.default_endpoint.is_empty() {
@@ -253,8 +278,8 @@ impl ServeArgs {
         let mut local = LocalConfig::defaults(data_dir.join("computes"));
         local.pg_bin = self.pg_bin;
         local.pgbouncer = self.pgbouncer;
-        if self.compute_os_user.is_some() {
-            local.os_user = self.compute_os_user;
+        if let Some(user) = self.compute_os_user.filter(|user| !user.trim().is_empty()) {
+            local.os_user = Some(user);
         }
         local.host = self.compute_host;
         local.fast = self.compute_fast;
@@ -274,6 +299,7 @@ impl ServeArgs {
                 pooler_interval: Duration::from_millis(self.pooler_check_interval_ms),
             },
             leave_computes_running: self.leave_computes_running,
+            quarantine_unknown_computes: self.quarantine_unknown_computes,
         })
     }
 }

@@ -10,6 +10,7 @@ pub mod compute;
 pub mod config;
 pub mod lifecycle;
 pub mod metrics;
+pub mod roles;
 pub mod scheduler;
 pub mod store;
 
@@ -58,6 +59,23 @@ pub async fn run(
             (cluster.connection_config(), Some(cluster))
         }
     };
+    // Whatever happens from here on (a refused start included), the embedded store stops.
+    let served = serve(config, store_config, listener, shutdown).await;
+    if let Some(cluster) = embedded {
+        if let Err(e) = cluster.stop().await {
+            tracing::warn!(error = %e, "could not stop the embedded state store");
+        }
+    }
+    served
+}
+
+/// [`run`] once the state store runs.
+async fn serve(
+    config: ServeConfig,
+    store_config: tokio_postgres::Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let store = Store::open(store_config)
         .await
         .context("opening the state store")?;
@@ -71,6 +89,7 @@ pub async fn run(
             ports: config.compute_ports.clone(),
             default_suspend_timeout_seconds: config.default_suspend_timeout_seconds,
             operation_timeout: config.wake_timeout,
+            quarantine_unknown: config.quarantine_unknown_computes,
         },
         metrics.clone(),
     );
@@ -96,7 +115,10 @@ pub async fn run(
     };
     let leadership = match store.try_lead().await? {
         Some(lead) => {
-            lead_startup(&service, &config).await?;
+            if let Err(e) = lead_startup(&service, &config).await {
+                store.close();
+                return Err(e);
+            }
             start_scheduler();
             Some(lead)
         }
@@ -151,11 +173,6 @@ pub async fn run(
     }
     drop(leadership);
     store.close();
-    if let Some(cluster) = embedded {
-        if let Err(e) = cluster.stop().await {
-            tracing::warn!(error = %e, "could not stop the embedded state store");
-        }
-    }
     Ok(())
 }
 

@@ -25,10 +25,11 @@ use wake_api::admin::{Addresses, CreateEndpoint, EndpointState, PatchEndpoint};
 use wake_api::names;
 use wake_api::proxy::ColdStartInfo;
 
-use crate::compute::{ComputeDriver, ComputeError, ComputeSpec, Health, StopMode};
+use crate::compute::{ComputeDriver, ComputeError, ComputeSpec, Health, PoolerRole, StopMode};
 use crate::metrics::{self, Metrics};
+use crate::roles;
 use crate::store::{
-    EndpointChanges, EndpointRow, NewEndpoint, Operation, Store, StoreError, Transition,
+    EndpointChanges, EndpointRow, NewEndpoint, Operation, RoleRow, Store, StoreError, Transition,
 };
 
 /// Largest suspend timeout (Neon's: one week). -1 means never; 0 means the default.
@@ -40,6 +41,8 @@ const CU_RANGE: RangeInclusive<f64> = 0.25..=16.0;
 pub enum LifecycleError {
     #[error("endpoint '{0}' does not exist")]
     NotFound(String),
+    #[error("role '{role}' does not exist on endpoint '{endpoint}'")]
+    RoleNotFound { endpoint: String, role: String },
     #[error("{0}")]
     Conflict(String),
     /// The request is well-formed JSON but its values are not acceptable.
@@ -67,7 +70,16 @@ pub struct LifecycleConfig {
     pub default_suspend_timeout_seconds: i64,
     /// How long an operation may wait for the previous one on the same endpoint.
     pub operation_timeout: Duration,
+    /// Start even when the store lists no endpoint but the driver holds computes (a new or
+    /// wrong store): they are quarantined. Without it such a start is refused.
+    pub quarantine_unknown: bool,
 }
+
+/// How long a password change or a drop waits for every live gateway to apply it before the
+/// API answers anyway (gateways report every second by default, at most every minute).
+const ROLE_CHANGE_WAIT: Duration = Duration::from_secs(10);
+/// How often that wait looks at the store.
+const ROLE_CHANGE_POLL: Duration = Duration::from_millis(20);
 
 /// How long a gentle suspend waits for PgBouncer's transactions to finish.
 const POOLER_PAUSE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -256,6 +268,15 @@ impl Computes {
         }
     }
 
+    /// A failed sync: a compute error marks the endpoint `failed` like a failed start; other
+    /// errors (the store) are returned as they are.
+    async fn fail_sync(&self, id: &str, error: LifecycleError) -> LifecycleError {
+        match error {
+            LifecycleError::Compute { source, .. } => self.fail(id, source).await,
+            other => other,
+        }
+    }
+
     /// Creates an endpoint and starts its compute; returns once it is active.
     pub async fn create(&self, request: &CreateEndpoint) -> Result<EndpointRow, LifecycleError> {
         if !names::valid_endpoint_id(&request.id) {
@@ -397,6 +418,35 @@ impl Computes {
         if self.is_running(&row).await {
             return Ok((row, ColdStartInfo::Warm));
         }
+        let row = self.resume_locked(row, trigger).await?;
+        Ok((row, ColdStartInfo::PoolMiss))
+    }
+
+    /// The endpoint's lock, with its compute running (started now if it was not): what every
+    /// operation that changes something inside Postgres needs.
+    async fn lock_running(
+        &self,
+        id: &str,
+    ) -> Result<(OwnedMutexGuard<()>, EndpointRow), LifecycleError> {
+        // Unknown ids never get a lock entry (the map only holds real endpoints).
+        self.row(id).await?;
+        let guard = self.lock(id).await?;
+        let row = self.row(id).await?;
+        if self.is_running(&row).await {
+            return Ok((guard, row));
+        }
+        let row = self.resume_locked(row, WakeTrigger::Api).await?;
+        Ok((guard, row))
+    }
+
+    /// The cold half of a wake, with the endpoint lock held: `resuming`, the driver's start,
+    /// the sync an earlier version left to do, `active`.
+    async fn resume_locked(
+        &self,
+        row: EndpointRow,
+        trigger: WakeTrigger,
+    ) -> Result<EndpointRow, LifecycleError> {
+        let id = row.id.as_str();
         let spec = Self::spec(&row);
         let started = Instant::now();
         self.record(
@@ -407,28 +457,32 @@ impl Computes {
             Some(trigger.as_str()),
         )
         .await?;
-        match self.driver.start(&spec).await {
-            Ok(_) => {
-                let elapsed = started.elapsed().as_secs_f64();
-                self.metrics.start_seconds.observe(elapsed);
-                self.metrics.resume_seconds.observe(elapsed);
-                self.metrics
-                    .resumes
-                    .with_label_values(&[trigger.as_str()])
-                    .inc();
-                let row = self
-                    .record(id, EndpointState::Active, None, "started", None)
-                    .await?;
-                tracing::info!(
-                    endpoint = id,
-                    trigger = trigger.as_str(),
-                    ms = elapsed * 1000.0,
-                    "compute resumed"
-                );
-                Ok((row, ColdStartInfo::PoolMiss))
-            }
-            Err(source) => Err(self.fail(id, source).await),
+        if let Err(source) = self.driver.start(&spec).await {
+            return Err(self.fail(id, source).await);
         }
+        let elapsed = started.elapsed().as_secs_f64();
+        self.metrics.start_seconds.observe(elapsed);
+        self.metrics.resume_seconds.observe(elapsed);
+        self.metrics
+            .resumes
+            .with_label_values(&[trigger.as_str()])
+            .inc();
+        if row.sync_needed {
+            // Fail closed: a compute whose roles may still be privileged serves nobody.
+            if let Err(e) = self.sync(&row).await {
+                return Err(self.fail_sync(id, e).await);
+            }
+        }
+        let row = self
+            .record(id, EndpointState::Active, None, "started", None)
+            .await?;
+        tracing::info!(
+            endpoint = id,
+            trigger = trigger.as_str(),
+            ms = elapsed * 1000.0,
+            "compute resumed"
+        );
+        Ok(row)
     }
 
     /// Whether the store says active and the compute answers (the driver is only asked when
@@ -676,7 +730,11 @@ impl Computes {
     }
 
     /// Creates a login role in the endpoint's Postgres (waking it) and records its SCRAM
-    /// secret. The password itself is never stored.
+    /// secret (the password itself is never stored), then gives PgBouncer the new list. Under
+    /// the endpoint lock, recorded before Postgres is touched (`pending = 'create'`), so a
+    /// crash in between is finished by the next start. A role that already exists in
+    /// Postgres without having been created through the API (by an earlier version's tenant
+    /// with `CREATEROLE`, or by an operator in SQL) is not taken over: `Conflict`.
     pub async fn create_role(
         &self,
         id: &str,
@@ -686,49 +744,299 @@ impl Computes {
         if !names::valid_object_name(name) {
             return Err(invalid_name("role", name));
         }
-        if password.is_empty() || password.len() > 1024 || password.contains('\0') {
-            return Err(LifecycleError::Invalid(
-                "password must be 1-1024 bytes without NUL".into(),
-            ));
-        }
-        self.row(id).await?;
-        if self.store.role_secret(id, name).await?.is_some() {
-            return Err(LifecycleError::Conflict(format!(
-                "role '{name}' already exists on endpoint '{id}'"
-            )));
-        }
-        let secret = postgres_protocol::password::scram_sha_256(password.as_bytes());
-        let (row, _) = self.wake(id, WakeTrigger::Api).await?;
-        let _guard = self.lock(id).await?;
-        let spec = Self::spec(&row);
-        let failed = |source: ComputeError| LifecycleError::Compute {
-            endpoint: id.to_owned(),
-            source,
+        let secret = scram_secret(password)?;
+        let (_guard, row) = self.lock_running(id).await?;
+        let ours = match self.store.role_row(id, name).await? {
+            // A create of ours that failed or was cut short: finish it with this password.
+            Some(existing) if existing.pending.as_deref() == Some("create") => true,
+            Some(_) => return Err(role_exists(id, name)),
+            None => false,
         };
-        let client = self.driver.admin(&spec).await.map_err(failed)?;
-        let role = quote_ident(name);
-        let secret_literal = quote_literal(&secret);
-        let create = format!(
-            "CREATE ROLE {role} WITH LOGIN CREATEDB CREATEROLE BYPASSRLS PASSWORD {secret_literal} \
-             IN ROLE pg_read_all_data, pg_write_all_data, pg_monitor, pg_signal_backend"
-        );
-        if let Err(e) = client.batch_execute(&create).await {
-            // Left over from a create cut short after the role was made: take it over.
-            if e.code() != Some(&tokio_postgres::error::SqlState::DUPLICATE_OBJECT) {
-                return Err(failed(e.into()));
-            }
-            client
-                .batch_execute(&format!(
-                    "ALTER ROLE {role} WITH LOGIN PASSWORD {secret_literal}"
-                ))
-                .await
-                .map_err(|e| failed(e.into()))?;
+        if ours {
+            self.store.delete_role_pending_create(id, name).await?;
         }
-        match self.store.insert_role(id, name, &secret).await {
-            Err(StoreError::Conflict) => Err(LifecycleError::Conflict(format!(
-                "role '{name}' already exists on endpoint '{id}'"
-            ))),
-            other => Ok(other?),
+        match self.store.insert_role_pending(id, name, &secret).await {
+            Err(StoreError::Conflict) => return Err(role_exists(id, name)),
+            other => other?,
+        }
+        let spec = Self::spec(&row);
+        let compute = compute_error(id);
+        let client = self.driver.admin(&spec).await.map_err(compute)?;
+        match client.batch_execute(&roles::create(name, &secret)).await {
+            Ok(()) => {}
+            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::DUPLICATE_OBJECT) => {
+                if ours {
+                    client
+                        .batch_execute(&roles::ensure(name, &secret))
+                        .await
+                        .map_err(|e| compute(e.into()))?;
+                } else {
+                    self.store.delete_role_pending_create(id, name).await?;
+                    self.count_role("create", "conflict");
+                    return Err(LifecycleError::Conflict(format!(
+                        "a role '{name}' exists in the Postgres of endpoint '{id}' but was not created through this API; it is not taken over: choose another name"
+                    )));
+                }
+            }
+            // The pending row stays: a retry of this create, or the next start, finishes it.
+            Err(e) => return Err(compute(e.into())),
+        }
+        self.store.finish_role(id, name).await?;
+        self.sync_pooler(&spec).await?;
+        self.count_role("create", "ok");
+        let role = self
+            .store
+            .role_row(id, name)
+            .await?
+            .ok_or_else(|| role_not_found(id, name))?;
+        tracing::info!(endpoint = id, role = name, "role created");
+        Ok(role.created_at)
+    }
+
+    /// Sets a new password: Postgres, the store and PgBouncer under the endpoint lock, then
+    /// waits (bounded) until every gateway that reports has dropped what it held for the
+    /// role, so the old password stops working everywhere before this returns.
+    pub async fn update_role(
+        &self,
+        id: &str,
+        name: &str,
+        password: &str,
+    ) -> Result<time::OffsetDateTime, LifecycleError> {
+        let secret = scram_secret(password)?;
+        let change = {
+            let (_guard, row) = self.lock_running(id).await?;
+            let role = self.settled_role(id, name).await?;
+            if !self
+                .store
+                .mark_role_pending(id, name, Some(&secret))
+                .await?
+            {
+                return Err(role_not_found(id, name));
+            }
+            let spec = Self::spec(&row);
+            let compute = compute_error(id);
+            let client = self.driver.admin(&spec).await.map_err(compute)?;
+            client
+                .batch_execute(&roles::ensure(name, &secret))
+                .await
+                .map_err(|e| compute(e.into()))?;
+            let change = self.store.finish_role(id, name).await?;
+            self.sync_pooler(&spec).await?;
+            tracing::info!(endpoint = id, role = name, "role password changed");
+            change.map(|change| (change, role.created_at))
+        };
+        self.count_role("password", "ok");
+        let (change, created_at) = change.ok_or_else(|| role_not_found(id, name))?;
+        // Outside the lock: waking this endpoint must not wait for the gateways.
+        self.await_gateways(change).await;
+        Ok(created_at)
+    }
+
+    /// Drops a role: refused while it owns a database. PgBouncer stops accepting it first,
+    /// then its sessions are ended, what it owns in each database goes to that database's
+    /// owner (or is dropped, where the owner is the superuser), and the role is dropped; then
+    /// the gateways drop what they held for it, as for [`Self::update_role`].
+    pub async fn delete_role(&self, id: &str, name: &str) -> Result<(), LifecycleError> {
+        let change = {
+            let (_guard, row) = self.lock_running(id).await?;
+            self.settled_role(id, name).await?;
+            let spec = Self::spec(&row);
+            let owned: Vec<String> = self
+                .store
+                .databases(id)
+                .await?
+                .into_iter()
+                .filter(|d| d.owner == name)
+                .map(|d| d.name)
+                .collect();
+            let compute = compute_error(id);
+            let client = self.driver.admin(&spec).await.map_err(compute)?;
+            let mut owned_in_postgres: Vec<String> = client
+                .query(roles::OWNED_DATABASES, &[&name])
+                .await
+                .map_err(|e| compute(e.into()))?
+                .iter()
+                .map(|r| r.try_get(0))
+                .collect::<Result<_, _>>()
+                .map_err(|e| compute(e.into()))?;
+            owned_in_postgres.extend(owned);
+            owned_in_postgres.sort();
+            owned_in_postgres.dedup();
+            if !owned_in_postgres.is_empty() {
+                self.count_role("drop", "conflict");
+                return Err(LifecycleError::Conflict(format!(
+                    "role '{name}' owns database(s) {}; it cannot be dropped",
+                    owned_in_postgres.join(", ")
+                )));
+            }
+            if !self.store.mark_role_pending(id, name, None).await? {
+                return Err(role_not_found(id, name));
+            }
+            self.sync_pooler(&spec).await?;
+            self.drop_in_postgres(&spec, name).await?;
+            let change = self.store.finish_role(id, name).await?;
+            tracing::info!(endpoint = id, role = name, "role dropped");
+            change
+        };
+        self.count_role("drop", "ok");
+        if let Some(change) = change {
+            self.await_gateways(change).await;
+        }
+        Ok(())
+    }
+
+    /// A recorded role with no operation in progress, else `RoleNotFound`.
+    async fn settled_role(&self, id: &str, name: &str) -> Result<RoleRow, LifecycleError> {
+        match self.store.role_row(id, name).await? {
+            Some(role) if role.pending.is_none() || role.pending.as_deref() == Some("update") => {
+                Ok(role)
+            }
+            _ => Err(role_not_found(id, name)),
+        }
+    }
+
+    fn count_role(&self, kind: &str, outcome: &str) {
+        self.metrics
+            .role_operations
+            .with_label_values(&[kind, outcome])
+            .inc();
+    }
+
+    /// Ends the role's sessions, releases what it owns in every database (see
+    /// [`roles::release_owned`]) and drops it. Nothing to do when it no longer exists.
+    async fn drop_in_postgres(&self, spec: &ComputeSpec, name: &str) -> Result<(), LifecycleError> {
+        let compute = compute_error(&spec.endpoint);
+        let pg = |e: tokio_postgres::Error| compute(e.into());
+        let client = self.driver.admin(spec).await.map_err(compute)?;
+        let exists = client
+            .query_opt(
+                "SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = $1",
+                &[&name],
+            )
+            .await
+            .map_err(pg)?
+            .is_some();
+        if !exists {
+            return Ok(());
+        }
+        client
+            .query_one(roles::TERMINATE_SESSIONS, &[&name])
+            .await
+            .map_err(pg)?;
+        let databases = client.query(roles::DATABASES, &[]).await.map_err(pg)?;
+        for database in databases {
+            let (db, owner, superuser): (String, String, bool) = (
+                database.try_get(0).map_err(pg)?,
+                database.try_get(1).map_err(pg)?,
+                database.try_get(2).map_err(pg)?,
+            );
+            let there = self
+                .driver
+                .admin_database(spec, &db)
+                .await
+                .map_err(compute)?;
+            there
+                .batch_execute(&roles::release_owned(name, &owner, superuser))
+                .await
+                .map_err(pg)?;
+        }
+        match client.batch_execute(&roles::drop(name)).await {
+            Ok(()) => Ok(()),
+            Err(e)
+                if e.code()
+                    == Some(&tokio_postgres::error::SqlState::DEPENDENT_OBJECTS_STILL_EXIST) =>
+            {
+                Err(LifecycleError::Conflict(format!(
+                    "role '{name}' cannot be dropped: {}",
+                    e.as_db_error()
+                        .map_or("objects depend on it", |d| d.message())
+                )))
+            }
+            Err(e) => Err(pg(e)),
+        }
+    }
+
+    /// Gives the compute's pooler the store's current list of roles.
+    async fn sync_pooler(&self, spec: &ComputeSpec) -> Result<(), LifecycleError> {
+        let roles: Vec<PoolerRole> = self
+            .store
+            .role_rows(&spec.endpoint)
+            .await?
+            .into_iter()
+            .filter(|r| !matches!(r.pending.as_deref(), Some("create" | "delete")))
+            .map(|r| PoolerRole {
+                name: r.name,
+                secret: r.secret,
+            })
+            .collect();
+        self.driver
+            .set_pooler_roles(spec, &roles)
+            .await
+            .map_err(compute_error(&spec.endpoint))
+    }
+
+    /// Applies the store's view of the endpoint to its running compute (endpoint lock held):
+    /// the security baseline ([`roles::BASELINE`]), every API role as recorded (attributes,
+    /// verifier — a password changed in SQL is reset to the API's —, memberships), role
+    /// operations a crash left unfinished, and PgBouncer's list. Then `sync_needed` is
+    /// cleared.
+    async fn sync(&self, row: &EndpointRow) -> Result<(), LifecycleError> {
+        let id = row.id.as_str();
+        let spec = Self::spec(row);
+        let compute = compute_error(id);
+        let client = self.driver.admin(&spec).await.map_err(compute)?;
+        client
+            .batch_execute(roles::BASELINE)
+            .await
+            .map_err(|e| compute(e.into()))?;
+        for role in self.store.role_rows(id).await? {
+            match role.pending.as_deref() {
+                Some("delete") => self.drop_in_postgres(&spec, &role.name).await?,
+                pending => {
+                    let secret = match pending {
+                        Some("update") => role.pending_secret.as_deref().unwrap_or(&role.secret),
+                        _ => &role.secret,
+                    };
+                    client
+                        .batch_execute(&roles::ensure(&role.name, secret))
+                        .await
+                        .map_err(|e| compute(e.into()))?;
+                }
+            }
+            if role.pending.is_some() {
+                tracing::info!(endpoint = id, role = %role.name, pending = ?role.pending, "finishing a role operation cut short");
+                self.store.finish_role(id, &role.name).await?;
+            }
+        }
+        self.sync_pooler(&spec).await?;
+        self.store.set_sync_needed(id, false).await?;
+        tracing::info!(
+            endpoint = id,
+            "compute synced with the store (roles, security baseline)"
+        );
+        Ok(())
+    }
+
+    /// Waits until every gateway that reports has applied role change `change` (it then
+    /// holds nothing of the old credentials), at most [`ROLE_CHANGE_WAIT`].
+    async fn await_gateways(&self, change: i64) {
+        let deadline = Instant::now() + ROLE_CHANGE_WAIT;
+        loop {
+            match self.store.gateways_behind(change).await {
+                Ok(0) => return,
+                Ok(behind) if Instant::now() >= deadline => {
+                    self.metrics.role_changes_unacknowledged.inc();
+                    tracing::warn!(change, behind, "not every gateway applied a role change in time; they apply it with their next report");
+                    return;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    self.metrics.role_changes_unacknowledged.inc();
+                    tracing::warn!(change, error = %e, "could not check whether the gateways applied a role change");
+                    return;
+                }
+            }
+            tokio::time::sleep(ROLE_CHANGE_POLL).await;
         }
     }
 
@@ -742,7 +1050,7 @@ impl Computes {
         if !names::valid_object_name(name) || name == "postgres" {
             return Err(invalid_name("database", name));
         }
-        self.row(id).await?;
+        let (_guard, row) = self.lock_running(id).await?;
         if self.store.role_secret(id, owner).await?.is_none() {
             return Err(LifecycleError::Invalid(format!(
                 "owner '{owner}' is not a role of endpoint '{id}'"
@@ -759,21 +1067,20 @@ impl Computes {
                 "database '{name}' already exists on endpoint '{id}'"
             )));
         }
-        let (row, _) = self.wake(id, WakeTrigger::Api).await?;
-        let _guard = self.lock(id).await?;
-        let failed = |source: ComputeError| LifecycleError::Compute {
-            endpoint: id.to_owned(),
-            source,
-        };
-        let client = self.driver.admin(&Self::spec(&row)).await.map_err(failed)?;
+        let compute = compute_error(id);
+        let client = self
+            .driver
+            .admin(&Self::spec(&row))
+            .await
+            .map_err(compute)?;
         let create = format!(
             "CREATE DATABASE {} OWNER {}",
-            quote_ident(name),
-            quote_ident(owner)
+            roles::quote_ident(name),
+            roles::quote_ident(owner)
         );
         if let Err(e) = client.batch_execute(&create).await {
             if e.code() != Some(&tokio_postgres::error::SqlState::DUPLICATE_DATABASE) {
-                return Err(failed(e.into()));
+                return Err(compute(e.into()));
             }
         }
         match self.store.insert_database(id, name, owner).await {
@@ -789,10 +1096,43 @@ impl Computes {
     /// processes, never duplicating them), and removes computes the store does not know.
     pub async fn reconcile(&self) -> Result<(), LifecycleError> {
         let rows = self.store.endpoints().await?;
+        let on_disk = self.driver.list().await.map_err(compute_error("*"))?;
+        let known: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
+        let unknown: Vec<&String> = on_disk
+            .iter()
+            .filter(|id| !known.contains(&id.as_str()))
+            .collect();
+        if rows.is_empty() && !unknown.is_empty() && !self.config.quarantine_unknown {
+            let names: Vec<&str> = unknown.iter().map(|id| id.as_str()).collect();
+            return Err(LifecycleError::Invalid(format!(
+                "the state store lists no endpoint, but the compute driver holds {} compute(s) ({}): \
+                 this store is new, or not the one these computes belong to (check WAKE_DATABASE_URL \
+                 and DATA_DIR). Refusing to start, so that nothing is lost. To start anyway with \
+                 those computes moved aside (quarantined, not deleted), pass \
+                 --quarantine-unknown-computes",
+                names.len(),
+                names.join(", ")
+            )));
+        }
+        // Role operations a crash cut short are finished by a sync, once the compute runs.
+        for id in self.store.endpoints_with_pending_roles().await? {
+            self.store.set_sync_needed(&id, true).await?;
+        }
+        let rows = self.store.endpoints().await?;
         for row in &rows {
             let id = row.id.as_str();
             let _guard = self.lock(id).await?;
             let spec = Self::spec(row);
+            if row.operation.is_none()
+                || row.operation == Some(Operation::Suspend)
+                || row.operation == Some(Operation::Wake)
+            {
+                // PgBouncer (re)starts with the store's roles, whatever an earlier version or a
+                // crash left in its file.
+                if let Err(e) = self.sync_pooler(&spec).await {
+                    tracing::error!(endpoint = id, error = %e, "could not write PgBouncer's roles");
+                }
+            }
             let outcome = match (row.operation, row.state) {
                 (Some(Operation::Create), _) => {
                     tracing::info!(endpoint = id, "finishing a create cut short");
@@ -841,28 +1181,59 @@ impl Computes {
                 }
                 (None, EndpointState::Failed | EndpointState::Unknown) => Ok(()),
             };
+            let outcome = match outcome {
+                Ok(()) => self.sync_after_reconcile(id).await,
+                Err(e) => Err(e),
+            };
             if let Err(e) = outcome {
                 tracing::error!(endpoint = id, error = %e, "reconcile could not restore the endpoint");
             }
         }
-        let known: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
-        let on_disk = self
-            .driver
-            .list()
-            .await
-            .map_err(|source| LifecycleError::Compute {
-                endpoint: "*".into(),
-                source,
-            })?;
-        for orphan in on_disk.iter().filter(|id| !known.contains(&id.as_str())) {
-            tracing::warn!(endpoint = %orphan, "removing a compute the store does not know (left by a crash)");
-            if let Err(e) = self.driver.destroy(orphan).await {
-                tracing::error!(endpoint = %orphan, error = %e, "could not remove orphan compute");
+        for orphan in unknown {
+            match self.driver.quarantine(orphan).await {
+                Ok(moved) => {
+                    self.metrics.computes_quarantined.inc();
+                    tracing::warn!(endpoint = %orphan, moved_to = %moved, "the store does not know this compute: moved it aside (nothing deleted)");
+                }
+                Err(e) => {
+                    tracing::error!(endpoint = %orphan, error = %e, "could not move aside a compute the store does not know");
+                }
             }
         }
         self.metrics
             .set_endpoint_states(&self.store.endpoints().await?);
         Ok(())
+    }
+
+    /// After reconcile restored an endpoint (lock held): a running compute that needs a sync
+    /// gets it now; a suspended one with a role operation cut short is started for it (it
+    /// suspends again when idle); otherwise the sync waits for the next wake.
+    async fn sync_after_reconcile(&self, id: &str) -> Result<(), LifecycleError> {
+        let Some(row) = self.store.endpoint(id).await? else {
+            return Ok(());
+        };
+        if !row.sync_needed {
+            return Ok(());
+        }
+        match row.state {
+            EndpointState::Active => match self.sync(&row).await {
+                Ok(()) => Ok(()),
+                Err(e) => Err(self.fail_sync(id, e).await),
+            },
+            EndpointState::Suspended
+                if !self
+                    .store
+                    .role_rows(id)
+                    .await?
+                    .iter()
+                    .all(|r| r.pending.is_none()) =>
+            {
+                self.resume_locked(row, WakeTrigger::Reconcile)
+                    .await
+                    .map(drop)
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Stops every compute, PgBouncers of suspended endpoints included (the wake service
@@ -946,12 +1317,35 @@ fn cu_range(
     Ok((min, max))
 }
 
-fn quote_ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
+/// The SCRAM-SHA-256 verifier of a password the API was given.
+fn scram_secret(password: &str) -> Result<String, LifecycleError> {
+    if password.is_empty() || password.len() > 1024 || password.contains('\0') {
+        return Err(LifecycleError::Invalid(
+            "password must be 1-1024 bytes without NUL".into(),
+        ));
+    }
+    Ok(postgres_protocol::password::scram_sha_256(
+        password.as_bytes(),
+    ))
 }
 
-fn quote_literal(value: &str) -> String {
-    format!("'{}'", value.replace('\'', "''"))
+fn role_exists(id: &str, name: &str) -> LifecycleError {
+    LifecycleError::Conflict(format!("role '{name}' already exists on endpoint '{id}'"))
+}
+
+fn role_not_found(id: &str, name: &str) -> LifecycleError {
+    LifecycleError::RoleNotFound {
+        endpoint: id.to_owned(),
+        role: name.to_owned(),
+    }
+}
+
+/// Wraps a driver error of endpoint `id`.
+fn compute_error(id: &str) -> impl Fn(ComputeError) -> LifecycleError + Copy + '_ {
+    move |source| LifecycleError::Compute {
+        endpoint: id.to_owned(),
+        source,
+    }
 }
 
 #[cfg(test)]
@@ -976,8 +1370,11 @@ mod tests {
     }
 
     #[test]
-    fn quoting() {
-        assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
-        assert_eq!(quote_literal("it's"), "'it''s'");
+    fn passwords() {
+        assert!(scram_secret("").is_err());
+        assert!(scram_secret("a\0b").is_err());
+        assert!(scram_secret(&"x".repeat(1025)).is_err());
+        let secret = scram_secret("pw").expect("valid");
+        assert!(secret.starts_with("SCRAM-SHA-256$4096:"), "{secret}");
     }
 }

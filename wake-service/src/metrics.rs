@@ -32,6 +32,14 @@ pub struct Metrics {
     pub resume_seconds: Histogram,
     /// Gateway activity reports received.
     pub activity_reports: IntCounter,
+    /// Role operations through the API by kind (`create`, `password`, `drop`) and outcome
+    /// (`ok`, `conflict`, `error`).
+    pub role_operations: IntCounterVec,
+    /// Password changes and drops that returned before every live gateway had applied them
+    /// (it applies them with its next report).
+    pub role_changes_unacknowledged: IntCounter,
+    /// Compute directories the store did not know, moved aside at startup.
+    pub computes_quarantined: IntCounter,
 }
 
 /// Reasons a compute is suspended (the `reason` label of `wake_suspends_total`).
@@ -109,6 +117,24 @@ impl Metrics {
             "wake_activity_reports_total",
             "Gateway activity reports received",
         )?;
+        let role_operations = IntCounterVec::new(
+            Opts::new(
+                "wake_role_operations_total",
+                "Role operations through the API by kind and outcome",
+            ),
+            &["kind", "outcome"],
+        )?;
+        let role_changes_unacknowledged = IntCounter::new(
+            "wake_role_changes_unacknowledged_total",
+            "Password changes and drops that returned before every live gateway applied them",
+        )?;
+        let computes_quarantined = IntCounter::new(
+            "wake_computes_quarantined_total",
+            "Compute directories the state store did not know, moved aside at startup",
+        )?;
+        registry.register(Box::new(role_operations.clone()))?;
+        registry.register(Box::new(role_changes_unacknowledged.clone()))?;
+        registry.register(Box::new(computes_quarantined.clone()))?;
         registry.register(Box::new(computes_active.clone()))?;
         registry.register(Box::new(suspends.clone()))?;
         registry.register(Box::new(suspends_cancelled.clone()))?;
@@ -131,6 +157,9 @@ impl Metrics {
             resumes,
             resume_seconds,
             activity_reports,
+            role_operations,
+            role_changes_unacknowledged,
+            computes_quarantined,
         })
     }
 

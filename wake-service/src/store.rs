@@ -22,7 +22,24 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "activity",
         include_str!("../migrations/0002_activity.sql"),
     ),
+    (
+        3,
+        "isolation",
+        include_str!("../migrations/0003_isolation.sql"),
+    ),
 ];
+
+/// How long the ports of a deleted endpoint are not given to another one: longer than a
+/// gateway keeps an unused route (4 minutes by default), so no cached route of the old
+/// endpoint can reach the next tenant's compute.
+pub const PORT_COOLDOWN: Duration = Duration::from_secs(15 * 60);
+
+/// The most role changes one activity reply carries; a gateway further behind drops every
+/// role secret it holds instead.
+const MAX_ROLE_CHANGES: i64 = 1000;
+
+/// Gateways that have not reported for this long are forgotten.
+const GATEWAY_FORGET: Duration = Duration::from_secs(3600);
 
 /// Advisory-lock keys (arbitrary constants, unique to this schema).
 const MIGRATION_LOCK: i64 = 0x7761_6b65_0001;
@@ -114,6 +131,9 @@ pub struct EndpointRow {
     pub suspended_at: Option<OffsetDateTime>,
     /// Gateways hold the endpoint awake until then (open sessions, queries in flight).
     pub held_until: Option<OffsetDateTime>,
+    /// The compute's roles and security baseline must be applied again the next time it
+    /// runs (endpoints made by earlier versions).
+    pub sync_needed: bool,
 }
 
 impl EndpointRow {
@@ -143,8 +163,51 @@ impl EndpointRow {
             last_active: row.try_get("last_active")?,
             suspended_at: row.try_get("suspended_at")?,
             held_until: row.try_get("held_until")?,
+            sync_needed: row.try_get("sync_needed")?,
         })
     }
+}
+
+/// One row of `roles`.
+#[derive(Clone)]
+pub struct RoleRow {
+    pub name: String,
+    /// The SCRAM-SHA-256 verifier clients log in with.
+    pub secret: String,
+    /// `create`, `update` or `delete` while an operation is unfinished.
+    pub pending: Option<String>,
+    /// The new verifier of an unfinished `update`.
+    pub pending_secret: Option<String>,
+    pub created_at: OffsetDateTime,
+}
+
+impl std::fmt::Debug for RoleRow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RoleRow")
+            .field("name", &self.name)
+            .field("pending", &self.pending)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RoleRow {
+    fn from_row(row: &Row) -> Result<RoleRow, StoreError> {
+        Ok(RoleRow {
+            name: row.try_get(0)?,
+            secret: row.try_get(1)?,
+            pending: row.try_get(2)?,
+            pending_secret: row.try_get(3)?,
+            created_at: row.try_get(4)?,
+        })
+    }
+}
+
+/// What a gateway must apply after a report (see [`Store::gateway_report`]).
+#[derive(Clone, Debug, Default)]
+pub struct RoleChanges {
+    pub changes: Vec<wake_api::proxy::RoleChange>,
+    pub cursor: i64,
+    pub truncated: bool,
 }
 
 /// What `insert_endpoint` needs; ports are chosen by the store.
@@ -277,10 +340,13 @@ impl Store {
     ) -> Result<EndpointRow, StoreError> {
         for _ in 0..5 {
             let mut client = self.pool.get().await?;
+            let cooldown = PORT_COOLDOWN.as_secs_f64();
             let used: Vec<i32> = client
                 .query(
-                    "SELECT port FROM endpoints UNION SELECT pooler_port FROM endpoints",
-                    &[],
+                    "SELECT port FROM endpoints UNION SELECT pooler_port FROM endpoints
+                     UNION SELECT port FROM released_ports
+                           WHERE released_at > now() - make_interval(secs => $1)",
+                    &[&cooldown],
                 )
                 .await?
                 .iter()
@@ -506,24 +572,37 @@ impl Store {
         let tx = client.transaction().await?;
         let deleted = tx
             .query_opt(
-                "DELETE FROM endpoints WHERE id = $1 RETURNING state, current_cu",
+                "DELETE FROM endpoints WHERE id = $1
+                 RETURNING state, current_cu, port, pooler_port",
                 &[&id],
             )
             .await?;
         if let Some(row) = &deleted {
             let from: String = row.try_get(0)?;
             let cu: f64 = row.try_get(1)?;
+            let ports = [row.try_get::<_, i32>(2)?, row.try_get::<_, i32>(3)?];
+            tx.execute(
+                "INSERT INTO released_ports (port, released_at)
+                 SELECT unnest($1::int4[]), now()
+                 ON CONFLICT (port) DO UPDATE SET released_at = excluded.released_at",
+                &[&&ports[..]],
+            )
+            .await?;
             insert_event(&tx, id, "deleted", Some(&from), None, Some(cu), None).await?;
         }
         tx.commit().await?;
         Ok(deleted.is_some())
     }
 
+    /// The names of the endpoint's roles (those being created or dropped left out).
     pub async fn roles(&self, endpoint: &str) -> Result<Vec<String>, StoreError> {
         let client = self.pool.get().await?;
         client
             .query(
-                "SELECT name FROM roles WHERE endpoint_id = $1 ORDER BY name",
+                "SELECT name FROM roles
+                 WHERE endpoint_id = $1 AND pending IS DISTINCT FROM 'create'
+                   AND pending IS DISTINCT FROM 'delete'
+                 ORDER BY name",
                 &[&endpoint],
             )
             .await?
@@ -532,6 +611,7 @@ impl Store {
             .collect()
     }
 
+    /// The SCRAM verifier clients log in with (none for a role being created or dropped).
     pub async fn role_secret(
         &self,
         endpoint: &str,
@@ -540,7 +620,9 @@ impl Store {
         let client = self.pool.get().await?;
         Ok(client
             .query_opt(
-                "SELECT secret FROM roles WHERE endpoint_id = $1 AND name = $2",
+                "SELECT secret FROM roles
+                 WHERE endpoint_id = $1 AND name = $2
+                   AND pending IS DISTINCT FROM 'create' AND pending IS DISTINCT FROM 'delete'",
                 &[&endpoint, &role],
             )
             .await?
@@ -548,23 +630,263 @@ impl Store {
             .transpose()?)
     }
 
-    /// Records a role; `Conflict` when it is already recorded.
-    pub async fn insert_role(
+    /// Every role of the endpoint as recorded, pending operations included, by name.
+    pub async fn role_rows(&self, endpoint: &str) -> Result<Vec<RoleRow>, StoreError> {
+        let client = self.pool.get().await?;
+        client
+            .query(
+                "SELECT name, secret, pending, pending_secret, created_at FROM roles
+                 WHERE endpoint_id = $1 ORDER BY name",
+                &[&endpoint],
+            )
+            .await?
+            .iter()
+            .map(RoleRow::from_row)
+            .collect()
+    }
+
+    /// One role as recorded.
+    pub async fn role_row(
+        &self,
+        endpoint: &str,
+        name: &str,
+    ) -> Result<Option<RoleRow>, StoreError> {
+        let client = self.pool.get().await?;
+        client
+            .query_opt(
+                "SELECT name, secret, pending, pending_secret, created_at FROM roles
+                 WHERE endpoint_id = $1 AND name = $2",
+                &[&endpoint, &name],
+            )
+            .await?
+            .as_ref()
+            .map(RoleRow::from_row)
+            .transpose()
+    }
+
+    /// Records a role about to be created in Postgres (`pending = 'create'`); `Conflict` when
+    /// one of that name is recorded.
+    pub async fn insert_role_pending(
         &self,
         endpoint: &str,
         name: &str,
         secret: &str,
-    ) -> Result<OffsetDateTime, StoreError> {
+    ) -> Result<(), StoreError> {
         let client = self.pool.get().await?;
-        let row = client
-            .query_one(
-                "INSERT INTO roles (endpoint_id, name, secret) VALUES ($1, $2, $3)
-                 RETURNING created_at",
+        client
+            .execute(
+                "INSERT INTO roles (endpoint_id, name, secret, pending)
+                 VALUES ($1, $2, $3, 'create')",
                 &[&endpoint, &name, &secret],
             )
             .await
             .map_err(StoreError::from_db)?;
-        Ok(row.try_get(0)?)
+        Ok(())
+    }
+
+    /// Forgets a role whose create was refused (it existed in Postgres already).
+    pub async fn delete_role_pending_create(
+        &self,
+        endpoint: &str,
+        name: &str,
+    ) -> Result<(), StoreError> {
+        let client = self.pool.get().await?;
+        client
+            .execute(
+                "DELETE FROM roles WHERE endpoint_id = $1 AND name = $2 AND pending = 'create'",
+                &[&endpoint, &name],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Marks a recorded role as being changed: `Some(secret)` a new verifier (`update`),
+    /// `None` a drop (`delete`). False when the role is not recorded.
+    pub async fn mark_role_pending(
+        &self,
+        endpoint: &str,
+        name: &str,
+        new_secret: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        let client = self.pool.get().await?;
+        let pending = if new_secret.is_some() {
+            "update"
+        } else {
+            "delete"
+        };
+        let changed = client
+            .execute(
+                "UPDATE roles SET pending = $3, pending_secret = $4
+                 WHERE endpoint_id = $1 AND name = $2",
+                &[&endpoint, &name, &pending, &new_secret],
+            )
+            .await?;
+        Ok(changed == 1)
+    }
+
+    /// Finishes a role operation once Postgres has it: a create or an update becomes the
+    /// role's current verifier; a delete removes the row. An update or a delete is recorded
+    /// as a role change, whose id is returned (gateways must drop what they hold for it).
+    pub async fn finish_role(&self, endpoint: &str, name: &str) -> Result<Option<i64>, StoreError> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let Some(row) = tx
+            .query_opt(
+                "SELECT pending FROM roles WHERE endpoint_id = $1 AND name = $2 FOR UPDATE",
+                &[&endpoint, &name],
+            )
+            .await?
+        else {
+            return Ok(None);
+        };
+        let pending: Option<String> = row.try_get(0)?;
+        let change = match pending.as_deref() {
+            Some("update") => {
+                tx.execute(
+                    "UPDATE roles SET secret = pending_secret, pending = NULL,
+                         pending_secret = NULL
+                     WHERE endpoint_id = $1 AND name = $2",
+                    &[&endpoint, &name],
+                )
+                .await?;
+                Some("password")
+            }
+            Some("delete") => {
+                tx.execute(
+                    "DELETE FROM roles WHERE endpoint_id = $1 AND name = $2",
+                    &[&endpoint, &name],
+                )
+                .await?;
+                Some("drop")
+            }
+            _ => {
+                tx.execute(
+                    "UPDATE roles SET pending = NULL, pending_secret = NULL
+                     WHERE endpoint_id = $1 AND name = $2",
+                    &[&endpoint, &name],
+                )
+                .await?;
+                None
+            }
+        };
+        let id = match change {
+            Some(kind) => Some(
+                tx.query_one(
+                    "INSERT INTO role_changes (endpoint_id, role, kind) VALUES ($1, $2, $3)
+                     RETURNING id",
+                    &[&endpoint, &name, &kind],
+                )
+                .await?
+                .try_get(0)?,
+            ),
+            None => None,
+        };
+        tx.commit().await?;
+        Ok(id)
+    }
+
+    /// The endpoints with a role operation a crash left unfinished.
+    pub async fn endpoints_with_pending_roles(&self) -> Result<Vec<String>, StoreError> {
+        let client = self.pool.get().await?;
+        client
+            .query(
+                "SELECT DISTINCT endpoint_id FROM roles WHERE pending IS NOT NULL ORDER BY 1",
+                &[],
+            )
+            .await?
+            .iter()
+            .map(|r| r.try_get(0).map_err(StoreError::from))
+            .collect()
+    }
+
+    /// Sets or clears [`EndpointRow::sync_needed`].
+    pub async fn set_sync_needed(&self, id: &str, needed: bool) -> Result<(), StoreError> {
+        let client = self.pool.get().await?;
+        client
+            .execute(
+                "UPDATE endpoints SET sync_needed = $2 WHERE id = $1",
+                &[&id, &needed],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Records a gateway's report (`id`, its interval, the newest role change it applied) and
+    /// returns what it must apply next: the role changes after `applied` (none when it has
+    /// applied nothing yet: it then drops everything it holds), the newest id, and whether
+    /// there were more than one reply carries.
+    pub async fn gateway_report(
+        &self,
+        id: &str,
+        interval: Duration,
+        applied: Option<i64>,
+    ) -> Result<RoleChanges, StoreError> {
+        let client = self.pool.get().await?;
+        let interval_ms = i64::try_from(interval.as_millis()).unwrap_or(i64::MAX);
+        let forget = GATEWAY_FORGET.as_secs_f64();
+        client
+            .execute(
+                "WITH forgotten AS (
+                    DELETE FROM gateways WHERE seen_at < now() - make_interval(secs => $4))
+                 INSERT INTO gateways (id, seen_at, interval_ms, role_changes_applied)
+                 VALUES ($1, now(), $2, $3)
+                 ON CONFLICT (id) DO UPDATE SET seen_at = now(), interval_ms = excluded.interval_ms,
+                     role_changes_applied = excluded.role_changes_applied",
+                &[&id, &interval_ms, &applied, &forget],
+            )
+            .await?;
+        let cursor: i64 = client
+            .query_one("SELECT COALESCE(max(id), 0) FROM role_changes", &[])
+            .await?
+            .try_get(0)?;
+        let Some(applied) = applied else {
+            return Ok(RoleChanges {
+                changes: Vec::new(),
+                cursor,
+                truncated: false,
+            });
+        };
+        let rows = client
+            .query(
+                "SELECT id, endpoint_id, role FROM role_changes
+                 WHERE id > $1 AND id <= $2 ORDER BY id LIMIT $3",
+                &[&applied, &cursor, &(MAX_ROLE_CHANGES + 1)],
+            )
+            .await?;
+        let truncated = rows.len() as i64 > MAX_ROLE_CHANGES;
+        let changes = if truncated {
+            Vec::new()
+        } else {
+            rows.iter()
+                .map(|r| {
+                    Ok(wake_api::proxy::RoleChange {
+                        id: r.try_get(0)?,
+                        endpoint_id: r.try_get(1)?,
+                        role: r.try_get(2)?,
+                    })
+                })
+                .collect::<Result<_, StoreError>>()?
+        };
+        Ok(RoleChanges {
+            changes,
+            cursor,
+            truncated,
+        })
+    }
+
+    /// How many gateways reported within three of their intervals (they are live) and have
+    /// not yet applied role change `id`.
+    pub async fn gateways_behind(&self, id: i64) -> Result<i64, StoreError> {
+        let client = self.pool.get().await?;
+        Ok(client
+            .query_one(
+                "SELECT count(*) FROM gateways
+                 WHERE seen_at > now() - make_interval(secs => 3 * interval_ms / 1000.0)
+                   AND COALESCE(role_changes_applied, -1) < $1",
+                &[&id],
+            )
+            .await?
+            .try_get(0)?)
     }
 
     pub async fn databases(&self, endpoint: &str) -> Result<Vec<Database>, StoreError> {

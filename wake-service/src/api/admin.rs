@@ -5,12 +5,12 @@ use std::sync::Arc;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, patch, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use wake_api::admin::{
     ComputeEvent, CreateDatabase, CreateEndpoint, CreateRole, Database, Endpoint, PatchEndpoint,
-    Role,
+    PatchRole, Role,
 };
 
 use super::{ApiError, ApiJson, Service};
@@ -22,6 +22,10 @@ pub fn routes() -> Router<Arc<Service>> {
         .route("/v1/endpoints", get(list).post(create))
         .route("/v1/endpoints/{id}", get(one).patch(update).delete(remove))
         .route("/v1/endpoints/{id}/roles", post(create_role))
+        .route(
+            "/v1/endpoints/{id}/roles/{name}",
+            patch(update_role).delete(delete_role),
+        )
         .route("/v1/endpoints/{id}/databases", post(create_database))
         .route("/v1/endpoints/{id}/wake", post(wake))
         .route("/v1/endpoints/{id}/suspend", post(suspend))
@@ -114,20 +118,72 @@ async fn remove(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Runs an operation on the endpoint's Postgres in a task of its own: a client that goes
+/// away never cuts it in half (what was recorded as pending would wait for the next start).
+async fn detached<T, F>(
+    service: &Arc<Service>,
+    operation: impl FnOnce(Arc<Service>) -> F,
+) -> Result<T, ApiError>
+where
+    T: Send + 'static,
+    F: std::future::Future<Output = Result<T, crate::lifecycle::LifecycleError>> + Send + 'static,
+{
+    match tokio::spawn(operation(service.clone())).await {
+        Ok(result) => Ok(result?),
+        Err(e) => {
+            tracing::error!(error = %e, "operation task failed");
+            Err(ApiError::Unavailable(
+                "the operation failed; try again".into(),
+            ))
+        }
+    }
+}
+
 async fn create_role(
     State(service): State<Arc<Service>>,
     Path(id): Path<String>,
     ApiJson(request): ApiJson<CreateRole>,
 ) -> Result<Response, ApiError> {
-    let created_at = service
-        .computes
-        .create_role(&id, &request.name, &request.password)
-        .await?;
-    let role = Role {
-        name: request.name,
-        created_at,
-    };
+    let name = request.name.clone();
+    let created_at = detached(&service, move |service| async move {
+        service
+            .computes
+            .create_role(&id, &request.name, &request.password)
+            .await
+    })
+    .await?;
+    let role = Role { name, created_at };
     Ok((StatusCode::CREATED, Json(role)).into_response())
+}
+
+/// `PATCH /v1/endpoints/{id}/roles/{name}`: a new password. Answers once Postgres, PgBouncer
+/// and every gateway that reports have dropped the old one.
+async fn update_role(
+    State(service): State<Arc<Service>>,
+    Path((id, name)): Path<(String, String)>,
+    ApiJson(request): ApiJson<PatchRole>,
+) -> Result<Json<Role>, ApiError> {
+    let role = name.clone();
+    let created_at = detached(&service, move |service| async move {
+        service
+            .computes
+            .update_role(&id, &role, &request.password)
+            .await
+    })
+    .await?;
+    Ok(Json(Role { name, created_at }))
+}
+
+/// `DELETE /v1/endpoints/{id}/roles/{name}`: drops the role (409 while it owns a database).
+async fn delete_role(
+    State(service): State<Arc<Service>>,
+    Path((id, name)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    detached(&service, move |service| async move {
+        service.computes.delete_role(&id, &name).await
+    })
+    .await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 async fn create_database(
@@ -135,10 +191,11 @@ async fn create_database(
     Path(id): Path<String>,
     ApiJson(request): ApiJson<CreateDatabase>,
 ) -> Result<Response, ApiError> {
-    service
-        .computes
-        .create_database(&id, &request.name, &request.owner)
-        .await?;
+    let (name, owner) = (request.name.clone(), request.owner.clone());
+    detached(&service, move |service| async move {
+        service.computes.create_database(&id, &name, &owner).await
+    })
+    .await?;
     let database = Database {
         name: request.name,
         owner: request.owner,

@@ -129,8 +129,16 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
         .map(str::trim)
 }
 
+/// Constant time in the content and the length of both: the digests are compared, so a
+/// wrong guess tells nothing about the token's length either.
 fn token_matches(given: &str, expected: &str) -> bool {
-    !expected.is_empty() && bool::from(given.as_bytes().ct_eq(expected.as_bytes()))
+    use sha2::{Digest, Sha256};
+    !expected.is_empty()
+        && bool::from(
+            Sha256::digest(given.as_bytes())
+                .as_slice()
+                .ct_eq(Sha256::digest(expected.as_bytes()).as_slice()),
+        )
 }
 
 async fn require_admin(
@@ -178,7 +186,9 @@ pub enum ApiError {
 impl From<LifecycleError> for ApiError {
     fn from(e: LifecycleError) -> Self {
         match e {
-            LifecycleError::NotFound(_) => ApiError::NotFound(e.to_string()),
+            LifecycleError::NotFound(_) | LifecycleError::RoleNotFound { .. } => {
+                ApiError::NotFound(e.to_string())
+            }
             LifecycleError::Conflict(m) => ApiError::Conflict(m),
             LifecycleError::Invalid(m) => ApiError::Invalid(m),
             LifecycleError::Busy(_) => ApiError::Unavailable(e.to_string()),
@@ -247,6 +257,7 @@ impl From<LifecycleError> for ProxyError {
     fn from(e: LifecycleError) -> Self {
         match e {
             LifecycleError::NotFound(_) => ProxyError::EndpointNotFound,
+            LifecycleError::RoleNotFound { .. } => ProxyError::BadRequest(e.to_string()),
             LifecycleError::Busy(_) => ProxyError::Busy(200),
             LifecycleError::Store(source) => {
                 tracing::error!(error = %source, "state store error");
@@ -317,5 +328,26 @@ where
             Ok(axum::Json(value)) => Ok(ApiJson(value)),
             Err(rejection) => Err(ApiError::BadRequest(rejection.body_text())),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens() {
+        let token = "0123456789abcdef0123456789abcdef";
+        assert!(token_matches(token, token));
+        for wrong in [
+            "",
+            "0123456789abcdef",
+            &token[..31],
+            &format!("{token}0"),
+            "x",
+        ] {
+            assert!(!token_matches(wrong, token), "{wrong}");
+        }
+        assert!(!token_matches("", ""));
     }
 }

@@ -75,6 +75,7 @@ pub fn spec() -> Value {
                     "suspend_timeout_seconds": {"type": "integer"}, "min_cu": {"type": "number"}, "max_cu": {"type": "number"},
                     "jwks": {"type": "array", "items": schema("JwksSettings")}}},
                 "CreateRole": {"type": "object", "required": ["name", "password"], "additionalProperties": false, "properties": {"name": {"type": "string"}, "password": {"type": "string"}}},
+                "PatchRole": {"type": "object", "required": ["password"], "additionalProperties": false, "properties": {"password": {"type": "string"}}},
                 "Role": {"type": "object", "properties": {"name": {"type": "string"}, "created_at": {"type": "string", "format": "date-time"}}},
                 "CreateDatabase": {"type": "object", "required": ["name", "owner"], "additionalProperties": false, "properties": {"name": {"type": "string"}, "owner": {"type": "string"}}},
                 "JwksSettings": {"type": "object", "required": ["id", "jwks_url", "provider_name", "role_names"], "properties": {
@@ -93,8 +94,12 @@ pub fn spec() -> Value {
                     "interval_ms": {"type": "integer", "minimum": 50, "maximum": 60000},
                     "endpoints": {"type": "array", "items": {"type": "object", "required": ["endpoint_id", "sessions", "in_flight", "idle_ms"], "properties": {
                         "endpoint_id": {"type": "string"}, "sessions": {"type": "integer"}, "in_flight": {"type": "integer"}, "idle_ms": {"type": "integer"}}}},
-                    "cached": {"type": "array", "items": {"type": "string"}}}},
-                "ActivityReply": {"type": "object", "properties": {"inactive": {"type": "array", "items": {"type": "string"}}}},
+                    "cached": {"type": "array", "items": {"type": "string"}},
+                    "gateway_id": {"type": "string", "description": "random per gateway process; the wake service waits for it to apply role changes"},
+                    "role_changes_applied": {"type": "integer", "description": "the newest role change applied (an earlier reply's role_changes_cursor)"}}},
+                "ActivityReply": {"type": "object", "properties": {"inactive": {"type": "array", "items": {"type": "string"}},
+                    "role_changes": {"type": "array", "items": {"type": "object", "properties": {"id": {"type": "integer"}, "endpoint_id": {"type": "string"}, "role": {"type": "string"}}}},
+                    "role_changes_cursor": {"type": "integer"}, "role_changes_truncated": {"type": "boolean"}}},
                 "ControlPlaneError": {"type": "object", "description": "Neon's error shape: {error, status: {code, message, details: {error_info: {reason}, retry_info: {retry_delay_ms}, user_facing_message: {message}}}}"}
             }
         },
@@ -113,6 +118,14 @@ pub fn spec() -> Value {
             "/v1/endpoints/{id}/roles": {
                 "parameters": id,
                 "post": {"summary": "Create a login role (password stored only as a SCRAM-SHA-256 secret)", "requestBody": body("CreateRole"), "responses": ok("201", "created", schema("Role"), &["400", "401", "404", "409", "422", "503"])}
+            },
+            "/v1/endpoints/{id}/roles/{name}": {
+                "parameters": [
+                    {"name": "id", "in": "path", "required": true, "schema": {"type": "string"}},
+                    {"name": "name", "in": "path", "required": true, "schema": {"type": "string"}}
+                ],
+                "patch": {"summary": "Set a role's password; answers once Postgres, PgBouncer and every gateway that reports refuse the old one", "requestBody": body("PatchRole"), "responses": ok("200", "updated", schema("Role"), &["400", "401", "404", "422", "503"])},
+                "delete": {"summary": "Drop a role (409 while it owns a database); what it owns in each database goes to that database's owner", "responses": with(json!({"204": {"description": "dropped"}}), error_responses(&["401", "404", "409", "503"]))}
             },
             "/v1/endpoints/{id}/databases": {
                 "parameters": id,

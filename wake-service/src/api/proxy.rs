@@ -126,6 +126,8 @@ async fn jwks(
 const MAX_REPORTED: usize = 10_000;
 /// An open session holds its endpoint for this many report intervals.
 const LEASE_INTERVALS: u32 = 3;
+/// The longest gateway id accepted.
+const MAX_GATEWAY_ID: usize = 128;
 /// Bounds on the interval a gateway says it reports at.
 const REPORT_INTERVAL_MS: std::ops::RangeInclusive<u64> = 50..=60_000;
 
@@ -166,15 +168,29 @@ async fn activity(
         .collect();
     ids.sort();
     ids.dedup();
-    let lease = std::time::Duration::from_millis(report.interval_ms) * LEASE_INTERVALS;
-    let inactive = service
-        .computes
-        .store()
-        .record_activity(&entries, lease, &ids)
+    let interval = std::time::Duration::from_millis(report.interval_ms);
+    let store = service.computes.store();
+    let inactive = store
+        .record_activity(&entries, interval * LEASE_INTERVALS, &ids)
         .await
         .map_err(LifecycleError::from)?;
-    Ok(Json(ActivityReply {
+    let mut reply = ActivityReply {
         inactive,
         ..ActivityReply::default()
-    }))
+    };
+    if let Some(gateway) = report.gateway_id.as_deref() {
+        if gateway.is_empty() || gateway.len() > MAX_GATEWAY_ID {
+            return Err(ProxyError::BadRequest(format!(
+                "gateway_id must be 1-{MAX_GATEWAY_ID} characters"
+            )));
+        }
+        let changes = store
+            .gateway_report(gateway, interval, report.role_changes_applied)
+            .await
+            .map_err(LifecycleError::from)?;
+        reply.role_changes = changes.changes;
+        reply.role_changes_cursor = Some(changes.cursor);
+        reply.role_changes_truncated = changes.truncated;
+    }
+    Ok(Json(reply))
 }

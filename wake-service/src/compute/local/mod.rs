@@ -1,49 +1,102 @@
 //! The `local` driver: one Postgres 15 cluster plus one PgBouncer per endpoint, as processes
-//! on this machine running as an unprivileged OS user (`postgres` when the wake service is
-//! root, else the wake service's own user). Also [`StateCluster`], the wake service's own
-//! embedded state store.
+//! on this machine, each endpoint under an OS user of its own when the wake service is root.
+//! Also [`StateCluster`], the wake service's own embedded state store.
+//!
+//! # OS users
+//!
+//! When the wake service runs as root (as `make up` runs it), every endpoint gets its own
+//! unprivileged OS user, made at `create` (`useradd --system --user-group`, no home, shell
+//! `nologin`; an existing one is reused only when its comment says it is ours) and removed by
+//! `destroy` and `quarantine` once every process of it is gone; the state store has one too.
+//! Names come from the compute root and the endpoint id, so several wake services share a
+//! machine (`w<6 hex of sha256(root)>-<id>`, or a hashed form; see `users.rs`). An endpoint's
+//! Postgres and PgBouncer run as its user, its directory (0700), sockets and data are owned by
+//! it, and the compute root is 0711: a shell obtained inside one endpoint's Postgres can
+//! neither read, connect to nor signal another endpoint's processes and files, nor the state
+//! store's. Once Postgres stopped (`stop_postgres`, `stop`), every other process of the user
+//! but its PgBouncer is killed: a daemon started through `COPY … TO PROGRAM` does not outlive
+//! a suspend, nor do orphaned backends.
+//!
+//! `LocalConfig::os_user` (`--compute-os-user`) instead runs every compute and the state store
+//! as one shared user: no isolation between endpoints. A wake service that is not root runs
+//! them all as its own user, without isolation either; both log a warning at startup.
+//!
+//! Directories from earlier versions (owned by the `postgres` user every compute shared) are
+//! taken over by the first operation on them: the processes there that run as the old owner
+//! are stopped, the tree is chowned to the endpoint's user without following symlinks
+//! (`files::Dir::chown_tree`: `O_PATH|O_NOFOLLOW` descriptors, files with several hard
+//! links left alone), and the compute goes on as its own user. The state store's directory the
+//! same way.
+//!
+//! # Files
+//!
+//! Everything inside a compute's directory is writable by the compute's user, who can replace
+//! any entry there with a symlink, a FIFO or a hard link. The root wake service reaches those
+//! entries only through `files::Dir`: checked directory descriptors, `openat` with
+//! `O_NOFOLLOW|O_NONBLOCK`, `fstat` checks (regular file, one link, owned by the compute's
+//! user or the wake service), bounded reads, writes by `O_EXCL` temporary file and `renameat`,
+//! `fchown`/`fchmod` on descriptors. A pid read from `postmaster.pid` or `pgbouncer.pid` is
+//! only signalled when the process runs as the compute's user (real and effective uid), and
+//! every connection to a unix socket there (Postgres as `cloud_admin`, PgBouncer's admin
+//! console) checks with `SO_PEERCRED` that the process behind it runs as the compute's user,
+//! so a socket replaced by a symlink to another endpoint's is refused.
 //!
 //! # Layout
 //!
 //! ```text
-//! root/<endpoint>/              0700, owned by the OS user
-//!   pgdata/                     the cluster (initdb -U cloud_admin, SCRAM)
-//!     wake.conf                 settings written at create (included from postgresql.conf)
-//!     wake.start.conf           port, addresses, socket dir: rewritten before each start
-//!   run/                        unix sockets of Postgres and PgBouncer, 0700
-//!   pgbouncer/                  pgbouncer.ini, hba.conf, userlist.txt, pgbouncer.pid, pgbouncer.log
-//!   postgres.log                the postmaster's stdout and stderr (appended)
-//!   created                     written last by create: the compute is complete
+//! root/                         0711 with one user per endpoint
+//!   .quarantine/<id>-<time>/    computes moved aside by `quarantine` (0700, root): never
+//!                               listed, started or deleted
+//!   <endpoint>/                 0700, owned by the endpoint's OS user
+//!     pgdata/                   the cluster (initdb -U cloud_admin, SCRAM)
+//!       wake.conf               settings written at create (included from postgresql.conf)
+//!       wake.start.conf         port, addresses, socket dir: rewritten before each start
+//!       pg_hba.conf, pg_ident.conf   rewritten before each start when they differ
+//!     pgdata.init/              where initdb works; renamed to pgdata/ once configured
+//!     run/                      unix sockets of Postgres and PgBouncer, 0700
+//!     pgbouncer/                pgbouncer.ini, hba.conf, userlist.txt (the auth file),
+//!                               pgbouncer.pid, pgbouncer.log
+//!     postgres.log              the postmaster's stdout and stderr (appended)
+//!     created                   written last by create (owned by the wake service)
 //! ```
 //!
 //! `create` is idempotent through the `created` marker: present → nothing to do; the directory
-//! present without it (the wake service died mid-create) → stop whatever runs there, kill
-//! leftover processes (an initdb keeps running when the wake service is killed), wipe, redo.
+//! present without it (the wake service died mid-create, and the store says the create is in
+//! progress: nothing of value is there) → stop whatever runs there, kill leftover processes
+//! (an initdb keeps running when the wake service is killed), wipe, redo.
 //!
 //! # Authentication
 //!
-//! Postgres: `local all all trust` (the socket directory is 0700 and owned by the OS user, so
-//! only that user and root reach it), `host all cloud_admin all reject` (the superuser never
-//! logs in over TCP), then `scram-sha-256` from loopback (from anywhere when the configured
-//! host is not a loopback address).
+//! Postgres: the superuser `cloud_admin` logs in only over the unix socket and only by `peer`
+//! authentication mapped from the wake service's own OS user (`local all cloud_admin peer
+//! map=wake`, and pg_ident.conf `wake root cloud_admin`, or the wake service's user when it
+//! is not root): a shell as the compute's user reaches the socket but is not in the map.
+//! Other local logins are `trust` (the socket directory is 0700 and the compute's: PgBouncer
+//! logs in there as the client's role). `host all cloud_admin all reject` (never over TCP),
+//! then `scram-sha-256` from loopback (from anywhere when the configured host is not a
+//! loopback address). The state store has `local all cloud_admin peer map=wake` only. Both
+//! files are rewritten before each start when they differ (clusters of earlier versions
+//! included). When the wake service's uid has no passwd entry, peer cannot work and
+//! `cloud_admin` is trusted on the socket instead (with a warning).
 //!
-//! PgBouncer (`auth_type = hba`): its hba.conf has `local all all trust`, rejects
-//! `cloud_admin` over TCP and asks everyone else for SCRAM. Users are not listed in a file:
-//! `auth_user = cloud_admin` makes PgBouncer look each user up in the cluster itself, over the
-//! private unix socket (trust, so `cloud_admin`'s entry in userlist.txt has an empty
-//! password). The wake service stores only SCRAM verifiers, and a verifier is all PgBouncer
-//! needs to run SCRAM with the client; PgBouncer then logs in to Postgres as that user over
-//! the unix socket, again trust. Verified on PgBouncer 1.18 with roles created as
-//! `CREATE ROLE … PASSWORD 'SCRAM-SHA-256$4096:…'` (see tests/local_driver.rs). Notes on 1.18:
+//! PgBouncer (`auth_type = hba`, no `auth_user`: it never runs SQL to authenticate anyone, so
+//! nothing a database owner sets, such as a `search_path`, is ever run as superuser): its
+//! `auth_file` (userlist.txt) lists the endpoint's API roles with their SCRAM-SHA-256
+//! verifiers exactly as the store has them (`"name" "SCRAM-SHA-256$…"`), plus `cloud_admin`
+//! with an empty password for the admin console. [`ComputeDriver::set_pooler_roles`] rewrites
+//! it atomically and sends `RELOAD`; a stopped PgBouncer reads it at its next start. Its
+//! hba.conf has `local all all trust` (the admin console, as `cloud_admin`, over the private
+//! socket), rejects `cloud_admin` over TCP and asks everyone else for SCRAM, which PgBouncer
+//! runs with the client against the verifier; it then logs in to Postgres as that role over
+//! the unix socket (trust). Notes on 1.18 (checked in tests/local_driver.rs):
 //!
-//! * The built-in `auth_query` of this build (Debian's 1.18.0) is not the `pg_shadow` one
-//!   older documentation shows but `SELECT rolname, CASE WHEN rolvaliduntil < now() THEN
-//!   NULL ELSE rolpassword END FROM pg_authid WHERE rolname=$1 AND rolcanlogin`: it needs a
-//!   superuser `auth_user` (ours is) and refuses expired and NOLOGIN roles (checked: a role
-//!   `VALID UNTIL` the past is refused). Roles without a password cannot log in.
+//! * After a `RELOAD`, a role no longer in the file is refused for new logins ("SASL
+//!   authentication failed") and a changed verifier is the one that counts; clients already
+//!   connected stay connected. A role missing from the file (one made in SQL outside the API)
+//!   cannot log in through PgBouncer at all.
 //! * Its hba parser does not accept `all` as an address (the line is dropped with a warning),
 //!   hence `0.0.0.0/0` and `::/0` in the reject lines.
-//! * `cloud_admin` listed in userlist.txt with an empty password also means SCRAM for it can
+//! * `cloud_admin` listed in the auth file with an empty password also means SCRAM for it can
 //!   never succeed through PgBouncer, reject line or not.
 //! * Startup parameters: PgBouncer tracks `client_encoding`, `DateStyle`, `TimeZone`,
 //!   `standard_conforming_strings` and `application_name`; `extra_float_digits` (pgJDBC) is
@@ -84,19 +137,19 @@
 //! last three bounded by 60 s, 60 s and 10 s. PgBouncer runs as a daemon (`pgbouncer -d`).
 //!
 //! Every start first looks for what already runs: a postmaster named by `postmaster.pid`
-//! (alive, a `postgres` process whose `-D` or working directory is this data directory) is
-//! adopted when its port, socket directory and start settings match and restarted when not
-//! (one still starting is waited for, one shutting down too); the same for PgBouncer through
-//! its pidfile (alive, command line names our ini, files on disk unchanged — they are only
-//! rewritten while it is stopped — and it owns the listening socket on the port, checked once
-//! per process: PgBouncer keeps its listening sockets for life). A pidfile naming a live
-//! unrelated process (pid reuse after a crash) is removed, since both programs would refuse
-//! to start otherwise. Nothing is ever started twice. Every wait is bounded (Postgres 60 s to
-//! become ready, PgBouncer 30 s to start and 10 s + SIGKILL to stop, admin-console commands
-//! 10 s) and errors carry the tail of the log. Logs over 10 MiB are rotated to `*.1` before a
-//! start.
-//!
-//! # Suspend and resume
+//! (alive, running as the compute's user, a `postgres` process whose `-D` or working
+//! directory is this data directory) is adopted when its port, socket directory, start
+//! settings and authentication files match and restarted when not (one still starting is
+//! waited for, one shutting down too); the same for PgBouncer through its pidfile (alive, the
+//! compute's user, command line names our ini, ini and hba.conf on disk unchanged — they are
+//! only rewritten while it is stopped; the auth file is not compared, it changes at runtime —
+//! and it owns the listening socket on the port, checked once per process: PgBouncer keeps its
+//! listening sockets for life). A pidfile naming a live process that is not ours (pid reuse
+//! after a crash, or a pid the compute's user wrote there) is removed and never signalled,
+//! since both programs would refuse to start otherwise. Nothing is ever started twice. Every
+//! wait is bounded (Postgres 60 s to become ready, PgBouncer 30 s to start and 10 s + SIGKILL
+//! to stop, admin-console commands 10 s, killing a user's leftover processes 10 s) and errors
+//! carry the tail of the log. Logs over 10 MiB are rotated to `*.1` before a start.
 //!
 //! A suspended compute is Postgres stopped behind a running, paused PgBouncer: clients keep
 //! their connections and new ones are accepted, and all of them wait until the next `start`
@@ -108,11 +161,14 @@
 //! often, and sends PAUSE on a connection of its own. What was verified on PgBouncer 1.18:
 //!
 //! * `PAUSE` answers only once every server connection has been released and closed; a
-//!   transaction in progress holds it up for as long as it lasts. Then new clients (SCRAM
-//!   logins: the `auth_query` needs a server connection) wait as `cl_waiting` in the
-//!   `(<database>, cloud_admin)` pool of `SHOW POOLS`, and queries of connected clients
-//!   wait as `cl_waiting` in their own pool; `RESUME` lets both go on (`query_wait_timeout`,
-//!   120 s, still bounds the wait).
+//!   transaction in progress holds it up for as long as it lasts. Then queries of connected
+//!   clients wait as `cl_waiting` in their pool of `SHOW POOLS`, and `RESUME` lets them go on
+//!   (`query_wait_timeout`, 120 s, still bounds the wait). New clients log in without a
+//!   server connection (their verifier is in the auth file) once PgBouncer has the server's
+//!   parameters for the pool (from any earlier server login since it started); they show up
+//!   as `cl_waiting` only once they send a query, which is what the scheduler's pooler watch
+//!   wakes a suspended endpoint on. Before that (a PgBouncer started while Postgres is down)
+//!   they wait in the login itself, also as `cl_waiting`.
 //! * `RESUME` cancels a `PAUSE` still waiting for a busy server connection, but the console
 //!   connection that sent the PAUSE then never gets an answer (and tokio-postgres keeps a
 //!   connection with a request in flight open): `pause_pooler` gives up after its timeout,
@@ -146,29 +202,46 @@
 //!   `max_connections = 200` (room for the gateway's pool of 100 per endpoint plus PgBouncer's
 //!   pools and direct clients).
 //! * One wake service per root: the per-endpoint locks are in memory.
+//! * Per-endpoint users are system users (`useradd --system`): Debian's range 100-999 bounds
+//!   how many endpoints (of all wake services) a machine holds.
+//! * Nothing confines a compute's user on the network: its processes can bind any free TCP
+//!   port, including another endpoint's while that one is stopped.
 
+mod files;
 mod pgbouncer;
 mod postgres;
 mod process;
+mod users;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use wake_api::admin::Addresses;
 
+use self::files::Dir;
 use self::pgbouncer::{Admin, AdminReply, Bouncer, Counts};
-use self::postgres::{Cluster, StartSettings, SUPERUSER};
+use self::postgres::{Cluster, StartSettings, PGDATA, PGDATA_INIT, SUPERUSER};
 use self::process::{Children, Identity};
-use super::{ComputeDriver, ComputeError, ComputeSpec, Health, PoolerStats, StopMode};
+use super::{ComputeDriver, ComputeError, ComputeSpec, Health, PoolerRole, PoolerStats, StopMode};
 
 /// The port number in the state cluster's socket name (it listens on no TCP port).
 const STATE_PORT: u16 = 5432;
 /// The longest unix socket path the kernel binds (sun_path is 108 bytes with the NUL).
 const MAX_SOCKET_PATH: usize = 107;
+/// Written last by create (and by the state store's start).
+const MARKER: &str = "created";
+/// The unix socket directory in a compute's (or the state store's) directory.
+const RUN: &str = "run";
+/// Where `quarantine` moves computes, in the compute root.
+const QUARANTINE: &str = ".quarantine";
+/// The name of the pg_ident.conf map that lets the wake service's OS user be `cloud_admin`.
+const IDENT_MAP: &str = "wake";
+/// How long killing every leftover process of a compute's user may take.
+const SWEEP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How the local driver runs its processes.
 #[derive(Clone, Debug, PartialEq)]
@@ -179,7 +252,9 @@ pub struct LocalConfig {
     pub pg_bin: PathBuf,
     /// The PgBouncer binary; a bare name is looked up on PATH (and in /usr/sbin).
     pub pgbouncer: PathBuf,
-    /// Run Postgres and PgBouncer as this OS user; None = the wake service's own user.
+    /// Run every compute's Postgres and PgBouncer (and the state store) as this one OS user:
+    /// no isolation between endpoints. None: one OS user per endpoint (and one for the state
+    /// store) when the wake service is root, else the wake service's own user.
     pub os_user: Option<String>,
     /// Computes listen on and are advertised at this host.
     pub host: String,
@@ -188,20 +263,36 @@ pub struct LocalConfig {
 }
 
 impl LocalConfig {
-    /// Postgres 15 from Debian's packages, PgBouncer from PATH, `postgres` as the OS user when
+    /// Postgres 15 from Debian's packages, PgBouncer from PATH, one OS user per endpoint when
     /// running as root, loopback only.
     pub fn defaults(root: PathBuf) -> LocalConfig {
         LocalConfig {
             root,
             pg_bin: PathBuf::from("/usr/lib/postgresql/15/bin"),
             pgbouncer: PathBuf::from("pgbouncer"),
-            os_user: nix::unistd::geteuid()
-                .is_root()
-                .then(|| "postgres".to_string()),
+            os_user: None,
             host: "127.0.0.1".to_string(),
             fast: false,
         }
     }
+}
+
+/// The prefix of every OS user the local driver makes for the computes under `root` (a
+/// canonical path) and for its state store: `w<6 hex digits>`. For operators and tests that
+/// clean up after a wake service.
+pub fn os_user_prefix(root: &Path) -> String {
+    format!("w{}", users::instance_tag(root))
+}
+
+/// Who the computes run as.
+#[derive(Debug)]
+enum Principals {
+    /// The wake service is root: each endpoint has its own user, and so has the state store
+    /// (names derived from `tag`, see [`users`]).
+    PerEndpoint { tag: String },
+    /// One user for every compute and the state store: an explicit `os_user`, or the wake
+    /// service's own user when it is not root. No isolation between endpoints.
+    Shared(Identity),
 }
 
 /// Checked configuration shared by [`LocalDriver`] and [`StateCluster`].
@@ -209,18 +300,31 @@ impl LocalConfig {
 struct Setup {
     pg_bin: PathBuf,
     pgbouncer: PathBuf,
-    identity: Identity,
+    principals: Principals,
+    /// The canonical compute root.
+    root: PathBuf,
     host: String,
     fast: bool,
     /// `--locale=C.UTF-8` or `--no-locale`.
     locale: &'static str,
     /// Postmasters this process spawned, reaped when they exit.
     children: Children,
+    /// pg_hba.conf of computes and of the state store, and the pg_ident.conf of both.
+    endpoint_hba: String,
+    state_hba: String,
+    ident: String,
+    /// The users of endpoints, once looked up (per-endpoint users only).
+    identities: Mutex<HashMap<String, Identity>>,
+}
+
+/// One compute's directory, opened and checked, and the OS user its processes run as.
+struct Compute {
+    dir: Dir,
+    identity: Identity,
 }
 
 impl Setup {
     fn new(config: &LocalConfig) -> Result<Setup, ComputeError> {
-        let identity = Identity::resolve(config.os_user.as_deref())?;
         for program in ["initdb", "postgres"] {
             let path = config.pg_bin.join(program);
             if !is_executable(&path) {
@@ -242,58 +346,208 @@ impl Setup {
                 config.host
             )));
         }
+        let root = canonical_dir(&config.root, "compute root")?;
+        let root_user = nix::unistd::geteuid().is_root();
+        let principals = match (&config.os_user, root_user) {
+            (Some(name), _) => Principals::Shared(Identity::resolve(Some(name))?),
+            (None, true) => Principals::PerEndpoint {
+                tag: users::instance_tag(&root),
+            },
+            (None, false) => Principals::Shared(Identity::resolve(None)?),
+        };
+        // The OS user that may log in as cloud_admin (by peer authentication): ours.
+        let me = nix::unistd::User::from_uid(nix::unistd::geteuid())
+            .ok()
+            .flatten()
+            .map(|user| user.name)
+            .filter(|name| safe_config_value(name));
+        let admin_method = match &me {
+            Some(_) => format!("peer map={IDENT_MAP}"),
+            None => {
+                tracing::warn!(
+                    "the wake service's uid has no passwd entry: cloud_admin is trusted on the \
+                     computes' unix sockets instead of peer-authenticated"
+                );
+                "trust".to_string()
+            }
+        };
+        let ident = format!(
+            "# Written by the wake service (local driver): only its own OS user is cloud_admin.\n\
+             # MAPNAME  SYSTEM-USERNAME  PG-USERNAME\n{}",
+            me.map(|me| format!("{IDENT_MAP}  {me}  {SUPERUSER}\n"))
+                .unwrap_or_default()
+        );
+        let loopback_only = config.host == "localhost"
+            || config
+                .host
+                .parse::<IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
+        let mut endpoint_hba = format!(
+            "# Written by the wake service (local driver); rewritten before each start.\n\
+             # TYPE DATABASE USER        ADDRESS       METHOD\n\
+             local  all      {SUPERUSER}                {admin_method}\n\
+             local  all      all                       trust\n\
+             host   all      {SUPERUSER} all           reject\n\
+             host   all      all         127.0.0.1/32  scram-sha-256\n\
+             host   all      all         ::1/128       scram-sha-256\n",
+        );
+        if !loopback_only {
+            endpoint_hba.push_str(
+                "host   all      all         0.0.0.0/0     scram-sha-256\n\
+                 host   all      all         ::/0          scram-sha-256\n",
+            );
+        }
+        let state_hba = format!(
+            "# Written by the wake service: unix socket only, and only the wake service's user.\n\
+             local all {SUPERUSER} {admin_method}\n"
+        );
         Ok(Setup {
             pg_bin: config.pg_bin.clone(),
             pgbouncer,
-            identity,
+            principals,
+            root,
             host: config.host.clone(),
             fast: config.fast,
             locale: pick_locale(),
             children: Children::default(),
+            endpoint_hba,
+            state_hba,
+            ident,
+            identities: Mutex::new(HashMap::new()),
         })
     }
 
-    /// Creates `dir` (and its parents) when missing, makes it absolute, and checks it can be
-    /// written into config files and reached by the OS user.
-    fn prepare_dir(&self, dir: &Path, what: &str) -> Result<PathBuf, ComputeError> {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| ComputeError::io(format!("creating {what} {}", dir.display()), e))?;
-        let dir = std::fs::canonicalize(dir)
-            .map_err(|e| ComputeError::io(format!("resolving {what} {}", dir.display()), e))?;
-        let text = dir.to_str().ok_or_else(|| {
-            ComputeError::Process(format!("{what} {} is not UTF-8", dir.display()))
-        })?;
-        if !safe_config_value(text) {
-            return Err(ComputeError::Process(format!(
-                "{what} {text} must not contain spaces, quotes, backslashes, commas, '#', ';' or '='"
-            )));
-        }
-        if self.identity.switch {
-            process::ensure_traversable(&dir, self.identity.uid, self.identity.gid)?;
-        }
-        Ok(dir)
+    fn per_endpoint(&self) -> bool {
+        matches!(self.principals, Principals::PerEndpoint { .. })
     }
 
-    fn cluster<'a>(&'a self, dir: &Path) -> Cluster<'a> {
+    /// Makes `dir` (canonical, created by [`canonical_dir`]) reachable for the computes' users.
+    fn make_traversable(&self, dir: &Path) -> Result<(), ComputeError> {
+        match &self.principals {
+            // Per-endpoint users are in no group: "others" must be able to pass.
+            Principals::PerEndpoint { .. } => process::ensure_traversable(dir, u32::MAX, u32::MAX),
+            Principals::Shared(identity) if identity.switch => {
+                process::ensure_traversable(dir, identity.uid, identity.gid)
+            }
+            Principals::Shared(_) => Ok(()),
+        }
+    }
+
+    fn identities(&self) -> MutexGuard<'_, HashMap<String, Identity>> {
+        self.identities
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The OS user name and comment of `endpoint`'s user (per-endpoint users only).
+    fn endpoint_user(&self, endpoint: &str) -> Option<(String, String)> {
+        match &self.principals {
+            Principals::PerEndpoint { tag } => Some((
+                users::endpoint_user(tag, endpoint),
+                users::comment(tag, &format!("compute {endpoint}")),
+            )),
+            Principals::Shared(_) => None,
+        }
+    }
+
+    /// Who `endpoint`'s processes run as: its own user (created when `create` and missing;
+    /// None when missing otherwise), or the shared one.
+    async fn identity(
+        &self,
+        endpoint: &str,
+        create: bool,
+    ) -> Result<Option<Identity>, ComputeError> {
+        let Some((name, comment)) = self.endpoint_user(endpoint) else {
+            return Ok(self.shared());
+        };
+        if let Some(identity) = self.identities().get(endpoint) {
+            return Ok(Some(identity.clone()));
+        }
+        let identity = if create {
+            Some(users::ensure(&name, &comment).await?)
+        } else {
+            users::lookup(&name, &comment)?
+        };
+        if let Some(identity) = &identity {
+            self.identities()
+                .insert(endpoint.to_string(), identity.clone());
+        }
+        Ok(identity)
+    }
+
+    /// [`Self::identity`] without creating, from the cache or `getpwnam` (no `useradd`).
+    fn known_identity(&self, endpoint: &str) -> Result<Option<Identity>, ComputeError> {
+        let Some((name, comment)) = self.endpoint_user(endpoint) else {
+            return Ok(self.shared());
+        };
+        if let Some(identity) = self.identities().get(endpoint) {
+            return Ok(Some(identity.clone()));
+        }
+        let identity = users::lookup(&name, &comment)?;
+        if let Some(identity) = &identity {
+            self.identities()
+                .insert(endpoint.to_string(), identity.clone());
+        }
+        Ok(identity)
+    }
+
+    fn shared(&self) -> Option<Identity> {
+        match &self.principals {
+            Principals::Shared(identity) => Some(identity.clone()),
+            Principals::PerEndpoint { .. } => None,
+        }
+    }
+
+    /// Removes `endpoint`'s own user (every process of it must be gone).
+    async fn remove_identity(&self, endpoint: &str) -> Result<(), ComputeError> {
+        self.identities().remove(endpoint);
+        match self.endpoint_user(endpoint) {
+            Some((name, comment)) => users::remove(&name, &comment).await,
+            None => Ok(()),
+        }
+    }
+
+    /// The state store's user.
+    async fn state_identity(&self) -> Result<Identity, ComputeError> {
+        match &self.principals {
+            Principals::PerEndpoint { tag } => {
+                users::ensure(&users::state_user(tag), &users::comment(tag, "state store")).await
+            }
+            Principals::Shared(identity) => Ok(identity.clone()),
+        }
+    }
+
+    fn cluster<'a>(
+        &'a self,
+        identity: &'a Identity,
+        dir: &'a Dir,
+        pgdata_name: &'static str,
+        hba: &'a str,
+    ) -> Cluster<'a> {
         Cluster {
-            identity: &self.identity,
+            identity,
             children: &self.children,
             pg_bin: &self.pg_bin,
-            pgdata: dir.join("pgdata"),
-            run_dir: dir.join("run"),
-            log: dir.join("postgres.log"),
+            dir,
+            pgdata_name,
+            pgdata: dir.join(pgdata_name),
+            run_dir: dir.join(RUN),
+            hba,
+            ident: &self.ident,
         }
     }
 
-    fn bouncer<'a>(&'a self, dir: &Path) -> Bouncer<'a> {
-        let bouncer_dir = dir.join("pgbouncer");
+    /// The cluster of a compute.
+    fn compute_cluster<'a>(&'a self, compute: &'a Compute) -> Cluster<'a> {
+        self.cluster(&compute.identity, &compute.dir, PGDATA, &self.endpoint_hba)
+    }
+
+    fn bouncer<'a>(&'a self, identity: &'a Identity, dir: &'a Dir) -> Bouncer<'a> {
         Bouncer {
-            identity: &self.identity,
+            identity,
             program: &self.pgbouncer,
-            ini: bouncer_dir.join("pgbouncer.ini"),
-            pidfile: bouncer_dir.join("pgbouncer.pid"),
-            log: bouncer_dir.join("pgbouncer.log"),
-            run_dir: dir.join("run"),
+            dir,
+            ini: dir.join(pgbouncer::DIR).join(pgbouncer::INI),
         }
     }
 
@@ -302,28 +556,11 @@ impl Setup {
         self.host == "localhost" || self.host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
     }
 
-    fn endpoint_hba(&self) -> String {
-        let mut hba = String::from(
-            "# Written by the wake service (local driver).\n\
-             # TYPE DATABASE USER        ADDRESS       METHOD\n\
-             local  all      all                       trust\n\
-             host   all      cloud_admin all           reject\n\
-             host   all      all         127.0.0.1/32  scram-sha-256\n\
-             host   all      all         ::1/128       scram-sha-256\n",
-        );
-        if !self.loopback_only() {
-            hba.push_str(
-                "host   all      all         0.0.0.0/0     scram-sha-256\n\
-                 host   all      all         ::/0          scram-sha-256\n",
-            );
-        }
-        hba
-    }
-
-    /// The ini, hba.conf and userlist.txt of an endpoint's PgBouncer.
-    fn bouncer_files(&self, dir: &Path, spec: &ComputeSpec) -> Vec<(PathBuf, String)> {
-        let bouncer_dir = dir.join("pgbouncer");
-        let run_dir = dir.join("run");
+    /// The ini and hba.conf of an endpoint's PgBouncer (names in its directory). The auth file
+    /// is not among them: see [`pooler_userlist`].
+    fn bouncer_files(&self, dir: &Path, spec: &ComputeSpec) -> Vec<(&'static str, String)> {
+        let bouncer_dir = dir.join(pgbouncer::DIR);
+        let run_dir = dir.join(RUN);
         let ini = format!(
             "; Written by the wake service (local driver) before each start.\n\
              [databases]\n\
@@ -338,9 +575,8 @@ impl Setup {
              max_client_conn = 10000\n\
              default_pool_size = 20\n\
              auth_type = hba\n\
-             auth_hba_file = {dir}/hba.conf\n\
-             auth_file = {dir}/userlist.txt\n\
-             auth_user = {SUPERUSER}\n\
+             auth_hba_file = {dir}/{hba}\n\
+             auth_file = {dir}/{userlist}\n\
              admin_users = {SUPERUSER}\n\
              stats_users = {SUPERUSER}\n\
              ignore_startup_parameters = extra_float_digits\n\
@@ -354,26 +590,21 @@ impl Setup {
             host = self.host,
             pooler_port = spec.pooler_port,
             dir = bouncer_dir.display(),
+            hba = pgbouncer::HBA,
+            userlist = pgbouncer::USERLIST,
         );
-        let mut hba = String::from(
+        let mut hba = format!(
             "# Written by the wake service (local driver).\n\
              local all all trust\n\
-             host all cloud_admin 0.0.0.0/0 reject\n\
-             host all cloud_admin ::/0 reject\n\
+             host all {SUPERUSER} 0.0.0.0/0 reject\n\
+             host all {SUPERUSER} ::/0 reject\n\
              host all all 127.0.0.1/32 scram-sha-256\n\
              host all all ::1/128 scram-sha-256\n",
         );
         if !self.loopback_only() {
             hba.push_str("host all all 0.0.0.0/0 scram-sha-256\nhost all all ::/0 scram-sha-256\n");
         }
-        vec![
-            (bouncer_dir.join("pgbouncer.ini"), ini),
-            (bouncer_dir.join("hba.conf"), hba),
-            (
-                bouncer_dir.join("userlist.txt"),
-                format!("\"{SUPERUSER}\" \"\"\n"),
-            ),
-        ]
+        vec![(pgbouncer::INI, ini), (pgbouncer::HBA, hba)]
     }
 
     fn endpoint_settings(&self, spec: &ComputeSpec) -> StartSettings {
@@ -384,32 +615,206 @@ impl Setup {
         }
     }
 
-    /// Stops PgBouncer and Postgres in `dir`, kills leftovers and deletes `dir`.
-    async fn wipe(&self, dir: &Path) -> Result<(), ComputeError> {
-        if let Err(e) = self.bouncer(dir).stop().await {
-            tracing::warn!(error = %e, dir = %dir.display(), "stopping PgBouncer before wiping failed");
+    /// Stops PgBouncer and Postgres in `dir` as `identity` (only processes of that user are
+    /// signalled), then kills what is left: every process of the user when `whole_user` (a
+    /// compute's own user), else only Postgres, PgBouncer and initdb processes under `dir`
+    /// (a shared user, or the old owner of an earlier version's directory).
+    async fn halt(
+        &self,
+        identity: &Identity,
+        dir: &Dir,
+        whole_user: bool,
+    ) -> Result<(), ComputeError> {
+        if let Err(e) = self.bouncer(identity, dir).stop().await {
+            tracing::warn!(error = %e, dir = %dir.path().display(), "stopping PgBouncer failed");
         }
-        if let Err(e) = self.cluster(dir).stop(StopMode::Fast).await {
-            tracing::warn!(error = %e, dir = %dir.display(), "stopping Postgres before wiping failed");
+        let cluster = self.cluster(identity, dir, PGDATA, &self.endpoint_hba);
+        if let Err(e) = cluster.stop(StopMode::Fast).await {
+            tracing::warn!(error = %e, dir = %dir.path().display(), "stopping Postgres failed");
         }
-        process::kill_processes_under(dir, self.identity.uid).await?;
-        process::remove_tree(dir.to_path_buf()).await
+        if whole_user {
+            process::kill_all_of(identity.uid, &[], SWEEP_TIMEOUT).await?;
+            Ok(())
+        } else {
+            process::kill_processes_under(dir.path(), identity.uid).await
+        }
     }
 
-    /// initdb into `dir/pgdata` and write the cluster's configuration.
+    /// Stops everything that runs for the directory `dir`: processes of its owner when that is
+    /// not `identity` (an earlier version's shared user), and those of `identity`.
+    async fn halt_all(&self, dir: &Dir, identity: Option<&Identity>) -> Result<(), ComputeError> {
+        let (owner, group) = dir.owner();
+        let me = nix::unistd::geteuid().as_raw();
+        if owner != me && identity.is_none_or(|identity| identity.uid != owner) {
+            let old = Identity::for_uid(owner, group);
+            self.halt(
+                &old,
+                &dir.try_clone().map_err(io_error(dir))?.trusting(owner),
+                false,
+            )
+            .await?;
+        }
+        if let Some(identity) = identity {
+            let whole_user = self.per_endpoint() && identity.uid != me;
+            let dir = dir
+                .try_clone()
+                .map_err(io_error(dir))?
+                .trusting(identity.uid);
+            self.halt(identity, &dir, whole_user).await?;
+        }
+        Ok(())
+    }
+
+    /// Opens the directory at `path` (a compute's or the state store's) for `identity`. A
+    /// directory owned by another user (an earlier version ran every compute as one shared
+    /// user) is taken over: that user's processes there are stopped and the tree is chowned
+    /// to `identity` without following symlinks. None when missing.
+    async fn take(&self, path: &Path, identity: &Identity) -> Result<Option<Dir>, ComputeError> {
+        let Some(dir) = Dir::open(path)
+            .map_err(|e| ComputeError::io(format!("opening {}", path.display()), e))?
+        else {
+            return Ok(None);
+        };
+        let (owner, group) = dir.owner();
+        let me = nix::unistd::geteuid().as_raw();
+        if owner == identity.uid || owner == me {
+            return Ok(Some(dir.trusting(identity.uid)));
+        }
+        if !nix::unistd::geteuid().is_root() {
+            return Err(ComputeError::Process(format!(
+                "{} is owned by uid {owner}, and this wake service (uid {me}) cannot take it over",
+                path.display()
+            )));
+        }
+        tracing::warn!(
+            dir = %path.display(),
+            old_uid = owner,
+            user = %identity.name,
+            "directory owned by another user (an earlier version ran every compute as one shared \
+             user): stopping its processes and handing it to its own user"
+        );
+        let old = Identity::for_uid(owner, group);
+        let old_dir = dir.trusting(owner);
+        self.halt(&old, &old_dir, false).await?;
+        let to = (identity.uid, identity.gid);
+        let display = path.display().to_string();
+        let skipped = tokio::task::spawn_blocking(move || old_dir.chown_tree(owner, to))
+            .await
+            .map_err(|e| ComputeError::Process(format!("chowning {display}: {e}")))?
+            .map_err(|e| ComputeError::io(format!("chowning {}", path.display()), e))?;
+        if skipped > 0 {
+            tracing::warn!(
+                dir = %path.display(),
+                skipped,
+                "files with several hard links were not chowned (a link could lead outside)"
+            );
+        }
+        let dir = Dir::open(path)
+            .map_err(|e| ComputeError::io(format!("opening {}", path.display()), e))?
+            .ok_or_else(|| ComputeError::Process(format!("{} vanished", path.display())))?;
+        Ok(Some(dir.trusting(identity.uid)))
+    }
+
+    /// initdb into `dir/pgdata.init` (a leftover one is wiped first), configure it, then
+    /// rename it to `dir/pgdata`: a `pgdata` exists only once complete, and is never wiped by a
+    /// later initdb.
     async fn init_cluster(
         &self,
-        dir: &Path,
+        identity: &Identity,
+        dir: &Dir,
         hba: &str,
         settings: &StartSettings,
     ) -> Result<(), ComputeError> {
-        let owner = self.identity.owner();
-        process::ensure_dir(&dir.join("run"), 0o700, owner)?;
-        let cluster = self.cluster(dir);
-        check_socket_path(&cluster.run_dir)?;
+        dir.ensure_subdir(RUN, 0o700, identity.owner())
+            .map_err(io_error(dir))?;
+        check_socket_path(&dir.join(RUN))?;
+        if dir.exists(PGDATA_INIT) {
+            let leftover = dir.join(PGDATA_INIT);
+            tracing::warn!(dir = %leftover.display(), "wiping an unfinished initdb");
+            process::kill_processes_under(&leftover, identity.uid).await?;
+            process::remove_tree(leftover).await?;
+        }
+        let cluster = self.cluster(identity, dir, PGDATA_INIT, hba);
         cluster.initdb(self.locale, self.fast).await?;
-        cluster.configure(hba, settings)
+        cluster.configure(settings)?;
+        dir.rename(PGDATA_INIT, PGDATA).map_err(|e| {
+            ComputeError::io(
+                format!("renaming {} to {PGDATA}", dir.join(PGDATA_INIT).display()),
+                e,
+            )
+        })
     }
+}
+
+/// An io error about `dir`, as a [`ComputeError`].
+fn io_error(dir: &Dir) -> impl Fn(std::io::Error) -> ComputeError + '_ {
+    move |e| ComputeError::io(format!("in {}", dir.path().display()), e)
+}
+
+/// Creates `dir` (and its parents) when missing and returns its canonical path, checked to be
+/// writable into config files.
+fn canonical_dir(dir: &Path, what: &str) -> Result<PathBuf, ComputeError> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| ComputeError::io(format!("creating {what} {}", dir.display()), e))?;
+    let dir = std::fs::canonicalize(dir)
+        .map_err(|e| ComputeError::io(format!("resolving {what} {}", dir.display()), e))?;
+    let text = dir
+        .to_str()
+        .ok_or_else(|| ComputeError::Process(format!("{what} {} is not UTF-8", dir.display())))?;
+    if !safe_config_value(text) {
+        return Err(ComputeError::Process(format!(
+            "{what} {text} must not contain spaces, quotes, backslashes, commas, '#', ';' or '='"
+        )));
+    }
+    Ok(dir)
+}
+
+/// PgBouncer's auth file for `roles`: `"name" "verifier"` lines (a `"` in a name doubled),
+/// plus `cloud_admin` with an empty password for the admin console (trusted on the private
+/// socket only; SCRAM for it can never succeed). Refuses names and verifiers PgBouncer would
+/// misread, `cloud_admin` itself and duplicates.
+fn pooler_userlist(roles: &[PoolerRole]) -> Result<String, ComputeError> {
+    let mut text = format!(
+        "; Written by the wake service (local driver): the endpoint's roles.\n\"{SUPERUSER}\" \"\"\n"
+    );
+    let mut seen = std::collections::HashSet::new();
+    for role in roles {
+        let name_ok = !role.name.is_empty()
+            && role.name.len() <= 63
+            && !role.name.chars().any(char::is_control)
+            && role.name != SUPERUSER;
+        if !name_ok {
+            return Err(ComputeError::Process(format!(
+                "role name {:?} cannot be given to PgBouncer",
+                role.name
+            )));
+        }
+        let secret_ok = role.secret.starts_with("SCRAM-SHA-256$")
+            && role.secret.len() <= 1024
+            && role
+                .secret
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && b != b'"');
+        if !secret_ok {
+            // Never the secret itself in the message.
+            return Err(ComputeError::Process(format!(
+                "the secret of role {:?} is not a SCRAM-SHA-256 verifier",
+                role.name
+            )));
+        }
+        if !seen.insert(role.name.as_str()) {
+            return Err(ComputeError::Process(format!(
+                "role {:?} is listed twice",
+                role.name
+            )));
+        }
+        text.push_str(&format!(
+            "\"{}\" \"{}\"\n",
+            role.name.replace('"', "\"\""),
+            role.secret
+        ));
+    }
+    Ok(text)
 }
 
 fn is_executable(path: &Path) -> bool {
@@ -523,21 +928,48 @@ impl std::fmt::Debug for LocalDriver {
 }
 
 impl LocalDriver {
-    /// Checks the binaries and the OS user, creates `root` and makes it reachable for the OS
-    /// user.
+    /// Checks the binaries and the OS user(s), creates `root` and makes it reachable for the
+    /// computes' users (and, with one user per endpoint, closed to listing: 0711).
     pub fn new(config: LocalConfig) -> Result<LocalDriver, ComputeError> {
         let setup = Setup::new(&config)?;
-        let root = setup.prepare_dir(&config.root, "compute root")?;
+        let root = setup.root.clone();
+        setup.make_traversable(&root)?;
+        if setup.per_endpoint() {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&root)
+                .map_err(|e| ComputeError::io(format!("inspecting {}", root.display()), e))?
+                .permissions()
+                .mode();
+            if mode & 0o066 != 0 {
+                std::fs::set_permissions(&root, std::fs::Permissions::from_mode(mode & !0o066))
+                    .map_err(|e| ComputeError::io(format!("chmod {}", root.display()), e))?;
+            }
+        }
         // Each endpoint's sockets are in root/<endpoint>/run: long ids may still not fit,
         // which create reports; refuse a root where even a short one cannot.
-        check_socket_path(&root.join("x".repeat(8)).join("run"))
+        check_socket_path(&root.join("x".repeat(8)).join(RUN))
             .map_err(|e| ComputeError::Process(format!("compute root too long: {e}")))?;
-        tracing::info!(
-            root = %root.display(),
-            os_user = %setup.identity.name,
-            pgbouncer = %setup.pgbouncer.display(),
-            "local compute driver ready"
-        );
+        match &setup.principals {
+            Principals::PerEndpoint { tag } => tracing::info!(
+                root = %root.display(),
+                os_users = %format!("w{tag}-<endpoint>"),
+                pgbouncer = %setup.pgbouncer.display(),
+                "local compute driver ready: one OS user per endpoint"
+            ),
+            Principals::Shared(identity) if config.os_user.is_some() => tracing::warn!(
+                root = %root.display(),
+                os_user = %identity.name,
+                "local compute driver ready: every compute runs as this one OS user \
+                 (--compute-os-user), so endpoints are NOT isolated from each other"
+            ),
+            Principals::Shared(identity) => tracing::warn!(
+                root = %root.display(),
+                os_user = %identity.name,
+                "local compute driver ready: the wake service is not root, so every compute \
+                 runs as its own user and endpoints are NOT isolated from each other (run it \
+                 as root for one OS user per endpoint)"
+            ),
+        }
         Ok(LocalDriver {
             setup,
             root,
@@ -549,6 +981,14 @@ impl LocalDriver {
     /// The absolute root directory.
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// The OS user `endpoint`'s processes run as (whether or not it exists yet).
+    pub fn os_user(&self, endpoint: &str) -> Option<String> {
+        match &self.setup.principals {
+            Principals::PerEndpoint { tag } => Some(users::endpoint_user(tag, endpoint)),
+            Principals::Shared(identity) => Some(identity.name.clone()),
+        }
     }
 
     /// `root/<endpoint>`, refusing names that could point anywhere else.
@@ -579,6 +1019,54 @@ impl LocalDriver {
         self.endpoint_dir(&spec.endpoint)
     }
 
+    /// The compute root, opened.
+    fn root_dir(&self) -> Result<Dir, ComputeError> {
+        Dir::open(&self.root)
+            .map_err(|e| ComputeError::io(format!("opening {}", self.root.display()), e))?
+            .ok_or_else(|| ComputeError::Process(format!("{} is missing", self.root.display())))
+    }
+
+    /// The compute of `endpoint` for an operation that may run its processes (lock held): its
+    /// user made when missing, a directory of an earlier version taken over. None when it
+    /// has no directory.
+    async fn prepare(&self, endpoint: &str, path: &Path) -> Result<Option<Compute>, ComputeError> {
+        if !path.exists() {
+            return Ok(None);
+        }
+        let identity = self
+            .setup
+            .identity(endpoint, true)
+            .await?
+            .ok_or_else(|| ComputeError::Process(format!("no OS user for {endpoint}")))?;
+        Ok(self
+            .setup
+            .take(path, &identity)
+            .await?
+            .map(|dir| Compute { dir, identity }))
+    }
+
+    /// The compute of `endpoint` for a look (no lock, no change): None when it has no
+    /// directory or user yet, or its directory is still another user's (taken over by the
+    /// next locked operation).
+    fn peek(&self, endpoint: &str, path: &Path) -> Result<Option<Compute>, ComputeError> {
+        let Some(identity) = self.setup.known_identity(endpoint)? else {
+            return Ok(None);
+        };
+        let Some(dir) = Dir::open(path)
+            .map_err(|e| ComputeError::io(format!("opening {}", path.display()), e))?
+        else {
+            return Ok(None);
+        };
+        let (owner, _) = dir.owner();
+        if owner != identity.uid && owner != nix::unistd::geteuid().as_raw() {
+            return Ok(None);
+        }
+        Ok(Some(Compute {
+            dir: dir.trusting(identity.uid),
+            identity,
+        }))
+    }
+
     async fn lock(&self, endpoint: &str) -> tokio::sync::OwnedMutexGuard<()> {
         let lock = {
             let mut locks = self
@@ -590,14 +1078,8 @@ impl LocalDriver {
         lock.lock_owned().await
     }
 
-    async fn stop_dir(&self, endpoint: &str, dir: &Path) -> Result<(), ComputeError> {
-        self.forget_pooler(endpoint);
-        self.setup.bouncer(dir).stop().await?;
-        self.setup.cluster(dir).stop(StopMode::Fast).await
-    }
-
-    fn check_created(&self, spec: &ComputeSpec, dir: &Path) -> Result<(), ComputeError> {
-        if dir.join("created").exists() {
+    fn check_created(&self, spec: &ComputeSpec, compute: &Compute) -> Result<(), ComputeError> {
+        if compute.dir.exists(MARKER) {
             Ok(())
         } else {
             Err(ComputeError::Process(format!(
@@ -607,21 +1089,63 @@ impl LocalDriver {
         }
     }
 
+    /// After Postgres stopped: kills every other process of the compute's own user but
+    /// `spare` (its PgBouncer, when it stays): a shell a tenant daemonized through `COPY … TO
+    /// PROGRAM`, orphaned backends. Only with one user per endpoint (a shared user's
+    /// processes are other computes').
+    async fn sweep(&self, compute: &Compute, spare: Option<i32>) -> Result<(), ComputeError> {
+        if !self.setup.per_endpoint() {
+            return Ok(());
+        }
+        let spare: Vec<i32> = spare.into_iter().collect();
+        let killed = process::kill_all_of(compute.identity.uid, &spare, SWEEP_TIMEOUT).await?;
+        if killed > 0 {
+            tracing::warn!(
+                user = %compute.identity.name,
+                killed,
+                "killed processes of the compute's user that outlived its Postgres"
+            );
+        }
+        Ok(())
+    }
+
     /// Makes sure the endpoint's PgBouncer runs with the current files on its port (adopts
     /// it, or starts it; see [`Bouncer::start`]). A freshly started one is known unpaused.
-    async fn ensure_bouncer(&self, spec: &ComputeSpec, dir: &Path) -> Result<i32, ComputeError> {
+    async fn ensure_bouncer(
+        &self,
+        spec: &ComputeSpec,
+        compute: &Compute,
+    ) -> Result<i32, ComputeError> {
         let setup = &self.setup;
+        let owner = compute.identity.owner();
         // Sockets live in run/; recreate it if someone cleaned it up.
-        process::ensure_dir(&dir.join("run"), 0o700, setup.identity.owner())?;
+        compute
+            .dir
+            .ensure_subdir(RUN, 0o700, owner)
+            .map_err(io_error(&compute.dir))?;
+        let files = compute
+            .dir
+            .ensure_subdir(pgbouncer::DIR, 0o700, owner)
+            .map_err(io_error(&compute.dir))?;
+        // A stopped PgBouncer reads the auth file set_pooler_roles last wrote; without one,
+        // it starts with none (the next set_pooler_roles fills it in).
+        if !files.exists(pgbouncer::USERLIST) {
+            files.write(
+                pgbouncer::USERLIST,
+                pooler_userlist(&[])?.as_bytes(),
+                0o600,
+                owner,
+            )?;
+        }
         let verified = self
             .poolers()
             .get(&spec.endpoint)
             .filter(|p| p.verified && p.port == spec.pooler_port)
             .map(|p| p.pid);
         let daemon = setup
-            .bouncer(dir)
+            .bouncer(&compute.identity, &compute.dir)
             .start(
-                &setup.bouncer_files(dir, spec),
+                &setup.bouncer_files(compute.dir.path(), spec),
                 &setup.host,
                 spec.pooler_port,
                 verified,
@@ -689,7 +1213,7 @@ impl LocalDriver {
     async fn pooler_admin(
         &self,
         spec: &ComputeSpec,
-        dir: &Path,
+        compute: &Compute,
         pid: i32,
     ) -> Result<Arc<Admin>, ComputeError> {
         let cached = self
@@ -701,14 +1225,24 @@ impl LocalDriver {
         if let Some(admin) = cached {
             return Ok(admin);
         }
-        let admin = Admin::connect(&dir.join("run"), spec.pooler_port).await?;
+        let admin = Admin::connect(
+            &compute.dir.join(RUN),
+            spec.pooler_port,
+            compute.identity.uid,
+        )
+        .await?;
         Self::pooler_entry(&mut self.poolers(), spec, pid).admin = Some(admin.clone());
         Ok(admin)
     }
 
     /// RESUME PgBouncer `pid` ("not paused" is fine).
-    async fn resume(&self, spec: &ComputeSpec, dir: &Path, pid: i32) -> Result<(), ComputeError> {
-        let admin = self.pooler_admin(spec, dir, pid).await?;
+    async fn resume(
+        &self,
+        spec: &ComputeSpec,
+        compute: &Compute,
+        pid: i32,
+    ) -> Result<(), ComputeError> {
+        let admin = self.pooler_admin(spec, compute, pid).await?;
         match admin.resume().await? {
             AdminReply::Done => {
                 tracing::info!(endpoint = %spec.endpoint, "PgBouncer resumed");
@@ -729,14 +1263,14 @@ impl LocalDriver {
     async fn wait_counts(
         &self,
         spec: &ComputeSpec,
-        dir: &Path,
+        compute: &Compute,
         pid: i32,
         deadline: Instant,
         every: Duration,
         done: impl Fn(&Counts) -> bool,
     ) -> Result<bool, ComputeError> {
         loop {
-            let admin = self.pooler_admin(spec, dir, pid).await?;
+            let admin = self.pooler_admin(spec, compute, pid).await?;
             if done(&admin.counts().await?) {
                 return Ok(true);
             }
@@ -747,8 +1281,31 @@ impl LocalDriver {
         }
     }
 
+    /// Stops whatever runs for `endpoint` (lock held): its PgBouncer and Postgres, then every
+    /// process of its own user (or, with a shared user, those under its directory; processes
+    /// of an earlier version's owner too). Returns the directory, None when there is none.
+    async fn halt_endpoint(
+        &self,
+        endpoint: &str,
+        path: &Path,
+    ) -> Result<Option<Dir>, ComputeError> {
+        self.forget_pooler(endpoint);
+        let identity = self.setup.identity(endpoint, false).await?;
+        let dir = Dir::open(path)
+            .map_err(|e| ComputeError::io(format!("opening {}", path.display()), e))?;
+        match &dir {
+            Some(dir) => self.setup.halt_all(dir, identity.as_ref()).await?,
+            None => {
+                if let (Some(identity), true) = (&identity, self.setup.per_endpoint()) {
+                    process::kill_all_of(identity.uid, &[], SWEEP_TIMEOUT).await?;
+                }
+            }
+        }
+        Ok(dir)
+    }
+
     /// The command the driver runs to start `endpoint`'s postmaster: `postgres -D
-    /// root/<endpoint>/pgdata` as the OS user, in its own process group, with the
+    /// root/<endpoint>/pgdata` as the endpoint's OS user, in its own process group, with the
     /// settings the driver last wrote into the data directory (at create, or at the last
     /// start: the port among them), stdout and stderr to /dev/null (set them to keep the
     /// log). For benchmarks: start "a bare Postgres on the same data" the way the resume
@@ -771,13 +1328,14 @@ impl LocalDriver {
         &self,
         endpoint: &str,
     ) -> Result<std::process::Command, ComputeError> {
-        let dir = self.endpoint_dir(endpoint)?;
-        if !dir.join("created").exists() {
-            return Err(ComputeError::Process(format!(
-                "compute {endpoint} has not been created"
-            )));
-        }
-        let mut cmd = self.setup.cluster(&dir).postmaster_command();
+        let path = self.endpoint_dir(endpoint)?;
+        let compute = self
+            .peek(endpoint, &path)?
+            .filter(|compute| compute.dir.exists(MARKER))
+            .ok_or_else(|| {
+                ComputeError::Process(format!("compute {endpoint} has not been created"))
+            })?;
+        let mut cmd = self.setup.compute_cluster(&compute).postmaster_command();
         cmd.stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null());
         Ok(cmd)
@@ -791,51 +1349,80 @@ impl ComputeDriver for LocalDriver {
     }
 
     async fn create(&self, spec: &ComputeSpec) -> Result<(), ComputeError> {
-        let dir = self.check_spec(spec)?;
-        check_socket_path(&dir.join("run"))?;
+        let path = self.check_spec(spec)?;
+        check_socket_path(&path.join(RUN))?;
         let _guard = self.lock(&spec.endpoint).await;
-        let marker = dir.join("created");
-        if marker.exists() {
-            tracing::debug!(endpoint = %spec.endpoint, "compute already created");
-            return Ok(());
+        let identity = self
+            .setup
+            .identity(&spec.endpoint, true)
+            .await?
+            .ok_or_else(|| ComputeError::Process(format!("no OS user for {}", spec.endpoint)))?;
+        if let Some(existing) = Dir::open(&path)
+            .map_err(|e| ComputeError::io(format!("opening {}", path.display()), e))?
+        {
+            if existing.exists(MARKER) {
+                tracing::debug!(endpoint = %spec.endpoint, "compute already created");
+                // Data of an earlier version is handed to the endpoint's own user now.
+                self.setup.take(&path, &identity).await?;
+                return Ok(());
+            }
+            tracing::warn!(endpoint = %spec.endpoint, dir = %path.display(), "unfinished compute found; wiping it and creating again");
+            self.forget_pooler(&spec.endpoint);
+            self.setup.halt_all(&existing, Some(&identity)).await?;
+            drop(existing);
+            process::remove_tree(path.clone()).await?;
         }
-        if dir.exists() {
-            tracing::warn!(endpoint = %spec.endpoint, dir = %dir.display(), "unfinished compute found; wiping it and creating again");
-            self.setup.wipe(&dir).await?;
-        }
-        tracing::info!(endpoint = %spec.endpoint, dir = %dir.display(), "creating compute");
-        let owner = self.setup.identity.owner();
-        process::ensure_dir(&dir, 0o700, owner)?;
-        process::ensure_dir(&dir.join("pgbouncer"), 0o700, owner)?;
+        tracing::info!(endpoint = %spec.endpoint, dir = %path.display(), user = %identity.name, "creating compute");
+        let owner = identity.owner();
+        let dir = self
+            .root_dir()?
+            .ensure_subdir(&spec.endpoint, 0o700, owner)
+            .map_err(|e| ComputeError::io(format!("creating {}", path.display()), e))?
+            .trusting(identity.uid);
+        let files = dir
+            .ensure_subdir(pgbouncer::DIR, 0o700, owner)
+            .map_err(io_error(&dir))?;
         let settings = self.setup.endpoint_settings(spec);
         self.setup
-            .init_cluster(&dir, &self.setup.endpoint_hba(), &settings)
+            .init_cluster(&identity, &dir, &self.setup.endpoint_hba, &settings)
             .await?;
-        for (path, contents) in self.setup.bouncer_files(&dir, spec) {
-            process::write_file(&path, contents.as_bytes(), 0o600, owner)?;
+        for (name, contents) in self.setup.bouncer_files(&path, spec) {
+            files.write(name, contents.as_bytes(), 0o600, owner)?;
         }
-        process::write_file(&marker, b"local driver compute\n", 0o644, None)?;
+        files.write(
+            pgbouncer::USERLIST,
+            pooler_userlist(&[])?.as_bytes(),
+            0o600,
+            owner,
+        )?;
+        dir.write(MARKER, b"local driver compute\n", 0o644, None)?;
         tracing::info!(endpoint = %spec.endpoint, "compute created");
         Ok(())
     }
 
     async fn start(&self, spec: &ComputeSpec) -> Result<Addresses, ComputeError> {
         let began = Instant::now();
-        let dir = self.check_spec(spec)?;
+        let path = self.check_spec(spec)?;
         let _guard = self.lock(&spec.endpoint).await;
-        self.check_created(spec, &dir)?;
+        let compute = self.prepare(&spec.endpoint, &path).await?.ok_or_else(|| {
+            ComputeError::Process(format!("compute {} has not been created", spec.endpoint))
+        })?;
+        self.check_created(spec, &compute)?;
         let setup = &self.setup;
-        // Sockets live in run/; recreate it if someone cleaned it up.
-        process::ensure_dir(&dir.join("run"), 0o700, setup.identity.owner())?;
+        // Sockets live in run/; recreate it if someone cleaned it up (or replaced it).
+        compute
+            .dir
+            .ensure_subdir(RUN, 0o700, compute.identity.owner())
+            .map_err(io_error(&compute.dir))?;
         let postmaster = setup
-            .cluster(&dir)
+            .compute_cluster(&compute)
             .start(&setup.endpoint_settings(spec))
             .await?;
-        let bouncer = self.ensure_bouncer(spec, &dir).await?;
+        let bouncer = self.ensure_bouncer(spec, &compute).await?;
         // Only now that Postgres is ready: a RESUME earlier would let PgBouncer try to log in,
         // fail, and turn clients away for server_login_retry.
         if self.known_paused(spec, bouncer) != Some(false) {
-            self.resume(spec, &dir, bouncer).await?;
+            self.resume(spec, &compute, bouncer).await?;
         }
         tracing::info!(
             endpoint = %spec.endpoint,
@@ -853,21 +1440,32 @@ impl ComputeDriver for LocalDriver {
     }
 
     async fn stop_postgres(&self, spec: &ComputeSpec, mode: StopMode) -> Result<(), ComputeError> {
-        let dir = self.endpoint_dir(&spec.endpoint)?;
+        let path = self.endpoint_dir(&spec.endpoint)?;
         let _guard = self.lock(&spec.endpoint).await;
-        if !dir.exists() {
+        let Some(compute) = self.prepare(&spec.endpoint, &path).await? else {
             return Ok(());
-        }
-        self.setup.cluster(&dir).stop(mode).await
+        };
+        self.setup.compute_cluster(&compute).stop(mode).await?;
+        let bouncer = self.setup.bouncer(&compute.identity, &compute.dir).pid();
+        self.sweep(&compute, bouncer).await
     }
 
     async fn stop(&self, spec: &ComputeSpec) -> Result<(), ComputeError> {
-        let dir = self.endpoint_dir(&spec.endpoint)?;
+        let path = self.endpoint_dir(&spec.endpoint)?;
         let _guard = self.lock(&spec.endpoint).await;
-        if !dir.exists() {
+        let Some(compute) = self.prepare(&spec.endpoint, &path).await? else {
             return Ok(());
-        }
-        self.stop_dir(&spec.endpoint, &dir).await?;
+        };
+        self.forget_pooler(&spec.endpoint);
+        self.setup
+            .bouncer(&compute.identity, &compute.dir)
+            .stop()
+            .await?;
+        self.setup
+            .compute_cluster(&compute)
+            .stop(StopMode::Fast)
+            .await?;
+        self.sweep(&compute, None).await?;
         tracing::info!(endpoint = %spec.endpoint, "compute stopped");
         Ok(())
     }
@@ -877,10 +1475,13 @@ impl ComputeDriver for LocalDriver {
         spec: &ComputeSpec,
         timeout: Duration,
     ) -> Result<bool, ComputeError> {
-        let dir = self.check_spec(spec)?;
+        let path = self.check_spec(spec)?;
         let _guard = self.lock(&spec.endpoint).await;
-        self.check_created(spec, &dir)?;
-        let pid = self.ensure_bouncer(spec, &dir).await?;
+        let compute = self.prepare(&spec.endpoint, &path).await?.ok_or_else(|| {
+            ComputeError::Process(format!("compute {} has not been created", spec.endpoint))
+        })?;
+        self.check_created(spec, &compute)?;
+        let pid = self.ensure_bouncer(spec, &compute).await?;
         // The timeout is the pause's own (not the lock's, nor a PgBouncer start's).
         let began = Instant::now();
         let deadline = began + timeout;
@@ -892,7 +1493,7 @@ impl ComputeDriver for LocalDriver {
         let no_login = |c: &Counts| c.servers_logging_in == 0;
         let millis = Duration::from_millis(2);
         if !self
-            .wait_counts(spec, &dir, pid, deadline, millis, no_login)
+            .wait_counts(spec, &compute, pid, deadline, millis, no_login)
             .await?
         {
             return Ok(false);
@@ -901,7 +1502,11 @@ impl ComputeDriver for LocalDriver {
         // closed, and a connection waiting for that cannot be used for anything else.
         let pauser = match tokio::time::timeout_at(
             deadline.into(),
-            Admin::connect(&dir.join("run"), spec.pooler_port),
+            Admin::connect(
+                &compute.dir.join(RUN),
+                spec.pooler_port,
+                compute.identity.uid,
+            ),
         )
         .await
         {
@@ -919,7 +1524,7 @@ impl ComputeDriver for LocalDriver {
                 // connections: paused once PgBouncer holds none.
                 let no_server = |c: &Counts| c.servers == 0;
                 let millis = Duration::from_millis(5);
-                self.wait_counts(spec, &dir, pid, deadline, millis, no_server)
+                self.wait_counts(spec, &compute, pid, deadline, millis, no_server)
                     .await?
             }
             Ok(Ok(other)) => {
@@ -937,7 +1542,7 @@ impl ComputeDriver for LocalDriver {
         }
         // RESUME cancels the pending PAUSE (PgBouncer 1.18 never answers the PAUSE then:
         // its connection is closed by dropping `pauser`).
-        self.resume(spec, &dir, pid).await?;
+        self.resume(spec, &compute, pid).await?;
         drop(pauser);
         tracing::info!(
             endpoint = %spec.endpoint,
@@ -948,25 +1553,28 @@ impl ComputeDriver for LocalDriver {
     }
 
     async fn resume_pooler(&self, spec: &ComputeSpec) -> Result<(), ComputeError> {
-        let dir = self.check_spec(spec)?;
+        let path = self.check_spec(spec)?;
         let _guard = self.lock(&spec.endpoint).await;
-        if !dir.exists() {
+        let Some(compute) = self.prepare(&spec.endpoint, &path).await? else {
             return Ok(());
-        }
-        match self.setup.bouncer(&dir).pid() {
-            Some(pid) => self.resume(spec, &dir, pid).await,
+        };
+        match self.setup.bouncer(&compute.identity, &compute.dir).pid() {
+            Some(pid) => self.resume(spec, &compute, pid).await,
             None => Ok(()),
         }
     }
 
     async fn pooler_stats(&self, spec: &ComputeSpec) -> Result<Option<PoolerStats>, ComputeError> {
-        let dir = self.endpoint_dir(&spec.endpoint)?;
-        let bouncer = self.setup.bouncer(&dir);
+        let path = self.endpoint_dir(&spec.endpoint)?;
+        let Some(compute) = self.peek(&spec.endpoint, &path)? else {
+            return Ok(None);
+        };
+        let bouncer = self.setup.bouncer(&compute.identity, &compute.dir);
         let Some(pid) = bouncer.pid() else {
             return Ok(None);
         };
         let stats = async {
-            let admin = self.pooler_admin(spec, &dir, pid).await?;
+            let admin = self.pooler_admin(spec, &compute, pid).await?;
             let paused = match self.known_paused(spec, pid) {
                 Some(paused) => paused,
                 None => {
@@ -995,23 +1603,23 @@ impl ComputeDriver for LocalDriver {
     }
 
     async fn destroy(&self, endpoint: &str) -> Result<(), ComputeError> {
-        let dir = self.endpoint_dir(endpoint)?;
+        let path = self.endpoint_dir(endpoint)?;
         // The lock entry stays: a waiter may hold it, and a fresh one would not exclude it.
         let _guard = self.lock(endpoint).await;
-        self.forget_pooler(endpoint);
-        if dir.exists() {
-            tracing::info!(endpoint, dir = %dir.display(), "destroying compute");
-            self.setup.wipe(&dir).await?;
+        if let Some(dir) = self.halt_endpoint(endpoint, &path).await? {
+            tracing::info!(endpoint, dir = %path.display(), "destroying compute");
+            drop(dir);
+            process::remove_tree(path).await?;
         }
-        Ok(())
+        self.setup.remove_identity(endpoint).await
     }
 
     async fn health(&self, spec: &ComputeSpec) -> Result<Health, ComputeError> {
-        let dir = self.endpoint_dir(&spec.endpoint)?;
-        if !dir.exists() {
+        let path = self.endpoint_dir(&spec.endpoint)?;
+        let Some(compute) = self.peek(&spec.endpoint, &path)? else {
             return Ok(Health::Stopped);
-        }
-        let postmaster = match self.setup.cluster(&dir).pid_file() {
+        };
+        let postmaster = match self.setup.compute_cluster(&compute).pid_file() {
             postgres::PidFile::Running(pm) => pm,
             // Whether or not PgBouncer runs (paused, for a suspended compute).
             postgres::PidFile::NotRunning | postgres::PidFile::Stale(_) => {
@@ -1025,7 +1633,10 @@ impl ComputeDriver for LocalDriver {
         let healthy = postmaster.status == "ready"
             && postmaster.port == Some(spec.port)
             && process::listens_on(postmaster.pid, spec.port)
-            && self.setup.bouncer(&dir).listening(spec.pooler_port)
+            && self
+                .setup
+                .bouncer(&compute.identity, &compute.dir)
+                .listening(spec.pooler_port)
             && process::tcp_accepts(&self.setup.host, spec.port, probe).await
             && process::tcp_accepts(&self.setup.host, spec.pooler_port, probe).await;
         Ok(if healthy {
@@ -1040,25 +1651,90 @@ impl ComputeDriver for LocalDriver {
         spec: &ComputeSpec,
         database: &str,
     ) -> Result<tokio_postgres::Client, ComputeError> {
-        let dir = self.endpoint_dir(&spec.endpoint)?;
-        let mut config = self.setup.cluster(&dir).admin_config(spec.port);
+        let path = self.endpoint_dir(&spec.endpoint)?;
+        let compute = self.peek(&spec.endpoint, &path)?.ok_or_else(|| {
+            ComputeError::Process(format!("compute {} is not running", spec.endpoint))
+        })?;
+        let cluster = self.setup.compute_cluster(&compute);
+        let mut config = cluster.admin_config(spec.port);
         config.dbname(database).options("-c search_path=pg_catalog");
-        postgres::connect(&config).await
+        postgres::connect(&config, &cluster.run_dir, spec.port, compute.identity.uid).await
     }
 
     async fn set_pooler_roles(
         &self,
-        _spec: &ComputeSpec,
-        _roles: &[super::PoolerRole],
+        spec: &ComputeSpec,
+        roles: &[PoolerRole],
     ) -> Result<(), ComputeError> {
-        // TODO(isolation helper): PgBouncer auth_file + RELOAD.
+        let path = self.check_spec(spec)?;
+        let userlist = pooler_userlist(roles)?;
+        let _guard = self.lock(&spec.endpoint).await;
+        let Some(compute) = self.prepare(&spec.endpoint, &path).await? else {
+            tracing::debug!(endpoint = %spec.endpoint, "no compute yet: no pooler roles to set");
+            return Ok(());
+        };
+        if !compute.dir.exists(MARKER) {
+            // An unfinished create is redone from scratch, auth file included.
+            tracing::debug!(endpoint = %spec.endpoint, "compute not created yet: no pooler roles to set");
+            return Ok(());
+        }
+        let owner = compute.identity.owner();
+        let files = compute
+            .dir
+            .ensure_subdir(pgbouncer::DIR, 0o700, owner)
+            .map_err(io_error(&compute.dir))?;
+        let changed = !files.file_is(pgbouncer::USERLIST, userlist.as_bytes());
+        if changed {
+            files.write(pgbouncer::USERLIST, userlist.as_bytes(), 0o600, owner)?;
+        }
+        // RELOAD even when the file was already current: an earlier call may have written it
+        // and failed before its RELOAD.
+        if let Some(pid) = self.setup.bouncer(&compute.identity, &compute.dir).pid() {
+            let admin = self.pooler_admin(spec, &compute, pid).await?;
+            admin.reload().await?;
+        }
+        tracing::info!(endpoint = %spec.endpoint, roles = roles.len(), changed, "pooler roles set");
         Ok(())
     }
 
     async fn quarantine(&self, endpoint: &str) -> Result<String, ComputeError> {
-        Err(ComputeError::Process(format!(
-            "quarantine of {endpoint} is not implemented yet"
-        )))
+        let path = self.endpoint_dir(endpoint)?;
+        let _guard = self.lock(endpoint).await;
+        let Some(dir) = self.halt_endpoint(endpoint, &path).await? else {
+            return Err(ComputeError::Process(format!(
+                "compute {endpoint} has no directory to quarantine"
+            )));
+        };
+        drop(dir);
+        let root = self.root_dir()?;
+        let quarantine = root
+            .ensure_subdir(QUARANTINE, 0o700, None)
+            .map_err(io_error(&root))?;
+        let seconds = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let mut name = format!("{endpoint}-{seconds}");
+        let mut n = 1;
+        while quarantine.exists(&name) {
+            n += 1;
+            name = format!("{endpoint}-{seconds}-{n}");
+        }
+        root.rename_into(endpoint, &quarantine, &name)
+            .map_err(|e| {
+                ComputeError::io(
+                    format!(
+                        "moving {} to {}",
+                        path.display(),
+                        quarantine.join(&name).display()
+                    ),
+                    e,
+                )
+            })?;
+        // Its files keep their (now unnamed) owner; nothing can reach them in .quarantine.
+        self.setup.remove_identity(endpoint).await?;
+        let moved = quarantine.join(&name);
+        tracing::warn!(endpoint, moved_to = %moved.display(), "compute quarantined");
+        Ok(moved.display().to_string())
     }
 
     async fn list(&self) -> Result<Vec<String>, ComputeError> {
@@ -1086,69 +1762,98 @@ impl ComputeDriver for LocalDriver {
 
 /// The wake service's own embedded state store when no external database URL is given: a
 /// private Postgres 15 cluster listening ONLY on a unix socket (listen_addresses = ''), so it
-/// can never collide with a TCP port.
+/// can never collide with a TCP port. It runs as an OS user of its own when the wake service
+/// is root (`users.rs`), and only the wake service's OS user logs in (peer).
 ///
 /// Layout under `dir`: `pgdata/`, `run/` (the socket, 0700), `postgres.log`, and a `created`
-/// marker written after initdb and configuration succeeded.
+/// marker. initdb works in `pgdata.init/`, renamed to `pgdata/` once initdb and configuration
+/// succeeded: an existing `pgdata/` is never wiped (a missing marker is written again), a
+/// leftover `pgdata.init/` is.
 #[derive(Debug)]
 pub struct StateCluster {
     setup: Setup,
-    dir: PathBuf,
+    identity: Identity,
+    dir: Dir,
 }
 
 impl StateCluster {
-    /// initdb if `dir` has no cluster yet (idempotent, half-finished initdb wiped and redone),
-    /// start it unless already running (adopt a running postmaster after a kill -9 of the wake
-    /// service), wait until it accepts connections.
+    /// initdb if `dir` has no cluster yet, start it unless already running (adopt a running
+    /// postmaster after a kill -9 of the wake service), wait until it accepts connections.
+    /// A directory of an earlier version (owned by the shared `postgres` user) is handed to
+    /// the state store's own user first.
     pub async fn start(config: &LocalConfig, dir: &Path) -> Result<StateCluster, ComputeError> {
         let setup = Setup::new(config)?;
-        let dir = setup.prepare_dir(dir, "state directory")?;
-        let owner = setup.identity.owner();
-        process::ensure_dir(&dir, 0o700, owner)?;
-        let cluster = StateCluster { setup, dir };
+        let identity = setup.state_identity().await?;
+        let path = canonical_dir(dir, "state directory")?;
+        setup.make_traversable(&path)?;
+        let owner = identity.owner();
+        let opened = setup
+            .take(&path, &identity)
+            .await?
+            .ok_or_else(|| ComputeError::Process(format!("{} vanished", path.display())))?;
+        // Created just now by canonical_dir (root-owned): hand it over, 0700.
+        let parent = path
+            .parent()
+            .ok_or_else(|| ComputeError::Process(format!("{} has no parent", path.display())))?;
+        let name = path
+            .file_name()
+            .and_then(|name| name.to_str())
+            .ok_or_else(|| ComputeError::Process(format!("{} has no name", path.display())))?;
+        drop(opened);
+        let parent_dir = Dir::open(parent)
+            .map_err(|e| ComputeError::io(format!("opening {}", parent.display()), e))?
+            .ok_or_else(|| ComputeError::Process(format!("{} is missing", parent.display())))?;
+        let dir = parent_dir
+            .ensure_subdir(name, 0o700, owner)
+            .map_err(|e| ComputeError::io(format!("preparing {}", path.display()), e))?
+            .trusting(identity.uid);
+        let cluster = StateCluster {
+            setup,
+            identity,
+            dir,
+        };
         let setup = &cluster.setup;
         let dir = &cluster.dir;
         let settings = cluster.settings();
-        let marker = dir.join("created");
-        if !marker.exists() {
-            let pgdata = dir.join("pgdata");
-            if pgdata.exists() {
-                tracing::warn!(pgdata = %pgdata.display(), "unfinished state cluster found; wiping it and running initdb again");
-                if let Err(e) = setup.cluster(dir).stop(StopMode::Fast).await {
-                    tracing::warn!(error = %e, "stopping the unfinished state cluster failed");
-                }
-                process::kill_processes_under(&pgdata, setup.identity.uid).await?;
-                process::remove_tree(pgdata).await?;
-            }
-            tracing::info!(dir = %dir.display(), "creating the embedded state cluster");
-            let hba = "# Written by the wake service: unix socket only.\nlocal all all trust\n";
-            setup.init_cluster(dir, hba, &settings).await?;
-            process::write_file(&marker, b"wake service state cluster\n", 0o644, None)?;
+        if !dir.exists(PGDATA) {
+            tracing::info!(dir = %path.display(), "creating the embedded state cluster");
+            setup
+                .init_cluster(&cluster.identity, dir, &setup.state_hba, &settings)
+                .await?;
+            dir.write(MARKER, b"wake service state cluster\n", 0o644, None)?;
+        } else if !dir.exists(MARKER) {
+            tracing::warn!(dir = %path.display(), "the state cluster has no 'created' marker; adopting its data directory as it is (never wiped)");
+            dir.write(MARKER, b"wake service state cluster\n", 0o644, None)?;
         }
-        process::ensure_dir(&dir.join("run"), 0o700, owner)?;
-        let pid = setup.cluster(dir).start(&settings).await?;
+        dir.ensure_subdir(RUN, 0o700, owner)
+            .map_err(io_error(dir))?;
+        let pid = cluster.cluster().start(&settings).await?;
 
         // A "ready" postmaster (spawned or adopted) accepts connections; check with a real
         // login anyway, briefly retrying.
-        let config = cluster.connection_config();
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            match config.connect(tokio_postgres::NoTls).await {
+            match cluster.connect().await {
                 Ok(_) => break,
-                Err(e) if std::time::Instant::now() < deadline => {
+                Err(e) if Instant::now() < deadline => {
                     tracing::debug!(error = %e, "state cluster not accepting connections yet");
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
                 Err(e) => {
-                    return Err(process::with_log(
+                    return Err(dir.error_with_log(
                         format!("the state cluster does not accept connections: {e}"),
-                        &dir.join("postgres.log"),
+                        postgres::LOG,
                     ))
                 }
             }
         }
-        tracing::info!(dir = %dir.display(), pid, "embedded state cluster running");
+        tracing::info!(dir = %path.display(), pid, user = %cluster.identity.name, "embedded state cluster running");
         Ok(cluster)
+    }
+
+    fn cluster(&self) -> Cluster<'_> {
+        self.setup
+            .cluster(&self.identity, &self.dir, PGDATA, &self.setup.state_hba)
     }
 
     fn settings(&self) -> StartSettings {
@@ -1159,14 +1864,33 @@ impl StateCluster {
         }
     }
 
-    /// host = socket dir, user = cloud_admin, dbname = postgres, no password.
+    /// host = socket dir, user = cloud_admin, dbname = postgres, no password (peer).
+    /// [`Self::connect`] also checks who listens on the socket.
     pub fn connection_config(&self) -> tokio_postgres::Config {
-        self.setup.cluster(&self.dir).admin_config(STATE_PORT)
+        self.cluster().admin_config(STATE_PORT)
+    }
+
+    /// A connection with [`Self::connection_config`], made only once the process behind the
+    /// unix socket is known to run as the state store's user.
+    pub async fn connect(&self) -> Result<tokio_postgres::Client, ComputeError> {
+        let cluster = self.cluster();
+        postgres::connect(
+            &self.connection_config(),
+            &cluster.run_dir,
+            STATE_PORT,
+            self.identity.uid,
+        )
+        .await
+    }
+
+    /// The OS user the state store runs as.
+    pub fn os_user(&self) -> &str {
+        &self.identity.name
     }
 
     /// The postmaster's pid, when one runs.
     pub fn pid(&self) -> Option<i32> {
-        match self.setup.cluster(&self.dir).pid_file() {
+        match self.cluster().pid_file() {
             postgres::PidFile::Running(pm) => Some(pm.pid),
             _ => None,
         }
@@ -1174,8 +1898,8 @@ impl StateCluster {
 
     /// Fast shutdown. Nothing to do when it is not running.
     pub async fn stop(&self) -> Result<(), ComputeError> {
-        self.setup.cluster(&self.dir).stop(StopMode::Fast).await?;
-        tracing::info!(dir = %self.dir.display(), "embedded state cluster stopped");
+        self.cluster().stop(StopMode::Fast).await?;
+        tracing::info!(dir = %self.dir.path().display(), "embedded state cluster stopped");
         Ok(())
     }
 }
@@ -1207,6 +1931,43 @@ mod tests {
         assert_eq!(address("127.0.0.1", 5432), "127.0.0.1:5432");
         assert_eq!(address("::1", 5432), "[::1]:5432");
         assert_eq!(address("db.local", 1), "db.local:1");
+    }
+
+    #[test]
+    fn userlists() {
+        let role = |name: &str, secret: &str| PoolerRole {
+            name: name.into(),
+            secret: secret.into(),
+        };
+        let verifier = "SCRAM-SHA-256$4096:c2FsdA==$c3RvcmVk:c2VydmVy";
+        let text = pooler_userlist(&[role("app", verifier), role("we\"ird", verifier)])
+            .expect("valid roles");
+        assert_eq!(
+            text.lines().skip(1).collect::<Vec<_>>(),
+            vec![
+                "\"cloud_admin\" \"\"".to_string(),
+                format!("\"app\" \"{verifier}\""),
+                format!("\"we\"\"ird\" \"{verifier}\""),
+            ]
+        );
+        assert_eq!(
+            pooler_userlist(&[]).expect("no roles").lines().count(),
+            2,
+            "the admin console's entry only"
+        );
+        for bad in [
+            vec![role("cloud_admin", verifier)],
+            vec![role("", verifier)],
+            vec![role("a\nb", verifier)],
+            vec![role(&"x".repeat(64), verifier)],
+            vec![role("app", "md5abcdef")],
+            vec![role("app", "SCRAM-SHA-256$4096:x\" \"y")],
+            vec![role("app", "SCRAM-SHA-256$4096:x y")],
+            vec![role("app", verifier), role("app", verifier)],
+        ] {
+            let err = pooler_userlist(&bad).expect_err("refused");
+            assert!(!err.to_string().contains("4096"), "no secret in {err}");
+        }
     }
 
     #[test]

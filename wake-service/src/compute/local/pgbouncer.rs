@@ -1,5 +1,6 @@
-//! One PgBouncer daemon (`pgbouncer -d`), recognised again through its pidfile, and its admin
-//! console (`PAUSE`, `RESUME`, `SHOW POOLS`/`STATS`) over the private unix socket.
+//! One PgBouncer daemon (`pgbouncer -d`) running as the compute's user, recognised again
+//! through its pidfile, and its admin console (`PAUSE`, `RESUME`, `RELOAD`, `SHOW
+//! POOLS`/`STATS`) over the private unix socket, peer-checked.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -8,7 +9,8 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use tokio_postgres::{SimpleQueryMessage, SimpleQueryRow};
 
-use super::postgres::SUPERUSER;
+use super::files::{Dir, Kind};
+use super::postgres::{self, SUPERUSER};
 use super::process::{self, Identity};
 use crate::compute::ComputeError;
 
@@ -24,15 +26,22 @@ const ADMIN_DB: &str = "pgbouncer";
 /// excepted: its caller bounds it).
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The files of one PgBouncer.
+/// The directory of PgBouncer's files in the compute's directory, and their names.
+pub(crate) const DIR: &str = "pgbouncer";
+pub(crate) const INI: &str = "pgbouncer.ini";
+pub(crate) const HBA: &str = "hba.conf";
+pub(crate) const USERLIST: &str = "userlist.txt";
+const PIDFILE: &str = "pgbouncer.pid";
+const LOG: &str = "pgbouncer.log";
+
+/// One compute's PgBouncer.
 pub(crate) struct Bouncer<'a> {
     pub identity: &'a Identity,
     pub program: &'a Path,
+    /// The compute's directory, checked; PgBouncer's files are in its [`DIR`].
+    pub dir: &'a Dir,
+    /// The ini's path, which PgBouncer is given (it resolves it as the compute's user).
     pub ini: PathBuf,
-    pub pidfile: PathBuf,
-    pub log: PathBuf,
-    /// Where its unix sockets are (`unix_socket_dir`).
-    pub run_dir: PathBuf,
 }
 
 /// A running PgBouncer.
@@ -45,10 +54,11 @@ pub(crate) struct Daemon {
 
 pub(crate) enum PidFile {
     NotRunning,
-    /// A live PgBouncer started with our ini.
+    /// A live PgBouncer of the compute's user started with our ini.
     Running(i32),
-    /// The pidfile names a live process that is not our PgBouncer (pid reuse after a crash):
-    /// PgBouncer would refuse to start while the file exists.
+    /// The pidfile names a live process that is not our PgBouncer (pid reuse after a crash,
+    /// or a pid the compute's user wrote there): never signalled. PgBouncer would refuse to
+    /// start while the file exists.
     Stale,
     /// Alive, but its command line cannot be read (another user's process under a
     /// restrictive /proc): nothing is safe to do.
@@ -56,14 +66,33 @@ pub(crate) enum PidFile {
 }
 
 impl Bouncer<'_> {
+    /// PgBouncer's directory, checked.
+    fn files(&self) -> Result<Option<Dir>, ComputeError> {
+        self.dir
+            .subdir(DIR)
+            .map_err(|e| ComputeError::io(format!("opening {}", self.dir.join(DIR).display()), e))
+    }
+
     pub fn pid_file(&self) -> PidFile {
-        let Ok(text) = std::fs::read_to_string(&self.pidfile) else {
+        let Ok(Some(files)) = self.files() else {
             return PidFile::NotRunning;
+        };
+        let text = match files.read(PIDFILE, 64) {
+            Ok(Some(bytes)) => String::from_utf8_lossy(&bytes).into_owned(),
+            Ok(None) => return PidFile::NotRunning,
+            // Not a plain file of the compute's user (a symlink, a FIFO): not believed.
+            Err(e) => {
+                tracing::warn!(error = %e, "ignoring PgBouncer's pidfile");
+                return PidFile::Stale;
+            }
         };
         let Ok(pid) = text.trim().parse::<i32>() else {
             return PidFile::Stale;
         };
         if pid <= 0 || !process::process_alive(pid) {
+            return PidFile::Stale;
+        }
+        if !process::owned_by(pid, self.identity.uid) {
             return PidFile::Stale;
         }
         match process::cmdline(pid) {
@@ -81,32 +110,37 @@ impl Bouncer<'_> {
     }
 
     fn remove_pidfile(&self) -> Result<(), ComputeError> {
-        match std::fs::remove_file(&self.pidfile) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(ComputeError::io(
-                format!("removing {}", self.pidfile.display()),
-                e,
-            )),
-        }
+        let Some(files) = self.files()? else {
+            return Ok(());
+        };
+        files
+            .unlink(PIDFILE)
+            .map_err(|e| ComputeError::io(format!("removing {}", files.join(PIDFILE).display()), e))
     }
 
-    /// Starts PgBouncer with `files` (path, contents; the ini among them) unless one already
-    /// runs with exactly these files and answers on `host:port`; one with other files is
-    /// restarted. Files are only rewritten while no PgBouncer runs, so "files on disk equal"
-    /// means "the running daemon loaded them". `verified`: a pid already seen listening on
+    /// Starts PgBouncer with `files` (name in [`DIR`], contents: the ini and hba.conf) unless
+    /// one already runs with exactly these files and answers on `host:port`; one with other
+    /// files is restarted. These files are only rewritten while no PgBouncer runs, so "files
+    /// on disk equal" means "the running daemon loaded them". The auth file is not among
+    /// them: it changes at runtime (RELOAD). `verified`: a pid already seen listening on
     /// `port` (by this wake service; PgBouncer keeps its listening sockets for life), which
     /// spares reading `/proc/net/tcp` and a TCP probe on the resume path.
     pub async fn start(
         &self,
-        files: &[(PathBuf, String)],
+        files: &[(&str, String)],
         host: &str,
         port: u16,
         verified: Option<i32>,
     ) -> Result<Daemon, ComputeError> {
+        let dir = self
+            .dir
+            .ensure_subdir(DIR, 0o700, self.identity.owner())
+            .map_err(|e| {
+                ComputeError::io(format!("opening {}", self.dir.join(DIR).display()), e)
+            })?;
         let current = files
             .iter()
-            .all(|(path, contents)| process::file_is(path, contents.as_bytes()));
+            .all(|(name, contents)| dir.file_is(name, contents.as_bytes()));
         match self.pid_file() {
             PidFile::Running(pid) => {
                 if current
@@ -128,14 +162,17 @@ impl Bouncer<'_> {
             PidFile::Unknown(pid) => return Err(self.unknown(pid)),
             PidFile::NotRunning => {}
         }
-        for (path, contents) in files {
-            if !process::file_is(path, contents.as_bytes()) {
-                process::write_file(path, contents.as_bytes(), 0o600, self.identity.owner())?;
+        for (name, contents) in files {
+            if !dir.file_is(name, contents.as_bytes()) {
+                dir.write(name, contents.as_bytes(), 0o600, self.identity.owner())?;
             }
         }
 
-        process::rotate_log(&self.log)?;
-        let log_offset = process::file_len(&self.log);
+        // PgBouncer opens its log by path as the compute's user: a FIFO there would hang it.
+        dir.clear_unless_plain_file(LOG)
+            .map_err(|e| ComputeError::io(format!("checking {}", dir.join(LOG).display()), e))?;
+        dir.rotate_log(LOG)?;
+        let log_offset = dir.len(LOG);
         // PgBouncer does not raise its file limit itself; lift the soft limit to the hard one
         // so max_client_conn is reachable. `exec` keeps the daemon's command line
         // `pgbouncer -d <ini>`, which is how it is recognised later.
@@ -147,20 +184,21 @@ impl Bouncer<'_> {
         tracing::info!(ini = %self.ini.display(), port, "starting PgBouncer");
         let output = process::run(cmd, Duration::from_secs(START_SECONDS), "pgbouncer -d").await?;
         if !output.status.success() {
-            return Err(process::with_log(
+            return Err(dir.error_with_log(
                 format!(
                     "pgbouncer failed to start ({}): {}",
                     output.status,
                     process::output_text(&output)
                 ),
-                &self.log,
+                LOG,
             ));
         }
         // `-d` forks before it binds its ports, and a TCP port in use is only a WARNING while
         // the unix socket works: both show only in the log.
+        let socket = format!(".s.PGSQL.{port}");
         let deadline = Instant::now() + Duration::from_secs(START_SECONDS);
         loop {
-            let fresh = process::read_from(&self.log, log_offset);
+            let fresh = dir.read_from(LOG, log_offset, 1024 * 1024);
             if let Some(line) = fresh
                 .lines()
                 .find(|line| line.contains(" FATAL ") || line.contains("cannot listen on"))
@@ -172,6 +210,7 @@ impl Bouncer<'_> {
                     .split_once('[')
                     .and_then(|(_, rest)| rest.split_once(']'))
                     .and_then(|(pid, _)| pid.parse::<i32>().ok())
+                    .filter(|&pid| process::owned_by(pid, self.identity.uid))
                     .filter(|&pid| process::cmdline(pid).is_some_and(|args| self.is_ours(&args)));
                 let stopped = match logged_pid {
                     Some(pid) => match self.terminate(pid).await {
@@ -189,16 +228,20 @@ impl Bouncer<'_> {
             }
             // It binds TCP first, then the unix socket (the admin console's way in).
             if let PidFile::Running(pid) = self.pid_file() {
-                if process::listens_on(pid, port)
-                    && self.run_dir.join(format!(".s.PGSQL.{port}")).exists()
-                {
+                let has_socket = self
+                    .dir
+                    .subdir("run")
+                    .ok()
+                    .flatten()
+                    .is_some_and(|run| run.kind(&socket) == Some(Kind::Socket));
+                if process::listens_on(pid, port) && has_socket {
                     return Ok(Daemon { pid, fresh: true });
                 }
             }
             if Instant::now() >= deadline {
-                return Err(process::with_log(
+                return Err(dir.error_with_log(
                     format!("pgbouncer did not accept connections on port {port} within {START_SECONDS} s"),
-                    &self.log,
+                    LOG,
                 ));
             }
             tokio::time::sleep(START_POLL).await;
@@ -219,11 +262,12 @@ impl Bouncer<'_> {
     }
 
     async fn terminate(&self, pid: i32) -> Result<(), ComputeError> {
+        let uid = self.identity.uid;
         tracing::info!(pid, ini = %self.ini.display(), "stopping PgBouncer");
-        process::signal(pid, Signal::SIGTERM);
+        process::signal_owned(pid, uid, Signal::SIGTERM);
         if !process::wait_exit(pid, Duration::from_secs(STOP_SECONDS)).await {
             tracing::warn!(pid, "PgBouncer ignored SIGTERM; killing it");
-            process::signal(pid, Signal::SIGKILL);
+            process::signal_owned(pid, uid, Signal::SIGKILL);
             if !process::wait_exit(pid, Duration::from_secs(STOP_SECONDS)).await {
                 return Err(ComputeError::Process(format!(
                     "PgBouncer {pid} ({}) would not stop",
@@ -250,7 +294,7 @@ impl Bouncer<'_> {
     fn unknown(&self, pid: i32) -> ComputeError {
         ComputeError::Process(format!(
             "{} names process {pid}, which cannot be inspected; stop it by hand",
-            self.pidfile.display()
+            self.dir.join(DIR).join(PIDFILE).display()
         ))
     }
 }
@@ -274,25 +318,35 @@ impl Drop for Admin {
 
 impl Admin {
     /// Connects as `cloud_admin` to database `pgbouncer` over the unix socket in `run_dir`
-    /// (PgBouncer's hba trusts local connections; `cloud_admin` is its admin user).
-    pub async fn connect(run_dir: &Path, port: u16) -> Result<Arc<Admin>, ComputeError> {
+    /// (PgBouncer's hba trusts local connections; `cloud_admin` is its admin user), once the
+    /// process behind the socket is known to run as `uid` (the compute's user).
+    pub async fn connect(run_dir: &Path, port: u16, uid: u32) -> Result<Arc<Admin>, ComputeError> {
         let mut config = tokio_postgres::Config::new();
         config
-            .host_path(run_dir)
-            .port(port)
             .user(SUPERUSER)
             .dbname(ADMIN_DB)
-            .application_name("wake-service")
-            .connect_timeout(Duration::from_secs(5));
-        let (client, connection) = bounded("connecting", config.connect(tokio_postgres::NoTls))
-            .await?
-            .map_err(ComputeError::from)?;
+            .application_name("wake-service");
+        let (client, connection) = bounded(
+            "connecting",
+            postgres::connect_unix(&config, run_dir, port, uid),
+        )
+        .await??;
         let task = tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::debug!(error = %e, "PgBouncer admin connection ended");
             }
         });
         Ok(Arc::new(Admin { client, task }))
+    }
+
+    /// `RELOAD`: PgBouncer reads its configuration and auth file again.
+    pub async fn reload(&self) -> Result<(), ComputeError> {
+        match self.command("RELOAD").await? {
+            AdminReply::Done => Ok(()),
+            other => Err(ComputeError::Process(format!(
+                "unexpected PgBouncer reply to RELOAD: {other:?}"
+            ))),
+        }
     }
 
     /// `PAUSE`: returns once every server connection is released and closed. An error of

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
+use super::files::Dir;
 use super::process::{self, Children, Identity};
 use crate::compute::{ComputeError, StopMode};
 
@@ -26,6 +27,17 @@ const READY_POLL: Duration = Duration::from_millis(1);
 const STATIC_CONF: &str = "wake.conf";
 /// Included from `postgresql.conf`; rewritten before each start (port, addresses).
 const START_CONF: &str = "wake.start.conf";
+/// Authentication files, rewritten before each start when they differ.
+const HBA: &str = "pg_hba.conf";
+const IDENT: &str = "pg_ident.conf";
+/// The postmaster's lock file.
+const PID_FILE: &str = "postmaster.pid";
+
+/// The log the postmaster's stdout and stderr are appended to, in the cluster's directory.
+pub(crate) const LOG: &str = "postgres.log";
+/// The data directory's name, and the one initdb works in until the cluster is complete.
+pub(crate) const PGDATA: &str = "pgdata";
+pub(crate) const PGDATA_INIT: &str = "pgdata.init";
 
 /// Where a cluster lives and how its processes run.
 pub(crate) struct Cluster<'a> {
@@ -33,11 +45,19 @@ pub(crate) struct Cluster<'a> {
     /// Postmasters spawned by this wake service, reaped when they exit.
     pub children: &'a Children,
     pub pg_bin: &'a Path,
+    /// The compute's (or state store's) directory, checked; the data directory, `run/` and
+    /// the log are in it. Only reached through it (see [`super::files`]).
+    pub dir: &'a Dir,
+    /// [`PGDATA`], or [`PGDATA_INIT`] while being created.
+    pub pgdata_name: &'static str,
+    /// The path of the data directory (for the postmaster's `-D`).
     pub pgdata: PathBuf,
     /// The unix socket directory (private: 0700, owned by the OS user).
     pub run_dir: PathBuf,
-    /// The postmaster's stdout and stderr (appended to).
-    pub log: PathBuf,
+    /// How `cloud_admin` logs in over the unix socket: pg_hba.conf and pg_ident.conf, rewritten
+    /// before each start when they differ.
+    pub hba: &'a str,
+    pub ident: &'a str,
 }
 
 /// What the per-start file says.
@@ -79,11 +99,18 @@ fn quote(value: &str) -> String {
 }
 
 impl Cluster<'_> {
-    fn pid_path(&self) -> PathBuf {
-        self.pgdata.join("postmaster.pid")
+    /// The data directory, checked (a directory of the compute's user, not a symlink).
+    fn pgdata_dir(&self) -> Result<Option<Dir>, ComputeError> {
+        self.dir
+            .subdir(self.pgdata_name)
+            .map_err(|e| ComputeError::io(format!("opening {}", self.pgdata.display()), e))
     }
 
-    /// Runs `initdb` into `pgdata` (which must not exist or be empty).
+    fn error_with_log(&self, message: String) -> ComputeError {
+        self.dir.error_with_log(message, LOG)
+    }
+
+    /// Runs `initdb` into the data directory (which must not exist or be empty).
     pub async fn initdb(&self, locale: &str, no_sync: bool) -> Result<(), ComputeError> {
         let mut cmd = self.identity.command(self.pg_bin.join("initdb"));
         cmd.arg("-D")
@@ -112,33 +139,33 @@ impl Cluster<'_> {
         Ok(())
     }
 
-    /// Writes pg_hba.conf (`hba`), the static settings and the include lines. Called once
-    /// after initdb, by create.
-    pub fn configure(&self, hba: &str, settings: &StartSettings) -> Result<(), ComputeError> {
+    /// Writes pg_hba.conf, pg_ident.conf, the static settings and the include lines. Called
+    /// once after initdb.
+    pub fn configure(&self, settings: &StartSettings) -> Result<(), ComputeError> {
         let owner = self.identity.owner();
-        process::write_file(
-            &self.pgdata.join("pg_hba.conf"),
-            hba.as_bytes(),
-            0o600,
-            owner,
-        )?;
+        let pgdata = self.pgdata_dir()?.ok_or_else(|| {
+            ComputeError::Process(format!("{} is missing", self.pgdata.display()))
+        })?;
+        self.write_auth(&pgdata)?;
         let static_conf = "# Written by the wake service (local driver) at create.\n\
              unix_socket_permissions = 0700\n\
              password_encryption = 'scram-sha-256'\n\
              max_connections = 200\n\
              shared_buffers = '32MB'\n\
              logging_collector = off\n";
-        process::write_file(
-            &self.pgdata.join(STATIC_CONF),
-            static_conf.as_bytes(),
-            0o600,
-            owner,
-        )?;
-        self.write_start_conf(settings)?;
+        pgdata.write(STATIC_CONF, static_conf.as_bytes(), 0o600, owner)?;
+        self.write_start_conf(&pgdata, settings)?;
 
-        let conf = self.pgdata.join("postgresql.conf");
-        let mut text = std::fs::read_to_string(&conf)
-            .map_err(|e| ComputeError::io(format!("reading {}", conf.display()), e))?;
+        let conf = "postgresql.conf";
+        let mut text = pgdata
+            .read(conf, 1024 * 1024)
+            .map_err(|e| {
+                ComputeError::io(format!("reading {}", self.pgdata.join(conf).display()), e)
+            })?
+            .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+            .ok_or_else(|| {
+                ComputeError::Process(format!("{} is missing", self.pgdata.join(conf).display()))
+            })?;
         if !text.contains(&format!("include = '{STATIC_CONF}'")) {
             if !text.ends_with('\n') {
                 text.push('\n');
@@ -147,7 +174,18 @@ impl Cluster<'_> {
                 "\n# Added by the wake service: settings written at create, then those \
                  rewritten before each start.\ninclude = '{STATIC_CONF}'\ninclude = '{START_CONF}'\n"
             ));
-            process::write_file(&conf, text.as_bytes(), 0o600, owner)?;
+            pgdata.write(conf, text.as_bytes(), 0o600, owner)?;
+        }
+        Ok(())
+    }
+
+    /// pg_hba.conf and pg_ident.conf, when they differ from what they should be.
+    fn write_auth(&self, pgdata: &Dir) -> Result<(), ComputeError> {
+        let owner = self.identity.owner();
+        for (name, contents) in [(HBA, self.hba), (IDENT, self.ident)] {
+            if !pgdata.file_is(name, contents.as_bytes()) {
+                pgdata.write(name, contents.as_bytes(), 0o600, owner)?;
+            }
         }
         Ok(())
     }
@@ -168,19 +206,33 @@ impl Cluster<'_> {
         conf
     }
 
-    fn write_start_conf(&self, settings: &StartSettings) -> Result<(), ComputeError> {
-        let path = self.pgdata.join(START_CONF);
+    fn write_start_conf(&self, pgdata: &Dir, settings: &StartSettings) -> Result<(), ComputeError> {
         let conf = self.start_conf(settings);
-        if process::file_is(&path, conf.as_bytes()) {
+        if pgdata.file_is(START_CONF, conf.as_bytes()) {
             return Ok(());
         }
-        process::write_file(&path, conf.as_bytes(), 0o600, self.identity.owner())
+        pgdata.write(START_CONF, conf.as_bytes(), 0o600, self.identity.owner())
     }
 
-    /// Reads `postmaster.pid`: line 1 pid, 4 port, 5 socket directory, 8 status.
+    /// Reads `postmaster.pid`: line 1 pid, 4 port, 5 socket directory, 8 status. A pid is
+    /// only ever taken for our postmaster when it runs as the compute's user.
     pub fn pid_file(&self) -> PidFile {
-        let Ok(text) = std::fs::read_to_string(self.pid_path()) else {
+        let Ok(Some(pgdata)) = self.pgdata_dir() else {
             return PidFile::NotRunning;
+        };
+        self.pid_file_in(&pgdata)
+    }
+
+    fn pid_file_in(&self, pgdata: &Dir) -> PidFile {
+        let text = match pgdata.read(PID_FILE, 4096) {
+            Ok(Some(bytes)) => String::from_utf8_lossy(&bytes).into_owned(),
+            Ok(None) => return PidFile::NotRunning,
+            // Not a plain file of the compute's user (a symlink, a FIFO): not believed, and
+            // in the way of a new postmaster.
+            Err(e) => {
+                tracing::warn!(error = %e, "ignoring postmaster.pid");
+                return PidFile::Stale(0);
+            }
         };
         let lines: Vec<&str> = text.lines().collect();
         let Some(pid) = lines.first().and_then(|l| l.trim().parse::<i32>().ok()) else {
@@ -205,11 +257,14 @@ impl Cluster<'_> {
         })
     }
 
-    /// A postmaster of this data directory: the program is `postgres` (a postmaster keeps its
-    /// command line; only its children retitle themselves) and its `-D` is our data directory,
-    /// or its working directory is (the postmaster chdirs into the data directory).
-    /// None when the command line cannot be read.
+    /// A postmaster of this data directory: it runs as the compute's user, the program is
+    /// `postgres` (a postmaster keeps its command line; only its children retitle themselves)
+    /// and its `-D` is our data directory, or its working directory is (the postmaster chdirs
+    /// into the data directory). None when the command line cannot be read.
     fn is_our_postmaster(&self, pid: i32) -> Option<bool> {
+        if !process::owned_by(pid, self.identity.uid) {
+            return Some(false);
+        }
         let args = process::cmdline(pid)?;
         let Some(arg0) = args.first() else {
             return Some(false);
@@ -228,27 +283,27 @@ impl Cluster<'_> {
     }
 
     /// Starts the postmaster with `settings`, or adopts one already running for this data
-    /// directory with the same settings; one running with other settings is restarted.
-    /// Returns the postmaster's pid once it accepts connections.
+    /// directory with the same settings (and authentication files); one running with other
+    /// settings is restarted. Returns the postmaster's pid once it accepts connections.
     pub async fn start(&self, settings: &StartSettings) -> Result<i32, ComputeError> {
+        let pgdata = self.pgdata_dir()?.ok_or_else(|| {
+            ComputeError::Process(format!("{} is missing", self.pgdata.display()))
+        })?;
         let wanted = self.start_conf(settings);
-        let start_conf = self.pgdata.join(START_CONF);
         let run_dir = self.run_dir.to_string_lossy();
         let deadline = Instant::now() + Duration::from_secs(3 * PG_SECONDS);
         loop {
             if Instant::now() >= deadline {
-                return Err(process::with_log(
-                    format!(
-                        "Postgres in {} did not reach a running state",
-                        self.pgdata.display()
-                    ),
-                    &self.log,
-                ));
+                return Err(self.error_with_log(format!(
+                    "Postgres in {} did not reach a running state",
+                    self.pgdata.display()
+                )));
             }
-            match self.pid_file() {
+            match self.pid_file_in(&pgdata) {
                 PidFile::NotRunning => {
-                    self.write_start_conf(settings)?;
-                    return self.spawn(settings).await;
+                    self.write_auth(&pgdata)?;
+                    self.write_start_conf(&pgdata, settings)?;
+                    return self.spawn(&pgdata, settings).await;
                 }
                 PidFile::Stale(pid) => {
                     tracing::warn!(
@@ -256,11 +311,9 @@ impl Cluster<'_> {
                         pgdata = %self.pgdata.display(),
                         "postmaster.pid names a live process that is not our postmaster; removing it"
                     );
-                    match std::fs::remove_file(self.pid_path()) {
-                        Ok(()) => {}
-                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                        Err(e) => return Err(ComputeError::io("removing stale postmaster.pid", e)),
-                    }
+                    pgdata
+                        .unlink(PID_FILE)
+                        .map_err(|e| ComputeError::io("removing stale postmaster.pid", e))?;
                 }
                 PidFile::Unknown(pid) => return Err(unknown(pid, &self.pgdata)),
                 PidFile::Running(pm) if pm.status == "stopping" => {
@@ -270,16 +323,18 @@ impl Cluster<'_> {
                         .wait_gone(pm.pid, Duration::from_secs(PG_SECONDS))
                         .await
                     {
-                        return Err(process::with_log(
-                            format!("postmaster {} did not finish shutting down", pm.pid),
-                            &self.log,
-                        ));
+                        return Err(self.error_with_log(format!(
+                            "postmaster {} did not finish shutting down",
+                            pm.pid
+                        )));
                     }
                 }
                 PidFile::Running(pm) => {
                     let same = pm.port == Some(settings.port)
                         && pm.socket_dir == run_dir
-                        && process::file_is(&start_conf, wanted.as_bytes());
+                        && pgdata.file_is(START_CONF, wanted.as_bytes())
+                        && pgdata.file_is(HBA, self.hba.as_bytes())
+                        && pgdata.file_is(IDENT, self.ident.as_bytes());
                     if !same {
                         tracing::info!(
                             pid = pm.pid,
@@ -320,12 +375,12 @@ impl Cluster<'_> {
     /// when it binds none; a port held by another program is such a failure). That is the
     /// proof [`process::listens_on`] gives for an adopted postmaster, without reading
     /// `/proc/net/tcp` (~5 ms here).
-    async fn spawn(&self, settings: &StartSettings) -> Result<i32, ComputeError> {
-        process::rotate_log(&self.log)?;
-        let log = process::open_log(&self.log, self.identity.owner())?;
-        let stderr = log
-            .try_clone()
-            .map_err(|e| ComputeError::io(format!("opening {}", self.log.display()), e))?;
+    async fn spawn(&self, pgdata: &Dir, settings: &StartSettings) -> Result<i32, ComputeError> {
+        self.dir.rotate_log(LOG)?;
+        let log = self.dir.open_append(LOG, self.identity.owner())?;
+        let stderr = log.try_clone().map_err(|e| {
+            ComputeError::io(format!("opening {}", self.dir.join(LOG).display()), e)
+        })?;
         let mut cmd = tokio::process::Command::from(self.postmaster_command());
         // The postmaster outlives the wake service: never kill it with the handle.
         cmd.stdout(log).stderr(stderr).kill_on_drop(false);
@@ -335,23 +390,20 @@ impl Cluster<'_> {
         })?;
         let Some(pid) = child.id().and_then(|id| i32::try_from(id).ok()) else {
             // Only when it already exited and was reaped, which cannot happen before a wait.
-            return Err(process::with_log(
-                format!("the postmaster of {} vanished", self.pgdata.display()),
-                &self.log,
-            ));
+            return Err(self.error_with_log(format!(
+                "the postmaster of {} vanished",
+                self.pgdata.display()
+            )));
         };
         tracing::info!(pid, pgdata = %self.pgdata.display(), "starting Postgres");
         let deadline = began + Duration::from_secs(PG_SECONDS);
         loop {
             match child.try_wait() {
                 Ok(Some(status)) => {
-                    return Err(process::with_log(
-                        format!(
-                            "Postgres in {} exited during startup ({status})",
-                            self.pgdata.display()
-                        ),
-                        &self.log,
-                    ))
+                    return Err(self.error_with_log(format!(
+                        "Postgres in {} exited during startup ({status})",
+                        self.pgdata.display()
+                    )))
                 }
                 Ok(None) => {}
                 Err(e) => {
@@ -359,46 +411,30 @@ impl Cluster<'_> {
                     return Err(ComputeError::io("waiting for the postmaster", e));
                 }
             }
-            if let Some(listening) = self.says_ready(pid) {
+            if let Some(listening) = says_ready(pgdata, pid) {
                 if settings.listen.is_empty() || listening {
                     break;
                 }
                 self.children.reap(pid, child);
-                return Err(process::with_log(
-                    format!(
-                        "Postgres in {} is ready but does not listen on TCP port {}",
-                        self.pgdata.display(),
-                        settings.port
-                    ),
-                    &self.log,
-                ));
+                return Err(self.error_with_log(format!(
+                    "Postgres in {} is ready but does not listen on TCP port {}",
+                    self.pgdata.display(),
+                    settings.port
+                )));
             }
             if Instant::now() >= deadline {
                 // Left running, like pg_ctl does: the next start finds it and waits again.
                 self.children.reap(pid, child);
-                return Err(process::with_log(
-                    format!(
-                        "Postgres in {} did not become ready within {PG_SECONDS} s",
-                        self.pgdata.display()
-                    ),
-                    &self.log,
-                ));
+                return Err(self.error_with_log(format!(
+                    "Postgres in {} did not become ready within {PG_SECONDS} s",
+                    self.pgdata.display()
+                )));
             }
             tokio::time::sleep(READY_POLL).await;
         }
         self.children.reap(pid, child);
         tracing::info!(pid, elapsed = ?began.elapsed(), "Postgres ready");
         Ok(pid)
-    }
-
-    /// When `postmaster.pid` names `pid` and says `ready` (line 8): whether it names a TCP
-    /// listen address (line 6). The lighter check of the startup loop: `pid` is our own
-    /// child, so [`Self::pid_file`]'s identity checks are not needed.
-    fn says_ready(&self, pid: i32) -> Option<bool> {
-        let text = std::fs::read_to_string(self.pid_path()).ok()?;
-        let lines: Vec<&str> = text.lines().map(str::trim).collect();
-        (lines.first() == Some(&pid.to_string().as_str()) && lines.get(7) == Some(&"ready"))
-            .then(|| lines.get(5).is_some_and(|address| !address.is_empty()))
     }
 
     /// Stops the postmaster by signals, polling every few ms for it to be gone (and reaped,
@@ -434,20 +470,17 @@ impl Cluster<'_> {
                     "postmaster still runs; escalating"
                 );
             }
-            process::signal(pm.pid, signal);
+            process::signal_owned(pm.pid, self.identity.uid, signal);
             if self.children.wait_gone(pm.pid, bound).await {
                 tracing::info!(pid = pm.pid, elapsed = ?began.elapsed(), "Postgres stopped");
                 return Ok(());
             }
         }
-        Err(process::with_log(
-            format!(
-                "postmaster {} of {} would not stop",
-                pm.pid,
-                self.pgdata.display()
-            ),
-            &self.log,
-        ))
+        Err(self.error_with_log(format!(
+            "postmaster {} of {} would not stop",
+            pm.pid,
+            self.pgdata.display()
+        )))
     }
 
     /// A connection config for the superuser over the unix socket.
@@ -462,6 +495,16 @@ impl Cluster<'_> {
             .connect_timeout(Duration::from_secs(10));
         config
     }
+}
+
+/// When `postmaster.pid` names `pid` and says `ready` (line 8): whether it names a TCP listen
+/// address (line 6). The lighter check of the startup loop: `pid` is our own child, so
+/// [`Cluster::pid_file`]'s identity checks are not needed.
+fn says_ready(pgdata: &Dir, pid: i32) -> Option<bool> {
+    let text = pgdata.read_text(PID_FILE, 4096)?;
+    let lines: Vec<&str> = text.lines().map(str::trim).collect();
+    (lines.first() == Some(&pid.to_string().as_str()) && lines.get(7) == Some(&"ready"))
+        .then(|| lines.get(5).is_some_and(|address| !address.is_empty()))
 }
 
 fn unknown(pid: i32, pgdata: &Path) -> ComputeError {
@@ -482,11 +525,61 @@ fn same_path(a: &Path, b: &Path) -> bool {
     }
 }
 
-/// Connects with `config` and spawns the connection on tokio.
+/// How long connecting to a unix socket and logging in may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Logs in with `config` (its host and port are not used) over the unix socket
+/// `run_dir/.s.PGSQL.<port>`, once the process at the other end is known to run as `uid`: the
+/// socket's directory belongs to the compute's user, who could replace the socket with a
+/// symlink to another compute's (which `connect(2)` would follow).
+pub(crate) async fn connect_unix(
+    config: &tokio_postgres::Config,
+    run_dir: &Path,
+    port: u16,
+    uid: u32,
+) -> Result<
+    (
+        tokio_postgres::Client,
+        tokio_postgres::Connection<tokio::net::UnixStream, tokio_postgres::tls::NoTlsStream>,
+    ),
+    ComputeError,
+> {
+    let path = run_dir.join(format!(".s.PGSQL.{port}"));
+    let login = async {
+        let stream = tokio::net::UnixStream::connect(&path)
+            .await
+            .map_err(|e| ComputeError::io(format!("connecting to {}", path.display()), e))?;
+        let peer = stream
+            .peer_cred()
+            .map_err(|e| ComputeError::io(format!("checking the peer of {}", path.display()), e))?
+            .uid();
+        if peer != uid {
+            return Err(ComputeError::Process(format!(
+                "refusing {}: the process behind it runs as uid {peer}, not as the compute's user \
+                 (uid {uid}); the socket was replaced",
+                path.display()
+            )));
+        }
+        Ok(config.connect_raw(stream, tokio_postgres::NoTls).await?)
+    };
+    tokio::time::timeout(CONNECT_TIMEOUT, login)
+        .await
+        .map_err(|_| {
+            ComputeError::Process(format!(
+                "{} did not answer within {CONNECT_TIMEOUT:?}",
+                path.display()
+            ))
+        })?
+}
+
+/// [`connect_unix`] to a cluster as its superuser, with the connection spawned on tokio.
 pub(crate) async fn connect(
     config: &tokio_postgres::Config,
+    run_dir: &Path,
+    port: u16,
+    uid: u32,
 ) -> Result<tokio_postgres::Client, ComputeError> {
-    let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
+    let (client, connection) = connect_unix(config, run_dir, port, uid).await?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::debug!(error = %e, "admin connection ended");

@@ -2,9 +2,7 @@
 
 use std::collections::HashSet;
 use std::ffi::OsStr;
-use std::fs::OpenOptions;
-use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
 use std::sync::{Arc, Mutex};
@@ -71,6 +69,23 @@ impl Identity {
             )));
         }
         Ok(identity)
+    }
+
+    /// Whoever owns `uid` (a compute directory of an earlier version, owned by the user
+    /// every compute shared then): only to recognise and stop its processes.
+    pub fn for_uid(uid: u32, gid: u32) -> Identity {
+        let user = User::from_uid(nix::unistd::Uid::from_raw(uid))
+            .ok()
+            .flatten();
+        Identity {
+            name: user
+                .as_ref()
+                .map_or_else(|| uid.to_string(), |u| u.name.clone()),
+            uid,
+            gid,
+            home: user.map_or_else(|| PathBuf::from("/"), |u| u.dir),
+            switch: nix::unistd::geteuid().as_raw() != uid,
+        }
     }
 
     /// `uid:gid` to chown written paths to, when switching users.
@@ -218,38 +233,6 @@ fn tail_chars(text: &str, max: usize) -> String {
     }
 }
 
-/// The last `lines` lines of a log file ("" when it cannot be read).
-pub(crate) fn log_tail(path: &Path, lines: usize) -> String {
-    const MAX_BYTES: u64 = 64 * 1024;
-    let Ok(mut file) = std::fs::File::open(path) else {
-        return String::new();
-    };
-    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
-    if len > MAX_BYTES && file.seek(SeekFrom::Start(len - MAX_BYTES)).is_err() {
-        return String::new();
-    }
-    let mut bytes = Vec::new();
-    if file.read_to_end(&mut bytes).is_err() {
-        return String::new();
-    }
-    let text = String::from_utf8_lossy(&bytes);
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
-}
-
-/// An error message with the tail of a log appended.
-pub(crate) fn with_log(message: String, log: &Path) -> ComputeError {
-    let tail = log_tail(log, 30);
-    if tail.is_empty() {
-        ComputeError::Process(message)
-    } else {
-        ComputeError::Process(format!(
-            "{message}\n--- last lines of {} ---\n{tail}",
-            log.display()
-        ))
-    }
-}
-
 // --- /proc ---------------------------------------------------------------------------------
 
 /// Whether `pid` exists and is not a zombie.
@@ -288,11 +271,28 @@ pub(crate) fn cwd(pid: i32) -> Option<PathBuf> {
     std::fs::read_link(format!("/proc/{pid}/cwd")).ok()
 }
 
-/// The uid owning `pid`.
-fn process_uid(pid: i32) -> Option<u32> {
-    std::fs::metadata(format!("/proc/{pid}"))
-        .ok()
-        .map(|m| m.uid())
+/// The real and effective uid of `pid` (from `/proc/<pid>/status`: the owner of
+/// `/proc/<pid>` is root for a process that made itself non-dumpable).
+pub(crate) fn process_uids(pid: i32) -> Option<(u32, u32)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find_map(|line| line.strip_prefix("Uid:"))?;
+    let mut ids = line.split_whitespace().map(|id| id.parse::<u32>().ok());
+    Some((ids.next()??, ids.next()??))
+}
+
+/// Whether `pid` runs as `uid` (real and effective): only such a process is ever signalled
+/// on the word of a pidfile the compute's user can write (it could signal it itself).
+pub(crate) fn owned_by(pid: i32, uid: u32) -> bool {
+    process_uids(pid) == Some((uid, uid))
+}
+
+/// Sends `signal` to `pid` only when it runs as `uid`; false when it does not (or is gone).
+pub(crate) fn signal_owned(pid: i32, uid: u32, sig: Signal) -> bool {
+    if !owned_by(pid, uid) {
+        tracing::warn!(pid, uid, ?sig, "not signalling a process of another user");
+        return false;
+    }
+    signal(pid, sig)
 }
 
 /// The file name of a program path (`/usr/sbin/pgbouncer` → `pgbouncer`).
@@ -346,7 +346,7 @@ pub(crate) fn processes_under(dir: &Path, uid: u32) -> Vec<i32> {
     all_pids()
         .into_iter()
         .filter(|&pid| u32::try_from(pid).is_ok_and(|p| p != me))
-        .filter(|&pid| process_uid(pid) == Some(uid))
+        .filter(|&pid| process_uids(pid).is_some_and(|(real, _)| real == uid))
         .filter(|&pid| {
             let Some(args) = cmdline(pid) else {
                 return false;
@@ -385,69 +385,68 @@ pub(crate) async fn kill_processes_under(dir: &Path, uid: u32) -> Result<(), Com
     Ok(())
 }
 
-// --- files -----------------------------------------------------------------------------------
-
-/// Writes `path` atomically (temp file + rename) with `mode`, owned by `owner` when given.
-pub(crate) fn write_file(
-    path: &Path,
-    contents: &[u8],
-    mode: u32,
-    owner: Option<(u32, u32)>,
-) -> Result<(), ComputeError> {
-    let context = || format!("writing {}", path.display());
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    match std::fs::remove_file(&tmp) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(ComputeError::io(context(), e)),
-    }
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(|e| ComputeError::io(context(), e))?;
-    file.write_all(contents)
-        .and_then(|()| file.sync_all())
-        .map_err(|e| ComputeError::io(context(), e))?;
-    drop(file);
-    // The mode given to open() is filtered by the umask; set it exactly.
-    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))
-        .map_err(|e| ComputeError::io(context(), e))?;
-    if let Some((uid, gid)) = owner {
-        std::os::unix::fs::chown(&tmp, Some(uid), Some(gid))
-            .map_err(|e| ComputeError::io(context(), e))?;
-    }
-    std::fs::rename(&tmp, path).map_err(|e| ComputeError::io(context(), e))
+/// Live processes whose real or effective uid is `uid` (not this process).
+pub(crate) fn processes_of(uid: u32) -> Vec<i32> {
+    let me = std::process::id();
+    all_pids()
+        .into_iter()
+        .filter(|&pid| u32::try_from(pid).is_ok_and(|p| p != me))
+        .filter(|&pid| {
+            process_uids(pid).is_some_and(|(real, effective)| real == uid || effective == uid)
+        })
+        .filter(|&pid| process_alive(pid))
+        .collect()
 }
 
-/// Whether `path` holds exactly `contents`.
-pub(crate) fn file_is(path: &Path, contents: &[u8]) -> bool {
-    std::fs::read(path).is_ok_and(|existing| existing == contents)
+/// SIGKILLs every process of `uid` but `spare`, in rounds (a process forking meanwhile is
+/// caught by the next one), and waits (bounded) until none is left. Only for a uid that is
+/// one compute's own. Returns how many were killed.
+pub(crate) async fn kill_all_of(
+    uid: u32,
+    spare: &[i32],
+    timeout: Duration,
+) -> Result<usize, ComputeError> {
+    if uid == 0 || uid == nix::unistd::geteuid().as_raw() {
+        return Err(ComputeError::Process(format!(
+            "refusing to kill every process of uid {uid}"
+        )));
+    }
+    let deadline = Instant::now() + timeout;
+    let mut killed = HashSet::new();
+    loop {
+        let left: Vec<i32> = processes_of(uid)
+            .into_iter()
+            .filter(|pid| !spare.contains(pid))
+            .collect();
+        if left.is_empty() {
+            return Ok(killed.len());
+        }
+        if Instant::now() >= deadline {
+            return Err(ComputeError::Process(format!(
+                "{} process(es) of uid {uid} survived SIGKILL: {left:?}",
+                left.len()
+            )));
+        }
+        for &pid in &left {
+            if killed.insert(pid) {
+                // The program only: a tenant's command line may hold anything.
+                let program = cmdline(pid)
+                    .and_then(|args| args.first().map(|arg0| program_name(arg0).to_string()))
+                    .unwrap_or_default();
+                tracing::info!(
+                    pid,
+                    uid,
+                    program,
+                    "killing a leftover process of the compute's user"
+                );
+            }
+            signal(pid, Signal::SIGKILL);
+        }
+        tokio::time::sleep(EXIT_POLL).await;
+    }
 }
 
-/// Creates `path` (its parent must exist) unless it exists, then sets `mode` and `owner`.
-pub(crate) fn ensure_dir(
-    path: &Path,
-    mode: u32,
-    owner: Option<(u32, u32)>,
-) -> Result<(), ComputeError> {
-    let context = || format!("creating {}", path.display());
-    match std::fs::create_dir(path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && path.is_dir() => {}
-        Err(e) => return Err(ComputeError::io(context(), e)),
-    }
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-        .map_err(|e| ComputeError::io(context(), e))?;
-    if let Some((uid, gid)) = owner {
-        std::os::unix::fs::chown(path, Some(uid), Some(gid))
-            .map_err(|e| ComputeError::io(context(), e))?;
-    }
-    Ok(())
-}
+// --- files ---------------------------------------------------------------------------------
 
 /// Makes sure `uid:gid` can enter `path` and each of its ancestors, adding o+x where it
 /// cannot (e.g. a data root under `/root`). Only needed when switching users.
@@ -547,56 +546,6 @@ pub(crate) async fn tcp_accepts(host: &str, port: u16, timeout: Duration) -> boo
         tokio::time::timeout(timeout, tokio::net::TcpStream::connect((host, port))).await,
         Ok(Ok(_))
     )
-}
-
-/// Renames a log over 10 MiB to `<name>.1` (replacing an older one) before a process that
-/// appends to it starts, so logs do not grow without bound across restarts.
-pub(crate) fn rotate_log(path: &Path) -> Result<(), ComputeError> {
-    const MAX_LOG_BYTES: u64 = 10 * 1024 * 1024;
-    if file_len(path) <= MAX_LOG_BYTES {
-        return Ok(());
-    }
-    let mut old = path.as_os_str().to_owned();
-    old.push(".1");
-    std::fs::rename(path, &old)
-        .map_err(|e| ComputeError::io(format!("rotating {}", path.display()), e))
-}
-
-/// Opens `path` for appending (created 0600, owned by `owner` when given), to become a
-/// process's stdout and stderr.
-pub(crate) fn open_log(
-    path: &Path,
-    owner: Option<(u32, u32)>,
-) -> Result<std::fs::File, ComputeError> {
-    let context = || format!("opening {}", path.display());
-    let file = OpenOptions::new()
-        .append(true)
-        .create(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|e| ComputeError::io(context(), e))?;
-    if let Some((uid, gid)) = owner {
-        std::os::unix::fs::fchown(&file, Some(uid), Some(gid))
-            .map_err(|e| ComputeError::io(context(), e))?;
-    }
-    Ok(file)
-}
-
-/// The length of a log file, to find what a process wrote after a point.
-pub(crate) fn file_len(path: &Path) -> u64 {
-    std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
-}
-
-/// What was appended to `path` after byte `offset`.
-pub(crate) fn read_from(path: &Path, offset: u64) -> String {
-    let Ok(mut file) = std::fs::File::open(path) else {
-        return String::new();
-    };
-    let mut bytes = Vec::new();
-    if file.seek(SeekFrom::Start(offset)).is_err() || file.read_to_end(&mut bytes).is_err() {
-        return String::new();
-    }
-    String::from_utf8_lossy(&bytes).into_owned()
 }
 
 #[cfg(test)]

@@ -56,8 +56,10 @@ pub struct Args {
     pub control_plane_timeout_seconds: u64,
 
     /// Milliseconds between activity reports to the control plane (open sessions and queries
-    /// per endpoint, for scale to zero); an endpoint that becomes busy is also reported at once.
-    /// 0 turns reporting off; otherwise 50 to 60000. Only with --control-plane-url.
+    /// per endpoint, for scale to zero; their replies carry role changes, applied at once); an
+    /// endpoint that becomes busy is also reported at once. 0 turns reporting off (a changed
+    /// password then takes effect when cached secrets expire); otherwise 50 to 60000. Only with
+    /// --control-plane-url.
     #[arg(long, env = "GATEWAY_ACTIVITY_INTERVAL_MS", default_value_t = 1000)]
     pub activity_interval_ms: u64,
 
@@ -70,11 +72,12 @@ pub struct Args {
     #[arg(long, env = "GATEWAY_ROUTE_REFRESH_SECONDS", default_value_t = 30)]
     pub route_refresh_seconds: u64,
 
-    /// Milliseconds "no such endpoint" (and "no secret for this role") is remembered.
+    /// Milliseconds "no such endpoint" (and "no such role") is remembered.
     #[arg(long, env = "GATEWAY_NEGATIVE_CACHE_TTL_MS", default_value_t = 3000)]
     pub negative_cache_ttl_ms: u64,
 
-    /// Seconds a role's SCRAM secret from the control plane is trusted.
+    /// Seconds a role's SCRAM secret from the control plane is trusted (also while the control
+    /// plane is down: after that, the role is refused as unavailable until it answers).
     #[arg(long, env = "GATEWAY_ROLE_SECRET_TTL_SECONDS", default_value_t = 240)]
     pub role_secret_ttl_seconds: u64,
 

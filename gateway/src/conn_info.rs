@@ -27,6 +27,20 @@ impl EndpointId {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The endpoint without `-pooler`: roles, secrets and activity belong to it, not to its
+    /// PgBouncer.
+    pub fn without_pooler(&self) -> EndpointId {
+        match wake_api::split_pooler(&self.0) {
+            (id, true) => EndpointId(id.to_owned()),
+            (_, false) => self.clone(),
+        }
+    }
+
+    /// `<id>-pooler`, this endpoint's PgBouncer (`None` when the name would be too long).
+    pub fn pooler(&self) -> Option<EndpointId> {
+        EndpointId::parse(&format!("{}{}", self.0, wake_api::POOLER_SUFFIX))
+    }
 }
 
 impl fmt::Display for EndpointId {

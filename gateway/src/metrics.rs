@@ -52,11 +52,21 @@ pub struct Metrics {
     pub route_cache_lookups: IntCounterVec,
     /// Cached routes dropped because connecting to their address failed.
     pub route_cache_invalidations: IntCounter,
-    /// Role-secret lookups by `outcome`: hit, miss (asked the control plane), none (static
-    /// route or no control plane).
+    /// Role-secret lookups by `outcome`: hit, miss (asked the control plane), none (a static
+    /// route, or no control plane).
     pub role_secret_lookups: IntCounterVec,
-    /// Password checks against role secrets by `outcome`: cached, match, mismatch, no_secret.
+    /// Cleartext password checks against role secrets by `outcome`: cached, match, mismatch,
+    /// mock (an unknown endpoint or role: checked against a mock secret, always refused),
+    /// no_secret (a static route: Postgres judges).
     pub secret_verifications: IntCounterVec,
+    /// SCRAM proofs of plain TCP/TLS clients checked by the gateway's own SCRAM server, by
+    /// `outcome`: match, mismatch, mock (an unknown endpoint or role).
+    pub scram_proofs: IntCounterVec,
+    /// Role invalidations applied from the control plane's activity replies, by `reason`:
+    /// role_change (one role's password changed or it was dropped), first_reply (this
+    /// gateway's first reply: everything it cached before may be stale), truncated (the reply
+    /// could not list every change: everything, idle connections included).
+    pub role_invalidations: IntCounterVec,
     /// The label values counted on every request or connection, resolved once.
     pub hot: HotMetrics,
 }
@@ -278,6 +288,16 @@ impl Metrics {
             "Password checks against role secrets by outcome",
             &["outcome"],
         );
+        let scram_proofs = counter(
+            "gateway_scram_proofs_total",
+            "SCRAM proofs of TCP and TLS clients checked by the gateway, by outcome",
+            &["outcome"],
+        );
+        let role_invalidations = counter(
+            "gateway_role_invalidations_total",
+            "Cached role secrets, proofs and idle connections dropped on the control plane's word, by reason",
+            &["reason"],
+        );
         for collector in [
             Box::new(http_requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(http_request_seconds.clone()),
@@ -302,6 +322,8 @@ impl Metrics {
             Box::new(route_cache_invalidations.clone()),
             Box::new(role_secret_lookups.clone()),
             Box::new(secret_verifications.clone()),
+            Box::new(scram_proofs.clone()),
+            Box::new(role_invalidations.clone()),
         ] {
             registry
                 .register(collector)
@@ -328,6 +350,16 @@ impl Metrics {
         }
         for outcome in crate::auth::SecretOutcome::ALL {
             secret_verifications.with_label_values(&[outcome.label()]);
+        }
+        for outcome in ["match", "mismatch", "mock"] {
+            scram_proofs.with_label_values(&[outcome]);
+        }
+        for reason in [
+            crate::activity::ROLE_CHANGE,
+            crate::activity::FIRST_REPLY,
+            crate::activity::TRUNCATED,
+        ] {
+            role_invalidations.with_label_values(&[reason]);
         }
         let hot = HotMetrics {
             http_ok: Default::default(),
@@ -375,6 +407,8 @@ impl Metrics {
             route_cache_invalidations,
             role_secret_lookups,
             secret_verifications,
+            scram_proofs,
+            role_invalidations,
         }
     }
 

@@ -1,23 +1,33 @@
 //! Backend connections for SQL over HTTP, kept warm per (endpoint, database, role).
 //!
 //! Architecture invariant: a request reuses a pooled connection only after its own password was
-//! verified ([`PasswordCache`]: accepted by Postgres before, or matched against the role's
-//! SCRAM secret by the caller); otherwise it opens a new connection and Postgres judges the
-//! password. New connections go through [`RouteTable::connect`], which wakes the endpoint again
-//! when its cached address stopped answering. The pool key carries no credentials, and it
+//! verified: matched against the role's SCRAM secret by the caller (control-plane routes: every
+//! request that gets here), or, on a static route, accepted by Postgres before
+//! ([`PasswordCache`]); otherwise it opens a new connection and Postgres judges the password.
+//! New connections go through [`RouteTable::connect`], which wakes the endpoint again when its
+//! cached address stopped answering; on control-plane routes they log in with the keys the
+//! client proved ([`crate::backend::Login::Scram`]). The pool key carries no credentials, and it
 //! carries the endpoint, so one endpoint's credentials are never tried against another
 //! endpoint's backend.
+//!
+//! A request whose password is not proven cannot disturb anyone else: a failed login touches
+//! no pooled connection and no cached proof (a wrong password must not empty its victim's
+//! pool), and only a proven request may take a full endpoint's slot from another key's idle
+//! connection; unproven ones wait for a free slot within the acquire timeout. Credentials
+//! changes arrive as role changes ([`crate::activity`]), which close the role's idle
+//! connections ([`Pool::close_idle_of_role`]).
 //!
 //! Checkout is LIFO and skips connections the server has closed. With none idle but one of the
 //! endpoint being reset, a verified request waits briefly for it rather than open a new one.
 //! Returned connections are reset in the background (`ROLLBACK` if needed, `DISCARD ALL`)
 //! before they become idle again. A connection is discarded, never returned, after any error
 //! or when the request is dropped mid-query; a dropped in-flight query is cancelled first.
-//! Limits: open connections per endpoint (waiting briefly for a slot, evicting idle connections
-//! of other roles first), idle connections per endpoint (a returned connection is kept past
-//! that cap, and the connections beyond it close once unused for a second: a load needing more
-//! connections than the cap keeps them instead of closing and reopening them) and in total,
-//! and an idle timeout, both enforced by [`Pool::run_reaper`] too.
+//! Limits: open connections per endpoint (waiting briefly for a slot; a proven request evicts
+//! idle connections of other roles first), idle connections per endpoint (a returned
+//! connection is kept past that cap, and the connections beyond it close once unused for a
+//! second: a load needing more connections than the cap keeps them instead of closing and
+//! reopening them) and in total, and an idle timeout, both enforced by [`Pool::run_reaper`]
+//! too.
 //! When the control plane says an endpoint is not active (its compute was suspended), its idle
 //! connections are closed ([`Pool::close_idle_of`]).
 //!
@@ -33,8 +43,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::scram::ScramKeys;
 use crate::auth::PasswordCache;
-use crate::backend::{self, Backend, BackendError, ConnectParams, Progress};
+use crate::backend::{self, Backend, BackendError, ConnectParams, Login, Progress};
 use crate::conn_info::{ConnInfo, EndpointId};
 use crate::error::{ErrorKind, ReportableError};
 use crate::metrics::Metrics;
@@ -194,8 +205,9 @@ impl Pool {
     }
 
     /// A connection for `info` at `route`: a pooled one if the password is verified (by the
-    /// caller against the role's secret: `secret_verified`, or by Postgres earlier), else a new
-    /// one authenticated by Postgres.
+    /// caller against the role's secret: `proven`, or by Postgres earlier on a static route),
+    /// else a new one authenticated by Postgres. With `proven`, a new connection logs in with
+    /// those keys (SCRAM only); without, with the password.
     ///
     /// With `reuse_idle` false the connection is always a new one (a retry after a reused one
     /// turned out to be closed: its idle siblings likely are too).
@@ -205,11 +217,11 @@ impl Pool {
         route: Route,
         info: &ConnInfo,
         application_name: Option<&str>,
-        secret_verified: bool,
+        proven: Option<&ScramKeys>,
         reuse_idle: bool,
     ) -> Result<Conn, PoolError> {
         let key = PoolKey::of(info);
-        let verified = secret_verified || self.passwords.is_verified(&key, &info.password);
+        let verified = proven.is_some() || self.passwords.is_verified(&key, &info.password);
         let (acquired, resetting) = self.acquire(&key, verified && reuse_idle).await?;
         let slot = match acquired {
             Acquired::Idle(idle) => {
@@ -230,10 +242,15 @@ impl Pool {
         let startup = application_name.map(|name| [("application_name", name)]);
         let params = ConnectParams {
             user: &info.user,
-            password: info.password.as_bytes(),
             database: &info.database,
             startup: startup.as_ref().map_or(&[][..], |s| &s[..]),
-            keys: &self.passwords,
+            login: match proven {
+                Some(keys) => Login::Scram(keys),
+                None => Login::Password {
+                    password: info.password.as_bytes(),
+                    keys: &self.passwords,
+                },
+            },
         };
         let connected = routes
             .connect(route, |address| {
@@ -254,7 +271,9 @@ impl Pool {
             .observe(started.elapsed().as_secs_f64());
         match connected {
             Ok(backend) => {
-                self.passwords.remember(&key, &info.password);
+                if proven.is_none() {
+                    self.passwords.remember(&key, &info.password);
+                }
                 Ok(Conn::new(
                     self.clone(),
                     key,
@@ -264,10 +283,9 @@ impl Pool {
                     resetting,
                 ))
             }
+            // Nothing pooled or remembered is touched: whoever sent this password need not be
+            // whoever owns the key.
             Err(ConnectError::Connect(BackendError::Db(e))) if e.is_auth_failure() => {
-                // The password may have changed: nothing cached for this role is trusted now.
-                self.passwords.forget(&key);
-                self.drop_idle(&key);
                 Err(PoolError::AuthFailed)
             }
             Err(ConnectError::Connect(e)) => Err(e.into()),
@@ -304,25 +322,49 @@ impl Pool {
         found
     }
 
-    fn drop_idle(&self, key: &PoolKey) {
-        let removed = {
+    /// Closes the idle connections of `role` on `endpoint`, any database (its password
+    /// changed, or it was dropped). Returns how many.
+    pub fn close_idle_of_role(&self, endpoint: &EndpointId, role: &str) -> usize {
+        let removed: Vec<Idle> = {
             let mut state = self.state();
             let State {
                 endpoints,
                 idle_total,
             } = &mut *state;
-            let Some(endpoint) = endpoints.get_mut(&key.endpoint) else {
-                return;
+            let Some(pool) = endpoints.get_mut(endpoint) else {
+                return 0;
             };
-            let removed = endpoint
+            let keys: Vec<(String, String)> = pool
                 .idle
-                .remove(&(key.database.clone(), key.role.clone()))
-                .unwrap_or_default();
-            endpoint.idle_count -= removed.len();
+                .keys()
+                .filter(|(_, r)| r == role)
+                .cloned()
+                .collect();
+            let removed: Vec<Idle> = keys
+                .iter()
+                .filter_map(|k| pool.idle.remove(k))
+                .flatten()
+                .collect();
+            pool.idle_count -= removed.len();
             *idle_total -= removed.len();
             removed
         };
+        let count = removed.len();
         self.close_idle(removed);
+        count
+    }
+
+    /// Closes the idle connections of every endpoint for which `which` holds. Returns how
+    /// many.
+    pub fn close_idle_where(&self, which: impl Fn(&EndpointId) -> bool) -> usize {
+        let endpoints: Vec<EndpointId> = self
+            .state()
+            .endpoints
+            .keys()
+            .filter(|e| which(e))
+            .cloned()
+            .collect();
+        endpoints.iter().map(|e| self.close_idle_of(e)).sum()
     }
 
     /// Closes every idle connection of `endpoint` (the control plane said its compute is not
@@ -422,15 +464,17 @@ impl Pool {
             if let Ok(slot) = slots.clone().try_acquire_owned() {
                 return Ok(Acquired::Slot(slot));
             }
-            // Full: the oldest idle connection of this endpoint (another database or role, or
-            // one whose password this request has not proven) gives its slot to this request.
-            // A verified request never evicts its own key's connections: one returned since it
-            // looked is for it to take (the `returned` wake-up below), not to close and reopen.
-            let own = verified.then_some(key);
-            if let Some(Idle { backend, slot, .. }) = self.evict_oldest(&key.endpoint, own) {
-                self.metrics.pool_discards.inc();
-                spawn_detached(backend.terminate());
-                return Ok(Acquired::Slot(slot));
+            // Full: for a verified request, the oldest idle connection of this endpoint of
+            // another database or role gives its slot. Never its own key's: one returned since
+            // it looked is for it to take (the `returned` wake-up below), not to close and
+            // reopen. An unverified request evicts nothing (a wrong password must not close
+            // other people's connections): it waits for a free slot.
+            if verified {
+                if let Some(Idle { backend, slot, .. }) = self.evict_oldest(&key.endpoint, key) {
+                    self.metrics.pool_discards.inc();
+                    spawn_detached(backend.terminate());
+                    return Ok(Acquired::Slot(slot));
+                }
             }
             tokio::select! {
                 slot = slots.clone().acquire_owned() => {
@@ -443,13 +487,13 @@ impl Pool {
     }
 
     /// The oldest idle connection of `endpoint`, other than those of `except`.
-    fn evict_oldest(&self, endpoint: &EndpointId, except: Option<&PoolKey>) -> Option<Idle> {
+    fn evict_oldest(&self, endpoint: &EndpointId, except: &PoolKey) -> Option<Idle> {
         let mut state = self.state();
         let State {
             endpoints,
             idle_total,
         } = &mut *state;
-        let idle = take_oldest(endpoints.get_mut(endpoint)?, except)?;
+        let idle = take_oldest(endpoints.get_mut(endpoint)?, Some(except))?;
         *idle_total -= 1;
         Some(idle)
     }

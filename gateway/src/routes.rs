@@ -19,9 +19,20 @@
 //!   endpoint woken again (one flight) and the connect retried at once, then with backoff.
 //! - When the control plane reports an endpoint inactive ([`crate::activity`]), its cached
 //!   routes are dropped whatever their address ([`RouteTable::forget`]).
-//! - Role secrets (`get_endpoint_access_control`) are cached per (endpoint without
-//!   `-pooler`, role) for `secret_ttl`; a role the control plane does not know, or a failed
-//!   lookup, is remembered for `negative_ttl` as "no secret" (Postgres then judges the password).
+//! - Role secrets (`get_endpoint_access_control`, [`RouteTable::role_secret`]) are cached per
+//!   (endpoint without `-pooler`, role) for `secret_ttl`; a role the control plane does not
+//!   know (or whose secret is not SCRAM) is remembered for `negative_ttl` as unknown, and the
+//!   caller checks the client against a mock secret. A failed lookup is not cached: the
+//!   client is told the endpoint is unavailable, never let through to Postgres unchecked.
+//!   While the control plane is down, roles whose secret is cached keep working until their
+//!   entry is `secret_ttl` old (a failed lookup does not extend it); after that they are
+//!   refused as unavailable until the control plane answers again.
+//! - Role changes (a password changed, a role dropped) arrive through activity replies
+//!   ([`crate::activity`]) and drop the role's cached secret at once
+//!   ([`RouteTable::forget_role`], [`RouteTable::forget_all_roles`]). A lookup that was
+//!   running when the change arrived is used by the requests that waited for it, never
+//!   cached: the invalidation waits for the lookups in flight to finish, then removes what
+//!   they cached.
 //!
 //! Invariants: once an endpoint's route and a role's secret are cached, connections make no
 //! control-plane call; an unknown endpoint never reaches a backend.
@@ -35,6 +46,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use moka::ops::compute::{CompResult, Op};
+use tokio::sync::RwLock;
 
 use crate::auth::scram::ScramSecret;
 use crate::conn_info::EndpointId;
@@ -187,8 +199,20 @@ impl Cached {
 #[derive(Clone)]
 enum Secret {
     Known(Arc<ScramSecret>),
-    /// The role is unknown to the control plane, its secret is not SCRAM, or the lookup failed.
+    /// The role is unknown to the control plane, or its secret is not SCRAM.
     Absent,
+}
+
+/// What the route table knows about a role's password.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RoleSecret {
+    /// A static route: Postgres judges the password.
+    Static,
+    /// The control plane's SCRAM secret for the role.
+    Known(Arc<ScramSecret>),
+    /// The control plane does not know the role (or its secret is not SCRAM-SHA-256): nothing
+    /// may log in as it.
+    Unknown,
 }
 
 /// Per-entry lifetimes: routes idle out, negative answers and secrets live for a fixed time.
@@ -258,6 +282,10 @@ pub struct RouteTable {
     control_plane: Option<Arc<dyn ControlPlaneApi>>,
     routes: moka::future::Cache<EndpointId, Cached>,
     secrets: moka::future::Cache<SecretKey, Secret>,
+    /// Held (shared) by every secret lookup that asks the control plane, until its answer is
+    /// cached; taken (exclusively) by role invalidations, so they remove what lookups that
+    /// started before them cached.
+    secret_lookups: RwLock<()>,
     config: RouteCacheConfig,
     metrics: Arc<Metrics>,
 }
@@ -305,6 +333,7 @@ impl RouteTable {
                 .max_capacity(config.capacity)
                 .expire_after(lifetimes())
                 .build(),
+            secret_lookups: RwLock::new(()),
             config,
             metrics,
         }
@@ -486,34 +515,36 @@ impl RouteTable {
         }
     }
 
-    /// The SCRAM secret of `role` on `endpoint`, when the control plane knows one. `None` for
-    /// static routes, without a control plane, for roles it does not know, and when the lookup
-    /// fails: the caller then lets Postgres judge the password. `NotFound` when the control
-    /// plane says the endpoint does not exist (remembered in the route cache as well).
+    /// What the control plane says about `role`'s password on `endpoint` (`-pooler` shares the
+    /// endpoint's roles). `Static` for static routes; `NotFound` when there is no control
+    /// plane, or it says the endpoint does not exist (remembered in the route cache as well);
+    /// `Unavailable` when it cannot be asked (not cached: the next client asks again).
     pub async fn role_secret(
         &self,
         endpoint: &EndpointId,
         role: &str,
-    ) -> Result<Option<Arc<ScramSecret>>, RouteError> {
+    ) -> Result<RoleSecret, RouteError> {
         let lookups = &self.metrics.hot.role_secret_lookups;
-        let Some(control_plane) = self
-            .control_plane
-            .as_ref()
-            .filter(|_| !self.fixed.contains_key(endpoint))
-        else {
+        if self.fixed.contains_key(endpoint) {
             lookups.inc("none");
-            return Ok(None);
+            return Ok(RoleSecret::Static);
+        }
+        let Some(control_plane) = self.control_plane.as_ref() else {
+            lookups.inc("none");
+            return Err(RouteError::NotFound);
         };
         if let Some(Cached::NotFound) = self.routes.get(endpoint).await {
             self.count("negative_hit");
             return Err(RouteError::NotFound);
         }
-        let key = (secret_endpoint(endpoint), role.to_owned());
+        let key = (endpoint.without_pooler(), role.to_owned());
         if let Some(secret) = self.secrets.get(&key).await {
             lookups.inc("hit");
-            return Ok(secret.into_option());
+            return Ok(secret.into_role_secret());
         }
         lookups.inc("miss");
+        // Until the answer is cached: a role invalidation meanwhile waits, then removes it.
+        let _lookup = self.secret_lookups.read().await;
         let control_plane = control_plane.clone();
         let (id, role) = key.clone();
         let lookup = async move {
@@ -522,22 +553,22 @@ impl RouteTable {
                 Ok(access) => match ScramSecret::parse(&access.role_secret) {
                     Some(secret) => Ok(Secret::Known(Arc::new(secret))),
                     None => {
-                        tracing::warn!(endpoint = %id, "role secret is not SCRAM-SHA-256; Postgres will check passwords");
+                        tracing::warn!(endpoint = %id, "role secret is not SCRAM-SHA-256; the role cannot log in");
                         Ok(Secret::Absent)
                     }
                 },
-                Err(e) if e.is_not_found() => Err(e),
-                Err(e) => {
-                    tracing::warn!(endpoint = %id, error = %e, "role secret lookup failed; Postgres will check the password");
-                    Ok(Secret::Absent)
-                }
+                Err(e) => Err(e),
             }
         };
         match self.secrets.try_get_with(key, lookup).await {
-            Ok(secret) => Ok(secret.into_option()),
-            Err(_) => {
+            Ok(secret) => Ok(secret.into_role_secret()),
+            Err(e) if e.is_not_found() => {
                 self.routes.insert(endpoint.clone(), Cached::NotFound).await;
                 Err(RouteError::NotFound)
+            }
+            Err(e) => {
+                tracing::warn!(%endpoint, error = %e, "role secret lookup failed");
+                Err(RouteError::Unavailable(e))
             }
         }
     }
@@ -545,24 +576,42 @@ impl RouteTable {
     /// Postgres refused a password the cached secret accepted: the secret is stale.
     pub async fn forget_role_secret(&self, endpoint: &EndpointId, role: &str) {
         self.secrets
-            .invalidate(&(secret_endpoint(endpoint), role.to_owned()))
+            .invalidate(&(endpoint.without_pooler(), role.to_owned()))
             .await;
+    }
+
+    /// `role` on `endpoint` (and its `-pooler`) changed: drops its cached secret, after the
+    /// lookups in flight have finished, so none of them caches what it read before the change.
+    pub async fn forget_role(&self, endpoint: &EndpointId, role: &str) {
+        let _exclusive = self.secret_lookups.write().await;
+        self.secrets
+            .invalidate(&(endpoint.without_pooler(), role.to_owned()))
+            .await;
+    }
+
+    /// Drops every cached role secret (the gateway may have missed role changes), after the
+    /// lookups in flight have finished.
+    pub async fn forget_all_roles(&self) {
+        let _exclusive = self.secret_lookups.write().await;
+        self.secrets.invalidate_all();
+    }
+
+    /// Whether any role secret is cached (the activity reporter keeps reporting while one is,
+    /// so the control plane waits for this gateway to apply role changes).
+    pub fn holds_role_secrets(&self) -> bool {
+        self.secrets
+            .iter()
+            .any(|(_, secret)| matches!(secret, Secret::Known(_)))
     }
 }
 
 impl Secret {
-    fn into_option(self) -> Option<Arc<ScramSecret>> {
+    fn into_role_secret(self) -> RoleSecret {
         match self {
-            Secret::Known(secret) => Some(secret),
-            Secret::Absent => None,
+            Secret::Known(secret) => RoleSecret::Known(secret),
+            Secret::Absent => RoleSecret::Unknown,
         }
     }
-}
-
-/// Roles belong to the endpoint, not to its pooler: `db-pooler` shares `db`'s secrets.
-fn secret_endpoint(endpoint: &EndpointId) -> EndpointId {
-    let (id, _) = wake_api::split_pooler(endpoint.as_str());
-    EndpointId::parse(id).unwrap_or_else(|| endpoint.clone())
 }
 
 /// One flight: `wake_compute` with retries. "Not found" is an answer (cached briefly); other
@@ -732,7 +781,7 @@ mod tests {
             role: &str,
         ) -> Result<AccessControl, ControlPlaneError> {
             self.lookups.fetch_add(1, Ordering::SeqCst);
-            tokio::time::sleep(self.latency).await;
+            // Read when the call arrives, answered after the latency.
             let secret = self
                 .secrets
                 .lock()
@@ -740,6 +789,7 @@ mod tests {
                 .get(&(endpoint.to_string(), role.to_owned()))
                 .cloned()
                 .unwrap_or(Err(Answer::NotFound));
+            tokio::time::sleep(self.latency).await;
             match secret {
                 Ok(role_secret) => Ok(AccessControl {
                     role_secret,
@@ -822,12 +872,16 @@ mod tests {
         assert_eq!(fake.wakes(), 0);
         assert_eq!(
             routes.role_secret(&id("db"), "postgres").await.ok(),
-            Some(None)
+            Some(RoleSecret::Static)
         );
         assert_eq!(fake.lookups(), 0);
 
         let alone = RouteTable::from_static(["db=127.0.0.1:1".parse().expect("route")]);
         assert!(alone.resolve(&id("db")).await.is_ok());
+        assert!(matches!(
+            alone.role_secret(&id("db-pooler"), "postgres").await,
+            Err(RouteError::NotFound)
+        ));
         assert!(matches!(
             alone.resolve(&id("db-pooler")).await,
             Err(RouteError::NotFound)
@@ -1211,7 +1265,11 @@ mod tests {
                 routes
                     .role_secret(&id(endpoint), role)
                     .await
-                    .map(|s| s.map(|s| s.verify(b"pw")))
+                    .map(|s| match s {
+                        RoleSecret::Known(s) => Some(s.verify(b"pw")),
+                        RoleSecret::Unknown => None,
+                        RoleSecret::Static => panic!("not a static route"),
+                    })
                     .map_err(|e| e.to_string())
             }
         };
@@ -1222,23 +1280,32 @@ mod tests {
         .await;
         assert!(results.iter().all(|r| *r == Ok(Some(true))));
         assert_eq!(fake.lookups(), 1);
-        // No usable secret: None, remembered for the negative TTL.
-        for role in ["nobody", "md5", "flaky"] {
+        // No usable secret: unknown, remembered for the negative TTL.
+        for role in ["nobody", "md5"] {
             assert_eq!(secret("db", role).await, Ok(None), "{role}");
             assert_eq!(secret("db", role).await, Ok(None), "{role}");
         }
-        assert_eq!(fake.lookups(), 4);
-        tokio::time::sleep(Duration::from_millis(150)).await;
-        assert_eq!(secret("db", "flaky").await, Ok(None));
+        assert_eq!(fake.lookups(), 3);
+        // A failed lookup is not an answer: unavailable, and asked again next time.
+        let down =
+            Err("endpoint unavailable: control plane unreachable: connection refused".into());
+        assert_eq!(secret("db", "flaky").await, down);
+        assert_eq!(secret("db", "flaky").await, down);
         assert_eq!(fake.lookups(), 5);
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert_eq!(secret("db", "nobody").await, Ok(None));
+        assert_eq!(fake.lookups(), 6);
         assert_eq!(secret("db", "alice").await, Ok(Some(true)), "still cached");
         // Forgetting a secret asks again.
         routes.forget_role_secret(&id("db-pooler"), "alice").await;
         assert_eq!(secret("db", "alice").await, Ok(Some(true)));
-        assert_eq!(fake.lookups(), 6);
+        assert_eq!(fake.lookups(), 7);
         // Static routes never ask.
-        assert_eq!(secret("fixed", "alice").await, Ok(None));
-        assert_eq!(fake.lookups(), 6);
+        assert_eq!(
+            routes.role_secret(&id("fixed"), "alice").await.ok(),
+            Some(RoleSecret::Static)
+        );
+        assert_eq!(fake.lookups(), 7);
         assert_eq!(
             metrics
                 .role_secret_lookups
@@ -1257,6 +1324,69 @@ mod tests {
             Err("no such endpoint".to_owned())
         );
         assert_eq!(address(&routes, "ghost").await, Err("not found".into()));
-        assert_eq!((fake.lookups(), fake.wakes()), (7, 0));
+        assert_eq!((fake.lookups(), fake.wakes()), (8, 0));
+    }
+
+    #[tokio::test]
+    async fn role_changes_drop_secrets_and_a_lookup_racing_one_is_not_cached() {
+        let fake = FakeControlPlane::with_latency(Duration::from_millis(50));
+        let old = postgres_protocol::password::scram_sha_256(b"old");
+        fake.secret("db", "alice", Ok(old.clone()));
+        fake.secret("db", "bob", Ok(old));
+        let (routes, _) = table(&fake, quick(), &[]);
+        let verifies = |password: &'static [u8], role: &'static str| {
+            let routes = routes.clone();
+            async move {
+                match routes.role_secret(&id("db"), role).await {
+                    Ok(RoleSecret::Known(s)) => s.verify(password),
+                    other => panic!("{other:?}"),
+                }
+            }
+        };
+        assert!(verifies(b"old", "alice").await && verifies(b"old", "bob").await);
+        assert!(routes.holds_role_secrets());
+        assert_eq!(fake.lookups(), 2);
+
+        // alice's password changes: her secret is asked for again, bob's stays cached.
+        fake.secret(
+            "db",
+            "alice",
+            Ok(postgres_protocol::password::scram_sha_256(b"new")),
+        );
+        routes.forget_role(&id("db-pooler"), "alice").await;
+        assert!(verifies(b"new", "alice").await);
+        assert!(verifies(b"old", "bob").await);
+        assert_eq!(fake.lookups(), 3);
+
+        // A lookup that read the old secret before the next change is used by its own
+        // request, but not cached: the change waits for it and removes its answer.
+        fake.secret(
+            "db",
+            "carol",
+            Ok(postgres_protocol::password::scram_sha_256(b"old")),
+        );
+        let racing = tokio::spawn({
+            let routes = routes.clone();
+            async move { routes.role_secret(&id("db"), "carol").await }
+        });
+        tokio::time::sleep(Duration::from_millis(10)).await; // the lookup is in flight
+        fake.secret(
+            "db",
+            "carol",
+            Ok(postgres_protocol::password::scram_sha_256(b"new")),
+        );
+        routes.forget_role(&id("db"), "carol").await;
+        assert!(racing.is_finished(), "the change waited for the lookup");
+        match racing.await.expect("task") {
+            Ok(RoleSecret::Known(s)) => assert!(s.verify(b"old"), "read before the change"),
+            other => panic!("{other:?}"),
+        }
+        assert!(verifies(b"new", "carol").await, "not served from the cache");
+        assert_eq!(fake.lookups(), 5);
+
+        routes.forget_all_roles().await;
+        assert!(!routes.holds_role_secrets());
+        assert!(verifies(b"old", "bob").await);
+        assert_eq!(fake.lookups(), 6);
     }
 }

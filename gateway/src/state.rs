@@ -10,11 +10,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::activity::Activity;
+use crate::auth::Verifier;
 use crate::conn_info::EndpointId;
+use crate::control_plane::ControlPlaneError;
 use crate::metrics::Metrics;
 use crate::pool::Pool;
 use crate::query::types::TypeCache;
-use crate::routes::RouteTable;
+use crate::routes::{RoleSecret, RouteError, RouteTable};
 use crate::session::cancel::CancelMap;
 use crate::session::SessionConfig;
 use crate::tls::Tls;
@@ -42,8 +44,30 @@ pub struct AppState {
     pub tasks: TaskTracker,
     /// Cancelled when a drain runs out of time: sessions still open end with a FATAL.
     pub stop_sessions: CancellationToken,
-    /// Keys the salts of mock SCRAM exchanges for endpoints that do not exist.
+    /// Keys the mock secrets of endpoints and roles that do not exist (random per process).
     pub mock_auth_key: [u8; 32],
     /// Set when shutdown begins: `/readyz` turns 503 so load balancers stop sending traffic.
     pub draining: AtomicBool,
+}
+
+impl AppState {
+    /// What `role`'s password on `endpoint` is checked against, before anything else happens
+    /// for the client: Postgres on a static route; otherwise the control plane's secret, or a
+    /// mock one for an endpoint or role it does not know (or when there is no control plane).
+    /// Fails only when the control plane cannot be asked and nothing is cached: the client is
+    /// then told the endpoint is unavailable, never let through unchecked.
+    pub async fn verifier(
+        &self,
+        endpoint: &EndpointId,
+        role: &str,
+    ) -> Result<Verifier, Arc<ControlPlaneError>> {
+        match self.routes.role_secret(endpoint, role).await {
+            Ok(RoleSecret::Static) => Ok(Verifier::Postgres),
+            Ok(RoleSecret::Known(secret)) => Ok(Verifier::Secret(secret)),
+            Ok(RoleSecret::Unknown) | Err(RouteError::NotFound) => {
+                Ok(Verifier::mock(&self.mock_auth_key, endpoint, role))
+            }
+            Err(RouteError::Unavailable(e)) => Err(e),
+        }
+    }
 }

@@ -1,7 +1,8 @@
 //! Endpoints from a control plane (a stand-in for the wake service's proxy API) in front of a
-//! real Postgres 15: the warm path makes no control-plane calls, unknown endpoints and wrong
-//! passwords are refused like today, an unavailable control plane is a clear retryable error
-//! that does not touch warm endpoints, and a cached address that stops answering is replaced.
+//! real Postgres 15: the warm path makes no control-plane calls, unknown endpoints, unknown
+//! roles and wrong passwords are refused alike by the gateway itself, an unavailable control
+//! plane is a clear retryable error that does not touch warm endpoints (and never lets a
+//! client through unchecked), and a cached address that stops answering is replaced.
 //!
 //! Scale to zero: activity reports (sessions at once, queries in flight, idle time, failed
 //! reports resent), an "inactive" reply dropping routes and idle connections, `57P03` at
@@ -31,7 +32,7 @@ fn conn(endpoint: &str, password: &str) -> String {
     format!("postgres://postgres:{password}@{endpoint}.localtest.me/main")
 }
 
-/// A plain TCP session (the backend's SCRAM relayed) for `endpoint`.
+/// A plain TCP session (SCRAM with the gateway, which logs in to the backend) for `endpoint`.
 async fn tcp_session(
     gw: &TestGateway,
     endpoint: &str,
@@ -90,6 +91,9 @@ async fn endpoints_come_from_the_control_plane_and_stay_warm() {
     cp.secret("db", "postgres", &pg.role_secret("postgres").await);
     let gw = TestGateway::with_control_plane(&cp.url, Some("t0ken"), |config| {
         config.route_cache.negative_ttl = Duration::from_millis(300);
+        // No activity replies: the first one drops every cached secret (role changes may
+        // have been missed), which would blur the counts here.
+        config.activity_interval = None;
     })
     .await;
     let query = json!({"query": "SELECT 1 AS one"});
@@ -123,6 +127,12 @@ async fn endpoints_come_from_the_control_plane_and_stay_warm() {
         1.0,
         "PBKDF2 ran once"
     );
+    assert_eq!(
+        gw.metric("gateway_scram_proofs_total", "outcome=\"match\"")
+            .await,
+        1.0,
+        "the TCP client proved its password to the gateway"
+    );
 
     // A wrong password is refused by the secret check: no backend, no control plane.
     let connects = gw
@@ -149,9 +159,23 @@ async fn endpoints_come_from_the_control_plane_and_stay_warm() {
             .await,
         2.0
     );
-    // TCP still relays the backend's own SCRAM exchange.
+    // TCP clients prove their password to the gateway's SCRAM server: a wrong one is
+    // refused there too.
     let error = tcp_session(&gw, "db", "wrong").await.expect_err("refused");
-    assert!(sqlstate(&error).starts_with("28P01"), "{error}");
+    assert_eq!(
+        sqlstate(&error),
+        "28P01 password authentication failed for user 'postgres'"
+    );
+    assert_eq!(
+        gw.metric("gateway_scram_proofs_total", "outcome=\"mismatch\"")
+            .await,
+        1.0
+    );
+    assert_eq!(
+        gw.metric("gateway_backend_connect_duration_seconds_count", "")
+            .await,
+        connects
+    );
 
     // An unknown endpoint reads exactly like a wrong password, and is asked about once per
     // negative TTL however often it is tried.
@@ -180,7 +204,11 @@ async fn endpoints_come_from_the_control_plane_and_stay_warm() {
     );
     assert_eq!(cp.requests(), before + 1);
 
-    // A role the control plane has no secret for: Postgres decides, as without one.
+    // A role the control plane has no secret for (say, created in SQL) cannot log in: the
+    // same answer as a wrong password, and no backend is asked.
+    let connects = gw
+        .metric("gateway_backend_connect_duration_seconds_count", "")
+        .await;
     let (status, nobody) = sql(
         &gw,
         "postgres://nobody:postgres@db.localtest.me/main",
@@ -191,6 +219,11 @@ async fn endpoints_come_from_the_control_plane_and_stay_warm() {
     assert_eq!(
         nobody["message"],
         "password authentication failed for user 'nobody'"
+    );
+    assert_eq!(
+        gw.metric("gateway_backend_connect_duration_seconds_count", "")
+            .await,
+        connects
     );
 
     // `db-pooler` is woken on its own, but shares `db`'s role secrets.
@@ -230,6 +263,16 @@ async fn an_unavailable_control_plane_fails_clearly_and_warm_endpoints_keep_work
     .await;
     let query = json!({"query": "SELECT 1"});
     assert_eq!(sql(&gw, CONN, query.clone()).await.0, 200);
+    // The first activity reply drops every secret cached before it (role changes may have
+    // been missed); warm again after it.
+    eventually("the first activity reply is applied", WITHIN, || async {
+        (gw.metric("gateway_role_invalidations_total", "reason=\"first_reply\"")
+            .await
+            == 1.0)
+            .then_some(())
+    })
+    .await;
+    assert_eq!(sql(&gw, CONN, query.clone()).await.0, 200);
 
     cp.set_down(true);
     for _ in 0..5 {
@@ -246,8 +289,32 @@ async fn an_unavailable_control_plane_fails_clearly_and_warm_endpoints_keep_work
     assert_eq!(select_one(&ws).await, 1);
     assert!(cp.wakes() > 1, "background refreshes were tried");
 
-    // An endpoint that is not cached cannot be served: a 503 after the retries, not a hang.
+    // A role whose secret is not cached cannot be checked: unavailable, never handed to
+    // Postgres to judge (that would connect an unauthenticated client).
+    let connects = gw
+        .metric("gateway_backend_connect_duration_seconds_count", "")
+        .await;
+    let nobody = "postgres://nobody:postgres@db.localtest.me/main";
+    let (status, body) = sql(&gw, nobody, query.clone()).await;
+    assert_eq!(status, 503, "{body}");
+    let port = gw.addr.port();
+    let tcp_nobody = format!(
+        "host=127.0.0.1 port={port} user=nobody password=postgres dbname=main options='endpoint=db'"
+    );
+    let error = tokio_postgres::connect(&tcp_nobody, NoTls)
+        .await
+        .err()
+        .expect("unavailable");
+    assert!(sqlstate(&error).starts_with("57P03"), "{error}");
+    assert_eq!(
+        gw.metric("gateway_backend_connect_duration_seconds_count", "")
+            .await,
+        connects
+    );
+
+    // An endpoint that is not cached cannot be served: a 503, not a hang.
     cp.route("cold", &pg.address());
+    cp.secret("cold", "postgres", &pg.role_secret("postgres").await);
     let started = Instant::now();
     let (status, body) = sql(&gw, &conn("cold", "postgres"), query.clone()).await;
     assert_eq!(status, 503, "{body}");
@@ -297,9 +364,10 @@ async fn an_unavailable_control_plane_fails_clearly_and_warm_endpoints_keep_work
         config.route_cache.wake_retry = quick;
     })
     .await;
-    let wakes = cp.wakes();
+    // (Counted as secret lookups: the query's activity report may reach the mock too.)
+    let lookups = cp.lookups();
     assert_eq!(sql(&gw, CONN, query).await.0, 503);
-    assert_eq!(cp.wakes(), wakes + 1);
+    assert_eq!(cp.lookups(), lookups + 1, "one secret lookup, not retried");
     gw.stop().await;
 }
 

@@ -619,9 +619,20 @@ async fn pooled_connections_need_a_verified_password() {
         body["message"],
         format!("password authentication failed for user '{role}'")
     );
-    // Postgres refused a password for this role: its idle connections are gone, and the
-    // idle gauge says so.
-    assert_eq!(gw.metric("gateway_pool_idle_connections", "").await, 0.0);
+    // Nor does it take anything from the role's owner: the idle connection and the proof of
+    // the right password stay (whoever sends a wrong password need not be the owner), so the
+    // owner's next request is a pool hit.
+    assert!(gw.metric("gateway_pool_idle_connections", "").await >= 1.0);
+    let hits = gw
+        .metric("gateway_pool_checkouts_total", "outcome=\"hit\"")
+        .await;
+    let (status, _) = sql(&gw, &conn("first"), json!({"query": "SELECT 1"})).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        gw.metric("gateway_pool_checkouts_total", "outcome=\"hit\"")
+            .await,
+        hits + 1.0
+    );
 
     // After a password change the new password works (Postgres judges it)...
     pg.batch_execute(&format!("ALTER ROLE {role} PASSWORD 'second'"))

@@ -46,7 +46,7 @@ function wakeArgs(extra = []) {
 
 function newWake(extra) {
   return new Proc('wake-service', WAKE_BIN, wakeArgs(extra), {
-    env: childEnv({ WAKE_ADMIN_TOKEN: TOKEN }),
+    env: childEnv({ WAKE_ADMIN_TOKEN: TOKEN, RUST_BACKTRACE: '0' }),
     log: path.join(tmp, 'wake-service.log'),
   });
 }
@@ -64,11 +64,11 @@ async function stopWake() {
 const computes = () => path.join(dataDir, 'computes');
 const listed = async () => (await api.endpoints()).map((e) => e.id).sort();
 
-/** A query on endpoint `id`'s Postgres, straight to its address, as `role`. */
+/** A query on endpoint `id`'s Postgres (database `vault`), straight to its address, as `role`. */
 async function direct(id, role, password, text) {
   const ep = await api.expect(200, 'POST', `/v1/endpoints/${id}/wake`);
   const [host, port] = [ep.addresses.direct.slice(0, ep.addresses.direct.lastIndexOf(':')), Number(ep.addresses.direct.split(':').pop())];
-  const c = new pg.Client({ host, port, user: role, password, database: 'postgres', connectionTimeoutMillis: 20_000 });
+  const c = new pg.Client({ host, port, user: role, password, database: 'vault', connectionTimeoutMillis: 20_000 });
   await c.connect();
   try {
     return (await c.query(text)).rows;
@@ -102,24 +102,30 @@ test('an empty or wrong store over existing computes: refused, adopted, or quara
   await api.create('keep', { suspend_timeout_seconds: -1 });
   const password = randomBytes(12).toString('base64url');
   await api.createRole('keep', 'keeper', password);
+  await api.createDatabase('keep', 'vault', 'keeper');
   await direct('keep', 'keeper', password, `CREATE TABLE precious (note text); INSERT INTO precious VALUES ('still here')`);
   await stopWake();
   const realState = path.join(tmp, 'state.real');
 
   await t.test('an empty store over existing computes: the start is refused and nothing is touched', async () => {
     fs.renameSync(path.join(dataDir, 'state'), realState);
-    const refused = newWake().start();
-    wake = refused;
-    const exit = await Promise.race([refused.exited, sleep(180_000).then(() => 'timeout')]);
-    assert.notEqual(exit, 'timeout', 'the wake service exits instead of serving');
-    assert.notEqual(exit.code, 0, 'with a failure status');
-    assert.match(refused.tail(40), /Refusing to start/, 'and says why');
-    assert.match(refused.tail(40), /keep/);
-    for (const id of ['db', 'keep']) {
-      assert.ok(fs.existsSync(path.join(computes(), id, 'pgdata', 'PG_VERSION')), `computes/${id} is intact`);
+    try {
+      const refused = newWake().start();
+      wake = refused;
+      const exit = await Promise.race([refused.exited, sleep(180_000).then(() => 'timeout')]);
+      if (exit === 'timeout') await refused.stop('SIGTERM', 60_000);
+      assert.notEqual(exit, 'timeout', 'the wake service exits instead of serving');
+      assert.notEqual(exit.code, 0, 'with a failure status');
+      const log = refused.tail(60);
+      assert.match(log, /Refusing to start/, 'and says why');
+      assert.match(log, /keep/);
+      for (const id of ['db', 'keep']) {
+        assert.ok(fs.existsSync(path.join(computes(), id, 'pgdata', 'PG_VERSION')), `computes/${id} is intact`);
+      }
+    } finally {
+      fs.rmSync(path.join(dataDir, 'state'), { recursive: true, force: true });
+      fs.renameSync(realState, path.join(dataDir, 'state'));
     }
-    fs.rmSync(path.join(dataDir, 'state'), { recursive: true, force: true });
-    fs.renameSync(realState, path.join(dataDir, 'state'));
   });
 
   await t.test("a store whose marker is missing (a restored backup) is adopted, not wiped", async () => {

@@ -1,18 +1,32 @@
-//! Proof that a request knows its role's password, so that it may reuse a pooled backend.
+//! Proof that a client knows its role's password, before it reaches a backend or reuses a
+//! pooled one.
 //!
-//! Two authorities can vouch for a password:
-//! - Postgres: when a new backend connection authenticates with a password, the gateway
-//!   remembers a keyed hash (HMAC-SHA-256 under a per-process random key) of that password for
-//!   the (endpoint, database, role) ([`PasswordCache::remember`], [`PasswordCache::is_verified`]);
-//! - the role's SCRAM secret from the control plane ([`scram`]): [`PasswordCache::check`] runs
-//!   PBKDF2 on the blocking pool and remembers a match under a keyed hash of (endpoint, role,
-//!   secret, password), so the hashing runs once per password within the TTL, and concurrent
-//!   checks of the same password share one computation.
+//! What a password is checked against ([`Verifier`]):
+//! - a static route (`--route`): nothing here; Postgres judges the password on a new
+//!   connection (and plain TCP clients answer Postgres's own challenge, relayed);
+//! - with a control plane: the role's SCRAM secret ([`scram`]), or, for an endpoint or role
+//!   the control plane does not know (or a secret that is not SCRAM), a mock secret derived
+//!   from a per-process key ([`scram::ScramSecret::mock`]) that nothing matches. Unknown
+//!   endpoints, unknown roles and wrong passwords thus get the same work and the same
+//!   answer, and none of them reaches a backend. Roles created in SQL have no secret in the
+//!   control plane, so they cannot log in through the gateway.
 //!
-//! A later request may take a pooled connection only if its own password is proven by one of
-//! them; otherwise it opens a new connection and Postgres judges it. Entries expire, so a
-//! changed password stops being accepted from the cache after the TTL (and at once, for the
-//! secret, when the control plane hands out the new one). Plain passwords are never stored.
+//! Two kinds of proof are remembered, under keyed hashes (HMAC-SHA-256, per-process random
+//! key), never the passwords:
+//! - a cleartext password that matched the role's secret ([`PasswordCache::check`]: PBKDF2 on
+//!   the blocking pool, at most one per core at a time, once per (endpoint, role, secret,
+//!   password) within the TTL; concurrent checks of one password share the run). The match
+//!   yields the [`scram::ScramKeys`] the gateway logs in to the backend with;
+//! - on static routes, the password Postgres last accepted for an (endpoint, database, role)
+//!   ([`PasswordCache::remember`], [`PasswordCache::is_verified`]): a request may reuse a
+//!   pooled connection only with it. A failed login changes nothing here (an attacker's wrong
+//!   password must not evict the owner's proof); a changed password replaces the proof at the
+//!   next successful login, and the old one is trusted at most until the TTL.
+//!
+//! With a control plane, role changes reach the gateway through activity replies
+//! ([`crate::activity`]): [`PasswordCache::forget_role`] then drops the role's proofs of both
+//! kinds at once ([`PasswordCache::forget_all`] everything, when the gateway cannot know what
+//! changed).
 
 pub mod scram;
 
@@ -28,19 +42,50 @@ use tokio::sync::Semaphore;
 use crate::conn_info::{EndpointId, Password};
 use crate::metrics::Metrics;
 use crate::pool::PoolKey;
-use scram::{ClientKeys, ScramSecret};
+use scram::{ClientKeys, ScramKeys, ScramSecret};
 
 type Digest = [u8; 32];
 
-/// What a password check against the role's secret found.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// What a client's password (or SCRAM proof) is checked against.
+#[derive(Clone, Debug)]
+pub enum Verifier {
+    /// A static route: Postgres judges the password.
+    Postgres,
+    /// The role's secret from the control plane.
+    Secret(Arc<ScramSecret>),
+    /// An endpoint or role the control plane does not know: a mock secret (same salt length
+    /// and iterations as a real one), checked the same way, never accepted.
+    Mock(Arc<ScramSecret>),
+}
+
+impl Verifier {
+    /// The mock verifier for `role` on `endpoint` (`-pooler` shares the endpoint's), stable
+    /// per process.
+    pub fn mock(key: &[u8; 32], endpoint: &EndpointId, role: &str) -> Verifier {
+        let endpoint = endpoint.without_pooler();
+        Verifier::Mock(Arc::new(ScramSecret::mock(key, endpoint.as_str(), role)))
+    }
+
+    /// The secret a client proves its password against (real or mock); `None` when Postgres
+    /// judges.
+    pub fn secret(&self) -> Option<&Arc<ScramSecret>> {
+        match self {
+            Verifier::Postgres => None,
+            Verifier::Secret(secret) | Verifier::Mock(secret) => Some(secret),
+        }
+    }
+}
+
+/// What a password check found.
+#[derive(Clone, Debug)]
 pub enum PasswordCheck {
-    /// The password matches the role's secret: pooled connections may be reused.
-    Verified,
-    /// The password does not match: refuse without asking Postgres.
+    /// The password matches the role's secret: pooled connections may be reused, and the
+    /// backend login uses these keys.
+    Verified(ScramKeys),
+    /// The password does not match (or the role or endpoint is unknown): refuse without a
+    /// backend.
     Wrong,
-    /// No secret is known (static route, unknown role, control plane unavailable): Postgres
-    /// judges the password on a new connection, as without a control plane.
+    /// A static route: Postgres judges the password on a new connection.
     Unchecked,
 }
 
@@ -51,15 +96,18 @@ pub enum SecretOutcome {
     Cached,
     Match,
     Mismatch,
-    /// No secret to check against.
+    /// Checked against a mock secret (unknown endpoint or role): always refused.
+    Mock,
+    /// A static route: nothing to check against, Postgres judges.
     NoSecret,
 }
 
 impl SecretOutcome {
-    pub const ALL: [SecretOutcome; 4] = [
+    pub const ALL: [SecretOutcome; 5] = [
         SecretOutcome::Cached,
         SecretOutcome::Match,
         SecretOutcome::Mismatch,
+        SecretOutcome::Mock,
         SecretOutcome::NoSecret,
     ];
 
@@ -68,9 +116,19 @@ impl SecretOutcome {
             SecretOutcome::Cached => "cached",
             SecretOutcome::Match => "match",
             SecretOutcome::Mismatch => "mismatch",
+            SecretOutcome::Mock => "mock",
             SecretOutcome::NoSecret => "no_secret",
         }
     }
+}
+
+/// A remembered match: the (endpoint, role) it is for, so a role change can drop it, and the
+/// keyed hash of (endpoint, role, secret, password).
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct MatchedKey {
+    endpoint: EndpointId,
+    role: String,
+    digest: Digest,
 }
 
 /// Domain separation between the two kinds of proof.
@@ -82,8 +140,8 @@ pub struct PasswordCache {
     key: [u8; 32],
     /// Per (endpoint, database, role): the digest of the password Postgres last accepted.
     verified: moka::sync::Cache<PoolKey, Digest>,
-    /// Digests of (endpoint, role, secret, password) that matched the secret.
-    matched: moka::future::Cache<Digest, ()>,
+    /// Passwords that matched their role's secret, with the ClientKey the match produced.
+    matched: moka::future::Cache<MatchedKey, [u8; 32]>,
     /// SCRAM client keys derived for backend logins, by digest of (salt, iterations, password).
     client_keys: moka::sync::Cache<Digest, ClientKeys>,
     /// PBKDF2 runs at most this many at a time, so a flood of wrong passwords cannot take
@@ -102,10 +160,12 @@ impl PasswordCache {
             verified: moka::sync::Cache::builder()
                 .max_capacity(100_000)
                 .time_to_live(ttl)
+                .support_invalidation_closures()
                 .build(),
             matched: moka::future::Cache::builder()
                 .max_capacity(100_000)
                 .time_to_live(ttl)
+                .support_invalidation_closures()
                 .build(),
             client_keys: moka::sync::Cache::builder()
                 .max_capacity(100_000)
@@ -161,9 +221,31 @@ impl PasswordCache {
             .insert(key.clone(), self.accepted_digest(key, password));
     }
 
-    /// Postgres rejected a password for `key`: trust nothing cached for it.
-    pub fn forget(&self, key: &PoolKey) {
-        self.verified.invalidate(key);
+    /// `role` on `endpoint` changed its password or was dropped: forgets every proof of it,
+    /// on any database, for the endpoint and its `-pooler` (`endpoint` without `-pooler`).
+    /// Proofs remembered after this call are new ones.
+    pub fn forget_role(&self, endpoint: &EndpointId, role: &str) {
+        let endpoint = endpoint.without_pooler();
+        let (e, r) = (endpoint.clone(), role.to_owned());
+        let verified = self.verified.invalidate_entries_if(move |key, _| {
+            key.role == r && key.endpoint.without_pooler() == e
+        });
+        let r = role.to_owned();
+        let matched = self
+            .matched
+            .invalidate_entries_if(move |key, _| key.role == r && key.endpoint == endpoint);
+        if let Err(e) = verified.map(|_| ()).and(matched.map(|_| ())) {
+            // Cannot happen (both caches support closures); drop everything rather than keep
+            // a proof that may be stale.
+            tracing::error!(error = %e, "cannot invalidate one role's proofs; dropping all");
+            self.forget_all();
+        }
+    }
+
+    /// Forgets every proof (the gateway may have missed role changes).
+    pub fn forget_all(&self) {
+        self.verified.invalidate_all();
+        self.matched.invalidate_all();
     }
 
     /// The SCRAM client keys for logging in to a backend with `password`, for the `salt` and
@@ -181,24 +263,30 @@ impl PasswordCache {
         keys
     }
 
-    /// Checks `password` against the role's `secret` (when one is known), counting the
-    /// outcome. PBKDF2 runs on the blocking pool, once per (endpoint, role, secret, password)
-    /// within the TTL; concurrent checks of the same password wait for the same run.
+    /// Checks `password` against `verifier`, counting the outcome. PBKDF2 runs on the
+    /// blocking pool, once per (endpoint, role, secret, password) within the TTL; concurrent
+    /// checks of the same password wait for the same run. A mock secret takes the same path
+    /// (and never matches), so it costs what a wrong password costs.
     pub async fn check(
         &self,
-        secret: Option<&Arc<ScramSecret>>,
+        verifier: &Verifier,
         endpoint: &EndpointId,
         role: &str,
         password: &Password,
     ) -> PasswordCheck {
-        let (outcome, check) = match secret {
-            None => (SecretOutcome::NoSecret, PasswordCheck::Unchecked),
-            Some(secret) => match self.check_secret(secret, endpoint, role, password).await {
-                outcome @ (SecretOutcome::Cached | SecretOutcome::Match) => {
-                    (outcome, PasswordCheck::Verified)
+        let (outcome, check) = match verifier {
+            Verifier::Postgres => (SecretOutcome::NoSecret, PasswordCheck::Unchecked),
+            Verifier::Mock(secret) => {
+                // Whatever it finds, a mock is refused.
+                let _ = self.check_secret(secret, endpoint, role, password).await;
+                (SecretOutcome::Mock, PasswordCheck::Wrong)
+            }
+            Verifier::Secret(secret) => {
+                match self.check_secret(secret, endpoint, role, password).await {
+                    (outcome, Some(keys)) => (outcome, PasswordCheck::Verified(keys)),
+                    (outcome, None) => (outcome, PasswordCheck::Wrong),
                 }
-                outcome => (outcome, PasswordCheck::Wrong),
-            },
+            }
         };
         self.metrics.hot.secret_verifications.inc(outcome.label());
         check
@@ -210,28 +298,33 @@ impl PasswordCache {
         endpoint: &EndpointId,
         role: &str,
         password: &Password,
-    ) -> SecretOutcome {
-        let digest = self.digest(
-            MATCHED_SECRET,
-            [endpoint.as_str().as_bytes(), role.as_bytes()]
-                .into_iter()
-                .chain(secret.fingerprint()),
-            password.as_bytes(),
-        );
+    ) -> (SecretOutcome, Option<ScramKeys>) {
+        let key = MatchedKey {
+            endpoint: endpoint.without_pooler(),
+            role: role.to_owned(),
+            digest: self.digest(
+                MATCHED_SECRET,
+                [endpoint.as_str().as_bytes(), role.as_bytes()]
+                    .into_iter()
+                    .chain(secret.fingerprint()),
+                password.as_bytes(),
+            ),
+        };
         let mut hashed = false;
         let result = self
             .matched
-            .try_get_with(digest, async {
+            .try_get_with(key, async {
                 hashed = true;
                 // A closed semaphore cannot happen (it is never closed); hash anyway.
                 let _permit = self.hashing.acquire().await.ok();
                 let secret = secret.clone();
                 let password = password.clone();
-                match tokio::task::spawn_blocking(move || secret.verify(password.as_bytes())).await
+                match tokio::task::spawn_blocking(move || secret.client_key(password.as_bytes()))
+                    .await
                 {
-                    Ok(true) => Ok(()),
+                    Ok(Some(client_key)) => Ok(client_key),
                     // Wrong passwords are not cached: a guesser sends a new one each time.
-                    Ok(false) => Err(()),
+                    Ok(None) => Err(()),
                     Err(e) => {
                         tracing::error!(error = %e, "password hashing task failed");
                         Err(())
@@ -239,10 +332,16 @@ impl PasswordCache {
                 }
             })
             .await;
-        match (result, hashed) {
-            (Ok(()), false) => SecretOutcome::Cached,
-            (Ok(()), true) => SecretOutcome::Match,
-            (Err(_), _) => SecretOutcome::Mismatch,
+        match result {
+            Ok(client_key) => {
+                let outcome = if hashed {
+                    SecretOutcome::Match
+                } else {
+                    SecretOutcome::Cached
+                };
+                (outcome, Some(ScramKeys::new(client_key, secret.clone())))
+            }
+            Err(_) => (SecretOutcome::Mismatch, None),
         }
     }
 }
@@ -251,12 +350,16 @@ impl PasswordCache {
 mod tests {
     use super::*;
 
-    fn key(role: &str) -> PoolKey {
+    fn key(endpoint: &str, role: &str) -> PoolKey {
         PoolKey {
-            endpoint: EndpointId::parse("db").expect("id"),
+            endpoint: EndpointId::parse(endpoint).expect("id"),
             database: "main".into(),
             role: role.into(),
         }
+    }
+
+    fn id(name: &str) -> EndpointId {
+        EndpointId::parse(name).expect("id")
     }
 
     #[test]
@@ -264,23 +367,41 @@ mod tests {
         let cache = PasswordCache::new(Duration::from_secs(60), Arc::new(Metrics::new()));
         let right = Password::new(b"right".to_vec());
         let wrong = Password::new(b"wrong".to_vec());
-        assert!(!cache.is_verified(&key("alice"), &right));
-        cache.remember(&key("alice"), &right);
-        assert!(cache.is_verified(&key("alice"), &right));
-        assert!(!cache.is_verified(&key("alice"), &wrong));
+        let alice = key("db", "alice");
+        assert!(!cache.is_verified(&alice, &right));
+        cache.remember(&alice, &right);
+        assert!(cache.is_verified(&alice, &right));
+        assert!(!cache.is_verified(&alice, &wrong));
         // The same password for another role proves nothing.
-        assert!(!cache.is_verified(&key("bob"), &right));
-        cache.forget(&key("alice"));
-        assert!(!cache.is_verified(&key("alice"), &right));
+        assert!(!cache.is_verified(&key("db", "bob"), &right));
+        // A role change drops the role's proofs on the endpoint and its pooler, and nobody
+        // else's.
+        let pooled = key("db-pooler", "alice");
+        let bob = key("db", "bob");
+        let elsewhere = key("other", "alice");
+        for k in [&pooled, &bob, &elsewhere] {
+            cache.remember(k, &right);
+        }
+        cache.forget_role(&id("db-pooler"), "alice");
+        assert!(!cache.is_verified(&alice, &right));
+        assert!(!cache.is_verified(&pooled, &right));
+        assert!(cache.is_verified(&bob, &right));
+        assert!(cache.is_verified(&elsewhere, &right));
+        // Remembered again after the change: a new proof.
+        cache.remember(&alice, &right);
+        assert!(cache.is_verified(&alice, &right));
+        cache.forget_all();
+        assert!(!cache.is_verified(&alice, &right));
+        assert!(!cache.is_verified(&bob, &right));
     }
 
     #[test]
     fn entries_expire() {
         let cache = PasswordCache::new(Duration::from_millis(30), Arc::new(Metrics::new()));
         let password = Password::new(b"pw".to_vec());
-        cache.remember(&key("alice"), &password);
+        cache.remember(&key("db", "alice"), &password);
         std::thread::sleep(Duration::from_millis(60));
-        assert!(!cache.is_verified(&key("alice"), &password));
+        assert!(!cache.is_verified(&key("db", "alice"), &password));
     }
 
     fn outcomes(metrics: &Metrics) -> Vec<(&'static str, u64)> {
@@ -297,44 +418,52 @@ mod tests {
             .collect()
     }
 
-    fn secret(password: &str) -> Arc<ScramSecret> {
-        Arc::new(
+    fn secret(password: &str) -> Verifier {
+        Verifier::Secret(Arc::new(
             ScramSecret::parse(&postgres_protocol::password::scram_sha_256(
                 password.as_bytes(),
             ))
             .expect("valid secret"),
-        )
+        ))
+    }
+
+    /// What a check found, for comparisons: "verified", "wrong" or "unchecked".
+    async fn check(
+        cache: &PasswordCache,
+        verifier: &Verifier,
+        role: &str,
+        password: &str,
+    ) -> &'static str {
+        let db = id("db");
+        let password = Password::new(password.as_bytes().to_vec());
+        match cache.check(verifier, &db, role, &password).await {
+            PasswordCheck::Verified(keys) => {
+                let secret = verifier.secret().expect("a secret");
+                assert!(
+                    keys.for_server(secret.salt(), secret.iterations())
+                        .is_some(),
+                    "keys for the secret's salt"
+                );
+                "verified"
+            }
+            PasswordCheck::Wrong => "wrong",
+            PasswordCheck::Unchecked => "unchecked",
+        }
     }
 
     #[tokio::test]
     async fn checks_against_secrets_are_cached_per_password_and_secret() {
         let metrics = Arc::new(Metrics::new());
         let cache = PasswordCache::new(Duration::from_secs(60), metrics.clone());
-        let db = EndpointId::parse("db").expect("id");
-        let right = Password::new(b"right".to_vec());
-        let wrong = Password::new(b"wrong".to_vec());
         let secret = secret("right");
-        let check = |s: Option<&Arc<ScramSecret>>, role: &'static str, p: &Password| {
-            let (cache, db, p, s) = (&cache, &db, p.clone(), s.cloned());
-            async move { cache.check(s.as_ref(), db, role, &p).await }
-        };
-        assert_eq!(check(None, "alice", &right).await, PasswordCheck::Unchecked);
         assert_eq!(
-            check(Some(&secret), "alice", &right).await,
-            PasswordCheck::Verified
+            check(&cache, &Verifier::Postgres, "alice", "right").await,
+            "unchecked"
         );
-        assert_eq!(
-            check(Some(&secret), "alice", &right).await,
-            PasswordCheck::Verified
-        );
-        assert_eq!(
-            check(Some(&secret), "alice", &wrong).await,
-            PasswordCheck::Wrong
-        );
-        assert_eq!(
-            check(Some(&secret), "alice", &wrong).await,
-            PasswordCheck::Wrong
-        );
+        assert_eq!(check(&cache, &secret, "alice", "right").await, "verified");
+        assert_eq!(check(&cache, &secret, "alice", "right").await, "verified");
+        assert_eq!(check(&cache, &secret, "alice", "wrong").await, "wrong");
+        assert_eq!(check(&cache, &secret, "alice", "wrong").await, "wrong");
         assert_eq!(
             outcomes(&metrics),
             [
@@ -346,15 +475,9 @@ mod tests {
         );
         // A new secret (the password changed) needs a new check, and the old password fails.
         let rotated = self::secret("new");
-        assert_eq!(
-            check(Some(&rotated), "alice", &right).await,
-            PasswordCheck::Wrong
-        );
+        assert_eq!(check(&cache, &rotated, "alice", "right").await, "wrong");
         // Another role with the same secret and password is checked on its own.
-        assert_eq!(
-            check(Some(&secret), "bob", &right).await,
-            PasswordCheck::Verified
-        );
+        assert_eq!(check(&cache, &secret, "bob", "right").await, "verified");
         assert_eq!(
             outcomes(&metrics),
             [
@@ -364,6 +487,39 @@ mod tests {
                 ("no_secret", 1)
             ]
         );
+        // A role change forgets the match: the same secret is hashed again (a check that was
+        // running on the old secret when the change arrived cannot be served from the cache).
+        cache.forget_role(&id("db"), "alice");
+        assert_eq!(check(&cache, &secret, "alice", "right").await, "verified");
+        assert_eq!(check(&cache, &secret, "bob", "right").await, "verified");
+        assert_eq!(
+            outcomes(&metrics),
+            [
+                ("cached", 2),
+                ("match", 3),
+                ("mismatch", 3),
+                ("no_secret", 1)
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_mock_secret_costs_a_check_and_is_always_refused() {
+        let metrics = Arc::new(Metrics::new());
+        let cache = PasswordCache::new(Duration::from_secs(60), metrics.clone());
+        let mock = Verifier::mock(&[1; 32], &id("ghost-pooler"), "alice");
+        let Verifier::Mock(secret) = &mock else {
+            panic!("not a mock: {mock:?}");
+        };
+        // The pooler shares the endpoint's mock, as it shares its secrets.
+        let Verifier::Mock(same) = Verifier::mock(&[1; 32], &id("ghost"), "alice") else {
+            panic!("not a mock");
+        };
+        assert_eq!(secret, &same);
+        for password in ["", "alice", "postgres"] {
+            assert_eq!(check(&cache, &mock, "alice", password).await, "wrong");
+        }
+        assert_eq!(outcomes(&metrics), [("mock", 3)]);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -373,15 +529,10 @@ mod tests {
         let secret = secret("pw");
         let checks = (0..50).map(|_| {
             let (cache, secret) = (cache.clone(), secret.clone());
-            tokio::spawn(async move {
-                let db = EndpointId::parse("db").expect("id");
-                cache
-                    .check(Some(&secret), &db, "alice", &Password::new(b"pw".to_vec()))
-                    .await
-            })
+            tokio::spawn(async move { check(&cache, &secret, "alice", "pw").await })
         });
         for check in futures_util::future::join_all(checks).await {
-            assert_eq!(check.expect("task"), PasswordCheck::Verified);
+            assert_eq!(check.expect("task"), "verified");
         }
         assert_eq!(outcomes(&metrics), [("cached", 49), ("match", 1)]);
     }

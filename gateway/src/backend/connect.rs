@@ -1,32 +1,52 @@
-//! Opening a backend connection: TCP, StartupMessage, authentication (cleartext, MD5 or
-//! SCRAM-SHA-256, whichever the server asks for) and the startup messages up to ReadyForQuery.
+//! Opening a backend connection: TCP, StartupMessage, authentication and the startup
+//! messages up to ReadyForQuery.
+//!
+//! How the gateway logs in ([`Login`]):
+//! - on a static route, with the client's password, by whatever method the server asks for
+//!   (cleartext, MD5 or SCRAM-SHA-256);
+//! - on a route from the control plane, with SCRAM-SHA-256 only and the keys the client proved
+//!   against the role's secret ([`ScramKeys`]): the computes always use SCRAM, so a server
+//!   that asks for a cleartext or MD5 password is not one of them (say, a process bound to a
+//!   suspended compute's port) and is refused before it learns anything; a server-first
+//!   message with another salt or iteration count than the secret's is refused too, and the
+//!   server's signature must verify (it proves the server holds the role's verifier).
 
 use std::io;
 use std::time::Duration;
 
 use fallible_iterator::FallibleIterator;
-use hmac::{Hmac, Mac};
 use postgres_protocol::authentication::{md5_hash, sasl};
 use postgres_protocol::message::{backend::Message, frontend};
 use rand::RngCore;
-use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tokio::net::TcpStream;
 
 use super::{Backend, BackendError, DbError};
-use crate::auth::scram::ClientKeys;
+use crate::auth::scram::{self, ScramKeys};
 use crate::auth::PasswordCache;
 
-/// Who connects to which database. The password is used for this handshake only.
+/// Who connects to which database. The credentials are used for this handshake only.
 pub struct ConnectParams<'a> {
     pub user: &'a str,
-    pub password: &'a [u8],
     pub database: &'a str,
     /// Further startup parameters (`application_name`, `options`, settings). `client_encoding`
     /// is UTF8 unless given here.
     pub startup: &'a [(&'a str, &'a str)],
-    /// Where SCRAM client keys are derived and remembered.
-    pub keys: &'a PasswordCache,
+    pub login: Login<'a>,
+}
+
+/// How to authenticate to the backend.
+#[derive(Clone, Copy)]
+pub enum Login<'a> {
+    /// A static route: the client's password, for whatever the server asks; SCRAM client keys
+    /// are derived and remembered in `keys`.
+    Password {
+        password: &'a [u8],
+        keys: &'a PasswordCache,
+    },
+    /// A route from the control plane: SCRAM-SHA-256 with keys proven against the role's
+    /// secret, and nothing else.
+    Scram(&'a ScramKeys),
 }
 
 /// Connects to the backend at `addr` (`host:port`) and authenticates, all within `timeout`.
@@ -112,13 +132,19 @@ async fn authenticate(
 ) -> Result<(), BackendError> {
     match backend.next_message().await? {
         Message::AuthenticationOk => return Ok(()),
-        Message::AuthenticationCleartextPassword => {
-            frontend::password_message(params.password, backend.write_buf())?;
-        }
-        Message::AuthenticationMd5Password(body) => {
-            let hash = md5_hash(params.user.as_bytes(), params.password, body.salt());
-            frontend::password_message(hash.as_bytes(), backend.write_buf())?;
-        }
+        Message::AuthenticationCleartextPassword => match params.login {
+            Login::Password { password, .. } => {
+                frontend::password_message(password, backend.write_buf())?;
+            }
+            Login::Scram(_) => return Err(BackendError::UnsupportedAuth(NOT_A_COMPUTE)),
+        },
+        Message::AuthenticationMd5Password(body) => match params.login {
+            Login::Password { password, .. } => {
+                let hash = md5_hash(params.user.as_bytes(), password, body.salt());
+                frontend::password_message(hash.as_bytes(), backend.write_buf())?;
+            }
+            Login::Scram(_) => return Err(BackendError::UnsupportedAuth(NOT_A_COMPUTE)),
+        },
         Message::AuthenticationSasl(body) => {
             let mut mechanisms = body.mechanisms();
             let mut scram_offered = false;
@@ -128,7 +154,7 @@ async fn authenticate(
             if !scram_offered {
                 return Err(BackendError::UnsupportedAuth("SASL without SCRAM-SHA-256"));
             }
-            scram(backend, params.password, params.keys).await?;
+            scram(backend, params.login).await?;
         }
         Message::ErrorResponse(body) => return Err(DbError::parse(&body)?.into()),
         Message::AuthenticationKerberosV5
@@ -148,17 +174,19 @@ async fn authenticate(
     }
 }
 
+/// Why a control-plane login refuses a cleartext or MD5 request.
+const NOT_A_COMPUTE: &str =
+    "a cleartext or MD5 password, from a server reached through the control plane";
+
 /// SCRAM-SHA-256 without channel binding (the backend link is plain TCP), RFC 5802. On return
 /// the server's signature has been verified, so a server that does not know the password cannot
 /// pretend to accept it; AuthenticationOk is still to be read.
 ///
-/// The PBKDF2 step (`ClientKey`, `ServerKey`) comes from [`PasswordCache::client_keys`], so a
-/// role that logged in before with the same password costs a few hashes, not 4096 HMACs.
-async fn scram(
-    backend: &mut Backend,
-    password: &[u8],
-    keys: &PasswordCache,
-) -> Result<(), BackendError> {
+/// With a password, the PBKDF2 step (`ClientKey`, `ServerKey`) comes from
+/// [`PasswordCache::client_keys`], so a role that logged in before with the same password costs
+/// a few hashes, not 4096 HMACs. With [`ScramKeys`], there is no PBKDF2 at all, and only the
+/// secret's salt and iteration count are answered.
+async fn scram(backend: &mut Backend, login: Login<'_>) -> Result<(), BackendError> {
     use base64::Engine;
     let base64 = base64::engine::general_purpose::STANDARD;
     let mut nonce = [0u8; 18];
@@ -178,11 +206,16 @@ async fn scram(
         Message::ErrorResponse(body) => return Err(DbError::parse(&body)?.into()),
         other => return Err(BackendError::unexpected(&other)),
     };
-    let (client_final, expected) = scram_client_final(
+    let (client_final, expected) = scram::client_final(
         &client_first_bare,
         &nonce,
         &server_first,
-        |salt, iterations| keys.client_keys(password, salt, iterations),
+        |salt, iterations| match login {
+            Login::Password { password, keys } => Ok(keys.client_keys(password, salt, iterations)),
+            Login::Scram(keys) => keys
+                .for_server(salt, iterations)
+                .ok_or("salt or iteration count differ from the role's secret"),
+        },
     )
     .map_err(|what| {
         BackendError::Io(io::Error::new(
@@ -215,94 +248,4 @@ async fn scram(
         )));
     }
     Ok(())
-}
-
-/// The client-final-message answering `server_first`, and the server signature to expect.
-fn scram_client_final(
-    client_first_bare: &str,
-    nonce: &str,
-    server_first: &[u8],
-    keys: impl FnOnce(&[u8], u32) -> ClientKeys,
-) -> Result<(String, [u8; 32]), &'static str> {
-    use base64::Engine;
-    let base64 = base64::engine::general_purpose::STANDARD;
-    let server_first = std::str::from_utf8(server_first).map_err(|_| "not UTF-8")?;
-    let (server_nonce, salt, iterations) = parse_server_first(server_first).ok_or("malformed")?;
-    if !server_nonce.starts_with(nonce) || server_nonce.len() == nonce.len() {
-        return Err("nonce mismatch");
-    }
-    let salt = base64.decode(salt).map_err(|_| "invalid salt")?;
-    let keys = keys(&salt, iterations);
-    // c=biws: base64 of the GS2 header "n,," (no channel binding).
-    let without_proof = format!("c=biws,r={server_nonce}");
-    let auth_message = format!("{client_first_bare},{server_first},{without_proof}");
-    let stored_key: [u8; 32] = Sha256::digest(keys.client_key).into();
-    let signature = hmac(&stored_key, auth_message.as_bytes());
-    let mut proof = keys.client_key;
-    for (p, s) in proof.iter_mut().zip(signature) {
-        *p ^= s;
-    }
-    let client_final = format!("{without_proof},p={}", base64.encode(proof));
-    Ok((
-        client_final,
-        hmac(&keys.server_key, auth_message.as_bytes()),
-    ))
-}
-
-/// `r=<nonce>,s=<salt>,i=<iterations>[,extensions]` → (nonce, base64 salt, iterations).
-fn parse_server_first(message: &str) -> Option<(&str, &str, u32)> {
-    let mut parts = message.split(',');
-    let nonce = parts.next()?.strip_prefix("r=")?;
-    let salt = parts.next()?.strip_prefix("s=")?;
-    let iterations: u32 = parts.next()?.strip_prefix("i=")?.parse().ok()?;
-    (iterations > 0 && nonce.bytes().all(|b| b.is_ascii_graphic() && b != b','))
-        .then_some((nonce, salt, iterations))
-}
-
-fn hmac(key: &[u8], data: &[u8]) -> [u8; 32] {
-    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes keys of any size");
-    mac.update(data);
-    mac.finalize().into_bytes().into()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The SCRAM-SHA-256 exchange of RFC 7677, section 3.
-    #[test]
-    fn rfc_7677_exchange() {
-        let nonce = "rOprNGfwEbeRWgbNEkqO";
-        let server_first =
-            "r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096";
-        let (client_final, server_signature) = scram_client_final(
-            "n=user,r=rOprNGfwEbeRWgbNEkqO",
-            nonce,
-            server_first.as_bytes(),
-            |salt, iterations| ClientKeys::derive(b"pencil", salt, iterations),
-        )
-        .expect("valid");
-        assert_eq!(
-            client_final,
-            "c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ="
-        );
-        use base64::Engine;
-        assert_eq!(
-            base64::engine::general_purpose::STANDARD.encode(server_signature),
-            "6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4="
-        );
-        let derive = |_: &[u8], _: u32| ClientKeys::derive(b"pencil", b"salt", 1);
-        for bad in [
-            "r=someoneelse,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096",
-            "r=rOprNGfwEbeRWgbNEkqO,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096",
-            "r=rOprNGfwEbeRWgbNEkqOx,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=0",
-            "r=rOprNGfwEbeRWgbNEkqOx,s=!!,i=4096",
-            "s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096",
-        ] {
-            assert!(
-                scram_client_final("n=,r=x", nonce, bad.as_bytes(), derive).is_err(),
-                "{bad}"
-            );
-        }
-    }
 }

@@ -16,7 +16,7 @@ use tokio::net::TcpStream;
 
 use crate::error::{ErrorKind, ReportableError};
 
-pub use connect::{connect, open, open_within, ConnectParams};
+pub use connect::{connect, open, open_within, ConnectParams, Login};
 pub use db_error::DbError;
 
 /// Transaction status from the last ReadyForQuery: idle, in a transaction, or in a failed one.

@@ -4,10 +4,14 @@
 //! 1. headers → output mode and batch transaction options; `Neon-Connection-String` →
 //!    [`ConnInfo`] (endpoint, database, role, password);
 //! 2. body, read up to the limit (413 beyond) → [`Payload`];
-//! 3. the password checked against the role's SCRAM secret when the control plane knows it,
-//!    the route looked up (the endpoint woken if needed), then a connection from the pool,
-//!    which reuses an idle one only for a verified password; from here on the request counts
-//!    as in flight on its endpoint ([`crate::activity`]);
+//! 3. with a control plane, the password checked against the role's SCRAM secret before
+//!    anything else (an unknown endpoint or role is checked against a mock secret: the same
+//!    work and the same 400 as a wrong password; a control plane that cannot be asked, with no
+//!    secret cached, is a 503), so an unauthenticated request wakes nothing and opens nothing;
+//!    on a static route Postgres judges the password. Then the route is looked up (the
+//!    endpoint woken if needed) and a connection taken from the pool, which reuses an idle one
+//!    only for a verified password; from here on the request counts as in flight on its
+//!    endpoint ([`crate::activity`]);
 //! 4. execution ([`crate::query`]); an error or a dropped request discards the connection,
 //!    cancelling whatever still runs. A request that failed on a reused connection which the
 //!    server had closed before the request reached it ([`crate::pool::Conn::never_ran`]) is
@@ -25,6 +29,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::AppState;
+use crate::auth::scram::ScramKeys;
 use crate::auth::PasswordCheck;
 use crate::conn_info::{self, ConnInfo};
 use crate::error::{ReportableError, SqlError};
@@ -327,12 +332,12 @@ async fn run(
         }
     }
 
-    let verified = check_password(state, &info).await?;
+    let proven = authenticate(state, &info).await?;
     let route = resolve(state, &info).await?;
     // In flight on its endpoint from here until the response is built (or the request fails,
     // or the client goes away and this future is dropped).
     let _in_flight = state.activity.query(&info.endpoint);
-    let mut conn = checkout(state, &info, route, verified, true).await?;
+    let mut conn = checkout(state, &info, route, proven.as_ref(), true).await?;
 
     let max = state.max_response_bytes;
     let results = match execute(&mut conn, &payload, &options, max).await {
@@ -348,7 +353,7 @@ async fn run(
                 .inc();
             drop(conn);
             let route = resolve(state, &info).await?;
-            conn = checkout(state, &info, route, verified, false).await?;
+            conn = checkout(state, &info, route, proven.as_ref(), false).await?;
             execute(&mut conn, &payload, &options, max).await?
         }
         result => result?,
@@ -410,26 +415,26 @@ async fn execute(
     }
 }
 
-/// Checks the password against the role's secret when the control plane knows it: a match
-/// (`true`) may reuse pooled connections, a mismatch is refused without a backend, and without
-/// a secret (`false`) Postgres judges the password.
-async fn check_password(state: &AppState, info: &ConnInfo) -> Result<bool, SqlError> {
-    let secret = state
-        .routes
-        .role_secret(&info.endpoint, &info.user)
+/// Checks the password before anything else: against the role's secret (or a mock one, for an
+/// unknown endpoint or role) with a control plane, a match giving the keys for the backend
+/// login (`Some`); on a static route, not here (`None`: Postgres judges it).
+async fn authenticate(state: &AppState, info: &ConnInfo) -> Result<Option<ScramKeys>, SqlError> {
+    let verifier = state
+        .verifier(&info.endpoint, &info.user)
         .await
-        .map_err(|e| SqlError::from_route(e, &info.user))?;
-    let check = state
+        .map_err(SqlError::Unavailable)?;
+    match state
         .pool
         .passwords()
-        .check(secret.as_ref(), &info.endpoint, &info.user, &info.password)
-        .await;
-    if check == PasswordCheck::Wrong {
-        return Err(SqlError::AuthFailed {
+        .check(&verifier, &info.endpoint, &info.user, &info.password)
+        .await
+    {
+        PasswordCheck::Verified(keys) => Ok(Some(keys)),
+        PasswordCheck::Unchecked => Ok(None),
+        PasswordCheck::Wrong => Err(SqlError::AuthFailed {
             user: info.user.clone(),
-        });
+        }),
     }
-    Ok(check == PasswordCheck::Verified)
 }
 
 /// Where the endpoint is (woken if needed).
@@ -441,24 +446,24 @@ async fn resolve(state: &AppState, info: &ConnInfo) -> Result<Route, SqlError> {
         .map_err(|e| SqlError::from_route(e, &info.user))
 }
 
-/// A connection from the pool (an idle one only for a `verified` password and with
+/// A connection from the pool (an idle one only for a verified password and with
 /// `reuse_idle`), or a new one through the route table.
 async fn checkout(
     state: &AppState,
     info: &ConnInfo,
     route: Route,
-    verified: bool,
+    proven: Option<&ScramKeys>,
     reuse_idle: bool,
 ) -> Result<Conn, SqlError> {
     let routes = &state.routes;
     match state
         .pool
-        .checkout(routes, route, info, None, verified, reuse_idle)
+        .checkout(routes, route, info, None, proven, reuse_idle)
         .await
     {
         Ok(conn) => Ok(conn),
         Err(PoolError::AuthFailed) => {
-            if verified {
+            if proven.is_some() {
                 // Postgres refused what the secret accepted: the secret is out of date.
                 routes.forget_role_secret(&info.endpoint, &info.user).await;
             }

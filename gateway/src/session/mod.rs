@@ -8,16 +8,31 @@
 //!    [`cancel::CancelMap`] and forwarded, then the connection closes.
 //! 2. The endpoint ([`credentials`]): host (WebSocket address, Host, SNI), `options`, password
 //!    hack, default.
-//! 3. Authentication. WebSocket clients, and TLS clients whose endpoint is still unknown (the
-//!    password hack), are asked for a cleartext password; when the control plane knows the
-//!    role's SCRAM secret, a wrong one is refused right there, otherwise the gateway uses it to
-//!    log in to the backend with whatever the backend asks for (SCRAM normally). Everyone else
-//!    gets the backend's own challenge relayed (SCRAM-SHA-256), so a password never crosses
-//!    plain TCP. Unknown endpoints get the same failure as a wrong password, after a mock SCRAM
-//!    exchange where one was due, and never reach a backend. The endpoint's address comes from
-//!    the route table (woken if needed; `57P03` when the control plane cannot provide it), and
-//!    a cached address that refuses is replaced by a new wake
-//!    ([`crate::routes::RouteTable::connect`]).
+//! 3. Authentication, before the endpoint is resolved, woken or connected to. What the client
+//!    proves its password against ([`crate::auth::Verifier`]): on a static route, Postgres;
+//!    otherwise the role's SCRAM secret from the control plane, or a mock secret when the
+//!    endpoint or role is unknown (same messages, same work, same FATAL `28P01` as a wrong
+//!    password, and nothing woken or opened). A control plane that cannot be asked, with no
+//!    secret cached, is FATAL `57P03`: the client is never let through to a backend unchecked.
+//!    Roles created in SQL have no secret in the control plane and cannot log in through the
+//!    gateway. How the client proves it:
+//!    - WebSocket clients, and TLS clients whose endpoint is still unknown (the password
+//!      hack), send a cleartext password (asked for with AuthenticationCleartextPassword);
+//!      it is checked against the secret ([`crate::auth::PasswordCache::check`], PBKDF2 on
+//!      the blocking pool), and the gateway logs in to the backend with the keys the match
+//!      gives (SCRAM). On a static route the password is used for whatever the backend asks.
+//!    - Plain TCP and TLS clients with a known endpoint run SCRAM-SHA-256 with the gateway
+//!      itself ([`crate::auth::scram::ScramServer`]; `SCRAM-SHA-256` offered, no `-PLUS`):
+//!      the proof gives the ClientKey, with which (and the secret's ServerKey) the gateway logs
+//!      in to the backend, Postgres or PgBouncer for `-pooler` (both hold the same verifier).
+//!      The SASLFinal with the server's signature is held until the backend accepted the
+//!      login; a refusal ends the exchange with the same FATAL `28P01` as a wrong password.
+//!      On a static route the backend's own challenge is relayed instead, message by message,
+//!      so Postgres judges the password; a password never crosses plain TCP either way.
+//!
+//!    The endpoint's address then comes from the route table (woken if needed; `57P03` when
+//!    the control plane cannot provide it), and a cached address that refuses is replaced by
+//!    a new wake ([`crate::routes::RouteTable::connect`]).
 //! 4. The client hears AuthenticationOk, the backend's ParameterStatus values, a
 //!    gateway-issued BackendKeyData and exactly one ReadyForQuery. Bytes the client sent ahead
 //!    (the driver pipelines startup, password and first query) go to the backend only then.
@@ -35,17 +50,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{BufMut, BytesMut};
-use hmac::{Hmac, Mac};
 use postgres_protocol::message::backend::Message;
 use rand::RngCore;
-use sha2::Sha256;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::time::{timeout_at, Instant};
 
 use crate::activity::ActivityGuard;
-use crate::auth::PasswordCheck;
-use crate::backend::{self, Backend, BackendError, ConnectParams, DbError};
+use crate::auth::scram::{Proven, ScramError, ScramSecret, ScramServer};
+use crate::auth::{PasswordCheck, Verifier};
+use crate::backend::{self, Backend, BackendError, ConnectParams, DbError, Login};
 use crate::conn_info::{EndpointId, Password};
 use crate::control_plane::ControlPlaneError;
 use crate::error::{ErrorKind, ReportableError};
@@ -136,6 +150,9 @@ pub enum SessionError {
     UnencryptedData,
     #[error("{0}")]
     Protocol(String),
+    /// A malformed SCRAM message (a wrong proof is `AuthFailed`).
+    #[error(transparent)]
+    Scram(#[from] ScramError),
     #[error("message of {len} bytes exceeds the limit of {max} bytes")]
     MessageTooLarge { len: usize, max: usize },
     #[error(
@@ -190,6 +207,7 @@ impl ReportableError for SessionError {
             | SessionError::AuthFailed { .. }
             | SessionError::UnencryptedData
             | SessionError::Protocol(_)
+            | SessionError::Scram(_)
             | SessionError::MessageTooLarge { .. }
             | SessionError::TextFrame
             | SessionError::HandshakeTimeout
@@ -212,6 +230,7 @@ impl SessionError {
             SessionError::Startup(_)
             | SessionError::UnencryptedData
             | SessionError::Protocol(_)
+            | SessionError::Scram(_)
             | SessionError::MessageTooLarge { .. }
             | SessionError::TextFrame => ("08P01", None),
             SessionError::Credentials(_) | SessionError::MissingUser => ("28000", None),
@@ -225,6 +244,13 @@ impl SessionError {
             SessionError::Unavailable(_) => ("57P03", None),
             SessionError::Tls(_) | SessionError::ClientGone | SessionError::Io(_) => return None,
         })
+    }
+
+    /// Wrong password, unknown role or endpoint, or a backend that refused the login.
+    fn auth_failed(user: &str) -> Self {
+        SessionError::AuthFailed {
+            user: user.to_owned(),
+        }
     }
 
     /// A route failure for `user`: an unknown endpoint reads exactly like a wrong password.
@@ -464,75 +490,61 @@ where
             None => credentials::password_hack(password)
                 .unwrap_or_else(|| (state.default_endpoint.clone(), password)),
         };
-        let auth_failed = || SessionError::AuthFailed {
-            user: user.to_owned(),
-        };
-        let routes = &state.routes;
-        // The same check as SQL over HTTP: a wrong password never reaches a backend when the
-        // control plane knows the role's secret.
-        let secret = routes
-            .role_secret(&endpoint, user)
+        // The same check as SQL over HTTP, before anything is resolved or woken.
+        let verifier = state
+            .verifier(&endpoint, user)
             .await
-            .map_err(|e| SessionError::from_route(e, user))?;
+            .map_err(SessionError::Unavailable)?;
         let proof = Password::new(password.to_vec());
         let check = state
             .pool
             .passwords()
-            .check(secret.as_ref(), &endpoint, user, &proof)
+            .check(&verifier, &endpoint, user, &proof)
             .await;
-        if check == PasswordCheck::Wrong {
-            return Err(auth_failed());
-        }
-        let route = routes
-            .resolve(&endpoint)
-            .await
-            .map_err(|e| SessionError::from_route(e, user))?;
-        let activity = state.activity.session(&endpoint);
-        let params = ConnectParams {
-            user,
-            password,
-            database,
-            startup: &forward,
-            keys: state.pool.passwords(),
+        let login = match &check {
+            PasswordCheck::Wrong => return Err(SessionError::auth_failed(user)),
+            PasswordCheck::Verified(keys) => Login::Scram(keys),
+            PasswordCheck::Unchecked => Login::Password {
+                password,
+                keys: state.pool.passwords(),
+            },
         };
-        let connect_timeout = state.pool.config().connect_timeout;
-        let max_message_bytes = state.sessions.max_message_bytes;
-        let connected = routes
-            .connect(route, |address| {
-                let params = &params;
-                async move {
-                    backend::connect(&address, params, connect_timeout, max_message_bytes).await
-                }
-            })
-            .await;
-        let backend = match connected {
-            Ok(backend) => backend,
-            Err(ConnectError::Connect(BackendError::Db(db)))
-                if db.is_auth_failure() && check == PasswordCheck::Verified =>
-            {
-                // Postgres refused what the secret accepted: the secret is out of date.
-                routes.forget_role_secret(&endpoint, user).await;
-                return Err(auth_failed());
-            }
-            Err(ConnectError::Connect(e)) => return Err(SessionError::from_backend(e, user)),
-            Err(ConnectError::Route(e)) => return Err(SessionError::from_route(e, user)),
-        };
+        let (backend, activity) =
+            connect(state, &endpoint, user, database, &forward, login).await?;
         (endpoint, backend, activity)
     } else {
         let endpoint = named.unwrap_or_else(|| state.default_endpoint.clone());
-        let route = match state.routes.resolve(&endpoint).await {
-            Ok(route) => route,
-            Err(RouteError::NotFound) => {
-                mock_scram(client, user, &endpoint, state).await?;
-                return Err(SessionError::AuthFailed {
-                    user: user.to_owned(),
-                });
+        let verifier = state
+            .verifier(&endpoint, user)
+            .await
+            .map_err(SessionError::Unavailable)?;
+        match &verifier {
+            Verifier::Postgres => {
+                let route = state
+                    .routes
+                    .resolve(&endpoint)
+                    .await
+                    .map_err(|e| SessionError::from_route(e, user))?;
+                let activity = state.activity.session(&endpoint);
+                let backend =
+                    relay_authentication(client, state, route, user, database, &forward).await?;
+                (endpoint, backend, activity)
             }
-            Err(e) => return Err(SessionError::from_route(e, user)),
-        };
-        let activity = state.activity.session(&endpoint);
-        let backend = relay_authentication(client, state, route, user, database, &forward).await?;
-        (endpoint, backend, activity)
+            Verifier::Secret(secret) | Verifier::Mock(secret) => {
+                let real = matches!(verifier, Verifier::Secret(_));
+                let proven = scram_exchange(client, secret, real, user, state).await?;
+                let login = Login::Scram(&proven.keys);
+                let (backend, activity) =
+                    connect(state, &endpoint, user, database, &forward, login).await?;
+                // Only now that the backend accepted the keys does the client hear that the
+                // gateway knows its password; AuthenticationOk follows in the relay's start.
+                protocol::authentication_sasl_final(
+                    client.write_buf(),
+                    proven.server_final.as_bytes(),
+                );
+                (endpoint, backend, activity)
+            }
+        }
     };
     Ok(Ready {
         backend,
@@ -540,6 +552,108 @@ where
         activity,
     })
 }
+
+/// Resolves `endpoint` (waking it if needed), counts the session as open on it, and logs in
+/// to its backend with `login`. A backend that refuses the login is a wrong password to the
+/// client; when it refused keys the role's secret accepted, that secret is out of date.
+async fn connect(
+    state: &AppState,
+    endpoint: &EndpointId,
+    user: &str,
+    database: &str,
+    forward: &[(&str, &str)],
+    login: Login<'_>,
+) -> Result<(Backend, ActivityGuard), SessionError> {
+    let routes = &state.routes;
+    let route = routes
+        .resolve(endpoint)
+        .await
+        .map_err(|e| SessionError::from_route(e, user))?;
+    let activity = state.activity.session(endpoint);
+    let params = ConnectParams {
+        user,
+        database,
+        startup: forward,
+        login,
+    };
+    let connect_timeout = state.pool.config().connect_timeout;
+    let max_message_bytes = state.sessions.max_message_bytes;
+    let params = &params;
+    let started = Instant::now();
+    let connected = routes
+        .connect(route, |address| async move {
+            backend::connect(&address, params, connect_timeout, max_message_bytes).await
+        })
+        .await;
+    state
+        .metrics
+        .backend_connect_seconds
+        .observe(started.elapsed().as_secs_f64());
+    match connected {
+        Ok(backend) => Ok((backend, activity)),
+        Err(ConnectError::Connect(BackendError::Db(db))) if db.is_auth_failure() => {
+            if let Login::Scram(_) = login {
+                routes.forget_role_secret(endpoint, user).await;
+            }
+            Err(SessionError::auth_failed(user))
+        }
+        Err(ConnectError::Connect(e)) => Err(SessionError::from_backend(e, user)),
+        Err(ConnectError::Route(e)) => Err(SessionError::from_route(e, user)),
+    }
+}
+
+/// The server side of SCRAM-SHA-256 against `secret`, up to the client's proof: the same
+/// messages and the same work for a real secret and a mock one (`real` false), whose proofs
+/// are always refused. A proof that does not hold is a wrong password; a malformed message a
+/// protocol violation (as Postgres treats both).
+async fn scram_exchange<S>(
+    client: &mut ClientStream<S>,
+    secret: &Arc<ScramSecret>,
+    real: bool,
+    user: &str,
+    state: &AppState,
+) -> Result<Proven, SessionError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    use base64::Engine;
+    protocol::authentication_sasl(client.write_buf(), &[SCRAM_SHA_256]);
+    client.flush().await?;
+    let body = read_auth_message(client).await?;
+    let (mechanism, client_first) = protocol::sasl_initial_response(&body)
+        .ok_or_else(|| SessionError::Protocol("malformed SASL initial response".into()))?;
+    if mechanism != SCRAM_SHA_256 {
+        return Err(SessionError::Protocol(
+            "client selected an invalid SASL authentication mechanism".into(),
+        ));
+    }
+    // As Postgres: 18 random bytes, base64.
+    let mut nonce = [0u8; 18];
+    rand::thread_rng().fill_bytes(&mut nonce);
+    let nonce = base64::engine::general_purpose::STANDARD.encode(nonce);
+    let server = ScramServer::start(secret.clone(), client_first, &nonce)?;
+    protocol::authentication_sasl_continue(client.write_buf(), server.server_first().as_bytes());
+    client.flush().await?;
+    let client_final = read_auth_message(client).await?;
+    let proven = server.finish(&client_final)?;
+    let outcome = match (&proven, real) {
+        (_, false) => "mock",
+        (Some(_), true) => "match",
+        (None, true) => "mismatch",
+    };
+    state
+        .metrics
+        .scram_proofs
+        .with_label_values(&[outcome])
+        .inc();
+    match proven {
+        Some(proven) if real => Ok(proven),
+        _ => Err(SessionError::auth_failed(user)),
+    }
+}
+
+/// The only SASL mechanism the gateway offers (no `-PLUS`: no channel binding).
+const SCRAM_SHA_256: &str = "SCRAM-SHA-256";
 
 /// The body of the client's next PasswordMessage (which also carries SASL responses).
 async fn read_auth_message<S>(client: &mut ClientStream<S>) -> Result<BytesMut, SessionError>
@@ -574,7 +688,8 @@ where
     // Opening is TCP, the StartupMessage and the server's first answer: a refused or
     // timed-out connect, or a `57P03` refusal (a compute stopping or starting), at a cached
     // address wakes the endpoint again, before the client has seen any challenge.
-    let mut backend = state
+    let started = Instant::now();
+    let opened = state
         .routes
         .connect(route, |address| async move {
             backend::open_within(
@@ -587,11 +702,15 @@ where
             )
             .await
         })
-        .await
-        .map_err(|e| match e {
-            ConnectError::Connect(e) => failed(e),
-            ConnectError::Route(e) => SessionError::from_route(e, user),
-        })?;
+        .await;
+    state
+        .metrics
+        .backend_connect_seconds
+        .observe(started.elapsed().as_secs_f64());
+    let mut backend = opened.map_err(|e| match e {
+        ConnectError::Connect(e) => failed(e),
+        ConnectError::Route(e) => SessionError::from_route(e, user),
+    })?;
     loop {
         let mut frame = backend.read_frame().await.map_err(failed)?;
         let tag = frame[0];
@@ -638,47 +757,6 @@ where
     }
     backend.finish_startup().await.map_err(failed)?;
     Ok(backend)
-}
-
-/// A SCRAM-SHA-256 exchange that cannot succeed, for endpoints that do not exist: the client
-/// sees the same messages as for a real role with a wrong password. The salt is derived from
-/// the endpoint and user, so repeated attempts see a stable one, as with a real role.
-async fn mock_scram<S>(
-    client: &mut ClientStream<S>,
-    user: &str,
-    endpoint: &EndpointId,
-    state: &AppState,
-) -> Result<(), SessionError>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    use base64::Engine;
-    let base64 = base64::engine::general_purpose::STANDARD;
-    protocol::authentication_sasl(client.write_buf(), &["SCRAM-SHA-256"]);
-    client.flush().await?;
-    let body = read_auth_message(client).await?;
-    let nonce = protocol::sasl_initial_response(&body)
-        .and_then(|(_, first)| std::str::from_utf8(first).ok())
-        .and_then(|first| first.split(',').find_map(|a| a.strip_prefix("r=")))
-        .map(str::to_owned)
-        .ok_or_else(|| SessionError::Protocol("malformed SASL initial response".into()))?;
-    let mut salt = Hmac::<Sha256>::new_from_slice(&state.mock_auth_key)
-        .map_err(|_| SessionError::Protocol("mock authentication key".into()))?;
-    salt.update(endpoint.as_str().as_bytes());
-    salt.update(&[0]);
-    salt.update(user.as_bytes());
-    let salt = salt.finalize().into_bytes();
-    let mut server_nonce = [0u8; 18];
-    rand::thread_rng().fill_bytes(&mut server_nonce);
-    let server_first = format!(
-        "r={nonce}{},s={},i=4096",
-        base64.encode(server_nonce),
-        base64.encode(&salt[..16])
-    );
-    protocol::authentication_sasl_continue(client.write_buf(), server_first.as_bytes());
-    client.flush().await?;
-    read_auth_message(client).await?;
-    Ok(())
 }
 
 /// Tells the client the session is ready, then relays until it ends.

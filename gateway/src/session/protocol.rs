@@ -191,6 +191,13 @@ pub fn authentication_sasl_continue(buf: &mut BytesMut, data: &[u8]) {
     });
 }
 
+pub fn authentication_sasl_final(buf: &mut BytesMut, data: &[u8]) {
+    message(buf, b'R', |b| {
+        b.put_i32(12);
+        b.put_slice(data);
+    });
+}
+
 pub fn parameter_status(buf: &mut BytesMut, name: &str, value: &str) {
     message(buf, b'S', |b| {
         put_cstr(b, name.as_bytes());
@@ -350,6 +357,9 @@ mod tests {
         let mut buf = BytesMut::new();
         authentication_cleartext_password(&mut buf);
         assert_eq!(&buf[..], b"R\0\0\0\x08\0\0\0\x03");
+        buf.clear();
+        authentication_sasl_final(&mut buf, b"v=x");
+        assert_eq!(&buf[..], b"R\0\0\0\x0b\0\0\0\x0cv=x");
         buf.clear();
         ready_for_query(&mut buf, b'I');
         assert_eq!(&buf[..], b"Z\0\0\0\x05I");

@@ -7,9 +7,14 @@
 //! `negative_ttl`). The same configuration is `Config::for_tests_with_control_plane(url, token)`
 //! for tests that start gateways themselves. `MockControlPlane` is a stand-in proxy API that
 //! answers from tables and counts requests; it also takes the gateway's activity reports
-//! (`POST /activity`), records them and answers with a configurable `inactive` list.
+//! (`POST /activity`), records them and answers with a configurable `inactive` list and, as
+//! the wake service does, the role changes the report has not applied yet
+//! (`MockControlPlane::change_role`). `Forwarder` is a TCP proxy that counts the backend
+//! connections opened through it.
 
 #![allow(dead_code)]
+
+pub mod raw;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -223,6 +228,8 @@ struct ActivityLog {
     inactive: Vec<String>,
     /// Reports get a 500 while set.
     failing: bool,
+    /// Every role change so far, ids from 1.
+    role_changes: Vec<wake_api::proxy::RoleChange>,
 }
 
 /// One activity report as the mock control plane received it.
@@ -350,9 +357,25 @@ impl MockControlPlane {
             if !delivered {
                 return StatusCode::INTERNAL_SERVER_ERROR.into_response();
             }
+            let applied = log
+                .reports
+                .last()
+                .and_then(|r| r.report.role_changes_applied);
+            // As the wake service: the changes after the applied one; none on a first report.
+            let role_changes = match applied {
+                Some(applied) => log
+                    .role_changes
+                    .iter()
+                    .filter(|c| c.id > applied)
+                    .cloned()
+                    .collect(),
+                None => Vec::new(),
+            };
             axum::Json(wake_api::proxy::ActivityReply {
                 inactive: log.inactive.clone(),
-                ..Default::default()
+                role_changes,
+                role_changes_cursor: Some(log.role_changes.last().map_or(0, |c| c.id)),
+                role_changes_truncated: false,
             })
             .into_response()
         }
@@ -432,6 +455,80 @@ impl MockControlPlane {
     /// While set, activity reports get a 500 (they are still recorded).
     pub fn fail_activity(&self, failing: bool) {
         self.state.activity.lock().expect("lock").failing = failing;
+    }
+
+    /// `role` on `endpoint` changed, as `PATCH` or `DELETE` on the wake service would do it:
+    /// its secret is now `secret` (`None`: the role is gone), and the change is handed to
+    /// gateways in activity replies. Returns the change's id.
+    pub fn change_role(&self, endpoint: &str, role: &str, secret: Option<&str>) -> i64 {
+        let key = (endpoint.to_owned(), role.to_owned());
+        match secret {
+            Some(secret) => self.secret(endpoint, role, secret),
+            None => {
+                self.state.secrets.lock().expect("lock").remove(&key);
+            }
+        }
+        let mut log = self.state.activity.lock().expect("lock");
+        let id = log.role_changes.len() as i64 + 1;
+        log.role_changes.push(wake_api::proxy::RoleChange {
+            id,
+            endpoint_id: endpoint.to_owned(),
+            role: role.to_owned(),
+        });
+        id
+    }
+
+    /// Whether a delivered report said the change `id` is applied (what the wake service
+    /// waits for before its role API call returns).
+    pub fn applied(&self, id: i64) -> bool {
+        self.reports()
+            .iter()
+            .any(|r| r.delivered && r.report.role_changes_applied >= Some(id))
+    }
+}
+
+/// A TCP proxy to `target` that counts the connections opened through it: a backend that
+/// knows how many clients reached it.
+pub struct Forwarder {
+    pub addr: SocketAddr,
+    connections: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Forwarder {
+    pub async fn start(target: String) -> Forwarder {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let connections = Arc::new(AtomicUsize::new(0));
+        let counted = connections.clone();
+        let task = tokio::spawn(async move {
+            let mut open = tokio::task::JoinSet::new();
+            while let Ok((mut client, _)) = listener.accept().await {
+                counted.fetch_add(1, Ordering::SeqCst);
+                let target = target.clone();
+                open.spawn(async move {
+                    if let Ok(mut server) = tokio::net::TcpStream::connect(&target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+            }
+        });
+        Forwarder {
+            addr,
+            connections,
+            task,
+        }
+    }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Forwarder {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
 

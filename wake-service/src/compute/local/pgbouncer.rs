@@ -73,7 +73,36 @@ impl Bouncer<'_> {
             .map_err(|e| ComputeError::io(format!("opening {}", self.dir.join(DIR).display()), e))
     }
 
+    /// Our PgBouncer: the one its pidfile names, or — when that file names anything else
+    /// (the compute's user can rewrite it) — a live `pgbouncer … <our ini>` of the compute's
+    /// user found in `/proc`, so that a tampered pidfile never makes the driver start a second
+    /// PgBouncer next to the first. A missing pidfile means none runs (PgBouncer writes it
+    /// once it has forked and removes it when it exits).
     pub fn pid_file(&self) -> PidFile {
+        match self.named_by_pid_file() {
+            PidFile::Stale => match self.find_running() {
+                Some(pid) => {
+                    tracing::warn!(pid, ini = %self.ini.display(), "PgBouncer's pidfile does not name it; found it by its command line");
+                    PidFile::Running(pid)
+                }
+                None => PidFile::Stale,
+            },
+            other => other,
+        }
+    }
+
+    /// A live PgBouncer of the compute's user started with our ini, if any.
+    fn find_running(&self) -> Option<i32> {
+        process::pids_of(self.identity.uid)
+            .into_iter()
+            .find(|&pid| {
+                process::owned_by(pid, self.identity.uid)
+                    && process::process_alive(pid)
+                    && process::cmdline(pid).is_some_and(|args| self.is_ours(&args))
+            })
+    }
+
+    fn named_by_pid_file(&self) -> PidFile {
         let Ok(Some(files)) = self.files() else {
             return PidFile::NotRunning;
         };

@@ -337,6 +337,14 @@ fn all_pids() -> Vec<i32> {
         .collect()
 }
 
+/// Every pid whose real uid is `uid`.
+pub(crate) fn pids_of(uid: u32) -> Vec<i32> {
+    all_pids()
+        .into_iter()
+        .filter(|&pid| process_uids(pid).is_some_and(|(real, _)| real == uid))
+        .collect()
+}
+
 /// Postgres, PgBouncer or initdb processes of `uid` that belong to `dir`: an argument is a
 /// path under it (`postgres -D dir/pgdata`, `pgbouncer -d dir/pgbouncer/pgbouncer.ini`,
 /// `initdb -D …`) or the working directory is under it (backends live in the data directory).

@@ -76,8 +76,9 @@ pub struct Args {
     #[arg(long, env = "GATEWAY_NEGATIVE_CACHE_TTL_MS", default_value_t = 3000)]
     pub negative_cache_ttl_ms: u64,
 
-    /// Seconds a role's SCRAM secret from the control plane is trusted (also while the control
-    /// plane is down: after that, the role is refused as unavailable until it answers).
+    /// Seconds after which a cached role secret is asked for again, in the background, while
+    /// the cached one is served; a failed refresh keeps it, so warm roles keep logging in while
+    /// the control plane is down (role changes still arrive at once through activity replies).
     #[arg(long, env = "GATEWAY_ROLE_SECRET_TTL_SECONDS", default_value_t = 240)]
     pub role_secret_ttl_seconds: u64,
 

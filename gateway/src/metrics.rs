@@ -52,7 +52,8 @@ pub struct Metrics {
     pub route_cache_lookups: IntCounterVec,
     /// Cached routes dropped because connecting to their address failed.
     pub route_cache_invalidations: IntCounter,
-    /// Role-secret lookups by `outcome`: hit, miss (asked the control plane), none (a static
+    /// Role-secret lookups by `outcome`: hit, miss (asked the control plane), stale_refresh (a
+    /// hit on a secret older than its TTL, which starts a background refresh), none (a static
     /// route, or no control plane).
     pub role_secret_lookups: IntCounterVec,
     /// Cleartext password checks against role secrets by `outcome`: cached, match, mismatch,
@@ -370,7 +371,10 @@ impl Metrics {
                 &route_cache_lookups,
                 &["static", "hit", "miss", "negative_hit", "stale_refresh"],
             ),
-            role_secret_lookups: CounterCache::new(&role_secret_lookups, &["hit", "miss", "none"]),
+            role_secret_lookups: CounterCache::new(
+                &role_secret_lookups,
+                &["hit", "miss", "stale_refresh", "none"],
+            ),
             secret_verifications: CounterCache::new(
                 &secret_verifications,
                 &crate::auth::SecretOutcome::ALL.map(|o| o.label()),

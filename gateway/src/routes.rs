@@ -20,13 +20,14 @@
 //! - When the control plane reports an endpoint inactive ([`crate::activity`]), its cached
 //!   routes are dropped whatever their address ([`RouteTable::forget`]).
 //! - Role secrets (`get_endpoint_access_control`, [`RouteTable::role_secret`]) are cached per
-//!   (endpoint without `-pooler`, role) for `secret_ttl`; a role the control plane does not
-//!   know (or whose secret is not SCRAM) is remembered for `negative_ttl` as unknown, and the
-//!   caller checks the client against a mock secret. A failed lookup is not cached: the
-//!   client is told the endpoint is unavailable, never let through to Postgres unchecked.
-//!   While the control plane is down, roles whose secret is cached keep working until their
-//!   entry is `secret_ttl` old (a failed lookup does not extend it); after that they are
-//!   refused as unavailable until the control plane answers again.
+//!   (endpoint without `-pooler`, role) like routes: an entry nobody uses for `idle_ttl` is
+//!   dropped, and a hit on one older than `secret_ttl` starts one background refresh while the
+//!   cached secret is served; a failed refresh keeps it (roles keep logging in to warm
+//!   endpoints while the control plane is down), an answer replaces it (a deleted role or
+//!   endpoint included). A role the control plane does not know (or whose secret is not SCRAM)
+//!   is remembered for `negative_ttl` as unknown, and the caller checks the client against a
+//!   mock secret. A failed first lookup is not cached: the client is told the endpoint is
+//!   unavailable, never let through to Postgres unchecked.
 //! - Role changes (a password changed, a role dropped) arrive through activity replies
 //!   ([`crate::activity`]) and drop the role's cached secret at once
 //!   ([`RouteTable::forget_role`], [`RouteTable::forget_all_roles`]). A lookup that was
@@ -198,9 +199,27 @@ impl Cached {
 /// A cached `get_endpoint_access_control` answer.
 #[derive(Clone)]
 enum Secret {
-    Known(Arc<ScramSecret>),
+    Known(Arc<KnownSecret>),
     /// The role is unknown to the control plane, or its secret is not SCRAM.
     Absent,
+}
+
+/// A role's secret as the control plane gave it, and when.
+struct KnownSecret {
+    secret: Arc<ScramSecret>,
+    fetched_at: Instant,
+    /// Set while a background refresh of this entry runs, so a burst of hits starts one.
+    refreshing: AtomicBool,
+}
+
+impl Secret {
+    fn known(secret: ScramSecret) -> Secret {
+        Secret::Known(Arc::new(KnownSecret {
+            secret: Arc::new(secret),
+            fetched_at: Instant::now(),
+            refreshing: AtomicBool::new(false),
+        }))
+    }
 }
 
 /// What the route table knows about a role's password.
@@ -215,11 +234,11 @@ pub enum RoleSecret {
     Unknown,
 }
 
-/// Per-entry lifetimes: routes idle out, negative answers and secrets live for a fixed time.
+/// Per-entry lifetimes: routes and known secrets idle out, negative answers live for a fixed
+/// time.
 struct Lifetimes {
     idle: Duration,
     negative: Duration,
-    secret: Duration,
 }
 
 impl moka::Expiry<EndpointId, Cached> for Lifetimes {
@@ -260,9 +279,23 @@ type SecretKey = (EndpointId, String);
 impl moka::Expiry<SecretKey, Secret> for Lifetimes {
     fn expire_after_create(&self, _: &SecretKey, value: &Secret, _: Instant) -> Option<Duration> {
         Some(match value {
-            Secret::Known(_) => self.secret,
+            Secret::Known(_) => self.idle,
             Secret::Absent => self.negative,
         })
+    }
+
+    fn expire_after_read(
+        &self,
+        _: &SecretKey,
+        value: &Secret,
+        _: Instant,
+        remaining: Option<Duration>,
+        _: Instant,
+    ) -> Option<Duration> {
+        match value {
+            Secret::Known(_) => Some(self.idle),
+            Secret::Absent => remaining,
+        }
     }
 
     fn expire_after_update(
@@ -285,7 +318,7 @@ pub struct RouteTable {
     /// Held (shared) by every secret lookup that asks the control plane, until its answer is
     /// cached; taken (exclusively) by role invalidations, so they remove what lookups that
     /// started before them cached.
-    secret_lookups: RwLock<()>,
+    secret_lookups: Arc<RwLock<()>>,
     config: RouteCacheConfig,
     metrics: Arc<Metrics>,
 }
@@ -311,7 +344,6 @@ impl RouteTable {
         let lifetimes = || Lifetimes {
             idle: config.idle_ttl,
             negative: config.negative_ttl,
-            secret: config.secret_ttl,
         };
         RouteTable {
             fixed: routes
@@ -333,7 +365,7 @@ impl RouteTable {
                 .max_capacity(config.capacity)
                 .expire_after(lifetimes())
                 .build(),
-            secret_lookups: RwLock::new(()),
+            secret_lookups: Arc::new(RwLock::new(())),
             config,
             metrics,
         }
@@ -539,7 +571,16 @@ impl RouteTable {
         }
         let key = (endpoint.without_pooler(), role.to_owned());
         if let Some(secret) = self.secrets.get(&key).await {
-            lookups.inc("hit");
+            match &secret {
+                Secret::Known(known)
+                    if known.fetched_at.elapsed() >= self.config.secret_ttl
+                        && !known.refreshing.swap(true, Ordering::AcqRel) =>
+                {
+                    lookups.inc("stale_refresh");
+                    self.refresh_secret_in_background(endpoint.clone(), key, known.clone());
+                }
+                _ => lookups.inc("hit"),
+            }
             return Ok(secret.into_role_secret());
         }
         lookups.inc("miss");
@@ -547,19 +588,7 @@ impl RouteTable {
         let _lookup = self.secret_lookups.read().await;
         let control_plane = control_plane.clone();
         let (id, role) = key.clone();
-        let lookup = async move {
-            match control_plane.access_control(&id, &role).await {
-                Ok(access) if access.role_secret.is_empty() => Ok(Secret::Absent),
-                Ok(access) => match ScramSecret::parse(&access.role_secret) {
-                    Some(secret) => Ok(Secret::Known(Arc::new(secret))),
-                    None => {
-                        tracing::warn!(endpoint = %id, "role secret is not SCRAM-SHA-256; the role cannot log in");
-                        Ok(Secret::Absent)
-                    }
-                },
-                Err(e) => Err(e),
-            }
-        };
+        let lookup = async move { fetch_secret(control_plane.as_ref(), &id, &role).await };
         match self.secrets.try_get_with(key, lookup).await {
             Ok(secret) => Ok(secret.into_role_secret()),
             Err(e) if e.is_not_found() => {
@@ -571,6 +600,41 @@ impl RouteTable {
                 Err(RouteError::Unavailable(e))
             }
         }
+    }
+
+    /// Asks the control plane again for a secret older than `secret_ttl` while the cached one
+    /// keeps being served. A new answer replaces it (an unknown role or endpoint too: the role
+    /// or endpoint was deleted); a failure keeps it, so roles keep logging in to warm endpoints
+    /// while the control plane is down. Like a lookup, it holds the lookup lock shared, so a
+    /// role invalidation meanwhile removes what it caches.
+    fn refresh_secret_in_background(
+        &self,
+        endpoint: EndpointId,
+        key: SecretKey,
+        known: Arc<KnownSecret>,
+    ) {
+        let Some(control_plane) = self.control_plane.clone() else {
+            return;
+        };
+        let (secrets, routes, lookups) = (
+            self.secrets.clone(),
+            self.routes.clone(),
+            self.secret_lookups.clone(),
+        );
+        tokio::spawn(async move {
+            let _lookup = lookups.read_owned().await;
+            match fetch_secret(control_plane.as_ref(), &key.0, &key.1).await {
+                Ok(fresh) => secrets.insert(key, fresh).await,
+                Err(e) if e.is_not_found() => {
+                    secrets.invalidate(&key).await;
+                    routes.insert(endpoint, Cached::NotFound).await;
+                }
+                Err(e) => {
+                    tracing::warn!(%endpoint, error = %e, "role secret refresh failed; keeping the cached secret");
+                    known.refreshing.store(false, Ordering::Release);
+                }
+            }
+        });
     }
 
     /// Postgres refused a password the cached secret accepted: the secret is stale.
@@ -608,10 +672,30 @@ impl RouteTable {
 impl Secret {
     fn into_role_secret(self) -> RoleSecret {
         match self {
-            Secret::Known(secret) => RoleSecret::Known(secret),
+            Secret::Known(known) => RoleSecret::Known(known.secret.clone()),
             Secret::Absent => RoleSecret::Unknown,
         }
     }
+}
+
+/// One `get_endpoint_access_control` call: the role's secret, or [`Secret::Absent`] for a
+/// role the control plane does not know (or whose secret is not SCRAM-SHA-256).
+async fn fetch_secret(
+    control_plane: &dyn ControlPlaneApi,
+    endpoint: &EndpointId,
+    role: &str,
+) -> Result<Secret, ControlPlaneError> {
+    let access = control_plane.access_control(endpoint, role).await?;
+    if access.role_secret.is_empty() {
+        return Ok(Secret::Absent);
+    }
+    Ok(match ScramSecret::parse(&access.role_secret) {
+        Some(secret) => Secret::known(secret),
+        None => {
+            tracing::warn!(%endpoint, "role secret is not SCRAM-SHA-256; the role cannot log in");
+            Secret::Absent
+        }
+    })
 }
 
 /// One flight: `wake_compute` with retries. "Not found" is an answer (cached briefly); other
@@ -1388,5 +1472,89 @@ mod tests {
         assert!(!routes.holds_role_secrets());
         assert!(verifies(b"old", "bob").await);
         assert_eq!(fake.lookups(), 6);
+    }
+
+    #[tokio::test]
+    async fn stale_secrets_refresh_in_the_background_and_outlive_a_control_plane_outage() {
+        let fake = FakeControlPlane::with_latency(Duration::from_millis(20));
+        let first = postgres_protocol::password::scram_sha_256(b"first");
+        fake.secret("db", "alice", Ok(first));
+        let config = RouteCacheConfig {
+            secret_ttl: Duration::from_millis(50),
+            ..quick()
+        };
+        let (routes, metrics) = table(&fake, config, &[]);
+        let verifies = |password: &'static [u8]| {
+            let routes = routes.clone();
+            async move {
+                match routes.role_secret(&id("db"), "alice").await {
+                    Ok(RoleSecret::Known(secret)) => Ok(secret.verify(password)),
+                    other => Err(format!("{other:?}")),
+                }
+            }
+        };
+        assert_eq!(verifies(b"first").await, Ok(true));
+        assert_eq!(fake.lookups(), 1);
+        // Fresh: hits ask nothing.
+        assert_eq!(verifies(b"first").await, Ok(true));
+        assert_eq!(fake.lookups(), 1);
+        // Stale, control plane down: a burst of hits is served from the cache and starts one
+        // refresh, which fails and keeps the secret.
+        fake.secret("db", "alice", Err(Answer::Down));
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        for _ in 0..5 {
+            assert_eq!(verifies(b"first").await, Ok(true));
+        }
+        eventually(|| fake.lookups() == 2).await;
+        assert_eq!(
+            metrics
+                .role_secret_lookups
+                .with_label_values(&["stale_refresh"])
+                .get(),
+            1
+        );
+        tokio::time::sleep(Duration::from_millis(40)).await;
+        assert_eq!(
+            verifies(b"first").await,
+            Ok(true),
+            "kept through the outage"
+        );
+        eventually(|| fake.lookups() == 3).await;
+        // Back up with a new secret (changed while this gateway heard nothing): the next
+        // refresh replaces it.
+        let second = postgres_protocol::password::scram_sha_256(b"second");
+        fake.secret("db", "alice", Ok(second));
+        tokio::time::sleep(Duration::from_millis(40)).await;
+        assert_eq!(
+            verifies(b"first").await,
+            Ok(true),
+            "served while refreshing"
+        );
+        eventually(|| fake.lookups() == 4).await;
+        let mut replaced = false;
+        for _ in 0..100 {
+            if verifies(b"second").await == Ok(true) {
+                replaced = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(replaced, "the refreshed secret replaced the old one");
+        // The role is dropped (unknown now): the refresh makes it unknown.
+        fake.secret("db", "alice", Ok(String::new()));
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        let _ = verifies(b"second").await;
+        let mut unknown = false;
+        for _ in 0..100 {
+            if matches!(
+                routes.role_secret(&id("db"), "alice").await,
+                Ok(RoleSecret::Unknown)
+            ) {
+                unknown = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(unknown, "a dropped role is unknown after the refresh");
     }
 }

@@ -490,3 +490,17 @@ test('a role made in SQL outside the API is not taken over by a create', { timeo
   await assertAllRefused(A, { role: name, password: 'known-to-someone' }, 'a role made in SQL');
   assert.ok(!(await api.expect(200, 'GET', `/v1/endpoints/${A.id}`)).roles.includes(name));
 });
+
+test('a password changed in SQL is not used by the gateway, and the API password is back after a suspend', { timeout: 120_000 }, async () => {
+  const role = { role: `iso_drift_${RUN}`, password: secret() };
+  await api.createRole(A.id, role.role, role.password);
+  // A role may change its own password in SQL; the gateway and PgBouncer keep checking the
+  // API's verifier, so the SQL password never works through them.
+  await tcpQuery(A, `ALTER ROLE ${role.role} PASSWORD 'set-in-sql'`, role);
+  await assertAllRefused(A, { ...role, password: 'set-in-sql' }, 'the password set in SQL');
+  // A gentle suspend (once the gateway's lease from the session above has run out) puts the
+  // API's verifier back in Postgres; the next start serves it.
+  await poll(async () => (await api.call('POST', `/v1/endpoints/${A.id}/suspend`)).status === 200, 'a gentle suspend of A', { timeoutMs: 30_000, intervalMs: 500 });
+  await assertAllWork(A, role, role.role, 'the API password after the suspend');
+  await api.expect(204, 'DELETE', `/v1/endpoints/${A.id}/roles/${role.role}`);
+});

@@ -679,7 +679,56 @@ impl Computes {
         if closed > 0 {
             tracing::debug!(endpoint = %spec.endpoint, closed, "closed idle sessions before suspending");
         }
+        self.reset_drifted_passwords(&client, &spec.endpoint).await;
         Ok(None)
+    }
+
+    /// Best effort, before a compute stops: a role whose password was changed in SQL
+    /// (`ALTER ROLE … PASSWORD`, which a role may do to itself) gets the API's verifier back,
+    /// so the next start serves the verifier the gateways and PgBouncer check. Failures are
+    /// only logged: the suspend goes on.
+    async fn reset_drifted_passwords(&self, client: &tokio_postgres::Client, id: &str) {
+        let outcome = async {
+            let roles: Vec<RoleRow> = self
+                .store
+                .role_rows(id)
+                .await?
+                .into_iter()
+                .filter(|r| r.pending.is_none())
+                .collect();
+            if roles.is_empty() {
+                return Ok::<_, LifecycleError>(());
+            }
+            let names: Vec<&str> = roles.iter().map(|r| r.name.as_str()).collect();
+            let rows = client
+                .query(
+                    "SELECT rolname::text, rolpassword FROM pg_catalog.pg_authid
+                     WHERE rolname = ANY($1)",
+                    &[&names],
+                )
+                .await
+                .map_err(|e| compute_error(id)(e.into()))?;
+            for row in rows {
+                let name: String = row.try_get(0).map_err(|e| compute_error(id)(e.into()))?;
+                let current: Option<String> =
+                    row.try_get(1).map_err(|e| compute_error(id)(e.into()))?;
+                let Some(role) = roles.iter().find(|r| r.name == name) else {
+                    continue;
+                };
+                if current.as_deref() != Some(role.secret.as_str()) {
+                    client
+                        .batch_execute(&roles::set_password(&name, &role.secret))
+                        .await
+                        .map_err(|e| compute_error(id)(e.into()))?;
+                    tracing::info!(endpoint = id, role = %name, "a password set in SQL was reset to the API's");
+                }
+            }
+            Ok(())
+        }
+        .await;
+        if let Err(e) = outcome {
+            tracing::warn!(endpoint = id, error = %e, "could not check roles' passwords before suspending");
+        }
     }
 
     /// Cuts everything: PgBouncer paused (its clients wait for the next start), Postgres

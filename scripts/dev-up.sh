@@ -131,6 +131,10 @@ if gateway_is_public && [[ -z "${WAKE_DEFAULT_PASSWORD:-}" || "${WAKE_DEFAULT_PA
   PUBLIC_PASSWORD=1
   warn "the gateway listens on $GATEWAY_LISTEN (not loopback): endpoint db's role postgres gets the password in $DEFAULT_PASSWORD_FILE instead of 'postgres'"
 fi
+# Once generated, it stays endpoint db's password (also when the gateway is back on loopback).
+if [[ -z "${WAKE_DEFAULT_PASSWORD:-}" && -s "$DEFAULT_PASSWORD_FILE" ]]; then
+  WAKE_DEFAULT_PASSWORD="$(cat "$DEFAULT_PASSWORD_FILE")"
+fi
 DB_PASSWORD="${WAKE_DEFAULT_PASSWORD:-postgres}"
 
 log "starting the wake service on $WAKE_LISTEN (computes on ports $WAKE_COMPUTE_PORTS), log also in $WAKE_LOG"
@@ -153,8 +157,10 @@ DB_DIRECT="$(sed -n 's/.*"direct":"\([^"]*\)".*/\1/p' <<<"$DB_JSON")"
 DB_POOLER="$(sed -n 's/.*"pooler":"\([^"]*\)".*/\1/p' <<<"$DB_JSON")"
 
 # Endpoint db made by an earlier, loopback-only run still has postgres/postgres: replace it
-# before the gateway opens to the network.
+# before the gateway opens to the network (woken first: the last stop suspended it).
 if ((PUBLIC_PASSWORD)) && [[ -n "$DB_DIRECT" ]] &&
+  curl -fsS --max-time 70 -X POST -H "Authorization: Bearer $WAKE_ADMIN_TOKEN" \
+    "http://$WAKE_LISTEN/v1/endpoints/db/wake" >/dev/null &&
   PGPASSWORD=postgres PGCONNECT_TIMEOUT=5 "$PG_BIN/psql" -XAtq -w \
     -h "${DB_DIRECT%:*}" -p "${DB_DIRECT##*:}" -U postgres -d postgres -c 'SELECT 1' >/dev/null 2>&1; then
   log "endpoint db's role postgres still has the default password; setting the one in $DEFAULT_PASSWORD_FILE"

@@ -9,7 +9,7 @@
 //
 // Run with: make bench   (scripts/bench.sh starts a wake service and a release gateway)
 
-import { execFileSync, spawn } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -74,9 +74,11 @@ const sql = neon(url);
 const [directHost, directPort] = ep.addresses.direct.split(':');
 const pgdata = path.join(process.env.WAKE_DATA, 'computes', id, 'pgdata');
 if (!fs.existsSync(pgdata)) throw new Error(`no data directory at ${pgdata} (WAKE_DATA must be the wake service's --data-dir)`);
+// As root, the bare postgres runs as the endpoint's own OS user (the owner of its data).
 const asRoot = process.getuid() === 0;
-const uid = asRoot ? Number(execFileSync('id', ['-u', 'postgres']).toString().trim()) : undefined;
-const gid = asRoot ? Number(execFileSync('id', ['-g', 'postgres']).toString().trim()) : undefined;
+const owner = fs.statSync(pgdata);
+const uid = asRoot ? owner.uid : undefined;
+const gid = asRoot ? owner.gid : undefined;
 const floorLog = path.join(os.tmpdir(), `bench-cold-floor-${process.pid}.log`);
 
 async function suspend() {

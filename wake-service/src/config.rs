@@ -38,25 +38,6 @@ pub enum Command {
     Databases(crate::cli::DatabasesCommand),
 }
 
-/// Where the operator subcommands find the service.
-#[derive(Args, Debug, Clone)]
-pub struct ClientArgs {
-    /// Base URL of the wake service.
-    #[arg(
-        long,
-        env = "WAKE_URL",
-        default_value = "http://127.0.0.1:4400",
-        global = true
-    )]
-    pub url: String,
-    /// Admin bearer token.
-    #[arg(long, env = "WAKE_ADMIN_TOKEN", hide_env_values = true, global = true)]
-    pub token: Option<String>,
-    /// File holding the admin token (the dev stack writes .data/admin-token).
-    #[arg(long, env = "WAKE_ADMIN_TOKEN_FILE", global = true)]
-    pub token_file: Option<PathBuf>,
-}
-
 #[derive(Args, Debug)]
 pub struct ServeArgs {
     /// REST API, /metrics, /healthz and /readyz.

@@ -11,8 +11,8 @@ use super::files::Dir;
 use super::process::{self, Children, Identity};
 use crate::compute::{ComputeError, StopMode};
 
-/// The superuser initdb creates. It logs in only over the private unix socket.
-pub(crate) const SUPERUSER: &str = "cloud_admin";
+// The superuser initdb creates (`-U`); it logs in only over the private unix socket.
+pub(crate) use crate::roles::SUPERUSER;
 
 /// How long a postmaster may take to become ready, and each of the fast and immediate
 /// shutdowns to finish.

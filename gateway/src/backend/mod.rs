@@ -92,8 +92,10 @@ impl ReportableError for BackendError {
 /// Neon's rule for connecting to a compute: only failures to reach it are worth another try
 /// (it may be starting, or have moved, or be suspending). That includes Postgres refusing the
 /// connection with `57P03` (cannot_connect_now: "the database system is starting up" / "is
-/// shutting down"), which it sends before authentication. Authentication and other Postgres
-/// errors are final.
+/// shutting down"), which it sends before authentication, and a connection cut before the
+/// login finished (a postmaster that exits for a suspend resets the connections still in its
+/// accept queue): this is only ever asked about a connect, so nothing of the client's has
+/// reached the backend yet. Authentication and other Postgres errors are final.
 impl crate::retry::Retryable for BackendError {
     fn is_retryable(&self) -> bool {
         match self {
@@ -102,6 +104,9 @@ impl crate::retry::Retryable for BackendError {
                 io::ErrorKind::ConnectionRefused
                     | io::ErrorKind::AddrNotAvailable
                     | io::ErrorKind::TimedOut
+                    | io::ErrorKind::ConnectionReset
+                    | io::ErrorKind::ConnectionAborted
+                    | io::ErrorKind::UnexpectedEof
             ),
             BackendError::ConnectTimeout => true,
             BackendError::Db(db) => db.is_cannot_connect_now(),
@@ -469,7 +474,10 @@ mod tests {
             (BackendError::ConnectTimeout, true),
             // "the database system is starting up" / "is shutting down"
             (db("FATAL", "57P03"), true),
-            (io(io::ErrorKind::ConnectionReset), false),
+            // cut before the login finished (a postmaster exiting with connections queued)
+            (io(io::ErrorKind::ConnectionReset), true),
+            (io(io::ErrorKind::UnexpectedEof), true),
+            (io(io::ErrorKind::PermissionDenied), false),
             (db("FATAL", "28P01"), false),
             (db("FATAL", "57P01"), false),
             (db("FATAL", "3D000"), false),

@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use crate::backend::{BackendError, DbError};
 use crate::control_plane::ControlPlaneError;
+use crate::limits::Refused;
 use crate::pool::PoolError;
 use crate::query::QueryError;
 use crate::routes::RouteError;
@@ -81,6 +82,9 @@ pub enum SqlError {
     ResponseTooLarge { max: usize },
     #[error("Too many connections to this endpoint. Please try again later.")]
     TooManyConnections,
+    /// A limit protecting the gateway or other tenants ([`crate::limits`]).
+    #[error(transparent)]
+    Limited(#[from] Refused),
     /// The control plane could not give an address (down, refused, or the endpoint did not
     /// wake in time): 503, worth retrying. The cause is logged; the text is [`unavailable`].
     #[error("{}", unavailable(.0))]
@@ -100,7 +104,7 @@ impl ReportableError for SqlError {
             | SqlError::RequestTooLarge { .. }
             | SqlError::ResponseTooLarge { .. } => ErrorKind::User,
             SqlError::Postgres(_) => ErrorKind::Postgres,
-            SqlError::TooManyConnections => ErrorKind::RateLimit,
+            SqlError::TooManyConnections | SqlError::Limited(_) => ErrorKind::RateLimit,
             SqlError::Unavailable(_) => ErrorKind::ControlPlane,
             SqlError::Compute(_) => ErrorKind::Compute,
             SqlError::Internal(_) => ErrorKind::Internal,
@@ -124,6 +128,7 @@ impl SqlError {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             SqlError::Compute(_) => StatusCode::BAD_GATEWAY,
+            SqlError::Limited(refused) => refused.status(),
             SqlError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

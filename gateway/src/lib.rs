@@ -10,6 +10,7 @@ pub mod conn_info;
 pub mod control_plane;
 pub mod error;
 pub mod http;
+pub mod limits;
 pub mod metrics;
 pub mod pool;
 pub mod query;

@@ -9,6 +9,7 @@ use prometheus::{
 };
 
 use crate::error::ErrorKind;
+use crate::limits::Limit;
 
 pub struct Metrics {
     registry: Registry,
@@ -68,6 +69,8 @@ pub struct Metrics {
     /// gateway's first reply: everything it cached before may be stale), truncated (the reply
     /// could not list every change: everything, idle connections included).
     pub role_invalidations: IntCounterVec,
+    /// Clients refused or cut off by a limit, by `limit` ([`Limit::label`]).
+    pub limit_hits: IntCounterVec,
     /// The label values counted on every request or connection, resolved once.
     pub hot: HotMetrics,
 }
@@ -299,6 +302,11 @@ impl Metrics {
             "Cached role secrets, proofs and idle connections dropped on the control plane's word, by reason",
             &["reason"],
         );
+        let limit_hits = counter(
+            "gateway_limit_hits_total",
+            "Clients refused or cut off by a limit, by limit",
+            &["limit"],
+        );
         for collector in [
             Box::new(http_requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(http_request_seconds.clone()),
@@ -325,6 +333,7 @@ impl Metrics {
             Box::new(secret_verifications.clone()),
             Box::new(scram_proofs.clone()),
             Box::new(role_invalidations.clone()),
+            Box::new(limit_hits.clone()),
         ] {
             registry
                 .register(collector)
@@ -361,6 +370,9 @@ impl Metrics {
             crate::activity::TRUNCATED,
         ] {
             role_invalidations.with_label_values(&[reason]);
+        }
+        for limit in Limit::ALL {
+            limit_hits.with_label_values(&[limit.label()]);
         }
         let hot = HotMetrics {
             http_ok: Default::default(),
@@ -413,7 +425,13 @@ impl Metrics {
             secret_verifications,
             scram_proofs,
             role_invalidations,
+            limit_hits,
         }
+    }
+
+    /// Counts one client refused or cut off by `limit`.
+    pub fn limit_hit(&self, limit: Limit) {
+        self.limit_hits.with_label_values(&[limit.label()]).inc();
     }
 
     /// The Prometheus text exposition of every metric.

@@ -63,6 +63,7 @@ use crate::backend::{self, Backend, BackendError, ConnectParams, DbError, Login}
 use crate::conn_info::{EndpointId, Password};
 use crate::control_plane::ControlPlaneError;
 use crate::error::{ErrorKind, ReportableError};
+use crate::limits::Refused;
 use crate::routes::{ConnectError, Route, RouteError};
 use crate::state::AppState;
 use client::ClientStream;
@@ -182,6 +183,9 @@ pub enum SessionError {
     /// wake in time). Worth retrying; the cause is logged, not shown.
     #[error("{}", crate::error::unavailable(.0))]
     Unavailable(#[source] Arc<ControlPlaneError>),
+    /// A limit protecting the gateway or other tenants ([`crate::limits`]).
+    #[error(transparent)]
+    Limited(#[from] Refused),
 }
 
 impl From<io::Error> for SessionError {
@@ -218,6 +222,7 @@ impl ReportableError for SessionError {
             SessionError::Postgres(_) => ErrorKind::Postgres,
             SessionError::Backend(e) => e.kind(),
             SessionError::Unavailable(_) => ErrorKind::ControlPlane,
+            SessionError::Limited(_) => ErrorKind::RateLimit,
         }
     }
 }
@@ -242,6 +247,7 @@ impl SessionError {
             SessionError::Backend(_) => ("08001", None),
             // cannot_connect_now: what Postgres says while it starts; clients retry it.
             SessionError::Unavailable(_) => ("57P03", None),
+            SessionError::Limited(refused) => (refused.sqlstate(), None),
             SessionError::Tls(_) | SessionError::ClientGone | SessionError::Io(_) => return None,
         })
     }

@@ -298,6 +298,9 @@ pub async fn handle(state: Arc<AppState>, headers: HeaderMap, body: Body) -> Res
         Ok(response) => response,
         Err(error) => {
             error.log();
+            if let SqlError::Limited(refused) = &error {
+                state.metrics.limit_hit(refused.limit);
+            }
             state
                 .metrics
                 .errors

@@ -870,6 +870,9 @@ async fn fail<S>(
 
 fn record(transport: &Transport, error: &SessionError, state: &AppState) {
     let kind = error.kind();
+    if let SessionError::Limited(refused) = error {
+        state.metrics.limit_hit(refused.limit);
+    }
     // Timeouts and drains end sessions normally; they are outcomes, not errors.
     let outcome = match error {
         SessionError::Idle => "idle_timeout",

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::Parser;
 
+use crate::auth::{scram, HashingLimits};
 use crate::conn_info::EndpointId;
 use crate::control_plane::{ControlPlaneConfig, Token};
 use crate::pool::PoolConfig;
@@ -147,6 +148,25 @@ pub struct Args {
     )]
     pub password_cache_ttl_seconds: u64,
 
+    /// Most SCRAM iterations (PBKDF2 rounds) a role secret from the control plane, or a
+    /// backend's SCRAM challenge, may ask the gateway to hash: above it, the login fails at
+    /// once (a role secret above it cannot log in). At least 4096, Postgres's default.
+    #[arg(
+        long,
+        env = "GATEWAY_MAX_SCRAM_ITERATIONS",
+        default_value_t = HashingLimits::DEFAULT.max_scram_iterations
+    )]
+    pub max_scram_iterations: u32,
+
+    /// Password checks that may wait for a hashing thread (one hashes per core); more are
+    /// refused at once (HTTP 429, or FATAL 53300). Cached matches never wait.
+    #[arg(
+        long,
+        env = "GATEWAY_MAX_PASSWORD_HASH_QUEUE",
+        default_value_t = HashingLimits::DEFAULT.max_queue
+    )]
+    pub max_password_hash_queue: usize,
+
     /// TLS certificate chain (PEM) for https, wss and Postgres TLS; needs --tls-key. Reloaded
     /// on SIGHUP.
     #[arg(long, env = "GATEWAY_TLS_CERT", requires = "tls_key")]
@@ -182,9 +202,60 @@ pub struct Args {
     )]
     pub max_session_message_bytes: usize,
 
-    /// Client connections open at once, all protocols together; more are closed on accept.
+    /// Client connections open at once, all protocols together (a WebSocket session counts
+    /// until it ends); more are refused on accept (HTTP 429, or FATAL 53300 for Postgres).
     #[arg(long, env = "GATEWAY_MAX_CLIENT_CONNECTIONS", default_value_t = 10_000)]
     pub max_client_connections: usize,
+
+    /// Client connections open at once from one IP address; more are refused like those over
+    /// --max-client-connections.
+    #[arg(long, env = "GATEWAY_MAX_CONNECTIONS_PER_IP", default_value_t = 1_000)]
+    pub max_connections_per_ip: usize,
+
+    /// Seconds an HTTP connection (HTTP/2, or HTTP/1.1 keep-alive) may have no request in
+    /// flight before it is closed (GOAWAY for HTTP/2). An HTTP/1.1 connection must also send
+    /// each request head within --handshake-timeout-seconds.
+    #[arg(long, env = "GATEWAY_HTTP_IDLE_TIMEOUT_SECONDS", default_value_t = 60)]
+    pub http_idle_timeout_seconds: u64,
+
+    /// Requests in flight at once on one HTTP/2 connection.
+    #[arg(
+        long,
+        env = "GATEWAY_HTTP2_MAX_CONCURRENT_STREAMS",
+        default_value_t = 100
+    )]
+    pub http2_max_concurrent_streams: u32,
+
+    /// Seconds a `/sql` request body may take to arrive, from the end of its headers (slower
+    /// gets 408).
+    #[arg(long, env = "GATEWAY_BODY_READ_TIMEOUT_SECONDS", default_value_t = 30)]
+    pub body_read_timeout_seconds: u64,
+
+    /// Most rows one `/sql` response may hold (more gets 507). Each row also costs a fixed
+    /// overhead against --max-response-bytes, so rows with no or tiny columns cannot grow
+    /// memory beyond it either.
+    #[arg(long, env = "GATEWAY_MAX_RESPONSE_ROWS", default_value_t = 1_000_000)]
+    pub max_response_rows: usize,
+
+    /// Authenticated `/sql` requests and sessions in flight at once on one endpoint (with its
+    /// -pooler); more get HTTP 429 or FATAL 53300.
+    #[arg(
+        long,
+        env = "GATEWAY_MAX_ENDPOINT_CONNECTIONS",
+        default_value_t = 1_000
+    )]
+    pub max_endpoint_connections: usize,
+
+    /// New authenticated `/sql` requests and sessions per second on one endpoint (with its
+    /// -pooler), with a burst of one second's worth; more get HTTP 429 or FATAL 53300. 0: no
+    /// rate limit.
+    #[arg(long, env = "GATEWAY_MAX_ENDPOINT_RPS", default_value_t = 5_000)]
+    pub max_endpoint_rps: u32,
+
+    /// Refuse plaintext: `/sql` over http://, WebSocket upgrades over ws:// and Postgres
+    /// startups without TLS get a clear error. Needs --tls-cert and --tls-key.
+    #[arg(long, env = "GATEWAY_REQUIRE_TLS")]
+    pub require_tls: bool,
 
     /// Seconds SIGTERM waits for in-flight requests before closing them.
     #[arg(long, env = "GATEWAY_SHUTDOWN_TIMEOUT_SECONDS", default_value_t = 30)]
@@ -212,7 +283,24 @@ pub struct Config {
     pub sessions: SessionConfig,
     pub tls: Option<TlsFiles>,
     pub max_client_connections: usize,
+    pub max_connections_per_ip: usize,
+    pub http: HttpConfig,
+    pub max_response_rows: usize,
+    pub max_endpoint_connections: usize,
+    /// New requests and sessions per second per endpoint; `None`: unlimited.
+    pub max_endpoint_rps: Option<u32>,
+    pub require_tls: bool,
     pub shutdown_timeout: Duration,
+}
+
+/// Limits of HTTP connections and `/sql` requests.
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    /// No request in flight for this long closes the connection.
+    pub idle_timeout: Duration,
+    pub max_concurrent_streams: u32,
+    /// From the request head to the end of its body.
+    pub body_read_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -239,6 +327,10 @@ pub enum ConfigError {
     RetryFactor,
     #[error("activity-interval-ms must be 0 (off) or between 50 and 60000")]
     ActivityInterval,
+    #[error("--require-tls needs a certificate: set --tls-cert and --tls-key")]
+    RequireTlsWithoutCertificate,
+    #[error("max-scram-iterations must be at least 4096 (Postgres's default)")]
+    ScramIterations,
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
 }
@@ -274,6 +366,21 @@ impl Args {
             ),
             (self.max_session_message_bytes, "max-session-message-bytes"),
             (self.max_client_connections, "max-client-connections"),
+            (self.max_connections_per_ip, "max-connections-per-ip"),
+            (
+                self.http_idle_timeout_seconds as usize,
+                "http-idle-timeout-seconds",
+            ),
+            (
+                self.http2_max_concurrent_streams as usize,
+                "http2-max-concurrent-streams",
+            ),
+            (
+                self.body_read_timeout_seconds as usize,
+                "body-read-timeout-seconds",
+            ),
+            (self.max_response_rows, "max-response-rows"),
+            (self.max_endpoint_connections, "max-endpoint-connections"),
             (
                 self.control_plane_timeout_seconds as usize,
                 "control-plane-timeout-seconds",
@@ -283,6 +390,7 @@ impl Args {
                 "route-cache-idle-seconds",
             ),
             (self.wake_max_attempts as usize, "wake-max-attempts"),
+            (self.max_password_hash_queue, "max-password-hash-queue"),
         ] {
             if value == 0 {
                 return Err(ConfigError::Zero(name));
@@ -313,6 +421,9 @@ impl Args {
             ms @ 50..=60_000 => Some(Duration::from_millis(ms)),
             _ => return Err(ConfigError::ActivityInterval),
         };
+        if self.max_scram_iterations < scram::MOCK_ITERATIONS {
+            return Err(ConfigError::ScramIterations);
+        }
         let control_plane = match &self.control_plane_url {
             None => None,
             Some(url) => Some(ControlPlaneConfig {
@@ -341,6 +452,9 @@ impl Args {
             }
             _ => None,
         };
+        if self.require_tls && tls.is_none() {
+            return Err(ConfigError::RequireTlsWithoutCertificate);
+        }
         Ok(Config {
             listen: self.listen,
             admin_listen: self.admin_listen,
@@ -361,6 +475,10 @@ impl Args {
                 password_ttl: Duration::from_secs(self.password_cache_ttl_seconds),
                 // A single row may not exceed the response limit; leave room for framing.
                 max_message_bytes: self.max_response_bytes.saturating_add(64 * 1024),
+                hashing: HashingLimits {
+                    max_scram_iterations: self.max_scram_iterations,
+                    max_queue: self.max_password_hash_queue,
+                },
             },
             sessions: SessionConfig {
                 handshake_timeout: Duration::from_secs(self.handshake_timeout_seconds),
@@ -371,6 +489,16 @@ impl Args {
             },
             tls,
             max_client_connections: self.max_client_connections,
+            max_connections_per_ip: self.max_connections_per_ip,
+            http: HttpConfig {
+                idle_timeout: Duration::from_secs(self.http_idle_timeout_seconds),
+                max_concurrent_streams: self.http2_max_concurrent_streams,
+                body_read_timeout: Duration::from_secs(self.body_read_timeout_seconds),
+            },
+            max_response_rows: self.max_response_rows,
+            max_endpoint_connections: self.max_endpoint_connections,
+            max_endpoint_rps: (self.max_endpoint_rps > 0).then_some(self.max_endpoint_rps),
+            require_tls: self.require_tls,
             shutdown_timeout: Duration::from_secs(self.shutdown_timeout_seconds),
         })
     }
@@ -559,5 +687,57 @@ mod tests {
         .expect("valid");
         assert_eq!(config.sessions.domains, vec!["pg.example.com".to_owned()]);
         assert_eq!(config.sessions.idle_timeout, None);
+    }
+
+    #[test]
+    fn hashing_limits() {
+        let config = parse(&[]).expect("defaults are valid");
+        assert_eq!(config.pool.hashing, HashingLimits::DEFAULT);
+        let config = parse(&[
+            "--max-scram-iterations",
+            "4096",
+            "--max-password-hash-queue",
+            "1",
+        ])
+        .expect("valid");
+        assert_eq!(
+            config.pool.hashing,
+            HashingLimits {
+                max_scram_iterations: 4096,
+                max_queue: 1
+            }
+        );
+        assert!(parse(&["--max-scram-iterations", "4095"])
+            .expect_err("below Postgres's default")
+            .contains("at least 4096"));
+        assert!(parse(&["--max-password-hash-queue", "0"])
+            .expect_err("no queue")
+            .contains("greater than zero"));
+    }
+
+    #[test]
+    fn limits() {
+        let config = parse(&[]).expect("defaults are valid");
+        assert_eq!(config.max_connections_per_ip, 1_000);
+        assert_eq!(config.http.idle_timeout, Duration::from_secs(60));
+        assert_eq!(config.http.max_concurrent_streams, 100);
+        assert_eq!(config.max_endpoint_rps, Some(5_000));
+        assert!(!config.require_tls);
+        let config = parse(&["--max-endpoint-rps", "0"]).expect("valid");
+        assert_eq!(config.max_endpoint_rps, None);
+        for zero in [
+            "--max-connections-per-ip",
+            "--http-idle-timeout-seconds",
+            "--body-read-timeout-seconds",
+            "--max-response-rows",
+            "--max-endpoint-connections",
+        ] {
+            assert!(parse(&[zero, "0"])
+                .expect_err(zero)
+                .contains("greater than zero"));
+        }
+        assert!(parse(&["--require-tls"])
+            .expect_err("no certificate")
+            .contains("--tls-cert"));
     }
 }

@@ -148,6 +148,11 @@ impl SqlError {
         }
     }
 
+    /// The JSON error body, as `/sql` answers it.
+    pub fn json_body(&self) -> Vec<u8> {
+        serde_json::to_vec(&self.body()).unwrap_or_default()
+    }
+
     /// The flat error object: every key always present, in the order the proxy writes them.
     fn body(&self) -> Value {
         match self {
@@ -232,6 +237,10 @@ impl From<QueryError> for SqlError {
         match error {
             QueryError::Backend(e) => e.into(),
             QueryError::ResponseTooLarge { max } => SqlError::ResponseTooLarge { max },
+            error @ QueryError::TooManyRows { .. } => SqlError::Limited(Refused::new(
+                crate::limits::Limit::ResponseSize,
+                error.to_string(),
+            )),
             QueryError::Invalid(message) => SqlError::BadRequest(message.to_owned()),
         }
     }
@@ -241,6 +250,7 @@ impl From<BackendError> for SqlError {
     fn from(error: BackendError) -> Self {
         match error {
             BackendError::Db(e) => SqlError::Postgres(e),
+            BackendError::Limited(refused) => SqlError::Limited(refused),
             other => SqlError::Compute(other),
         }
     }

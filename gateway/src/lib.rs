@@ -33,7 +33,6 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use rand::RngCore;
-use tokio::sync::Semaphore;
 
 use crate::config::Config;
 use crate::control_plane::{ControlPlaneApi, ControlPlaneClient};
@@ -86,7 +85,17 @@ pub fn state(config: &Config) -> Result<Arc<AppState>, StateError> {
         cancels: Default::default(),
         usage: Default::default(),
         activity: activity::Activity::new(),
-        connections: Arc::new(Semaphore::new(config.max_client_connections)),
+        connections: limits::ConnectionSlots::new(
+            config.max_client_connections,
+            config.max_connections_per_ip,
+        ),
+        endpoint_limits: limits::EndpointLimits::new(
+            config.max_endpoint_connections,
+            config.max_endpoint_rps,
+        ),
+        http: config.http.clone(),
+        max_response_rows: config.max_response_rows,
+        require_tls: config.require_tls,
         tasks: TaskTracker::new(),
         stop_sessions: CancellationToken::new(),
         mock_auth_key,

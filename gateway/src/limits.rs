@@ -3,6 +3,17 @@
 //! `gateway_limit_hits_total{limit}` ([`crate::metrics::Metrics::limit_hit`]) where the client
 //! is refused; ARCHITECTURE.md lists each limit, its flag, its default and what the client sees.
 
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+#[cfg(test)]
+use std::time::Duration;
+use std::time::Instant;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::conn_info::EndpointId;
+
 /// A limit that refused or cut off a client.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Limit {
@@ -119,9 +130,7 @@ impl Refused {
             | Limit::EndpointConnections
             | Limit::EndpointRate => "53300",
             // connection_failure, as a handshake timeout
-            Limit::FirstRequestTimeout | Limit::BodyReadTimeout | Limit::HttpIdleTimeout => {
-                "08006"
-            }
+            Limit::FirstRequestTimeout | Limit::BodyReadTimeout | Limit::HttpIdleTimeout => "08006",
             // program_limit_exceeded
             Limit::RequestBytes | Limit::ResponseSize | Limit::HandshakeMessageBytes => "54000",
             // sqlclient_unable_to_establish_sqlconnection
@@ -129,5 +138,236 @@ impl Refused {
             // invalid_authorization_specification, as Postgres for a hostssl-only pg_hba
             Limit::TlsRequired => "28000",
         }
+    }
+}
+
+/// Client connections: all of them together and per client IP address. A connection holds its
+/// [`ConnectionSlot`] for as long as anything serves it, a WebSocket session after its upgrade
+/// included.
+pub struct ConnectionSlots {
+    total: Arc<Semaphore>,
+    per_ip: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    max_per_ip: usize,
+}
+
+/// One admitted client connection; dropping it frees its place.
+pub struct ConnectionSlot {
+    _total: OwnedSemaphorePermit,
+    ip: IpAddr,
+    per_ip: Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+impl ConnectionSlots {
+    pub fn new(max_total: usize, max_per_ip: usize) -> Self {
+        ConnectionSlots {
+            total: Arc::new(Semaphore::new(max_total)),
+            per_ip: Arc::default(),
+            max_per_ip,
+        }
+    }
+
+    /// A place for a new connection from `ip`, or the limit it would exceed.
+    pub fn admit(&self, ip: IpAddr) -> Result<ConnectionSlot, Limit> {
+        let total = self
+            .total
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| Limit::ClientConnections)?;
+        let mut per_ip = lock(&self.per_ip);
+        let open = per_ip.entry(ip).or_insert(0);
+        if *open >= self.max_per_ip {
+            return Err(Limit::ConnectionsPerIp);
+        }
+        *open += 1;
+        Ok(ConnectionSlot {
+            _total: total,
+            ip,
+            per_ip: self.per_ip.clone(),
+        })
+    }
+
+    /// Connections open from `ip` (for tests and metrics).
+    pub fn open_from(&self, ip: IpAddr) -> usize {
+        lock(&self.per_ip).get(&ip).copied().unwrap_or(0)
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        let mut per_ip = lock(&self.per_ip);
+        if let Some(open) = per_ip.get_mut(&self.ip) {
+            *open -= 1;
+            if *open == 0 {
+                per_ip.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// A poisoned lock only means another thread panicked while counting; the counts stay usable.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Per-endpoint admission of authenticated work (`/sql` requests and sessions; an endpoint and
+/// its `-pooler` count together), so one busy or hostile endpoint cannot starve the rest: at
+/// most `max_in_flight` at once, and new ones at most `rate` per second (a token bucket holding
+/// one second's worth). Only authenticated clients are counted, so an anonymous client cannot
+/// spend a victim endpoint's allowance.
+pub struct EndpointLimits {
+    max_in_flight: usize,
+    /// Requests and sessions per second; `None`: no rate limit.
+    rate: Option<f64>,
+    endpoints: Arc<Mutex<HashMap<EndpointId, EndpointLoad>>>,
+}
+
+struct EndpointLoad {
+    in_flight: usize,
+    tokens: f64,
+    refilled: Instant,
+}
+
+/// One admitted request or session on an endpoint; dropping it ends it.
+pub struct EndpointSlot {
+    endpoint: EndpointId,
+    limits: Arc<Mutex<HashMap<EndpointId, EndpointLoad>>>,
+    rate: Option<f64>,
+}
+
+impl EndpointLimits {
+    pub fn new(max_in_flight: usize, rate: Option<u32>) -> Self {
+        EndpointLimits {
+            max_in_flight,
+            rate: rate.map(f64::from),
+            endpoints: Arc::default(),
+        }
+    }
+
+    /// Admits one request or session on `endpoint`, or says which limit refuses it.
+    pub fn admit(&self, endpoint: &EndpointId) -> Result<EndpointSlot, Refused> {
+        let endpoint = endpoint.without_pooler();
+        let now = Instant::now();
+        let mut endpoints = lock(&self.endpoints);
+        let load = endpoints
+            .entry(endpoint.clone())
+            .or_insert_with(|| EndpointLoad {
+                in_flight: 0,
+                tokens: self.rate.unwrap_or(0.0),
+                refilled: now,
+            });
+        if load.in_flight >= self.max_in_flight {
+            return Err(Refused::new(
+                Limit::EndpointConnections,
+                format!(
+                    "too many connections to this endpoint (max is {}); please try again later",
+                    self.max_in_flight
+                ),
+            ));
+        }
+        if let Some(rate) = self.rate {
+            load.refill(rate, now);
+            if load.tokens < 1.0 {
+                return Err(Refused::new(
+                    Limit::EndpointRate,
+                    format!(
+                        "too many requests to this endpoint (max is {rate} per second); please try again later"
+                    ),
+                ));
+            }
+            load.tokens -= 1.0;
+        }
+        load.in_flight += 1;
+        Ok(EndpointSlot {
+            endpoint,
+            limits: self.endpoints.clone(),
+            rate: self.rate,
+        })
+    }
+}
+
+impl EndpointLoad {
+    fn refill(&mut self, rate: f64, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.refilled).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * rate).min(rate);
+        self.refilled = now;
+    }
+}
+
+impl Drop for EndpointSlot {
+    fn drop(&mut self) {
+        let mut endpoints = lock(&self.limits);
+        let Some(load) = endpoints.get_mut(&self.endpoint) else {
+            return;
+        };
+        load.in_flight -= 1;
+        if load.in_flight > 0 {
+            return;
+        }
+        // An idle endpoint whose bucket is full again is forgotten: a new entry starts full.
+        let full = match self.rate {
+            Some(rate) => {
+                load.refill(rate, Instant::now());
+                load.tokens >= rate
+            }
+            None => true,
+        };
+        if full {
+            endpoints.remove(&self.endpoint);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connections_per_ip_and_in_total() {
+        let slots = ConnectionSlots::new(3, 2);
+        let a: IpAddr = [10, 0, 0, 1].into();
+        let b: IpAddr = [10, 0, 0, 2].into();
+        let first = slots.admit(a).expect("first");
+        let _second = slots.admit(a).expect("second");
+        assert_eq!(slots.admit(a).err(), Some(Limit::ConnectionsPerIp));
+        let _third = slots.admit(b).expect("another IP");
+        assert_eq!(slots.admit(b).err(), Some(Limit::ClientConnections));
+        drop(first);
+        assert_eq!(slots.open_from(a), 1);
+        let _again = slots.admit(a).expect("a place was freed");
+        assert_eq!(slots.open_from(a), 2);
+    }
+
+    #[test]
+    fn endpoints_are_limited_apart_and_with_their_pooler() {
+        let limits = EndpointLimits::new(2, None);
+        let db = EndpointId::parse("db").expect("id");
+        let pooler = EndpointId::parse("db-pooler").expect("id");
+        let other = EndpointId::parse("other").expect("id");
+        let one = limits.admit(&db).expect("one");
+        let _two = limits.admit(&pooler).expect("two");
+        let refused = limits.admit(&db).err().expect("full");
+        assert_eq!(refused.limit, Limit::EndpointConnections);
+        assert_eq!(refused.sqlstate(), "53300");
+        assert_eq!(refused.status().as_u16(), 429);
+        let _elsewhere = limits
+            .admit(&other)
+            .expect("another endpoint is not affected");
+        drop(one);
+        let _three = limits.admit(&db).expect("freed");
+    }
+
+    #[test]
+    fn endpoint_rate() {
+        let limits = EndpointLimits::new(100, Some(3));
+        let db = EndpointId::parse("db").expect("id");
+        for _ in 0..3 {
+            drop(limits.admit(&db).expect("within the burst"));
+        }
+        let refused = limits.admit(&db).err().expect("over the rate");
+        assert_eq!(refused.limit, Limit::EndpointRate);
+        std::thread::sleep(Duration::from_millis(400));
+        drop(limits.admit(&db).expect("a token came back"));
     }
 }

@@ -44,7 +44,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::scram::ScramKeys;
-use crate::auth::PasswordCache;
+use crate::auth::{HashingLimits, PasswordCache};
 use crate::backend::{self, Backend, BackendError, ConnectParams, Login, Progress};
 use crate::conn_info::{ConnInfo, EndpointId};
 use crate::error::{ErrorKind, ReportableError};
@@ -82,6 +82,8 @@ pub struct PoolConfig {
     pub password_ttl: Duration,
     /// No backend message may exceed this (bounds memory per connection).
     pub max_message_bytes: usize,
+    /// The iteration cap and the queue of password hashing ([`PasswordCache`]).
+    pub hashing: HashingLimits,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -183,7 +185,7 @@ impl Pool {
 
     pub fn new(config: PoolConfig, metrics: Arc<Metrics>) -> Arc<Self> {
         Arc::new(Pool {
-            passwords: PasswordCache::new(config.password_ttl, metrics.clone()),
+            passwords: PasswordCache::new(config.password_ttl, config.hashing, metrics.clone()),
             config,
             state: Mutex::new(State::default()),
             metrics,

@@ -1495,31 +1495,37 @@ mod tests {
         };
         assert_eq!(verifies(b"first").await, Ok(true));
         assert_eq!(fake.lookups(), 1);
-        // Fresh: hits ask nothing.
-        assert_eq!(verifies(b"first").await, Ok(true));
+        // Fresh: hits ask nothing. (Hits, not PBKDF2 checks, from here until the burst's
+        // refresh is counted: on a loaded machine a check could outlast the TTL.)
+        let hit = routes.role_secret(&id("db"), "alice").await;
+        assert!(matches!(hit, Ok(RoleSecret::Known(_))), "{hit:?}");
         assert_eq!(fake.lookups(), 1);
         // Stale, control plane down: a burst of hits is served from the cache and starts one
         // refresh, which fails and keeps the secret.
         fake.secret("db", "alice", Err(Answer::Down));
         tokio::time::sleep(Duration::from_millis(60)).await;
         for _ in 0..5 {
-            assert_eq!(verifies(b"first").await, Ok(true));
+            let hit = routes.role_secret(&id("db"), "alice").await;
+            assert!(matches!(hit, Ok(RoleSecret::Known(_))), "{hit:?}");
         }
-        eventually(|| fake.lookups() == 2).await;
-        assert_eq!(
-            metrics
-                .role_secret_lookups
-                .with_label_values(&["stale_refresh"])
-                .get(),
-            1
-        );
+        // One refresh at a time: the burst (microseconds) outran the refresh (20 ms), unless
+        // a loaded machine paused it; then a hit after the failed refresh starts another.
+        eventually(|| fake.lookups() >= 2).await;
+        let refreshes = metrics
+            .role_secret_lookups
+            .with_label_values(&["stale_refresh"])
+            .get();
+        assert!((1..=5).contains(&refreshes), "{refreshes} refreshes");
+        eventually(|| fake.lookups() as u64 == 1 + refreshes).await;
         tokio::time::sleep(Duration::from_millis(40)).await;
+        let before = fake.lookups();
         assert_eq!(
             verifies(b"first").await,
             Ok(true),
             "kept through the outage"
         );
-        eventually(|| fake.lookups() == 3).await;
+        eventually(|| fake.lookups() == before + 1).await;
+        let before = fake.lookups();
         // Back up with a new secret (changed while this gateway heard nothing): the next
         // refresh replaces it.
         let second = postgres_protocol::password::scram_sha_256(b"second");
@@ -1530,7 +1536,7 @@ mod tests {
             Ok(true),
             "served while refreshing"
         );
-        eventually(|| fake.lookups() == 4).await;
+        eventually(|| fake.lookups() > before).await;
         let mut replaced = false;
         for _ in 0..100 {
             if verifies(b"second").await == Ok(true) {

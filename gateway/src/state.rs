@@ -5,14 +5,15 @@
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::activity::Activity;
 use crate::auth::Verifier;
+use crate::config::HttpConfig;
 use crate::conn_info::EndpointId;
 use crate::control_plane::ControlPlaneError;
+use crate::limits::{ConnectionSlots, EndpointLimits};
 use crate::metrics::Metrics;
 use crate::pool::Pool;
 use crate::query::types::TypeCache;
@@ -38,8 +39,16 @@ pub struct AppState {
     pub usage: Usage,
     /// Open sessions and queries in flight per endpoint, for the control plane's scale to zero.
     pub activity: Arc<Activity>,
-    /// Client connections open at once (all protocols); more are closed on accept.
-    pub connections: Arc<Semaphore>,
+    /// Client connections open at once, in all and per IP; more are refused on accept.
+    pub connections: ConnectionSlots,
+    /// Authenticated requests and sessions per endpoint: at once and per second.
+    pub endpoint_limits: EndpointLimits,
+    /// HTTP connection and `/sql` body limits.
+    pub http: HttpConfig,
+    /// Most rows in one `/sql` response.
+    pub max_response_rows: usize,
+    /// Plaintext HTTP, `ws://` and Postgres without TLS are refused.
+    pub require_tls: bool,
     /// Every client connection's task (HTTP connections, sessions), waited for on shutdown.
     pub tasks: TaskTracker,
     /// Cancelled when a drain runs out of time: sessions still open end with a FATAL.
@@ -53,7 +62,9 @@ pub struct AppState {
 impl AppState {
     /// What `role`'s password on `endpoint` is checked against, before anything else happens
     /// for the client: Postgres on a static route; otherwise the control plane's secret, or a
-    /// mock one for an endpoint or role it does not know (or when there is no control plane).
+    /// mock one for an endpoint or role it does not know (or when there is no control plane),
+    /// or whose secret asks for more SCRAM iterations than `--max-scram-iterations` (that role
+    /// cannot log in, and nobody learns it exists).
     /// Fails only when the control plane cannot be asked and nothing is cached: the client is
     /// then told the endpoint is unavailable, never let through unchecked.
     pub async fn verifier(
@@ -63,6 +74,14 @@ impl AppState {
     ) -> Result<Verifier, Arc<ControlPlaneError>> {
         match self.routes.role_secret(endpoint, role).await {
             Ok(RoleSecret::Static) => Ok(Verifier::Postgres),
+            Ok(RoleSecret::Known(secret))
+                if secret.iterations() > self.pool.passwords().max_scram_iterations() =>
+            {
+                tracing::warn!(%endpoint, iterations = secret.iterations(), "role secret asks for more SCRAM iterations than --max-scram-iterations; the role cannot log in");
+                self.metrics
+                    .limit_hit(crate::limits::Limit::ScramIterations);
+                Ok(Verifier::mock(&self.mock_auth_key, endpoint, role))
+            }
             Ok(RoleSecret::Known(secret)) => Ok(Verifier::Secret(secret)),
             Ok(RoleSecret::Unknown) | Err(RouteError::NotFound) => {
                 Ok(Verifier::mock(&self.mock_auth_key, endpoint, role))

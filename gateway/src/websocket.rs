@@ -6,6 +6,7 @@
 
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
@@ -71,6 +72,8 @@ pub async fn upgrade(state: Arc<AppState>, mut request: Request) -> Response {
             .map(|(_, value)| value.into_owned())
     });
     let info = request.extensions().get::<Arc<ConnectionInfo>>().cloned();
+    // The connection's place under the connection limits goes with the session.
+    let slot = info.as_ref().and_then(|i| i.slot.clone());
     let Some(on_upgrade) = request
         .extensions_mut()
         .remove::<hyper::upgrade::OnUpgrade>()
@@ -80,20 +83,22 @@ pub async fn upgrade(state: Arc<AppState>, mut request: Request) -> Response {
             "this connection cannot be upgraded to a WebSocket (use HTTP/1.1)",
         );
     };
+    let budget = HandshakeBudget::new(HANDSHAKE_BYTES);
     let transport = Transport::WebSocket {
         tls: info.as_ref().is_some_and(|i| i.tls),
         address,
         host,
         sni: info.and_then(|i| i.sni.clone()),
+        handshake: budget.clone(),
     };
     let config = ws_config(state.sessions.max_message_bytes);
     let tasks = state.tasks.clone();
     tasks.spawn(async move {
+        let _slot = slot;
         match on_upgrade.await {
             Ok(upgraded) => {
-                let ws =
-                    WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, config)
-                        .await;
+                let raw = Budgeted::new(TokioIo::new(upgraded), budget);
+                let ws = WebSocketStream::from_raw_socket(raw, Role::Server, config).await;
                 session::serve_stream(WsStream::new(ws), &[], transport, state).await;
             }
             Err(e) => tracing::debug!(error = %e, "WebSocket upgrade did not complete"),
@@ -121,7 +126,7 @@ fn refuse(status: StatusCode, message: &'static str) -> Response {
 /// one), so the size is paid per poll. At 16 KiB it was two thirds of the gateway's work per
 /// tunnelled `SELECT 1` (26K of 39K instructions) and 16 KiB touched per idle session. Larger
 /// frames still arrive whole; they take more reads.
-fn ws_config(max_message_bytes: usize) -> Option<WebSocketConfig> {
+pub fn ws_config(max_message_bytes: usize) -> Option<WebSocketConfig> {
     Some(
         WebSocketConfig::default()
             .read_buffer_size(4 * 1024)
@@ -130,6 +135,115 @@ fn ws_config(max_message_bytes: usize) -> Option<WebSocketConfig> {
             .max_message_size(Some(max_message_bytes))
             .max_frame_size(Some(max_message_bytes)),
     )
+}
+
+/// Bytes a WebSocket client may send before its session is ready (startup packet, password,
+/// SASL messages, frame headers and pings; a startup packet is at most 10 000 bytes and an
+/// authentication message 8 KiB). Without it tungstenite would buffer a whole message of up to
+/// the session message limit (64 MiB) from a client nobody has authenticated yet.
+pub const HANDSHAKE_BYTES: usize = 64 * 1024;
+
+/// What a WebSocket client may still send before its session is ready; lifted by the session
+/// once it is. Shared between the session and the reader under tungstenite.
+#[derive(Clone, Debug)]
+pub struct HandshakeBudget(Arc<AtomicUsize>);
+
+impl HandshakeBudget {
+    const LIFTED: usize = usize::MAX;
+
+    pub fn new(bytes: usize) -> Self {
+        HandshakeBudget(Arc::new(AtomicUsize::new(bytes)))
+    }
+
+    /// The handshake is over: no more budget.
+    pub fn lift(&self) {
+        self.0.store(Self::LIFTED, Ordering::Relaxed);
+    }
+
+    /// Spends `n` bytes; false when they exceed what is left.
+    fn spend(&self, n: usize) -> bool {
+        let mut left = self.0.load(Ordering::Relaxed);
+        loop {
+            if left == Self::LIFTED {
+                return true;
+            }
+            let Some(rest) = left.checked_sub(n) else {
+                self.0.store(0, Ordering::Relaxed);
+                return false;
+            };
+            match self
+                .0
+                .compare_exchange_weak(left, rest, Ordering::Relaxed, Ordering::Relaxed)
+            {
+                Ok(_) => return true,
+                Err(now) => left = now,
+            }
+        }
+    }
+}
+
+/// The raw upgraded connection under tungstenite, failing a read once the client sent more
+/// than its [`HandshakeBudget`] before the session was ready (at most one read, 4 KiB, past
+/// it reaches tungstenite).
+struct Budgeted<S> {
+    inner: S,
+    budget: HandshakeBudget,
+}
+
+impl<S> Budgeted<S> {
+    fn new(inner: S, budget: HandshakeBudget) -> Self {
+        Budgeted { inner, budget }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Budgeted<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
+        if this.budget.spend(buf.filled().len() - before) {
+            Poll::Ready(Ok(()))
+        } else {
+            Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                HandshakeTooLarge,
+            )))
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Budgeted<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+/// The error a client's bytes beyond its [`HandshakeBudget`] turn into.
+#[derive(Debug, thiserror::Error)]
+#[error("the client sent more than {HANDSHAKE_BYTES} bytes before its session was ready")]
+struct HandshakeTooLarge;
+
+/// Whether an I/O error from a [`WsStream`] means the client overran its handshake budget.
+pub fn is_handshake_overrun(error: &io::Error) -> bool {
+    error
+        .get_ref()
+        .is_some_and(|inner| inner.is::<HandshakeTooLarge>())
 }
 
 /// The error a text frame turns into; see [`is_text_frame`].

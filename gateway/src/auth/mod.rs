@@ -13,15 +13,30 @@
 //!
 //! Two kinds of proof are remembered, under keyed hashes (HMAC-SHA-256, per-process random
 //! key), never the passwords:
-//! - a cleartext password that matched the role's secret ([`PasswordCache::check`]: PBKDF2 on
-//!   the blocking pool, at most one per core at a time, once per (endpoint, role, secret,
-//!   password) within the TTL; concurrent checks of one password share the run). The match
-//!   yields the [`scram::ScramKeys`] the gateway logs in to the backend with;
+//! - a cleartext password that matched the role's secret ([`PasswordCache::check`]: PBKDF2
+//!   once per (endpoint, role, secret, password) within the TTL; concurrent checks of one
+//!   password share the run). The match yields the [`scram::ScramKeys`] the gateway logs in to
+//!   the backend with;
 //! - on static routes, the password Postgres last accepted for an (endpoint, database, role)
 //!   ([`PasswordCache::remember`], [`PasswordCache::is_verified`]): a request may reuse a
 //!   pooled connection only with it. A failed login changes nothing here (an attacker's wrong
 //!   password must not evict the owner's proof); a changed password replaces the proof at the
 //!   next successful login, and the old one is trusted at most until the TTL.
+//!
+//! Hashing (PBKDF2: checking a password against a secret, deriving the SCRAM keys a static
+//! route's login needs, [`PasswordCache::client_keys`]) is what a client can make the gateway
+//! spend CPU on without knowing a password, so it follows three rules:
+//! - the iteration count is capped ([`HashingLimits::max_scram_iterations`],
+//!   `--max-scram-iterations`), for secrets from the control plane (one above the cap is
+//!   answered like an unknown role: `crate::state::AppState::verifier`) and for the
+//!   server-first-messages of backends (a tenant can give a role any verifier in SQL); above it
+//!   nothing is hashed and the login fails at once ([`Limit::ScramIterations`]);
+//! - it runs on the blocking pool, never on the runtime's workers, at most one hash per core at
+//!   a time (a hash holds its permit until it is done, even if its client left);
+//! - at most [`HashingLimits::max_queue`] checks wait for a permit
+//!   (`--max-password-hash-queue`); more are refused at once ([`Limit::PasswordHashQueue`],
+//!   429 / `53300`). Only a run waits: a cached match or cached keys never queue, and
+//!   concurrent checks of one password wait for the same run without a place of their own.
 //!
 //! With a control plane, role changes reach the gateway through activity replies
 //! ([`crate::activity`]): [`PasswordCache::forget_role`] then drops the role's proofs of both
@@ -30,6 +45,7 @@
 
 pub mod scram;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -40,6 +56,7 @@ use subtle::ConstantTimeEq;
 use tokio::sync::Semaphore;
 
 use crate::conn_info::{EndpointId, Password};
+use crate::limits::{Limit, Refused};
 use crate::metrics::Metrics;
 use crate::pool::PoolKey;
 use scram::{ClientKeys, ScramKeys, ScramSecret};
@@ -87,6 +104,60 @@ pub enum PasswordCheck {
     Wrong,
     /// A static route: Postgres judges the password on a new connection.
     Unchecked,
+    /// Not checked: a limit refused the hashing (the queue is full, or the secret asks for
+    /// more iterations than the cap). The same for a wrong password and an unknown role.
+    Refused(Refused),
+}
+
+/// The limits on password hashing ([module docs](self)).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HashingLimits {
+    /// The most PBKDF2 iterations a role secret or a backend's server-first-message may ask
+    /// for (`--max-scram-iterations`).
+    pub max_scram_iterations: u32,
+    /// How many checks may wait for a hashing thread (`--max-password-hash-queue`).
+    pub max_queue: usize,
+}
+
+impl HashingLimits {
+    /// 100 000 iterations: 24 times Postgres's default (4096), room for verifiers made with a
+    /// raised `scram_iterations`, and about 25 ms of one core per hash; a billion would be
+    /// minutes. 256 waiting checks: a burst of new logins with distinct passwords, at most a
+    /// few seconds of hashing ahead of the last one.
+    pub const DEFAULT: HashingLimits = HashingLimits {
+        max_scram_iterations: 100_000,
+        max_queue: 256,
+    };
+}
+
+/// Why no keys came out of [`PasswordCache::client_keys`].
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum HashError {
+    #[error(transparent)]
+    Refused(#[from] Refused),
+    /// The hashing task panicked or was cancelled (runtime shutdown); logged.
+    #[error("password hashing failed")]
+    Failed,
+}
+
+/// What the client is told when the hashing queue is full.
+const QUEUE_FULL: &str = "too many connection attempts; please try again later";
+
+/// A place in the hashing queue, given back when dropped (also when the waiting request is
+/// cancelled).
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Why a check against a secret proved nothing (the error of a shared run).
+#[derive(Clone, Debug)]
+enum Unproven {
+    Mismatch,
+    Refused(Refused),
 }
 
 /// How a check against a secret went, as a metric label.
@@ -143,15 +214,18 @@ pub struct PasswordCache {
     /// Passwords that matched their role's secret, with the ClientKey the match produced.
     matched: moka::future::Cache<MatchedKey, [u8; 32]>,
     /// SCRAM client keys derived for backend logins, by digest of (salt, iterations, password).
-    client_keys: moka::sync::Cache<Digest, ClientKeys>,
+    client_keys: moka::future::Cache<Digest, ClientKeys>,
     /// PBKDF2 runs at most this many at a time, so a flood of wrong passwords cannot take
     /// every blocking thread.
     hashing: Arc<Semaphore>,
+    /// Checks waiting for a `hashing` permit now, at most `limits.max_queue`.
+    waiting: AtomicUsize,
+    limits: HashingLimits,
     metrics: Arc<Metrics>,
 }
 
 impl PasswordCache {
-    pub fn new(ttl: Duration, metrics: Arc<Metrics>) -> Self {
+    pub fn new(ttl: Duration, limits: HashingLimits, metrics: Arc<Metrics>) -> Self {
         let mut key = [0u8; 32];
         rand::thread_rng().fill_bytes(&mut key);
         let threads = std::thread::available_parallelism().map_or(4, usize::from);
@@ -167,13 +241,77 @@ impl PasswordCache {
                 .time_to_live(ttl)
                 .support_invalidation_closures()
                 .build(),
-            client_keys: moka::sync::Cache::builder()
+            client_keys: moka::future::Cache::builder()
                 .max_capacity(100_000)
                 .time_to_live(ttl)
                 .build(),
             hashing: Arc::new(Semaphore::new(threads)),
+            waiting: AtomicUsize::new(0),
+            limits,
             metrics,
         }
+    }
+
+    /// The most PBKDF2 iterations a secret or a backend may ask for.
+    pub fn max_scram_iterations(&self) -> u32 {
+        self.limits.max_scram_iterations
+    }
+
+    /// Refuses an iteration count above the cap, before anything is hashed.
+    fn within_cap(&self, iterations: u32) -> Result<(), Refused> {
+        let max = self.limits.max_scram_iterations;
+        if iterations <= max {
+            return Ok(());
+        }
+        Err(Refused::new(
+            Limit::ScramIterations,
+            format!(
+                "the role's password asks for {iterations} SCRAM iterations, more than this \
+                 gateway allows ({max}); set the password again with fewer (Postgres's default \
+                 is 4096)"
+            ),
+        ))
+    }
+
+    /// Runs `work` (PBKDF2) on the blocking pool with a hashing permit. Waiting for a permit
+    /// takes a place in the queue, refused at once when `max_queue` checks already wait. The
+    /// permit goes with the work, so it is held until the hash is done even when the caller
+    /// gave up: no more hashes than permits ever run.
+    async fn hash<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, HashError> {
+        let permit = match self.hashing.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                let _waiting = self.wait()?;
+                self.hashing
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .expect("the hashing semaphore is never closed")
+            }
+        };
+        let hashed = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            work()
+        })
+        .await;
+        hashed.map_err(|e| {
+            tracing::error!(error = %e, "password hashing task failed");
+            HashError::Failed
+        })
+    }
+
+    /// A place in the hashing queue, if one is free.
+    fn wait(&self) -> Result<Waiting<'_>, Refused> {
+        let max = self.limits.max_queue;
+        self.waiting
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .map(|_| Waiting(&self.waiting))
+            .map_err(|_| Refused::new(Limit::PasswordHashQueue, QUEUE_FULL))
     }
 
     /// HMAC over length-prefixed `parts` (so no two part lists collide), then the password.
@@ -249,22 +387,33 @@ impl PasswordCache {
     }
 
     /// The SCRAM client keys for logging in to a backend with `password`, for the `salt` and
-    /// `iterations` the server sent: derived (PBKDF2) once per (salt, iterations, password)
-    /// within the TTL, so a warm role's next login costs a few hashes. The keys depend on
-    /// nothing else, so sharing them across endpoints and roles grants nothing: another
-    /// password gets other keys, and the server still checks the proof.
-    pub fn client_keys(&self, password: &[u8], salt: &[u8], iterations: u32) -> ClientKeys {
+    /// `iterations` the server sent: derived (PBKDF2, by the hashing rules of the module docs:
+    /// refused above the cap or with the queue full) once per (salt, iterations, password)
+    /// within the TTL, so a warm role's next login costs a few hashes; concurrent logins with
+    /// one password share the run. The keys depend on nothing else, so sharing them across
+    /// endpoints and roles grants nothing: another password gets other keys, and the server
+    /// still checks the proof.
+    pub async fn client_keys(
+        &self,
+        password: &[u8],
+        salt: &[u8],
+        iterations: u32,
+    ) -> Result<ClientKeys, HashError> {
+        self.within_cap(iterations)?;
         let digest = self.digest(CLIENT_KEYS, [salt, &iterations.to_be_bytes()[..]], password);
-        if let Some(keys) = self.client_keys.get(&digest) {
-            return keys;
-        }
-        let keys = ClientKeys::derive(password, salt, iterations);
-        self.client_keys.insert(digest, keys);
-        keys
+        let (password, salt) = (Password::new(password.to_vec()), salt.to_vec());
+        self.client_keys
+            .try_get_with(digest, async {
+                self.hash(move || ClientKeys::derive(password.as_bytes(), &salt, iterations))
+                    .await
+            })
+            .await
+            .map_err(|e| (*e).clone())
     }
 
-    /// Checks `password` against `verifier`, counting the outcome. PBKDF2 runs on the
-    /// blocking pool, once per (endpoint, role, secret, password) within the TTL; concurrent
+    /// Checks `password` against `verifier`, counting the outcome (a refused check is counted
+    /// where the client is answered, as a limit hit). PBKDF2 runs by the hashing rules of the
+    /// module docs, once per (endpoint, role, secret, password) within the TTL; concurrent
     /// checks of the same password wait for the same run. A mock secret takes the same path
     /// (and never matches), so it costs what a wrong password costs.
     pub async fn check(
@@ -278,13 +427,16 @@ impl PasswordCache {
             Verifier::Postgres => (SecretOutcome::NoSecret, PasswordCheck::Unchecked),
             Verifier::Mock(secret) => {
                 // Whatever it finds, a mock is refused.
-                let _ = self.check_secret(secret, endpoint, role, password).await;
-                (SecretOutcome::Mock, PasswordCheck::Wrong)
+                match self.check_secret(secret, endpoint, role, password).await {
+                    Err(refused) => return PasswordCheck::Refused(refused),
+                    Ok(_) => (SecretOutcome::Mock, PasswordCheck::Wrong),
+                }
             }
             Verifier::Secret(secret) => {
                 match self.check_secret(secret, endpoint, role, password).await {
-                    (outcome, Some(keys)) => (outcome, PasswordCheck::Verified(keys)),
-                    (outcome, None) => (outcome, PasswordCheck::Wrong),
+                    Err(refused) => return PasswordCheck::Refused(refused),
+                    Ok((outcome, Some(keys))) => (outcome, PasswordCheck::Verified(keys)),
+                    Ok((outcome, None)) => (outcome, PasswordCheck::Wrong),
                 }
             }
         };
@@ -298,7 +450,10 @@ impl PasswordCache {
         endpoint: &EndpointId,
         role: &str,
         password: &Password,
-    ) -> (SecretOutcome, Option<ScramKeys>) {
+    ) -> Result<(SecretOutcome, Option<ScramKeys>), Refused> {
+        // `AppState::verifier` gives no such secret (it answers like an unknown role); this
+        // keeps the cap whoever calls.
+        self.within_cap(secret.iterations())?;
         let key = MatchedKey {
             endpoint: endpoint.without_pooler(),
             role: role.to_owned(),
@@ -315,20 +470,15 @@ impl PasswordCache {
             .matched
             .try_get_with(key, async {
                 hashed = true;
-                // A closed semaphore cannot happen (it is never closed); hash anyway.
-                let _permit = self.hashing.acquire().await.ok();
-                let secret = secret.clone();
-                let password = password.clone();
-                match tokio::task::spawn_blocking(move || secret.client_key(password.as_bytes()))
+                let (secret, password) = (secret.clone(), password.clone());
+                match self
+                    .hash(move || secret.client_key(password.as_bytes()))
                     .await
                 {
                     Ok(Some(client_key)) => Ok(client_key),
                     // Wrong passwords are not cached: a guesser sends a new one each time.
-                    Ok(None) => Err(()),
-                    Err(e) => {
-                        tracing::error!(error = %e, "password hashing task failed");
-                        Err(())
-                    }
+                    Ok(None) | Err(HashError::Failed) => Err(Unproven::Mismatch),
+                    Err(HashError::Refused(refused)) => Err(Unproven::Refused(refused)),
                 }
             })
             .await;
@@ -339,9 +489,12 @@ impl PasswordCache {
                 } else {
                     SecretOutcome::Cached
                 };
-                (outcome, Some(ScramKeys::new(client_key, secret.clone())))
+                Ok((outcome, Some(ScramKeys::new(client_key, secret.clone()))))
             }
-            Err(_) => (SecretOutcome::Mismatch, None),
+            Err(unproven) => match &*unproven {
+                Unproven::Mismatch => Ok((SecretOutcome::Mismatch, None)),
+                Unproven::Refused(refused) => Err(refused.clone()),
+            },
         }
     }
 }
@@ -364,7 +517,11 @@ mod tests {
 
     #[test]
     fn only_the_remembered_password_matches() {
-        let cache = PasswordCache::new(Duration::from_secs(60), Arc::new(Metrics::new()));
+        let cache = PasswordCache::new(
+            Duration::from_secs(60),
+            HashingLimits::DEFAULT,
+            Arc::new(Metrics::new()),
+        );
         let right = Password::new(b"right".to_vec());
         let wrong = Password::new(b"wrong".to_vec());
         let alice = key("db", "alice");
@@ -397,7 +554,11 @@ mod tests {
 
     #[test]
     fn entries_expire() {
-        let cache = PasswordCache::new(Duration::from_millis(30), Arc::new(Metrics::new()));
+        let cache = PasswordCache::new(
+            Duration::from_millis(30),
+            HashingLimits::DEFAULT,
+            Arc::new(Metrics::new()),
+        );
         let password = Password::new(b"pw".to_vec());
         cache.remember(&key("db", "alice"), &password);
         std::thread::sleep(Duration::from_millis(60));
@@ -448,13 +609,22 @@ mod tests {
             }
             PasswordCheck::Wrong => "wrong",
             PasswordCheck::Unchecked => "unchecked",
+            PasswordCheck::Refused(refused) => {
+                assert_eq!(refused.limit, Limit::PasswordHashQueue, "{refused}");
+                assert_eq!(refused.message, QUEUE_FULL);
+                "refused"
+            }
         }
     }
 
     #[tokio::test]
     async fn checks_against_secrets_are_cached_per_password_and_secret() {
         let metrics = Arc::new(Metrics::new());
-        let cache = PasswordCache::new(Duration::from_secs(60), metrics.clone());
+        let cache = PasswordCache::new(
+            Duration::from_secs(60),
+            HashingLimits::DEFAULT,
+            metrics.clone(),
+        );
         let secret = secret("right");
         assert_eq!(
             check(&cache, &Verifier::Postgres, "alice", "right").await,
@@ -506,7 +676,11 @@ mod tests {
     #[tokio::test]
     async fn a_mock_secret_costs_a_check_and_is_always_refused() {
         let metrics = Arc::new(Metrics::new());
-        let cache = PasswordCache::new(Duration::from_secs(60), metrics.clone());
+        let cache = PasswordCache::new(
+            Duration::from_secs(60),
+            HashingLimits::DEFAULT,
+            metrics.clone(),
+        );
         let mock = Verifier::mock(&[1; 32], &id("ghost-pooler"), "alice");
         let Verifier::Mock(secret) = &mock else {
             panic!("not a mock: {mock:?}");
@@ -525,7 +699,11 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn concurrent_checks_of_one_password_hash_once() {
         let metrics = Arc::new(Metrics::new());
-        let cache = Arc::new(PasswordCache::new(Duration::from_secs(60), metrics.clone()));
+        let cache = Arc::new(PasswordCache::new(
+            Duration::from_secs(60),
+            HashingLimits::DEFAULT,
+            metrics.clone(),
+        ));
         let secret = secret("pw");
         let checks = (0..50).map(|_| {
             let (cache, secret) = (cache.clone(), secret.clone());
@@ -535,5 +713,150 @@ mod tests {
             assert_eq!(check.expect("task"), "verified");
         }
         assert_eq!(outcomes(&metrics), [("cached", 49), ("match", 1)]);
+    }
+
+    fn limited(max_scram_iterations: u32, max_queue: usize) -> PasswordCache {
+        PasswordCache::new(
+            Duration::from_secs(60),
+            HashingLimits {
+                max_scram_iterations,
+                max_queue,
+            },
+            Arc::new(Metrics::new()),
+        )
+    }
+
+    /// Above the cap nothing is hashed: the answer comes at once, whatever the count (a
+    /// billion iterations would take minutes).
+    #[tokio::test]
+    async fn iteration_counts_above_the_cap_are_refused_before_hashing() {
+        let cache = limited(5000, 8);
+        let (salt, password) = (b"salt".as_slice(), b"pw".as_slice());
+        let keys = cache.client_keys(password, salt, 5000).await.expect("keys");
+        assert_eq!(keys, ClientKeys::derive(password, salt, 5000));
+        for iterations in [5001, 1_000_000_000, u32::MAX] {
+            let refused = tokio::time::timeout(
+                Duration::from_secs(1),
+                cache.client_keys(password, salt, iterations),
+            )
+            .await
+            .expect("refused at once");
+            match refused {
+                Err(HashError::Refused(refused)) => {
+                    assert_eq!(refused.limit, Limit::ScramIterations);
+                    assert!(
+                        refused
+                            .message
+                            .contains(&format!("{iterations} SCRAM iterations"))
+                            && refused.message.contains("(5000)"),
+                        "{refused}"
+                    );
+                }
+                other => panic!("{iterations}: {other:?}"),
+            }
+        }
+        // A secret above the cap (`AppState::verifier` never gives one: it answers like an
+        // unknown role) is not hashed either.
+        let Verifier::Secret(secret) = secret("pw") else {
+            panic!("a secret");
+        };
+        let base64 = base64::engine::general_purpose::STANDARD;
+        let heavy = format!(
+            "SCRAM-SHA-256$1000000000:{}$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
+            base64::Engine::encode(&base64, secret.salt())
+        );
+        let heavy = Verifier::Secret(Arc::new(ScramSecret::parse(&heavy).expect("parses")));
+        let password = Password::new(b"pw".to_vec());
+        let check = tokio::time::timeout(
+            Duration::from_secs(1),
+            cache.check(&heavy, &id("db"), "alice", &password),
+        )
+        .await
+        .expect("refused at once");
+        assert!(
+            matches!(&check, PasswordCheck::Refused(r) if r.limit == Limit::ScramIterations),
+            "{check:?}"
+        );
+        assert_eq!(cache.max_scram_iterations(), 5000);
+    }
+
+    /// PBKDF2 runs on the blocking pool: while a hash runs, the one worker of a
+    /// current-thread runtime is free (run inline, the hash would be done before the worker
+    /// came back to this task).
+    #[tokio::test(flavor = "current_thread")]
+    async fn hashing_leaves_the_workers_free() {
+        let cache = Arc::new(limited(1 << 17, 8));
+        let hashing = tokio::spawn({
+            let cache = cache.clone();
+            async move { cache.client_keys(b"pw", b"salt", 1 << 17).await }
+        });
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert!(!hashing.is_finished(), "the hash ran on the worker");
+        let keys = hashing.await.expect("task").expect("keys");
+        assert_eq!(keys, ClientKeys::derive(b"pw", b"salt", 1 << 17));
+    }
+
+    /// Waits (yielding) until `n` checks wait for a hashing permit.
+    async fn until_waiting(cache: &PasswordCache, n: usize) {
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while cache.waiting.load(Ordering::Acquire) != n {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{n} checks never waited"));
+    }
+
+    /// With every hashing permit taken and `max_queue` checks waiting, a new one is refused at
+    /// once; a cached match and checks sharing a waiting run are not; a cancelled check gives
+    /// its place back.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_hashing_queue_is_bounded() {
+        let cache = Arc::new(limited(HashingLimits::DEFAULT.max_scram_iterations, 2));
+        let alice = secret("right");
+        assert_eq!(check(&cache, &alice, "alice", "right").await, "verified");
+        let permits = cache.hashing.available_permits() as u32;
+        let held = cache
+            .hashing
+            .clone()
+            .acquire_many_owned(permits)
+            .await
+            .expect("permits");
+        let spawn = |password: &'static str| {
+            let (cache, alice) = (cache.clone(), alice.clone());
+            tokio::spawn(async move { check(&cache, &alice, "alice", password).await })
+        };
+        let first = spawn("guess 1");
+        until_waiting(&cache, 1).await;
+        let second = spawn("guess 2");
+        until_waiting(&cache, 2).await;
+        // The same password as a waiting check: the same run, no place of its own.
+        let shared: Vec<_> = (0..5).map(|_| spawn("guess 1")).collect();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(cache.waiting.load(Ordering::Acquire), 2);
+        assert!(shared.iter().all(|check| !check.is_finished()));
+        // The queue is full: refused at once, wrong passwords, unknown roles and backend
+        // logins alike.
+        assert_eq!(check(&cache, &alice, "alice", "guess 3").await, "refused");
+        let mock = Verifier::mock(&[1; 32], &id("ghost"), "alice");
+        assert_eq!(check(&cache, &mock, "alice", "guess 3").await, "refused");
+        match cache.client_keys(b"guess 3", b"salt", 4096).await {
+            Err(HashError::Refused(refused)) => assert_eq!(refused.limit, Limit::PasswordHashQueue),
+            other => panic!("{other:?}"),
+        }
+        // A cached match never waits.
+        assert_eq!(check(&cache, &alice, "alice", "right").await, "verified");
+        // A cancelled check gives its place back.
+        second.abort();
+        assert!(second.await.expect_err("aborted").is_cancelled());
+        until_waiting(&cache, 1).await;
+        let third = spawn("guess 4");
+        until_waiting(&cache, 2).await;
+        drop(held);
+        for check in [first, third].into_iter().chain(shared) {
+            assert_eq!(check.await.expect("task"), "wrong");
+        }
+        assert_eq!(cache.waiting.load(Ordering::Acquire), 0);
+        assert_eq!(cache.hashing.available_permits() as u32, permits);
     }
 }

@@ -18,14 +18,17 @@
 //!   `SHA-256(ClientKey) == StoredKey`. The recovered ClientKey and the secret's ServerKey are
 //!   what the gateway then logs in to the backend with ([`ScramKeys`]); the backend holds the
 //!   very same verifier, so it accepts them.
-//! - The client side, with which `backend::connect` logs in to backends: [`client_final`]
-//!   answers a server-first-message with [`ClientKeys`], derived from a cleartext password
-//!   (static routes) or taken from [`ScramKeys`] (only for the secret's own salt and
+//! - The client side, with which `backend::connect` logs in to backends: [`ServerFirst`]
+//!   reads a server-first-message (the salt and iteration count the keys are needed for), and
+//!   [`ServerFirst::client_final`] answers it with [`ClientKeys`], derived from a cleartext
+//!   password (static routes) or taken from [`ScramKeys`] (only for the secret's own salt and
 //!   iteration count), and gives the server signature to verify.
 //!
 //! [`ScramSecret::verify`] and [`ClientKeys::derive`] cost `iterations` HMACs (4096 by
-//! default): call them on the blocking pool, never on the reactor. The server exchange costs a
-//! few hashes (the client does the PBKDF2).
+//! default, and whatever a secret or a server asks for): call them only through
+//! [`super::PasswordCache`], which caps the iteration count and runs them on the blocking pool,
+//! never on the runtime's workers. The server exchange costs a few hashes (the client does the
+//! PBKDF2).
 
 use std::borrow::Cow;
 use std::fmt;
@@ -36,8 +39,6 @@ use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-/// Secrets asking for more work than this are refused (protects the hashing threads).
-const MAX_ITERATIONS: u32 = 1 << 20;
 /// What mock secrets ask for: Postgres's default (`scram_iterations`), like real secrets.
 pub const MOCK_ITERATIONS: u32 = 4096;
 /// Salt length of mock secrets: Postgres's (`SCRAM_DEFAULT_SALT_LEN`).
@@ -63,7 +64,9 @@ impl fmt::Debug for ScramSecret {
 
 impl ScramSecret {
     /// Parses `SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>` (standard base64).
-    /// Anything else (MD5 hashes, plain text, the empty string) is `None`.
+    /// Anything else (MD5 hashes, plain text, the empty string) is `None`. Any positive
+    /// iteration count parses: the cap (`--max-scram-iterations`) is the gateway's, applied
+    /// where the secret is used.
     pub fn parse(secret: &str) -> Option<ScramSecret> {
         let base64 = base64::engine::general_purpose::STANDARD;
         let rest = secret.strip_prefix("SCRAM-SHA-256$")?;
@@ -71,7 +74,7 @@ impl ScramSecret {
         let (iterations, salt) = params.split_once(':')?;
         let (stored_key, server_key) = keys.split_once(':')?;
         let iterations: u32 = iterations.parse().ok()?;
-        if iterations == 0 || iterations > MAX_ITERATIONS {
+        if iterations == 0 {
             return None;
         }
         let salt = base64.decode(salt).ok().filter(|s| !s.is_empty())?;
@@ -337,39 +340,65 @@ impl ScramServer {
     }
 }
 
-/// The client side of an exchange (RFC 5802, no channel binding), after the
-/// client-first-message `n,,<client_first_bare>` with `nonce`: the client-final-message
-/// answering `server_first`, and the server signature to expect in the server-final-message.
-/// `keys` gives the ClientKey and ServerKey for the salt and iteration count the server
-/// asked for, or refuses them.
-pub fn client_final(
-    client_first_bare: &str,
-    nonce: &str,
-    server_first: &[u8],
-    keys: impl FnOnce(&[u8], u32) -> Result<ClientKeys, &'static str>,
-) -> Result<(String, [u8; 32]), &'static str> {
-    let base64 = base64::engine::general_purpose::STANDARD;
-    let server_first = std::str::from_utf8(server_first).map_err(|_| "not UTF-8")?;
-    let (server_nonce, salt, iterations) = parse_server_first(server_first).ok_or("malformed")?;
-    if !server_nonce.starts_with(nonce) || server_nonce.len() == nonce.len() {
-        return Err("nonce mismatch");
+/// A backend's server-first-message in the client side of an exchange (RFC 5802, no channel
+/// binding), after the client-first-message `n,,<client_first_bare>` with `nonce`: the salt
+/// and iteration count the server asks for, to get [`ClientKeys`] for (a cleartext password's
+/// keys cost `iterations` HMACs: see [`super::PasswordCache::client_keys`]), then
+/// [`ServerFirst::client_final`].
+pub struct ServerFirst<'a> {
+    message: &'a str,
+    /// The client's nonce followed by the server's.
+    nonce: &'a str,
+    salt: Vec<u8>,
+    iterations: u32,
+}
+
+impl<'a> ServerFirst<'a> {
+    /// Parses `message` (`r=<nonce>,s=<salt>,i=<iterations>[,extensions]`), whose nonce must
+    /// extend the client's `nonce`.
+    pub fn parse(nonce: &str, message: &'a [u8]) -> Result<ServerFirst<'a>, &'static str> {
+        let base64 = base64::engine::general_purpose::STANDARD;
+        let message = std::str::from_utf8(message).map_err(|_| "not UTF-8")?;
+        let (server_nonce, salt, iterations) = parse_server_first(message).ok_or("malformed")?;
+        if !server_nonce.starts_with(nonce) || server_nonce.len() == nonce.len() {
+            return Err("nonce mismatch");
+        }
+        let salt = base64.decode(salt).map_err(|_| "invalid salt")?;
+        Ok(ServerFirst {
+            message,
+            nonce: server_nonce,
+            salt,
+            iterations,
+        })
     }
-    let salt = base64.decode(salt).map_err(|_| "invalid salt")?;
-    let keys = keys(&salt, iterations)?;
-    // c=biws: base64 of the GS2 header "n,," (no channel binding).
-    let without_proof = format!("c=biws,r={server_nonce}");
-    let auth_message = format!("{client_first_bare},{server_first},{without_proof}");
-    let stored_key: [u8; 32] = Sha256::digest(keys.client_key).into();
-    let signature = hmac(&stored_key, auth_message.as_bytes());
-    let mut proof = keys.client_key;
-    for (p, s) in proof.iter_mut().zip(signature) {
-        *p ^= s;
+
+    pub fn salt(&self) -> &[u8] {
+        &self.salt
     }
-    let client_final = format!("{without_proof},p={}", base64.encode(proof));
-    Ok((
-        client_final,
-        hmac(&keys.server_key, auth_message.as_bytes()),
-    ))
+
+    pub fn iterations(&self) -> u32 {
+        self.iterations
+    }
+
+    /// The client-final-message proving `keys` (derived for [`Self::salt`] and
+    /// [`Self::iterations`]), and the server signature to expect in the server-final-message.
+    pub fn client_final(&self, client_first_bare: &str, keys: &ClientKeys) -> (String, [u8; 32]) {
+        let base64 = base64::engine::general_purpose::STANDARD;
+        // c=biws: base64 of the GS2 header "n,," (no channel binding).
+        let without_proof = format!("c=biws,r={}", self.nonce);
+        let auth_message = format!("{client_first_bare},{},{without_proof}", self.message);
+        let stored_key: [u8; 32] = Sha256::digest(keys.client_key).into();
+        let signature = hmac(&stored_key, auth_message.as_bytes());
+        let mut proof = keys.client_key;
+        for (p, s) in proof.iter_mut().zip(signature) {
+            *p ^= s;
+        }
+        let client_final = format!("{without_proof},p={}", base64.encode(proof));
+        (
+            client_final,
+            hmac(&keys.server_key, auth_message.as_bytes()),
+        )
+    }
 }
 
 /// `r=<nonce>,s=<salt>,i=<iterations>[,extensions]` → (nonce, base64 salt, iterations).
@@ -470,6 +499,19 @@ mod tests {
     use super::*;
     use postgres_protocol::password::scram_sha_256;
 
+    /// The client side in one step: [`ServerFirst::parse`], `keys` for its salt and
+    /// iterations, [`ServerFirst::client_final`].
+    fn client_side(
+        client_first_bare: &str,
+        nonce: &str,
+        server_first: &[u8],
+        keys: impl FnOnce(&[u8], u32) -> Result<ClientKeys, &'static str>,
+    ) -> Result<(String, [u8; 32]), &'static str> {
+        let server_first = ServerFirst::parse(nonce, server_first)?;
+        let keys = keys(server_first.salt(), server_first.iterations())?;
+        Ok(server_first.client_final(client_first_bare, &keys))
+    }
+
     #[test]
     fn parse_secrets() {
         let good = scram_sha_256(b"pw");
@@ -483,7 +525,9 @@ mod tests {
         check(&good.replacen("SCRAM-SHA-256", "SCRAM-SHA-1", 1), false);
         check(&good.replacen("$4096:", "$0:", 1), false);
         check(&good.replacen("$4096:", "$x:", 1), false);
-        check(&good.replacen("$4096:", "$99999999:", 1), false);
+        // Any positive count parses: capping it is the gateway's (`PasswordCache`).
+        check(&good.replacen("$4096:", "$99999999:", 1), true);
+        check(&good.replacen("$4096:", "$4294967296:", 1), false);
         check(&good.replacen("$4096:", "$4096", 1), false);
         // Truncated keys, bad base64, a missing part.
         let (head, keys) = good.rsplit_once('$').expect("keys");
@@ -811,7 +855,7 @@ mod tests {
         let nonce = "rOprNGfwEbeRWgbNEkqO";
         let server_first =
             "r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096";
-        let (client_final, server_signature) = super::client_final(
+        let (client_final, server_signature) = client_side(
             "n=user,r=rOprNGfwEbeRWgbNEkqO",
             nonce,
             server_first.as_bytes(),
@@ -836,7 +880,7 @@ mod tests {
             "s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096",
         ] {
             assert!(
-                super::client_final("n=,r=x", nonce, bad.as_bytes(), derive).is_err(),
+                client_side("n=,r=x", nonce, bad.as_bytes(), derive).is_err(),
                 "{bad}"
             );
         }
@@ -873,7 +917,7 @@ mod tests {
         // The real backend: the secret's parameters, and its signature is what we expect.
         let own = format!("r=gatewaynonceSERVER,s={salt},i={}", secret.iterations());
         let (client_final, expected) =
-            super::client_final("n=,r=gatewaynonce", "gatewaynonce", own.as_bytes(), login)
+            client_side("n=,r=gatewaynonce", "gatewaynonce", own.as_bytes(), login)
                 .expect("answered");
         assert!(client_final.starts_with("c=biws,r=gatewaynonceSERVER,p="));
         // A real Postgres holding the verifier would accept this proof: check it as one does.
@@ -895,7 +939,7 @@ mod tests {
             "r=gatewaynonceSERVER,s=c2FsdHNhbHRzYWx0c2FsdA==,i=4096".to_owned(),
         ] {
             assert_eq!(
-                super::client_final("n=,r=gatewaynonce", "gatewaynonce", other.as_bytes(), login),
+                client_side("n=,r=gatewaynonce", "gatewaynonce", other.as_bytes(), login),
                 Err("salt or iteration count differ from the role's secret"),
                 "{other}"
             );

@@ -3,7 +3,8 @@
 //!
 //! How the gateway logs in ([`Login`]):
 //! - on a static route, with the client's password, by whatever method the server asks for
-//!   (cleartext, MD5 or SCRAM-SHA-256);
+//!   (cleartext, MD5 or SCRAM-SHA-256; SCRAM only up to the gateway's iteration cap, its keys
+//!   derived off the runtime's workers: [`PasswordCache::client_keys`]);
 //! - on a route from the control plane, with SCRAM-SHA-256 only and the keys the client proved
 //!   against the role's secret ([`ScramKeys`]): the computes always use SCRAM, so a server
 //!   that asks for a cleartext or MD5 password is not one of them (say, a process bound to a
@@ -23,7 +24,7 @@ use tokio::net::TcpStream;
 
 use super::{Backend, BackendError, DbError};
 use crate::auth::scram::{self, ScramKeys};
-use crate::auth::PasswordCache;
+use crate::auth::{HashError, PasswordCache};
 
 /// Who connects to which database. The credentials are used for this handshake only.
 pub struct ConnectParams<'a> {
@@ -39,7 +40,7 @@ pub struct ConnectParams<'a> {
 #[derive(Clone, Copy)]
 pub enum Login<'a> {
     /// A static route: the client's password, for whatever the server asks; SCRAM client keys
-    /// are derived and remembered in `keys`.
+    /// are derived (within the iteration cap) and remembered in `keys`.
     Password {
         password: &'a [u8],
         keys: &'a PasswordCache,
@@ -183,9 +184,11 @@ const NOT_A_COMPUTE: &str =
 /// pretend to accept it; AuthenticationOk is still to be read.
 ///
 /// With a password, the PBKDF2 step (`ClientKey`, `ServerKey`) comes from
-/// [`PasswordCache::client_keys`], so a role that logged in before with the same password costs
-/// a few hashes, not 4096 HMACs. With [`ScramKeys`], there is no PBKDF2 at all, and only the
-/// secret's salt and iteration count are answered.
+/// [`PasswordCache::client_keys`]: on the blocking pool, behind the hashing queue, and refused
+/// at once ([`BackendError::Limited`]) when the server asks for more iterations than the cap
+/// (a role's verifier is whatever its tenant set in SQL); a role that logged in before with the
+/// same password costs a few hashes, not 4096 HMACs. With [`ScramKeys`], there is no PBKDF2 at
+/// all, and only the secret's salt and iteration count are answered.
 async fn scram(backend: &mut Backend, login: Login<'_>) -> Result<(), BackendError> {
     use base64::Engine;
     let base64 = base64::engine::general_purpose::STANDARD;
@@ -206,23 +209,27 @@ async fn scram(backend: &mut Backend, login: Login<'_>) -> Result<(), BackendErr
         Message::ErrorResponse(body) => return Err(DbError::parse(&body)?.into()),
         other => return Err(BackendError::unexpected(&other)),
     };
-    let (client_final, expected) = scram::client_final(
-        &client_first_bare,
-        &nonce,
-        &server_first,
-        |salt, iterations| match login {
-            Login::Password { password, keys } => Ok(keys.client_keys(password, salt, iterations)),
-            Login::Scram(keys) => keys
-                .for_server(salt, iterations)
-                .ok_or("salt or iteration count differ from the role's secret"),
-        },
-    )
-    .map_err(|what| {
+    let invalid = |what| {
         BackendError::Io(io::Error::new(
             io::ErrorKind::InvalidInput,
             format!("invalid SCRAM server-first-message: {what}"),
         ))
-    })?;
+    };
+    let server_first = scram::ServerFirst::parse(&nonce, &server_first).map_err(invalid)?;
+    let (salt, iterations) = (server_first.salt(), server_first.iterations());
+    let keys = match login {
+        Login::Password { password, keys } => keys
+            .client_keys(password, salt, iterations)
+            .await
+            .map_err(|e| match e {
+                HashError::Refused(refused) => BackendError::Limited(refused),
+                HashError::Failed => BackendError::Io(io::Error::other(e)),
+            })?,
+        Login::Scram(keys) => keys
+            .for_server(salt, iterations)
+            .ok_or_else(|| invalid("salt or iteration count differ from the role's secret"))?,
+    };
+    let (client_final, expected) = server_first.client_final(&client_first_bare, &keys);
     frontend::sasl_response(client_final.as_bytes(), backend.write_buf())?;
     backend.flush().await?;
     let server_final = match backend.next_message().await? {

@@ -15,6 +15,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::error::{ErrorKind, ReportableError};
+use crate::limits::Refused;
 
 pub use connect::{connect, open, open_within, ConnectParams, Login};
 pub use db_error::DbError;
@@ -71,6 +72,10 @@ pub enum BackendError {
     MessageTooLarge { len: usize, max: usize },
     #[error("timed out connecting to the backend")]
     ConnectTimeout,
+    /// A limit of the gateway's refused the login (a SCRAM iteration count above the cap, a
+    /// full hashing queue): told to the client as it is, never retried.
+    #[error(transparent)]
+    Limited(Refused),
 }
 
 impl From<DbError> for BackendError {
@@ -84,6 +89,7 @@ impl ReportableError for BackendError {
         match self {
             BackendError::Db(_) => ErrorKind::Postgres,
             BackendError::MessageTooLarge { .. } => ErrorKind::User,
+            BackendError::Limited(_) => ErrorKind::RateLimit,
             _ => ErrorKind::Compute,
         }
     }
@@ -277,23 +283,7 @@ impl Backend {
     /// Reads until the buffer holds one whole message and returns its length in bytes.
     async fn fill_message(&mut self) -> Result<usize, BackendError> {
         loop {
-            if self.read_buf.len() >= 5 {
-                let declared = u32::from_be_bytes([
-                    self.read_buf[1],
-                    self.read_buf[2],
-                    self.read_buf[3],
-                    self.read_buf[4],
-                ]) as usize;
-                if declared < 4 {
-                    return Err(BackendError::protocol("invalid message length"));
-                }
-                let total = declared + 1;
-                if total > self.max_message_bytes {
-                    return Err(BackendError::MessageTooLarge {
-                        len: total,
-                        max: self.max_message_bytes,
-                    });
-                }
+            if let Some(total) = frame_length(&self.read_buf, self.max_message_bytes)? {
                 if self.read_buf.len() >= total {
                     return Ok(total);
                 }
@@ -400,13 +390,38 @@ impl Backend {
         !matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
     }
 
-    /// Politely ends the session (best effort) and closes the socket.
+    /// Politely ends the session (best effort, for at most [`TERMINATE_TIMEOUT`]: a backend
+    /// that stopped reading is just dropped) and closes the socket.
     pub async fn terminate(mut self) {
         self.write_buf.clear();
         frontend::terminate(&mut self.write_buf);
-        let _ = self.stream.write_all(&self.write_buf).await;
-        let _ = self.stream.shutdown().await;
+        let goodbye = async {
+            let _ = self.stream.write_all(&self.write_buf).await;
+            let _ = self.stream.shutdown().await;
+        };
+        let _ = tokio::time::timeout(TERMINATE_TIMEOUT, goodbye).await;
     }
+}
+
+/// How long [`Backend::terminate`] may take.
+const TERMINATE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The length (tag included) of the message `buf` starts with, once its header is there,
+/// checked against `max`: every message read from a backend is framed by this.
+#[doc(hidden)]
+pub fn frame_length(buf: &[u8], max: usize) -> Result<Option<usize>, BackendError> {
+    let Some(&[_, a, b, c, d]) = buf.get(..5) else {
+        return Ok(None);
+    };
+    let declared = u32::from_be_bytes([a, b, c, d]) as usize;
+    if declared < 4 {
+        return Err(BackendError::protocol("invalid message length"));
+    }
+    let total = declared + 1;
+    if total > max {
+        return Err(BackendError::MessageTooLarge { len: total, max });
+    }
+    Ok(Some(total))
 }
 
 impl CancelKey {
@@ -482,6 +497,13 @@ mod tests {
             (db("FATAL", "57P01"), false),
             (db("FATAL", "3D000"), false),
             (BackendError::protocol("x"), false),
+            (
+                BackendError::Limited(Refused::new(
+                    crate::limits::Limit::ScramIterations,
+                    "too many",
+                )),
+                false,
+            ),
         ];
         for (error, retryable) in cases {
             assert_eq!(error.is_retryable(), retryable, "{error:?}");

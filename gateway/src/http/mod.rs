@@ -13,6 +13,9 @@ use axum::routing::get;
 use axum::Router;
 use tracing::Instrument;
 
+use crate::error::SqlError;
+use crate::limits::{Limit, Refused};
+use crate::server::ConnectionInfo;
 use crate::websocket;
 
 pub use crate::state::AppState;
@@ -47,6 +50,20 @@ async fn public(State(state): State<Arc<AppState>>, request: Request) -> Respons
 }
 
 async fn route(state: Arc<AppState>, request: Request) -> Response {
+    if state.require_tls {
+        let tls = request
+            .extensions()
+            .get::<Arc<ConnectionInfo>>()
+            .is_some_and(|info| info.tls);
+        if !tls {
+            let refused = Refused::new(
+                Limit::TlsRequired,
+                "this gateway requires TLS: use https:// for /sql and wss:// for WebSockets",
+            );
+            state.metrics.limit_hit(Limit::TlsRequired);
+            return SqlError::Limited(refused).into_response();
+        }
+    }
     if websocket::is_upgrade(request.headers()) {
         return websocket::upgrade(state, request).await;
     }
@@ -178,17 +195,19 @@ mod tests {
                 StatusCode::BAD_REQUEST,
                 "missing connection string",
             ),
+            // Bodies are not looked at before the password is checked.
             (
                 post("/sql", Some(conn), "nope"),
                 StatusCode::BAD_REQUEST,
-                "invalid request body",
+                "password authentication failed for user 'alice'",
             ),
+            // A declared length over the limit is refused before anything else.
             (
-                post(
-                    "/sql",
-                    Some(conn),
-                    &format!("{{\"query\":\"{}\"}}", "x".repeat(2000)),
-                ),
+                axum::http::Request::post("/sql")
+                    .header("neon-connection-string", conn)
+                    .header("content-length", "2000")
+                    .body(Body::from("x".repeat(2000)))
+                    .expect("request"),
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "request is too large (max is 1024 bytes)",
             ),

@@ -3,12 +3,16 @@
 //!
 //! 1. headers → output mode and batch transaction options; `Neon-Connection-String` →
 //!    [`ConnInfo`] (endpoint, database, role, password);
-//! 2. body, read up to the limit (413 beyond) → [`Payload`];
+//! 2. a declared body length over the limit is a 413 at once;
 //! 3. with a control plane, the password checked against the role's SCRAM secret before
 //!    anything else (an unknown endpoint or role is checked against a mock secret: the same
 //!    work and the same 400 as a wrong password; a control plane that cannot be asked, with no
-//!    secret cached, is a 503), so an unauthenticated request wakes nothing and opens nothing;
-//!    on a static route Postgres judges the password. Then the route is looked up (the
+//!    secret cached, is a 503), so an unauthenticated request wakes nothing, opens nothing and
+//!    has none of its body read or parsed (it is discarded, within bounds, before the answer);
+//!    on a static route Postgres judges the password. The request is admitted under its
+//!    endpoint's limits ([`crate::limits::EndpointLimits`], 429 beyond; on a static route once
+//!    Postgres accepted the password). The body is read up to the limit (413 beyond) within
+//!    the body read timeout (408 beyond) and parsed into a [`Payload`]. Then the route is looked up (the
 //!    endpoint woken if needed) and a connection taken from the pool, which reuses an idle one
 //!    only for a verified password; from here on the request counts as in flight on its
 //!    endpoint ([`crate::activity`]);
@@ -19,20 +23,23 @@
 //! 5. JSON rendering within the response limit (507 beyond); the connection goes back to the pool.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use http_body_util::BodyExt;
+use std::fmt;
+
+use serde::de;
 use serde::Deserialize;
-use serde_json::Value;
 
 use super::AppState;
 use crate::auth::scram::ScramKeys;
 use crate::auth::PasswordCheck;
 use crate::conn_info::{self, ConnInfo};
 use crate::error::{ReportableError, SqlError};
+use crate::limits::{Limit, Refused};
 use crate::metrics::RETRY_POOLED_QUERY;
 use crate::pool::{Conn, PoolError};
 use crate::query::json::{self, OutputMode};
@@ -74,7 +81,7 @@ impl Payload {
 struct RawQuery {
     query: String,
     #[serde(default)]
-    params: Vec<Value>,
+    params: Params,
     #[serde(rename = "arrayMode")]
     array_mode: Option<bool>,
 }
@@ -82,7 +89,7 @@ struct RawQuery {
 #[derive(Deserialize)]
 struct RawPayload {
     query: Option<String>,
-    params: Option<Vec<Value>>,
+    params: Option<Params>,
     #[serde(rename = "arrayMode")]
     array_mode: Option<bool>,
     queries: Option<Vec<RawQuery>>,
@@ -90,14 +97,15 @@ struct RawPayload {
 
 impl Payload {
     /// Parses `{"query", "params"?, "arrayMode"?}` or `{"queries": [...]}`; unknown fields are
-    /// ignored.
+    /// ignored. Parameters go straight to Postgres text, never through a `serde_json::Value`
+    /// tree (whose nodes cost ten times the bytes of a body like `[0,0,0,…]`).
     pub fn parse(body: &[u8]) -> Result<Payload, SqlError> {
         let raw: RawPayload = serde_json::from_slice(body)
             .map_err(|e| SqlError::bad_request(format!("invalid request body: {e}")))?;
         match (raw.query, raw.queries) {
             (Some(query), _) => Ok(Payload::Single(Statement {
                 query,
-                params: convert_params(raw.params.unwrap_or_default()),
+                params: raw.params.unwrap_or_default().0,
                 array_mode: raw.array_mode,
             })),
             (None, Some(queries)) => Ok(Payload::Batch(
@@ -105,7 +113,7 @@ impl Payload {
                     .into_iter()
                     .map(|q| Statement {
                         query: q.query,
-                        params: convert_params(q.params),
+                        params: q.params.0,
                         array_mode: q.array_mode,
                     })
                     .collect(),
@@ -117,40 +125,256 @@ impl Payload {
     }
 }
 
-fn convert_params(params: Vec<Value>) -> Vec<Option<String>> {
-    params.into_iter().map(param_text).collect()
-}
+/// Most parameters of one statement: the protocol's Bind message counts them in 16 bits.
+const MAX_PARAMS: usize = u16::MAX as usize;
 
-/// A JSON parameter as Postgres text: strings as they are, null as NULL, arrays as array
-/// literals, anything else as its JSON text. (The driver only sends strings and nulls.)
-fn param_text(value: Value) -> Option<String> {
-    match value {
-        Value::Null => None,
-        Value::String(s) => Some(s),
-        Value::Array(items) => {
-            let mut out = String::new();
-            write_array_literal(&mut out, &items);
-            Some(out)
+/// A statement's parameters as Postgres text: strings as they are, null as NULL, arrays as
+/// array literals, anything else as its JSON text. (The driver only sends strings and nulls.)
+#[derive(Default)]
+struct Params(Vec<Option<String>>);
+
+impl<'de> Deserialize<'de> for Params {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> de::Visitor<'de> for Visitor {
+            type Value = Params;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an array of parameters")
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Params, A::Error> {
+                let mut params = Vec::new();
+                while let Some(Param(param)) = seq.next_element()? {
+                    if params.len() == MAX_PARAMS {
+                        return Err(de::Error::custom(format!(
+                            "too many parameters (max is {MAX_PARAMS})"
+                        )));
+                    }
+                    params.push(param);
+                }
+                Ok(Params(params))
+            }
         }
-        other => Some(other.to_string()),
+        deserializer.deserialize_seq(Visitor)
     }
 }
 
-fn write_array_literal(out: &mut String, items: &[Value]) {
+/// One parameter as Postgres text (`None`: NULL).
+struct Param(Option<String>);
+
+impl<'de> Deserialize<'de> for Param {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> de::Visitor<'de> for Visitor {
+            type Value = Param;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a parameter")
+            }
+            fn visit_unit<E>(self) -> Result<Param, E> {
+                Ok(Param(None))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Param, E> {
+                Ok(Param(Some(v.to_owned())))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Param, E> {
+                Ok(Param(Some(v)))
+            }
+            fn visit_bool<E>(self, v: bool) -> Result<Param, E> {
+                Ok(Param(Some(v.to_string())))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<Param, E> {
+                Ok(Param(Some(v.to_string())))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<Param, E> {
+                Ok(Param(Some(v.to_string())))
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<Param, E> {
+                Ok(Param(Some(float_text(v))))
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, seq: A) -> Result<Param, A::Error> {
+                let mut out = String::new();
+                write_array_literal(&mut out, seq)?;
+                Ok(Param(Some(out)))
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<Param, A::Error> {
+                let mut out = String::new();
+                write_json_object(&mut out, map)?;
+                Ok(Param(Some(out)))
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
+/// A JSON number as JSON writes it (`1e100`, not a hundred digits).
+fn float_text(v: f64) -> String {
+    serde_json::Number::from_f64(v).map_or_else(|| "null".to_owned(), |n| n.to_string())
+}
+
+/// Writes a JSON array as a Postgres array literal: `{1,"a \"b\"",NULL,{2}}`.
+fn write_array_literal<'de, A: de::SeqAccess<'de>>(
+    out: &mut String,
+    mut seq: A,
+) -> Result<(), A::Error> {
     out.push('{');
-    for (i, item) in items.iter().enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        match item {
-            Value::Null => out.push_str("NULL"),
-            Value::Array(nested) => write_array_literal(out, nested),
-            Value::String(s) => push_quoted(out, s),
-            Value::Object(_) => push_quoted(out, &item.to_string()),
-            other => out.push_str(&other.to_string()),
-        }
+    let mut first = true;
+    while seq.next_element_seed(ArrayItem { out, first })?.is_some() {
+        first = false;
     }
     out.push('}');
+    Ok(())
+}
+
+/// One element of an array literal, written into `out` (after a comma unless `first`).
+struct ArrayItem<'a> {
+    out: &'a mut String,
+    first: bool,
+}
+
+impl<'de> de::DeserializeSeed<'de> for ArrayItem<'_> {
+    type Value = ();
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        if !self.first {
+            self.out.push(',');
+        }
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> de::Visitor<'de> for ArrayItem<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an array element")
+    }
+    fn visit_unit<E>(self) -> Result<(), E> {
+        self.out.push_str("NULL");
+        Ok(())
+    }
+    fn visit_str<E>(self, v: &str) -> Result<(), E> {
+        push_quoted(self.out, v);
+        Ok(())
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<(), E> {
+        self.out.push_str(if v { "true" } else { "false" });
+        Ok(())
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<(), E> {
+        self.out.push_str(&v.to_string());
+        Ok(())
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<(), E> {
+        self.out.push_str(&v.to_string());
+        Ok(())
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<(), E> {
+        self.out.push_str(&float_text(v));
+        Ok(())
+    }
+    fn visit_seq<A: de::SeqAccess<'de>>(self, seq: A) -> Result<(), A::Error> {
+        write_array_literal(self.out, seq)
+    }
+    fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<(), A::Error> {
+        let mut object = String::new();
+        write_json_object(&mut object, map)?;
+        push_quoted(self.out, &object);
+        Ok(())
+    }
+}
+
+/// Writes a JSON object back as compact JSON text, keys in their order.
+fn write_json_object<'de, A: de::MapAccess<'de>>(
+    out: &mut String,
+    mut map: A,
+) -> Result<(), A::Error> {
+    out.push('{');
+    let mut first = true;
+    while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+        if !first {
+            out.push(',');
+        }
+        first = false;
+        push_json_string(out, &key);
+        out.push(':');
+        map.next_value_seed(JsonText(out))?;
+    }
+    out.push('}');
+    Ok(())
+}
+
+/// Any JSON value, written back as compact JSON text into the string.
+struct JsonText<'a>(&'a mut String);
+
+impl<'de> de::DeserializeSeed<'de> for JsonText<'_> {
+    type Value = ();
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> de::Visitor<'de> for JsonText<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_unit<E>(self) -> Result<(), E> {
+        self.0.push_str("null");
+        Ok(())
+    }
+    fn visit_str<E>(self, v: &str) -> Result<(), E> {
+        push_json_string(self.0, v);
+        Ok(())
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<(), E> {
+        self.0.push_str(if v { "true" } else { "false" });
+        Ok(())
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<(), E> {
+        self.0.push_str(&v.to_string());
+        Ok(())
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<(), E> {
+        self.0.push_str(&v.to_string());
+        Ok(())
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<(), E> {
+        self.0.push_str(&float_text(v));
+        Ok(())
+    }
+    fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        self.0.push('[');
+        let mut first = true;
+        while seq
+            .next_element_seed(JsonElement { out: self.0, first })?
+            .is_some()
+        {
+            first = false;
+        }
+        self.0.push(']');
+        Ok(())
+    }
+    fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<(), A::Error> {
+        write_json_object(self.0, map)
+    }
+}
+
+/// One element of a JSON array written back (after a comma unless `first`).
+struct JsonElement<'a> {
+    out: &'a mut String,
+    first: bool,
+}
+
+impl<'de> de::DeserializeSeed<'de> for JsonElement<'_> {
+    type Value = ();
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        if !self.first {
+            self.out.push(',');
+        }
+        deserializer.deserialize_any(JsonText(self.out))
+    }
+}
+
+fn push_json_string(out: &mut String, s: &str) {
+    // Serializing a string into JSON cannot fail.
+    out.push_str(&serde_json::to_string(s).unwrap_or_default());
 }
 
 fn push_quoted(out: &mut String, s: &str) {
@@ -211,20 +435,23 @@ fn conn_info(state: &AppState, headers: &HeaderMap) -> Result<ConnInfo, SqlError
         .map_err(|e| SqlError::bad_request(e.to_string()))
 }
 
-/// Reads the body, at most `max` bytes. A larger body gets 413, but only after the rest of the
-/// upload was read and discarded (up to [`DRAIN_LIMIT`] bytes, [`DRAIN_TIME`]): answering while
-/// the client still sends would make the kernel reset the connection, and clients such as
-/// `fetch` would then report a broken connection instead of the 413.
-async fn read_body(headers: &HeaderMap, mut body: Body, max: usize) -> Result<Bytes, SqlError> {
+/// Refuses a body whose declared length is over `max` before anything else is done for it.
+fn check_declared_length(headers: &HeaderMap, max: usize) -> Result<Option<u64>, SqlError> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > max.saturating_add(DRAIN_LIMIT) as u64) {
-        // Too large to be worth draining: answer at once.
+    if declared.is_some_and(|len| len > max as u64) {
         return Err(SqlError::RequestTooLarge { max });
     }
-    if declared.is_none_or(|len| len <= max as u64) {
+    Ok(declared)
+}
+
+/// Reads the body, at most `max` bytes, within `deadline` (408 beyond). A larger body gets
+/// 413, but only after the rest of the upload was read and discarded (see [`discard_body`]).
+async fn read_body(body: Body, max: usize, deadline: Duration) -> Result<Bytes, SqlError> {
+    let read = async move {
+        let mut body = body;
         let mut collected = Vec::new();
         loop {
             let Some(frame) = body.frame().await else {
@@ -234,13 +461,32 @@ async fn read_body(headers: &HeaderMap, mut body: Body, max: usize) -> Result<By
                 frame.map_err(|_| SqlError::bad_request("could not read the request body"))?;
             if let Some(data) = frame.data_ref() {
                 if collected.len() + data.len() > max {
-                    break;
+                    drop(collected);
+                    discard_body(body).await;
+                    return Err(SqlError::RequestTooLarge { max });
                 }
                 collected.extend_from_slice(data);
             }
         }
-    }
-    // Over the limit: drain within bounds; whatever happens, the answer is 413.
+    };
+    tokio::time::timeout(deadline, read)
+        .await
+        .unwrap_or_else(|_| {
+            Err(SqlError::Limited(Refused::new(
+                Limit::BodyReadTimeout,
+                format!(
+                    "the request body did not arrive within {} seconds",
+                    deadline.as_secs()
+                ),
+            )))
+        })
+}
+
+/// Reads and drops what is left of a body the request is refused for (up to [`DRAIN_LIMIT`]
+/// bytes, for at most [`DRAIN_TIME`]), holding none of it: answering while the client still
+/// sends would make the kernel reset the connection, and clients such as `fetch` would then
+/// report a broken connection instead of the answer.
+async fn discard_body(mut body: Body) {
     let drain = async {
         let mut drained = 0;
         while let Some(Ok(frame)) = body.frame().await {
@@ -251,12 +497,11 @@ async fn read_body(headers: &HeaderMap, mut body: Body, max: usize) -> Result<By
         }
     };
     let _ = tokio::time::timeout(DRAIN_TIME, drain).await;
-    Err(SqlError::RequestTooLarge { max })
 }
 
-/// How far past the limit a rejected upload is read before answering 413.
+/// How far past the limit a rejected upload is read before answering.
 const DRAIN_LIMIT: usize = 16 * 1024 * 1024;
-const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(5);
+const DRAIN_TIME: Duration = Duration::from_secs(5);
 
 /// Records the request in metrics when it ends, including when the client goes away and the
 /// handler is dropped mid-flight.
@@ -298,8 +543,11 @@ pub async fn handle(state: Arc<AppState>, headers: HeaderMap, body: Body) -> Res
         Ok(response) => response,
         Err(error) => {
             error.log();
-            if let SqlError::Limited(refused) = &error {
-                state.metrics.limit_hit(refused.limit);
+            match &error {
+                SqlError::Limited(refused) => state.metrics.limit_hit(refused.limit),
+                SqlError::RequestTooLarge { .. } => state.metrics.limit_hit(Limit::RequestBytes),
+                SqlError::ResponseTooLarge { .. } => state.metrics.limit_hit(Limit::ResponseSize),
+                _ => {}
             }
             state
                 .metrics
@@ -321,7 +569,25 @@ async fn run(
 ) -> Result<Response, SqlError> {
     let options = RequestOptions::from_headers(headers)?;
     let info = conn_info(state, headers)?;
-    let body = read_body(headers, body, state.max_request_bytes).await?;
+    if let Err(e) = check_declared_length(headers, state.max_request_bytes) {
+        discard_body(body).await;
+        return Err(e);
+    }
+    // Nothing of the body is read or parsed for a client that does not know the password.
+    let proven = match authenticate(state, &info).await {
+        Ok(proven) => proven,
+        Err(e) => {
+            discard_body(body).await;
+            return Err(e);
+        }
+    };
+    // A password the gateway could check counts against its endpoint's limits from here; one
+    // Postgres judges (a static route) only once Postgres accepted it.
+    let mut admitted = match proven {
+        Some(_) => Some(state.endpoint_limits.admit(&info.endpoint)?),
+        None => None,
+    };
+    let body = read_body(body, state.max_request_bytes, state.http.body_read_timeout).await?;
     let payload = Payload::parse(&body)?;
     *kind = payload.kind();
 
@@ -335,15 +601,17 @@ async fn run(
         }
     }
 
-    let proven = authenticate(state, &info).await?;
     let route = resolve(state, &info).await?;
     // In flight on its endpoint from here until the response is built (or the request fails,
     // or the client goes away and this future is dropped).
     let _in_flight = state.activity.query(&info.endpoint);
     let mut conn = checkout(state, &info, route, proven.as_ref(), true).await?;
+    if admitted.is_none() {
+        admitted = Some(state.endpoint_limits.admit(&info.endpoint)?);
+    }
 
     let max = state.max_response_bytes;
-    let results = match execute(&mut conn, &payload, &options, max).await {
+    let results = match execute(&mut conn, &payload, &options, max, state.max_response_rows).await {
         Err(QueryError::Backend(e)) if conn.never_ran(&e) => {
             // The idle connection was closed under us (a compute being suspended) and the
             // request provably did not run: once more, on a new connection through the route
@@ -357,7 +625,7 @@ async fn run(
             drop(conn);
             let route = resolve(state, &info).await?;
             conn = checkout(state, &info, route, proven.as_ref(), false).await?;
-            execute(&mut conn, &payload, &options, max).await?
+            execute(&mut conn, &payload, &options, max, state.max_response_rows).await?
         }
         result => result?,
     };
@@ -397,6 +665,7 @@ async fn run(
     let traffic = state.usage.endpoint(&info.endpoint);
     traffic.add(Direction::Ingress, body.len() as u64);
     traffic.add(Direction::Egress, out.len() as u64);
+    drop(admitted);
     Ok(json_response(out, &payload, &options))
 }
 
@@ -406,8 +675,9 @@ async fn execute(
     payload: &Payload,
     options: &RequestOptions,
     max: usize,
+    max_rows: usize,
 ) -> Result<Vec<StatementResult>, QueryError> {
-    let mut budget = ResponseBudget::new(max);
+    let mut budget = ResponseBudget::new(max, max_rows);
     match payload {
         Payload::Single(statement) => Ok(vec![
             query::execute(conn.backend(), statement, &mut budget).await?,
@@ -434,6 +704,7 @@ async fn authenticate(state: &AppState, info: &ConnInfo) -> Result<Option<ScramK
     {
         PasswordCheck::Verified(keys) => Ok(Some(keys)),
         PasswordCheck::Unchecked => Ok(None),
+        PasswordCheck::Refused(refused) => Err(SqlError::Limited(refused)),
         PasswordCheck::Wrong => Err(SqlError::AuthFailed {
             user: info.user.clone(),
         }),

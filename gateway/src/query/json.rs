@@ -122,7 +122,9 @@ fn write_str(out: &mut Vec<u8>, s: &str) {
     serde_json::to_writer(&mut *out, s).expect("writing a str into a Vec cannot fail");
 }
 
-fn write_typed(out: &mut Vec<u8>, text: &str, ty: ColumnType) {
+/// Writes one (non-NULL) value of a column of type `ty` in typed mode. Text that is not what
+/// the type promises stays a JSON string; json and jsonb (elements) are embedded as they are.
+pub fn write_typed(out: &mut Vec<u8>, text: &str, ty: ColumnType) {
     match ty.array_delimiter {
         Some(delimiter) => {
             let start = out.len();
@@ -151,8 +153,14 @@ fn is_json_number(text: &str) -> bool {
     serde_json::from_str::<serde_json::Number>(text).is_ok()
 }
 
+/// As Postgres (`MAXDIM`): no array has more dimensions, so `array_out` never nests deeper.
+/// The text comes from a backend the tenant controls: deeper nesting is not followed (the
+/// parser recurses once per level) and the value stays text.
+const MAX_ARRAY_DIMENSIONS: usize = 6;
+
 /// Writes a Postgres array literal (`{1,2}`, `{{"a",NULL}}`, `[0:1]={1,2}`) as nested JSON
-/// arrays. Returns `None` if the text is not a well-formed literal.
+/// arrays. Returns `None` if the text is not a well-formed literal of at most
+/// [`MAX_ARRAY_DIMENSIONS`] dimensions.
 fn write_array(out: &mut Vec<u8>, text: &str, delimiter: u8, kind: JsonKind) -> Option<()> {
     let bytes = text.as_bytes();
     // Explicit bounds decoration: `[1:2][1:3]={…}`.
@@ -161,7 +169,7 @@ fn write_array(out: &mut Vec<u8>, text: &str, delimiter: u8, kind: JsonKind) -> 
     } else {
         0
     };
-    write_array_level(out, bytes, &mut pos, delimiter, kind)?;
+    write_array_level(out, bytes, &mut pos, delimiter, kind, 1)?;
     (pos == bytes.len()).then_some(())
 }
 
@@ -171,8 +179,9 @@ fn write_array_level(
     pos: &mut usize,
     delimiter: u8,
     kind: JsonKind,
+    depth: usize,
 ) -> Option<()> {
-    if bytes.get(*pos) != Some(&b'{') {
+    if depth > MAX_ARRAY_DIMENSIONS || bytes.get(*pos) != Some(&b'{') {
         return None;
     }
     *pos += 1;
@@ -192,7 +201,7 @@ fn write_array_level(
         }
         first = false;
         match bytes.get(*pos)? {
-            b'{' => write_array_level(out, bytes, pos, delimiter, kind)?,
+            b'{' => write_array_level(out, bytes, pos, delimiter, kind, depth + 1)?,
             b'"' => {
                 *pos += 1;
                 let mut element = Vec::new();
@@ -301,6 +310,22 @@ mod tests {
         check(r#"{"{\"x\":1}",null}"#, JsonKind::Json, r#"[{"x":1},null]"#);
         // Not a literal: falls back to the text.
         check("{1,2", JsonKind::Integer, "\"{1,2\"");
+    }
+
+    #[test]
+    fn array_nesting_is_bounded() {
+        let nested = |depth: usize| format!("{}1{}", "{".repeat(depth), "}".repeat(depth));
+        let json = |depth: usize| format!("{}1{}", "[".repeat(depth), "]".repeat(depth));
+        let quoted = |text: &str| serde_json::to_string(text).expect("a str is JSON");
+        // Postgres's MAXDIM: six dimensions are an array, seven only text.
+        assert_eq!(typed(&nested(6), JsonKind::Integer, true), json(6));
+        let seven = nested(7);
+        assert_eq!(typed(&seven, JsonKind::Integer, true), quoted(&seven));
+        // A backend's say-so must not recurse this deep (it overflowed the stack).
+        let deep = "{".repeat(100_000);
+        assert_eq!(typed(&deep, JsonKind::Text, true), quoted(&deep));
+        let deep = nested(100_000);
+        assert_eq!(typed(&deep, JsonKind::Integer, true), quoted(&deep));
     }
 
     #[test]

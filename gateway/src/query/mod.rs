@@ -123,6 +123,8 @@ pub enum QueryError {
     Backend(#[from] BackendError),
     #[error("response is too large (max is {max} bytes)")]
     ResponseTooLarge { max: usize },
+    #[error("response has too many rows (max is {max})")]
+    TooManyRows { max: usize },
     #[error("{0}")]
     Invalid(&'static str),
 }
@@ -131,7 +133,9 @@ impl ReportableError for QueryError {
     fn kind(&self) -> ErrorKind {
         match self {
             QueryError::Backend(e) => e.kind(),
-            QueryError::ResponseTooLarge { .. } | QueryError::Invalid(_) => ErrorKind::User,
+            QueryError::ResponseTooLarge { .. }
+            | QueryError::TooManyRows { .. }
+            | QueryError::Invalid(_) => ErrorKind::User,
         }
     }
 }
@@ -143,15 +147,36 @@ impl From<DbError> for QueryError {
 }
 
 /// How many more bytes of row data a request may return.
+/// What a response may still hold: bytes (each row's data plus [`ROW_OVERHEAD`], so rows
+/// with no or tiny columns cost what they take in memory) and rows. Spent as rows arrive, so a
+/// response over either limit fails before memory grows past it.
 #[derive(Debug)]
 pub struct ResponseBudget {
     max: usize,
     left: usize,
+    max_rows: usize,
+    rows: usize,
 }
 
+/// What a row costs beyond its data: the handle kept for it until the response is written.
+pub const ROW_OVERHEAD: usize = std::mem::size_of::<DataRowBody>();
+
 impl ResponseBudget {
-    pub fn new(max: usize) -> Self {
-        ResponseBudget { max, left: max }
+    pub fn new(max: usize, max_rows: usize) -> Self {
+        ResponseBudget {
+            max,
+            left: max,
+            max_rows,
+            rows: 0,
+        }
+    }
+
+    fn spend_row(&mut self, data: usize) -> Result<(), QueryError> {
+        self.rows += 1;
+        if self.rows > self.max_rows {
+            return Err(QueryError::TooManyRows { max: self.max_rows });
+        }
+        self.spend(data.saturating_add(ROW_OVERHEAD))
     }
 
     /// A backend message too large to buffer is a response too large to send.
@@ -227,7 +252,7 @@ pub async fn execute(
             | Message::PortalSuspended => {}
             Message::RowDescription(body) => result.fields = types::fields(&body)?,
             Message::DataRow(row) => {
-                budget.spend(row.buffer().len())?;
+                budget.spend_row(row.buffer().len())?;
                 result.rows.push(row);
             }
             Message::CommandComplete(body) => {
@@ -310,12 +335,29 @@ mod tests {
 
     #[test]
     fn budget() {
-        let mut budget = ResponseBudget::new(10);
+        let mut budget = ResponseBudget::new(10, 100);
         assert!(budget.spend(6).is_ok());
         assert!(budget.spend(4).is_ok());
         assert!(matches!(
             budget.spend(1),
             Err(QueryError::ResponseTooLarge { max: 10 })
+        ));
+        // A row with no columns still costs its handle.
+        let mut budget = ResponseBudget::new(10 * ROW_OVERHEAD, 100);
+        for _ in 0..10 {
+            assert!(budget.spend_row(0).is_ok());
+        }
+        assert!(matches!(
+            budget.spend_row(0),
+            Err(QueryError::ResponseTooLarge { .. })
+        ));
+        let mut budget = ResponseBudget::new(usize::MAX, 3);
+        for _ in 0..3 {
+            assert!(budget.spend_row(0).is_ok());
+        }
+        assert!(matches!(
+            budget.spend_row(0),
+            Err(QueryError::TooManyRows { max: 3 })
         ));
     }
 }

@@ -8,6 +8,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use super::protocol::{self, StartupPacket};
 use super::SessionError;
 
+/// How long a closing session waits for the client to take its last bytes.
+pub const CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 pub struct ClientStream<S> {
     io: S,
     read_buf: BytesMut,
@@ -93,12 +96,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ClientStream<S> {
         Ok(())
     }
 
-    /// Best-effort: sends what is pending, then closes the client's side.
+    /// Best-effort: sends what is pending, then closes the client's side, within
+    /// [`CLOSE_TIMEOUT`]: a client that stopped reading cannot hold the session's task (and
+    /// its connection slot) by never taking the goodbye.
     pub async fn close(mut self) {
-        if !self.write_buf.is_empty() {
-            let _ = self.io.write_all(&self.write_buf).await;
-        }
-        let _ = self.io.shutdown().await;
+        let goodbye = async {
+            if !self.write_buf.is_empty() {
+                let _ = self.io.write_all(&self.write_buf).await;
+            }
+            let _ = self.io.shutdown().await;
+        };
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, goodbye).await;
     }
 
     /// The stream and the bytes read ahead, for the relay.

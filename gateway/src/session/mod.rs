@@ -40,7 +40,7 @@
 //!    runs out of time.
 
 pub mod cancel;
-mod client;
+pub mod client;
 pub mod credentials;
 pub mod protocol;
 pub mod relay;
@@ -63,7 +63,7 @@ use crate::backend::{self, Backend, BackendError, ConnectParams, DbError, Login}
 use crate::conn_info::{EndpointId, Password};
 use crate::control_plane::ControlPlaneError;
 use crate::error::{ErrorKind, ReportableError};
-use crate::limits::Refused;
+use crate::limits::{EndpointSlot, Limit, Refused};
 use crate::routes::{ConnectError, Route, RouteError};
 use crate::state::AppState;
 use client::ClientStream;
@@ -102,6 +102,8 @@ pub enum Transport {
         address: Option<String>,
         host: Option<String>,
         sni: Option<String>,
+        /// What the client may send until the session is ready.
+        handshake: crate::websocket::HandshakeBudget,
     },
 }
 
@@ -112,6 +114,15 @@ impl Transport {
             Transport::Tls { .. } => "tls",
             Transport::WebSocket { tls: false, .. } => "ws",
             Transport::WebSocket { tls: true, .. } => "wss",
+        }
+    }
+
+    /// Whether the client's bytes are encrypted (TLS, or a WebSocket over TLS).
+    fn encrypted(&self) -> bool {
+        match self {
+            Transport::Tcp => false,
+            Transport::Tls { .. } => true,
+            Transport::WebSocket { tls, .. } => *tls,
         }
     }
 
@@ -192,6 +203,15 @@ impl From<io::Error> for SessionError {
     fn from(error: io::Error) -> Self {
         if crate::websocket::is_text_frame(&error) {
             return SessionError::TextFrame;
+        }
+        if crate::websocket::is_handshake_overrun(&error) {
+            return SessionError::Limited(Refused::new(
+                Limit::HandshakeMessageBytes,
+                format!(
+                    "the client sent more than {} bytes before the session was ready",
+                    crate::websocket::HANDSHAKE_BYTES
+                ),
+            ));
         }
         match error.kind() {
             io::ErrorKind::UnexpectedEof
@@ -276,6 +296,7 @@ impl SessionError {
                 user: user.to_owned(),
             },
             BackendError::Db(db) => SessionError::Postgres(db),
+            BackendError::Limited(refused) => SessionError::Limited(refused),
             other => SessionError::Backend(other),
         }
     }
@@ -288,7 +309,7 @@ pub async fn serve_tcp(stream: TcpStream, state: Arc<AppState>) {
     let tls = state.tls.as_ref();
     let first = timeout_at(deadline, first_packet(&mut client, tls.is_some()))
         .await
-        .unwrap_or(Err(SessionError::HandshakeTimeout));
+        .unwrap_or_else(|_| startup_timed_out(&state));
     match (first, tls) {
         (Ok(StartupPacket::SslRequest), Some(tls)) => {
             // Anything sent after SSLRequest but before our answer could be injected by a
@@ -343,8 +364,14 @@ async fn run<S>(
 {
     let first = timeout_at(deadline, first_packet(&mut client, false))
         .await
-        .unwrap_or(Err(SessionError::HandshakeTimeout));
+        .unwrap_or_else(|_| startup_timed_out(state));
     proceed(client, first, transport, deadline, state).await;
+}
+
+/// No startup packet within the handshake timeout: the first-request deadline.
+fn startup_timed_out(state: &AppState) -> Result<StartupPacket, SessionError> {
+    state.metrics.limit_hit(Limit::FirstRequestTimeout);
+    Err(SessionError::HandshakeTimeout)
 }
 
 /// Reads startup packets, refusing encryption requests (`N`) except an SSLRequest the caller
@@ -403,7 +430,12 @@ async fn proceed<S>(
     // Boxed, and freed once done: the session's task then only holds what the relay needs.
     let handshake = Box::pin(handshake(&mut client, &startup, &transport, state));
     match timeout_at(deadline, handshake).await {
-        Ok(Ok(ready)) => relay_session(client, ready, &transport, state).await,
+        Ok(Ok(ready)) => {
+            if let Transport::WebSocket { handshake, .. } = &transport {
+                handshake.lift();
+            }
+            relay_session(client, ready, &transport, state).await
+        }
         Ok(Err(e)) => fail(client, &transport, e, state).await,
         Err(_) => fail(client, &transport, SessionError::HandshakeTimeout, state).await,
     }
@@ -417,8 +449,13 @@ async fn forward_cancel(process_id: i32, secret_key: i32, state: &AppState) {
                 .cancel_requests
                 .with_label_values(&["forwarded"])
                 .inc();
-            if let Err(e) = target.cancel().await {
-                tracing::warn!(error = %e, "forwarding a cancel request failed");
+            // Bounded like any backend connect: a backend that does not answer cannot hold
+            // the client's connection.
+            let timeout = state.pool.config().connect_timeout;
+            match tokio::time::timeout(timeout, target.cancel()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "forwarding a cancel request failed"),
+                Err(_) => tracing::warn!("forwarding a cancel request timed out"),
             }
         }
         None => {
@@ -438,6 +475,8 @@ struct Ready {
     endpoint: EndpointId,
     /// Counts the session as open on its endpoint until the relay ends.
     activity: ActivityGuard,
+    /// The session's place under its endpoint's limits, held until the relay ends.
+    admitted: EndpointSlot,
 }
 
 async fn handshake<S>(
@@ -485,7 +524,13 @@ where
         Transport::Tls { .. } => named.is_none(),
         Transport::Tcp => false,
     };
-    let (endpoint, backend, activity) = if cleartext {
+    if state.require_tls && !transport.encrypted() {
+        return Err(SessionError::Limited(Refused::new(
+            Limit::TlsRequired,
+            "this gateway requires TLS: connect with sslmode=require (or wss://)",
+        )));
+    }
+    let (endpoint, backend, activity, admitted) = if cleartext {
         protocol::authentication_cleartext_password(client.write_buf());
         client.flush().await?;
         let body = read_auth_message(client).await?;
@@ -509,15 +554,16 @@ where
             .await;
         let login = match &check {
             PasswordCheck::Wrong => return Err(SessionError::auth_failed(user)),
+            PasswordCheck::Refused(refused) => return Err(SessionError::Limited(refused.clone())),
             PasswordCheck::Verified(keys) => Login::Scram(keys),
             PasswordCheck::Unchecked => Login::Password {
                 password,
                 keys: state.pool.passwords(),
             },
         };
-        let (backend, activity) =
+        let (backend, activity, admitted) =
             connect(state, &endpoint, user, database, &forward, login).await?;
-        (endpoint, backend, activity)
+        (endpoint, backend, activity, admitted)
     } else {
         let endpoint = named.unwrap_or_else(|| state.default_endpoint.clone());
         let verifier = state
@@ -534,13 +580,15 @@ where
                 let activity = state.activity.session(&endpoint);
                 let backend =
                     relay_authentication(client, state, route, user, database, &forward).await?;
-                (endpoint, backend, activity)
+                // Postgres judged the password: only now is the client known.
+                let admitted = state.endpoint_limits.admit(&endpoint)?;
+                (endpoint, backend, activity, admitted)
             }
             Verifier::Secret(secret) | Verifier::Mock(secret) => {
                 let real = matches!(verifier, Verifier::Secret(_));
                 let proven = scram_exchange(client, secret, real, user, state).await?;
                 let login = Login::Scram(&proven.keys);
-                let (backend, activity) =
+                let (backend, activity, admitted) =
                     connect(state, &endpoint, user, database, &forward, login).await?;
                 // Only now that the backend accepted the keys does the client hear that the
                 // gateway knows its password; AuthenticationOk follows in the relay's start.
@@ -548,7 +596,7 @@ where
                     client.write_buf(),
                     proven.server_final.as_bytes(),
                 );
-                (endpoint, backend, activity)
+                (endpoint, backend, activity, admitted)
             }
         }
     };
@@ -556,12 +604,16 @@ where
         backend,
         endpoint,
         activity,
+        admitted,
     })
 }
 
-/// Resolves `endpoint` (waking it if needed), counts the session as open on it, and logs in
-/// to its backend with `login`. A backend that refuses the login is a wrong password to the
-/// client; when it refused keys the role's secret accepted, that secret is out of date.
+/// Admits the session under its endpoint's limits, resolves `endpoint` (waking it if
+/// needed), counts the session as open on it, and logs in to its backend with `login`. A
+/// backend that refuses the login is a wrong password to the client; when it refused keys the
+/// role's secret accepted, that secret is out of date. A password the gateway could not check
+/// (a static route) is admitted only once Postgres accepted it, so unauthenticated clients
+/// never spend an endpoint's allowance.
 async fn connect(
     state: &AppState,
     endpoint: &EndpointId,
@@ -569,7 +621,11 @@ async fn connect(
     database: &str,
     forward: &[(&str, &str)],
     login: Login<'_>,
-) -> Result<(Backend, ActivityGuard), SessionError> {
+) -> Result<(Backend, ActivityGuard, EndpointSlot), SessionError> {
+    let admitted = match login {
+        Login::Scram(_) => Some(state.endpoint_limits.admit(endpoint)?),
+        Login::Password { .. } => None,
+    };
     let routes = &state.routes;
     let route = routes
         .resolve(endpoint)
@@ -596,7 +652,13 @@ async fn connect(
         .backend_connect_seconds
         .observe(started.elapsed().as_secs_f64());
     match connected {
-        Ok(backend) => Ok((backend, activity)),
+        Ok(backend) => {
+            let admitted = match admitted {
+                Some(admitted) => admitted,
+                None => state.endpoint_limits.admit(endpoint)?,
+            };
+            Ok((backend, activity, admitted))
+        }
         Err(ConnectError::Connect(BackendError::Db(db))) if db.is_auth_failure() => {
             if let Login::Scram(_) = login {
                 routes.forget_role_secret(endpoint, user).await;
@@ -778,6 +840,7 @@ async fn relay_session<S>(
         backend,
         endpoint,
         activity,
+        admitted,
     } = ready;
     let key = state.cancels.register(backend.cancel_key());
     let out = client.write_buf();
@@ -824,6 +887,7 @@ async fn relay_session<S>(
     active.dec();
     drop(key);
     drop(activity);
+    drop(admitted);
     let error = match relayed.end {
         RelayEnd::ClientClosed | RelayEnd::BackendClosed => None,
         RelayEnd::Idle => Some(SessionError::Idle),

@@ -367,6 +367,43 @@ impl Boundary {
     }
 }
 
+/// What the boundary tracker says after one chunk: see [`track_boundaries`].
+#[doc(hidden)]
+#[derive(Debug, PartialEq, Eq)]
+pub enum Tracked {
+    /// Whether everything so far ends on a message boundary.
+    Boundary(bool),
+    /// A message of this many bytes (tag included) over the limit.
+    TooLarge(usize),
+    /// A length below 4.
+    Framing,
+}
+
+/// The relay's boundary tracker on its own, for the fuzz target (`gateway/fuzz`): feeds
+/// `chunks` in order and says what it saw after each, up to the first error.
+#[doc(hidden)]
+pub fn track_boundaries<'a>(
+    chunks: impl IntoIterator<Item = &'a [u8]>,
+    max_message: usize,
+) -> Vec<Tracked> {
+    let mut boundary = Boundary::default();
+    let mut seen = Vec::new();
+    for chunk in chunks {
+        match boundary.feed(chunk, max_message) {
+            Ok(()) => seen.push(Tracked::Boundary(boundary.at_boundary())),
+            Err(PumpError::TooLarge(len)) => {
+                seen.push(Tracked::TooLarge(len));
+                break;
+            }
+            Err(_) => {
+                seen.push(Tracked::Framing);
+                break;
+            }
+        }
+    }
+    seen
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -90,7 +90,7 @@ async fn endpoints_come_from_the_control_plane_and_stay_warm() {
     cp.route("db-pooler", &pg.address());
     cp.secret("db", "postgres", &pg.role_secret("postgres").await);
     let gw = TestGateway::with_control_plane(&cp.url, Some("t0ken"), |config| {
-        config.route_cache.negative_ttl = Duration::from_millis(300);
+        config.route_cache.negative_ttl = Duration::from_millis(1500);
         // No activity replies: the first one drops every cached secret (role changes may
         // have been missed), which would blur the counts here.
         config.activity_interval = None;
@@ -197,7 +197,7 @@ async fn endpoints_come_from_the_control_plane_and_stay_warm() {
         .expect_err("refused");
     assert!(sqlstate(&error).starts_with("28P01"), "{error}");
     assert_eq!(cp.requests(), before);
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    tokio::time::sleep(Duration::from_millis(1600)).await;
     assert_eq!(
         sql(&gw, &conn("ghost", "postgres"), query.clone()).await.0,
         400

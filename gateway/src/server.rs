@@ -64,6 +64,8 @@ impl std::fmt::Debug for ConnectionInfo {
 /// How long sessions get to say goodbye once a drain has timed out, and an idle HTTP
 /// connection after its GOAWAY.
 const GOODBYE: Duration = Duration::from_secs(2);
+/// How much longer than the handshake timeout hyper waits for an HTTP/1 request head.
+const HEAD_GRACE: Duration = Duration::from_secs(1);
 /// How often a draining connection's loop wakes (it has nothing to do but wait).
 const DRAIN_CHECK: Duration = Duration::from_secs(3600);
 /// Connections refused over a limit that are told why at once (the rest are just closed).
@@ -87,7 +89,10 @@ pub async fn serve_public(
         .http1()
         .half_close(false)
         .timer(TokioTimer::new())
-        .header_read_timeout(state.sessions.handshake_timeout);
+        // A second later than the first-request deadline `serve_http` keeps itself (which is
+        // counted), so that one closes a first request head that is too slow; this one then
+        // bounds each later head.
+        .header_read_timeout(state.sessions.handshake_timeout + HEAD_GRACE);
     builder
         .http2()
         .timer(TokioTimer::new())

@@ -252,6 +252,16 @@ pub struct Args {
     #[arg(long, env = "GATEWAY_MAX_ENDPOINT_RPS", default_value_t = 5_000)]
     pub max_endpoint_rps: u32,
 
+    /// Bytes that WebSocket clients still in their handshake may make the gateway hold, all
+    /// together, beyond 64 KiB each (the driver may send its first query, of any size, with
+    /// its startup and password); a client that needs more is refused (FATAL 53300).
+    #[arg(
+        long,
+        env = "GATEWAY_MAX_HANDSHAKE_BYTES",
+        default_value_t = 256 * 1024 * 1024
+    )]
+    pub max_handshake_bytes: usize,
+
     /// Refuse plaintext: `/sql` over http://, WebSocket upgrades over ws:// and Postgres
     /// startups without TLS get a clear error. Needs --tls-cert and --tls-key.
     #[arg(long, env = "GATEWAY_REQUIRE_TLS")]
@@ -289,6 +299,7 @@ pub struct Config {
     pub max_endpoint_connections: usize,
     /// New requests and sessions per second per endpoint; `None`: unlimited.
     pub max_endpoint_rps: Option<u32>,
+    pub max_handshake_bytes: usize,
     pub require_tls: bool,
     pub shutdown_timeout: Duration,
 }
@@ -498,6 +509,7 @@ impl Args {
             max_response_rows: self.max_response_rows,
             max_endpoint_connections: self.max_endpoint_connections,
             max_endpoint_rps: (self.max_endpoint_rps > 0).then_some(self.max_endpoint_rps),
+            max_handshake_bytes: self.max_handshake_bytes,
             require_tls: self.require_tls,
             shutdown_timeout: Duration::from_secs(self.shutdown_timeout_seconds),
         })

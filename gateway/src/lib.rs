@@ -95,6 +95,7 @@ pub fn state(config: &Config) -> Result<Arc<AppState>, StateError> {
         ),
         http: config.http.clone(),
         max_response_rows: config.max_response_rows,
+        handshake_pool: websocket::HandshakePool::new(config.max_handshake_bytes),
         require_tls: config.require_tls,
         tasks: TaskTracker::new(),
         stop_sessions: CancellationToken::new(),

@@ -41,7 +41,8 @@ pub enum Limit {
     EndpointConnections,
     /// `--max-endpoint-rps`: new requests and sessions per second on one endpoint.
     EndpointRate,
-    /// A WebSocket message during the handshake above the handshake limit.
+    /// `--max-handshake-bytes`: WebSocket bytes held for clients still in their handshake
+    /// (beyond 64 KiB each), all together.
     HandshakeMessageBytes,
     /// `--require-tls`: a plaintext HTTP request, `ws://` upgrade or Postgres startup.
     TlsRequired,
@@ -109,11 +110,12 @@ impl Refused {
             | Limit::ConnectionsPerIp
             | Limit::PasswordHashQueue
             | Limit::EndpointConnections
-            | Limit::EndpointRate => StatusCode::TOO_MANY_REQUESTS,
+            | Limit::EndpointRate
+            | Limit::HandshakeMessageBytes => StatusCode::TOO_MANY_REQUESTS,
             Limit::FirstRequestTimeout | Limit::BodyReadTimeout | Limit::HttpIdleTimeout => {
                 StatusCode::REQUEST_TIMEOUT
             }
-            Limit::RequestBytes | Limit::HandshakeMessageBytes => StatusCode::PAYLOAD_TOO_LARGE,
+            Limit::RequestBytes => StatusCode::PAYLOAD_TOO_LARGE,
             Limit::ResponseSize => StatusCode::INSUFFICIENT_STORAGE,
             Limit::ScramIterations => StatusCode::BAD_GATEWAY,
             Limit::TlsRequired => StatusCode::FORBIDDEN,
@@ -128,11 +130,12 @@ impl Refused {
             | Limit::ConnectionsPerIp
             | Limit::PasswordHashQueue
             | Limit::EndpointConnections
-            | Limit::EndpointRate => "53300",
+            | Limit::EndpointRate
+            | Limit::HandshakeMessageBytes => "53300",
             // connection_failure, as a handshake timeout
             Limit::FirstRequestTimeout | Limit::BodyReadTimeout | Limit::HttpIdleTimeout => "08006",
             // program_limit_exceeded
-            Limit::RequestBytes | Limit::ResponseSize | Limit::HandshakeMessageBytes => "54000",
+            Limit::RequestBytes | Limit::ResponseSize => "54000",
             // sqlclient_unable_to_establish_sqlconnection
             Limit::ScramIterations => "08001",
             // invalid_authorization_specification, as Postgres for a hostssl-only pg_hba

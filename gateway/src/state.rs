@@ -22,6 +22,7 @@ use crate::session::cancel::CancelMap;
 use crate::session::SessionConfig;
 use crate::tls::Tls;
 use crate::usage::Usage;
+use crate::websocket::HandshakePool;
 
 pub struct AppState {
     /// Endpoint → address (static, or from the control plane, cached) and role secrets.
@@ -47,6 +48,8 @@ pub struct AppState {
     pub http: HttpConfig,
     /// Most rows in one `/sql` response.
     pub max_response_rows: usize,
+    /// What WebSocket clients in their handshake may make the gateway hold, together.
+    pub handshake_pool: HandshakePool,
     /// Plaintext HTTP, `ws://` and Postgres without TLS are refused.
     pub require_tls: bool,
     /// Every client connection's task (HTTP connections, sessions), waited for on shutdown.

@@ -410,14 +410,16 @@ async fn websocket_or_none(gw: &TestGateway) -> Option<Raw<WsStream<TcpStream>>>
     Some(Raw::new(WsStream::new(ws)))
 }
 
-/// A huge message before the session is ready is cut off after the handshake's worth of
-/// bytes, instead of being buffered whole (up to 64 MiB) for a client nobody authenticated.
+/// A huge message before the session is ready draws on the shared handshake pool, and is cut
+/// off when the pool runs dry, instead of being buffered whole (up to 64 MiB) for a client
+/// nobody authenticated. A large first query pipelined with the startup (as the driver sends
+/// it) is still served.
 #[tokio::test]
-async fn oversized_websocket_messages_during_the_handshake_are_refused() {
-    let gw = TestGateway::start(|_| {}).await;
+async fn oversized_websocket_messages_during_the_handshake_are_bounded() {
+    let gw = TestGateway::start(|c| c.max_handshake_bytes = 128 * 1024).await;
     let mut ws = websocket_stream(&gw).await;
-    // A binary frame announcing 60 MiB, of which 256 KiB are sent: far past the handshake's
-    // allowance, far short of the message.
+    // A binary frame announcing 60 MiB, of which 256 KiB are sent: past the client's own 64
+    // KiB and the whole pool's 128 KiB, far short of the message.
     let len: u64 = 60 * 1024 * 1024;
     let mut frame = vec![0x82, 0x80 | 127];
     frame.extend_from_slice(&len.to_be_bytes());
@@ -444,9 +446,9 @@ async fn oversized_websocket_messages_during_the_handshake_are_refused() {
         }
     }
     let fatal = fatal.expect("a FATAL before the close");
-    assert_eq!(fatal[&'C'], "54000");
+    assert_eq!(fatal[&'C'], "53300");
     assert!(
-        fatal[&'M'].contains("before the session was ready"),
+        fatal[&'M'].contains("too much data is waiting for authentication"),
         "{fatal:?}"
     );
     assert_eq!(
@@ -457,7 +459,28 @@ async fn oversized_websocket_messages_during_the_handshake_are_refused() {
         .await,
         1.0
     );
-    // After the handshake, large messages are fine.
+    // The pool came back when the session ended: the driver's way, startup, password and a
+    // 100 KiB query in one message, is served.
+    let big = "x".repeat(100 * 1024);
+    let mut message = startup_bytes(USER);
+    frontend::password_message(b"postgres", &mut message).expect("password");
+    frontend::query(&format!("SELECT length('{big}')"), &mut message).expect("query");
+    let mut ws = websocket_stream(&gw).await;
+    futures_util::SinkExt::send(&mut ws, Message::Binary(message.freeze()))
+        .await
+        .expect("send");
+    let mut raw = Raw::new(WsStream::new(ws));
+    // Authentication up to the handshake's ReadyForQuery, then the query's answer.
+    let handshake = tokio::time::timeout(HANG, raw.read_result()).await;
+    assert_eq!(handshake.expect("the handshake ended"), Ok(vec![]));
+    assert_eq!(
+        tokio::time::timeout(HANG, raw.read_result())
+            .await
+            .expect("the pipelined query was answered")
+            .expect("no error"),
+        ["102400"]
+    );
+    // And after the handshake, large messages do not count at all.
     let mut ws = websocket(&gw).await;
     ws.login(USER, "postgres").await.expect("login");
     let big = "x".repeat(1024 * 1024);

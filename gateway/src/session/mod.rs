@@ -207,10 +207,7 @@ impl From<io::Error> for SessionError {
         if crate::websocket::is_handshake_overrun(&error) {
             return SessionError::Limited(Refused::new(
                 Limit::HandshakeMessageBytes,
-                format!(
-                    "the client sent more than {} bytes before the session was ready",
-                    crate::websocket::HANDSHAKE_BYTES
-                ),
+                "too much data is waiting for authentication on this gateway; please try again later",
             ));
         }
         match error.kind() {

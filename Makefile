@@ -7,14 +7,15 @@ CARGO ?= cargo
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help up test build fmt lint bench clean clean-data
+.PHONY: help up test build fmt lint bench fuzz clean clean-data
 
 help: ## list the targets
 	@echo "Targets:"
 	@awk 'BEGIN { FS = ":.*## " } /^[a-z][a-z-]*:.*## / { printf "  %-11s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
 	@echo "Env switches: DATA_DIR, WAKE_LISTEN, WAKE_COMPUTE_PORTS, GATEWAY_LISTEN, GATEWAY_ADMIN_LISTEN, RUST_LOG (up);"
 	@echo "              SKIP_RUST=1, SKIP_NODE=1, NODE_TESTS="test/x.test.js" (test);"
-	@echo "              ARGS=--quick or BENCH_QUICK=1 (bench: every scenario, smaller, under 2 minutes)"
+	@echo "              ARGS=--quick or BENCH_QUICK=1 (bench: every scenario, smaller, about 2.5 minutes; ARGS="--only flood": the flood test alone);"
+	@echo "              FUZZ_SECONDS=60 (fuzz: seconds per target), FUZZ_TARGETS=\"a b\" (fuzz: only those)"
 
 up: ## build and run the local stack (wake service + gateway, endpoint db) in the foreground
 	bash scripts/dev-up.sh
@@ -34,6 +35,9 @@ lint: ## fmt check and clippy with warnings as errors
 
 bench: ## the gateway next to direct Postgres and PgBouncer, as ratios (writes BENCHMARKS.md)
 	bash scripts/bench.sh $(ARGS)
+
+fuzz: ## fuzz every gateway parser, FUZZ_SECONDS (default 60) per target; fails on a crash (not in test)
+	bash scripts/fuzz.sh
 
 clean: ## remove build output (keeps the dev data in DATA_DIR, default .data)
 	$(CARGO) clean

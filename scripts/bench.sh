@@ -10,15 +10,21 @@
 #                       Postgres started on the same data (sdk-tests/bench/cold-start.bench.js);
 #   3. (full mode) node http.bench.js and session.bench.js: the real npm driver vs
 #                       node-postgres, printed only;
-#   4. loadgen report   merges the cold start in, prints the table, writes
+#   4. loadgen run      the flood test (7a-7j), each attack on a fresh gateway: a hostile
+#                       client on 127.0.0.2 next to a well-behaved one on 127.0.0.1, whose
+#                       SELECT 1 latency and errors are compared with its own quiet run;
+#   5. loadgen report   merges the cold start in, prints the table, writes
 #                       bench/results/latest.json and BENCHMARKS.md.
 # With two or more cores the gateway (and the reference PgBouncer) run on core 0 and the
 # clients on core 1 (taskset).
 # Everything is bounded by fixed durations and counts, and each step by a time limit.
 #
-# Usage: scripts/bench.sh [--quick]     (make bench ARGS=--quick, or BENCH_QUICK=1 make bench)
-# --quick runs every scenario with smaller counts and durations (under 2 minutes after the
-# build); the full run takes about 5 minutes after the build.
+# Usage: scripts/bench.sh [--quick] [--only flood|7a,7b,...]
+#        (make bench ARGS=--quick, ARGS="--quick --only flood", or BENCH_QUICK=1 make bench)
+# --quick runs every scenario with smaller counts and durations (about 2.5 minutes after the
+# build, half of it the flood test); the full run takes about 8 minutes after the build.
+# --only flood runs only the flood test (or only the attacks listed) and writes a report of
+# them alone.
 set -euo pipefail
 
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -30,16 +36,33 @@ LOG_TAG="bench"
 
 QUICK=0
 case "${BENCH_QUICK:-}" in "" | 0 | false | no) ;; *) QUICK=1 ;; esac
-for arg in "$@"; do
-  case "$arg" in
+# The flood test's attacks, in the order they run: the iteration bomb last, since the gateway
+# it hits keeps hashing long after it.
+FLOOD_ATTACKS=(7b 7c 7d 7e 7f 7g 7h 7i 7j 7a)
+ONLY=""
+while (($#)); do
+  case "$1" in
     --quick) QUICK=1 ;;
+    --only)
+      (($# >= 2)) || die "--only needs a value (flood, or attacks such as 7b,7d)"
+      ONLY="$2"
+      shift
+      ;;
+    --only=*) ONLY="${1#--only=}" ;;
     -h | --help)
       sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'
       exit 0
       ;;
-    *) die "unknown argument: $arg (try --quick)" ;;
+    *) die "unknown argument: $1 (try --quick, --only flood)" ;;
   esac
+  shift
 done
+if [[ -n "$ONLY" && "$ONLY" != flood ]]; then
+  IFS=',' read -r -a FLOOD_ATTACKS <<<"$ONLY"
+  for attack in "${FLOOD_ATTACKS[@]}"; do
+    [[ "$attack" =~ ^7[a-j]$ ]] || die "--only takes flood or attacks 7a to 7j, not '$attack'"
+  done
+fi
 
 REPO_ROOT="$(repo_root)"
 cd "$REPO_ROOT"
@@ -58,6 +81,12 @@ export RUST_LOG="${RUST_LOG:-warn}"
 # Room for scenario 4: 10 000 HTTP clients, or up to 9 000 WebSocket sessions (two
 # descriptors each in the gateway). The gateway and the wake service inherit the file limit.
 export GATEWAY_MAX_CLIENT_CONNECTIONS="${GATEWAY_MAX_CLIENT_CONNECTIONS:-19000}"
+# Scenarios 1-6 open all those connections from one address to one endpoint and run it flat
+# out: the per-address and per-endpoint limits are lifted for them. The flood test runs its
+# gateways with the defaults (its attacker has an address and an endpoint of its own).
+export GATEWAY_MAX_CONNECTIONS_PER_IP="${GATEWAY_MAX_CONNECTIONS_PER_IP:-19000}"
+export GATEWAY_MAX_ENDPOINT_CONNECTIONS="${GATEWAY_MAX_ENDPOINT_CONNECTIONS:-19000}"
+export GATEWAY_MAX_ENDPOINT_RPS="${GATEWAY_MAX_ENDPOINT_RPS:-0}"
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || warn "could not raise the open-files limit ($(ulimit -n))"
 WAKE_DATA=""
 
@@ -121,7 +150,7 @@ pin_gateway
 pin_pgbouncer
 log "placement: $PINNING"
 
-if [[ ! -d sdk-tests/node_modules || sdk-tests/package-lock.json -nt sdk-tests/node_modules/.package-lock.json ]]; then
+if [[ -z "$ONLY" ]] && [[ ! -d sdk-tests/node_modules || sdk-tests/package-lock.json -nt sdk-tests/node_modules/.package-lock.json ]]; then
   (cd sdk-tests && npm ci --no-audit --no-fund >/dev/null)
 fi
 
@@ -135,6 +164,60 @@ loadgen_run() {
     --gateway "127.0.0.1:$GW_PORT" --gateway-admin "127.0.0.1:$GW_ADMIN_PORT" \
     --gateway-pid "$GATEWAY_PID" --wake-url "$WAKE_URL" --pinning "$PINNING" "$@" >/dev/null
 }
+# The flood test's gateways have, besides the control plane, a static route for the
+# attacker's own endpoint to endpoint db's Postgres: its authenticated attacks go there, not
+# to the victim's endpoint, and the iteration bomb (7a) needs a static route, where the
+# gateway logs in to Postgres with the client's cleartext password and so runs PBKDF2 with
+# whatever iteration count Postgres asks for. start_gateway sets the route variables itself,
+# so the route goes on the command line, through a wrapper that execs the gateway (same pid).
+ATTACKER_ENDPOINT="hostile"
+ATTACKER_GATEWAY="$TARGET_DIR/bench-gateway-attacker-route"
+write_attacker_gateway() {
+  printf '#!/bin/sh\n# Written by scripts/bench.sh: the gateway with a static route to endpoint db'"'"'s Postgres.\nexec %q --route %q "$@"\n' \
+    "$GATEWAY_BIN" "$ATTACKER_ENDPOINT=$DB_DIRECT" >"$ATTACKER_GATEWAY"
+  chmod 755 "$ATTACKER_GATEWAY"
+}
+# flood_test — every selected attack on its own fresh gateway; the first run starts the
+# report unless MERGE_FLOOD is set (it is when scenarios 1-6 ran first).
+flood_test() {
+  local attack
+  local -a merge=() cap=()
+  ((MERGE_FLOOD)) && merge=(--merge)
+  write_attacker_gateway
+  for attack in "${FLOOD_ATTACKS[@]}"; do
+    cap=()
+    # The gateway's defaults: one address may hold a tenth of the connection cap (1 000 of
+    # 10 000), an endpoint 1 000 requests and sessions at once and 5 000 new ones a second.
+    if [[ "$attack" == 7j ]]; then
+      # More WebSocket sessions than a small cap, with the per-address share of the defaults.
+      GATEWAY_MAX_CLIENT_CONNECTIONS=200 GATEWAY_MAX_CONNECTIONS_PER_IP=20 \
+        GATEWAY_MAX_ENDPOINT_CONNECTIONS=1000 GATEWAY_MAX_ENDPOINT_RPS=5000 \
+        GATEWAY_BIN="$ATTACKER_GATEWAY" fresh_gateway
+      cap=(--gateway-max-client-connections 200)
+    else
+      GATEWAY_MAX_CONNECTIONS_PER_IP=1000 GATEWAY_MAX_ENDPOINT_CONNECTIONS=1000 \
+        GATEWAY_MAX_ENDPOINT_RPS=5000 GATEWAY_BIN="$ATTACKER_GATEWAY" fresh_gateway
+    fi
+    loadgen_run --only "$attack" "${merge[@]}" "${cap[@]}" --attacker-endpoint "$ATTACKER_ENDPOINT"
+    if [[ "$attack" == 7a ]]; then
+      # An unfixed gateway's workers are stuck in PBKDF2 long after the attack and cannot
+      # drain: SIGKILL at once.
+      kill -KILL "$GATEWAY_PID" 2>/dev/null || true
+      wait "$GATEWAY_PID" 2>/dev/null || true
+      GATEWAY_PID=""
+    fi
+    merge=(--merge)
+  done
+}
+
+if [[ -n "$ONLY" ]]; then
+  MERGE_FLOOD=0
+  flood_test
+  "$LOADGEN_BIN" report
+  log "measured in $((SECONDS - started)) s after the build ($( ((QUICK)) && echo quick || echo full) mode, flood test only)"
+  exit 0
+fi
+
 loadgen_run --only 1,2,3,6
 fresh_gateway
 loadgen_run --only 4b --merge
@@ -160,6 +243,10 @@ if ((!QUICK)); then
     env "${node_env[@]}" timeout --foreground -k 10 600 "${CLIENT[@]}" node "$bench" || warn "$bench failed"
   done
 fi
+
+log "==> the flood test (7), each attack on a fresh gateway"
+MERGE_FLOOD=1
+flood_test
 
 report_args=()
 [[ -f "$COLD_JSON" ]] && report_args=(--cold-start "$COLD_JSON")

@@ -1,56 +1,109 @@
 //! The loadgen's view of the control side: the wake service's endpoint API (where the direct
 //! and PgBouncer addresses are) and the gateway's admin `/metrics` (control-plane calls).
-//! One-shot HTTP/1.1 GETs, each bounded by a timeout.
+//! One-shot HTTP/1.1 calls, each bounded by a timeout. The flood test (scenario 7) also makes
+//! one role through the API.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
-use hyper::header::{AUTHORIZATION, HOST};
-use hyper::Request;
+use http_body_util::{BodyExt, Full};
+use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HOST};
+use hyper::{Method, Request};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::time::timeout;
-use wake_api::admin::Endpoint;
+use wake_api::admin::{CreateRole, Endpoint, PatchRole};
 
-const GET_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bounds one call; a role change waits until every gateway applied it (at most 10 s).
+const CALL_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// GET `http://<authority><path>`; the body of a 2xx answer.
 async fn get(authority: &str, path: &str, bearer: Option<&str>) -> anyhow::Result<Bytes> {
-    timeout(GET_TIMEOUT, async {
+    call(Method::GET, authority, path, bearer, None).await
+}
+
+/// `method` on `http://<authority><path>`, with a JSON body if given; the body of a 2xx answer.
+async fn call(
+    method: Method,
+    authority: &str,
+    path: &str,
+    bearer: Option<&str>,
+    json: Option<String>,
+) -> anyhow::Result<Bytes> {
+    let what = format!("{method} http://{authority}{path}");
+    timeout(CALL_TIMEOUT, async {
         let tcp = TcpStream::connect(authority)
             .await
             .with_context(|| format!("connecting to {authority}"))?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
         let conn = tokio::spawn(conn);
-        let mut request = Request::get(path).header(HOST, authority);
+        let mut request = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(HOST, authority);
         if let Some(token) = bearer {
             request = request.header(AUTHORIZATION, format!("Bearer {token}"));
         }
-        let response = sender
-            .send_request(request.body(Empty::<Bytes>::new())?)
-            .await?;
+        let body = match json {
+            Some(json) => {
+                request = request.header(CONTENT_TYPE, "application/json");
+                Full::new(Bytes::from(json))
+            }
+            None => Full::new(Bytes::new()),
+        };
+        let response = sender.send_request(request.body(body)?).await?;
         let status = response.status();
         let body = response.into_body().collect().await?.to_bytes();
         conn.abort();
         if !status.is_success() {
             bail!(
-                "GET {path}: HTTP {status}: {}",
+                "{what}: HTTP {status}: {}",
                 String::from_utf8_lossy(&body[..body.len().min(300)])
             );
         }
         Ok(body)
     })
     .await
-    .map_err(|_| anyhow!("GET http://{authority}{path} timed out"))?
+    .map_err(|_| anyhow!("{what} timed out"))?
 }
 
 /// `GET /v1/endpoints/<id>` on the wake service (`authority` is `host:port`).
 pub async fn endpoint(authority: &str, token: &str, id: &str) -> anyhow::Result<Endpoint> {
     let body = get(authority, &format!("/v1/endpoints/{id}"), Some(token)).await?;
     serde_json::from_slice(&body).context("parsing the endpoint")
+}
+
+/// Role `name` on endpoint `id` with `password`: created through the wake service's API, or
+/// given the new password if it exists (a run before this one made it).
+pub async fn ensure_role(
+    authority: &str,
+    token: &str,
+    id: &str,
+    name: &str,
+    password: &str,
+) -> anyhow::Result<()> {
+    let exists = endpoint(authority, token, id)
+        .await?
+        .roles
+        .iter()
+        .any(|role| role == name);
+    if exists {
+        let body = serde_json::to_string(&PatchRole {
+            password: password.into(),
+        })?;
+        let path = format!("/v1/endpoints/{id}/roles/{name}");
+        call(Method::PATCH, authority, &path, Some(token), Some(body)).await?;
+    } else {
+        let body = serde_json::to_string(&CreateRole {
+            name: name.into(),
+            password: password.into(),
+        })?;
+        let path = format!("/v1/endpoints/{id}/roles");
+        call(Method::POST, authority, &path, Some(token), Some(body)).await?;
+    }
+    Ok(())
 }
 
 /// The control-plane calls the gateway made, from its admin `/metrics`.

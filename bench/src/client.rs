@@ -4,7 +4,8 @@
 //! bounded by a timeout, and every answer is checked (status, row count), so a failure is
 //! counted, never mistaken for a fast query.
 
-use std::net::SocketAddr;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,7 +19,7 @@ use hyper::Request;
 use hyper_util::rt::TokioIo;
 use serde::de::IgnoredAny;
 use serde::Deserialize;
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
 use tokio_postgres::NoTls;
@@ -55,10 +56,12 @@ impl Statement {
 pub enum Dial {
     /// tokio-postgres over TCP to `host:port` (Postgres, PgBouncer, or the gateway's port).
     Tcp { host: String, port: u16 },
-    /// tokio-postgres over a WebSocket to the gateway; `address` is the `?address=` host.
+    /// tokio-postgres over a WebSocket to the gateway; `address` is the `?address=` host;
+    /// `from`, the source address to connect from (the kernel's choice when `None`).
     Ws {
         gateway: SocketAddr,
         address: String,
+        from: Option<IpAddr>,
     },
     /// `POST /sql` to the gateway on one keep-alive connection.
     Http(Arc<HttpTarget>),
@@ -131,11 +134,14 @@ impl Dial {
                     }),
                 })
             }
-            Dial::Ws { gateway, address } => {
-                let tcp = TcpStream::connect(gateway)
+            Dial::Ws {
+                gateway,
+                address,
+                from,
+            } => {
+                let tcp = connect_tcp(*gateway, *from)
                     .await
                     .context("TCP connect to the gateway")?;
-                tcp.set_nodelay(true)?;
                 let url = format!(
                     "ws://{gateway}/v2?address={address}:5432",
                     gateway = gateway
@@ -156,10 +162,9 @@ impl Dial {
                 })
             }
             Dial::Http(target) => {
-                let tcp = TcpStream::connect(target.gateway)
+                let tcp = connect_tcp(target.gateway, None)
                     .await
                     .context("TCP connect to the gateway")?;
-                tcp.set_nodelay(true)?;
                 let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
                     .await
                     .context("HTTP/1.1 handshake")?;
@@ -173,6 +178,25 @@ impl Dial {
             }
         }
     }
+}
+
+/// A TCP connection to `to` (with `TCP_NODELAY`), from the source address `from` when given:
+/// all of 127.0.0.0/8 is loopback on Linux, so a client on 127.0.0.2 reaches a gateway on
+/// 127.0.0.1 and looks like another host to it.
+pub async fn connect_tcp(to: SocketAddr, from: Option<IpAddr>) -> io::Result<TcpStream> {
+    let tcp = match from {
+        None => TcpStream::connect(to).await?,
+        Some(ip) => {
+            let socket = match ip {
+                IpAddr::V4(_) => TcpSocket::new_v4()?,
+                IpAddr::V6(_) => TcpSocket::new_v6()?,
+            };
+            socket.bind(SocketAddr::new(ip, 0))?;
+            socket.connect(to).await?
+        }
+    };
+    tcp.set_nodelay(true)?;
+    Ok(tcp)
 }
 
 /// Like the gateway's side: a 16 KiB read buffer, and every frame written at once.

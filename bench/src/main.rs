@@ -1,22 +1,26 @@
 //! `loadgen`: the load generator of `make bench`. `loadgen run` measures the gateway next to
-//! direct Postgres and PgBouncer (endpoint `db` of a wake service) and writes the report;
-//! `loadgen report` merges the Node cold-start bench into it and writes it again.
+//! direct Postgres and PgBouncer (endpoint `db` of a wake service), and a well-behaved client
+//! next to itself while a hostile one attacks the gateway (the flood test), and writes the
+//! report; `loadgen report` merges the Node cold-start bench into it and writes it again.
 //!
 //! Run with: make bench   (scripts/bench.sh starts the stack and passes the addresses)
 
 mod admin;
+mod attacks;
 mod client;
+mod flood;
 mod measure;
 mod report;
 mod scenarios;
 mod sys;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
 use anyhow::{anyhow, Context};
 use clap::{Args, Parser, Subcommand};
 
+use crate::flood::{FloodPlan, FloodStack};
 use crate::report::Report;
 use crate::scenarios::{Plan, Stack};
 
@@ -75,7 +79,8 @@ struct RunArgs {
     /// How the processes were placed on cores (for the report).
     #[arg(long, env = "BENCH_PINNING", default_value = "not pinned")]
     pinning: String,
-    /// Only these scenarios (1, 2, 3, 4a, 4b, 6), comma-separated.
+    /// Only these scenarios (1, 2, 3, 4a, 4b, 6; 7a to 7j, or 7 or `flood` for all of the
+    /// flood test), comma-separated.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Concurrency levels of scenarios 1 and 2, comma-separated.
@@ -99,6 +104,26 @@ struct RunArgs {
     /// Idle WebSocket sessions in scenario 4b (default: what the file limits allow, ≤ 9000).
     #[arg(long)]
     idle_sessions: Option<usize>,
+    /// The flood test's attacker connects from this address (any of 127.0.0.0/8 is loopback).
+    #[arg(long, env = "BENCH_ATTACKER_IP", default_value = "127.0.0.2")]
+    attacker_ip: IpAddr,
+    /// The flood test's attacker's own endpoint, which the gateway must have a static route
+    /// for, to endpoint `db`'s Postgres: the authenticated attacks run there (without it, on
+    /// `db`, sharing the victim's endpoint limits), and the iteration bomb (7a) needs it.
+    #[arg(long, env = "BENCH_ATTACKER_ENDPOINT")]
+    attacker_endpoint: Option<String>,
+    /// The gateway's --max-client-connections, for 7j to open 1.5× as many sessions.
+    #[arg(long)]
+    gateway_max_client_connections: Option<usize>,
+    /// Seconds of each flood attack.
+    #[arg(long)]
+    flood_attack_seconds: Option<f64>,
+    /// PBKDF2 iterations the iteration bomb's verifier asks for (7a).
+    #[arg(long)]
+    flood_bomb_iterations: Option<u32>,
+    /// Gateway RSS (MiB) at which a flood attack is stopped.
+    #[arg(long)]
+    flood_rss_limit_mib: Option<u64>,
     /// Keep the other scenarios' rows of an existing JSON report (replace only the rows of
     /// the scenarios run now).
     #[arg(long)]
@@ -127,7 +152,7 @@ fn main() -> anyhow::Result<()> {
 fn run(args: RunArgs) -> anyhow::Result<()> {
     let nofile = sys::raise_nofile()?;
     let mut plan = Plan::new(args.quick);
-    plan.only = args.only;
+    plan.only = args.only.clone();
     if let Some(c) = args.concurrency {
         plan.concurrency = c;
     }
@@ -148,6 +173,16 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     if args.idle_sessions.is_some() {
         plan.idle_sessions = args.idle_sessions;
+    }
+    let mut flood_plan = FloodPlan::new(args.quick);
+    if let Some(s) = args.flood_attack_seconds {
+        flood_plan.attack_seconds = s;
+    }
+    if let Some(n) = args.flood_bomb_iterations {
+        flood_plan.bomb_iterations = n;
+    }
+    if let Some(mib) = args.flood_rss_limit_mib {
+        flood_plan.rss_limit_mib = mib;
     }
     // One worker per core this process may use (one when bench.sh pins it).
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -173,14 +208,29 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             pooler: host_port(&endpoint.addresses.pooler)?,
             nofile,
         };
-        scenarios::run(&stack, &plan).await
+        let mut rows = scenarios::run(&stack, &plan).await?;
+        let flood_stack = FloodStack {
+            gateway: args.gateway,
+            gateway_pid: args.gateway_pid,
+            direct: stack.direct.clone(),
+            nofile,
+            wake,
+            wake_token: args.wake_token.clone(),
+            attacker: args.attacker_ip,
+            attacker_endpoint: args.attacker_endpoint.clone(),
+            max_client_connections: args.gateway_max_client_connections,
+        };
+        rows.extend(flood::run(&flood_stack, &flood_plan, &args.only).await);
+        anyhow::Ok(rows)
     })?;
     let report = if args.merge && args.outputs.json.exists() {
         let mut report = Report::load(&args.outputs.json)?;
         report.replace_rows(rows);
         report
     } else {
-        Report::new(machine, serde_json::to_value(&plan)?, rows)
+        let mut settings = serde_json::to_value(&plan)?;
+        settings["flood"] = serde_json::to_value(&flood_plan)?;
+        Report::new(machine, settings, rows)
     };
     write(&report, &args.outputs)
 }

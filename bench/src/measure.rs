@@ -29,6 +29,8 @@ pub struct Figures {
 pub struct Recorder {
     /// Microseconds.
     samples: Vec<u64>,
+    /// Samples that are failed attempts ([`Recorder::fail`]), not answers.
+    failed_samples: u64,
     errors: u64,
     first_error: Option<String>,
 }
@@ -43,6 +45,15 @@ impl Recorder {
         self.samples.push(micros.max(1));
     }
 
+    /// A failed attempt that is also a sample at least `latency` slow: for clients whose every
+    /// try counts (the flood test's victim), a failure weighs in the percentiles as a slow
+    /// answer, never as a fast one, and not in the throughput.
+    pub fn fail(&mut self, latency: Duration, error: impl std::fmt::Display) {
+        self.record(latency);
+        self.failed_samples += 1;
+        self.error(error);
+    }
+
     pub fn error(&mut self, error: impl std::fmt::Display) {
         self.errors += 1;
         if self.first_error.is_none() {
@@ -52,6 +63,7 @@ impl Recorder {
 
     pub fn merge(&mut self, other: Recorder) {
         self.samples.extend(other.samples);
+        self.failed_samples += other.failed_samples;
         self.errors += other.errors;
         if self.first_error.is_none() {
             self.first_error = other.first_error;
@@ -66,7 +78,7 @@ impl Recorder {
         self.first_error.as_deref()
     }
 
-    /// The figures, with throughput over `window` when given.
+    /// The figures, with throughput (answers, not failed attempts) over `window` when given.
     pub fn figures(&self, window: Option<Duration>) -> Figures {
         // 1 µs to 10 min at 3 significant digits; longer samples count as 10 min.
         let mut histogram = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)
@@ -81,7 +93,7 @@ impl Recorder {
             p99_ms: (count > 0).then(|| ms(0.99)),
             qps: window
                 .filter(|w| !w.is_zero())
-                .map(|w| count as f64 / w.as_secs_f64()),
+                .map(|w| count.saturating_sub(self.failed_samples) as f64 / w.as_secs_f64()),
             count,
             errors: self.errors,
         }

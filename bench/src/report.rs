@@ -33,7 +33,8 @@ impl Goal {
 /// One line of the table.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Row {
-    /// The scenario number of the issue (`1`, `2`, `3`, `4a`, `4b`, `5`, `6`).
+    /// The scenario number of the issue (`1`, `2`, `3`, `4a`, `4b`, `5`, `6`; `7a` to `7j`, the
+    /// flood test's attacks).
     pub scenario: String,
     /// What was run, e.g. "SELECT 1, c=16".
     pub workload: String,
@@ -44,6 +45,9 @@ pub struct Row {
     pub baseline: Option<Figures>,
     /// p50 / baseline p50.
     pub ratio_p50: Option<f64>,
+    /// p99 / baseline p99 (absent from reports written before it existed).
+    #[serde(default)]
+    pub ratio_p99: Option<f64>,
     /// q/s / baseline q/s.
     pub ratio_qps: Option<f64>,
     pub goals: Vec<Goal>,
@@ -67,9 +71,13 @@ impl Row {
             Some((name, figures)) => (Some(name.to_string()), Some(figures)),
             None => (None, None),
         };
-        let (ratio_p50, ratio_qps) = match &baseline {
-            Some(b) => (ratio(figures.p50_ms, b.p50_ms), ratio(figures.qps, b.qps)),
-            None => (None, None),
+        let (ratio_p50, ratio_p99, ratio_qps) = match &baseline {
+            Some(b) => (
+                ratio(figures.p50_ms, b.p50_ms),
+                ratio(figures.p99_ms, b.p99_ms),
+                ratio(figures.qps, b.qps),
+            ),
+            None => (None, None, None),
         };
         Row {
             scenario: scenario.into(),
@@ -79,6 +87,7 @@ impl Row {
             baseline_name,
             baseline,
             ratio_p50,
+            ratio_p99,
             ratio_qps,
             goals: Vec::new(),
             notes: Vec::new(),
@@ -242,28 +251,42 @@ impl Report {
                 .get(key)
                 .map_or("?".to_string(), |v| v.to_string())
         };
+        let flood = |key: &str| {
+            self.settings
+                .get("flood")
+                .and_then(|flood| flood.get(key))
+                .map_or("?".to_string(), |v| v.to_string())
+        };
         let _ = writeln!(
             out,
             "- Sizes: scenarios 1-2 closed loop, {} s warm-up then {} s measured per cell; 3: {} \
-             set-ups per path; 4a: {} s; 4b: held {} s",
+             set-ups per path; 4a: {} s; 4b: held {} s; 7: each attack on a fresh gateway, the \
+             victim {} s alone then {} s under attack (a query or connect that fails or takes \
+             over {} s is an error, and counts as that long in its percentiles), attack stopped \
+             at {} MiB gateway RSS",
             setting("warmup_seconds"),
             setting("cell_seconds"),
             setting("setup_count"),
             setting("http_seconds"),
             setting("idle_hold_seconds"),
+            flood("quiet_seconds"),
+            flood("attack_seconds"),
+            flood("victim_timeout_seconds"),
+            flood("rss_limit_mib"),
         );
         let _ = writeln!(
             out,
             "- Latencies in ms, throughput in queries (or set-ups) per second; `×` = gateway / \
-             baseline; tax = p50 − direct p50.\n"
+             baseline (7: the victim under attack / the same victim alone); tax = p50 − direct \
+             p50.\n"
         );
         let _ = writeln!(
             out,
-            "| # | Workload | Path | p50 | p99 | q/s | err | Baseline | p50 | p99 | q/s | p50 × | q/s × | Goal (measured) | Met |"
+            "| # | Workload | Path | p50 | p99 | q/s | err | Baseline | p50 | p99 | q/s | p50 × | p99 × | q/s × | Goal (measured) | Met |"
         );
         let _ = writeln!(
             out,
-            "|---|---|---|--:|--:|--:|--:|---|--:|--:|--:|--:|--:|---|---|"
+            "|---|---|---|--:|--:|--:|--:|---|--:|--:|--:|--:|--:|--:|---|---|"
         );
         for row in &self.rows {
             let f = &row.figures;
@@ -286,7 +309,7 @@ impl Report {
             };
             let _ = writeln!(
                 out,
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 row.scenario,
                 row.workload,
                 row.path,
@@ -299,6 +322,7 @@ impl Report {
                 fmt_ms(b.and_then(|b| b.p99_ms)),
                 fmt_qps(b.and_then(|b| b.qps)),
                 fmt_ratio(row.ratio_p50),
+                fmt_ratio(row.ratio_p99),
                 fmt_ratio(row.ratio_qps),
                 goals,
                 met,

@@ -156,6 +156,7 @@ impl Dials {
             ws: Dial::Ws {
                 gateway: stack.gateway,
                 address: "db.localtest.me".into(),
+                from: None,
             },
             // An IP address names no endpoint: the gateway's default, `db`.
             tcp: Dial::Tcp {
@@ -165,6 +166,7 @@ impl Dials {
             ws_pooler: Dial::Ws {
                 gateway: stack.gateway,
                 address: "db-pooler.localtest.me".into(),
+                from: None,
             },
         })
     }

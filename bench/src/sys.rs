@@ -1,9 +1,10 @@
 //! What the loadgen reads from the machine: its own file limit (raised at start), the
-//! gateway's resident memory and file limit (from `/proc`), and the facts a report starts with
-//! (CPU, cores, kernel, date, git commit).
+//! gateway's resident memory (now and at its peak), CPU time and file limit (from `/proc`),
+//! and the facts a report starts with (CPU, cores, kernel, date, git commit).
 
 use std::fs;
 use std::process::Command;
+use std::time::Duration;
 
 use anyhow::{anyhow, Context};
 use nix::sys::resource::{getrlimit, setrlimit, Resource};
@@ -22,14 +23,45 @@ pub fn raise_nofile() -> anyhow::Result<u64> {
 
 /// VmRSS of a process, in KiB.
 pub fn vm_rss_kib(pid: u32) -> anyhow::Result<u64> {
+    status_kib(pid, "VmRSS:")
+}
+
+/// VmHWM of a process (the most it was ever resident), in KiB.
+pub fn vm_hwm_kib(pid: u32) -> anyhow::Result<u64> {
+    status_kib(pid, "VmHWM:")
+}
+
+fn status_kib(pid: u32, field: &str) -> anyhow::Result<u64> {
     let status = fs::read_to_string(format!("/proc/{pid}/status"))
         .with_context(|| format!("reading /proc/{pid}/status"))?;
     status
         .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .find_map(|line| line.strip_prefix(field))
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|kb| kb.parse().ok())
-        .ok_or_else(|| anyhow!("no VmRSS in /proc/{pid}/status"))
+        .ok_or_else(|| anyhow!("no {field} in /proc/{pid}/status"))
+}
+
+/// CPU time a process has used (user + system, all threads), from `/proc/<pid>/stat`
+/// (`self` for this one).
+pub fn cpu_time(pid: &str) -> anyhow::Result<Duration> {
+    /// `/proc` counts in USER_HZ, 100 on every Linux architecture this runs on.
+    const TICKS_PER_SECOND: u64 = 100;
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("reading /proc/{pid}/stat"))?;
+    // The command name may hold spaces and parentheses: fields count from the last ')'.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    // utime and stime are fields 14 and 15 of stat(5); `fields` starts at field 3.
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok());
+    match (ticks(11), ticks(12)) {
+        (Some(user), Some(system)) => Ok(Duration::from_millis(
+            (user + system) * 1000 / TICKS_PER_SECOND,
+        )),
+        _ => Err(anyhow!("no CPU times in /proc/{pid}/stat")),
+    }
 }
 
 /// The soft "Max open files" limit of a process (`/proc/<pid>/limits`).
@@ -110,5 +142,16 @@ fn git_commit() -> String {
             _ => commit,
         },
         None => "unknown".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn reads_its_own_cpu_time_and_memory() {
+        assert!(super::cpu_time("self").is_ok());
+        let pid = std::process::id();
+        let (rss, hwm) = (super::vm_rss_kib(pid), super::vm_hwm_kib(pid));
+        assert!(matches!((rss, hwm), (Ok(rss), Ok(hwm)) if rss > 0 && hwm >= rss));
     }
 }

@@ -462,7 +462,7 @@ async fn read_body(body: Body, max: usize, deadline: Duration) -> Result<Bytes, 
             if let Some(data) = frame.data_ref() {
                 if collected.len() + data.len() > max {
                     drop(collected);
-                    discard_body(body).await;
+                    discard_body(body, Drain::TOO_LARGE).await;
                     return Err(SqlError::RequestTooLarge { max });
                 }
                 collected.extend_from_slice(data);
@@ -482,26 +482,45 @@ async fn read_body(body: Body, max: usize, deadline: Duration) -> Result<Bytes, 
         })
 }
 
-/// Reads and drops what is left of a body the request is refused for (up to [`DRAIN_LIMIT`]
-/// bytes, for at most [`DRAIN_TIME`]), holding none of it: answering while the client still
-/// sends would make the kernel reset the connection, and clients such as `fetch` would then
-/// report a broken connection instead of the answer.
-async fn discard_body(mut body: Body) {
-    let drain = async {
+/// Reads and drops what is left of a body the request is refused for, within `drain`'s
+/// bounds, holding none of it: answering while the client still sends would make the kernel
+/// reset the connection, and clients such as `fetch` would then report a broken connection
+/// instead of the answer. Past the bounds the connection is closed anyway.
+async fn discard_body(mut body: Body, drain: Drain) {
+    let read = async {
         let mut drained = 0;
         while let Some(Ok(frame)) = body.frame().await {
             drained += frame.data_ref().map_or(0, |d| d.len());
-            if drained > DRAIN_LIMIT {
+            if drained > drain.bytes {
                 break;
             }
         }
     };
-    let _ = tokio::time::timeout(DRAIN_TIME, drain).await;
+    let _ = tokio::time::timeout(drain.time, read).await;
 }
 
-/// How far past the limit a rejected upload is read before answering.
-const DRAIN_LIMIT: usize = 16 * 1024 * 1024;
-const DRAIN_TIME: Duration = Duration::from_secs(5);
+/// How much of a refused body is read before answering.
+#[derive(Clone, Copy)]
+struct Drain {
+    bytes: usize,
+    time: Duration,
+}
+
+impl Drain {
+    /// Over the size limit: the client may well be a driver sending a legitimate but too
+    /// large query, which should see its 413.
+    const TOO_LARGE: Drain = Drain {
+        bytes: 16 * 1024 * 1024,
+        time: Duration::from_secs(5),
+    };
+    /// A wrong password (or unknown role or endpoint): whoever sends a large body with one
+    /// gets the answer only if it is small; reading megabytes for anonymous clients would be
+    /// CPU they spend for free.
+    const UNAUTHENTICATED: Drain = Drain {
+        bytes: 1024 * 1024,
+        time: Duration::from_secs(1),
+    };
+}
 
 /// Records the request in metrics when it ends, including when the client goes away and the
 /// handler is dropped mid-flight.
@@ -570,14 +589,14 @@ async fn run(
     let options = RequestOptions::from_headers(headers)?;
     let info = conn_info(state, headers)?;
     if let Err(e) = check_declared_length(headers, state.max_request_bytes) {
-        discard_body(body).await;
+        discard_body(body, Drain::TOO_LARGE).await;
         return Err(e);
     }
     // Nothing of the body is read or parsed for a client that does not know the password.
     let proven = match authenticate(state, &info).await {
         Ok(proven) => proven,
         Err(e) => {
-            discard_body(body).await;
+            discard_body(body, Drain::UNAUTHENTICATED).await;
             return Err(e);
         }
     };

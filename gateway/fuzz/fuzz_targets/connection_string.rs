@@ -1,0 +1,45 @@
+//! Connection strings (`Neon-Connection-String`, `conn_info::parse`) and the other places an
+//! endpoint is read from client text: a host, a WebSocket `address`, a TLS server name.
+//!
+//! Checks: an accepted connection string names a valid endpoint and a non-empty database and
+//! user with no NUL (nor a NUL in the password); writing those back percent-encoded into a new
+//! connection string parses to the very same values (decoding is lossless and unambiguous).
+#![no_main]
+
+use gateway::conn_info::{self, EndpointId};
+use gateway::session::credentials;
+use libfuzzer_sys::fuzz_target;
+use percent_encoding::{percent_encode, utf8_percent_encode, NON_ALPHANUMERIC};
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let default = EndpointId::parse("db").expect("valid");
+    let _ = conn_info::endpoint_from_host(text, &default);
+    let _ = credentials::from_address(text);
+    let _ = credentials::from_server_name(text, &["example.com".to_owned()]);
+    if let Some(id) = EndpointId::parse(text) {
+        assert_eq!(EndpointId::parse(id.as_str()).as_ref(), Some(&id));
+        let _ = (id.without_pooler(), id.pooler());
+    }
+
+    let Ok(info) = conn_info::parse(text, &default) else {
+        return;
+    };
+    assert_eq!(
+        EndpointId::parse(info.endpoint.as_str()).as_ref(),
+        Some(&info.endpoint)
+    );
+    assert!(!info.database.is_empty() && !info.database.contains('\0'));
+    assert!(!info.user.is_empty() && !info.user.contains('\0'));
+    assert!(!info.password.as_bytes().contains(&0));
+    let again = format!(
+        "postgres://{}:{}@{}.example.com/{}",
+        utf8_percent_encode(&info.user, NON_ALPHANUMERIC),
+        percent_encode(info.password.as_bytes(), NON_ALPHANUMERIC),
+        info.endpoint,
+        utf8_percent_encode(&info.database, NON_ALPHANUMERIC),
+    );
+    assert_eq!(conn_info::parse(&again, &default), Ok(info), "{again}");
+});

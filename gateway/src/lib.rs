@@ -23,6 +23,11 @@ pub mod tls;
 pub mod usage;
 pub mod websocket;
 
+pub use crate::config::{Args, Config, TlsFiles};
+pub use crate::retry::RetryConfig;
+pub use crate::routes::Route;
+pub use crate::websocket::WsStream;
+
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -34,7 +39,6 @@ use tokio_util::task::TaskTracker;
 
 use rand::RngCore;
 
-use crate::config::Config;
 use crate::control_plane::{ControlPlaneApi, ControlPlaneClient};
 use crate::metrics::Metrics;
 use crate::pool::Pool;

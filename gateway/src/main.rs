@@ -7,7 +7,7 @@ use clap::Parser;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 
-use gateway::config::Args;
+use gateway::Args;
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();

@@ -21,8 +21,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_postgres::NoTls;
 
-use gateway::retry::RetryConfig;
-use gateway::websocket::WsStream;
+use gateway::RetryConfig;
+use gateway::WsStream;
 use support::{eventually, postgres, sql, MockControlPlane, ReceivedReport, TestGateway, CONN};
 
 /// Bound for conditions that come true in the background (reports, releases).

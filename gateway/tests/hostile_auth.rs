@@ -23,9 +23,9 @@ use serde_json::{json, Value};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-use gateway::config::Config;
-use gateway::routes::Route;
-use gateway::websocket::WsStream;
+use gateway::Config;
+use gateway::Route;
+use gateway::WsStream;
 use support::raw::Raw;
 use support::{postgres, MockControlPlane};
 

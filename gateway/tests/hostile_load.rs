@@ -15,7 +15,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::tungstenite::Message;
 
-use gateway::websocket::WsStream;
+use gateway::WsStream;
 use support::raw::{fields, server_name, test_ca, Raw};
 use support::{sql, MockControlPlane, TestGateway, CONN};
 

@@ -14,7 +14,7 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
 
-use gateway::websocket::WsStream;
+use gateway::WsStream;
 use support::raw::{fields, server_name, test_ca, Raw};
 use support::{postgres, TestGateway};
 

@@ -23,7 +23,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_postgres::NoTls;
 
-use gateway::websocket::WsStream;
+use gateway::WsStream;
 use support::raw::{fields, server_name, test_ca, Raw, TestCa};
 use support::{
     driver_request, eventually, postgres, sql, Forwarder, MockControlPlane, TestGateway,

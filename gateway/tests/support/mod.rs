@@ -23,8 +23,8 @@ use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use gateway::config::Config;
-use gateway::routes::Route;
+use gateway::Config;
+use gateway::Route;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 

@@ -9,7 +9,7 @@ use postgres_protocol::authentication::sasl;
 use postgres_protocol::message::frontend;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use gateway::config::TlsFiles;
+use gateway::TlsFiles;
 
 // --- a raw protocol client --------------------------------------------------------------
 

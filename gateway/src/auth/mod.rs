@@ -28,7 +28,7 @@
 //! spend CPU on without knowing a password, so it follows three rules:
 //! - the iteration count is capped ([`HashingLimits::max_scram_iterations`],
 //!   `--max-scram-iterations`), for secrets from the control plane (one above the cap is
-//!   answered like an unknown role: `crate::state::AppState::verifier`) and for the
+//!   answered like an unknown role: `crate::frontend::state::AppState::verifier`) and for the
 //!   server-first-messages of backends (a tenant can give a role any verifier in SQL); above it
 //!   nothing is hashed and the login fails at once ([`Limit::ScramIterations`]);
 //! - it runs on the blocking pool, never on the runtime's workers, at most one hash per core at
@@ -39,11 +39,9 @@
 //!   concurrent checks of one password wait for the same run without a place of their own.
 //!
 //! With a control plane, role changes reach the gateway through activity replies
-//! ([`crate::activity`]): [`PasswordCache::forget_role`] then drops the role's proofs of both
+//! ([`crate::control_plane::activity`]): [`PasswordCache::forget_role`] then drops the role's proofs of both
 //! kinds at once ([`PasswordCache::forget_all`] everything, when the gateway cannot know what
 //! changed).
-
-pub mod scram;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -55,11 +53,12 @@ use sha2::Sha256;
 use subtle::ConstantTimeEq;
 use tokio::sync::Semaphore;
 
-use crate::conn_info::{EndpointId, Password};
-use crate::limits::{Limit, Refused};
-use crate::metrics::Metrics;
-use crate::pool::PoolKey;
-use scram::{ClientKeys, ScramKeys, ScramSecret};
+use crate::base::conn_info::{ConnInfo, EndpointId, Password};
+use crate::base::limits::{Limit, Refused};
+use crate::compute::{BackendError, ClientKeySource};
+use crate::obs::labels::SecretOutcome;
+use crate::obs::metrics::Metrics;
+use crate::pgwire::scram::{ClientKeys, ScramKeys, ScramSecret};
 
 type Digest = [u8; 32];
 
@@ -83,6 +82,7 @@ impl Verifier {
         Verifier::Mock(Arc::new(ScramSecret::mock(key, endpoint.as_str(), role)))
     }
 
+    #[cfg(test)]
     /// The secret a client proves its password against (real or mock); `None` when Postgres
     /// judges.
     pub fn secret(&self) -> Option<&Arc<ScramSecret>> {
@@ -160,39 +160,6 @@ enum Unproven {
     Refused(Refused),
 }
 
-/// How a check against a secret went, as a metric label.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum SecretOutcome {
-    /// Proven by an earlier check of the same password against the same secret.
-    Cached,
-    Match,
-    Mismatch,
-    /// Checked against a mock secret (unknown endpoint or role): always refused.
-    Mock,
-    /// A static route: nothing to check against, Postgres judges.
-    NoSecret,
-}
-
-impl SecretOutcome {
-    pub const ALL: [SecretOutcome; 5] = [
-        SecretOutcome::Cached,
-        SecretOutcome::Match,
-        SecretOutcome::Mismatch,
-        SecretOutcome::Mock,
-        SecretOutcome::NoSecret,
-    ];
-
-    pub fn label(self) -> &'static str {
-        match self {
-            SecretOutcome::Cached => "cached",
-            SecretOutcome::Match => "match",
-            SecretOutcome::Mismatch => "mismatch",
-            SecretOutcome::Mock => "mock",
-            SecretOutcome::NoSecret => "no_secret",
-        }
-    }
-}
-
 /// A remembered match: the (endpoint, role) it is for, so a role change can drop it, and the
 /// keyed hash of (endpoint, role, secret, password).
 #[derive(Clone, PartialEq, Eq, Hash)]
@@ -207,10 +174,29 @@ const ACCEPTED_BY_POSTGRES: u8 = 1;
 const MATCHED_SECRET: u8 = 2;
 const CLIENT_KEYS: u8 = 3;
 
+/// Who logs in where: the unit a password is verified for and backend connections are
+/// pooled by.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Account {
+    pub endpoint: EndpointId,
+    pub database: String,
+    pub role: String,
+}
+
+impl Account {
+    pub fn of(info: &ConnInfo) -> Self {
+        Account {
+            endpoint: info.endpoint.clone(),
+            database: info.database.clone(),
+            role: info.user.clone(),
+        }
+    }
+}
+
 pub struct PasswordCache {
     key: [u8; 32],
     /// Per (endpoint, database, role): the digest of the password Postgres last accepted.
-    verified: moka::sync::Cache<PoolKey, Digest>,
+    verified: moka::sync::Cache<Account, Digest>,
     /// Passwords that matched their role's secret, with the ClientKey the match produced.
     matched: moka::future::Cache<MatchedKey, [u8; 32]>,
     /// SCRAM client keys derived for backend logins, by digest of (salt, iterations, password).
@@ -332,7 +318,7 @@ impl PasswordCache {
         mac.finalize().into_bytes().into()
     }
 
-    fn accepted_digest(&self, key: &PoolKey, password: &Password) -> Digest {
+    fn accepted_digest(&self, key: &Account, password: &Password) -> Digest {
         // The pool key is mixed in so a digest is only ever valid for its own role.
         self.digest(
             ACCEPTED_BY_POSTGRES,
@@ -346,7 +332,7 @@ impl PasswordCache {
     }
 
     /// True if Postgres accepted exactly this password for `key` within the TTL.
-    pub fn is_verified(&self, key: &PoolKey, password: &Password) -> bool {
+    pub fn is_verified(&self, key: &Account, password: &Password) -> bool {
         match self.verified.get(key) {
             Some(known) => bool::from(known.ct_eq(&self.accepted_digest(key, password))),
             None => false,
@@ -354,7 +340,7 @@ impl PasswordCache {
     }
 
     /// Records that Postgres just accepted `password` for `key`.
-    pub fn remember(&self, key: &PoolKey, password: &Password) {
+    pub fn remember(&self, key: &Account, password: &Password) {
         self.verified
             .insert(key.clone(), self.accepted_digest(key, password));
     }
@@ -499,12 +485,29 @@ impl PasswordCache {
     }
 }
 
+#[async_trait::async_trait]
+impl ClientKeySource for PasswordCache {
+    async fn client_keys(
+        &self,
+        password: &[u8],
+        salt: &[u8],
+        iterations: u32,
+    ) -> Result<ClientKeys, BackendError> {
+        PasswordCache::client_keys(self, password, salt, iterations)
+            .await
+            .map_err(|e| match e {
+                HashError::Refused(refused) => BackendError::Limited(refused),
+                HashError::Failed => BackendError::Io(std::io::Error::other(e)),
+            })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn key(endpoint: &str, role: &str) -> PoolKey {
-        PoolKey {
+    fn key(endpoint: &str, role: &str) -> Account {
+        Account {
             endpoint: EndpointId::parse(endpoint).expect("id"),
             database: "main".into(),
             role: role.into(),
@@ -569,10 +572,7 @@ mod tests {
         SecretOutcome::ALL
             .iter()
             .map(|o| {
-                let n = metrics
-                    .secret_verifications
-                    .with_label_values(&[o.label()])
-                    .get();
+                let n = metrics.hot.secret_verifications.get(o.label());
                 (o.label(), n)
             })
             .filter(|(_, n)| *n > 0)

@@ -1,0 +1,188 @@
+//! Wiring: configuration, building the shared state, the listeners, signals and the drain.
+
+pub mod config;
+
+pub use config::Config;
+
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use rand::RngCore;
+
+use crate::control_plane::client::{ControlPlaneApi, ControlPlaneClient};
+use crate::control_plane::routes::RouteTable;
+use crate::frontend::state::AppState;
+use crate::frontend::tls::{Tls, TlsError};
+use crate::obs::metrics::Metrics;
+use crate::proxy::pool::Pool;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("cannot build the control-plane client: {0}")]
+    ControlPlane(#[from] reqwest::Error),
+}
+
+/// Builds the shared state for a configuration; fails only on unreadable TLS files (or an HTTP
+/// client that cannot be built).
+pub fn state(config: &Config) -> Result<Arc<AppState>, StateError> {
+    let metrics = Arc::new(Metrics::new());
+    let tls = match &config.tls {
+        Some(files) => Some(Tls::load(&files.cert, &files.key)?),
+        None => None,
+    };
+    let control_plane = match &config.control_plane {
+        Some(cp) => Some(
+            Arc::new(ControlPlaneClient::new(cp.clone(), metrics.clone())?)
+                as Arc<dyn ControlPlaneApi>,
+        ),
+        None => None,
+    };
+    let mut mock_auth_key = [0u8; 32];
+    rand::thread_rng().fill_bytes(&mut mock_auth_key);
+    Ok(Arc::new(AppState {
+        routes: Arc::new(RouteTable::new(
+            config.routes.iter().cloned(),
+            control_plane,
+            config.route_cache.clone(),
+            metrics.clone(),
+        )),
+        default_endpoint: config.default_endpoint.clone(),
+        max_request_bytes: config.max_request_bytes,
+        max_response_bytes: config.max_response_bytes,
+        pool: Pool::new(config.pool.clone(), metrics.clone()),
+        types: Default::default(),
+        metrics,
+        sessions: config.sessions.clone(),
+        tls,
+        cancels: Default::default(),
+        usage: Default::default(),
+        activity: crate::control_plane::activity::Activity::new(),
+        connections: crate::base::limits::ConnectionSlots::new(
+            config.max_client_connections,
+            config.max_connections_per_ip,
+        ),
+        endpoint_limits: crate::base::limits::EndpointLimits::new(
+            config.max_endpoint_connections,
+            config.max_endpoint_rps,
+        ),
+        http: config.http.clone(),
+        max_response_rows: config.max_response_rows,
+        handshake_pool: crate::frontend::handshake::HandshakePool::new(config.max_handshake_bytes),
+        require_tls: config.require_tls,
+        tasks: TaskTracker::new(),
+        stop_sessions: CancellationToken::new(),
+        mock_auth_key,
+        draining: AtomicBool::new(false),
+    }))
+}
+
+/// Binds both listeners and serves until `shutdown` is cancelled and the drain is over.
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let public = TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
+    let admin = TcpListener::bind(config.admin_listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.admin_listen))?;
+    serve(config, public, admin, shutdown).await
+}
+
+/// Serves on already-bound listeners (tests bind port 0) until `shutdown` and the drain end.
+pub async fn serve(
+    config: Config,
+    public: TcpListener,
+    admin: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let state = state(&config)?;
+    let addr = |l: &TcpListener| {
+        l.local_addr()
+            .map_or_else(|_| "?".to_owned(), |a: SocketAddr| a.to_string())
+    };
+    tracing::info!(
+        listen = %addr(&public),
+        admin = %addr(&admin),
+        routes = ?config.routes.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        control_plane = config.control_plane.as_ref().map(|c| c.url.as_str()),
+        default_endpoint = %config.default_endpoint,
+        tls = config.tls.is_some(),
+        "gateway started"
+    );
+    let tasks = TaskTracker::new();
+    let admin_stop = CancellationToken::new();
+    if state.tls.is_some() {
+        tasks.spawn(reload_tls_on_sighup(state.clone(), admin_stop.clone()));
+    }
+    tasks.spawn(crate::frontend::server::serve_admin(
+        admin,
+        state.clone(),
+        admin_stop.clone(),
+    ));
+    tasks.spawn(state.pool.clone().run_reaper(admin_stop.clone()));
+    // Activity reports go on while sessions drain, so a draining endpoint is not suspended.
+    if let (Some(control_plane), Some(interval)) =
+        (state.routes.control_plane(), config.activity_interval)
+    {
+        let held = crate::proxy::reporter::Held {
+            activity: state.activity.clone(),
+            routes: state.routes.clone(),
+            pool: state.pool.clone(),
+            metrics: state.metrics.clone(),
+        };
+        tasks.spawn(crate::proxy::reporter::run_reporter(
+            held,
+            control_plane.clone(),
+            interval,
+            admin_stop.clone(),
+        ));
+    }
+    crate::frontend::server::serve_public(public, state, shutdown, config.shutdown_timeout).await;
+    admin_stop.cancel();
+    tasks.close();
+    tasks.wait().await;
+    tracing::info!("gateway stopped");
+    Ok(())
+}
+
+/// Re-reads the TLS certificate and key on every SIGHUP until `stop`.
+async fn reload_tls_on_sighup(state: Arc<AppState>, stop: CancellationToken) {
+    let Some(tls) = state.tls.as_ref() else {
+        return;
+    };
+    let mut hangups = match signal(SignalKind::hangup()) {
+        Ok(hangups) => hangups,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGHUP; TLS reload is off");
+            return;
+        }
+    };
+    loop {
+        tokio::select! {
+            received = hangups.recv() => if received.is_none() { return },
+            () = stop.cancelled() => return,
+        }
+        let outcome = match tls.reload() {
+            Ok(()) => {
+                tracing::info!("SIGHUP: TLS certificate reloaded");
+                "ok"
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "SIGHUP: TLS reload failed; keeping the current certificate");
+                "error"
+            }
+        };
+        state
+            .metrics
+            .tls_reloads
+            .with_label_values(&[outcome])
+            .inc();
+    }
+}

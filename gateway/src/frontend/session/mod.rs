@@ -1,0 +1,961 @@
+//! Postgres sessions: the wire protocol from clients on plain TCP, TLS (after SSLRequest or
+//! direct) and WebSocket, handshaken by the gateway and then relayed byte for byte to one
+//! backend connection of the session's own.
+//!
+//! Handshake, within `handshake_timeout` of the first byte:
+//! 1. Startup packets: SSLRequest is answered `S` + TLS on plain TCP when a certificate is
+//!    configured, `N` otherwise; GSSENCRequest `N`; a CancelRequest is looked up in the
+//!    [`crate::proxy::cancel::CancelMap`] and forwarded, then the connection closes.
+//! 2. The endpoint ([`credentials`]): host (WebSocket address, Host, SNI), `options`, password
+//!    hack, default.
+//! 3. Authentication, before the endpoint is resolved, woken or connected to. What the client
+//!    proves its password against ([`crate::auth::Verifier`]): on a static route, Postgres;
+//!    otherwise the role's SCRAM secret from the control plane, or a mock secret when the
+//!    endpoint or role is unknown (same messages, same work, same FATAL `28P01` as a wrong
+//!    password, and nothing woken or opened). A control plane that cannot be asked, with no
+//!    secret cached, is FATAL `57P03`: the client is never let through to a backend unchecked.
+//!    Roles created in SQL have no secret in the control plane and cannot log in through the
+//!    gateway. How the client proves it:
+//!    - WebSocket clients, and TLS clients whose endpoint is still unknown (the password
+//!      hack), send a cleartext password (asked for with AuthenticationCleartextPassword);
+//!      it is checked against the secret ([`crate::auth::PasswordCache::check`], PBKDF2 on
+//!      the blocking pool), and the gateway logs in to the backend with the keys the match
+//!      gives (SCRAM). On a static route the password is used for whatever the backend asks.
+//!    - Plain TCP and TLS clients with a known endpoint run SCRAM-SHA-256 with the gateway
+//!      itself ([`crate::pgwire::scram::ScramServer`]; `SCRAM-SHA-256` offered, no `-PLUS`):
+//!      the proof gives the ClientKey, with which (and the secret's ServerKey) the gateway logs
+//!      in to the backend, Postgres or PgBouncer for `-pooler` (both hold the same verifier).
+//!      The SASLFinal with the server's signature is held until the backend accepted the
+//!      login; a refusal ends the exchange with the same FATAL `28P01` as a wrong password.
+//!      On a static route the backend's own challenge is relayed instead, message by message,
+//!      so Postgres judges the password; a password never crosses plain TCP either way.
+//!
+//!    The endpoint's address then comes from the route table (woken if needed; `57P03` when
+//!    the control plane cannot provide it), and a cached address that refuses is replaced by
+//!    a new wake ([`crate::control_plane::routes::RouteTable::connect`]).
+//! 4. The client hears AuthenticationOk, the backend's ParameterStatus values, a
+//!    gateway-issued BackendKeyData and exactly one ReadyForQuery. Bytes the client sent ahead
+//!    (the driver pipelines startup, password and first query) go to the backend only then.
+//! 5. [`relay`] copies both ways until either side closes, the session idles out, or a drain
+//!    runs out of time.
+
+pub mod credentials;
+pub mod relay;
+
+use std::io;
+use std::sync::Arc;
+
+use bytes::{BufMut, BytesMut};
+use postgres_protocol::message::backend::Message;
+use rand::RngCore;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio::time::{timeout_at, Instant};
+
+use crate::auth::{PasswordCheck, Verifier};
+use crate::base::conn_info::{EndpointId, Password};
+use crate::base::error::{ErrorKind, ReportableError};
+use crate::base::limits::{EndpointSlot, Limit, Refused};
+use crate::compute::{Backend, BackendError, ConnectParams, DbError, Login};
+use crate::control_plane::activity::ActivityGuard;
+use crate::control_plane::client::ControlPlaneError;
+use crate::control_plane::routes::{ConnectError, Route, RouteError};
+use crate::frontend::state::AppState;
+use crate::pgwire::client::{ClientError, ClientStream};
+use crate::pgwire::frame::FrameError;
+use crate::pgwire::scram::{Proven, ScramError, ScramSecret, ScramServer};
+use crate::pgwire::startup::{self, Startup, StartupError, StartupPacket};
+use credentials::CredentialsError;
+use relay::{Direction, RelayEnd, RelayLimits};
+
+/// Password and SASL messages larger than this are refused.
+const MAX_AUTH_MESSAGE: usize = 8 * 1024;
+/// SSLRequest/GSSENCRequest rounds before a client must send its startup.
+const MAX_NEGOTIATIONS: usize = 4;
+
+/// How the client reached the gateway.
+#[derive(Clone, Debug)]
+pub enum Transport {
+    Tcp,
+    Tls {
+        sni: Option<String>,
+    },
+    WebSocket {
+        tls: bool,
+        /// The `address` query parameter (`host:port`), as `neonConfig.wsProxy` strings send it.
+        address: Option<String>,
+        host: Option<String>,
+        sni: Option<String>,
+        /// What the client may send until the session is ready.
+        handshake: crate::frontend::handshake::HandshakeBudget,
+    },
+}
+
+impl Transport {
+    pub fn label(&self) -> &'static str {
+        match self {
+            Transport::Tcp => "tcp",
+            Transport::Tls { .. } => "tls",
+            Transport::WebSocket { tls: false, .. } => "ws",
+            Transport::WebSocket { tls: true, .. } => "wss",
+        }
+    }
+
+    /// Whether the client's bytes are encrypted (TLS, or a WebSocket over TLS).
+    fn encrypted(&self) -> bool {
+        match self {
+            Transport::Tcp => false,
+            Transport::Tls { .. } => true,
+            Transport::WebSocket { tls, .. } => *tls,
+        }
+    }
+
+    /// The endpoint named by the host the client dialled, if any.
+    fn host_endpoint(&self, domains: &[String]) -> Result<Option<EndpointId>, CredentialsError> {
+        let by_name = |name: &Option<String>| {
+            name.as_deref()
+                .and_then(|n| credentials::from_server_name(n, domains))
+        };
+        match self {
+            Transport::Tcp => Ok(None),
+            Transport::Tls { sni } => Ok(by_name(sni)),
+            Transport::WebSocket {
+                address, host, sni, ..
+            } => match address {
+                Some(address) => credentials::from_address(address),
+                None => Ok(by_name(host).or_else(|| by_name(sni))),
+            },
+        }
+    }
+}
+
+/// What a session can fail with before or while relaying. Each case says what the client is
+/// told (a FATAL ErrorResponse) and how it is classified.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error(transparent)]
+    Startup(#[from] StartupError),
+    #[error(transparent)]
+    Credentials(#[from] CredentialsError),
+    #[error("no PostgreSQL user name specified in startup packet")]
+    MissingUser,
+    /// Wrong password, unknown role, or unknown endpoint: deliberately indistinguishable.
+    #[error("password authentication failed for user '{user}'")]
+    AuthFailed { user: String },
+    #[error("received unencrypted data after SSL request")]
+    UnencryptedData,
+    #[error("{0}")]
+    Protocol(String),
+    /// A malformed SCRAM message (a wrong proof is `AuthFailed`).
+    #[error(transparent)]
+    Scram(#[from] ScramError),
+    #[error("message of {len} bytes exceeds the limit of {max} bytes")]
+    MessageTooLarge { len: usize, max: usize },
+    #[error(
+        "WebSocket text frames are not supported: send the Postgres protocol in binary frames"
+    )]
+    TextFrame,
+    #[error("canceling authentication due to timeout")]
+    HandshakeTimeout,
+    #[error("terminating connection due to idle-session timeout")]
+    Idle,
+    #[error("terminating connection due to administrator command")]
+    Shutdown,
+    #[error("TLS handshake failed: {0}")]
+    Tls(io::Error),
+    #[error("the client closed the connection")]
+    ClientGone,
+    #[error("i/o error on the client connection: {0}")]
+    Io(io::Error),
+    /// Postgres refused the session after authentication (no such database, too many
+    /// connections): passed on as Postgres said it.
+    #[error("{}", .0.message)]
+    Postgres(Box<DbError>),
+    /// The backend could not be reached or failed. The cause is logged, not shown.
+    #[error("could not connect to the database")]
+    Backend(#[source] BackendError),
+    /// The control plane could not give an address (down, refused, or the endpoint did not
+    /// wake in time). Worth retrying; the cause is logged, not shown.
+    #[error("{}", crate::control_plane::client::unavailable(.0))]
+    Unavailable(#[source] Arc<ControlPlaneError>),
+    /// A limit protecting the gateway or other tenants ([`crate::base::limits`]).
+    #[error(transparent)]
+    Limited(#[from] Refused),
+}
+
+impl From<ClientError> for SessionError {
+    fn from(error: ClientError) -> Self {
+        match error {
+            ClientError::Closed => SessionError::ClientGone,
+            ClientError::Io(e) => e.into(),
+            ClientError::Startup(e) => SessionError::Startup(e),
+            ClientError::Frame(FrameError::InvalidLength) => {
+                SessionError::Protocol("invalid message length".into())
+            }
+            ClientError::Frame(FrameError::TooLarge { len, max }) => {
+                SessionError::MessageTooLarge { len, max }
+            }
+        }
+    }
+}
+
+impl From<io::Error> for SessionError {
+    fn from(error: io::Error) -> Self {
+        if crate::pgwire::ws::is_text_frame(&error) {
+            return SessionError::TextFrame;
+        }
+        if crate::frontend::handshake::is_handshake_overrun(&error) {
+            return SessionError::Limited(Refused::new(
+                Limit::HandshakeMessageBytes,
+                "too much data is waiting for authentication on this gateway; please try again later",
+            ));
+        }
+        match error.kind() {
+            io::ErrorKind::UnexpectedEof
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::BrokenPipe => SessionError::ClientGone,
+            _ => SessionError::Io(error),
+        }
+    }
+}
+
+impl ReportableError for SessionError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            SessionError::Startup(_)
+            | SessionError::Credentials(_)
+            | SessionError::MissingUser
+            | SessionError::AuthFailed { .. }
+            | SessionError::UnencryptedData
+            | SessionError::Protocol(_)
+            | SessionError::Scram(_)
+            | SessionError::MessageTooLarge { .. }
+            | SessionError::TextFrame
+            | SessionError::HandshakeTimeout
+            | SessionError::Idle
+            | SessionError::Shutdown
+            | SessionError::Tls(_) => ErrorKind::User,
+            SessionError::ClientGone | SessionError::Io(_) => ErrorKind::ClientDisconnect,
+            SessionError::Postgres(_) => ErrorKind::Postgres,
+            SessionError::Backend(e) => e.kind(),
+            SessionError::Unavailable(_) => ErrorKind::ControlPlane,
+            SessionError::Limited(_) => ErrorKind::RateLimit,
+        }
+    }
+}
+
+impl SessionError {
+    /// The SQLSTATE and hint the client is told, or `None` when it cannot be told anything.
+    fn client_code(&self) -> Option<(&str, Option<&str>)> {
+        Some(match self {
+            SessionError::Startup(StartupError::Protocol { .. }) => ("0A000", None),
+            SessionError::Startup(_)
+            | SessionError::UnencryptedData
+            | SessionError::Protocol(_)
+            | SessionError::Scram(_)
+            | SessionError::MessageTooLarge { .. }
+            | SessionError::TextFrame => ("08P01", None),
+            SessionError::Credentials(_) | SessionError::MissingUser => ("28000", None),
+            SessionError::AuthFailed { .. } => ("28P01", None),
+            SessionError::HandshakeTimeout => ("08006", None),
+            SessionError::Idle => ("57P05", None),
+            SessionError::Shutdown => ("57P01", None),
+            SessionError::Postgres(db) => (db.code.as_str(), db.hint.as_deref()),
+            SessionError::Backend(_) => ("08001", None),
+            // cannot_connect_now: what Postgres says while it starts; clients retry it.
+            SessionError::Unavailable(_) => ("57P03", None),
+            SessionError::Limited(refused) => (refused.sqlstate(), None),
+            SessionError::Tls(_) | SessionError::ClientGone | SessionError::Io(_) => return None,
+        })
+    }
+
+    /// Wrong password, unknown role or endpoint, or a backend that refused the login.
+    fn auth_failed(user: &str) -> Self {
+        SessionError::AuthFailed {
+            user: user.to_owned(),
+        }
+    }
+
+    /// A route failure for `user`: an unknown endpoint reads exactly like a wrong password.
+    fn from_route(error: RouteError, user: &str) -> Self {
+        match error {
+            RouteError::NotFound => SessionError::AuthFailed {
+                user: user.to_owned(),
+            },
+            RouteError::Unavailable(e) => SessionError::Unavailable(e),
+        }
+    }
+
+    /// Classifies a failed backend login for `user`.
+    fn from_backend(error: BackendError, user: &str) -> Self {
+        match error {
+            BackendError::Db(db) if db.is_auth_failure() => SessionError::AuthFailed {
+                user: user.to_owned(),
+            },
+            BackendError::Db(db) => SessionError::Postgres(db),
+            BackendError::Limited(refused) => SessionError::Limited(refused),
+            other => SessionError::Backend(other),
+        }
+    }
+}
+
+/// A Postgres connection on the public port (its first byte was that of a startup packet).
+pub async fn serve_tcp(stream: TcpStream, state: Arc<AppState>) {
+    let deadline = Instant::now() + state.sessions.handshake_timeout;
+    let mut client = ClientStream::new(stream);
+    let tls = state.tls.as_ref();
+    let first = timeout_at(deadline, first_packet(&mut client, tls.is_some()))
+        .await
+        .unwrap_or_else(|_| startup_timed_out(&state));
+    match (first, tls) {
+        (Ok(StartupPacket::SslRequest), Some(tls)) => {
+            // Anything sent after SSLRequest but before our answer could be injected by a
+            // man in the middle; Postgres refuses it too (CVE-2021-23222).
+            if client.buffered() > 0 {
+                return fail(
+                    client,
+                    &Transport::Tcp,
+                    SessionError::UnencryptedData,
+                    &state,
+                )
+                .await;
+            }
+            client.write_buf().put_u8(b'S');
+            if let Err(e) = client.flush().await {
+                return fail(client, &Transport::Tcp, e.into(), &state).await;
+            }
+            let (tcp, _) = client.into_parts();
+            match timeout_at(deadline, tls.acceptor().accept(tcp)).await {
+                Ok(Ok(stream)) => {
+                    let sni = stream.get_ref().1.server_name().map(str::to_owned);
+                    let transport = Transport::Tls { sni };
+                    run(ClientStream::new(stream), transport, deadline, &state).await;
+                }
+                Ok(Err(e)) => record(&Transport::Tcp, &SessionError::Tls(e), &state),
+                Err(_) => record(&Transport::Tcp, &SessionError::HandshakeTimeout, &state),
+            }
+        }
+        (first, _) => proceed(client, first, Transport::Tcp, deadline, &state).await,
+    }
+}
+
+/// A session on a stream that is already set up: direct TLS, or a WebSocket. `ahead` holds
+/// bytes already read from it while telling protocols apart.
+pub async fn serve_stream<S>(io: S, ahead: &[u8], transport: Transport, state: Arc<AppState>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let deadline = Instant::now() + state.sessions.handshake_timeout;
+    let mut client = ClientStream::new(io);
+    client.push_ahead(ahead);
+    run(client, transport, deadline, &state).await;
+}
+
+async fn run<S>(
+    mut client: ClientStream<S>,
+    transport: Transport,
+    deadline: Instant,
+    state: &Arc<AppState>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let first = timeout_at(deadline, first_packet(&mut client, false))
+        .await
+        .unwrap_or_else(|_| startup_timed_out(state));
+    proceed(client, first, transport, deadline, state).await;
+}
+
+/// No startup packet within the handshake timeout: the first-request deadline.
+fn startup_timed_out(state: &AppState) -> Result<StartupPacket, SessionError> {
+    state.metrics.limit_hit(Limit::FirstRequestTimeout);
+    Err(SessionError::HandshakeTimeout)
+}
+
+/// Reads startup packets, refusing encryption requests (`N`) except an SSLRequest the caller
+/// will accept, until a StartupMessage or CancelRequest arrives.
+async fn first_packet<S>(
+    client: &mut ClientStream<S>,
+    accept_ssl: bool,
+) -> Result<StartupPacket, SessionError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    for _ in 0..MAX_NEGOTIATIONS {
+        match client.read_startup().await? {
+            StartupPacket::SslRequest if accept_ssl => return Ok(StartupPacket::SslRequest),
+            StartupPacket::SslRequest | StartupPacket::GssEncRequest => {
+                client.write_buf().put_u8(b'N');
+                client.flush().await?;
+            }
+            other => return Ok(other),
+        }
+    }
+    Err(SessionError::Protocol(
+        "too many encryption requests before the startup packet".into(),
+    ))
+}
+
+async fn proceed<S>(
+    mut client: ClientStream<S>,
+    first: Result<StartupPacket, SessionError>,
+    transport: Transport,
+    deadline: Instant,
+    state: &Arc<AppState>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let startup = match first {
+        Ok(StartupPacket::Startup(startup)) => startup,
+        Ok(StartupPacket::Cancel {
+            process_id,
+            secret_key,
+        }) => {
+            forward_cancel(process_id, secret_key, state).await;
+            state
+                .metrics
+                .sessions
+                .with_label_values(&[transport.label(), "cancel_request"])
+                .inc();
+            return client.close().await;
+        }
+        Ok(StartupPacket::SslRequest | StartupPacket::GssEncRequest) => {
+            let error = SessionError::Protocol("unexpected encryption request".into());
+            return fail(client, &transport, error, state).await;
+        }
+        Err(e) => return fail(client, &transport, e, state).await,
+    };
+    // Boxed, and freed once done: the session's task then only holds what the relay needs.
+    let handshake = Box::pin(handshake(&mut client, &startup, &transport, state));
+    match timeout_at(deadline, handshake).await {
+        Ok(Ok(ready)) => {
+            if let Transport::WebSocket { handshake, .. } = &transport {
+                handshake.lift();
+            }
+            relay_session(client, ready, &transport, state).await
+        }
+        Ok(Err(e)) => fail(client, &transport, e, state).await,
+        Err(_) => fail(client, &transport, SessionError::HandshakeTimeout, state).await,
+    }
+}
+
+async fn forward_cancel(process_id: i32, secret_key: i32, state: &AppState) {
+    match state.cancels.lookup(process_id, secret_key) {
+        Some(target) => {
+            state
+                .metrics
+                .cancel_requests
+                .with_label_values(&["forwarded"])
+                .inc();
+            // Bounded like any backend connect: a backend that does not answer cannot hold
+            // the client's connection.
+            let timeout = state.pool.config().connect_timeout;
+            match tokio::time::timeout(timeout, target.cancel()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "forwarding a cancel request failed"),
+                Err(_) => tracing::warn!("forwarding a cancel request timed out"),
+            }
+        }
+        None => {
+            state
+                .metrics
+                .cancel_requests
+                .with_label_values(&["no_match"])
+                .inc();
+            tracing::debug!("cancel request for an unknown key");
+        }
+    }
+}
+
+/// An authenticated backend, ready for the relay.
+struct Ready {
+    backend: Backend,
+    endpoint: EndpointId,
+    /// Counts the session as open on its endpoint until the relay ends.
+    activity: ActivityGuard,
+    /// The session's place under its endpoint's limits, held until the relay ends.
+    admitted: EndpointSlot,
+}
+
+async fn handshake<S>(
+    client: &mut ClientStream<S>,
+    startup: &Startup,
+    transport: &Transport,
+    state: &AppState,
+) -> Result<Ready, SessionError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let unsupported = startup.protocol_options();
+    if startup.minor_version > 0 || !unsupported.is_empty() {
+        startup::negotiate_protocol_version(client.write_buf(), &unsupported);
+    }
+    let user = startup
+        .get("user")
+        .filter(|u| !u.is_empty())
+        .ok_or(SessionError::MissingUser)?;
+    let database = startup
+        .get("database")
+        .filter(|d| !d.is_empty())
+        .unwrap_or(user);
+    let (option_endpoint, options) =
+        credentials::split_options(startup.get("options").unwrap_or_default())?;
+    let named = credentials::reconcile(
+        transport.host_endpoint(&state.sessions.domains)?,
+        option_endpoint,
+    )?;
+    // Everything else the client set reaches Postgres as it would directly.
+    let mut forward: Vec<(&str, &str)> = startup
+        .params
+        .iter()
+        .filter(|(name, _)| {
+            !matches!(name.as_str(), "user" | "database" | "options") && !name.starts_with("_pq_.")
+        })
+        .map(|(name, value)| (name.as_str(), value.as_str()))
+        .collect();
+    if !options.is_empty() {
+        forward.push(("options", &options));
+    }
+
+    let cleartext = match transport {
+        Transport::WebSocket { .. } => true,
+        Transport::Tls { .. } => named.is_none(),
+        Transport::Tcp => false,
+    };
+    if state.require_tls && !transport.encrypted() {
+        return Err(SessionError::Limited(Refused::new(
+            Limit::TlsRequired,
+            "this gateway requires TLS: connect with sslmode=require (or wss://)",
+        )));
+    }
+    let (endpoint, backend, activity, admitted) = if cleartext {
+        startup::authentication_cleartext_password(client.write_buf());
+        client.flush().await?;
+        let body = read_auth_message(client).await?;
+        let password = startup::password(&body)
+            .ok_or_else(|| SessionError::Protocol("invalid password packet".into()))?;
+        let (endpoint, password) = match named {
+            Some(endpoint) => (endpoint, password),
+            None => credentials::password_hack(password)
+                .unwrap_or_else(|| (state.default_endpoint.clone(), password)),
+        };
+        // The same check as SQL over HTTP, before anything is resolved or woken.
+        let verifier = state
+            .verifier(&endpoint, user)
+            .await
+            .map_err(SessionError::Unavailable)?;
+        let proof = Password::new(password.to_vec());
+        let check = state
+            .pool
+            .passwords()
+            .check(&verifier, &endpoint, user, &proof)
+            .await;
+        let login = match &check {
+            PasswordCheck::Wrong => return Err(SessionError::auth_failed(user)),
+            PasswordCheck::Refused(refused) => return Err(SessionError::Limited(refused.clone())),
+            PasswordCheck::Verified(keys) => Login::Scram(keys),
+            PasswordCheck::Unchecked => Login::Password {
+                password,
+                keys: state.pool.passwords(),
+            },
+        };
+        let (backend, activity, admitted) =
+            connect(state, &endpoint, user, database, &forward, login).await?;
+        (endpoint, backend, activity, admitted)
+    } else {
+        let endpoint = named.unwrap_or_else(|| state.default_endpoint.clone());
+        let verifier = state
+            .verifier(&endpoint, user)
+            .await
+            .map_err(SessionError::Unavailable)?;
+        match &verifier {
+            Verifier::Postgres => {
+                let route = state
+                    .routes
+                    .resolve(&endpoint)
+                    .await
+                    .map_err(|e| SessionError::from_route(e, user))?;
+                let activity = state.activity.session(&endpoint);
+                let backend =
+                    relay_authentication(client, state, route, user, database, &forward).await?;
+                // Postgres judged the password: only now is the client known.
+                let admitted = state.endpoint_limits.admit(&endpoint)?;
+                (endpoint, backend, activity, admitted)
+            }
+            Verifier::Secret(secret) | Verifier::Mock(secret) => {
+                let real = matches!(verifier, Verifier::Secret(_));
+                let proven = scram_exchange(client, secret, real, user, state).await?;
+                let login = Login::Scram(&proven.keys);
+                let (backend, activity, admitted) =
+                    connect(state, &endpoint, user, database, &forward, login).await?;
+                // Only now that the backend accepted the keys does the client hear that the
+                // gateway knows its password; AuthenticationOk follows in the relay's start.
+                startup::authentication_sasl_final(
+                    client.write_buf(),
+                    proven.server_final.as_bytes(),
+                );
+                (endpoint, backend, activity, admitted)
+            }
+        }
+    };
+    Ok(Ready {
+        backend,
+        endpoint,
+        activity,
+        admitted,
+    })
+}
+
+/// Admits the session under its endpoint's limits, resolves `endpoint` (waking it if
+/// needed), counts the session as open on it, and logs in to its backend with `login`. A
+/// backend that refuses the login is a wrong password to the client; when it refused keys the
+/// role's secret accepted, that secret is out of date. A password the gateway could not check
+/// (a static route) is admitted only once Postgres accepted it, so unauthenticated clients
+/// never spend an endpoint's allowance.
+async fn connect(
+    state: &AppState,
+    endpoint: &EndpointId,
+    user: &str,
+    database: &str,
+    forward: &[(&str, &str)],
+    login: Login<'_>,
+) -> Result<(Backend, ActivityGuard, EndpointSlot), SessionError> {
+    let admitted = match login {
+        Login::Scram(_) => Some(state.endpoint_limits.admit(endpoint)?),
+        Login::Password { .. } => None,
+    };
+    let routes = &state.routes;
+    let route = routes
+        .resolve(endpoint)
+        .await
+        .map_err(|e| SessionError::from_route(e, user))?;
+    let activity = state.activity.session(endpoint);
+    let params = ConnectParams {
+        user,
+        database,
+        startup: forward,
+        login,
+    };
+    let connect_timeout = state.pool.config().connect_timeout;
+    let max_message_bytes = state.sessions.max_message_bytes;
+    let params = &params;
+    let started = Instant::now();
+    let connected = routes
+        .connect(route, |address| async move {
+            crate::compute::connect(&address, params, connect_timeout, max_message_bytes).await
+        })
+        .await;
+    state
+        .metrics
+        .backend_connect_seconds
+        .observe(started.elapsed().as_secs_f64());
+    match connected {
+        Ok(backend) => {
+            let admitted = match admitted {
+                Some(admitted) => admitted,
+                None => state.endpoint_limits.admit(endpoint)?,
+            };
+            Ok((backend, activity, admitted))
+        }
+        Err(ConnectError::Connect(BackendError::Db(db))) if db.is_auth_failure() => {
+            if let Login::Scram(_) = login {
+                routes.forget_role_secret(endpoint, user).await;
+            }
+            Err(SessionError::auth_failed(user))
+        }
+        Err(ConnectError::Connect(e)) => Err(SessionError::from_backend(e, user)),
+        Err(ConnectError::Route(e)) => Err(SessionError::from_route(e, user)),
+    }
+}
+
+/// The server side of SCRAM-SHA-256 against `secret`, up to the client's proof: the same
+/// messages and the same work for a real secret and a mock one (`real` false), whose proofs
+/// are always refused. A proof that does not hold is a wrong password; a malformed message a
+/// protocol violation (as Postgres treats both).
+async fn scram_exchange<S>(
+    client: &mut ClientStream<S>,
+    secret: &Arc<ScramSecret>,
+    real: bool,
+    user: &str,
+    state: &AppState,
+) -> Result<Proven, SessionError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    use base64::Engine;
+    startup::authentication_sasl(client.write_buf(), &[SCRAM_SHA_256]);
+    client.flush().await?;
+    let body = read_auth_message(client).await?;
+    let (mechanism, client_first) = startup::sasl_initial_response(&body)
+        .ok_or_else(|| SessionError::Protocol("malformed SASL initial response".into()))?;
+    if mechanism != SCRAM_SHA_256 {
+        return Err(SessionError::Protocol(
+            "client selected an invalid SASL authentication mechanism".into(),
+        ));
+    }
+    // As Postgres: 18 random bytes, base64.
+    let mut nonce = [0u8; 18];
+    rand::thread_rng().fill_bytes(&mut nonce);
+    let nonce = base64::engine::general_purpose::STANDARD.encode(nonce);
+    let server = ScramServer::start(secret.clone(), client_first, &nonce)?;
+    startup::authentication_sasl_continue(client.write_buf(), server.server_first().as_bytes());
+    client.flush().await?;
+    let client_final = read_auth_message(client).await?;
+    let proven = server.finish(&client_final)?;
+    let outcome = match (&proven, real) {
+        (_, false) => "mock",
+        (Some(_), true) => "match",
+        (None, true) => "mismatch",
+    };
+    state
+        .metrics
+        .scram_proofs
+        .with_label_values(&[outcome])
+        .inc();
+    match proven {
+        Some(proven) if real => Ok(proven),
+        _ => Err(SessionError::auth_failed(user)),
+    }
+}
+
+/// The only SASL mechanism the gateway offers (no `-PLUS`: no channel binding).
+const SCRAM_SHA_256: &str = "SCRAM-SHA-256";
+
+/// The body of the client's next PasswordMessage (which also carries SASL responses).
+async fn read_auth_message<S>(client: &mut ClientStream<S>) -> Result<BytesMut, SessionError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    match client.read_message(MAX_AUTH_MESSAGE).await? {
+        (b'p', body) => Ok(body),
+        (tag, _) => Err(SessionError::Protocol(format!(
+            "expected password response, got message type {}",
+            char::from(tag).escape_default()
+        ))),
+    }
+}
+
+/// Opens the backend connection and lets the client answer the backend's own authentication
+/// challenge (SCRAM-SHA-256 normally), message by message.
+async fn relay_authentication<S>(
+    client: &mut ClientStream<S>,
+    state: &AppState,
+    route: Route,
+    user: &str,
+    database: &str,
+    forward: &[(&str, &str)],
+) -> Result<Backend, SessionError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let failed = |e| SessionError::from_backend(e, user);
+    let timeout = state.pool.config().connect_timeout;
+    let max_message_bytes = state.sessions.max_message_bytes;
+    // Opening is TCP, the StartupMessage and the server's first answer: a refused or
+    // timed-out connect, or a `57P03` refusal (a compute stopping or starting), at a cached
+    // address wakes the endpoint again, before the client has seen any challenge.
+    let started = Instant::now();
+    let opened = state
+        .routes
+        .connect(route, |address| async move {
+            crate::compute::open_within(
+                timeout,
+                &address,
+                user,
+                database,
+                forward,
+                max_message_bytes,
+            )
+            .await
+        })
+        .await;
+    state
+        .metrics
+        .backend_connect_seconds
+        .observe(started.elapsed().as_secs_f64());
+    let mut backend = opened.map_err(|e| match e {
+        ConnectError::Connect(e) => failed(e),
+        ConnectError::Route(e) => SessionError::from_route(e, user),
+    })?;
+    loop {
+        let mut frame = backend.read_frame().await.map_err(failed)?;
+        let tag = frame[0];
+        let code = frame
+            .get(5..9)
+            .map(|c| i32::from_be_bytes([c[0], c[1], c[2], c[3]]));
+        match (tag, code) {
+            (b'R', Some(0)) => break,
+            // Cleartext, MD5, SASL, SASLContinue: the client answers.
+            (b'R', Some(3 | 5 | 10 | 11)) => {
+                client.write_buf().extend_from_slice(&frame);
+                client.flush().await?;
+                let body = read_auth_message(client).await?;
+                let mut reply = BytesMut::with_capacity(body.len() + 5);
+                reply.put_u8(b'p');
+                reply.put_u32(body.len() as u32 + 4);
+                reply.extend_from_slice(&body);
+                backend.send_raw(&reply).await.map_err(failed)?;
+            }
+            // SASLFinal: the client checks the server's signature; AuthenticationOk follows.
+            (b'R', Some(12)) => client.write_buf().extend_from_slice(&frame),
+            (b'R', _) => {
+                return Err(SessionError::Backend(BackendError::UnsupportedAuth(
+                    "Kerberos, GSS, SSPI or SCM",
+                )))
+            }
+            (b'E', _) => {
+                let error = match Message::parse(&mut frame) {
+                    Ok(Some(Message::ErrorResponse(body))) => DbError::parse(&body)
+                        .map(BackendError::from)
+                        .unwrap_or_else(BackendError::from),
+                    _ => BackendError::protocol("malformed ErrorResponse"),
+                };
+                return Err(failed(error));
+            }
+            (b'N', _) => {}
+            _ => {
+                return Err(SessionError::Backend(BackendError::protocol(format!(
+                    "unexpected message type {} during authentication",
+                    char::from(tag).escape_default()
+                ))))
+            }
+        }
+    }
+    backend.finish_startup().await.map_err(failed)?;
+    Ok(backend)
+}
+
+/// Tells the client the session is ready, then relays until it ends.
+async fn relay_session<S>(
+    mut client: ClientStream<S>,
+    ready: Ready,
+    transport: &Transport,
+    state: &Arc<AppState>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let Ready {
+        backend,
+        endpoint,
+        activity,
+        admitted,
+    } = ready;
+    let key = state.cancels.register(backend.cancel_key());
+    let out = client.write_buf();
+    startup::authentication_ok(out);
+    for (name, value) in backend.parameters() {
+        startup::parameter_status(out, name, value);
+    }
+    startup::backend_key_data(out, key.process_id, key.secret_key);
+    startup::ready_for_query(out, backend.tx_status());
+    if let Err(e) = client.flush().await {
+        return fail(client, transport, e.into(), state).await;
+    }
+
+    let label = transport.label();
+    let active = state.metrics.sessions_active.with_label_values(&[label]);
+    active.inc();
+    let traffic = state.usage.endpoint(&endpoint);
+    let ingress = state.metrics.session_bytes.with_label_values(&["ingress"]);
+    let egress = state.metrics.session_bytes.with_label_values(&["egress"]);
+    let count = |direction: Direction, n: usize| {
+        traffic.add(direction, n as u64);
+        match direction {
+            Direction::Ingress => ingress.inc_by(n as u64),
+            Direction::Egress => egress.inc_by(n as u64),
+        }
+    };
+    let limits = RelayLimits {
+        idle_timeout: state.sessions.idle_timeout,
+        max_client_message: state.sessions.max_message_bytes,
+    };
+    let (client_io, client_ahead) = client.into_parts();
+    let (backend_io, backend_ahead) = backend.into_parts();
+    tracing::debug!(%endpoint, transport = label, "session relaying");
+    let relayed = relay::relay(
+        client_io,
+        client_ahead,
+        backend_io,
+        backend_ahead,
+        &limits,
+        &state.stop_sessions,
+        &count,
+    )
+    .await;
+    active.dec();
+    drop(key);
+    drop(activity);
+    drop(admitted);
+    let error = match relayed.end {
+        RelayEnd::ClientClosed | RelayEnd::BackendClosed => None,
+        RelayEnd::Idle => Some(SessionError::Idle),
+        RelayEnd::Shutdown => Some(SessionError::Shutdown),
+        RelayEnd::MessageTooLarge { len, max } => Some(SessionError::MessageTooLarge { len, max }),
+        RelayEnd::BadMessage => Some(SessionError::Protocol("invalid message length".into())),
+        RelayEnd::ClientError(e) => Some(SessionError::from(e)),
+        RelayEnd::BackendError(e) => Some(SessionError::Backend(BackendError::Io(e))),
+    };
+    let client = ClientStream::new(relayed.client);
+    match error {
+        None => {
+            state
+                .metrics
+                .sessions
+                .with_label_values(&[label, "ok"])
+                .inc();
+            client.close().await;
+        }
+        // A FATAL can only be appended between two backend messages.
+        Some(error) if !relayed.at_boundary => {
+            record(transport, &error, state);
+            client.close().await;
+        }
+        Some(error) => fail(client, transport, error, state).await,
+    }
+}
+
+/// Reports `error` once (log, metrics), tells the client when it can be told, and closes.
+async fn fail<S>(
+    mut client: ClientStream<S>,
+    transport: &Transport,
+    error: SessionError,
+    state: &AppState,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    record(transport, &error, state);
+    if let Some((code, hint)) = error.client_code() {
+        startup::fatal(client.write_buf(), code, &error.to_string(), hint);
+    }
+    client.close().await;
+}
+
+fn record(transport: &Transport, error: &SessionError, state: &AppState) {
+    let kind = error.kind();
+    if let SessionError::Limited(refused) = error {
+        state.metrics.limit_hit(refused.limit);
+    }
+    // Timeouts and drains end sessions normally; they are outcomes, not errors.
+    let outcome = match error {
+        SessionError::Idle => "idle_timeout",
+        SessionError::Shutdown => "shutdown",
+        _ => {
+            state
+                .metrics
+                .errors
+                .with_label_values(&[kind.label()])
+                .inc();
+            kind.label()
+        }
+    };
+    state
+        .metrics
+        .sessions
+        .with_label_values(&[transport.label(), outcome])
+        .inc();
+    match kind {
+        ErrorKind::Internal | ErrorKind::Compute | ErrorKind::ControlPlane => {
+            tracing::warn!(transport = transport.label(), error = %error, cause = ?std::error::Error::source(error), "session failed")
+        }
+        _ => tracing::debug!(transport = transport.label(), error = %error, "session ended"),
+    }
+}

@@ -1,0 +1,95 @@
+//! What every connection, request and session shares: the route table (static routes and the
+//! control plane's cached answers), the pool, TLS, cancel keys, activity and usage counters,
+//! metrics, and the bookkeeping for a graceful drain.
+
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::auth::Verifier;
+use crate::base::conn_info::EndpointId;
+use crate::base::limits::{ConnectionSlots, EndpointLimits};
+use crate::control_plane::activity::Activity;
+use crate::control_plane::client::ControlPlaneError;
+use crate::control_plane::routes::{RoleSecret, RouteError, RouteTable};
+use crate::frontend::config::HttpConfig;
+use crate::frontend::config::SessionConfig;
+use crate::frontend::handshake::HandshakePool;
+use crate::frontend::query::types::TypeCache;
+use crate::frontend::tls::Tls;
+use crate::obs::metrics::Metrics;
+use crate::obs::usage::Usage;
+use crate::proxy::cancel::CancelMap;
+use crate::proxy::pool::Pool;
+
+pub struct AppState {
+    /// Endpoint → address (static, or from the control plane, cached) and role secrets.
+    pub routes: Arc<RouteTable>,
+    pub default_endpoint: EndpointId,
+    pub max_request_bytes: usize,
+    pub max_response_bytes: usize,
+    pub pool: Arc<Pool>,
+    pub types: TypeCache,
+    pub metrics: Arc<Metrics>,
+    pub sessions: SessionConfig,
+    /// The certificate for https, wss and Postgres TLS, when one is configured.
+    pub tls: Option<Tls>,
+    pub cancels: Arc<CancelMap>,
+    pub usage: Usage,
+    /// Open sessions and queries in flight per endpoint, for the control plane's scale to zero.
+    pub activity: Arc<Activity>,
+    /// Client connections open at once, in all and per IP; more are refused on accept.
+    pub connections: ConnectionSlots,
+    /// Authenticated requests and sessions per endpoint: at once and per second.
+    pub endpoint_limits: EndpointLimits,
+    /// HTTP connection and `/sql` body limits.
+    pub http: HttpConfig,
+    /// Most rows in one `/sql` response.
+    pub max_response_rows: usize,
+    /// What WebSocket clients in their handshake may make the gateway hold, together.
+    pub handshake_pool: HandshakePool,
+    /// Plaintext HTTP, `ws://` and Postgres without TLS are refused.
+    pub require_tls: bool,
+    /// Every client connection's task (HTTP connections, sessions), waited for on shutdown.
+    pub tasks: TaskTracker,
+    /// Cancelled when a drain runs out of time: sessions still open end with a FATAL.
+    pub stop_sessions: CancellationToken,
+    /// Keys the mock secrets of endpoints and roles that do not exist (random per process).
+    pub mock_auth_key: [u8; 32],
+    /// Set when shutdown begins: `/readyz` turns 503 so load balancers stop sending traffic.
+    pub draining: AtomicBool,
+}
+
+impl AppState {
+    /// What `role`'s password on `endpoint` is checked against, before anything else happens
+    /// for the client: Postgres on a static route; otherwise the control plane's secret, or a
+    /// mock one for an endpoint or role it does not know (or when there is no control plane),
+    /// or whose secret asks for more SCRAM iterations than `--max-scram-iterations` (that role
+    /// cannot log in, and nobody learns it exists).
+    /// Fails only when the control plane cannot be asked and nothing is cached: the client is
+    /// then told the endpoint is unavailable, never let through unchecked.
+    pub async fn verifier(
+        &self,
+        endpoint: &EndpointId,
+        role: &str,
+    ) -> Result<Verifier, Arc<ControlPlaneError>> {
+        match self.routes.role_secret(endpoint, role).await {
+            Ok(RoleSecret::Static) => Ok(Verifier::Postgres),
+            Ok(RoleSecret::Known(secret))
+                if secret.iterations() > self.pool.passwords().max_scram_iterations() =>
+            {
+                tracing::warn!(%endpoint, iterations = secret.iterations(), "role secret asks for more SCRAM iterations than --max-scram-iterations; the role cannot log in");
+                self.metrics
+                    .limit_hit(crate::base::limits::Limit::ScramIterations);
+                Ok(Verifier::mock(&self.mock_auth_key, endpoint, role))
+            }
+            Ok(RoleSecret::Known(secret)) => Ok(Verifier::Secret(secret)),
+            Ok(RoleSecret::Unknown) | Err(RouteError::NotFound) => {
+                Ok(Verifier::mock(&self.mock_auth_key, endpoint, role))
+            }
+            Err(RouteError::Unavailable(e)) => Err(e),
+        }
+    }
+}

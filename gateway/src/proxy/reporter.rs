@@ -1,0 +1,792 @@
+//! The activity report, which tells the control plane what is busy and what is cached, and
+//! applies its reply to the caches and the pool.
+//!
+//! - [`run_reporter`] (only with a control plane) sends an `ActivityReport` every interval, and
+//!   at once when an endpoint goes from idle to busy (at most one such extra report per
+//!   [`URGENT_GAP`]), so the control plane hears of a new session before it could decide to
+//!   suspend. A report lists the endpoints that are busy or had activity since the last report
+//!   the control plane received, and the endpoints whose routes are cached.
+//! - The reply names the reported or cached endpoints that are not active (suspended, starting,
+//!   deleted): their cached routes and idle pooled connections are dropped, so the next client
+//!   wakes the endpoint instead of meeting a stopped Postgres or a paused PgBouncer.
+//! - Role changes. Every report carries this process's `gateway_id` (a random UUID chosen at
+//!   start) and `role_changes_applied`, the newest role change it has applied. The reply lists
+//!   the changes since (a password changed, a role dropped) and the control plane's cursor;
+//!   for each change the gateway drops the role's cached secret, its proofs of passwords (any
+//!   database, the endpoint and its `-pooler`) and its idle pooled connections on both, then
+//!   reports the cursor as applied at once (not at the next interval): the wake service's
+//!   `PATCH`/`DELETE` of a role waits for that, so the change holds over HTTP, WebSocket,
+//!   TCP and `-pooler` by the time the API call returns. On the first reply (this gateway had
+//!   applied nothing yet) every cached role secret and proof is dropped, and when the reply
+//!   says it could not list every change (`role_changes_truncated`, or a cursor behind the
+//!   one applied: the control plane lost its history), every control-plane endpoint's idle
+//!   connections too; then the cursor is adopted. A control plane whose
+//!   replies carry no cursor sends no role changes; nothing is dropped then.
+//! - The reporter reports at least every interval while this gateway holds a cached route or
+//!   role secret, so the wake service knows it is live and waits for it; with nothing cached
+//!   and nothing happening it stays silent. With reporting off (`--activity-interval-ms 0`)
+//!   role changes reach the gateway only when cached secrets expire.
+//!
+//! Invariant: reporting never affects queries. A failed or slow report is logged and counted;
+//! the activity it carried is sent again with the next report.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use wake_api::proxy::{ActivityReply, ActivityReport, RoleChange};
+
+use crate::base::conn_info::EndpointId;
+use crate::control_plane::activity::Activity;
+use crate::control_plane::client::ControlPlaneApi;
+use crate::control_plane::routes::RouteTable;
+use crate::obs::labels::Invalidation;
+use crate::obs::metrics::Metrics;
+use crate::proxy::pool::Pool;
+
+/// What the reporter reads and what a reply acts on.
+#[derive(Clone)]
+pub struct Held {
+    pub activity: Arc<Activity>,
+    pub routes: Arc<RouteTable>,
+    pub pool: Arc<Pool>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// An urgent report (an endpoint just became busy) waits at least this long after the
+/// previous report, so a burst of new sessions causes one extra report, not one each.
+pub const URGENT_GAP: Duration = Duration::from_millis(50);
+/// At most this many cached endpoint ids go into one report.
+pub const MAX_CACHED: usize = 10_000;
+/// A failing control plane is logged at WARN at most this often (DEBUG otherwise).
+const WARN_EVERY: Duration = Duration::from_secs(60);
+
+/// Reports activity to the control plane every `interval`, soon after an endpoint becomes
+/// busy, and right after role changes were applied, until `stop`. Runs only when a control
+/// plane is configured.
+pub async fn run_reporter(
+    state: Held,
+    control_plane: Arc<dyn ControlPlaneApi>,
+    interval: Duration,
+    stop: CancellationToken,
+) {
+    let mut reporter = Reporter::new(state, control_plane, interval);
+    let activity = reporter.state.activity.clone();
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_report: Option<Instant> = None;
+    let mut again = false;
+    loop {
+        if again {
+            // Role changes were applied: say so now, within the urgent gap.
+            if let Some(at) = last_report.map(|last| last + URGENT_GAP) {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep_until(at) => {}
+                }
+            }
+        } else {
+            tokio::select! {
+                biased;
+                () = stop.cancelled() => return,
+                () = activity.became_busy() => {
+                    // Coalesce: one extra report per URGENT_GAP at most.
+                    if let Some(at) = last_report.map(|last| last + URGENT_GAP) {
+                        tokio::select! {
+                            () = stop.cancelled() => return,
+                            () = tokio::time::sleep_until(at) => {}
+                        }
+                    }
+                }
+                _ = tick.tick() => {}
+            }
+        }
+        last_report = Some(Instant::now());
+        tokio::select! {
+            () = stop.cancelled() => return,
+            sent_again = reporter.report() => again = sent_again,
+        }
+    }
+}
+
+struct Reporter {
+    state: Held,
+    control_plane: Arc<dyn ControlPlaneApi>,
+    interval: Duration,
+    last_warning: Option<Instant>,
+    failing: bool,
+    /// This process, to the control plane (random, chosen at start).
+    gateway_id: String,
+    /// The newest role change applied (the cursor of an earlier reply); `None` until the
+    /// first reply that carried one.
+    applied: Option<i64>,
+}
+
+impl Reporter {
+    fn new(state: Held, control_plane: Arc<dyn ControlPlaneApi>, interval: Duration) -> Reporter {
+        Reporter {
+            state,
+            control_plane,
+            interval,
+            last_warning: None,
+            failing: false,
+            gateway_id: uuid::Uuid::new_v4().to_string(),
+            applied: None,
+        }
+    }
+
+    /// Sends one report and acts on the reply. Never fails: errors are logged and counted.
+    /// Returns whether the next report should go at once (role changes were applied, and
+    /// the control plane waits to hear it).
+    async fn report(&mut self) -> bool {
+        let activity = self.state.activity.clone();
+        activity.clear_urgent();
+        let snapshot = activity.snapshot(Instant::now());
+        let cached = self.state.routes.cached_endpoints(MAX_CACHED);
+        if snapshot.endpoints.is_empty()
+            && cached.is_empty()
+            && !self.state.routes.holds_role_secrets()
+        {
+            // Nothing to say, and nothing cached that a role change could make stale; the
+            // control plane has heard everything before.
+            activity.acknowledge(snapshot.epoch);
+            return false;
+        }
+        let report = ActivityReport {
+            interval_ms: u64::try_from(self.interval.as_millis()).unwrap_or(u64::MAX),
+            endpoints: snapshot.endpoints,
+            cached,
+            gateway_id: Some(self.gateway_id.clone()),
+            role_changes_applied: self.applied,
+        };
+        let outcomes = self.state.metrics.activity_reports.clone();
+        match self.control_plane.report_activity(&report).await {
+            Ok(reply) => {
+                activity.acknowledge(snapshot.epoch);
+                if self.failing {
+                    tracing::info!("activity reports reach the control plane again");
+                    self.failing = false;
+                }
+                forget_inactive(&self.state, &reply).await;
+                let again = self.apply_role_changes(&reply).await;
+                // Counted once the reply was acted on (tests wait for it).
+                outcomes.with_label_values(&["ok"]).inc();
+                again
+            }
+            Err(e) => {
+                outcomes.with_label_values(&["error"]).inc();
+                self.failing = true;
+                let now = Instant::now();
+                if self
+                    .last_warning
+                    .is_none_or(|last| now.duration_since(last) >= WARN_EVERY)
+                {
+                    self.last_warning = Some(now);
+                    tracing::warn!(error = %e, "activity report failed; its activity goes with the next one");
+                } else {
+                    tracing::debug!(error = %e, "activity report failed");
+                }
+                false
+            }
+        }
+    }
+
+    /// Applies the reply's role changes (see the module docs) and adopts its cursor. Returns
+    /// whether the cursor moved.
+    async fn apply_role_changes(&mut self, reply: &ActivityReply) -> bool {
+        let Some(cursor) = reply.role_changes_cursor else {
+            // This control plane does not send role changes.
+            return false;
+        };
+        let state = &self.state;
+        // A cursor behind the one applied: the control plane lost its history (a restored
+        // store); what changed since cannot be known, as when the reply is truncated.
+        let lost = reply.role_changes_truncated || self.applied.is_some_and(|a| cursor < a);
+        if self.applied.is_none() || lost {
+            let reason = if lost {
+                Invalidation::Truncated
+            } else {
+                Invalidation::FirstReply
+            }
+            .label();
+            forget_all_roles(state, lost).await;
+            state
+                .metrics
+                .role_invalidations
+                .with_label_values(&[reason])
+                .inc();
+            tracing::info!(reason, cursor, "dropped every cached role secret and proof");
+        } else {
+            for change in &reply.role_changes {
+                forget_role(state, change).await;
+            }
+        }
+        let moved = self.applied != Some(cursor);
+        self.applied = Some(cursor);
+        moved
+    }
+}
+
+/// Drops what this gateway holds for one changed role: its cached secret, its proofs of
+/// passwords (any database, the endpoint and its `-pooler`) and its idle pooled connections.
+async fn forget_role(state: &Held, change: &RoleChange) {
+    let Some(endpoint) = EndpointId::parse(&change.endpoint_id) else {
+        return;
+    };
+    let endpoint = endpoint.without_pooler();
+    if state.routes.is_static(&endpoint) {
+        // The control plane does not know static routes: not its roles to change.
+        return;
+    }
+    state.routes.forget_role(&endpoint, &change.role).await;
+    state.pool.passwords().forget_role(&endpoint, &change.role);
+    let mut closed = state.pool.close_idle_of_role(&endpoint, &change.role);
+    if let Some(pooler) = endpoint.pooler().filter(|p| !state.routes.is_static(p)) {
+        closed += state.pool.close_idle_of_role(&pooler, &change.role);
+    }
+    state
+        .metrics
+        .role_invalidations
+        .with_label_values(&[Invalidation::RoleChange.label()])
+        .inc();
+    tracing::info!(%endpoint, role = %change.role, change = change.id, idle_connections = closed, "role changed; dropped its cached secret, proofs and idle connections");
+}
+
+/// Drops every cached role secret and proof, and with `connections` every control-plane
+/// endpoint's idle pooled connections (static routes are left alone).
+async fn forget_all_roles(state: &Held, connections: bool) {
+    state.routes.forget_all_roles().await;
+    state.pool.passwords().forget_all();
+    if connections {
+        let closed = state
+            .pool
+            .close_idle_where(|endpoint| !state.routes.is_static(endpoint));
+        tracing::info!(
+            idle_connections = closed,
+            "closed every control-plane endpoint's idle connections"
+        );
+    }
+}
+
+/// Drops the cached routes and idle pooled connections of every endpoint (and its `-pooler`)
+/// the control plane says is not active, so the next client wakes it. Endpoints with static
+/// routes are left alone: the control plane does not know them.
+pub async fn forget_inactive(state: &Held, reply: &ActivityReply) {
+    for id in &reply.inactive {
+        let Some(id) = EndpointId::parse(id) else {
+            continue;
+        };
+        let pooler = EndpointId::parse(&format!("{id}{}", wake_api::POOLER_SUFFIX));
+        for endpoint in std::iter::once(id).chain(pooler) {
+            if state.routes.is_static(&endpoint) {
+                continue;
+            }
+            let dropped = state.routes.forget(&endpoint).await;
+            let closed = state.pool.close_idle_of(&endpoint);
+            if dropped || closed > 0 {
+                state.metrics.inactive_drops.inc();
+                tracing::info!(%endpoint, idle_connections = closed, "endpoint is not active; dropped its cached route and idle connections");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    use futures_util::FutureExt;
+    use std::sync::atomic::Ordering;
+    use std::sync::Mutex;
+
+    fn id(name: &str) -> EndpointId {
+        EndpointId::parse(name).expect("endpoint id")
+    }
+
+    fn row(endpoint: &str, sessions: u32, in_flight: u32, idle_ms: u64) -> (String, u32, u32, u64) {
+        (endpoint.to_owned(), sessions, in_flight, idle_ms)
+    }
+
+    /// A control plane that records reports (with when they arrived) and answers from a table.
+    #[derive(Default)]
+    struct Recorder {
+        reports: Mutex<Vec<(Instant, ActivityReport)>>,
+        inactive: Mutex<Vec<String>>,
+        failing: std::sync::atomic::AtomicBool,
+        wakes: std::sync::atomic::AtomicUsize,
+        /// Role secrets by (endpoint, role); others are unknown roles.
+        secrets: Mutex<HashMap<(String, String), String>>,
+        lookups: std::sync::atomic::AtomicUsize,
+        /// The role-change part of the next replies, one per report (then the default).
+        role_replies: Mutex<std::collections::VecDeque<ActivityReply>>,
+    }
+
+    impl Recorder {
+        fn reports(&self) -> Vec<(Instant, ActivityReport)> {
+            self.reports.lock().expect("lock").clone()
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl ControlPlaneApi for Recorder {
+        async fn wake_compute(
+            &self,
+            endpointish: &EndpointId,
+        ) -> Result<wake_api::proxy::WakeCompute, crate::control_plane::client::ControlPlaneError>
+        {
+            self.wakes.fetch_add(1, Ordering::SeqCst);
+            Ok(wake_api::proxy::WakeCompute {
+                address: "10.0.0.1:5432".into(),
+                server_name: None,
+                aux: wake_api::proxy::MetricsAuxInfo {
+                    endpoint_id: endpointish.to_string(),
+                    project_id: "p".into(),
+                    branch_id: "b".into(),
+                    compute_id: "c".into(),
+                    cold_start_info: wake_api::proxy::ColdStartInfo::Warm,
+                },
+            })
+        }
+
+        async fn access_control(
+            &self,
+            endpoint: &EndpointId,
+            role: &str,
+        ) -> Result<wake_api::proxy::AccessControl, crate::control_plane::client::ControlPlaneError>
+        {
+            self.lookups.fetch_add(1, Ordering::SeqCst);
+            let secret = self
+                .secrets
+                .lock()
+                .expect("lock")
+                .get(&(endpoint.to_string(), role.to_owned()))
+                .cloned()
+                .unwrap_or_default();
+            Ok(wake_api::proxy::AccessControl {
+                role_secret: secret,
+                project_id: None,
+                allowed_ips: None,
+                allowed_vpc_endpoint_ids: None,
+                block_public_connections: None,
+                block_vpc_connections: None,
+            })
+        }
+
+        async fn report_activity(
+            &self,
+            report: &ActivityReport,
+        ) -> Result<ActivityReply, crate::control_plane::client::ControlPlaneError> {
+            self.reports
+                .lock()
+                .expect("lock")
+                .push((Instant::now(), report.clone()));
+            if self.failing.load(Ordering::SeqCst) {
+                return Err(crate::control_plane::client::ControlPlaneError::Status {
+                    status: 503,
+                });
+            }
+            let roles = self
+                .role_replies
+                .lock()
+                .expect("lock")
+                .pop_front()
+                .unwrap_or_default();
+            Ok(ActivityReply {
+                inactive: self.inactive.lock().expect("lock").clone(),
+                ..roles
+            })
+        }
+    }
+
+    /// Shared state whose route table has `fixed` static routes and `recorder` as its control
+    /// plane.
+    fn state_with(recorder: &Arc<Recorder>, fixed: &[&str]) -> Held {
+        let config = crate::app::config::Config::for_tests(vec![]);
+        let state = crate::app::state(&config).expect("state");
+        let routes = crate::control_plane::routes::RouteTable::new(
+            fixed.iter().map(|r| r.parse().expect("route")),
+            Some(recorder.clone() as Arc<dyn ControlPlaneApi>),
+            crate::control_plane::routes::RouteCacheConfig::default(),
+            state.metrics.clone(),
+        );
+        Held {
+            activity: state.activity.clone(),
+            routes: Arc::new(routes),
+            pool: state.pool.clone(),
+            metrics: state.metrics.clone(),
+        }
+    }
+
+    fn busy_counts(report: &ActivityReport) -> Vec<(String, u32, u32, u64)> {
+        report
+            .endpoints
+            .iter()
+            .map(|e| (e.endpoint_id.clone(), e.sessions, e.in_flight, e.idle_ms))
+            .collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn new_activity_is_reported_at_once_bursts_coalesce_and_failures_are_resent() {
+        let recorder = Arc::new(Recorder::default());
+        let state = state_with(&recorder, &["db=127.0.0.1:1"]);
+        let stop = CancellationToken::new();
+        let interval = Duration::from_secs(10);
+        let started = Instant::now();
+        let reporter = tokio::spawn(run_reporter(
+            state.clone(),
+            recorder.clone(),
+            interval,
+            stop.clone(),
+        ));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(recorder.reports().is_empty(), "nothing to report yet");
+
+        // An endpoint becomes busy: reported at once, long before the interval.
+        let session = state.activity.session(&id("db"));
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        let reports = recorder.reports();
+        assert_eq!(reports.len(), 1);
+        let (first_at, first) = &reports[0];
+        assert_eq!(*first_at - started, Duration::from_millis(100));
+        assert_eq!(first.interval_ms, 10_000);
+        assert_eq!(busy_counts(first), [row("db", 1, 0, 0)]);
+        assert!(first.cached.is_empty(), "static routes are not cached");
+
+        // A burst of new activity right after: one more report, URGENT_GAP after the first.
+        let burst = [
+            state.activity.query(&id("a")),
+            state.activity.session(&id("b-pooler")),
+            state.activity.query(&id("c")),
+        ];
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let reports = recorder.reports();
+        assert_eq!(reports.len(), 2, "one report for the burst");
+        assert_eq!(reports[1].0 - *first_at, URGENT_GAP);
+        assert_eq!(
+            busy_counts(&reports[1].1),
+            [
+                row("a", 0, 1, 0),
+                row("b", 1, 0, 0),
+                row("c", 0, 1, 0),
+                row("db", 1, 0, 0)
+            ]
+        );
+
+        // Everything ends; the control plane is down at the next tick, so that report is
+        // sent again at the one after, with the endpoints idle for longer.
+        drop(burst);
+        drop(session);
+        let ended = Instant::now();
+        recorder.failing.store(true, Ordering::SeqCst);
+        tokio::time::sleep_until(started + interval + Duration::from_millis(1)).await;
+        recorder.failing.store(false, Ordering::SeqCst);
+        tokio::time::sleep_until(started + interval * 2 + Duration::from_millis(1)).await;
+        let reports = recorder.reports();
+        assert_eq!(reports.len(), 4, "two ticks, no urgent report for endings");
+        let idle = |at: Instant| (at - ended).as_millis() as u64;
+        for (at, report) in &reports[2..] {
+            assert_eq!(
+                busy_counts(report),
+                ["a", "b", "c", "db"].map(|e| row(e, 0, 0, idle(*at)))
+            );
+        }
+        assert_eq!(
+            state
+                .metrics
+                .activity_reports
+                .with_label_values(&["error"])
+                .get(),
+            1
+        );
+        // Delivered: the next tick has nothing to say and sends nothing.
+        tokio::time::sleep_until(started + interval * 3 + Duration::from_millis(1)).await;
+        assert_eq!(recorder.reports().len(), 4);
+        assert_eq!(
+            state
+                .metrics
+                .activity_reports
+                .with_label_values(&["ok"])
+                .get(),
+            3
+        );
+        stop.cancel();
+        reporter.await.expect("reporter");
+    }
+
+    #[tokio::test]
+    async fn cached_endpoints_are_reported_and_inactive_ones_forgotten() {
+        let recorder = Arc::new(Recorder::default());
+        let state = state_with(&recorder, &["fixed=127.0.0.1:1"]);
+        for endpoint in ["ep", "ep-pooler", "other", "fixed"] {
+            state.routes.resolve(&id(endpoint)).await.expect("route");
+        }
+        assert_eq!(recorder.wakes.load(Ordering::SeqCst), 3);
+        assert_eq!(
+            state.routes.cached_endpoints(MAX_CACHED),
+            ["ep", "other"],
+            "without -pooler, once, and no static routes"
+        );
+        assert_eq!(state.routes.cached_endpoints(1).len(), 1);
+
+        let reply = ActivityReply {
+            inactive: vec!["ep".into(), "fixed".into(), "not an id".into()],
+            ..ActivityReply::default()
+        };
+        forget_inactive(&state, &reply).await;
+        assert_eq!(state.metrics.inactive_drops.get(), 2, "ep and ep-pooler");
+        assert_eq!(state.routes.cached_endpoints(MAX_CACHED), ["other"]);
+        // The next lookups of ep wake it again; other and the static route are untouched.
+        for endpoint in ["ep", "ep-pooler", "other", "fixed"] {
+            state.routes.resolve(&id(endpoint)).await.expect("route");
+        }
+        assert_eq!(recorder.wakes.load(Ordering::SeqCst), 5);
+
+        // Through the reporter: the reply of a report drops the routes it names.
+        *recorder.inactive.lock().expect("lock") = vec!["other".into()];
+        let mut reporter = Reporter::new(state.clone(), recorder.clone(), Duration::from_secs(1));
+        assert!(
+            !reporter.report().await,
+            "no role changes, nothing to say at once"
+        );
+        let reports = recorder.reports();
+        assert_eq!(reports.len(), 1);
+        assert_eq!(reports[0].1.cached, ["ep", "other"]);
+        assert_eq!(state.routes.cached_endpoints(MAX_CACHED), ["ep"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn only_idle_to_busy_is_urgent() {
+        let activity = Activity::new();
+        let busy = || activity.became_busy().now_or_never().is_some();
+        assert!(!busy());
+        let first = activity.session(&id("db"));
+        let second = activity.query(&id("db-pooler"));
+        assert!(busy(), "idle to busy");
+        assert!(!busy(), "one signal for the burst");
+        drop(second);
+        drop(first);
+        let again = activity.query(&id("db"));
+        activity.clear_urgent();
+        assert!(!busy(), "cleared before a report");
+        drop(again);
+    }
+
+    fn role_reply(changes: &[(i64, &str, &str)], cursor: i64, truncated: bool) -> ActivityReply {
+        ActivityReply {
+            role_changes: changes
+                .iter()
+                .map(|&(id, endpoint, role)| RoleChange {
+                    id,
+                    endpoint_id: endpoint.into(),
+                    role: role.into(),
+                })
+                .collect(),
+            role_changes_cursor: Some(cursor),
+            role_changes_truncated: truncated,
+            ..ActivityReply::default()
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn role_changes_drop_the_roles_secrets_and_are_acknowledged_at_once() {
+        let recorder = Arc::new(Recorder::default());
+        let secret = postgres_protocol::password::scram_sha_256(b"pw");
+        for role in ["alice", "bob"] {
+            recorder
+                .secrets
+                .lock()
+                .expect("lock")
+                .insert(("ep".into(), role.into()), secret.clone());
+        }
+        *recorder.role_replies.lock().expect("lock") = [
+            role_reply(&[], 3, false), // the first reply: drop everything
+            role_reply(&[(4, "ep", "alice")], 4, false), // alice changed
+            role_reply(&[], 4, false), // nothing new
+            role_reply(&[], 9, true),  // too many changes to list
+        ]
+        .into();
+        let state = state_with(&recorder, &[]);
+        let lookups = || recorder.lookups.load(Ordering::SeqCst);
+        let known = |role: &'static str| {
+            let state = state.clone();
+            async move {
+                matches!(
+                    state.routes.role_secret(&id("ep-pooler"), role).await,
+                    Ok(crate::control_plane::routes::RoleSecret::Known(_))
+                )
+            }
+        };
+        let pw = crate::base::conn_info::Password::new(b"pw".to_vec());
+        let proof = |role: &str| crate::auth::Account {
+            endpoint: id("ep-pooler"),
+            database: "main".into(),
+            role: role.into(),
+        };
+        let proven = |role: &str| state.pool.passwords().is_verified(&proof(role), &pw);
+        state.routes.resolve(&id("ep")).await.expect("route");
+        assert!(known("alice").await && known("bob").await);
+        state.pool.passwords().remember(&proof("alice"), &pw);
+        state.pool.passwords().remember(&proof("bob"), &pw);
+        assert_eq!(lookups(), 2);
+
+        let stop = CancellationToken::new();
+        let interval = Duration::from_secs(10);
+        let started = Instant::now();
+        let reporter = tokio::spawn(run_reporter(
+            state.clone(),
+            recorder.clone(),
+            interval,
+            stop.clone(),
+        ));
+        // The first report has applied nothing; its reply drops every secret and proof, and
+        // the cursor is reported at once.
+        tokio::time::sleep(Duration::from_millis(25)).await;
+        assert!(!proven("alice") && !proven("bob"));
+        assert!(known("alice").await && known("bob").await);
+        assert_eq!(lookups(), 4);
+        state.pool.passwords().remember(&proof("alice"), &pw);
+        state.pool.passwords().remember(&proof("bob"), &pw);
+        // The second reply names alice: her secret and proofs go, bob's stay.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!proven("alice") && proven("bob"));
+        assert!(known("bob").await);
+        assert_eq!(lookups(), 4, "bob's secret is still cached");
+        assert!(known("alice").await);
+        assert_eq!(lookups(), 5, "alice's was asked for again");
+        // Nothing new: the next report waits for the interval. Then a truncated reply drops
+        // everything again.
+        tokio::time::sleep_until(started + interval + Duration::from_millis(100)).await;
+        assert!(!proven("bob"));
+        assert!(known("bob").await);
+        assert_eq!(lookups(), 6);
+        stop.cancel();
+        reporter.await.expect("reporter");
+
+        let reports = recorder.reports();
+        let ms = |at: Instant| (at - started).as_millis();
+        let seen: Vec<(u128, Option<i64>)> = reports
+            .iter()
+            .map(|(at, r)| (ms(*at), r.role_changes_applied))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                (0, None),
+                (50, Some(3)),
+                (100, Some(4)),
+                (10_000, Some(4)),
+                (10_050, Some(9)),
+            ]
+        );
+        let ids: Vec<&str> = reports
+            .iter()
+            .map(|(_, r)| r.gateway_id.as_deref().expect("a gateway id"))
+            .collect();
+        assert!(ids.windows(2).all(|w| w[0] == w[1]), "{ids:?}");
+        assert!(uuid::Uuid::parse_str(ids[0]).is_ok());
+        let invalidations = |reason| {
+            state
+                .metrics
+                .role_invalidations
+                .with_label_values(&[reason])
+                .get()
+        };
+        assert_eq!(
+            (
+                invalidations(Invalidation::FirstReply.label()),
+                invalidations(Invalidation::RoleChange.label()),
+                invalidations(Invalidation::Truncated.label())
+            ),
+            (1, 1, 1)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cached_secret_keeps_reports_going_and_replies_without_a_cursor_change_nothing() {
+        let recorder = Arc::new(Recorder::default());
+        recorder.secrets.lock().expect("lock").insert(
+            ("ep".into(), "alice".into()),
+            postgres_protocol::password::scram_sha_256(b"pw"),
+        );
+        let state = state_with(&recorder, &[]);
+        // A secret, and no route: the wake service must still hear from this gateway.
+        state
+            .routes
+            .role_secret(&id("ep"), "alice")
+            .await
+            .expect("secret");
+        assert!(state.routes.cached_endpoints(MAX_CACHED).is_empty());
+        let stop = CancellationToken::new();
+        let interval = Duration::from_secs(1);
+        let reporter = tokio::spawn(run_reporter(
+            state.clone(),
+            recorder.clone(),
+            interval,
+            stop.clone(),
+        ));
+        tokio::time::sleep(interval * 3 + Duration::from_millis(10)).await;
+        stop.cancel();
+        reporter.await.expect("reporter");
+        let reports = recorder.reports();
+        assert_eq!(reports.len(), 4, "one per interval");
+        // This control plane sends no cursor: nothing dropped, nothing applied.
+        assert!(reports
+            .iter()
+            .all(|(_, r)| r.role_changes_applied.is_none()));
+        assert!(state.routes.holds_role_secrets());
+        assert_eq!(recorder.lookups.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_cursor_going_back_drops_everything() {
+        let recorder = Arc::new(Recorder::default());
+        recorder.secrets.lock().expect("lock").insert(
+            ("ep".into(), "alice".into()),
+            postgres_protocol::password::scram_sha_256(b"pw"),
+        );
+        let state = state_with(&recorder, &[]);
+        let mut reporter = Reporter::new(state.clone(), recorder.clone(), Duration::from_secs(1));
+        let cache = || async {
+            state
+                .routes
+                .role_secret(&id("ep"), "alice")
+                .await
+                .expect("secret");
+        };
+        assert!(
+            reporter
+                .apply_role_changes(&role_reply(&[], 7, false))
+                .await
+        );
+        cache().await;
+        // The same cursor again: nothing to do, nothing to say at once.
+        assert!(
+            !reporter
+                .apply_role_changes(&role_reply(&[], 7, false))
+                .await
+        );
+        assert!(state.routes.holds_role_secrets());
+        // Another endpoint's role: this one stays.
+        let other = role_reply(&[(8, "other", "alice")], 8, false);
+        assert!(reporter.apply_role_changes(&other).await);
+        assert!(state.routes.holds_role_secrets());
+        // The control plane's history restarted: everything goes.
+        assert!(
+            reporter
+                .apply_role_changes(&role_reply(&[], 2, false))
+                .await
+        );
+        assert!(!state.routes.holds_role_secrets());
+        assert_eq!(reporter.applied, Some(2));
+        assert_eq!(
+            state
+                .metrics
+                .role_invalidations
+                .with_label_values(&[Invalidation::Truncated.label()])
+                .get(),
+            1
+        );
+    }
+}

@@ -13,6 +13,11 @@
 //! the store says was in progress and finish it (create, wake, suspend, delete) without
 //! duplicating processes. One operation runs per endpoint at a time (a per-endpoint lock),
 //! which also makes concurrent wakes single-flight.
+//!
+//! The policy the HTTP API and the scheduler apply lives here too: a wake runs in a task of
+//! its own and its caller waits at most `wake_timeout` ([`Computes::wake_detached`]); a
+//! gateway's activity report moves `last_active` and renews its lease on the endpoints it
+//! holds sessions on ([`Computes::record_activity`]).
 
 use std::collections::HashMap;
 use std::net::TcpListener;
@@ -23,13 +28,17 @@ use std::time::{Duration, Instant};
 use tokio::sync::OwnedMutexGuard;
 use wake_api::admin::{Addresses, CreateEndpoint, EndpointState, PatchEndpoint};
 use wake_api::names;
-use wake_api::proxy::ColdStartInfo;
+use wake_api::proxy::{
+    ActivityReply, ActivityReport, ColdStartInfo, MAX_REPORTED_ENDPOINTS, REPORT_INTERVAL_MS,
+};
+use wake_api::split_pooler;
 
 use crate::compute::{ComputeDriver, ComputeError, ComputeSpec, Health, PoolerRole, StopMode};
 use crate::metrics::{self, Metrics};
 use crate::roles;
 use crate::store::{
-    EndpointChanges, EndpointRow, NewEndpoint, Operation, RoleRow, Store, StoreError, Transition,
+    EndpointChanges, EndpointRow, GatewayActivity, NewEndpoint, Operation, RoleRow, Store,
+    StoreError, Transition,
 };
 
 /// Largest suspend timeout (Neon's: one week). -1 means never; 0 means the default.
@@ -70,10 +79,18 @@ pub struct LifecycleConfig {
     pub default_suspend_timeout_seconds: i64,
     /// How long an operation may wait for the previous one on the same endpoint.
     pub operation_timeout: Duration,
+    /// How long [`Computes::wake_detached`] lets its caller wait.
+    pub wake_timeout: Duration,
     /// Start even when the store lists no endpoint but the driver holds computes (a new or
     /// wrong store): they are quarantined. Without it such a start is refused.
     pub quarantine_unknown: bool,
 }
+
+/// An open session holds its endpoint for this many of its gateway's report intervals, so
+/// one lost report never lets it suspend.
+const LEASE_INTERVALS: u32 = 3;
+/// The longest gateway id accepted in an activity report.
+const MAX_GATEWAY_ID: usize = 128;
 
 /// How long a password change or a drop waits for every live gateway to apply it before the
 /// API answers anyway (gateways report every second by default, at most every minute).
@@ -393,6 +410,32 @@ impl Computes {
             Some(s) => Err(LifecycleError::Invalid(format!(
                 "suspend_timeout_seconds {s} is out of range: use -1 (never), 0 (default) or 1..={MAX_SUSPEND_TIMEOUT_SECONDS}"
             ))),
+        }
+    }
+
+    /// How long [`Self::wake_detached`] lets its caller wait.
+    pub fn wake_timeout(&self) -> Duration {
+        self.config.wake_timeout
+    }
+
+    /// [`Self::wake`] in a task of its own, so that a caller giving up (the timeout, a client
+    /// gone) never cuts a start in half. `None` when it took longer than `wake_timeout` (it
+    /// goes on in its task).
+    pub async fn wake_detached(
+        self: &Arc<Self>,
+        id: &str,
+        trigger: WakeTrigger,
+    ) -> Option<Result<(EndpointRow, ColdStartInfo), LifecycleError>> {
+        let computes = self.clone();
+        let owned = id.to_owned();
+        let task = tokio::spawn(async move { computes.wake(&owned, trigger).await });
+        match tokio::time::timeout(self.config.wake_timeout, task).await {
+            Ok(Ok(result)) => Some(result),
+            Ok(Err(e)) => {
+                tracing::error!(endpoint = id, error = %e, "wake task failed");
+                None
+            }
+            Err(_) => None,
         }
     }
 
@@ -1288,6 +1331,82 @@ impl Computes {
     /// Stops every compute, PgBouncers of suspended endpoints included (the wake service
     /// exiting). Active endpoints are recorded `suspended`; reconcile brings the PgBouncers
     /// back (paused) on the next start.
+    /// A gateway's activity report (see [`ActivityReport`]): busy endpoints get a lease of
+    /// [`LEASE_INTERVALS`] report intervals, every reported endpoint's `last_active` moves,
+    /// and the reply names the reported and cached endpoints that are not active (their
+    /// routes are stale) and, for a gateway that says who it is, the role changes it has not
+    /// applied yet. At most [`MAX_REPORTED_ENDPOINTS`] of each list are looked at.
+    pub async fn record_activity(
+        &self,
+        report: &ActivityReport,
+    ) -> Result<ActivityReply, LifecycleError> {
+        if !REPORT_INTERVAL_MS.contains(&report.interval_ms) {
+            return Err(LifecycleError::Invalid(format!(
+                "interval_ms must be between {} and {}",
+                REPORT_INTERVAL_MS.start(),
+                REPORT_INTERVAL_MS.end()
+            )));
+        }
+        self.metrics.activity_reports.inc();
+        let entries: Vec<GatewayActivity> = report
+            .endpoints
+            .iter()
+            .take(MAX_REPORTED_ENDPOINTS)
+            .map(|e| GatewayActivity {
+                endpoint: split_pooler(&e.endpoint_id).0.to_owned(),
+                idle_ms: i64::try_from(e.idle_ms).unwrap_or(i64::MAX),
+                busy: e.sessions > 0 || e.in_flight > 0,
+            })
+            .collect();
+        let mut ids: Vec<String> = entries
+            .iter()
+            .map(|e| e.endpoint.clone())
+            .chain(
+                report
+                    .cached
+                    .iter()
+                    .take(MAX_REPORTED_ENDPOINTS)
+                    .map(|id| split_pooler(id).0.to_owned()),
+            )
+            .collect();
+        ids.sort();
+        ids.dedup();
+        let interval = Duration::from_millis(report.interval_ms);
+        let inactive = self
+            .store
+            .record_activity(&entries, interval * LEASE_INTERVALS, &ids)
+            .await?;
+        let mut reply = ActivityReply {
+            inactive,
+            ..ActivityReply::default()
+        };
+        if let Some(gateway) = report.gateway_id.as_deref() {
+            if gateway.is_empty() || gateway.len() > MAX_GATEWAY_ID {
+                return Err(LifecycleError::Invalid(format!(
+                    "gateway_id must be 1-{MAX_GATEWAY_ID} characters"
+                )));
+            }
+            let changes = self
+                .store
+                .gateway_report(gateway, interval, report.role_changes_applied)
+                .await?;
+            reply.role_changes = changes.changes;
+            reply.role_changes_cursor = Some(changes.cursor);
+            reply.role_changes_truncated = changes.truncated;
+        }
+        Ok(reply)
+    }
+
+    /// The SCRAM secret a gateway checks `role`'s password against: empty for a role the
+    /// endpoint does not have (or has not finished creating). `NotFound` for an unknown
+    /// endpoint.
+    pub async fn access_secret(&self, id: &str, role: &str) -> Result<String, LifecycleError> {
+        if self.store.endpoint(id).await?.is_none() {
+            return Err(LifecycleError::NotFound(id.to_owned()));
+        }
+        Ok(self.store.role_secret(id, role).await?.unwrap_or_default())
+    }
+
     pub async fn suspend_all(&self) {
         let Ok(rows) = self.store.endpoints().await else {
             return;

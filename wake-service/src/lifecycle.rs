@@ -578,24 +578,8 @@ impl Computes {
             }
             return Ok(row);
         }
-        let active = row.state == EndpointState::Active;
-        let request = match request {
-            SuspendRequest::Idle(_) if !active => {
-                return Err(LifecycleError::Conflict(format!(
-                    "endpoint '{id}' is {}, not active",
-                    row.state.as_str()
-                )))
-            }
-            // A failed or half-started compute has no clients to protect.
-            SuspendRequest::Api if !active => SuspendRequest::Forced,
-            other => other,
-        };
+        let request = Self::suspend_kind(&row, request)?;
         let gentle = matches!(request, SuspendRequest::Idle(_) | SuspendRequest::Api);
-        if gentle && held(&row) {
-            return Err(LifecycleError::Conflict(format!(
-                "endpoint '{id}' has sessions open through the gateway; use force=true to suspend anyway"
-            )));
-        }
         let reason = request.reason();
         self.record(
             id,
@@ -611,6 +595,46 @@ impl Computes {
             SuspendRequest::Forced => self.stop_forced(&spec).await.map(|()| None),
             SuspendRequest::Shutdown => self.driver.stop(&spec).await.map(|()| None),
         };
+        self.finish_suspend(id, reason, gentle, outcome).await
+    }
+
+    /// What suspend `request` becomes for the endpoint as it is: an idle suspend only of an
+    /// active endpoint; an API suspend of a failed or half-started one is forced (it has no
+    /// clients to protect); a gentle one is refused while a gateway's lease holds it.
+    fn suspend_kind(
+        row: &EndpointRow,
+        request: SuspendRequest,
+    ) -> Result<SuspendRequest, LifecycleError> {
+        let id = &row.id;
+        let active = row.state == EndpointState::Active;
+        let request = match request {
+            SuspendRequest::Idle(_) if !active => {
+                return Err(LifecycleError::Conflict(format!(
+                    "endpoint '{id}' is {}, not active",
+                    row.state.as_str()
+                )))
+            }
+            SuspendRequest::Api if !active => SuspendRequest::Forced,
+            other => other,
+        };
+        let gentle = matches!(request, SuspendRequest::Idle(_) | SuspendRequest::Api);
+        if gentle && held(row) {
+            return Err(LifecycleError::Conflict(format!(
+                "endpoint '{id}' has sessions open through the gateway; use force=true to suspend anyway"
+            )));
+        }
+        Ok(request)
+    }
+
+    /// Records how a suspend ended: `suspended`, back to `active` when a client turned out
+    /// to be busy (`Some(why)`, a conflict), or `failed`.
+    async fn finish_suspend(
+        &self,
+        id: &str,
+        reason: &'static str,
+        gentle: bool,
+        outcome: Result<Option<String>, ComputeError>,
+    ) -> Result<EndpointRow, LifecycleError> {
         match outcome {
             Ok(None) => {
                 self.metrics.suspends.with_label_values(&[reason]).inc();
@@ -1187,93 +1211,15 @@ impl Computes {
     /// progress, brings every compute to the state the store records (adopting running
     /// processes, never duplicating them), and removes computes the store does not know.
     pub async fn reconcile(&self) -> Result<(), LifecycleError> {
-        let rows = self.store.endpoints().await?;
-        let on_disk = self.driver.list().await.map_err(compute_error("*"))?;
-        let known: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
-        let unknown: Vec<&String> = on_disk
-            .iter()
-            .filter(|id| !known.contains(&id.as_str()))
-            .collect();
-        if rows.is_empty() && !unknown.is_empty() && !self.config.quarantine_unknown {
-            let names: Vec<&str> = unknown.iter().map(|id| id.as_str()).collect();
-            return Err(LifecycleError::Invalid(format!(
-                "the state store lists no endpoint, but the compute driver holds {} compute(s) ({}): \
-                 this store is new, or not the one these computes belong to (check WAKE_DATABASE_URL \
-                 and DATA_DIR). Refusing to start, so that nothing is lost. To start anyway with \
-                 those computes moved aside (quarantined, not deleted), pass \
-                 --quarantine-unknown-computes",
-                names.len(),
-                names.join(", ")
-            )));
-        }
+        let unknown = self.unknown_computes().await?;
         // Role operations a crash cut short are finished by a sync, once the compute runs.
         for id in self.store.endpoints_with_pending_roles().await? {
             self.store.set_sync_needed(&id, true).await?;
         }
-        let rows = self.store.endpoints().await?;
-        for row in &rows {
+        for row in &self.store.endpoints().await? {
             let id = row.id.as_str();
             let _guard = self.lock(id).await?;
-            let spec = Self::spec(row);
-            if row.operation.is_none()
-                || row.operation == Some(Operation::Suspend)
-                || row.operation == Some(Operation::Wake)
-            {
-                // PgBouncer (re)starts with the store's roles, whatever an earlier version or a
-                // crash left in its file.
-                if let Err(e) = self.sync_pooler(&spec).await {
-                    tracing::error!(endpoint = id, error = %e, "could not write PgBouncer's roles");
-                }
-            }
-            let outcome = match (row.operation, row.state) {
-                (Some(Operation::Create), _) => {
-                    tracing::info!(endpoint = id, "finishing a create cut short");
-                    self.finish_create(row.clone()).await.map(drop)
-                }
-                (Some(Operation::Delete), _) => {
-                    tracing::info!(endpoint = id, "finishing a delete cut short");
-                    self.finish_delete(id).await
-                }
-                (Some(Operation::Suspend), _)
-                | (None, EndpointState::Suspending | EndpointState::Suspended) => {
-                    // Postgres down, PgBouncer up and paused (holding its clients).
-                    let stopped = async {
-                        self.driver.stop_postgres(&spec, StopMode::Fast).await?;
-                        self.driver.pause_pooler(&spec, POOLER_PAUSE_TIMEOUT).await
-                    }
-                    .await;
-                    match stopped {
-                        Ok(_) => self
-                            .record(id, EndpointState::Suspended, None, "stopped", None)
-                            .await
-                            .map(drop),
-                        Err(source) => Err(self.fail(id, source).await),
-                    }
-                }
-                (Some(Operation::Wake), _)
-                | (None, EndpointState::Active | EndpointState::Resuming) => {
-                    let was_running = self.driver.health(&spec).await.ok() == Some(Health::Running);
-                    match self.driver.start(&spec).await {
-                        Ok(_) => {
-                            let event = if was_running && row.state == EndpointState::Active {
-                                "adopted"
-                            } else {
-                                self.metrics
-                                    .resumes
-                                    .with_label_values(&[WakeTrigger::Reconcile.as_str()])
-                                    .inc();
-                                "started"
-                            };
-                            self.record(id, EndpointState::Active, None, event, None)
-                                .await
-                                .map(drop)
-                        }
-                        Err(source) => Err(self.fail(id, source).await),
-                    }
-                }
-                (None, EndpointState::Failed | EndpointState::Unknown) => Ok(()),
-            };
-            let outcome = match outcome {
+            let outcome = match self.reconcile_one(row).await {
                 Ok(()) => self.sync_after_reconcile(id).await,
                 Err(e) => Err(e),
             };
@@ -1282,7 +1228,7 @@ impl Computes {
             }
         }
         for orphan in unknown {
-            match self.driver.quarantine(orphan).await {
+            match self.driver.quarantine(&orphan).await {
                 Ok(moved) => {
                     self.metrics.computes_quarantined.inc();
                     tracing::warn!(endpoint = %orphan, moved_to = %moved, "the store does not know this compute: moved it aside (nothing deleted)");
@@ -1295,6 +1241,105 @@ impl Computes {
         self.metrics
             .set_endpoint_states(&self.store.endpoints().await?);
         Ok(())
+    }
+
+    /// The computes the driver holds that the store does not know (to be quarantined).
+    /// Refuses when the store knows no endpoint at all but the driver holds computes, unless
+    /// told to quarantine them anyway: a wrong store must not look like "delete everything".
+    async fn unknown_computes(&self) -> Result<Vec<String>, LifecycleError> {
+        let rows = self.store.endpoints().await?;
+        let on_disk = self.driver.list().await.map_err(compute_error("*"))?;
+        let unknown: Vec<String> = on_disk
+            .into_iter()
+            .filter(|id| !rows.iter().any(|r| &r.id == id))
+            .collect();
+        if rows.is_empty() && !unknown.is_empty() && !self.config.quarantine_unknown {
+            return Err(LifecycleError::Invalid(format!(
+                "the state store lists no endpoint, but the compute driver holds {} compute(s) ({}): \
+                 this store is new, or not the one these computes belong to (check WAKE_DATABASE_URL \
+                 and DATA_DIR). Refusing to start, so that nothing is lost. To start anyway with \
+                 those computes moved aside (quarantined, not deleted), pass \
+                 --quarantine-unknown-computes",
+                unknown.len(),
+                unknown.join(", ")
+            )));
+        }
+        Ok(unknown)
+    }
+
+    /// Brings one endpoint where the store says it is, finishing what a crash cut short
+    /// (lock held).
+    async fn reconcile_one(&self, row: &EndpointRow) -> Result<(), LifecycleError> {
+        let id = row.id.as_str();
+        let spec = Self::spec(row);
+        if row.operation.is_none()
+            || row.operation == Some(Operation::Suspend)
+            || row.operation == Some(Operation::Wake)
+        {
+            // PgBouncer (re)starts with the store's roles, whatever an earlier version or a
+            // crash left in its file.
+            if let Err(e) = self.sync_pooler(&spec).await {
+                tracing::error!(endpoint = id, error = %e, "could not write PgBouncer's roles");
+            }
+        }
+        match (row.operation, row.state) {
+            (Some(Operation::Create), _) => {
+                tracing::info!(endpoint = id, "finishing a create cut short");
+                self.finish_create(row.clone()).await.map(drop)
+            }
+            (Some(Operation::Delete), _) => {
+                tracing::info!(endpoint = id, "finishing a delete cut short");
+                self.finish_delete(id).await
+            }
+            (Some(Operation::Suspend), _)
+            | (None, EndpointState::Suspending | EndpointState::Suspended) => {
+                // Postgres down, PgBouncer up and paused (holding its clients).
+                let stopped = async {
+                    self.driver.stop_postgres(&spec, StopMode::Fast).await?;
+                    self.driver.pause_pooler(&spec, POOLER_PAUSE_TIMEOUT).await
+                }
+                .await;
+                match stopped {
+                    Ok(_) => self
+                        .record(id, EndpointState::Suspended, None, "stopped", None)
+                        .await
+                        .map(drop),
+                    Err(source) => Err(self.fail(id, source).await),
+                }
+            }
+            (Some(Operation::Wake), _)
+            | (None, EndpointState::Active | EndpointState::Resuming) => {
+                self.reconcile_running(row, &spec).await
+            }
+            (None, EndpointState::Failed | EndpointState::Unknown) => Ok(()),
+        }
+    }
+
+    /// Starts (or adopts) the compute of an endpoint the store says runs or was waking.
+    async fn reconcile_running(
+        &self,
+        row: &EndpointRow,
+        spec: &ComputeSpec,
+    ) -> Result<(), LifecycleError> {
+        let id = row.id.as_str();
+        let was_running = self.driver.health(spec).await.ok() == Some(Health::Running);
+        match self.driver.start(spec).await {
+            Ok(_) => {
+                let event = if was_running && row.state == EndpointState::Active {
+                    "adopted"
+                } else {
+                    self.metrics
+                        .resumes
+                        .with_label_values(&[WakeTrigger::Reconcile.as_str()])
+                        .inc();
+                    "started"
+                };
+                self.record(id, EndpointState::Active, None, event, None)
+                    .await
+                    .map(drop)
+            }
+            Err(source) => Err(self.fail(id, source).await),
+        }
     }
 
     /// After reconcile restored an endpoint (lock held): a running compute that needs a sync

@@ -140,37 +140,9 @@ async fn idle_loop(
                 last_active: row.last_active.unwrap_or(now),
                 persisted: row.last_active,
             });
-            if let Some(seen) = observe(computes, row, watch).await {
-                watch.last_active = watch.last_active.max(seen);
-            }
-            if let Some(reported) = row.last_active {
-                watch.last_active = watch.last_active.max(reported);
-            }
-            let last_active = watch.last_active.min(now);
-            if watch
-                .persisted
-                .is_none_or(|p| last_active - p >= PERSIST_STEP)
-            {
-                match computes.store().touch(&row.id, last_active).await {
-                    Ok(()) => watch.persisted = Some(last_active),
-                    Err(e) => {
-                        tracing::warn!(endpoint = %row.id, error = %e, "cannot record activity")
-                    }
-                }
-            }
-            let Ok(timeout) = u64::try_from(row.suspend_timeout_seconds) else {
-                continue; // -1: never
-            };
-            let timeout = Duration::from_secs(timeout);
-            let idle_for = Duration::try_from(now - last_active).unwrap_or_default();
-            if idle_for < timeout || held_at(row, now) {
+            let Some(timeout) = idle_for_suspend(computes, row, watch, now).await else {
                 continue;
-            }
-            // The suspend looks at Postgres again itself; this connection would only be
-            // one more session for its shutdown to close.
-            watch.admin = None;
-            watch.counters = None;
-            tracing::info!(endpoint = %row.id, idle_s = idle_for.as_secs_f64(), "endpoint idle; suspending");
+            };
             let computes = computes.clone();
             let id = row.id.clone();
             spawn_for(tasks, busy, &row.id, async move {
@@ -186,6 +158,68 @@ async fn idle_loop(
     }
 }
 
+/// One look at an active endpoint: its latest activity (what the compute shows, what
+/// gateways reported) is recorded, and `Some(timeout)` when it has been idle for its suspend
+/// timeout and no gateway lease holds it.
+async fn idle_for_suspend(
+    computes: &Computes,
+    row: &EndpointRow,
+    watch: &mut Watch,
+    now: OffsetDateTime,
+) -> Option<Duration> {
+    if let Some(seen) = observe(computes, row, watch).await {
+        watch.last_active = watch.last_active.max(seen);
+    }
+    if let Some(reported) = row.last_active {
+        watch.last_active = watch.last_active.max(reported);
+    }
+    let last_active = watch.last_active.min(now);
+    if watch
+        .persisted
+        .is_none_or(|p| last_active - p >= PERSIST_STEP)
+    {
+        match computes.store().touch(&row.id, last_active).await {
+            Ok(()) => watch.persisted = Some(last_active),
+            Err(e) => {
+                tracing::warn!(endpoint = %row.id, error = %e, "cannot record activity")
+            }
+        }
+    }
+    // -1: never.
+    let timeout = Duration::from_secs(u64::try_from(row.suspend_timeout_seconds).ok()?);
+    let idle_for = Duration::try_from(now - last_active).unwrap_or_default();
+    if idle_for < timeout || held_at(row, now) {
+        return None;
+    }
+    // The suspend looks at Postgres again itself; this connection would only be one more
+    // session for its shutdown to close.
+    watch.admin = None;
+    watch.counters = None;
+    tracing::info!(endpoint = %row.id, idle_s = idle_for.as_secs_f64(), "endpoint idle; suspending");
+    Some(timeout)
+}
+
+/// Whether PgBouncer shows activity: waiting clients, busy servers, or transactions since
+/// the last look.
+async fn pooler_busy(computes: &Computes, row: &EndpointRow, watch: &mut Watch) -> bool {
+    match computes.driver().pooler_stats(&Computes::spec(row)).await {
+        Ok(Some(stats)) => {
+            let busy = stats.clients_waiting > 0
+                || stats.servers_active > 0
+                || watch
+                    .transactions
+                    .is_some_and(|before| before != stats.transactions);
+            watch.transactions = Some(stats.transactions);
+            busy
+        }
+        Ok(None) => false,
+        Err(e) => {
+            tracing::debug!(endpoint = %row.id, error = %e, "cannot read PgBouncer stats");
+            false
+        }
+    }
+}
+
 /// What the compute itself shows: `Some(time)` of the latest activity it reveals.
 async fn observe(
     computes: &Computes,
@@ -197,21 +231,8 @@ async fn observe(
     let mut seen: Option<OffsetDateTime> = None;
     let mut saw = |at: OffsetDateTime| seen = Some(seen.map_or(at, |s| s.max(at)));
 
-    match computes.driver().pooler_stats(&spec).await {
-        Ok(Some(stats)) => {
-            if stats.clients_waiting > 0 || stats.servers_active > 0 {
-                saw(now);
-            }
-            if watch
-                .transactions
-                .is_some_and(|before| before != stats.transactions)
-            {
-                saw(now);
-            }
-            watch.transactions = Some(stats.transactions);
-        }
-        Ok(None) => {}
-        Err(e) => tracing::debug!(endpoint = %row.id, error = %e, "cannot read PgBouncer stats"),
+    if pooler_busy(computes, row, watch).await {
+        saw(now);
     }
 
     if watch.admin.as_ref().is_none_or(|c| c.is_closed()) {

@@ -359,48 +359,12 @@ impl Setup {
             },
             (None, false) => Principals::Shared(Identity::resolve(None)?),
         };
-        // The OS user that may log in as cloud_admin (by peer authentication): ours.
-        let me = nix::unistd::User::from_uid(nix::unistd::geteuid())
-            .ok()
-            .flatten()
-            .map(|user| user.name)
-            .filter(|name| safe_config_value(name));
-        let admin_method = match &me {
-            Some(_) => format!("peer map={IDENT_MAP}"),
-            None => {
-                tracing::warn!(
-                    "the wake service's uid has no passwd entry: cloud_admin is trusted on the \
-                     computes' unix sockets instead of peer-authenticated"
-                );
-                "trust".to_string()
-            }
-        };
-        let ident = format!(
-            "# Written by the wake service (local driver): only its own OS user is cloud_admin.\n\
-             # MAPNAME  SYSTEM-USERNAME  PG-USERNAME\n{}",
-            me.map(|me| format!("{IDENT_MAP}  {me}  {SUPERUSER}\n"))
-                .unwrap_or_default()
-        );
+        let (admin_method, ident) = admin_login();
         let loopback_only = config.host == "localhost"
             || config
                 .host
                 .parse::<IpAddr>()
                 .is_ok_and(|ip| ip.is_loopback());
-        let mut endpoint_hba = format!(
-            "# Written by the wake service (local driver); rewritten before each start.\n\
-             # TYPE DATABASE USER        ADDRESS       METHOD\n\
-             local  all      {SUPERUSER}                {admin_method}\n\
-             local  all      all                       trust\n\
-             host   all      {SUPERUSER} all           reject\n\
-             host   all      all         127.0.0.1/32  scram-sha-256\n\
-             host   all      all         ::1/128       scram-sha-256\n",
-        );
-        if !loopback_only {
-            endpoint_hba.push_str(
-                "host   all      all         0.0.0.0/0     scram-sha-256\n\
-                 host   all      all         ::/0          scram-sha-256\n",
-            );
-        }
         Ok(Setup {
             pg_bin: config.pg_bin.clone(),
             pgbouncer,
@@ -410,13 +374,64 @@ impl Setup {
             fast: config.fast,
             locale: pick_locale(),
             children: Children::default(),
-            endpoint_hba,
+            endpoint_hba: endpoint_hba(&admin_method, loopback_only),
             ident,
             admin_method,
             identities: Mutex::new(HashMap::new()),
         })
     }
+}
 
+/// How `cloud_admin` logs in on a unix socket (a pg_hba.conf method), and the pg_ident.conf
+/// that maps the wake service's own OS user (only it) to `cloud_admin`.
+fn admin_login() -> (String, String) {
+    // The OS user that may log in as cloud_admin (by peer authentication): ours.
+    let me = nix::unistd::User::from_uid(nix::unistd::geteuid())
+        .ok()
+        .flatten()
+        .map(|user| user.name)
+        .filter(|name| safe_config_value(name));
+    let admin_method = match &me {
+        Some(_) => format!("peer map={IDENT_MAP}"),
+        None => {
+            tracing::warn!(
+                "the wake service's uid has no passwd entry: cloud_admin is trusted on the \
+                     computes' unix sockets instead of peer-authenticated"
+            );
+            "trust".to_string()
+        }
+    };
+    let ident = format!(
+        "# Written by the wake service (local driver): only its own OS user is cloud_admin.\n\
+             # MAPNAME  SYSTEM-USERNAME  PG-USERNAME\n{}",
+        me.map(|me| format!("{IDENT_MAP}  {me}  {SUPERUSER}\n"))
+            .unwrap_or_default()
+    );
+    (admin_method, ident)
+}
+
+/// A compute's pg_hba.conf: `cloud_admin` on the socket only, SCRAM over TCP from loopback
+/// (from anywhere unless `loopback_only`).
+fn endpoint_hba(admin_method: &str, loopback_only: bool) -> String {
+    let mut endpoint_hba = format!(
+        "# Written by the wake service (local driver); rewritten before each start.\n\
+             # TYPE DATABASE USER        ADDRESS       METHOD\n\
+             local  all      {SUPERUSER}                {admin_method}\n\
+             local  all      all                       trust\n\
+             host   all      {SUPERUSER} all           reject\n\
+             host   all      all         127.0.0.1/32  scram-sha-256\n\
+             host   all      all         ::1/128       scram-sha-256\n",
+    );
+    if !loopback_only {
+        endpoint_hba.push_str(
+            "host   all      all         0.0.0.0/0     scram-sha-256\n\
+                 host   all      all         ::/0          scram-sha-256\n",
+        );
+    }
+    endpoint_hba
+}
+
+impl Setup {
     fn per_endpoint(&self) -> bool {
         matches!(self.principals, Principals::PerEndpoint { .. })
     }
@@ -1275,6 +1290,23 @@ impl LocalDriver {
         Ok(())
     }
 
+    /// A new connection to PgBouncer's admin console, made before `deadline`.
+    async fn console_until(
+        spec: &ComputeSpec,
+        compute: &Compute,
+        deadline: Instant,
+        timeout: Duration,
+    ) -> Result<Arc<Admin>, ComputeError> {
+        let run = compute.dir.join(RUN);
+        let connect = Admin::connect(&run, spec.pooler_port, compute.identity.uid);
+        match tokio::time::timeout_at(deadline.into(), connect).await {
+            Ok(connected) => connected,
+            Err(_elapsed) => Err(ComputeError::Process(format!(
+                "PgBouncer's admin console did not answer within {timeout:?}"
+            ))),
+        }
+    }
+
     /// Polls PgBouncer's counts every `every` until `done` holds (true) or `deadline` passes
     /// (false).
     async fn wait_counts(
@@ -1517,23 +1549,7 @@ impl ComputeDriver for LocalDriver {
         }
         // PAUSE on a connection of its own: it answers only once every server connection is
         // closed, and a connection waiting for that cannot be used for anything else.
-        let pauser = match tokio::time::timeout_at(
-            deadline.into(),
-            Admin::connect(
-                &compute.dir.join(RUN),
-                spec.pooler_port,
-                compute.identity.uid,
-            ),
-        )
-        .await
-        {
-            Ok(connected) => connected?,
-            Err(_elapsed) => {
-                return Err(ComputeError::Process(format!(
-                    "PgBouncer's admin console did not answer within {timeout:?}"
-                )))
-            }
-        };
+        let pauser = Self::console_until(spec, &compute, deadline, timeout).await?;
         let paused = match tokio::time::timeout_at(deadline.into(), pauser.pause()).await {
             Ok(Ok(AdminReply::Done)) => true,
             Ok(Ok(AdminReply::AlreadyPaused)) => {

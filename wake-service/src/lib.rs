@@ -3,34 +3,38 @@
 //!
 //! `main` parses the command line and calls [`run`] (the service) or one of the [`cli`]
 //! subcommands; tests start the service in-process through [`run`] or [`api::app`].
+//!
+//! [`run`] reads in three steps: bootstrap (config → state store → compute driver →
+//! [`lifecycle::Computes`]), leadership ([`leadership::Election`]: reconcile and the
+//! scheduler on the leader only) and serving (the router on the bound listener until the
+//! shutdown signal, then the leader's suspends).
 
 pub mod api;
 pub mod cli;
 pub mod compute;
 pub mod config;
+pub mod leadership;
 pub mod lifecycle;
 pub mod metrics;
 pub mod roles;
 pub mod scheduler;
+pub mod state_cluster;
 pub mod store;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::api::Service;
-use crate::compute::local::{LocalDriver, StateCluster};
+use crate::compute::local::LocalDriver;
 use crate::config::ServeConfig;
+use crate::leadership::Election;
 use crate::lifecycle::{Computes, LifecycleConfig};
 use crate::metrics::Metrics;
+use crate::state_cluster::StateCluster;
 use crate::store::Store;
-
-/// How often a replica that is not the leader tries to become it.
-const LEADER_RETRY: Duration = Duration::from_secs(2);
 
 /// Runs the service on `listener` until `shutdown` fires.
 ///
@@ -44,23 +48,9 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let (store_config, embedded) = match &config.database_url {
-        Some(url) => (
-            url.0
-                .parse::<tokio_postgres::Config>()
-                .context("WAKE_DATABASE_URL is not a valid Postgres connection string")?,
-            None,
-        ),
-        None => {
-            let dir = config.data_dir.join("state");
-            let cluster = StateCluster::start(&config.local, &dir)
-                .await
-                .context("starting the embedded state store")?;
-            (cluster.connection_config(), Some(cluster))
-        }
-    };
+    let (store_config, embedded) = state_store(&config).await?;
     // Whatever happens from here on (a refused start included), the embedded store stops.
-    let served = serve(config, store_config, listener, shutdown).await;
+    let served = run_on(config, store_config, listener, shutdown).await;
     if let Some(cluster) = embedded {
         if let Err(e) = cluster.stop().await {
             tracing::warn!(error = %e, "could not stop the embedded state store");
@@ -69,130 +59,97 @@ pub async fn run(
     served
 }
 
-/// [`run`] once the state store runs.
-async fn serve(
+/// Where the state store is: `--database-url`, or the embedded cluster under
+/// `DATA_DIR/state`, started now (and returned, to be stopped at the end).
+async fn state_store(
+    config: &ServeConfig,
+) -> anyhow::Result<(tokio_postgres::Config, Option<StateCluster>)> {
+    match &config.database_url {
+        Some(url) => Ok((
+            url.0
+                .parse::<tokio_postgres::Config>()
+                .context("WAKE_DATABASE_URL is not a valid Postgres connection string")?,
+            None,
+        )),
+        None => {
+            let dir = config.data_dir.join("state");
+            let cluster = StateCluster::start(&config.local, &dir)
+                .await
+                .context("starting the embedded state store")?;
+            Ok((cluster.connection_config(), Some(cluster)))
+        }
+    }
+}
+
+/// [`run`] once the state store runs: bootstrap, leadership, serving, then the leader's
+/// suspends.
+async fn run_on(
     config: ServeConfig,
     store_config: tokio_postgres::Config,
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let store = Store::open(store_config)
-        .await
-        .context("opening the state store")?;
-    let metrics = Arc::new(Metrics::new()?);
-    let driver = Arc::new(LocalDriver::new(config.local.clone()).context("local compute driver")?);
-    let computes = Computes::new(
-        store.clone(),
-        driver,
-        LifecycleConfig {
-            host: config.local.host.clone(),
-            ports: config.compute_ports.clone(),
-            default_suspend_timeout_seconds: config.default_suspend_timeout_seconds,
-            operation_timeout: config.wake_timeout,
-            quarantine_unknown: config.quarantine_unknown_computes,
-        },
-        metrics.clone(),
-    );
-    let service = Arc::new(Service {
-        computes,
-        metrics,
-        admin_token: config.admin_token.0.clone(),
-        proxy_token: config.proxy_token.as_ref().map(|t| t.0.clone()),
-        wake_timeout: config.wake_timeout,
-    });
-
-    // The suspend scheduler runs on the leader only; it stops before computes are stopped.
-    let scheduling = CancellationToken::new();
-    let scheduler_tasks = TaskTracker::new();
-    let start_scheduler = {
-        let service = service.clone();
-        let scheduling = scheduling.clone();
-        let tracker = scheduler_tasks.clone();
-        let config = config.scheduler;
-        move || {
-            tracker.spawn(scheduler::run(service.clone(), config, scheduling.clone()));
+    let service = bootstrap(&config, store_config).await?;
+    let store = service.computes.store().clone();
+    let election = match Election::start(&service.computes, &config, &shutdown).await {
+        Ok(election) => election,
+        Err(e) => {
+            store.close();
+            return Err(e);
         }
     };
-    let leadership = match store.try_lead().await? {
-        Some(lead) => {
-            if let Err(e) = lead_startup(&service, &config).await {
-                store.close();
-                return Err(e);
-            }
-            start_scheduler();
-            Some(lead)
-        }
-        None => {
-            tracing::info!("another replica leads; serving the API and waiting to take over");
-            None
-        }
-    };
-    let follower = if leadership.is_none() {
-        let service = service.clone();
-        let start_scheduler = start_scheduler.clone();
-        let config = config.clone();
-        let shutdown = shutdown.clone();
-        Some(tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    () = shutdown.cancelled() => return None,
-                    () = tokio::time::sleep(LEADER_RETRY) => {}
-                }
-                if let Ok(Some(lead)) = service.computes.store().try_lead().await {
-                    tracing::info!("became the leader");
-                    if let Err(e) = lead_startup(&service, &config).await {
-                        tracing::error!(error = %e, "leader startup failed");
-                    }
-                    start_scheduler();
-                    return Some(lead);
-                }
-            }
-        }))
-    } else {
-        None
-    };
-
-    tracing::info!(listen = %listener.local_addr()?, "wake service ready");
-    let app = api::app(service.clone());
-    let stop = shutdown.clone();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move { stop.cancelled().await })
-        .await
-        .context("serving the API")?;
-
-    let leadership = match follower {
-        Some(task) => task.await.ok().flatten(),
-        None => leadership,
-    };
-    scheduling.cancel();
-    scheduler_tasks.close();
-    scheduler_tasks.wait().await;
+    let served = serve(listener, service.clone(), shutdown).await;
+    let leadership = election.finish().await;
     if leadership.is_some() && !config.leave_computes_running {
         tracing::info!("suspending computes before exit");
         service.computes.suspend_all().await;
     }
     drop(leadership);
     store.close();
-    Ok(())
+    served
 }
 
-async fn lead_startup(service: &Service, config: &ServeConfig) -> anyhow::Result<()> {
-    service
-        .computes
-        .reconcile()
+/// Config → state store (migrations applied) → compute driver → the lifecycle, and what
+/// the API's handlers share.
+async fn bootstrap(
+    config: &ServeConfig,
+    store_config: tokio_postgres::Config,
+) -> anyhow::Result<Arc<Service>> {
+    let store = Store::open(store_config)
         .await
-        .context("reconciling computes with the state store")?;
-    if let Some(default) = &config.default_endpoint {
-        service
-            .computes
-            .bootstrap_default(
-                &default.id,
-                &default.role,
-                &default.password.0,
-                &default.database,
-            )
-            .await
-            .context("creating the default endpoint")?;
-    }
-    Ok(())
+        .context("opening the state store")?;
+    let metrics = Arc::new(Metrics::new()?);
+    let driver = Arc::new(LocalDriver::new(config.local.clone()).context("local compute driver")?);
+    let computes = Arc::new(Computes::new(
+        store,
+        driver,
+        LifecycleConfig {
+            host: config.local.host.clone(),
+            ports: config.compute_ports.clone(),
+            default_suspend_timeout_seconds: config.default_suspend_timeout_seconds,
+            operation_timeout: config.wake_timeout,
+            wake_timeout: config.wake_timeout,
+            quarantine_unknown: config.quarantine_unknown_computes,
+        },
+        metrics.clone(),
+    ));
+    Ok(Arc::new(Service {
+        computes,
+        metrics,
+        admin_token: config.admin_token.0.clone(),
+        proxy_token: config.proxy_token.as_ref().map(|t| t.0.clone()),
+    }))
+}
+
+/// Serves [`api::app`] on `listener` until `shutdown` fires (requests in flight finish).
+async fn serve(
+    listener: TcpListener,
+    service: Arc<Service>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    tracing::info!(listen = %listener.local_addr()?, "wake service ready");
+    axum::serve(listener, api::app(service))
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+        .context("serving the API")
 }

@@ -13,6 +13,11 @@
 //! the store says was in progress and finish it (create, wake, suspend, delete) without
 //! duplicating processes. One operation runs per endpoint at a time (a per-endpoint lock),
 //! which also makes concurrent wakes single-flight.
+//!
+//! The policy the HTTP API and the scheduler apply lives here too: a wake runs in a task of
+//! its own and its caller waits at most `wake_timeout` ([`Computes::wake_detached`]); a
+//! gateway's activity report moves `last_active` and renews its lease on the endpoints it
+//! holds sessions on ([`Computes::record_activity`]).
 
 use std::collections::HashMap;
 use std::net::TcpListener;
@@ -23,13 +28,17 @@ use std::time::{Duration, Instant};
 use tokio::sync::OwnedMutexGuard;
 use wake_api::admin::{Addresses, CreateEndpoint, EndpointState, PatchEndpoint};
 use wake_api::names;
-use wake_api::proxy::ColdStartInfo;
+use wake_api::proxy::{
+    ActivityReply, ActivityReport, ColdStartInfo, MAX_REPORTED_ENDPOINTS, REPORT_INTERVAL_MS,
+};
+use wake_api::split_pooler;
 
 use crate::compute::{ComputeDriver, ComputeError, ComputeSpec, Health, PoolerRole, StopMode};
 use crate::metrics::{self, Metrics};
 use crate::roles;
 use crate::store::{
-    EndpointChanges, EndpointRow, NewEndpoint, Operation, RoleRow, Store, StoreError, Transition,
+    EndpointChanges, EndpointRow, GatewayActivity, NewEndpoint, Operation, RoleRow, Store,
+    StoreError, Transition,
 };
 
 /// Largest suspend timeout (Neon's: one week). -1 means never; 0 means the default.
@@ -70,10 +79,18 @@ pub struct LifecycleConfig {
     pub default_suspend_timeout_seconds: i64,
     /// How long an operation may wait for the previous one on the same endpoint.
     pub operation_timeout: Duration,
+    /// How long [`Computes::wake_detached`] lets its caller wait.
+    pub wake_timeout: Duration,
     /// Start even when the store lists no endpoint but the driver holds computes (a new or
     /// wrong store): they are quarantined. Without it such a start is refused.
     pub quarantine_unknown: bool,
 }
+
+/// An open session holds its endpoint for this many of its gateway's report intervals, so
+/// one lost report never lets it suspend.
+const LEASE_INTERVALS: u32 = 3;
+/// The longest gateway id accepted in an activity report.
+const MAX_GATEWAY_ID: usize = 128;
 
 /// How long a password change or a drop waits for every live gateway to apply it before the
 /// API answers anyway (gateways report every second by default, at most every minute).
@@ -396,6 +413,32 @@ impl Computes {
         }
     }
 
+    /// How long [`Self::wake_detached`] lets its caller wait.
+    pub fn wake_timeout(&self) -> Duration {
+        self.config.wake_timeout
+    }
+
+    /// [`Self::wake`] in a task of its own, so that a caller giving up (the timeout, a client
+    /// gone) never cuts a start in half. `None` when it took longer than `wake_timeout` (it
+    /// goes on in its task).
+    pub async fn wake_detached(
+        self: &Arc<Self>,
+        id: &str,
+        trigger: WakeTrigger,
+    ) -> Option<Result<(EndpointRow, ColdStartInfo), LifecycleError>> {
+        let computes = self.clone();
+        let owned = id.to_owned();
+        let task = tokio::spawn(async move { computes.wake(&owned, trigger).await });
+        match tokio::time::timeout(self.config.wake_timeout, task).await {
+            Ok(Ok(result)) => Some(result),
+            Ok(Err(e)) => {
+                tracing::error!(endpoint = id, error = %e, "wake task failed");
+                None
+            }
+            Err(_) => None,
+        }
+    }
+
     /// Makes the endpoint active (starting its compute if needed) and returns it, with
     /// whether it was already running. `trigger` names who asked (a metrics label).
     ///
@@ -535,24 +578,8 @@ impl Computes {
             }
             return Ok(row);
         }
-        let active = row.state == EndpointState::Active;
-        let request = match request {
-            SuspendRequest::Idle(_) if !active => {
-                return Err(LifecycleError::Conflict(format!(
-                    "endpoint '{id}' is {}, not active",
-                    row.state.as_str()
-                )))
-            }
-            // A failed or half-started compute has no clients to protect.
-            SuspendRequest::Api if !active => SuspendRequest::Forced,
-            other => other,
-        };
+        let request = Self::suspend_kind(&row, request)?;
         let gentle = matches!(request, SuspendRequest::Idle(_) | SuspendRequest::Api);
-        if gentle && held(&row) {
-            return Err(LifecycleError::Conflict(format!(
-                "endpoint '{id}' has sessions open through the gateway; use force=true to suspend anyway"
-            )));
-        }
         let reason = request.reason();
         self.record(
             id,
@@ -568,6 +595,46 @@ impl Computes {
             SuspendRequest::Forced => self.stop_forced(&spec).await.map(|()| None),
             SuspendRequest::Shutdown => self.driver.stop(&spec).await.map(|()| None),
         };
+        self.finish_suspend(id, reason, gentle, outcome).await
+    }
+
+    /// What suspend `request` becomes for the endpoint as it is: an idle suspend only of an
+    /// active endpoint; an API suspend of a failed or half-started one is forced (it has no
+    /// clients to protect); a gentle one is refused while a gateway's lease holds it.
+    fn suspend_kind(
+        row: &EndpointRow,
+        request: SuspendRequest,
+    ) -> Result<SuspendRequest, LifecycleError> {
+        let id = &row.id;
+        let active = row.state == EndpointState::Active;
+        let request = match request {
+            SuspendRequest::Idle(_) if !active => {
+                return Err(LifecycleError::Conflict(format!(
+                    "endpoint '{id}' is {}, not active",
+                    row.state.as_str()
+                )))
+            }
+            SuspendRequest::Api if !active => SuspendRequest::Forced,
+            other => other,
+        };
+        let gentle = matches!(request, SuspendRequest::Idle(_) | SuspendRequest::Api);
+        if gentle && held(row) {
+            return Err(LifecycleError::Conflict(format!(
+                "endpoint '{id}' has sessions open through the gateway; use force=true to suspend anyway"
+            )));
+        }
+        Ok(request)
+    }
+
+    /// Records how a suspend ended: `suspended`, back to `active` when a client turned out
+    /// to be busy (`Some(why)`, a conflict), or `failed`.
+    async fn finish_suspend(
+        &self,
+        id: &str,
+        reason: &'static str,
+        gentle: bool,
+        outcome: Result<Option<String>, ComputeError>,
+    ) -> Result<EndpointRow, LifecycleError> {
         match outcome {
             Ok(None) => {
                 self.metrics.suspends.with_label_values(&[reason]).inc();
@@ -1144,93 +1211,15 @@ impl Computes {
     /// progress, brings every compute to the state the store records (adopting running
     /// processes, never duplicating them), and removes computes the store does not know.
     pub async fn reconcile(&self) -> Result<(), LifecycleError> {
-        let rows = self.store.endpoints().await?;
-        let on_disk = self.driver.list().await.map_err(compute_error("*"))?;
-        let known: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
-        let unknown: Vec<&String> = on_disk
-            .iter()
-            .filter(|id| !known.contains(&id.as_str()))
-            .collect();
-        if rows.is_empty() && !unknown.is_empty() && !self.config.quarantine_unknown {
-            let names: Vec<&str> = unknown.iter().map(|id| id.as_str()).collect();
-            return Err(LifecycleError::Invalid(format!(
-                "the state store lists no endpoint, but the compute driver holds {} compute(s) ({}): \
-                 this store is new, or not the one these computes belong to (check WAKE_DATABASE_URL \
-                 and DATA_DIR). Refusing to start, so that nothing is lost. To start anyway with \
-                 those computes moved aside (quarantined, not deleted), pass \
-                 --quarantine-unknown-computes",
-                names.len(),
-                names.join(", ")
-            )));
-        }
+        let unknown = self.unknown_computes().await?;
         // Role operations a crash cut short are finished by a sync, once the compute runs.
         for id in self.store.endpoints_with_pending_roles().await? {
             self.store.set_sync_needed(&id, true).await?;
         }
-        let rows = self.store.endpoints().await?;
-        for row in &rows {
+        for row in &self.store.endpoints().await? {
             let id = row.id.as_str();
             let _guard = self.lock(id).await?;
-            let spec = Self::spec(row);
-            if row.operation.is_none()
-                || row.operation == Some(Operation::Suspend)
-                || row.operation == Some(Operation::Wake)
-            {
-                // PgBouncer (re)starts with the store's roles, whatever an earlier version or a
-                // crash left in its file.
-                if let Err(e) = self.sync_pooler(&spec).await {
-                    tracing::error!(endpoint = id, error = %e, "could not write PgBouncer's roles");
-                }
-            }
-            let outcome = match (row.operation, row.state) {
-                (Some(Operation::Create), _) => {
-                    tracing::info!(endpoint = id, "finishing a create cut short");
-                    self.finish_create(row.clone()).await.map(drop)
-                }
-                (Some(Operation::Delete), _) => {
-                    tracing::info!(endpoint = id, "finishing a delete cut short");
-                    self.finish_delete(id).await
-                }
-                (Some(Operation::Suspend), _)
-                | (None, EndpointState::Suspending | EndpointState::Suspended) => {
-                    // Postgres down, PgBouncer up and paused (holding its clients).
-                    let stopped = async {
-                        self.driver.stop_postgres(&spec, StopMode::Fast).await?;
-                        self.driver.pause_pooler(&spec, POOLER_PAUSE_TIMEOUT).await
-                    }
-                    .await;
-                    match stopped {
-                        Ok(_) => self
-                            .record(id, EndpointState::Suspended, None, "stopped", None)
-                            .await
-                            .map(drop),
-                        Err(source) => Err(self.fail(id, source).await),
-                    }
-                }
-                (Some(Operation::Wake), _)
-                | (None, EndpointState::Active | EndpointState::Resuming) => {
-                    let was_running = self.driver.health(&spec).await.ok() == Some(Health::Running);
-                    match self.driver.start(&spec).await {
-                        Ok(_) => {
-                            let event = if was_running && row.state == EndpointState::Active {
-                                "adopted"
-                            } else {
-                                self.metrics
-                                    .resumes
-                                    .with_label_values(&[WakeTrigger::Reconcile.as_str()])
-                                    .inc();
-                                "started"
-                            };
-                            self.record(id, EndpointState::Active, None, event, None)
-                                .await
-                                .map(drop)
-                        }
-                        Err(source) => Err(self.fail(id, source).await),
-                    }
-                }
-                (None, EndpointState::Failed | EndpointState::Unknown) => Ok(()),
-            };
-            let outcome = match outcome {
+            let outcome = match self.reconcile_one(row).await {
                 Ok(()) => self.sync_after_reconcile(id).await,
                 Err(e) => Err(e),
             };
@@ -1239,7 +1228,7 @@ impl Computes {
             }
         }
         for orphan in unknown {
-            match self.driver.quarantine(orphan).await {
+            match self.driver.quarantine(&orphan).await {
                 Ok(moved) => {
                     self.metrics.computes_quarantined.inc();
                     tracing::warn!(endpoint = %orphan, moved_to = %moved, "the store does not know this compute: moved it aside (nothing deleted)");
@@ -1252,6 +1241,105 @@ impl Computes {
         self.metrics
             .set_endpoint_states(&self.store.endpoints().await?);
         Ok(())
+    }
+
+    /// The computes the driver holds that the store does not know (to be quarantined).
+    /// Refuses when the store knows no endpoint at all but the driver holds computes, unless
+    /// told to quarantine them anyway: a wrong store must not look like "delete everything".
+    async fn unknown_computes(&self) -> Result<Vec<String>, LifecycleError> {
+        let rows = self.store.endpoints().await?;
+        let on_disk = self.driver.list().await.map_err(compute_error("*"))?;
+        let unknown: Vec<String> = on_disk
+            .into_iter()
+            .filter(|id| !rows.iter().any(|r| &r.id == id))
+            .collect();
+        if rows.is_empty() && !unknown.is_empty() && !self.config.quarantine_unknown {
+            return Err(LifecycleError::Invalid(format!(
+                "the state store lists no endpoint, but the compute driver holds {} compute(s) ({}): \
+                 this store is new, or not the one these computes belong to (check WAKE_DATABASE_URL \
+                 and DATA_DIR). Refusing to start, so that nothing is lost. To start anyway with \
+                 those computes moved aside (quarantined, not deleted), pass \
+                 --quarantine-unknown-computes",
+                unknown.len(),
+                unknown.join(", ")
+            )));
+        }
+        Ok(unknown)
+    }
+
+    /// Brings one endpoint where the store says it is, finishing what a crash cut short
+    /// (lock held).
+    async fn reconcile_one(&self, row: &EndpointRow) -> Result<(), LifecycleError> {
+        let id = row.id.as_str();
+        let spec = Self::spec(row);
+        if row.operation.is_none()
+            || row.operation == Some(Operation::Suspend)
+            || row.operation == Some(Operation::Wake)
+        {
+            // PgBouncer (re)starts with the store's roles, whatever an earlier version or a
+            // crash left in its file.
+            if let Err(e) = self.sync_pooler(&spec).await {
+                tracing::error!(endpoint = id, error = %e, "could not write PgBouncer's roles");
+            }
+        }
+        match (row.operation, row.state) {
+            (Some(Operation::Create), _) => {
+                tracing::info!(endpoint = id, "finishing a create cut short");
+                self.finish_create(row.clone()).await.map(drop)
+            }
+            (Some(Operation::Delete), _) => {
+                tracing::info!(endpoint = id, "finishing a delete cut short");
+                self.finish_delete(id).await
+            }
+            (Some(Operation::Suspend), _)
+            | (None, EndpointState::Suspending | EndpointState::Suspended) => {
+                // Postgres down, PgBouncer up and paused (holding its clients).
+                let stopped = async {
+                    self.driver.stop_postgres(&spec, StopMode::Fast).await?;
+                    self.driver.pause_pooler(&spec, POOLER_PAUSE_TIMEOUT).await
+                }
+                .await;
+                match stopped {
+                    Ok(_) => self
+                        .record(id, EndpointState::Suspended, None, "stopped", None)
+                        .await
+                        .map(drop),
+                    Err(source) => Err(self.fail(id, source).await),
+                }
+            }
+            (Some(Operation::Wake), _)
+            | (None, EndpointState::Active | EndpointState::Resuming) => {
+                self.reconcile_running(row, &spec).await
+            }
+            (None, EndpointState::Failed | EndpointState::Unknown) => Ok(()),
+        }
+    }
+
+    /// Starts (or adopts) the compute of an endpoint the store says runs or was waking.
+    async fn reconcile_running(
+        &self,
+        row: &EndpointRow,
+        spec: &ComputeSpec,
+    ) -> Result<(), LifecycleError> {
+        let id = row.id.as_str();
+        let was_running = self.driver.health(spec).await.ok() == Some(Health::Running);
+        match self.driver.start(spec).await {
+            Ok(_) => {
+                let event = if was_running && row.state == EndpointState::Active {
+                    "adopted"
+                } else {
+                    self.metrics
+                        .resumes
+                        .with_label_values(&[WakeTrigger::Reconcile.as_str()])
+                        .inc();
+                    "started"
+                };
+                self.record(id, EndpointState::Active, None, event, None)
+                    .await
+                    .map(drop)
+            }
+            Err(source) => Err(self.fail(id, source).await),
+        }
     }
 
     /// After reconcile restored an endpoint (lock held): a running compute that needs a sync
@@ -1288,6 +1376,82 @@ impl Computes {
     /// Stops every compute, PgBouncers of suspended endpoints included (the wake service
     /// exiting). Active endpoints are recorded `suspended`; reconcile brings the PgBouncers
     /// back (paused) on the next start.
+    /// A gateway's activity report (see [`ActivityReport`]): busy endpoints get a lease of
+    /// [`LEASE_INTERVALS`] report intervals, every reported endpoint's `last_active` moves,
+    /// and the reply names the reported and cached endpoints that are not active (their
+    /// routes are stale) and, for a gateway that says who it is, the role changes it has not
+    /// applied yet. At most [`MAX_REPORTED_ENDPOINTS`] of each list are looked at.
+    pub async fn record_activity(
+        &self,
+        report: &ActivityReport,
+    ) -> Result<ActivityReply, LifecycleError> {
+        if !REPORT_INTERVAL_MS.contains(&report.interval_ms) {
+            return Err(LifecycleError::Invalid(format!(
+                "interval_ms must be between {} and {}",
+                REPORT_INTERVAL_MS.start(),
+                REPORT_INTERVAL_MS.end()
+            )));
+        }
+        self.metrics.activity_reports.inc();
+        let entries: Vec<GatewayActivity> = report
+            .endpoints
+            .iter()
+            .take(MAX_REPORTED_ENDPOINTS)
+            .map(|e| GatewayActivity {
+                endpoint: split_pooler(&e.endpoint_id).0.to_owned(),
+                idle_ms: i64::try_from(e.idle_ms).unwrap_or(i64::MAX),
+                busy: e.sessions > 0 || e.in_flight > 0,
+            })
+            .collect();
+        let mut ids: Vec<String> = entries
+            .iter()
+            .map(|e| e.endpoint.clone())
+            .chain(
+                report
+                    .cached
+                    .iter()
+                    .take(MAX_REPORTED_ENDPOINTS)
+                    .map(|id| split_pooler(id).0.to_owned()),
+            )
+            .collect();
+        ids.sort();
+        ids.dedup();
+        let interval = Duration::from_millis(report.interval_ms);
+        let inactive = self
+            .store
+            .record_activity(&entries, interval * LEASE_INTERVALS, &ids)
+            .await?;
+        let mut reply = ActivityReply {
+            inactive,
+            ..ActivityReply::default()
+        };
+        if let Some(gateway) = report.gateway_id.as_deref() {
+            if gateway.is_empty() || gateway.len() > MAX_GATEWAY_ID {
+                return Err(LifecycleError::Invalid(format!(
+                    "gateway_id must be 1-{MAX_GATEWAY_ID} characters"
+                )));
+            }
+            let changes = self
+                .store
+                .gateway_report(gateway, interval, report.role_changes_applied)
+                .await?;
+            reply.role_changes = changes.changes;
+            reply.role_changes_cursor = Some(changes.cursor);
+            reply.role_changes_truncated = changes.truncated;
+        }
+        Ok(reply)
+    }
+
+    /// The SCRAM secret a gateway checks `role`'s password against: empty for a role the
+    /// endpoint does not have (or has not finished creating). `NotFound` for an unknown
+    /// endpoint.
+    pub async fn access_secret(&self, id: &str, role: &str) -> Result<String, LifecycleError> {
+        if self.store.endpoint(id).await?.is_none() {
+            return Err(LifecycleError::NotFound(id.to_owned()));
+        }
+        Ok(self.store.role_secret(id, role).await?.unwrap_or_default())
+    }
+
     pub async fn suspend_all(&self) {
         let Ok(rows) = self.store.endpoints().await else {
             return;

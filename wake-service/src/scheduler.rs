@@ -34,7 +34,6 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use wake_api::admin::EndpointState;
 
-use crate::api::Service;
 use crate::lifecycle::{held_at, Computes, LifecycleError, SuspendRequest, WakeTrigger};
 use crate::store::EndpointRow;
 
@@ -61,7 +60,7 @@ struct Watch {
 }
 
 /// Runs both loops until `shutdown`, then waits for the suspends and wakes they started.
-pub async fn run(service: Arc<Service>, config: SchedulerConfig, shutdown: CancellationToken) {
+pub async fn run(computes: Arc<Computes>, config: SchedulerConfig, shutdown: CancellationToken) {
     let tasks = TaskTracker::new();
     let busy = Arc::new(Mutex::new(HashSet::new()));
     tracing::info!(
@@ -70,8 +69,8 @@ pub async fn run(service: Arc<Service>, config: SchedulerConfig, shutdown: Cance
         "suspend scheduler running"
     );
     tokio::join!(
-        idle_loop(&service, config, &shutdown, &tasks, &busy),
-        pooler_loop(&service, config, &shutdown, &tasks, &busy),
+        idle_loop(&computes, config, &shutdown, &tasks, &busy),
+        pooler_loop(&computes, config, &shutdown, &tasks, &busy),
     );
     tasks.close();
     tasks.wait().await;
@@ -105,7 +104,7 @@ fn in_progress(busy: &Busy, id: &str) -> bool {
 }
 
 async fn idle_loop(
-    service: &Arc<Service>,
+    computes: &Arc<Computes>,
     config: SchedulerConfig,
     shutdown: &CancellationToken,
     tasks: &TaskTracker,
@@ -119,7 +118,7 @@ async fn idle_loop(
             () = shutdown.cancelled() => return,
             _ = ticker.tick() => {}
         }
-        let rows = match service.computes.store().endpoints().await {
+        let rows = match computes.store().endpoints().await {
             Ok(rows) => rows,
             Err(e) => {
                 tracing::warn!(error = %e, "scheduler cannot read endpoints");
@@ -141,45 +140,13 @@ async fn idle_loop(
                 last_active: row.last_active.unwrap_or(now),
                 persisted: row.last_active,
             });
-            if let Some(seen) = observe(&service.computes, row, watch).await {
-                watch.last_active = watch.last_active.max(seen);
-            }
-            if let Some(reported) = row.last_active {
-                watch.last_active = watch.last_active.max(reported);
-            }
-            let last_active = watch.last_active.min(now);
-            if watch
-                .persisted
-                .is_none_or(|p| last_active - p >= PERSIST_STEP)
-            {
-                match service.computes.store().touch(&row.id, last_active).await {
-                    Ok(()) => watch.persisted = Some(last_active),
-                    Err(e) => {
-                        tracing::warn!(endpoint = %row.id, error = %e, "cannot record activity")
-                    }
-                }
-            }
-            let Ok(timeout) = u64::try_from(row.suspend_timeout_seconds) else {
-                continue; // -1: never
-            };
-            let timeout = Duration::from_secs(timeout);
-            let idle_for = Duration::try_from(now - last_active).unwrap_or_default();
-            if idle_for < timeout || held_at(row, now) {
+            let Some(timeout) = idle_for_suspend(computes, row, watch, now).await else {
                 continue;
-            }
-            // The suspend looks at Postgres again itself; this connection would only be
-            // one more session for its shutdown to close.
-            watch.admin = None;
-            watch.counters = None;
-            tracing::info!(endpoint = %row.id, idle_s = idle_for.as_secs_f64(), "endpoint idle; suspending");
-            let service = service.clone();
+            };
+            let computes = computes.clone();
             let id = row.id.clone();
             spawn_for(tasks, busy, &row.id, async move {
-                match service
-                    .computes
-                    .suspend(&id, SuspendRequest::Idle(timeout))
-                    .await
-                {
+                match computes.suspend(&id, SuspendRequest::Idle(timeout)).await {
                     Ok(_) => {}
                     Err(LifecycleError::Conflict(why)) => {
                         tracing::debug!(endpoint = %id, why = %why, "idle suspend not done");
@@ -187,6 +154,68 @@ async fn idle_loop(
                     Err(e) => tracing::warn!(endpoint = %id, error = %e, "idle suspend failed"),
                 }
             });
+        }
+    }
+}
+
+/// One look at an active endpoint: its latest activity (what the compute shows, what
+/// gateways reported) is recorded, and `Some(timeout)` when it has been idle for its suspend
+/// timeout and no gateway lease holds it.
+async fn idle_for_suspend(
+    computes: &Computes,
+    row: &EndpointRow,
+    watch: &mut Watch,
+    now: OffsetDateTime,
+) -> Option<Duration> {
+    if let Some(seen) = observe(computes, row, watch).await {
+        watch.last_active = watch.last_active.max(seen);
+    }
+    if let Some(reported) = row.last_active {
+        watch.last_active = watch.last_active.max(reported);
+    }
+    let last_active = watch.last_active.min(now);
+    if watch
+        .persisted
+        .is_none_or(|p| last_active - p >= PERSIST_STEP)
+    {
+        match computes.store().touch(&row.id, last_active).await {
+            Ok(()) => watch.persisted = Some(last_active),
+            Err(e) => {
+                tracing::warn!(endpoint = %row.id, error = %e, "cannot record activity")
+            }
+        }
+    }
+    // -1: never.
+    let timeout = Duration::from_secs(u64::try_from(row.suspend_timeout_seconds).ok()?);
+    let idle_for = Duration::try_from(now - last_active).unwrap_or_default();
+    if idle_for < timeout || held_at(row, now) {
+        return None;
+    }
+    // The suspend looks at Postgres again itself; this connection would only be one more
+    // session for its shutdown to close.
+    watch.admin = None;
+    watch.counters = None;
+    tracing::info!(endpoint = %row.id, idle_s = idle_for.as_secs_f64(), "endpoint idle; suspending");
+    Some(timeout)
+}
+
+/// Whether PgBouncer shows activity: waiting clients, busy servers, or transactions since
+/// the last look.
+async fn pooler_busy(computes: &Computes, row: &EndpointRow, watch: &mut Watch) -> bool {
+    match computes.driver().pooler_stats(&Computes::spec(row)).await {
+        Ok(Some(stats)) => {
+            let busy = stats.clients_waiting > 0
+                || stats.servers_active > 0
+                || watch
+                    .transactions
+                    .is_some_and(|before| before != stats.transactions);
+            watch.transactions = Some(stats.transactions);
+            busy
+        }
+        Ok(None) => false,
+        Err(e) => {
+            tracing::debug!(endpoint = %row.id, error = %e, "cannot read PgBouncer stats");
+            false
         }
     }
 }
@@ -202,21 +231,8 @@ async fn observe(
     let mut seen: Option<OffsetDateTime> = None;
     let mut saw = |at: OffsetDateTime| seen = Some(seen.map_or(at, |s| s.max(at)));
 
-    match computes.driver().pooler_stats(&spec).await {
-        Ok(Some(stats)) => {
-            if stats.clients_waiting > 0 || stats.servers_active > 0 {
-                saw(now);
-            }
-            if watch
-                .transactions
-                .is_some_and(|before| before != stats.transactions)
-            {
-                saw(now);
-            }
-            watch.transactions = Some(stats.transactions);
-        }
-        Ok(None) => {}
-        Err(e) => tracing::debug!(endpoint = %row.id, error = %e, "cannot read PgBouncer stats"),
+    if pooler_busy(computes, row, watch).await {
+        saw(now);
     }
 
     if watch.admin.as_ref().is_none_or(|c| c.is_closed()) {
@@ -277,7 +293,7 @@ async fn observe(
 }
 
 async fn pooler_loop(
-    service: &Arc<Service>,
+    computes: &Arc<Computes>,
     config: SchedulerConfig,
     shutdown: &CancellationToken,
     tasks: &TaskTracker,
@@ -290,7 +306,7 @@ async fn pooler_loop(
             () = shutdown.cancelled() => return,
             _ = ticker.tick() => {}
         }
-        let Ok(rows) = service.computes.store().endpoints().await else {
+        let Ok(rows) = computes.store().endpoints().await else {
             continue;
         };
         for row in rows
@@ -300,11 +316,7 @@ async fn pooler_loop(
             if in_progress(busy, &row.id) {
                 continue;
             }
-            let stats = service
-                .computes
-                .driver()
-                .pooler_stats(&Computes::spec(row))
-                .await;
+            let stats = computes.driver().pooler_stats(&Computes::spec(row)).await;
             let waiting = match stats {
                 Ok(Some(stats)) => stats.clients_waiting,
                 Ok(None) => 0,
@@ -317,10 +329,10 @@ async fn pooler_loop(
                 continue;
             }
             tracing::info!(endpoint = %row.id, waiting, "clients wait in PgBouncer; resuming");
-            let service = service.clone();
+            let computes = computes.clone();
             let id = row.id.clone();
             spawn_for(tasks, busy, &row.id, async move {
-                match service.wake(&id, WakeTrigger::Pooler).await {
+                match computes.wake_detached(&id, WakeTrigger::Pooler).await {
                     Some(Ok(_)) => {}
                     Some(Err(e)) => {
                         tracing::warn!(endpoint = %id, error = %e, "pooler wake failed")

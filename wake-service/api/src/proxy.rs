@@ -1,7 +1,18 @@
 //! The Neon-compatible proxy API (`/proxy/api/v1/...`): the same message shapes Neon's
 //! control plane gives Neon's proxy, so either proxy can use either control plane.
 
+use std::ops::RangeInclusive;
+
 use serde::{Deserialize, Serialize};
+
+/// The intervals, in milliseconds, a gateway may report its activity at
+/// ([`ActivityReport::interval_ms`]). The wake service answers a report outside this range
+/// with 400; a gateway must not be configured outside it (0, reporting off, aside).
+pub const REPORT_INTERVAL_MS: RangeInclusive<u64> = 50..=60_000;
+
+/// The most endpoints one [`ActivityReport`] carries in each of its lists (`endpoints` and
+/// `cached`): a gateway sends at most this many, and the wake service ignores any beyond.
+pub const MAX_REPORTED_ENDPOINTS: usize = 10_000;
 
 /// `GET /proxy/api/v1/wake_compute?endpointish=<id>[-pooler]`: where to connect now.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -293,6 +304,13 @@ impl ControlPlaneError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Both services read these from here; a change is a change of the wire contract.
+    #[test]
+    fn activity_limits() {
+        assert_eq!(REPORT_INTERVAL_MS, 50..=60_000);
+        assert_eq!(MAX_REPORTED_ENDPOINTS, 10_000);
+    }
 
     #[test]
     fn wake_compute_golden() {

@@ -207,12 +207,16 @@ async fn wake(
     State(service): State<Arc<Service>>,
     Path(id): Path<String>,
 ) -> Result<Json<Endpoint>, ApiError> {
-    let (row, _) = service.wake(&id, WakeTrigger::Api).await.ok_or_else(|| {
-        ApiError::Unavailable(format!(
-            "endpoint '{id}' did not become active within {} s; try again",
-            service.wake_timeout.as_secs()
-        ))
-    })??;
+    let (row, _) = service
+        .computes
+        .wake_detached(&id, WakeTrigger::Api)
+        .await
+        .ok_or_else(|| {
+            ApiError::Unavailable(format!(
+                "endpoint '{id}' did not become active within {} s; try again",
+                service.computes.wake_timeout().as_secs()
+            ))
+        })??;
     Ok(Json(render(&service, row).await?))
 }
 

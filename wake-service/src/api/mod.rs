@@ -1,7 +1,9 @@
 //! The HTTP API: `fn app(service) -> Router` is the whole surface, and the test seam.
 //!
 //! Layers, outermost first: request metrics (by route template) → bearer-token check per
-//! route group → handlers. Errors become responses in one place per API shape:
+//! route group → handlers. Handlers parse the request, call [`Computes`] (which owns the
+//! lifecycle and its policy) or read the store, and map the outcome; errors become responses
+//! in one place per API shape:
 //! [`ApiError`] for `/v1` (`{"error":{"code","message"}}`) and [`ProxyError`] for the
 //! Neon-compatible `/proxy/api/v1` (Neon's `{"error", "status": {...}}`).
 
@@ -10,7 +12,6 @@ mod openapi;
 mod proxy;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::extract::{FromRequest, MatchedPath, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -23,43 +24,17 @@ use subtle::ConstantTimeEq;
 use wake_api::admin::{ErrorBody, ErrorDetail};
 use wake_api::proxy::{ControlPlaneError, Reason};
 
-use crate::lifecycle::{Computes, LifecycleError, WakeTrigger};
+use crate::lifecycle::{Computes, LifecycleError};
 use crate::metrics::Metrics;
-use crate::store::EndpointRow;
-use wake_api::proxy::ColdStartInfo;
 
 /// What every handler shares.
 pub struct Service {
-    pub computes: Computes,
+    pub computes: Arc<Computes>,
     pub metrics: Arc<Metrics>,
     /// Grants `/v1` and `/proxy/api/v1`.
     pub admin_token: String,
     /// Grants only `/proxy/api/v1` (what the gateway holds).
     pub proxy_token: Option<String>,
-    /// How long `wake` may block.
-    pub wake_timeout: Duration,
-}
-
-impl Service {
-    /// Wakes `id` in a task of its own, so that a caller giving up (the timeout, a client
-    /// gone) never cuts a start in half. `None` when it took longer than `wake_timeout`.
-    pub async fn wake(
-        self: &Arc<Self>,
-        id: &str,
-        trigger: WakeTrigger,
-    ) -> Option<Result<(EndpointRow, ColdStartInfo), LifecycleError>> {
-        let service = self.clone();
-        let owned = id.to_owned();
-        let task = tokio::spawn(async move { service.computes.wake(&owned, trigger).await });
-        match tokio::time::timeout(self.wake_timeout, task).await {
-            Ok(Ok(result)) => Some(result),
-            Ok(Err(e)) => {
-                tracing::error!(endpoint = id, error = %e, "wake task failed");
-                None
-            }
-            Err(_) => None,
-        }
-    }
 }
 
 pub fn app(service: Arc<Service>) -> Router {

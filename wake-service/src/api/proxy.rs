@@ -13,7 +13,6 @@ use wake_api::split_pooler;
 
 use super::{ProxyError, Service};
 use crate::lifecycle::{LifecycleError, WakeTrigger};
-use crate::store::GatewayActivity;
 
 pub fn routes() -> Router<Arc<Service>> {
     Router::new()
@@ -49,7 +48,8 @@ async fn wake_compute(
     let params = query(params)?;
     let (id, pooler) = split_pooler(&params.endpointish);
     tracing::debug!(endpoint = id, pooler, session_id = ?params.session_id, "wake_compute");
-    let (row, cold_start_info) = match service.wake(id, WakeTrigger::Proxy).await {
+    let (row, cold_start_info) = match service.computes.wake_detached(id, WakeTrigger::Proxy).await
+    {
         Some(result) => result?,
         None => return Err(ProxyError::Busy(1000)),
     };
@@ -83,21 +83,9 @@ async fn access_control(
 ) -> Result<Json<AccessControl>, ProxyError> {
     let params = query(params)?;
     let (id, _) = split_pooler(&params.endpointish);
-    let store = service.computes.store();
-    if store
-        .endpoint(id)
-        .await
-        .map_err(LifecycleError::from)?
-        .is_none()
-    {
-        return Err(ProxyError::EndpointNotFound);
-    }
-    let secret = store
-        .role_secret(id, &params.role)
-        .await
-        .map_err(LifecycleError::from)?;
+    let role_secret = service.computes.access_secret(id, &params.role).await?;
     Ok(Json(AccessControl {
-        role_secret: secret.unwrap_or_default(),
+        role_secret,
         project_id: Some(id.to_owned()),
         allowed_ips: None,
         allowed_vpc_endpoint_ids: None,
@@ -122,75 +110,12 @@ async fn jwks(
     Ok(Json(Jwks { jwks }))
 }
 
-/// Gateways report at most this many endpoints per report (the rest are ignored).
-const MAX_REPORTED: usize = 10_000;
-/// An open session holds its endpoint for this many report intervals.
-const LEASE_INTERVALS: u32 = 3;
-/// The longest gateway id accepted.
-const MAX_GATEWAY_ID: usize = 128;
-/// Bounds on the interval a gateway says it reports at.
-const REPORT_INTERVAL_MS: std::ops::RangeInclusive<u64> = 50..=60_000;
-
-/// `POST /proxy/api/v1/activity`: a gateway's activity report (see [`ActivityReport`]).
+/// `POST /proxy/api/v1/activity`: a gateway's activity report (see [`ActivityReport`] and
+/// [`crate::lifecycle::Computes::record_activity`]).
 async fn activity(
     State(service): State<Arc<Service>>,
     report: Result<Json<ActivityReport>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<ActivityReply>, ProxyError> {
     let Json(report) = report.map_err(|e| ProxyError::BadRequest(e.body_text()))?;
-    if !REPORT_INTERVAL_MS.contains(&report.interval_ms) {
-        return Err(ProxyError::BadRequest(format!(
-            "interval_ms must be between {} and {}",
-            REPORT_INTERVAL_MS.start(),
-            REPORT_INTERVAL_MS.end()
-        )));
-    }
-    service.metrics.activity_reports.inc();
-    let entries: Vec<GatewayActivity> = report
-        .endpoints
-        .iter()
-        .take(MAX_REPORTED)
-        .map(|e| GatewayActivity {
-            endpoint: split_pooler(&e.endpoint_id).0.to_owned(),
-            idle_ms: i64::try_from(e.idle_ms).unwrap_or(i64::MAX),
-            busy: e.sessions > 0 || e.in_flight > 0,
-        })
-        .collect();
-    let mut ids: Vec<String> = entries
-        .iter()
-        .map(|e| e.endpoint.clone())
-        .chain(
-            report
-                .cached
-                .iter()
-                .take(MAX_REPORTED)
-                .map(|id| split_pooler(id).0.to_owned()),
-        )
-        .collect();
-    ids.sort();
-    ids.dedup();
-    let interval = std::time::Duration::from_millis(report.interval_ms);
-    let store = service.computes.store();
-    let inactive = store
-        .record_activity(&entries, interval * LEASE_INTERVALS, &ids)
-        .await
-        .map_err(LifecycleError::from)?;
-    let mut reply = ActivityReply {
-        inactive,
-        ..ActivityReply::default()
-    };
-    if let Some(gateway) = report.gateway_id.as_deref() {
-        if gateway.is_empty() || gateway.len() > MAX_GATEWAY_ID {
-            return Err(ProxyError::BadRequest(format!(
-                "gateway_id must be 1-{MAX_GATEWAY_ID} characters"
-            )));
-        }
-        let changes = store
-            .gateway_report(gateway, interval, report.role_changes_applied)
-            .await
-            .map_err(LifecycleError::from)?;
-        reply.role_changes = changes.changes;
-        reply.role_changes_cursor = Some(changes.cursor);
-        reply.role_changes_truncated = changes.truncated;
-    }
-    Ok(Json(reply))
+    Ok(Json(service.computes.record_activity(&report).await?))
 }

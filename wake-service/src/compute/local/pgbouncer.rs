@@ -167,6 +167,28 @@ impl Bouncer<'_> {
             .map_err(|e| {
                 ComputeError::io(format!("opening {}", self.dir.join(DIR).display()), e)
             })?;
+        if let Some(daemon) = self.adopt(&dir, files, host, port, verified).await? {
+            return Ok(daemon);
+        }
+        for (name, contents) in files {
+            if !dir.file_is(name, contents.as_bytes()) {
+                dir.write(name, contents.as_bytes(), 0o600, self.identity.owner())?;
+            }
+        }
+        let log_offset = self.spawn(&dir, port).await?;
+        self.wait_listening(&dir, port, log_offset).await
+    }
+
+    /// The running PgBouncer when it runs with exactly `files` and answers on `host:port`;
+    /// None once nothing runs (one with other settings stopped, a stale pidfile removed).
+    async fn adopt(
+        &self,
+        dir: &Dir,
+        files: &[(&str, String)],
+        host: &str,
+        port: u16,
+        verified: Option<i32>,
+    ) -> Result<Option<Daemon>, ComputeError> {
         let current = files
             .iter()
             .all(|(name, contents)| dir.file_is(name, contents.as_bytes()));
@@ -178,7 +200,7 @@ impl Bouncer<'_> {
                             && process::tcp_accepts(host, port, Duration::from_secs(2)).await))
                 {
                     tracing::debug!(pid, port, "adopted running PgBouncer");
-                    return Ok(Daemon { pid, fresh: false });
+                    return Ok(Some(Daemon { pid, fresh: false }));
                 }
                 tracing::info!(
                     pid,
@@ -191,12 +213,12 @@ impl Bouncer<'_> {
             PidFile::Unknown(pid) => return Err(self.unknown(pid)),
             PidFile::NotRunning => {}
         }
-        for (name, contents) in files {
-            if !dir.file_is(name, contents.as_bytes()) {
-                dir.write(name, contents.as_bytes(), 0o600, self.identity.owner())?;
-            }
-        }
+        Ok(None)
+    }
 
+    /// Runs `pgbouncer -d` (which forks and returns); the log's length before it, where its
+    /// new lines start.
+    async fn spawn(&self, dir: &Dir, port: u16) -> Result<u64, ComputeError> {
         // PgBouncer opens its log by path as the compute's user: a FIFO there would hang it.
         dir.clear_unless_plain_file(LOG)
             .map_err(|e| ComputeError::io(format!("checking {}", dir.join(LOG).display()), e))?;
@@ -222,8 +244,19 @@ impl Bouncer<'_> {
                 LOG,
             ));
         }
-        // `-d` forks before it binds its ports, and a TCP port in use is only a WARNING while
-        // the unix socket works: both show only in the log.
+        Ok(log_offset)
+    }
+
+    /// `-d` forks before it binds its ports, and a TCP port in use is only a WARNING while the
+    /// unix socket works: both show only in the log. So: a FATAL or "cannot listen on" in the
+    /// new log lines fails the start (and stops the daemon); otherwise wait until the daemon
+    /// owns a listening socket on `port` and its unix socket exists.
+    async fn wait_listening(
+        &self,
+        dir: &Dir,
+        port: u16,
+        log_offset: u64,
+    ) -> Result<Daemon, ComputeError> {
         let socket = format!(".s.PGSQL.{port}");
         let deadline = Instant::now() + Duration::from_secs(START_SECONDS);
         loop {
@@ -232,28 +265,7 @@ impl Bouncer<'_> {
                 .lines()
                 .find(|line| line.contains(" FATAL ") || line.contains("cannot listen on"))
             {
-                let line = line.trim().to_string();
-                // The daemon may not have written its pidfile yet: its pid is in the line
-                // (`… UTC [1234] WARNING …`).
-                let logged_pid = line
-                    .split_once('[')
-                    .and_then(|(_, rest)| rest.split_once(']'))
-                    .and_then(|(pid, _)| pid.parse::<i32>().ok())
-                    .filter(|&pid| process::owned_by(pid, self.identity.uid))
-                    .filter(|&pid| process::cmdline(pid).is_some_and(|args| self.is_ours(&args)));
-                let stopped = match logged_pid {
-                    Some(pid) => match self.terminate(pid).await {
-                        Ok(()) => self.stop().await,
-                        Err(e) => Err(e),
-                    },
-                    None => self.stop().await,
-                };
-                if let Err(e) = stopped {
-                    tracing::warn!(error = %e, "stopping a PgBouncer that failed to start");
-                }
-                return Err(ComputeError::Process(format!(
-                    "pgbouncer failed to start: {line}"
-                )));
+                return Err(self.failed_start(line.trim()).await);
             }
             // It binds TCP first, then the unix socket (the admin console's way in).
             if let PidFile::Running(pid) = self.pid_file() {
@@ -275,6 +287,29 @@ impl Bouncer<'_> {
             }
             tokio::time::sleep(START_POLL).await;
         }
+    }
+
+    /// Stops a PgBouncer whose log says it failed (`line`), and the error saying so.
+    async fn failed_start(&self, line: &str) -> ComputeError {
+        // The daemon may not have written its pidfile yet: its pid is in the line
+        // (`… UTC [1234] WARNING …`).
+        let logged_pid = line
+            .split_once('[')
+            .and_then(|(_, rest)| rest.split_once(']'))
+            .and_then(|(pid, _)| pid.parse::<i32>().ok())
+            .filter(|&pid| process::owned_by(pid, self.identity.uid))
+            .filter(|&pid| process::cmdline(pid).is_some_and(|args| self.is_ours(&args)));
+        let stopped = match logged_pid {
+            Some(pid) => match self.terminate(pid).await {
+                Ok(()) => self.stop().await,
+                Err(e) => Err(e),
+            },
+            None => self.stop().await,
+        };
+        if let Err(e) = stopped {
+            tracing::warn!(error = %e, "stopping a PgBouncer that failed to start");
+        }
+        ComputeError::Process(format!("pgbouncer failed to start: {line}"))
     }
 
     /// SIGTERM (PgBouncer ≤ 1.22: immediate shutdown; 1.23+: waits for clients, hence the

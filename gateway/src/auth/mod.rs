@@ -28,7 +28,7 @@
 //! spend CPU on without knowing a password, so it follows three rules:
 //! - the iteration count is capped ([`HashingLimits::max_scram_iterations`],
 //!   `--max-scram-iterations`), for secrets from the control plane (one above the cap is
-//!   answered like an unknown role: `crate::frontend::state::AppState::verifier`) and for the
+//!   answered like an unknown role: `crate::proxy::login::Login::verifier`) and for the
 //!   server-first-messages of backends (a tenant can give a role any verifier in SQL); above it
 //!   nothing is hashed and the login fails at once ([`Limit::ScramIterations`]);
 //! - it runs on the blocking pool, never on the runtime's workers, at most one hash per core at

@@ -8,12 +8,10 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::auth::Verifier;
 use crate::base::conn_info::EndpointId;
 use crate::base::limits::{ConnectionSlots, EndpointLimits};
 use crate::control_plane::activity::Activity;
-use crate::control_plane::client::ControlPlaneError;
-use crate::control_plane::routes::{RoleSecret, RouteError, RouteTable};
+use crate::control_plane::routes::RouteTable;
 use crate::frontend::config::HttpConfig;
 use crate::frontend::config::SessionConfig;
 use crate::frontend::handshake::HandshakePool;
@@ -22,6 +20,7 @@ use crate::frontend::tls::Tls;
 use crate::obs::metrics::Metrics;
 use crate::obs::usage::Usage;
 use crate::proxy::cancel::CancelMap;
+use crate::proxy::login::Login;
 use crate::proxy::pool::Pool;
 
 pub struct AppState {
@@ -63,33 +62,15 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// What `role`'s password on `endpoint` is checked against, before anything else happens
-    /// for the client: Postgres on a static route; otherwise the control plane's secret, or a
-    /// mock one for an endpoint or role it does not know (or when there is no control plane),
-    /// or whose secret asks for more SCRAM iterations than `--max-scram-iterations` (that role
-    /// cannot log in, and nobody learns it exists).
-    /// Fails only when the control plane cannot be asked and nothing is cached: the client is
-    /// then told the endpoint is unavailable, never let through unchecked.
-    pub async fn verifier(
-        &self,
-        endpoint: &EndpointId,
-        role: &str,
-    ) -> Result<Verifier, Arc<ControlPlaneError>> {
-        match self.routes.role_secret(endpoint, role).await {
-            Ok(RoleSecret::Static) => Ok(Verifier::Postgres),
-            Ok(RoleSecret::Known(secret))
-                if secret.iterations() > self.pool.passwords().max_scram_iterations() =>
-            {
-                tracing::warn!(%endpoint, iterations = secret.iterations(), "role secret asks for more SCRAM iterations than --max-scram-iterations; the role cannot log in");
-                self.metrics
-                    .limit_hit(crate::base::limits::Limit::ScramIterations);
-                Ok(Verifier::mock(&self.mock_auth_key, endpoint, role))
-            }
-            Ok(RoleSecret::Known(secret)) => Ok(Verifier::Secret(secret)),
-            Ok(RoleSecret::Unknown) | Err(RouteError::NotFound) => {
-                Ok(Verifier::mock(&self.mock_auth_key, endpoint, role))
-            }
-            Err(RouteError::Unavailable(e)) => Err(e),
+    /// The login path ([`crate::proxy::login`]) over this state's parts.
+    pub fn login(&self) -> Login<'_> {
+        Login {
+            routes: &self.routes,
+            pool: &self.pool,
+            endpoint_limits: &self.endpoint_limits,
+            activity: &self.activity,
+            metrics: &self.metrics,
+            mock_auth_key: &self.mock_auth_key,
         }
     }
 }

@@ -2,5 +2,6 @@
 //! (password → route → backend) and the pool of verified backend connections.
 
 pub mod cancel;
+pub mod login;
 pub mod pool;
 pub mod reporter;

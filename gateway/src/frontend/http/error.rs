@@ -11,9 +11,8 @@ use crate::base::error::{ErrorKind, ReportableError};
 use crate::base::limits::Refused;
 use crate::compute::{BackendError, DbError};
 use crate::control_plane::client::{unavailable, ControlPlaneError};
-use crate::control_plane::routes::RouteError;
 use crate::frontend::query::QueryError;
-use crate::proxy::pool::PoolError;
+use crate::proxy::login::LoginError;
 
 /// Everything a `POST /sql` request can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -144,26 +143,15 @@ impl SqlError {
     }
 }
 
-impl SqlError {
-    /// A pool failure for `user`; authentication failures all read the same.
-    pub fn from_pool(error: PoolError, user: &str) -> Self {
+impl From<LoginError> for SqlError {
+    fn from(error: LoginError) -> Self {
         match error {
-            PoolError::AuthFailed => SqlError::AuthFailed {
-                user: user.to_owned(),
-            },
-            PoolError::TooManyConnections => SqlError::TooManyConnections,
-            PoolError::Backend(e) => e.into(),
-            PoolError::Route(e) => SqlError::from_route(e, user),
-        }
-    }
-
-    /// A route failure for `user`: an unknown endpoint reads exactly like a wrong password.
-    pub fn from_route(error: RouteError, user: &str) -> Self {
-        match error {
-            RouteError::NotFound => SqlError::AuthFailed {
-                user: user.to_owned(),
-            },
-            RouteError::Unavailable(e) => SqlError::Unavailable(e),
+            LoginError::AuthFailed { user } => SqlError::AuthFailed { user },
+            LoginError::Unavailable(e) => SqlError::Unavailable(e),
+            LoginError::Limited(refused) => SqlError::Limited(refused),
+            LoginError::TooManyConnections => SqlError::TooManyConnections,
+            LoginError::Postgres(db) => SqlError::Postgres(db),
+            LoginError::Backend(e) => SqlError::Compute(e),
         }
     }
 }
@@ -206,6 +194,7 @@ impl IntoResponse for SqlError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::control_plane::routes::RouteError;
 
     #[test]
     fn non_postgres_errors_have_empty_code_and_severity() {
@@ -272,19 +261,19 @@ mod tests {
 
     #[test]
     fn route_errors() {
-        let not_found = SqlError::from_route(RouteError::NotFound, "alice");
+        let not_found = SqlError::from(LoginError::from_route(RouteError::NotFound, "alice"));
         let wrong_password = SqlError::AuthFailed {
             user: "alice".into(),
         };
         assert_eq!(not_found.status(), wrong_password.status());
         assert_eq!(not_found.body(), wrong_password.body());
 
-        let down = SqlError::from_route(
+        let down = SqlError::from(LoginError::from_route(
             RouteError::Unavailable(Arc::new(ControlPlaneError::Transport(
                 "connection refused to 10.1.2.3:4400".into(),
             ))),
             "alice",
-        );
+        ));
         assert_eq!(down.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(down.kind(), ErrorKind::ControlPlane);
         let body = down.body();

@@ -35,11 +35,9 @@ use serde::de;
 use serde::Deserialize;
 
 use super::AppState;
-use crate::auth::PasswordCheck;
 use crate::base::conn_info::{self, ConnInfo};
 use crate::base::error::ReportableError;
 use crate::base::limits::{Limit, Refused};
-use crate::control_plane::routes::Route;
 use crate::frontend::http::error::SqlError;
 use crate::frontend::query::json::{self, OutputMode};
 use crate::frontend::query::types::TypeMap;
@@ -49,7 +47,8 @@ use crate::frontend::query::{
 use crate::obs::metrics::RETRY_POOLED_QUERY;
 use crate::obs::usage::Direction;
 use crate::pgwire::scram::ScramKeys;
-use crate::proxy::pool::{Conn, PoolError};
+use crate::proxy::login::Checked;
+use crate::proxy::pool::Conn;
 
 const CONNECTION_STRING: &str = "neon-connection-string";
 const RAW_TEXT_OUTPUT: &str = "neon-raw-text-output";
@@ -621,11 +620,14 @@ async fn run(
         }
     }
 
-    let route = resolve(state, &info).await?;
+    let route = state.login().route(&info.endpoint, &info.user).await?;
     // In flight on its endpoint from here until the response is built (or the request fails,
     // or the client goes away and this future is dropped).
     let _in_flight = state.activity.query(&info.endpoint);
-    let mut conn = checkout(state, &info, route, proven.as_ref(), true).await?;
+    let mut conn = state
+        .login()
+        .checkout(&info, route, proven.as_ref(), true)
+        .await?;
     if admitted.is_none() {
         admitted = Some(state.endpoint_limits.admit(&info.endpoint)?);
     }
@@ -643,8 +645,11 @@ async fn run(
                 .with_label_values(&[RETRY_POOLED_QUERY])
                 .inc();
             drop(conn);
-            let route = resolve(state, &info).await?;
-            conn = checkout(state, &info, route, proven.as_ref(), false).await?;
+            let route = state.login().route(&info.endpoint, &info.user).await?;
+            conn = state
+                .login()
+                .checkout(&info, route, proven.as_ref(), false)
+                .await?;
             execute(&mut conn, &payload, &options, max, state.max_response_rows).await?
         }
         result => result?,
@@ -712,61 +717,14 @@ async fn execute(
 /// unknown endpoint or role) with a control plane, a match giving the keys for the backend
 /// login (`Some`); on a static route, not here (`None`: Postgres judges it).
 async fn authenticate(state: &AppState, info: &ConnInfo) -> Result<Option<ScramKeys>, SqlError> {
-    let verifier = state
-        .verifier(&info.endpoint, &info.user)
-        .await
-        .map_err(SqlError::Unavailable)?;
-    match state
-        .pool
-        .passwords()
-        .check(&verifier, &info.endpoint, &info.user, &info.password)
-        .await
-    {
-        PasswordCheck::Verified(keys) => Ok(Some(keys)),
-        PasswordCheck::Unchecked => Ok(None),
-        PasswordCheck::Refused(refused) => Err(SqlError::Limited(refused)),
-        PasswordCheck::Wrong => Err(SqlError::AuthFailed {
-            user: info.user.clone(),
-        }),
-    }
-}
-
-/// Where the endpoint is (woken if needed).
-async fn resolve(state: &AppState, info: &ConnInfo) -> Result<Route, SqlError> {
-    state
-        .routes
-        .resolve(&info.endpoint)
-        .await
-        .map_err(|e| SqlError::from_route(e, &info.user))
-}
-
-/// A connection from the pool (an idle one only for a verified password and with
-/// `reuse_idle`), or a new one through the route table.
-async fn checkout(
-    state: &AppState,
-    info: &ConnInfo,
-    route: Route,
-    proven: Option<&ScramKeys>,
-    reuse_idle: bool,
-) -> Result<Conn, SqlError> {
-    let routes = &state.routes;
-    match state
-        .pool
-        .checkout(routes, route, info, None, proven, reuse_idle)
-        .await
-    {
-        Ok(conn) => Ok(conn),
-        Err(PoolError::AuthFailed) => {
-            if proven.is_some() {
-                // Postgres refused what the secret accepted: the secret is out of date.
-                routes.forget_role_secret(&info.endpoint, &info.user).await;
-            }
-            Err(SqlError::AuthFailed {
-                user: info.user.clone(),
-            })
-        }
-        Err(e) => Err(SqlError::from_pool(e, &info.user)),
-    }
+    let checked = state
+        .login()
+        .check_password(&info.endpoint, &info.user, &info.password)
+        .await?;
+    Ok(match checked {
+        Checked::Proven(keys) => Some(keys),
+        Checked::Unchecked => None,
+    })
 }
 
 fn json_response(body: Vec<u8>, payload: &Payload, options: &RequestOptions) -> Response {

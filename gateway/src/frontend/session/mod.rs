@@ -52,19 +52,20 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::time::{timeout_at, Instant};
 
-use crate::auth::{PasswordCheck, Verifier};
+use crate::auth::Verifier;
 use crate::base::conn_info::{EndpointId, Password};
 use crate::base::error::{ErrorKind, ReportableError};
 use crate::base::limits::{EndpointSlot, Limit, Refused};
 use crate::compute::{Backend, BackendError, ConnectParams, DbError, Login};
 use crate::control_plane::activity::ActivityGuard;
 use crate::control_plane::client::ControlPlaneError;
-use crate::control_plane::routes::{ConnectError, Route, RouteError};
+use crate::control_plane::routes::{ConnectError, Route};
 use crate::frontend::state::AppState;
 use crate::pgwire::client::{ClientError, ClientStream};
 use crate::pgwire::frame::FrameError;
 use crate::pgwire::scram::{Proven, ScramError, ScramSecret, ScramServer};
 use crate::pgwire::startup::{self, Startup, StartupError, StartupPacket};
+use crate::proxy::login::{Checked, Connected, LoginError};
 use credentials::CredentialsError;
 use relay::{Direction, RelayEnd, RelayLimits};
 
@@ -183,6 +184,22 @@ pub enum SessionError {
     Limited(#[from] Refused),
 }
 
+impl From<LoginError> for SessionError {
+    fn from(error: LoginError) -> Self {
+        match error {
+            LoginError::AuthFailed { user } => SessionError::AuthFailed { user },
+            LoginError::Unavailable(e) => SessionError::Unavailable(e),
+            LoginError::Limited(refused) => SessionError::Limited(refused),
+            LoginError::TooManyConnections => SessionError::Limited(Refused::new(
+                Limit::EndpointConnections,
+                "too many connections to this endpoint; please try again later",
+            )),
+            LoginError::Postgres(db) => SessionError::Postgres(db),
+            LoginError::Backend(e) => SessionError::Backend(e),
+        }
+    }
+}
+
 impl From<ClientError> for SessionError {
     fn from(error: ClientError) -> Self {
         match error {
@@ -267,35 +284,6 @@ impl SessionError {
             SessionError::Limited(refused) => (refused.sqlstate(), None),
             SessionError::Tls(_) | SessionError::ClientGone | SessionError::Io(_) => return None,
         })
-    }
-
-    /// Wrong password, unknown role or endpoint, or a backend that refused the login.
-    fn auth_failed(user: &str) -> Self {
-        SessionError::AuthFailed {
-            user: user.to_owned(),
-        }
-    }
-
-    /// A route failure for `user`: an unknown endpoint reads exactly like a wrong password.
-    fn from_route(error: RouteError, user: &str) -> Self {
-        match error {
-            RouteError::NotFound => SessionError::AuthFailed {
-                user: user.to_owned(),
-            },
-            RouteError::Unavailable(e) => SessionError::Unavailable(e),
-        }
-    }
-
-    /// Classifies a failed backend login for `user`.
-    fn from_backend(error: BackendError, user: &str) -> Self {
-        match error {
-            BackendError::Db(db) if db.is_auth_failure() => SessionError::AuthFailed {
-                user: user.to_owned(),
-            },
-            BackendError::Db(db) => SessionError::Postgres(db),
-            BackendError::Limited(refused) => SessionError::Limited(refused),
-            other => SessionError::Backend(other),
-        }
     }
 }
 
@@ -476,12 +464,35 @@ struct Ready {
     admitted: EndpointSlot,
 }
 
-async fn handshake<S>(
+impl Ready {
+    fn new(endpoint: EndpointId, connected: Connected) -> Self {
+        Ready {
+            backend: connected.backend,
+            endpoint,
+            activity: connected.activity,
+            admitted: connected.admitted,
+        }
+    }
+}
+
+/// What the client's startup packet asks for.
+struct Requested<'a> {
+    user: &'a str,
+    database: &'a str,
+    /// The endpoint the host name, SNI or `options` named, if any.
+    named: Option<EndpointId>,
+    /// Every other parameter, passed on to Postgres as the client set it.
+    forward: Vec<(&'a str, &'a str)>,
+}
+
+/// Reads what the startup packet asks for; answers NegotiateProtocolVersion if needed.
+fn requested<'a, S>(
     client: &mut ClientStream<S>,
-    startup: &Startup,
+    startup: &'a Startup,
+    options: &'a mut String,
     transport: &Transport,
     state: &AppState,
-) -> Result<Ready, SessionError>
+) -> Result<Requested<'a>, SessionError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -497,8 +508,9 @@ where
         .get("database")
         .filter(|d| !d.is_empty())
         .unwrap_or(user);
-    let (option_endpoint, options) =
+    let (option_endpoint, rest) =
         credentials::split_options(startup.get("options").unwrap_or_default())?;
+    *options = rest;
     let named = credentials::reconcile(
         transport.host_endpoint(&state.sessions.domains)?,
         option_endpoint,
@@ -513,158 +525,155 @@ where
         .map(|(name, value)| (name.as_str(), value.as_str()))
         .collect();
     if !options.is_empty() {
-        forward.push(("options", &options));
+        forward.push(("options", options.as_str()));
     }
+    Ok(Requested {
+        user,
+        database,
+        named,
+        forward,
+    })
+}
 
-    let cleartext = match transport {
-        Transport::WebSocket { .. } => true,
-        Transport::Tls { .. } => named.is_none(),
-        Transport::Tcp => false,
-    };
+/// A Postgres connection on the public port (its first byte was that of a startup packet).
+async fn handshake<S>(
+    client: &mut ClientStream<S>,
+    startup: &Startup,
+    transport: &Transport,
+    state: &AppState,
+) -> Result<Ready, SessionError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut options = String::new();
+    let requested = requested(client, startup, &mut options, transport, state)?;
     if state.require_tls && !transport.encrypted() {
         return Err(SessionError::Limited(Refused::new(
             Limit::TlsRequired,
             "this gateway requires TLS: connect with sslmode=require (or wss://)",
         )));
     }
-    let (endpoint, backend, activity, admitted) = if cleartext {
-        startup::authentication_cleartext_password(client.write_buf());
-        client.flush().await?;
-        let body = read_auth_message(client).await?;
-        let password = startup::password(&body)
-            .ok_or_else(|| SessionError::Protocol("invalid password packet".into()))?;
-        let (endpoint, password) = match named {
-            Some(endpoint) => (endpoint, password),
-            None => credentials::password_hack(password)
-                .unwrap_or_else(|| (state.default_endpoint.clone(), password)),
-        };
-        // The same check as SQL over HTTP, before anything is resolved or woken.
-        let verifier = state
-            .verifier(&endpoint, user)
-            .await
-            .map_err(SessionError::Unavailable)?;
-        let proof = Password::new(password.to_vec());
-        let check = state
-            .pool
-            .passwords()
-            .check(&verifier, &endpoint, user, &proof)
-            .await;
-        let login = match &check {
-            PasswordCheck::Wrong => return Err(SessionError::auth_failed(user)),
-            PasswordCheck::Refused(refused) => return Err(SessionError::Limited(refused.clone())),
-            PasswordCheck::Verified(keys) => Login::Scram(keys),
-            PasswordCheck::Unchecked => Login::Password {
-                password,
-                keys: state.pool.passwords(),
-            },
-        };
-        let (backend, activity, admitted) =
-            connect(state, &endpoint, user, database, &forward, login).await?;
-        (endpoint, backend, activity, admitted)
-    } else {
-        let endpoint = named.unwrap_or_else(|| state.default_endpoint.clone());
-        let verifier = state
-            .verifier(&endpoint, user)
-            .await
-            .map_err(SessionError::Unavailable)?;
-        match &verifier {
-            Verifier::Postgres => {
-                let route = state
-                    .routes
-                    .resolve(&endpoint)
-                    .await
-                    .map_err(|e| SessionError::from_route(e, user))?;
-                let activity = state.activity.session(&endpoint);
-                let backend =
-                    relay_authentication(client, state, route, user, database, &forward).await?;
-                // Postgres judged the password: only now is the client known.
-                let admitted = state.endpoint_limits.admit(&endpoint)?;
-                (endpoint, backend, activity, admitted)
-            }
-            Verifier::Secret(secret) | Verifier::Mock(secret) => {
-                let real = matches!(verifier, Verifier::Secret(_));
-                let proven = scram_exchange(client, secret, real, user, state).await?;
-                let login = Login::Scram(&proven.keys);
-                let (backend, activity, admitted) =
-                    connect(state, &endpoint, user, database, &forward, login).await?;
-                // Only now that the backend accepted the keys does the client hear that the
-                // gateway knows its password; AuthenticationOk follows in the relay's start.
-                startup::authentication_sasl_final(
-                    client.write_buf(),
-                    proven.server_final.as_bytes(),
-                );
-                (endpoint, backend, activity, admitted)
-            }
-        }
+    let cleartext = match transport {
+        Transport::WebSocket { .. } => true,
+        Transport::Tls { .. } => requested.named.is_none(),
+        Transport::Tcp => false,
     };
-    Ok(Ready {
-        backend,
-        endpoint,
-        activity,
-        admitted,
-    })
+    if cleartext {
+        return cleartext_login(client, requested, state).await;
+    }
+    let endpoint = requested
+        .named
+        .clone()
+        .unwrap_or_else(|| state.default_endpoint.clone());
+    let verifier = state.login().verifier(&endpoint, requested.user).await?;
+    match &verifier {
+        Verifier::Postgres => relayed_login(client, requested, endpoint, state).await,
+        Verifier::Secret(secret) | Verifier::Mock(secret) => {
+            let real = matches!(verifier, Verifier::Secret(_));
+            scram_login(client, requested, endpoint, secret, real, state).await
+        }
+    }
 }
 
-/// Admits the session under its endpoint's limits, resolves `endpoint` (waking it if
-/// needed), counts the session as open on it, and logs in to its backend with `login`. A
-/// backend that refuses the login is a wrong password to the client; when it refused keys the
-/// role's secret accepted, that secret is out of date. A password the gateway could not check
-/// (a static route) is admitted only once Postgres accepted it, so unauthenticated clients
-/// never spend an endpoint's allowance.
-async fn connect(
+/// Asks for the password in cleartext (WebSocket clients, and TLS clients whose endpoint is
+/// not in the host name: the endpoint may come with the password, `endpoint=<id>;<password>`)
+/// and logs in with it, checked as SQL over HTTP checks it.
+async fn cleartext_login<S>(
+    client: &mut ClientStream<S>,
+    requested: Requested<'_>,
     state: &AppState,
-    endpoint: &EndpointId,
-    user: &str,
-    database: &str,
-    forward: &[(&str, &str)],
-    login: Login<'_>,
-) -> Result<(Backend, ActivityGuard, EndpointSlot), SessionError> {
-    let admitted = match login {
-        Login::Scram(_) => Some(state.endpoint_limits.admit(endpoint)?),
-        Login::Password { .. } => None,
+) -> Result<Ready, SessionError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    startup::authentication_cleartext_password(client.write_buf());
+    client.flush().await?;
+    let body = read_auth_message(client).await?;
+    let password = startup::password(&body)
+        .ok_or_else(|| SessionError::Protocol("invalid password packet".into()))?;
+    let (endpoint, password) = match requested.named {
+        Some(endpoint) => (endpoint, password),
+        None => credentials::password_hack(password)
+            .unwrap_or_else(|| (state.default_endpoint.clone(), password)),
     };
-    let routes = &state.routes;
-    let route = routes
-        .resolve(endpoint)
-        .await
-        .map_err(|e| SessionError::from_route(e, user))?;
-    let activity = state.activity.session(endpoint);
+    let login = state.login();
+    let proof = Password::new(password.to_vec());
+    let checked = login
+        .check_password(&endpoint, requested.user, &proof)
+        .await?;
+    let backend_login = match &checked {
+        Checked::Proven(keys) => Login::Scram(keys),
+        Checked::Unchecked => Login::Password {
+            password,
+            keys: state.pool.passwords(),
+        },
+    };
     let params = ConnectParams {
-        user,
-        database,
-        startup: forward,
-        login,
+        user: requested.user,
+        database: requested.database,
+        startup: &requested.forward,
+        login: backend_login,
     };
-    let connect_timeout = state.pool.config().connect_timeout;
-    let max_message_bytes = state.sessions.max_message_bytes;
-    let params = &params;
-    let started = Instant::now();
-    let connected = routes
-        .connect(route, |address| async move {
-            crate::compute::connect(&address, params, connect_timeout, max_message_bytes).await
-        })
-        .await;
-    state
-        .metrics
-        .backend_connect_seconds
-        .observe(started.elapsed().as_secs_f64());
-    match connected {
-        Ok(backend) => {
-            let admitted = match admitted {
-                Some(admitted) => admitted,
-                None => state.endpoint_limits.admit(endpoint)?,
-            };
-            Ok((backend, activity, admitted))
-        }
-        Err(ConnectError::Connect(BackendError::Db(db))) if db.is_auth_failure() => {
-            if let Login::Scram(_) = login {
-                routes.forget_role_secret(endpoint, user).await;
-            }
-            Err(SessionError::auth_failed(user))
-        }
-        Err(ConnectError::Connect(e)) => Err(SessionError::from_backend(e, user)),
-        Err(ConnectError::Route(e)) => Err(SessionError::from_route(e, user)),
-    }
+    let connected = login
+        .connect(&endpoint, &params, state.sessions.max_message_bytes)
+        .await?;
+    Ok(Ready::new(endpoint, connected))
+}
+
+/// A static route over TCP/TLS: Postgres asks for the password itself, the client answers.
+async fn relayed_login<S>(
+    client: &mut ClientStream<S>,
+    requested: Requested<'_>,
+    endpoint: EndpointId,
+    state: &AppState,
+) -> Result<Ready, SessionError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let login = state.login();
+    let route = login.route(&endpoint, requested.user).await?;
+    let activity = state.activity.session(&endpoint);
+    let backend = relay_authentication(client, state, route, &requested).await?;
+    // Postgres judged the password: only now is the client known.
+    let admitted = login.admit(&endpoint)?;
+    Ok(Ready::new(
+        endpoint,
+        Connected {
+            backend,
+            activity,
+            admitted,
+        },
+    ))
+}
+
+/// SCRAM with the client against the role's secret (or a mock one), then the backend login
+/// with the keys the proof gave.
+async fn scram_login<S>(
+    client: &mut ClientStream<S>,
+    requested: Requested<'_>,
+    endpoint: EndpointId,
+    secret: &Arc<ScramSecret>,
+    real: bool,
+    state: &AppState,
+) -> Result<Ready, SessionError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let proven = scram_exchange(client, secret, real, requested.user, state).await?;
+    let params = ConnectParams {
+        user: requested.user,
+        database: requested.database,
+        startup: &requested.forward,
+        login: Login::Scram(&proven.keys),
+    };
+    let connected = state
+        .login()
+        .connect(&endpoint, &params, state.sessions.max_message_bytes)
+        .await?;
+    // Only now that the backend accepted the keys does the client hear that the gateway
+    // knows its password; AuthenticationOk follows in the relay's start.
+    startup::authentication_sasl_final(client.write_buf(), proven.server_final.as_bytes());
+    Ok(Ready::new(endpoint, connected))
 }
 
 /// The server side of SCRAM-SHA-256 against `secret`, up to the client's proof: the same
@@ -713,7 +722,9 @@ where
         .inc();
     match proven {
         Some(proven) if real => Ok(proven),
-        _ => Err(SessionError::auth_failed(user)),
+        _ => Err(SessionError::AuthFailed {
+            user: user.to_owned(),
+        }),
     }
 }
 
@@ -740,14 +751,13 @@ async fn relay_authentication<S>(
     client: &mut ClientStream<S>,
     state: &AppState,
     route: Route,
-    user: &str,
-    database: &str,
-    forward: &[(&str, &str)],
+    requested: &Requested<'_>,
 ) -> Result<Backend, SessionError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let failed = |e| SessionError::from_backend(e, user);
+    let (user, database, forward) = (requested.user, requested.database, &requested.forward);
+    let failed = |e| SessionError::from(LoginError::from_backend(e, user));
     let timeout = state.pool.config().connect_timeout;
     let max_message_bytes = state.sessions.max_message_bytes;
     // Opening is TCP, the StartupMessage and the server's first answer: a refused or
@@ -774,7 +784,7 @@ where
         .observe(started.elapsed().as_secs_f64());
     let mut backend = opened.map_err(|e| match e {
         ConnectError::Connect(e) => failed(e),
-        ConnectError::Route(e) => SessionError::from_route(e, user),
+        ConnectError::Route(e) => LoginError::from_route(e, user).into(),
     })?;
     loop {
         let mut frame = backend.read_frame().await.map_err(failed)?;

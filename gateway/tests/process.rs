@@ -70,7 +70,11 @@ impl Gateway {
         let pid = child.id().expect("a pid");
         let log = Arc::new(Mutex::new(String::new()));
         let (lines, mut started) = tokio::sync::mpsc::unbounded_channel();
-        read_lines(child.stdout.take().expect("stdout"), log.clone(), lines.clone());
+        read_lines(
+            child.stdout.take().expect("stdout"),
+            log.clone(),
+            lines.clone(),
+        );
         read_lines(child.stderr.take().expect("stderr"), log.clone(), lines);
         let (addr, admin) = tokio::time::timeout(WITHIN, async {
             while let Some(line) = started.recv().await {
@@ -360,7 +364,10 @@ async fn a_second_sigterm_or_sigint_exits_at_once() {
             .exit_within(AT_ONCE)
             .await
             .unwrap_or_else(|| panic!("{signals:?}: still running after {AT_ONCE:?}"));
-        assert!(!exit.success(), "{signals:?}: an exit at once is not a clean one: {exit:?}");
+        assert!(
+            !exit.success(),
+            "{signals:?}: an exit at once is not a clean one: {exit:?}"
+        );
         assert_eq!(exit.code(), Some(130), "{signals:?}: {exit:?}");
         assert!(sent.elapsed() < AT_ONCE);
         // The request was cut, not answered.
@@ -413,8 +420,7 @@ impl Certificates {
     /// A new certificate and key, as PEM, and the certificate's DER.
     fn issue(&self) -> (String, String, Vec<u8>) {
         let key = rcgen::KeyPair::generate().expect("key");
-        let params =
-            rcgen::CertificateParams::new(vec!["localhost".to_owned()]).expect("params");
+        let params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).expect("params");
         let cert = params.signed_by(&key, &self.issuer).expect("cert");
         (cert.pem(), key.serialize_pem(), cert.der().to_vec())
     }
@@ -473,10 +479,17 @@ async fn sighup_reloads_the_certificate_for_new_handshakes() {
     assert_ne!(first, second);
     certs.install(&second_cert, &second_key);
     // Until told, the gateway keeps the certificate it loaded.
-    assert_eq!(certs.presented(gw.addr).await, first, "files replaced, no SIGHUP yet");
+    assert_eq!(
+        certs.presented(gw.addr).await,
+        first,
+        "files replaced, no SIGHUP yet"
+    );
     gw.signal("HUP");
     support::eventually("a reload is counted", WITHIN, || async {
-        (gw.metric("gateway_tls_reloads_total", "outcome=\"ok\"").await == 1.0).then_some(())
+        (gw.metric("gateway_tls_reloads_total", "outcome=\"ok\"")
+            .await
+            == 1.0)
+            .then_some(())
     })
     .await;
     assert_eq!(certs.presented(gw.addr).await, second, "after the reload");
@@ -486,13 +499,20 @@ async fn sighup_reloads_the_certificate_for_new_handshakes() {
     certs.install(&second_cert, &first_key);
     gw.signal("HUP");
     support::eventually("a failed reload is counted", WITHIN, || async {
-        (gw.metric("gateway_tls_reloads_total", "outcome=\"error\"").await == 1.0)
+        (gw.metric("gateway_tls_reloads_total", "outcome=\"error\"")
+            .await
+            == 1.0)
             .then_some(())
     })
     .await;
-    assert_eq!(certs.presented(gw.addr).await, second, "after a failed reload");
+    assert_eq!(
+        certs.presented(gw.addr).await,
+        second,
+        "after a failed reload"
+    );
     assert!(
-        gw.log().contains("TLS reload failed; keeping the current certificate"),
+        gw.log()
+            .contains("TLS reload failed; keeping the current certificate"),
         "{}",
         gw.log()
     );
@@ -519,7 +539,11 @@ async fn http_on(tcp: &mut TcpStream, query: &str) -> (u16, Value) {
     let (head_end, length) = loop {
         let mut chunk = [0u8; 4096];
         let n = tcp.read(&mut chunk).await.expect("read");
-        assert!(n > 0, "closed mid-response: {}", String::from_utf8_lossy(&buf));
+        assert!(
+            n > 0,
+            "closed mid-response: {}",
+            String::from_utf8_lossy(&buf)
+        );
         buf.extend_from_slice(&chunk[..n]);
         if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
             let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
@@ -537,7 +561,9 @@ async fn http_on(tcp: &mut TcpStream, query: &str) -> (u16, Value) {
         assert!(n > 0, "closed mid-body");
         buf.extend_from_slice(&chunk[..n]);
     }
-    let status = String::from_utf8_lossy(&buf[9..12]).parse().expect("status");
+    let status = String::from_utf8_lossy(&buf[9..12])
+        .parse()
+        .expect("status");
     let json = serde_json::from_slice(&buf[head_end..head_end + length]).expect("JSON body");
     (status, json)
 }
@@ -574,12 +600,10 @@ async fn max_client_connections_refuses_the_next_one_in_its_protocol() {
         .await
         .expect("TCP session");
     let url = format!("ws://{}/v2?address=db.localtest.me:5432", gw.addr);
-    let (ws, _) = tokio_tungstenite::client_async(
-        url,
-        TcpStream::connect(gw.addr).await.expect("connect"),
-    )
-    .await
-    .expect("WebSocket upgrade");
+    let (ws, _) =
+        tokio_tungstenite::client_async(url, TcpStream::connect(gw.addr).await.expect("connect"))
+            .await
+            .expect("WebSocket upgrade");
     let mut ws = Raw::new(gateway::WsStream::new(ws));
     ws.login(&[("user", "postgres"), ("database", "main")], "postgres")
         .await
@@ -604,7 +628,11 @@ async fn max_client_connections_refuses_the_next_one_in_its_protocol() {
         .await
         .expect("a FATAL");
     assert_eq!(
-        (error[&'S'].as_str(), error[&'C'].as_str(), error[&'M'].as_str()),
+        (
+            error[&'S'].as_str(),
+            error[&'C'].as_str(),
+            error[&'M'].as_str()
+        ),
         ("FATAL", "53300", OVER_THE_CAP)
     );
     assert!(over.recv().await.is_none(), "then the connection closes");

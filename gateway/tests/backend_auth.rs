@@ -215,7 +215,7 @@ async fn md5_and_cleartext_backend_logins_work_over_sql_and_sessions() {
             .unwrap_or_else(|e| panic!("{role}: WebSocket login: {e:?}"));
         assert_eq!(
             ws.query("SELECT current_user").await.expect("query"),
-            [role.clone()]
+            std::slice::from_ref(role)
         );
         drop(ws);
 

@@ -100,6 +100,54 @@ stop_process() {
   wait "$pid" 2>/dev/null || true
 }
 
+# stop_checked NAME PID SECS LOG — like stop_process, but it is a failure (1, the
+# reasons printed) when PID had already exited (a crash), when it needed SIGKILL
+# (it would not stop within SECS of SIGTERM) or when it exited with a status other
+# than 0. PID must be a child of this shell (its exit status is read with wait).
+# Prints the tail of LOG on failure.
+stop_checked() {
+  local name="$1" pid="$2" secs="$3" logfile="$4" i status=0
+  [[ -n "$pid" ]] || { warn "$name: no pid (it never started?)"; return 1; }
+  if ! kill -0 "$pid" 2>/dev/null; then
+    wait "$pid" 2>/dev/null || status=$?
+    warn "$name (pid $pid) was no longer running before it was stopped (exit status $status); last lines of $logfile:"
+    tail -n 30 "$logfile" >&2 || true
+    return 1
+  fi
+  log "stopping $name (pid $pid), expecting a clean exit within $secs s"
+  kill -TERM "$pid" 2>/dev/null || true
+  for ((i = 0; i < secs * 10; i++)); do
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  if kill -0 "$pid" 2>/dev/null; then
+    warn "$name did not exit within $secs s of SIGTERM; killing it; last lines of $logfile:"
+    tail -n 30 "$logfile" >&2 || true
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+    return 1
+  fi
+  wait "$pid" 2>/dev/null || status=$?
+  if ((status != 0)); then
+    warn "$name exited with status $status after SIGTERM; last lines of $logfile:"
+    tail -n 30 "$logfile" >&2 || true
+    return 1
+  fi
+  log "$name exited cleanly"
+}
+
+# check_no_panics NAME LOG — a failure (1) when LOG holds a Rust panic message
+# (`panicked at`); prints every such line with the lines around it.
+check_no_panics() {
+  local name="$1" logfile="$2"
+  [[ -f "$logfile" ]] || { warn "$name: no log at $logfile"; return 1; }
+  if grep -q 'panicked at' "$logfile"; then
+    warn "$name panicked; from $logfile:"
+    grep -n -B 2 -A 6 'panicked at' "$logfile" >&2 || true
+    return 1
+  fi
+}
+
 # stop_gateway — SIGTERM (the gateway drains), then SIGKILL after 10 s.
 stop_gateway() {
   stop_process gateway "$GATEWAY_PID" 10

@@ -8,8 +8,13 @@
 #      (openssl) and a debug gateway with TLS on routing through the wake
 #      service, then `npm ci && npm test` in sdk-tests/ (the driver over HTTP
 #      and WebSocket, node-postgres, psql and pgbench over TCP, each with and
-#      without TLS; the wake service's API, -pooler routing, restarts)
-# Fails fast, always tears down, prints a summary.
+#      without TLS; the wake service's API, -pooler routing, restarts);
+#      then the gateway and the wake service under test must still be running,
+#      must exit cleanly (status 0) within a bound after SIGTERM, and their logs
+#      must hold no Rust panic (`panicked at`): a crash or a panic in a task that
+#      the suite did not notice fails the run.
+# Fails fast, always tears down, prints a summary. A run narrowed by SKIP_RUST,
+# SKIP_NODE or NODE_TESTS ends with "result: INCOMPLETE", never "PASSED".
 #
 # Env: SKIP_RUST=1 skips step 1, SKIP_NODE=1 skips step 2 (CI sets neither);
 # NODE_TESTS="test/a.test.js test/b.test.js" runs only those Node files.
@@ -61,18 +66,54 @@ step() {
 
 skipped() { SUMMARY+=("skipped  $1"); }
 
+# What the run left out (SKIP_RUST, SKIP_NODE, NODE_TESTS), for the result line.
+RAN_RUST=1
+RAN_NODE="all"
+[[ "$SKIP_RUST" != "1" ]] || RAN_RUST=0
+if [[ "$SKIP_NODE" == "1" ]]; then
+  RAN_NODE=""
+elif [[ -n "${NODE_TESTS:-}" ]]; then
+  RAN_NODE="$NODE_TESTS"
+fi
+
+# incomplete_reason — empty when everything ran, else what did, in words.
+incomplete_reason() {
+  local rust="the Rust checks" node
+  if [[ "$RAN_NODE" == "all" ]]; then
+    node="the Node suite"
+  else
+    node="the Node files $RAN_NODE (NODE_TESTS)"
+  fi
+  if ((RAN_RUST == 1)) && [[ "$RAN_NODE" == "all" ]]; then
+    return 0
+  elif ((RAN_RUST == 0)) && [[ -z "$RAN_NODE" ]]; then
+    echo "nothing ran (SKIP_RUST=1, SKIP_NODE=1)"
+  elif ((RAN_RUST == 0)); then
+    echo "only $node ran (SKIP_RUST=1)"
+  elif [[ -z "$RAN_NODE" ]]; then
+    echo "only $rust ran (SKIP_NODE=1)"
+  else
+    echo "only $rust and $node ran"
+  fi
+}
+
 # --- teardown: owns stopping the gateway, the wake service and its computes ------
-
-
 
 TLS_DIR=""
 WAKE_DATA=""
+# 1 while this run's gateway and wake service logs are to be checked for panics.
+STACK_LOGS=0
 DB_DIRECT=""
 
 # shellcheck disable=SC2317 # only called from the EXIT trap
 finish() {
   local rc=$?
   trap - INT TERM
+  # A run that failed before the logs were checked: a panic may be why; show it.
+  if ((rc != 0 && STACK_LOGS == 1)); then
+    check_no_panics gateway "$GATEWAY_LOG" || true
+    check_no_panics "wake service" "$WAKE_LOG" || true
+  fi
   stop_gateway
   stop_wake_service
   if [[ -n "$WAKE_DATA" ]]; then
@@ -89,7 +130,11 @@ finish() {
     echo "==== test summary ($((SECONDS - STARTED_AT)) s) ===="
     local line
     for line in "${SUMMARY[@]}"; do echo "  $line"; done
-    if ((rc == 0)); then
+    local partial
+    partial="$(incomplete_reason)"
+    if ((rc == 0)) && [[ -n "$partial" ]]; then
+      echo "  result: INCOMPLETE — $partial; what ran did not fail"
+    elif ((rc == 0)); then
       echo "  result: PASSED"
     elif [[ -n "$FAILED" ]]; then
       echo "  result: FAILED at: $FAILED"
@@ -186,17 +231,70 @@ npm_test() {
   return "$rc"
 }
 
+# stack_alive — both processes of the stack are still running (a crash during
+# the suite that no test noticed fails here). Reports both before failing.
+stack_alive() {
+  local ok=0 name pid logfile
+  for name in gateway "wake service"; do
+    if [[ "$name" == gateway ]]; then
+      pid="$GATEWAY_PID" logfile="$GATEWAY_LOG"
+    else
+      pid="$WAKE_PID" logfile="$WAKE_LOG"
+    fi
+    if [[ -z "$pid" ]] || ! kill -0 "$pid" 2>/dev/null; then
+      warn "the $name under test is no longer running; last lines of $logfile:"
+      tail -n 30 "$logfile" >&2 || true
+      ok=1
+    fi
+  done
+  return "$ok"
+}
+
+# gateway_stops_cleanly — SIGTERM drains the gateway: with the suite's clients
+# gone it must exit 0 well within its 30 s drain.
+gateway_stops_cleanly() {
+  local pid="$GATEWAY_PID"
+  GATEWAY_PID="" # finish has nothing left to stop, whatever happens here
+  stop_checked gateway "$pid" 15 "$GATEWAY_LOG"
+}
+
+# wake_stops_cleanly — SIGTERM makes the wake service suspend its computes and
+# stop its state store, then exit 0.
+wake_stops_cleanly() {
+  local pid="$WAKE_PID"
+  WAKE_PID=""
+  stop_checked "wake service" "$pid" 60 "$WAKE_LOG"
+}
+
+# stack_logs_clean — no `panicked at` in either log (a panic in a task does not
+# end the process, so only the log shows it).
+stack_logs_clean() {
+  local ok=0
+  STACK_LOGS=0 # checked and reported here
+  check_no_panics gateway "$GATEWAY_LOG" || ok=1
+  check_no_panics "wake service" "$WAKE_LOG" || ok=1
+  return "$ok"
+}
+
+if [[ -n "${NODE_TESTS:-}" && "$SKIP_NODE" != "1" ]]; then
+  SUMMARY+=("narrowed Node suite: only NODE_TESTS=$NODE_TESTS")
+fi
+
 if [[ "$SKIP_NODE" != "1" ]]; then
   [[ -f sdk-tests/package.json ]] || die "sdk-tests/package.json is missing"
   step "cargo build -p gateway -p wake-service" cargo build -p gateway -p wake-service
   [[ -x "$GATEWAY_BIN" ]] || die "no gateway binary at $GATEWAY_BIN after the build"
   [[ -x "$WAKE_BIN" ]] || die "no wake-service binary at $WAKE_BIN after the build"
+  STACK_LOGS=1
   step "wake service (endpoint db)" test_wake_service
   step "test CA" test_tls
   step "gateway ready (TLS on)" start_gateway
   step "npm ci (sdk-tests)" npm_ci
   step "npm test (sdk-tests)" npm_test
-  stop_gateway
+  step "gateway and wake service still running after the suite" stack_alive
+  step "gateway: clean exit on SIGTERM" gateway_stops_cleanly
+  step "wake service: clean exit on SIGTERM" wake_stops_cleanly
+  step "no panics in the gateway and wake service logs" stack_logs_clean
 else
   skipped "Node suite (SKIP_NODE=1)"
 fi

@@ -197,6 +197,7 @@ async fn endpoints_come_from_the_control_plane_and_stay_warm() {
         .expect_err("refused");
     assert!(sqlstate(&error).starts_with("28P01"), "{error}");
     assert_eq!(cp.requests(), before);
+    // Not synchronisation: this waits out the negative TTL (1.5 s) that is being tested.
     tokio::time::sleep(Duration::from_millis(1600)).await;
     assert_eq!(
         sql(&gw, &conn("ghost", "postgres"), query.clone()).await.0,
@@ -276,8 +277,16 @@ async fn an_unavailable_control_plane_fails_clearly_and_warm_endpoints_keep_work
 
     cp.set_down(true);
     for _ in 0..5 {
+        let wakes = cp.wakes();
         assert_eq!(sql(&gw, CONN, query.clone()).await.0, 200);
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        // Each hit refreshes the route in the background; wait until that refresh has asked
+        // the control plane (and been refused) before the next request.
+        eventually(
+            "a background refresh asks the control plane",
+            WITHIN,
+            || async { (cp.wakes() > wakes).then_some(()) },
+        )
+        .await;
     }
     let tcp = tcp_session(&gw, "db", "postgres")
         .await
@@ -372,22 +381,43 @@ async fn an_unavailable_control_plane_fails_clearly_and_warm_endpoints_keep_work
 }
 
 /// Forwards TCP connections to `target` until the returned task is aborted, which also closes
-/// every forwarded connection.
-async fn forwarder(target: String) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+/// every forwarded connection (a moment later: the returned count of open connections says
+/// when).
+async fn forwarder(target: String) -> (SocketAddr, tokio::task::JoinHandle<()>, Arc<AtomicUsize>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
+    let open = Arc::new(AtomicUsize::new(0));
+    let counted = open.clone();
     let task = tokio::spawn(async move {
         let mut connections = tokio::task::JoinSet::new();
         while let Ok((mut client, _)) = listener.accept().await {
             let target = target.clone();
+            // Counts the connection until its task ends or is aborted (the sockets go with it).
+            let guard = OpenGuard::new(counted.clone());
             connections.spawn(async move {
+                let _guard = guard;
                 if let Ok(mut server) = TcpStream::connect(&target).await {
                     let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
                 }
             });
         }
     });
-    (addr, task)
+    (addr, task, open)
+}
+
+struct OpenGuard(Arc<AtomicUsize>);
+
+impl OpenGuard {
+    fn new(open: Arc<AtomicUsize>) -> OpenGuard {
+        open.fetch_add(1, Ordering::SeqCst);
+        OpenGuard(open)
+    }
+}
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// Opens one connection of `transport` (http, tcp, ws) to endpoint `db` and runs `SELECT 1`.
@@ -415,7 +445,7 @@ async fn a_cached_address_that_stops_answering_is_woken_again() {
     let pg = postgres();
     let secret = pg.role_secret("postgres").await;
     for transport in ["http", "tcp", "ws"] {
-        let (old, forwarding) = forwarder(pg.address()).await;
+        let (old, forwarding, open) = forwarder(pg.address()).await;
         let cp = MockControlPlane::start().await;
         cp.route("db", &old.to_string());
         cp.secret("db", "postgres", &secret);
@@ -430,7 +460,14 @@ async fn a_cached_address_that_stops_answering_is_woken_again() {
         forwarding.abort();
         let _ = forwarding.await;
         cp.route("db", &pg.address());
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        // The aborted forwarder's connection tasks end a moment after it: wait until their
+        // sockets are closed, so the gateway's pooled connection is closed at its end.
+        eventually(
+            "the old address's connections are closed",
+            WITHIN,
+            || async { (open.load(Ordering::SeqCst) == 0).then_some(()) },
+        )
+        .await;
 
         use_db(&gw, transport)
             .await

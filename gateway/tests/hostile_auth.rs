@@ -230,6 +230,7 @@ async fn an_iteration_bomb_is_refused_at_once_and_others_are_served() {
             let started = Instant::now();
             let answer = gw.select_1(&client, &good, "good").await;
             served.push((answer.map(|(status, _)| status), started.elapsed()));
+            // Not synchronisation: the well-behaved client's requests are spread over the attack.
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         served

@@ -168,6 +168,7 @@ async fn trickled_bodies_get_408() {
             if write.write_all(b" ").await.is_err() {
                 return;
             }
+            // Not synchronisation: this is the trickle (a byte every 100 ms) under test.
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     });
@@ -580,8 +581,14 @@ async fn require_tls_refuses_plaintext() {
     );
     let url = format!("ws://{}/v2", gw.addr);
     let tcp = TcpStream::connect(gw.addr).await.expect("connect");
-    let refused = tokio_tungstenite::client_async(url, tcp).await;
-    assert!(refused.is_err(), "ws:// was upgraded");
+    // Refused with 403 (README: `ws://` gets 403), not merely dropped.
+    match tokio_tungstenite::client_async(url, tcp).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 403, "{response:?}");
+        }
+        Err(other) => panic!("ws:// was not answered 403: {other}"),
+        Ok(_) => panic!("ws:// was upgraded"),
+    }
 
     let mut tcp = Raw::new(TcpStream::connect(gw.addr).await.expect("connect"));
     tcp.send(&startup_bytes(USER)).await;

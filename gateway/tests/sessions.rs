@@ -170,7 +170,19 @@ async fn cancel_keys_are_the_gateways_and_reach_only_their_own_query() {
     let mut out = BytesMut::new();
     frontend::query("SELECT pg_sleep(30)", &mut out).expect("query");
     victim.send(&out).await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let direct = postgres().client().await;
+    support::eventually("the victim's query runs", Duration::from_secs(10), || async {
+        let state: Option<String> = direct
+            .query_opt(
+                "SELECT state FROM pg_stat_activity WHERE pid = $1 AND query = 'SELECT pg_sleep(30)'",
+                &[&backend_pid],
+            )
+            .await
+            .expect("activity")
+            .and_then(|r| r.get(0));
+        (state.as_deref() == Some("active")).then_some(())
+    })
+    .await;
 
     let cancel = |pid: i32, secret: i32| {
         let mut buf = BytesMut::new();
@@ -232,7 +244,18 @@ async fn cancel_keys_are_the_gateways_and_reach_only_their_own_query() {
     tokio::spawn(connection);
     let token = client.cancel_token();
     let sleeper = tokio::spawn(async move { client.simple_query("SELECT pg_sleep(30)").await });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    support::eventually("the query to cancel runs", Duration::from_secs(10), || async {
+        let running: i64 = direct
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query = 'SELECT pg_sleep(30)'",
+                &[],
+            )
+            .await
+            .expect("activity")
+            .get(0);
+        (running == 1).then_some(())
+    })
+    .await;
     token
         .cancel_query(tokio_postgres::NoTls)
         .await
@@ -471,8 +494,10 @@ async fn bad_input_is_refused_clearly() {
         "{error:?}"
     );
     // Nothing is left behind.
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(gw.metric("gateway_sessions_active", "").await, 0.0);
+    support::eventually("no session is left", Duration::from_secs(10), || async {
+        (gw.metric("gateway_sessions_active", "").await == 0.0).then_some(())
+    })
+    .await;
     drop(raw);
     gw.stop().await;
 }

@@ -649,7 +649,18 @@ async fn pooled_connections_need_a_verified_password() {
     ))
     .await
     .expect("terminate");
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    support::eventually("its backends are gone", Duration::from_secs(10), || async {
+        let left: i64 = pg
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE usename = $1",
+                &[&role],
+            )
+            .await
+            .expect("pg_stat_activity")
+            .get(0);
+        (left == 0).then_some(())
+    })
+    .await;
     pg.batch_execute(&format!("DROP ROLE {role}"))
         .await
         .expect("drop role");
@@ -660,6 +671,12 @@ async fn sessions_are_reset_between_requests() {
     let gw = TestGateway::start(|c| c.pool.max_idle_per_endpoint = 1).await;
     let (_, body) = sql(&gw, CONN, json!({"query": "SHOW statement_timeout"})).await;
     let default = body["rows"][0][0].clone();
+    // Every request below must reuse the one backend connection opened so far: otherwise the
+    // check would run on a fresh session and prove nothing about the reset.
+    let opened = gw
+        .metric("gateway_pool_checkouts_total", "outcome=\"miss\"")
+        .await;
+    assert_eq!(opened, 1.0);
     for first in [
         json!({"queries": [{"query": "SET statement_timeout = 1234"}]}),
         json!({"query": "SET statement_timeout = 1234"}),
@@ -678,10 +695,17 @@ async fn sessions_are_reset_between_requests() {
         assert_eq!(body["rows"][0][0], default, "after {first}");
         assert_eq!(body["rows"][0][1], Value::Null, "after {first}");
     }
-    assert!(
+    // All six requests were pool hits on that same connection: each check ran on the session
+    // the statement before it changed.
+    assert_eq!(
+        gw.metric("gateway_pool_checkouts_total", "outcome=\"miss\"")
+            .await,
+        opened
+    );
+    assert_eq!(
         gw.metric("gateway_pool_checkouts_total", "outcome=\"hit\"")
-            .await
-            >= 3.0
+            .await,
+        6.0
     );
     gw.stop().await;
 }

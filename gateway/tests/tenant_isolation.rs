@@ -701,7 +701,18 @@ async fn role_changes_in_activity_replies_take_effect_at_once() {
         ))
         .await
         .expect("terminate");
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    support::eventually("its backends are gone", Duration::from_secs(10), || async {
+        let left: i64 = direct
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE usename = $1",
+                &[&alice],
+            )
+            .await
+            .expect("pg_stat_activity")
+            .get(0);
+        (left == 0).then_some(())
+    })
+    .await;
     direct
         .batch_execute(&format!("DROP ROLE {alice}"))
         .await

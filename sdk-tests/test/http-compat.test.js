@@ -839,7 +839,7 @@ test('error: check, not-null and foreign-key constraints; invalid input', async 
 test('error: several statements in one query', async () => {
   const { httpErr } = await compareError('SELECT 1; SELECT 2');
   assert.equal(httpErr.code, '42601');
-  await assert.rejects(sql`SELECT 1; SELECT 2`, NeonDbError);
+  await assert.rejects(sql`SELECT 1; SELECT 2`, (e) => e instanceof NeonDbError && e.code === '42601');
 });
 
 test('error: wrong parameter count', async () => {
@@ -867,6 +867,7 @@ test('error: wrong password (even right after a successful request)', async () =
   // an empty password is refused too
   const empty = await captureError(() => httpSql({}, variantUrl({ password: '' }))`SELECT 1`);
   assert.ok(empty instanceof NeonDbError, `expected NeonDbError, got ${empty}`);
+  assert.match(empty.message, /password authentication failed/);
   // and the right password still works afterwards
   assert.deepStrictEqual(await sql`SELECT 2 AS ok`, [{ ok: 2 }]);
 });
@@ -907,8 +908,11 @@ async function checkEncodedRole(role, password) {
 }
 
 test('unknown database is a query error, not a crash', async () => {
-  const err = await captureError(() => httpSql({}, variantUrl({ database: uniqueName('nodb') }))`SELECT 1`);
+  const nodb = uniqueName('nodb');
+  const err = await captureError(() => httpSql({}, variantUrl({ database: nodb }))`SELECT 1`);
   assert.ok(err instanceof NeonDbError, `expected NeonDbError, got ${err}`);
+  assert.equal(err.code, '3D000', `Postgres's own error: ${err.message}`);
+  assert.equal(err.message, `database "${nodb}" does not exist`);
   assert.deepStrictEqual(await sql`SELECT 1 AS ok`, [{ ok: 1 }]);
 });
 
@@ -930,8 +934,8 @@ test('error: unknown endpoint looks exactly like a wrong password', async () => 
 });
 
 test('errors do not poison later queries', async () => {
-  await assert.rejects(sql`SELECT 1/0`, NeonDbError);
-  await assert.rejects(sql`SELEC`, NeonDbError);
+  await assert.rejects(sql`SELECT 1/0`, (e) => e instanceof NeonDbError && e.code === '22012');
+  await assert.rejects(sql`SELEC`, (e) => e instanceof NeonDbError && e.code === '42601');
   const results = await Promise.all(Array.from({ length: 10 }, (_, i) => sql`SELECT ${i}::int AS i`));
   assert.deepStrictEqual(
     results.map((r) => r[0].i),

@@ -454,9 +454,14 @@ test('a password change and a drop through the API take effect everywhere by the
   // An open session is not cut by a password change.
   assert.equal((await session.query('SELECT 1 AS one')).rows[0].one, 1);
 
+  // Its sessions are ended by Postgres (pg_terminate_backend): the FATAL reaches the client.
+  const ended = new Promise((resolve) => session.once('error', resolve));
   await api.expect(204, 'DELETE', `/v1/endpoints/${A.id}/roles/${role.role}`);
   await assertAllRefused(A, { ...role, password: next }, 'after DELETE');
-  // Its sessions are ended, and it is gone from Postgres and from the API.
+  const fatal = await ended;
+  assert.equal(fatal.code, '57P01', `the session was told why it ended: ${fatal.message}`);
+  assert.equal(fatal.message, 'terminating connection due to administrator command');
+  // It is gone from Postgres and from the API.
   await assert.rejects(() => session.query('SELECT 1'));
   const { rows } = await tcpQuery(A, `SELECT count(*)::int AS n FROM pg_roles WHERE rolname = '${role.role}'`).then((r) => ({ rows: r }));
   assert.deepEqual(rows, [{ n: 0 }]);
@@ -486,6 +491,7 @@ test('concurrent creates of one role: one wins and its password is the one that 
   for (const loser of passwords.filter((p) => p !== winner)) {
     const err = await captureError(() => http(A, { role: name, password: loser })`SELECT 1`);
     assert.ok(err instanceof NeonDbError, String(err));
+    assert.equal(err.message, `password authentication failed for user '${name}'`);
   }
   await api.expect(204, 'DELETE', `/v1/endpoints/${A.id}/roles/${name}`);
 });

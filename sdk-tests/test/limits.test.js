@@ -12,6 +12,7 @@ import {
   uniqueName,
   captureError,
   sleep,
+  waitFor,
   NeonDbError,
 } from './helpers.js';
 
@@ -431,24 +432,37 @@ test('every response carried a distinct neon-request-id', () => {
   assert.equal(new Set(requestIds).size, requestIds.length, 'request ids repeat');
 });
 
+/** The backends running (or idle in a transaction after) a statement containing `marker`. */
+async function backendsWith(marker) {
+  const r = await client.query(
+    `SELECT pid, state, backend_xid IS NOT NULL AS wrote FROM pg_stat_activity
+     WHERE query LIKE $1 AND pid <> pg_backend_pid()`,
+    [`%${marker}%`],
+  );
+  return r.rows;
+}
+
 test('aborting the request cancels the running query (client disconnect = cancel)', async () => {
   const sql = httpSql();
   const controller = new AbortController();
-  const started = Date.now();
-  const timer = setTimeout(() => controller.abort(), 300);
-  const err = await captureError(() =>
-    sql.query(`WITH ins AS (INSERT INTO ${T_CANCEL} VALUES (1) RETURNING 1) SELECT pg_sleep(3) FROM ins`, [], {
+  const marker = uniqueName('abort_single');
+  const request = captureError(() =>
+    sql.query(`WITH ins AS (INSERT INTO ${T_CANCEL} VALUES (1) RETURNING 1) SELECT pg_sleep(3) AS ${marker} FROM ins`, [], {
       fetchOptions: { signal: controller.signal },
     }),
   );
-  clearTimeout(timer);
+  // Abort once Postgres runs the statement (so the request did reach it).
+  await waitFor(async () => (await backendsWith(marker)).some((b) => b.state === 'active'), 'the statement runs in Postgres');
+  const aborted = Date.now();
+  controller.abort();
+  const err = await request;
   assert.ok(err instanceof NeonDbError, `expected NeonDbError, got ${err}`);
   assert.match(String(err.sourceError?.name ?? err.message), /Abort/);
-  assert.ok(Date.now() - started < 2500, 'the driver should give up as soon as the request is aborted');
+  assert.ok(Date.now() - aborted < 1000, 'the driver should give up as soon as the request is aborted');
 
-  // wait past the point where the statement would have finished and committed
-  const remaining = started + 4000 - Date.now();
-  if (remaining > 0) await sleep(remaining);
+  // The statement ends (cancelled) well before its 3 s sleep would have, and never commits.
+  await waitFor(async () => (await backendsWith(marker)).every((b) => b.state !== 'active'), 'the statement is cancelled');
+  assert.ok(Date.now() - aborted < 2500, `the statement ran on for ${Date.now() - aborted} ms after the abort`);
   const rows = await client.query(`SELECT count(*)::int AS n FROM ${T_CANCEL}`);
   assert.equal(rows.rows[0].n, 0, 'the INSERT must not have committed: the query should have been cancelled');
   const active = await client.query(
@@ -464,16 +478,30 @@ test('aborting the request cancels the running query (client disconnect = cancel
 test('aborting a batch rolls it back', async () => {
   const sql = httpSql();
   const controller = new AbortController();
-  const timer = setTimeout(() => controller.abort(), 300);
   const tbl = sql.unsafe(T_CANCEL);
-  const err = await captureError(() =>
-    sql.transaction([sql`INSERT INTO ${tbl} VALUES (2)`, sql`SELECT pg_sleep(3)`, sql`INSERT INTO ${tbl} VALUES (3)`], {
-      fetchOptions: { signal: controller.signal },
-    }),
+  const marker = uniqueName('abort_batch');
+  const request = captureError(() =>
+    sql.transaction(
+      [sql`INSERT INTO ${tbl} VALUES (2)`, sql`SELECT pg_sleep(3) AS ${sql.unsafe(marker)}`, sql`INSERT INTO ${tbl} VALUES (3)`],
+      { fetchOptions: { signal: controller.signal } },
+    ),
   );
-  clearTimeout(timer);
-  assert.ok(err instanceof NeonDbError);
-  await sleep(3700);
+  // The batch reached Postgres: its transaction runs the sleep after its first INSERT
+  // (so it holds a transaction id). Abort then.
+  await waitFor(
+    async () => (await backendsWith(marker)).some((b) => b.state === 'active' && b.wrote),
+    'the batch runs in Postgres, its first INSERT done',
+  );
+  controller.abort();
+  const err = await request;
+  assert.ok(err instanceof NeonDbError, `expected NeonDbError, got ${err}`);
+  assert.match(String(err.sourceError?.name ?? err.message), /Abort/);
+  // Its backend leaves the transaction (cancelled and rolled back, or closed)...
+  await waitFor(
+    async () => (await backendsWith(marker)).every((b) => b.state !== 'active' && b.state !== 'idle in transaction'),
+    'the batch is over in Postgres',
+  );
+  // ...without committing either INSERT.
   const rows = await client.query(`SELECT count(*)::int AS n FROM ${T_CANCEL}`);
   assert.equal(rows.rows[0].n, 0);
 });

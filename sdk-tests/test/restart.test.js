@@ -451,7 +451,7 @@ test('kill -9 while suspended: after a restart the endpoint is suspended, a clie
       answered = true;
       return r.rows;
     });
-    await sleep(1500);
+    await sleep(1500); // not synchronisation: a window in which nothing may answer
     assert.equal(answered, false, 'held by the paused PgBouncer while the wake service is down');
     assert.equal(postmastersOf(pgdata).length, 0, 'and nothing started it');
     await startWake();

@@ -163,7 +163,7 @@ test('an open idle WebSocket session keeps the endpoint active; after it closes 
   assert.deepStrictEqual((await c.query('SELECT 2 AS two')).rows, [{ two: 2 }]);
   // Well past the timeout (1 s), the scheduler's checks (0.5 s) and a gateway lease (3 s).
   for (let i = 0; i < 12; i++) {
-    await sleep(500);
+    await sleep(500); // not synchronisation: the test watches the state over time
     const e = await state(ep);
     assert.equal(e.state, 'active', `still active ${(i + 1) * 0.5} s into an idle session: ${JSON.stringify(e)}`);
   }
@@ -179,7 +179,7 @@ test('an idle-in-transaction backend (straight to Postgres) keeps the endpoint a
   await c.query('BEGIN');
   await c.query('CREATE TABLE held (n int)');
   for (let i = 0; i < 10; i++) {
-    await sleep(500);
+    await sleep(500); // not synchronisation: the test watches the state over time
     assert.equal((await state(ep)).state, 'active', `still active ${(i + 1) * 0.5} s into an idle transaction`);
   }
   await c.query('INSERT INTO held VALUES (1)');
@@ -269,7 +269,13 @@ test('a long-running query is never cut, and a suspend asked for meanwhile is re
   const started = Date.now();
   // The driver's query promises are lazy: then() sends it now.
   const long = sql`SELECT pg_sleep(4), 'done' AS status`.then((rows) => rows);
-  await sleep(1500);
+  // Ask for the suspend once Postgres runs the query.
+  await poll(
+    async () =>
+      (await sql`SELECT count(*)::int AS n FROM pg_stat_activity WHERE state = 'active' AND query LIKE '%pg_sleep(4)%' AND pid <> pg_backend_pid()`)[0].n === 1,
+    'the long query runs',
+    { timeoutMs: 10_000, intervalMs: 50 },
+  );
   const refused = await api.call('POST', `/v1/endpoints/${ep.id}/suspend`);
   assert.equal(refused.status, 409, `suspend while a query runs: ${refused.text}`);
   assert.match(refused.json?.error?.message ?? '', /force=true/, 'the refusal says how to force it');
@@ -290,6 +296,7 @@ test('queries arriving while a suspend runs all succeed', { timeout: 300_000 }, 
     // Active (a suspend that completed last round is undone by this query), then idle long
     // enough for the gateway's lease from these queries to lapse, so the suspend can go ahead.
     await sql`SELECT 1`;
+    // Not synchronisation: waits out the gateway's lease (3 report intervals), the precondition.
     await sleep(3500);
     const suspend = api.call('POST', `/v1/endpoints/${ep.id}/suspend`);
     let answered = false;
@@ -356,13 +363,15 @@ test('suspend errors: an unknown endpoint is 404, a bad query string 400', { tim
   const badLimit = await api.call('GET', `/v1/endpoints/db/events?limit=0`);
   assert.equal(badLimit.status, 422, badLimit.text);
   const err = await captureError(() => neon(url({ id: `sz-nope-${RUN}`, role: 'x', password: 'y', database: 'z' }))`SELECT 1`);
-  assert.ok(err, 'a query on an unknown endpoint fails');
+  // An unknown endpoint reads exactly like a wrong password (README "Errors").
+  assert.equal(err.message, "password authentication failed for user 'x'", `a query on an unknown endpoint: ${err}`);
 });
 
 test('POST /proxy/api/v1/activity (proxy token): reports land in last_active, the reply lists what is not active', { timeout: 60_000 }, async () => {
   const proxy = new WakeApi(WAKE_URL, requireEnv('WAKE_PROXY_TOKEN'));
   const ep = await endpoint('report', { suspend_timeout_seconds: -1 });
   const before = Date.parse((await state(ep)).last_active);
+  // Not synchronisation: lets the clock move on, so a report's last_active is later.
   await sleep(50);
   const reply = await proxy.expect(200, 'POST', '/proxy/api/v1/activity', {
     body: {

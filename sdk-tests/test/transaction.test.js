@@ -13,6 +13,7 @@ import {
   assertSameResult,
   captureError,
   NeonDbError,
+  sleep,
 } from './helpers.js';
 
 let sql;
@@ -300,17 +301,22 @@ test('a SET inside a batch does not leak into later requests (session reset)', a
   ]);
   assert.equal(shown.statement_timeout, '1234ms');
 
-  // Several later requests; if one of them lands on the same backend, it must
-  // have been reset. (If the gateway does not pool, nothing can leak anyway.)
+  // Later requests until one lands on the batch's backend (the pool hands it out
+  // again once its reset is done): none may see the settings, and the check only
+  // proves something if one of them ran on that very backend.
   let sameBackend = 0;
-  for (let i = 0; i < 8; i++) {
+  const deadline = Date.now() + 10_000;
+  for (let i = 0; sameBackend === 0; i++) {
+    assert.ok(Date.now() < deadline, `no request reused backend ${pid} within 10 s (${i} requests)`);
     const [row] = await sql`SELECT pg_backend_pid() AS pid, current_setting('statement_timeout') AS st,
         current_setting('search_path') AS sp, current_setting('my.custom_setting', true) AS custom`;
     if (row.pid === pid) sameBackend++;
     assert.equal(row.st, defaults.st, `statement_timeout leaked into request ${i}`);
     assert.equal(row.sp, defaults.sp, `search_path leaked into request ${i}`);
     assert.ok(row.custom === null || row.custom === '', `custom setting leaked: ${row.custom}`);
+    if (sameBackend === 0) await sleep(20);
   }
+  assert.equal(sameBackend, 1, `backend ${pid} of the SET batch was reused`);
   const [{ statement_timeout }] = await sql`SHOW statement_timeout`;
   assert.equal(statement_timeout, defaults.st);
   // a single-statement SET does not leak either
@@ -319,7 +325,6 @@ test('a SET inside a batch does not leak into later requests (session reset)', a
     const [row] = await sql`SHOW statement_timeout`;
     assert.equal(row.statement_timeout, defaults.st);
   }
-  void sameBackend;
 });
 
 test('a lone BEGIN does not leave later requests inside a transaction', async () => {

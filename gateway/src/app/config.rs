@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::Parser;
 
 use crate::auth::HashingLimits;
-use crate::base::conn_info::EndpointId;
+use crate::base::endpoint::EndpointId;
 use crate::base::retry::RetryConfig;
 use crate::control_plane::client::{ControlPlaneConfig, Token};
 use crate::control_plane::routes::{Route, RouteCacheConfig};
@@ -399,7 +399,8 @@ impl Args {
                 return Err(ConfigError::Zero(name));
             }
         }
-        if self.listen == self.admin_listen {
+        // Two listeners on port 0 get different ports.
+        if self.listen == self.admin_listen && self.listen.port() != 0 {
             return Err(ConfigError::SameListeners);
         }
         let domains = self

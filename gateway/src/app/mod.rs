@@ -119,7 +119,18 @@ pub async fn serve(
     let tasks = TaskTracker::new();
     let admin_stop = CancellationToken::new();
     if state.tls.is_some() {
-        tasks.spawn(reload_tls_on_sighup(state.clone(), admin_stop.clone()));
+        // The handler is installed before anything is served: a SIGHUP right after the
+        // gateway reports ready must reload, not end the process (its default action).
+        match signal(SignalKind::hangup()) {
+            Ok(hangups) => {
+                tasks.spawn(reload_tls_on_sighup(
+                    state.clone(),
+                    hangups,
+                    admin_stop.clone(),
+                ));
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot listen for SIGHUP; TLS reload is off"),
+        }
     }
     tasks.spawn(crate::frontend::server::serve_admin(
         admin,
@@ -153,16 +164,13 @@ pub async fn serve(
 }
 
 /// Re-reads the TLS certificate and key on every SIGHUP until `stop`.
-async fn reload_tls_on_sighup(state: Arc<AppState>, stop: CancellationToken) {
+async fn reload_tls_on_sighup(
+    state: Arc<AppState>,
+    mut hangups: tokio::signal::unix::Signal,
+    stop: CancellationToken,
+) {
     let Some(tls) = state.tls.as_ref() else {
         return;
-    };
-    let mut hangups = match signal(SignalKind::hangup()) {
-        Ok(hangups) => hangups,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot listen for SIGHUP; TLS reload is off");
-            return;
-        }
     };
     loop {
         tokio::select! {

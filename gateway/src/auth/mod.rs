@@ -53,7 +53,8 @@ use sha2::Sha256;
 use subtle::ConstantTimeEq;
 use tokio::sync::Semaphore;
 
-use crate::base::conn_info::{ConnInfo, EndpointId, Password};
+use crate::base::conn_info::ConnInfo;
+use crate::base::endpoint::{EndpointId, Password};
 use crate::base::limits::{Limit, Refused};
 use crate::compute::{BackendError, ClientKeySource};
 use crate::obs::labels::SecretOutcome;

@@ -1,73 +1,15 @@
 //! Who a request is for: endpoint, database, role and password, read from the connection string
 //! the driver sends in `Neon-Connection-String`.
 //!
-//! The endpoint is the first DNS label of the host (`ep-x.region.example.com` → `ep-x`). A host
-//! that is `localhost` or an IP literal names no endpoint and goes to the configured default.
-//! The Host header, the port and the URL's query string play no part.
-
-use std::fmt;
-use std::net::IpAddr;
+//! The host names the endpoint by [`crate::base::host`]'s rule (`ep-x.region.example.com` →
+//! `ep-x`); `localhost` or an IP literal names none and goes to the configured default. The
+//! Host header, the port and the URL's query string play no part.
 
 use percent_encoding::percent_decode_str;
 
+use crate::base::endpoint::{EndpointId, Password};
 use crate::base::error::{ErrorKind, ReportableError};
-
-/// An endpoint id: lowercase ASCII letters, digits and `-`.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct EndpointId(String);
-
-impl EndpointId {
-    pub fn parse(id: &str) -> Option<EndpointId> {
-        let valid = !id.is_empty()
-            && id.len() <= 63
-            && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
-        valid.then(|| EndpointId(id.to_ascii_lowercase()))
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-
-    /// The endpoint without `-pooler`: roles, secrets and activity belong to it, not to its
-    /// PgBouncer.
-    pub fn without_pooler(&self) -> EndpointId {
-        match wake_api::split_pooler(&self.0) {
-            (id, true) => EndpointId(id.to_owned()),
-            (_, false) => self.clone(),
-        }
-    }
-
-    /// `<id>-pooler`, this endpoint's PgBouncer (`None` when the name would be too long).
-    pub fn pooler(&self) -> Option<EndpointId> {
-        EndpointId::parse(&format!("{}{}", self.0, wake_api::POOLER_SUFFIX))
-    }
-}
-
-impl fmt::Display for EndpointId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-/// A password: bytes, never printed.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Password(Vec<u8>);
-
-impl Password {
-    pub fn new(bytes: Vec<u8>) -> Self {
-        Password(bytes)
-    }
-
-    pub fn as_bytes(&self) -> &[u8] {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Password {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Password(<redacted>)")
-    }
-}
+use crate::base::host::{self, HostError};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConnInfo {
@@ -89,8 +31,8 @@ pub enum ConnInfoError {
     IncorrectScheme,
     #[error("missing hostname in connection string")]
     MissingHostname,
-    #[error("invalid endpoint id '{0}': use letters, digits and '-'")]
-    InvalidEndpoint(String),
+    #[error(transparent)]
+    Host(HostError),
     #[error("missing database name in connection string")]
     MissingDatabase,
     #[error("missing user name in connection string")]
@@ -107,18 +49,13 @@ impl ReportableError for ConnInfoError {
     }
 }
 
-/// The endpoint a host names: its first DNS label, or `default` for localhost and IP literals.
-pub fn endpoint_from_host(host: &str, default: &EndpointId) -> Result<EndpointId, ConnInfoError> {
-    let bare = host.trim_start_matches('[').trim_end_matches(']');
-    if bare.eq_ignore_ascii_case("localhost") || bare.parse::<IpAddr>().is_ok() {
-        return Ok(default.clone());
-    }
-    let label = host.split('.').next().unwrap_or_default();
-    EndpointId::parse(label).ok_or_else(|| ConnInfoError::InvalidEndpoint(label.to_owned()))
-}
-
-/// Parses `postgres://user:password@host[:port]/database[?…]`.
-pub fn parse(connection_string: &str, default: &EndpointId) -> Result<ConnInfo, ConnInfoError> {
+/// Parses `postgres://user:password@host[:port]/database[?…]`; the host names the endpoint by
+/// [`crate::base::host`]'s rule (`localhost` and IP literals: `default`).
+pub fn parse(
+    connection_string: &str,
+    default: &EndpointId,
+    domains: &[String],
+) -> Result<ConnInfo, ConnInfoError> {
     let url =
         url::Url::parse(connection_string).map_err(|e| ConnInfoError::Invalid(e.to_string()))?;
     if !matches!(url.scheme(), "postgres" | "postgresql") {
@@ -128,7 +65,9 @@ pub fn parse(connection_string: &str, default: &EndpointId) -> Result<ConnInfo, 
         .host_str()
         .filter(|h| !h.is_empty())
         .ok_or(ConnInfoError::MissingHostname)?;
-    let endpoint = endpoint_from_host(host, default)?;
+    let endpoint = host::from_connection_host(host, domains)
+        .map_err(ConnInfoError::Host)?
+        .unwrap_or_else(|| default.clone());
 
     let database = url
         .path_segments()
@@ -173,7 +112,7 @@ mod tests {
     }
 
     fn check(input: &str, expected: Result<(&str, &str, &str, &[u8]), ConnInfoError>) {
-        let got = parse(input, &default()).map(|c| {
+        let got = parse(input, &default(), &[]).map(|c| {
             (
                 c.endpoint.as_str().to_owned(),
                 c.database,
@@ -226,21 +165,23 @@ mod tests {
         check("postgres://:p@db.x/main", Err(ConnInfoError::MissingUser));
         check(
             "postgres://u:p@db_x.y/main",
-            Err(ConnInfoError::InvalidEndpoint("db_x".into())),
+            Err(ConnInfoError::Host(HostError::InvalidEndpoint(
+                "db_x".into(),
+            ))),
         );
         check(
             "postgres://%FF:p@db.x/main",
             Err(ConnInfoError::BadEncoding("user name")),
         );
         assert!(matches!(
-            parse("not a url", &default()),
+            parse("not a url", &default(), &[]),
             Err(ConnInfoError::Invalid(_))
         ));
     }
 
     #[test]
     fn password_bytes_need_not_be_utf8() {
-        let info = parse("postgres://u:%FF%FE@db.x/main", &default()).expect("parses");
+        let info = parse("postgres://u:%FF%FE@db.x/main", &default(), &[]).expect("parses");
         assert_eq!(info.password.as_bytes(), &[0xff, 0xfe]);
         assert_eq!(format!("{:?}", info.password), "Password(<redacted>)");
     }

@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::base::conn_info::EndpointId;
+use crate::base::endpoint::EndpointId;
 
 /// A limit that refused or cut off a client.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -2,6 +2,8 @@
 //! are classified, the names of the limits, retry rules. Imports nothing from the crate.
 
 pub mod conn_info;
+pub mod endpoint;
 pub mod error;
+pub mod host;
 pub mod limits;
 pub mod retry;

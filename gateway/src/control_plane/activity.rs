@@ -19,7 +19,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use wake_api::proxy::EndpointActivity;
 
-use crate::base::conn_info::EndpointId;
+use crate::base::endpoint::EndpointId;
 
 /// Shards of the activity map: enough that two cores rarely meet on one lock.
 const SHARDS: usize = 16;

@@ -17,7 +17,7 @@ use wake_api::proxy::{
     AccessControl, ActivityReply, ActivityReport, ControlPlaneError as ErrorBody, WakeCompute,
 };
 
-use crate::base::conn_info::EndpointId;
+use crate::base::endpoint::EndpointId;
 use crate::base::error::{ErrorKind, ReportableError};
 use crate::base::retry::Retryable;
 use crate::obs::labels::Call;

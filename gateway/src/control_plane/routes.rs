@@ -49,7 +49,7 @@ use std::time::{Duration, Instant};
 use moka::ops::compute::{CompResult, Op};
 use tokio::sync::RwLock;
 
-use crate::base::conn_info::EndpointId;
+use crate::base::endpoint::EndpointId;
 use crate::base::error::{ErrorKind, ReportableError};
 use crate::base::retry::{self, RetryConfig, Retryable};
 use crate::control_plane::client::{ControlPlaneApi, ControlPlaneError};

@@ -165,9 +165,10 @@ async fn refuse(mut stream: TcpStream, limit: Limit) {
             let body = SqlError::Limited(refused.clone()).json_body();
             let status = refused.status();
             let mut head = format!(
-                "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\naccess-control-allow-origin: *\r\nconnection: close\r\ncontent-length: {}\r\n\r\n",
+                "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\n{}connection: close\r\ncontent-length: {}\r\n\r\n",
                 status.as_u16(),
                 status.canonical_reason().unwrap_or(""),
+                crate::frontend::http::cors::ALLOW_ANY_ORIGIN_LINE,
                 body.len()
             )
             .into_bytes();

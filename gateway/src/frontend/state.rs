@@ -8,7 +8,7 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::base::conn_info::EndpointId;
+use crate::base::endpoint::EndpointId;
 use crate::base::limits::{ConnectionSlots, EndpointLimits};
 use crate::control_plane::activity::Activity;
 use crate::control_plane::routes::RouteTable;

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 
-use crate::base::conn_info::EndpointId;
+use crate::base::endpoint::EndpointId;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Direction {

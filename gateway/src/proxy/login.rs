@@ -9,7 +9,8 @@ use std::sync::Arc;
 use tokio::time::Instant;
 
 use crate::auth::{PasswordCheck, Verifier};
-use crate::base::conn_info::{ConnInfo, EndpointId, Password};
+use crate::base::conn_info::ConnInfo;
+use crate::base::endpoint::{EndpointId, Password};
 use crate::base::error::{ErrorKind, ReportableError};
 use crate::base::limits::{EndpointLimits, EndpointSlot, Limit, Refused};
 use crate::compute::{Backend, BackendError, ConnectParams, DbError};

@@ -44,7 +44,8 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::{Account, HashingLimits, PasswordCache};
-use crate::base::conn_info::{ConnInfo, EndpointId};
+use crate::base::conn_info::ConnInfo;
+use crate::base::endpoint::EndpointId;
 use crate::base::error::{ErrorKind, ReportableError};
 use crate::compute::{Backend, BackendError, ConnectParams, Login, Progress};
 use crate::control_plane::routes::{ConnectError, Route, RouteError, RouteTable};

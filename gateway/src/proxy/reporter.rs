@@ -37,7 +37,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use wake_api::proxy::{ActivityReply, ActivityReport, RoleChange};
 
-use crate::base::conn_info::EndpointId;
+use crate::base::endpoint::EndpointId;
 use crate::control_plane::activity::Activity;
 use crate::control_plane::client::ControlPlaneApi;
 use crate::control_plane::routes::RouteTable;
@@ -618,7 +618,7 @@ mod tests {
                 )
             }
         };
-        let pw = crate::base::conn_info::Password::new(b"pw".to_vec());
+        let pw = crate::base::endpoint::Password::new(b"pw".to_vec());
         let proof = |role: &str| crate::auth::Account {
             endpoint: id("ep-pooler"),
             database: "main".into(),

@@ -1,6 +1,7 @@
 //! The HTTP surfaces: the public router (`POST /sql`, its CORS preflight, a request id on every
 //! response) and the admin router (`/metrics`, `/healthz`, `/readyz`).
 
+pub mod cors;
 pub mod error;
 pub mod sql;
 
@@ -44,6 +45,7 @@ async fn public(State(state): State<Arc<AppState>>, request: Request) -> Respons
         path = %request.uri().path()
     );
     let mut response = route(state, request).instrument(span).await;
+    cors::allow_any_origin(&mut response);
     if let Ok(value) = HeaderValue::from_str(id) {
         response.headers_mut().insert(REQUEST_ID, value);
     }
@@ -76,7 +78,7 @@ async fn route(state: Arc<AppState>, request: Request) -> Response {
             let (parts, body) = request.into_parts();
             sql::handle(state, parts.headers, body).await
         }
-        Method::OPTIONS => sql::preflight().await,
+        Method::OPTIONS => cors::preflight(),
         _ => not_supported().await,
     }
 }
@@ -92,16 +94,11 @@ pub fn admin(state: Arc<AppState>) -> Router {
 }
 
 async fn not_supported() -> Response {
-    let mut response = (
+    (
         StatusCode::BAD_REQUEST,
         axum::Json("query is not supported"),
     )
-        .into_response();
-    response.headers_mut().insert(
-        header::ACCESS_CONTROL_ALLOW_ORIGIN,
-        HeaderValue::from_static("*"),
-    );
-    response
+        .into_response()
 }
 
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {

@@ -37,7 +37,8 @@ use serde::Deserialize;
 use super::AppState;
 use crate::base::conn_info::{self, ConnInfo};
 use crate::base::error::ReportableError;
-use crate::base::limits::{Limit, Refused};
+use crate::base::limits::{EndpointSlot, Limit, Refused};
+use crate::control_plane::routes::Route;
 use crate::frontend::http::error::SqlError;
 use crate::frontend::query::json::{self, OutputMode};
 use crate::frontend::query::types::TypeMap;
@@ -56,10 +57,6 @@ const ARRAY_MODE: &str = "neon-array-mode";
 const BATCH_ISOLATION_LEVEL: &str = "neon-batch-isolation-level";
 const BATCH_READ_ONLY: &str = "neon-batch-read-only";
 const BATCH_DEFERRABLE: &str = "neon-batch-deferrable";
-
-const ALLOWED_HEADERS: &str = "Authorization, Neon-Connection-String, Neon-Raw-Text-Output, \
-     Neon-Array-Mode, Neon-Pool-Opt-In, Neon-Batch-Read-Only, Neon-Batch-Isolation-Level, \
-     Neon-Batch-Deferrable";
 
 /// What the request body asks for.
 #[derive(Debug, PartialEq, Eq)]
@@ -431,7 +428,7 @@ fn conn_info(state: &AppState, headers: &HeaderMap) -> Result<ConnInfo, SqlError
         .ok_or_else(|| SqlError::bad_request(conn_info::ConnInfoError::Missing.to_string()))?;
     let text = std::str::from_utf8(value.as_bytes())
         .map_err(|_| SqlError::bad_request(conn_info::ConnInfoError::NotUtf8.to_string()))?;
-    conn_info::parse(text, &state.default_endpoint)
+    conn_info::parse(text, &state.default_endpoint, &state.sessions.domains)
         .map_err(|e| SqlError::bad_request(e.to_string()))
 }
 
@@ -558,34 +555,49 @@ pub async fn handle(state: Arc<AppState>, headers: HeaderMap, body: Body) -> Res
         started: Instant::now(),
         status: None,
     };
-    let response = match run(&state, &headers, body, &mut record.kind).await {
-        Ok(response) => response,
-        Err(error) => {
-            error.log();
-            match &error {
-                SqlError::Limited(refused) => state.metrics.limit_hit(refused.limit),
-                SqlError::RequestTooLarge { .. } => state.metrics.limit_hit(Limit::RequestBytes),
-                SqlError::ResponseTooLarge { .. } => state.metrics.limit_hit(Limit::ResponseSize),
-                _ => {}
-            }
-            state
-                .metrics
-                .errors
-                .with_label_values(&[error.kind().label()])
-                .inc();
-            error.into_response()
+    let answered = match receive(&state, &headers, body).await {
+        Ok(request) => {
+            record.kind = request.payload.kind();
+            respond(&state, request).await
         }
+        Err(error) => Err(error),
     };
+    let response = answered.unwrap_or_else(|error| error_response(&state, error));
     record.status = Some(response.status());
     response
 }
 
-async fn run(
-    state: &AppState,
-    headers: &HeaderMap,
-    body: Body,
-    kind: &mut &'static str,
-) -> Result<Response, SqlError> {
+/// Logs and counts a failed request, and answers it.
+fn error_response(state: &AppState, error: SqlError) -> Response {
+    error.log();
+    match &error {
+        SqlError::Limited(refused) => state.metrics.limit_hit(refused.limit),
+        SqlError::RequestTooLarge { .. } => state.metrics.limit_hit(Limit::RequestBytes),
+        SqlError::ResponseTooLarge { .. } => state.metrics.limit_hit(Limit::ResponseSize),
+        _ => {}
+    }
+    state
+        .metrics
+        .errors
+        .with_label_values(&[error.kind().label()])
+        .inc();
+    error.into_response()
+}
+
+/// A request whose password was checked and whose body was read and parsed.
+struct Received {
+    options: RequestOptions,
+    info: ConnInfo,
+    /// The keys a password matched against its role's secret (`None`: Postgres judges it).
+    proven: Option<ScramKeys>,
+    /// Its place under the endpoint's limits, once the password is known to be right.
+    admitted: Option<EndpointSlot>,
+    body_len: usize,
+    payload: Payload,
+}
+
+/// Reads the headers, checks the password, and only then reads and parses the body.
+async fn receive(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Received, SqlError> {
     let options = RequestOptions::from_headers(headers)?;
     let info = conn_info(state, headers)?;
     if let Err(e) = check_declared_length(headers, state.max_request_bytes) {
@@ -602,38 +614,66 @@ async fn run(
     };
     // A password the gateway could check counts against its endpoint's limits from here; one
     // Postgres judges (a static route) only once Postgres accepted it.
-    let mut admitted = match proven {
+    let admitted = match proven {
         Some(_) => Some(state.endpoint_limits.admit(&info.endpoint)?),
         None => None,
     };
     let body = read_body(body, state.max_request_bytes, state.http.body_read_timeout).await?;
     let payload = Payload::parse(&body)?;
-    *kind = payload.kind();
+    Ok(Received {
+        options,
+        info,
+        proven,
+        admitted,
+        body_len: body.len(),
+        payload,
+    })
+}
 
-    if let Payload::Batch(statements) = &payload {
+/// Runs a received request on a backend of its endpoint and answers it.
+async fn respond(state: &AppState, mut request: Received) -> Result<Response, SqlError> {
+    if let Payload::Batch(statements) = &request.payload {
         if statements.is_empty() {
-            return Ok(json_response(
-                b"{\"results\":[]}".to_vec(),
-                &payload,
-                &options,
-            ));
+            let body = b"{\"results\":[]}".to_vec();
+            return Ok(json_response(body, &request.payload, &request.options));
         }
     }
-
+    let info = &request.info;
     let route = state.login().route(&info.endpoint, &info.user).await?;
     // In flight on its endpoint from here until the response is built (or the request fails,
     // or the client goes away and this future is dropped).
     let _in_flight = state.activity.query(&info.endpoint);
-    let mut conn = state
-        .login()
-        .checkout(&info, route, proven.as_ref(), true)
-        .await?;
-    if admitted.is_none() {
-        admitted = Some(state.endpoint_limits.admit(&info.endpoint)?);
-    }
+    let (results, types) = run_on_backend(state, &mut request, route).await?;
+    let out = encode(&request, &results, &types, state.max_response_bytes)?;
+    let traffic = state.usage.endpoint(&request.info.endpoint);
+    traffic.add(Direction::Ingress, request.body_len as u64);
+    traffic.add(Direction::Egress, out.len() as u64);
+    drop(request.admitted.take());
+    Ok(json_response(out, &request.payload, &request.options))
+}
 
-    let max = state.max_response_bytes;
-    let results = match execute(&mut conn, &payload, &options, max, state.max_response_rows).await {
+/// Checks out a backend, runs the statements (once more on a new connection when a pooled one
+/// had closed before the request reached it) and resolves the result types.
+async fn run_on_backend(
+    state: &AppState,
+    request: &mut Received,
+    route: Route,
+) -> Result<(Vec<StatementResult>, TypeMap), SqlError> {
+    let Received {
+        options,
+        info,
+        proven,
+        admitted,
+        payload,
+        ..
+    } = request;
+    let login = state.login();
+    let mut conn = login.checkout(info, route, proven.as_ref(), true).await?;
+    if admitted.is_none() {
+        *admitted = Some(state.endpoint_limits.admit(&info.endpoint)?);
+    }
+    let (max, max_rows) = (state.max_response_bytes, state.max_response_rows);
+    let results = match execute(&mut conn, payload, options, max, max_rows).await {
         Err(QueryError::Backend(e)) if conn.never_ran(&e) => {
             // The idle connection was closed under us (a compute being suspended) and the
             // request provably did not run: once more, on a new connection through the route
@@ -645,12 +685,9 @@ async fn run(
                 .with_label_values(&[RETRY_POOLED_QUERY])
                 .inc();
             drop(conn);
-            let route = state.login().route(&info.endpoint, &info.user).await?;
-            conn = state
-                .login()
-                .checkout(&info, route, proven.as_ref(), false)
-                .await?;
-            execute(&mut conn, &payload, &options, max, state.max_response_rows).await?
+            let route = login.route(&info.endpoint, &info.user).await?;
+            conn = login.checkout(info, route, proven.as_ref(), false).await?;
+            execute(&mut conn, payload, options, max, max_rows).await?
         }
         result => result?,
     };
@@ -663,13 +700,22 @@ async fn run(
             .await?
     };
     conn.release();
+    Ok((results, types))
+}
 
-    let statements: Vec<&Statement> = match &payload {
+/// The response body: one result, or `{"results":[…]}` for a batch.
+fn encode(
+    request: &Received,
+    results: &[StatementResult],
+    types: &TypeMap,
+    max: usize,
+) -> Result<Vec<u8>, SqlError> {
+    let statements: Vec<&Statement> = match &request.payload {
         Payload::Single(statement) => vec![statement],
         Payload::Batch(statements) => statements.iter().collect(),
     };
     let mut out = Vec::new();
-    let batch = matches!(payload, Payload::Batch(_));
+    let batch = matches!(request.payload, Payload::Batch(_));
     if batch {
         out.extend_from_slice(b"{\"results\":[");
     }
@@ -678,20 +724,18 @@ async fn run(
             out.push(b',');
         }
         let mode = OutputMode {
-            array_mode: statement.array_mode.unwrap_or(options.mode.array_mode),
-            ..options.mode
+            array_mode: statement
+                .array_mode
+                .unwrap_or(request.options.mode.array_mode),
+            ..request.options.mode
         };
-        json::write_result(&mut out, result, mode, &types, max)
+        json::write_result(&mut out, result, mode, types, max)
             .map_err(|json::TooLarge| SqlError::ResponseTooLarge { max })?;
     }
     if batch {
         out.extend_from_slice(b"]}");
     }
-    let traffic = state.usage.endpoint(&info.endpoint);
-    traffic.add(Direction::Ingress, body.len() as u64);
-    traffic.add(Direction::Egress, out.len() as u64);
-    drop(admitted);
-    Ok(json_response(out, &payload, &options))
+    Ok(out)
 }
 
 /// Runs the payload's statements on `conn`.
@@ -734,10 +778,6 @@ fn json_response(body: Vec<u8>, payload: &Payload, options: &RequestOptions) -> 
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
-    headers.insert(
-        header::ACCESS_CONTROL_ALLOW_ORIGIN,
-        HeaderValue::from_static("*"),
-    );
     if let Payload::Batch(_) = payload {
         let txn = options.txn;
         if let Some(level) = txn.isolation {
@@ -758,30 +798,6 @@ fn json_response(body: Vec<u8>, payload: &Payload, options: &RequestOptions) -> 
             }
         }
     }
-    response
-}
-
-/// `OPTIONS /sql`: the CORS preflight.
-pub async fn preflight() -> Response {
-    let mut response = StatusCode::OK.into_response();
-    let headers = response.headers_mut();
-    headers.insert(header::ALLOW, HeaderValue::from_static("OPTIONS, POST"));
-    headers.insert(
-        header::ACCESS_CONTROL_ALLOW_ORIGIN,
-        HeaderValue::from_static("*"),
-    );
-    headers.insert(
-        header::ACCESS_CONTROL_ALLOW_METHODS,
-        HeaderValue::from_static("OPTIONS, POST"),
-    );
-    headers.insert(
-        header::ACCESS_CONTROL_ALLOW_HEADERS,
-        HeaderValue::from_static(ALLOWED_HEADERS),
-    );
-    headers.insert(
-        header::ACCESS_CONTROL_MAX_AGE,
-        HeaderValue::from_static("86400"),
-    );
     response
 }
 

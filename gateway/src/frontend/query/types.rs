@@ -12,7 +12,7 @@ use postgres_protocol::message::backend::RowDescriptionBody;
 use postgres_types::{Kind, Type};
 
 use super::{Field, StatementResult};
-use crate::base::conn_info::EndpointId;
+use crate::base::endpoint::EndpointId;
 use crate::compute::{Backend, BackendError};
 
 /// What a text value of a column turns into in typed JSON.

@@ -1,64 +1,23 @@
 //! Which endpoint a session is for. In order: the host the client dialled (the WebSocket
 //! `address` parameter, the Host header, or TLS SNI), then `endpoint=<id>` in the startup
 //! `options`, then the password hack `endpoint=<id>;<password>`, then the default endpoint.
-//! `localhost` and IP literals name no endpoint.
+//! Hosts name endpoints by [`crate::base::host`]'s rule.
 
-use std::net::IpAddr;
-
-use crate::base::conn_info::EndpointId;
+use crate::base::endpoint::EndpointId;
+use crate::base::host::HostError;
 
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum CredentialsError {
     #[error("invalid endpoint id '{0}': use letters, digits and '-'")]
     InvalidEndpoint(String),
+    /// The WebSocket `address` names no usable endpoint ([`crate::base::host`]).
+    #[error(transparent)]
+    Host(#[from] HostError),
     #[error(
         "inconsistent endpoint name inferred from the host ('{host}') and the endpoint option \
          ('{option}')"
     )]
     Inconsistent { host: String, option: String },
-}
-
-/// The endpoint named by the host in a WebSocket `address` parameter (`host:port`). Like the
-/// host of a connection string: its first DNS label.
-pub fn from_address(address: &str) -> Result<Option<EndpointId>, CredentialsError> {
-    let host = strip_port(address);
-    if is_local(host) {
-        return Ok(None);
-    }
-    let label = host.split('.').next().unwrap_or_default();
-    EndpointId::parse(label)
-        .map(Some)
-        .ok_or_else(|| CredentialsError::InvalidEndpoint(label.to_owned()))
-}
-
-/// The endpoint named by a Host header or SNI name. With `domains` configured only
-/// `<id>.<domain>` names one; without, any dotted name's first label does. Anything else (a
-/// bare service name, `localhost`, an IP) names none.
-pub fn from_server_name(name: &str, domains: &[String]) -> Option<EndpointId> {
-    let host = strip_port(name).trim_end_matches('.');
-    if is_local(host) {
-        return None;
-    }
-    let (label, rest) = host.split_once('.')?;
-    if !domains.is_empty() && !domains.iter().any(|d| d.eq_ignore_ascii_case(rest)) {
-        return None;
-    }
-    EndpointId::parse(label)
-}
-
-fn strip_port(address: &str) -> &str {
-    if let Some(rest) = address.strip_prefix('[') {
-        // [v6]:port
-        return rest.split(']').next().unwrap_or_default();
-    }
-    match address.rsplit_once(':') {
-        Some((host, port)) if !host.contains(':') && port.parse::<u16>().is_ok() => host,
-        _ => address,
-    }
-}
-
-fn is_local(host: &str) -> bool {
-    host.is_empty() || host.eq_ignore_ascii_case("localhost") || host.parse::<IpAddr>().is_ok()
 }
 
 /// Splits startup `options` into the endpoint it names (`endpoint=<id>` or the older
@@ -135,41 +94,6 @@ mod tests {
 
     fn id(s: &str) -> Option<EndpointId> {
         EndpointId::parse(s)
-    }
-
-    #[test]
-    fn addresses() {
-        assert_eq!(from_address("db.localtest.me:5432"), Ok(id("db")));
-        assert_eq!(from_address("EP-1.example.com"), Ok(id("ep-1")));
-        assert_eq!(from_address("postgres:5432"), Ok(id("postgres")));
-        assert_eq!(from_address("localhost:5432"), Ok(None));
-        assert_eq!(from_address("127.0.0.1:4444"), Ok(None));
-        assert_eq!(from_address("[::1]:5432"), Ok(None));
-        assert_eq!(from_address("::1"), Ok(None));
-        assert_eq!(
-            from_address("bad_id.example.com:1"),
-            Err(CredentialsError::InvalidEndpoint("bad_id".into()))
-        );
-    }
-
-    #[test]
-    fn server_names() {
-        let none: Vec<String> = vec![];
-        assert_eq!(from_server_name("db.localtest.me:4444", &none), id("db"));
-        assert_eq!(from_server_name("gateway:4444", &none), None);
-        assert_eq!(from_server_name("127.0.0.1:4444", &none), None);
-        assert_eq!(from_server_name("localhost", &none), None);
-        let domains = vec!["pg.example.com".to_owned()];
-        assert_eq!(
-            from_server_name("ep-1.pg.example.com", &domains),
-            id("ep-1")
-        );
-        assert_eq!(
-            from_server_name("EP-1.PG.example.com.", &domains),
-            id("ep-1")
-        );
-        assert_eq!(from_server_name("gateway.example.com", &domains), None);
-        assert_eq!(from_server_name("a.b.pg.example.com", &domains), None);
     }
 
     #[test]

@@ -53,8 +53,9 @@ use tokio::net::TcpStream;
 use tokio::time::{timeout_at, Instant};
 
 use crate::auth::Verifier;
-use crate::base::conn_info::{EndpointId, Password};
+use crate::base::endpoint::{EndpointId, Password};
 use crate::base::error::{ErrorKind, ReportableError};
+use crate::base::host;
 use crate::base::limits::{EndpointSlot, Limit, Refused};
 use crate::compute::{Backend, BackendError, ConnectParams, DbError, Login};
 use crate::control_plane::activity::ActivityGuard;
@@ -62,7 +63,7 @@ use crate::control_plane::client::ControlPlaneError;
 use crate::control_plane::routes::{ConnectError, Route};
 use crate::frontend::state::AppState;
 use crate::pgwire::client::{ClientError, ClientStream};
-use crate::pgwire::frame::FrameError;
+use crate::pgwire::frame::{self, FrameError};
 use crate::pgwire::scram::{Proven, ScramError, ScramSecret, ScramServer};
 use crate::pgwire::startup::{self, Startup, StartupError, StartupPacket};
 use crate::proxy::login::{Checked, Connected, LoginError};
@@ -115,7 +116,7 @@ impl Transport {
     fn host_endpoint(&self, domains: &[String]) -> Result<Option<EndpointId>, CredentialsError> {
         let by_name = |name: &Option<String>| {
             name.as_deref()
-                .and_then(|n| credentials::from_server_name(n, domains))
+                .and_then(|n| host::from_server_name(n, domains))
         };
         match self {
             Transport::Tcp => Ok(None),
@@ -123,7 +124,7 @@ impl Transport {
             Transport::WebSocket {
                 address, host, sni, ..
             } => match address {
-                Some(address) => credentials::from_address(address),
+                Some(address) => Ok(host::from_connection_host(address, domains)?),
                 None => Ok(by_name(host).or_else(|| by_name(sni))),
             },
         }
@@ -786,34 +787,48 @@ where
         ConnectError::Connect(e) => failed(e),
         ConnectError::Route(e) => LoginError::from_route(e, user).into(),
     })?;
+    answer_challenges(client, &mut backend, user).await?;
+    backend.finish_startup().await.map_err(failed)?;
+    Ok(backend)
+}
+
+/// Passes the backend's authentication requests to the client and its answers back, until
+/// AuthenticationOk.
+async fn answer_challenges<S>(
+    client: &mut ClientStream<S>,
+    backend: &mut Backend,
+    user: &str,
+) -> Result<(), SessionError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let failed = |e| SessionError::from(LoginError::from_backend(e, user));
     loop {
-        let mut frame = backend.read_frame().await.map_err(failed)?;
-        let tag = frame[0];
-        let code = frame
+        let mut message = backend.read_frame().await.map_err(failed)?;
+        let tag = message[0];
+        let code = message
             .get(5..9)
             .map(|c| i32::from_be_bytes([c[0], c[1], c[2], c[3]]));
         match (tag, code) {
             (b'R', Some(0)) => break,
             // Cleartext, MD5, SASL, SASLContinue: the client answers.
             (b'R', Some(3 | 5 | 10 | 11)) => {
-                client.write_buf().extend_from_slice(&frame);
+                client.write_buf().extend_from_slice(&message);
                 client.flush().await?;
                 let body = read_auth_message(client).await?;
-                let mut reply = BytesMut::with_capacity(body.len() + 5);
-                reply.put_u8(b'p');
-                reply.put_u32(body.len() as u32 + 4);
-                reply.extend_from_slice(&body);
+                let mut reply = BytesMut::with_capacity(body.len() + frame::HEADER_LEN);
+                frame::put_message(&mut reply, b'p', |b| b.extend_from_slice(&body));
                 backend.send_raw(&reply).await.map_err(failed)?;
             }
             // SASLFinal: the client checks the server's signature; AuthenticationOk follows.
-            (b'R', Some(12)) => client.write_buf().extend_from_slice(&frame),
+            (b'R', Some(12)) => client.write_buf().extend_from_slice(&message),
             (b'R', _) => {
                 return Err(SessionError::Backend(BackendError::UnsupportedAuth(
                     "Kerberos, GSS, SSPI or SCM",
                 )))
             }
             (b'E', _) => {
-                let error = match Message::parse(&mut frame) {
+                let error = match Message::parse(&mut message) {
                     Ok(Some(Message::ErrorResponse(body))) => DbError::parse(&body)
                         .map(BackendError::from)
                         .unwrap_or_else(BackendError::from),
@@ -830,8 +845,7 @@ where
             }
         }
     }
-    backend.finish_startup().await.map_err(failed)?;
-    Ok(backend)
+    Ok(())
 }
 
 /// Tells the client the session is ready, then relays until it ends.
@@ -878,14 +892,10 @@ async fn relay_session<S>(
         idle_timeout: state.sessions.idle_timeout,
         max_client_message: state.sessions.max_message_bytes,
     };
-    let (client_io, client_ahead) = client.into_parts();
-    let (backend_io, backend_ahead) = backend.into_parts();
     tracing::debug!(%endpoint, transport = label, "session relaying");
     let relayed = relay::relay(
-        client_io,
-        client_ahead,
-        backend_io,
-        backend_ahead,
+        client.into_parts().into(),
+        backend.into_parts().into(),
         &limits,
         &state.stop_sessions,
         &count,

@@ -31,6 +31,18 @@ pub struct RelayLimits {
     pub max_client_message: usize,
 }
 
+/// One side of a relay: its stream, and the bytes already read from it that go first.
+pub struct Peer<S> {
+    pub io: S,
+    pub ahead: BytesMut,
+}
+
+impl<S> From<(S, BytesMut)> for Peer<S> {
+    fn from((io, ahead): (S, BytesMut)) -> Self {
+        Peer { io, ahead }
+    }
+}
+
 /// Why a relay ended.
 #[derive(Debug)]
 pub enum RelayEnd {
@@ -65,10 +77,8 @@ pub struct Relayed<C> {
 /// `stop` is cancelled. `client_ahead`/`backend_ahead` are bytes read during the handshake
 /// that belong to the stream (a pipelined first query) and go first.
 pub async fn relay<C>(
-    client: C,
-    client_ahead: BytesMut,
-    backend: TcpStream,
-    backend_ahead: BytesMut,
+    client: Peer<C>,
+    backend: Peer<TcpStream>,
     limits: &RelayLimits,
     stop: &CancellationToken,
     count: &(dyn Fn(Direction, usize) + Sync),
@@ -76,8 +86,8 @@ pub async fn relay<C>(
 where
     C: AsyncRead + AsyncWrite + Unpin,
 {
-    let (mut client_read, mut client_write) = tokio::io::split(client);
-    let (mut backend_read, mut backend_write) = backend.into_split();
+    let (mut client_read, mut client_write) = tokio::io::split(client.io);
+    let (mut backend_read, mut backend_write) = backend.io.into_split();
     let start = Instant::now();
     let activity = AtomicU64::new(0);
     let egress_clean = AtomicBool::new(true);
@@ -91,7 +101,7 @@ where
         let ingress = pump(
             &mut client_read,
             &mut backend_write,
-            client_ahead,
+            client.ahead,
             Lane {
                 direction: Direction::Ingress,
                 max_message: limits.max_client_message,
@@ -102,7 +112,7 @@ where
         let egress = pump(
             &mut backend_read,
             &mut client_write,
-            backend_ahead,
+            backend.ahead,
             Lane {
                 direction: Direction::Egress,
                 max_message: usize::MAX,
@@ -117,25 +127,12 @@ where
                 result = &mut ingress, if !client_done => match result {
                     // The client is done sending; let the backend finish replying.
                     Ok(()) => client_done = true,
-                    Err(PumpError::Read(e)) => break RelayEnd::ClientError(e),
-                    Err(PumpError::Write(e)) => break RelayEnd::BackendError(e),
-                    Err(PumpError::Frame(FrameError::TooLarge { len, .. })) => break RelayEnd::MessageTooLarge {
-                        len,
-                        max: limits.max_client_message,
-                    },
-                    Err(PumpError::Frame(FrameError::InvalidLength)) => break RelayEnd::BadMessage,
+                    Err(e) => break ingress_end(e, limits.max_client_message),
                 },
                 result = &mut egress => match result {
                     Ok(()) if client_done => break RelayEnd::ClientClosed,
                     Ok(()) => break RelayEnd::BackendClosed,
-                    Err(PumpError::Read(e)) => break RelayEnd::BackendError(e),
-                    Err(PumpError::Write(e)) => break RelayEnd::ClientError(e),
-                    Err(PumpError::Frame(_)) => {
-                        break RelayEnd::BackendError(io::Error::new(
-                            io::ErrorKind::InvalidData,
-                            "the backend broke the message framing",
-                        ))
-                    }
+                    Err(e) => break egress_end(e),
                 },
                 () = idle(limits.idle_timeout, start, &activity) => break RelayEnd::Idle,
                 () = stop.cancelled() => break RelayEnd::Shutdown,
@@ -153,6 +150,30 @@ enum PumpError {
     Read(io::Error),
     Write(io::Error),
     Frame(FrameError),
+}
+
+/// How a relay ends when copying from the client failed.
+fn ingress_end(error: PumpError, max: usize) -> RelayEnd {
+    match error {
+        PumpError::Read(e) => RelayEnd::ClientError(e),
+        PumpError::Write(e) => RelayEnd::BackendError(e),
+        PumpError::Frame(FrameError::TooLarge { len, .. }) => {
+            RelayEnd::MessageTooLarge { len, max }
+        }
+        PumpError::Frame(FrameError::InvalidLength) => RelayEnd::BadMessage,
+    }
+}
+
+/// How a relay ends when copying from the backend failed.
+fn egress_end(error: PumpError) -> RelayEnd {
+    match error {
+        PumpError::Read(e) => RelayEnd::BackendError(e),
+        PumpError::Write(e) => RelayEnd::ClientError(e),
+        PumpError::Frame(_) => RelayEnd::BackendError(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "the backend broke the message framing",
+        )),
+    }
 }
 
 impl From<FrameError> for PumpError {
@@ -364,10 +385,8 @@ mod tests {
         };
         let stop = CancellationToken::new();
         let relay = relay(
-            client,
-            ahead,
-            backend,
-            BytesMut::new(),
+            (client, ahead).into(),
+            (backend, BytesMut::new()).into(),
             &limits,
             &stop,
             &count,

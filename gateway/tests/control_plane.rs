@@ -23,7 +23,9 @@ use tokio_postgres::NoTls;
 
 use gateway::RetryConfig;
 use gateway::WsStream;
-use support::{eventually, postgres, sql, MockControlPlane, ReceivedReport, TestGateway, CONN};
+use support::{
+    eventually, postgres, sql, FakeControlPlane, Outage, ReceivedReport, TestGateway, CONN,
+};
 
 /// Bound for conditions that come true in the background (reports, releases).
 const WITHIN: Duration = Duration::from_secs(10);
@@ -84,18 +86,21 @@ fn sqlstate(error: &tokio_postgres::Error) -> String {
 #[tokio::test]
 async fn endpoints_come_from_the_control_plane_and_stay_warm() {
     let pg = postgres();
-    let cp = MockControlPlane::start().await;
+    let cp = FakeControlPlane::start().await;
     cp.require_token("t0ken");
     cp.route("db", &pg.address());
     cp.route("db-pooler", &pg.address());
     cp.secret("db", "postgres", &pg.role_secret("postgres").await);
-    let gw = TestGateway::with_control_plane(&cp.url, Some("t0ken"), |config| {
-        config.route_cache.negative_ttl = Duration::from_millis(1500);
-        // No activity replies: the first one drops every cached secret (role changes may
-        // have been missed), which would blur the counts here.
-        config.activity_interval = None;
-    })
-    .await;
+    let gw = TestGateway::builder()
+        .control_plane(&cp)
+        .config(|config| {
+            config.route_cache.negative_ttl = Duration::from_millis(1500);
+            // No activity replies: the first one drops every cached secret (role changes may
+            // have been missed), which would blur the counts here.
+            config.activity_interval = None;
+        })
+        .start()
+        .await;
     let query = json!({"query": "SELECT 1 AS one"});
 
     // Cold: one secret lookup and one wake.
@@ -246,7 +251,7 @@ async fn endpoints_come_from_the_control_plane_and_stay_warm() {
 #[tokio::test]
 async fn an_unavailable_control_plane_fails_clearly_and_warm_endpoints_keep_working() {
     let pg = postgres();
-    let cp = MockControlPlane::start().await;
+    let cp = FakeControlPlane::start().await;
     cp.route("db", &pg.address());
     cp.secret("db", "postgres", &pg.role_secret("postgres").await);
     let quick = RetryConfig {
@@ -254,13 +259,16 @@ async fn an_unavailable_control_plane_fails_clearly_and_warm_endpoints_keep_work
         base_delay: Duration::from_millis(20),
         factor: 2.0,
     };
-    let gw = TestGateway::with_control_plane(&cp.url, None, |config| {
-        config.route_cache.wake_retry = quick;
-        // Every hit refreshes in the background: the refreshes fail while the control plane is
-        // down, and the cached route must survive them.
-        config.route_cache.refresh_after = Duration::ZERO;
-    })
-    .await;
+    let gw = TestGateway::builder()
+        .control_plane(&cp)
+        .config(|config| {
+            config.route_cache.wake_retry = quick;
+            // Every hit refreshes in the background: the refreshes fail while the control plane is
+            // down, and the cached route must survive them.
+            config.route_cache.refresh_after = Duration::ZERO;
+        })
+        .start()
+        .await;
     let query = json!({"query": "SELECT 1"});
     assert_eq!(sql(&gw, CONN, query.clone()).await.0, 200);
     // The first activity reply drops every secret cached before it (role changes may have
@@ -274,7 +282,7 @@ async fn an_unavailable_control_plane_fails_clearly_and_warm_endpoints_keep_work
     .await;
     assert_eq!(sql(&gw, CONN, query.clone()).await.0, 200);
 
-    cp.set_down(true);
+    cp.go_down(Outage::Unavailable);
     for _ in 0..5 {
         assert_eq!(sql(&gw, CONN, query.clone()).await.0, 200);
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -341,7 +349,7 @@ async fn an_unavailable_control_plane_fails_clearly_and_warm_endpoints_keep_work
     );
 
     // Back up: the same endpoint works (failures were not cached).
-    cp.set_down(false);
+    cp.come_back();
     let (status, body) = sql(&gw, &conn("cold", "postgres"), query.clone()).await;
     assert_eq!(status, 200, "{body}");
     drop((tcp, ws));
@@ -352,18 +360,21 @@ async fn an_unavailable_control_plane_fails_clearly_and_warm_endpoints_keep_work
     let closed = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("free port");
-    let gw =
-        TestGateway::with_control_plane(&format!("http://{closed}/proxy/api/v1"), None, |config| {
-            config.route_cache.wake_retry = quick
-        })
+    let gw = TestGateway::builder()
+        .control_plane_at(&format!("http://{closed}/proxy/api/v1"), None)
+        .config(|config| config.route_cache.wake_retry = quick)
+        .start()
         .await;
     assert_eq!(sql(&gw, CONN, query.clone()).await.0, 503);
     gw.stop().await;
     cp.require_token("right");
-    let gw = TestGateway::with_control_plane(&cp.url, Some("wrong"), |config| {
-        config.route_cache.wake_retry = quick;
-    })
-    .await;
+    let gw = TestGateway::builder()
+        .control_plane_at(&cp.url(), Some("wrong"))
+        .config(|config| {
+            config.route_cache.wake_retry = quick;
+        })
+        .start()
+        .await;
     // (Counted as secret lookups: the query's activity report may reach the mock too.)
     let lookups = cp.lookups();
     assert_eq!(sql(&gw, CONN, query).await.0, 503);
@@ -416,10 +427,10 @@ async fn a_cached_address_that_stops_answering_is_woken_again() {
     let secret = pg.role_secret("postgres").await;
     for transport in ["http", "tcp", "ws"] {
         let (old, forwarding) = forwarder(pg.address()).await;
-        let cp = MockControlPlane::start().await;
+        let cp = FakeControlPlane::start().await;
         cp.route("db", &old.to_string());
         cp.secret("db", "postgres", &secret);
-        let gw = TestGateway::with_control_plane(&cp.url, None, |_| {}).await;
+        let gw = TestGateway::builder().control_plane(&cp).start().await;
         use_db(&gw, transport)
             .await
             .expect("through the old address");
@@ -578,14 +589,17 @@ async fn a_57p03_at_connect_is_retried_through_a_new_wake() {
     let secret = pg.role_secret("postgres").await;
     for transport in ["http", "tcp", "ws"] {
         let compute = Compute::start(pg.address()).await;
-        let cp = MockControlPlane::start().await;
+        let cp = FakeControlPlane::start().await;
         cp.route("db", &compute.addr.to_string());
         cp.secret("db", "postgres", &secret);
-        let gw = TestGateway::with_control_plane(&cp.url, None, |config| {
-            // No idle connections: every query connects, as every session does.
-            config.pool.max_idle_per_endpoint = 0;
-        })
-        .await;
+        let gw = TestGateway::builder()
+            .control_plane(&cp)
+            .config(|config| {
+                // No idle connections: every query connects, as every session does.
+                config.pool.max_idle_per_endpoint = 0;
+            })
+            .start()
+            .await;
         use_db(&gw, transport).await.expect("through the compute");
         assert_eq!(cp.wakes(), 1);
         if transport == "http" {
@@ -628,11 +642,11 @@ async fn count(pg: &tokio_postgres::Client, n: i32) -> i64 {
 }
 
 /// A gateway routing `db` through `compute`, with one idle pooled connection through it.
-async fn warm_through(compute: &Compute, cp: &MockControlPlane, warmup: i32) -> TestGateway {
+async fn warm_through(compute: &Compute, cp: &FakeControlPlane, warmup: i32) -> TestGateway {
     let pg = postgres();
     cp.route("db", &compute.addr.to_string());
     cp.secret("db", "postgres", &pg.role_secret("postgres").await);
-    let gw = TestGateway::with_control_plane(&cp.url, None, |_| {}).await;
+    let gw = TestGateway::builder().control_plane(&cp).start().await;
     let (status, body) = sql(&gw, CONN, insert(warmup)).await;
     assert_eq!(status, 200, "{body}");
     eventually("the connection is idle", WITHIN, || async {
@@ -655,7 +669,7 @@ async fn a_query_on_a_pooled_connection_its_server_closed_is_retried_only_if_it_
     // next query is sent: the query never reached Postgres, so it runs once more on a new
     // connection, through a new wake (the old address refuses with 57P03).
     let compute = Compute::start(pg.address()).await;
-    let cp = MockControlPlane::start().await;
+    let cp = FakeControlPlane::start().await;
     let gw = warm_through(&compute, &cp, 1).await;
     compute.set(STOPPING);
     cp.route("db", &pg.address());
@@ -674,7 +688,7 @@ async fn a_query_on_a_pooled_connection_its_server_closed_is_retried_only_if_it_
     // The server dies after running the query, before its reply: the query may have run
     // (it did), so it is not repeated, although a retry would succeed.
     let compute = Compute::start(pg.address()).await;
-    let cp = MockControlPlane::start().await;
+    let cp = FakeControlPlane::start().await;
     let gw = warm_through(&compute, &cp, 10).await;
     compute.set(CRASHING);
     cp.route("db", &pg.address());
@@ -691,20 +705,23 @@ async fn a_query_on_a_pooled_connection_its_server_closed_is_retried_only_if_it_
 }
 
 /// A gateway on `cp` reporting activity every `interval`.
-async fn reporting(cp: &MockControlPlane, interval: Duration) -> TestGateway {
+async fn reporting(cp: &FakeControlPlane, interval: Duration) -> TestGateway {
     let pg = postgres();
     cp.route("db", &pg.address());
     cp.route("db-pooler", &pg.address());
     cp.secret("db", "postgres", &pg.role_secret("postgres").await);
-    TestGateway::with_control_plane(&cp.url, None, |config| {
-        config.activity_interval = Some(interval);
-    })
-    .await
+    TestGateway::builder()
+        .control_plane(&cp)
+        .config(|config| {
+            config.activity_interval = Some(interval);
+        })
+        .start()
+        .await
 }
 
 /// The first report after the `after` first ones that satisfies `check`.
 async fn report_where(
-    cp: &MockControlPlane,
+    cp: &FakeControlPlane,
     after: usize,
     what: &str,
     check: impl Fn(&ReceivedReport) -> bool,
@@ -718,7 +735,7 @@ async fn report_where(
 
 #[tokio::test]
 async fn an_open_session_is_reported_at_once() {
-    let cp = MockControlPlane::start().await;
+    let cp = FakeControlPlane::start().await;
     // Far longer than the test's deadlines: only the report for a new session can show it.
     let gw = reporting(&cp, Duration::from_secs(60)).await;
 
@@ -760,7 +777,7 @@ async fn an_open_session_is_reported_at_once() {
 
 #[tokio::test]
 async fn http_queries_are_in_flight_while_they_run_and_idle_time_grows_after() {
-    let cp = MockControlPlane::start().await;
+    let cp = FakeControlPlane::start().await;
     let gw = Arc::new(reporting(&cp, Duration::from_millis(100)).await);
     // The control plane refuses reports throughout: queries do not care, and what the
     // reports carried is sent again until one is delivered.
@@ -816,7 +833,7 @@ async fn http_queries_are_in_flight_while_they_run_and_idle_time_grows_after() {
 
 #[tokio::test]
 async fn an_inactive_reply_drops_routes_and_idle_connections() {
-    let cp = MockControlPlane::start().await;
+    let cp = FakeControlPlane::start().await;
     let gw = reporting(&cp, Duration::from_millis(100)).await;
     let query = json!({"query": "SELECT 1"});
     for conn in [CONN, &conn("db-pooler", "postgres"), CONN] {

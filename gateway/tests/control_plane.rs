@@ -1,7 +1,7 @@
-//! Endpoints from a control plane (a stand-in for the wake service's proxy API) in front of a
-//! real Postgres 15: the warm path makes no control-plane calls, unknown endpoints, unknown
-//! roles and wrong passwords are refused alike by the gateway itself, an unavailable control
-//! plane is a clear retryable error that does not touch warm endpoints (and never lets a
+//! Endpoints from a control plane in front of a real Postgres 15 (the real wake service
+//! in-process where no fault is scripted, else `FakeControlPlane`): the warm path makes no
+//! control-plane calls, unknown endpoints, unknown roles and wrong passwords are refused alike
+//! by the gateway itself, an unavailable control plane is a clear retryable error that does not touch warm endpoints (and never lets a
 //! client through unchecked), and a cached address that stops answering is replaced.
 //!
 //! Scale to zero: activity reports (sessions at once, queries in flight, idle time, failed
@@ -24,7 +24,8 @@ use tokio_postgres::NoTls;
 use gateway::RetryConfig;
 use gateway::WsStream;
 use support::{
-    eventually, postgres, sql, FakeControlPlane, Outage, ReceivedReport, TestGateway, CONN,
+    eventually, postgres, sql, FakeControlPlane, Outage, ReceivedReport, TestGateway,
+    TestWakeService, CONN,
 };
 
 /// Bound for conditions that come true in the background (reports, releases).
@@ -83,16 +84,30 @@ fn sqlstate(error: &tokio_postgres::Error) -> String {
         .unwrap_or_else(|| format!("no server error: {error}"))
 }
 
+/// The role-secret lookups `gw` sent to its control plane, whatever the answer.
+async fn lookups(gw: &TestGateway) -> f64 {
+    gw.metric(
+        "gateway_control_plane_requests_total",
+        "call=\"access_control\"",
+    )
+    .await
+}
+
+/// The `wake_compute` calls `gw` sent to its control plane, whatever the answer.
+async fn wakes(gw: &TestGateway) -> f64 {
+    gw.metric(
+        "gateway_control_plane_requests_total",
+        "call=\"wake_compute\"",
+    )
+    .await
+}
+
 #[tokio::test]
 async fn endpoints_come_from_the_control_plane_and_stay_warm() {
-    let pg = postgres();
-    let cp = FakeControlPlane::start().await;
-    cp.require_token("t0ken");
-    cp.route("db", &pg.address());
-    cp.route("db-pooler", &pg.address());
-    cp.secret("db", "postgres", &pg.role_secret("postgres").await);
+    // The real wake service: endpoint `db` is a Postgres and a PgBouncer it starts.
+    let wake = TestWakeService::start().await;
     let gw = TestGateway::builder()
-        .control_plane(&cp)
+        .wake_service(&wake)
         .config(|config| {
             config.route_cache.negative_ttl = Duration::from_millis(1500);
             // No activity replies: the first one drops every cached secret (role changes may
@@ -106,7 +121,7 @@ async fn endpoints_come_from_the_control_plane_and_stay_warm() {
     // Cold: one secret lookup and one wake.
     let (status, body) = sql(&gw, CONN, query.clone()).await;
     assert_eq!(status, 200, "{body}");
-    assert_eq!((cp.lookups(), cp.wakes()), (1, 1));
+    assert_eq!((lookups(&gw).await, wakes(&gw).await), (1.0, 1.0));
     // Warm: HTTP (pooled connection, password proven by the cached check), TCP and WebSocket
     // sessions make no control-plane call.
     for _ in 0..5 {
@@ -120,7 +135,11 @@ async fn endpoints_come_from_the_control_plane_and_stay_warm() {
         .await
         .expect("WebSocket session");
     assert_eq!(select_one(&ws).await, 1);
-    assert_eq!(cp.requests(), 2, "the warm path asked the control plane");
+    assert_eq!(
+        lookups(&gw).await + wakes(&gw).await,
+        2.0,
+        "the warm path asked the control plane"
+    );
     assert!(
         gw.metric("gateway_pool_checkouts_total", "outcome=\"hit\"")
             .await
@@ -186,7 +205,7 @@ async fn endpoints_come_from_the_control_plane_and_stay_warm() {
     // negative TTL however often it is tried.
     let (status, ghost) = sql(&gw, &conn("ghost", "postgres"), query.clone()).await;
     assert_eq!((status, &ghost), (400, &wrong));
-    let before = cp.requests();
+    let before = lookups(&gw).await + wakes(&gw).await;
     for _ in 0..5 {
         assert_eq!(
             sql(&gw, &conn("ghost", "postgres"), query.clone()).await,
@@ -201,13 +220,13 @@ async fn endpoints_come_from_the_control_plane_and_stay_warm() {
         .await
         .expect_err("refused");
     assert!(sqlstate(&error).starts_with("28P01"), "{error}");
-    assert_eq!(cp.requests(), before);
+    assert_eq!(lookups(&gw).await + wakes(&gw).await, before);
     tokio::time::sleep(Duration::from_millis(1600)).await;
     assert_eq!(
         sql(&gw, &conn("ghost", "postgres"), query.clone()).await.0,
         400
     );
-    assert_eq!(cp.requests(), before + 1);
+    assert_eq!(lookups(&gw).await + wakes(&gw).await, before + 1.0);
 
     // A role the control plane has no secret for (say, created in SQL) cannot log in: the
     // same answer as a wrong password, and no backend is asked.
@@ -232,10 +251,10 @@ async fn endpoints_come_from_the_control_plane_and_stay_warm() {
     );
 
     // `db-pooler` is woken on its own, but shares `db`'s role secrets.
-    let lookups = cp.lookups();
+    let looked_up = lookups(&gw).await;
     let (status, body) = sql(&gw, &conn("db-pooler", "postgres"), query.clone()).await;
     assert_eq!(status, 200, "{body}");
-    assert_eq!(cp.lookups(), lookups);
+    assert_eq!(lookups(&gw).await, looked_up);
     assert_eq!(
         gw.metric(
             "gateway_control_plane_requests_total",
@@ -246,6 +265,7 @@ async fn endpoints_come_from_the_control_plane_and_stay_warm() {
     );
     drop((tcp, ws));
     gw.stop().await;
+    wake.stop().await;
 }
 
 #[tokio::test]

@@ -666,7 +666,7 @@ async fn warm_through(compute: &Compute, cp: &FakeControlPlane, warmup: i32) -> 
     let pg = postgres();
     cp.route("db", &compute.addr.to_string());
     cp.secret("db", "postgres", &pg.role_secret("postgres").await);
-    let gw = TestGateway::builder().control_plane(&cp).start().await;
+    let gw = TestGateway::builder().control_plane(cp).start().await;
     let (status, body) = sql(&gw, CONN, insert(warmup)).await;
     assert_eq!(status, 200, "{body}");
     eventually("the connection is idle", WITHIN, || async {
@@ -731,7 +731,7 @@ async fn reporting(cp: &FakeControlPlane, interval: Duration) -> TestGateway {
     cp.route("db-pooler", &pg.address());
     cp.secret("db", "postgres", &pg.role_secret("postgres").await);
     TestGateway::builder()
-        .control_plane(&cp)
+        .control_plane(cp)
         .config(|config| {
             config.activity_interval = Some(interval);
         })

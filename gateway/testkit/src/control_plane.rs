@@ -160,7 +160,9 @@ impl ReceivedReport {
 ///   ([`change_role`](Self::change_role)) after the report's `role_changes_applied`.
 ///
 /// A script is a list of replies, one per call, whose last one repeats. Every call is counted
-/// before it is refused (by a missing token or an outage).
+/// (also when refused for a missing token or an outage) once its reply is chosen, and answered
+/// after the [`delay`](Self::delay): a test that sees a call counted can change the script
+/// without changing that call's answer.
 pub struct FakeControlPlane {
     addr: SocketAddr,
     state: Arc<Fake>,
@@ -510,9 +512,9 @@ async fn delayed(delay: Duration, response: Response) -> Response {
 }
 
 async fn wake(State(fake): State<Arc<Fake>>, Query(query): Params, headers: HeaderMap) -> Response {
-    fake.wakes.fetch_add(1, Ordering::SeqCst);
     let admit = fake.admit(Call::WakeCompute, &query, &headers);
     if let Some(refused) = admit.refused {
+        fake.wakes.fetch_add(1, Ordering::SeqCst);
         return refused;
     }
     let endpoint = query.get("endpointish").cloned().unwrap_or_default();
@@ -520,6 +522,9 @@ async fn wake(State(fake): State<Arc<Fake>>, Query(query): Params, headers: Head
         let mut script = fake.script.lock().expect("the fake's lock");
         script.wake.get_mut(&endpoint).and_then(next)
     };
+    // Counted once the reply is chosen: a test that sees the count can change the script
+    // without changing this answer.
+    fake.wakes.fetch_add(1, Ordering::SeqCst);
     let response = answer(reply.unwrap_or_else(Reply::not_found), &endpoint);
     delayed(admit.delay, response).await
 }
@@ -529,9 +534,9 @@ async fn access(
     Query(query): Params,
     headers: HeaderMap,
 ) -> Response {
-    fake.lookups.fetch_add(1, Ordering::SeqCst);
     let admit = fake.admit(Call::AccessControl, &query, &headers);
     if let Some(refused) = admit.refused {
+        fake.lookups.fetch_add(1, Ordering::SeqCst);
         return refused;
     }
     let endpoint = query.get("endpointish").cloned().unwrap_or_default();
@@ -550,6 +555,7 @@ async fn access(
             None => Reply::not_found(),
         }
     };
+    fake.lookups.fetch_add(1, Ordering::SeqCst);
     delayed(admit.delay, answer(reply, &endpoint)).await
 }
 

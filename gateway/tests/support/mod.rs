@@ -33,12 +33,15 @@ pub struct TestGateway {
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
 
+/// A change to a test gateway's configuration.
+type Tweak<'a> = Box<dyn FnOnce(&mut Config) + 'a>;
+
 /// How a [`TestGateway`] is set up: `TestGateway::builder()…start()`.
 #[must_use = "a builder does nothing until `.start()`"]
 pub struct TestGatewayBuilder<'a> {
     routes: Vec<Route>,
     control_plane: Option<(String, Option<String>)>,
-    tweaks: Vec<Box<dyn FnOnce(&mut Config) + 'a>>,
+    tweaks: Vec<Tweak<'a>>,
 }
 
 impl<'a> TestGatewayBuilder<'a> {

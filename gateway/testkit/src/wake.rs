@@ -50,7 +50,7 @@ impl TestWakeService {
         let proxy_token = format!("proxy-{:0>32}", n);
         let data_dir = dir.to_str().expect("a UTF-8 temp path").to_owned();
         let database_url = pg.url(&name);
-        let argv = [
+        let mut argv = vec![
             "wake-service",
             "serve",
             "--listen",
@@ -65,10 +65,12 @@ impl TestWakeService {
             &proxy_token,
             "--compute-ports",
             COMPUTE_PORTS,
-            "--compute-os-user",
-            "postgres",
             "--compute-fast",
         ];
+        if running_as_root() {
+            // Postgres refuses to run as root: one shared user, as scripts/postgres.sh does.
+            argv.extend(["--compute-os-user", "postgres"]);
+        }
         let cli = <wake_service::config::Cli as clap::Parser>::try_parse_from(argv)
             .expect("the test wake service's command line");
         let wake_service::config::Command::Serve(args) = cli.command else {
@@ -140,6 +142,17 @@ impl TestWakeService {
             .expect("the wake service's task")
             .expect("the wake service ran");
     }
+}
+
+/// Whether this process runs as root (the effective uid in `/proc/self/status`).
+fn running_as_root() -> bool {
+    std::fs::read_to_string("/proc/self/status").is_ok_and(|status| {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("Uid:"))
+            .and_then(|uids| uids.split_whitespace().nth(1))
+            == Some("0")
+    })
 }
 
 /// A detached watcher: when this process exits, the computes under `dir` are stopped

@@ -1,7 +1,7 @@
-//! Endpoints from a control plane (a stand-in for the wake service's proxy API) in front of a
-//! real Postgres 15: the warm path makes no control-plane calls, unknown endpoints, unknown
-//! roles and wrong passwords are refused alike by the gateway itself, an unavailable control
-//! plane is a clear retryable error that does not touch warm endpoints (and never lets a
+//! Endpoints from a control plane in front of a real Postgres 15 (the real wake service
+//! in-process where no fault is scripted, else `FakeControlPlane`): the warm path makes no
+//! control-plane calls, unknown endpoints, unknown roles and wrong passwords are refused alike
+//! by the gateway itself, an unavailable control plane is a clear retryable error that does not touch warm endpoints (and never lets a
 //! client through unchecked), and a cached address that stops answering is replaced.
 //!
 //! Scale to zero: activity reports (sessions at once, queries in flight, idle time, failed
@@ -23,7 +23,10 @@ use tokio_postgres::NoTls;
 
 use gateway::RetryConfig;
 use gateway::WsStream;
-use support::{eventually, postgres, sql, MockControlPlane, ReceivedReport, TestGateway, CONN};
+use support::{
+    eventually, postgres, sql, FakeControlPlane, Outage, ReceivedReport, TestGateway,
+    TestWakeService, CONN,
+};
 
 /// Bound for conditions that come true in the background (reports, releases).
 const WITHIN: Duration = Duration::from_secs(10);
@@ -81,27 +84,44 @@ fn sqlstate(error: &tokio_postgres::Error) -> String {
         .unwrap_or_else(|| format!("no server error: {error}"))
 }
 
+/// The role-secret lookups `gw` sent to its control plane, whatever the answer.
+async fn lookups(gw: &TestGateway) -> f64 {
+    gw.metric(
+        "gateway_control_plane_requests_total",
+        "call=\"access_control\"",
+    )
+    .await
+}
+
+/// The `wake_compute` calls `gw` sent to its control plane, whatever the answer.
+async fn wakes(gw: &TestGateway) -> f64 {
+    gw.metric(
+        "gateway_control_plane_requests_total",
+        "call=\"wake_compute\"",
+    )
+    .await
+}
+
 #[tokio::test]
 async fn endpoints_come_from_the_control_plane_and_stay_warm() {
-    let pg = postgres();
-    let cp = MockControlPlane::start().await;
-    cp.require_token("t0ken");
-    cp.route("db", &pg.address());
-    cp.route("db-pooler", &pg.address());
-    cp.secret("db", "postgres", &pg.role_secret("postgres").await);
-    let gw = TestGateway::with_control_plane(&cp.url, Some("t0ken"), |config| {
-        config.route_cache.negative_ttl = Duration::from_millis(1500);
-        // No activity replies: the first one drops every cached secret (role changes may
-        // have been missed), which would blur the counts here.
-        config.activity_interval = None;
-    })
-    .await;
+    // The real wake service: endpoint `db` is a Postgres and a PgBouncer it starts.
+    let wake = TestWakeService::start().await;
+    let gw = TestGateway::builder()
+        .wake_service(&wake)
+        .config(|config| {
+            config.route_cache.negative_ttl = Duration::from_millis(1500);
+            // No activity replies: the first one drops every cached secret (role changes may
+            // have been missed), which would blur the counts here.
+            config.activity_interval = None;
+        })
+        .start()
+        .await;
     let query = json!({"query": "SELECT 1 AS one"});
 
     // Cold: one secret lookup and one wake.
     let (status, body) = sql(&gw, CONN, query.clone()).await;
     assert_eq!(status, 200, "{body}");
-    assert_eq!((cp.lookups(), cp.wakes()), (1, 1));
+    assert_eq!((lookups(&gw).await, wakes(&gw).await), (1.0, 1.0));
     // Warm: HTTP (pooled connection, password proven by the cached check), TCP and WebSocket
     // sessions make no control-plane call.
     for _ in 0..5 {
@@ -115,7 +135,11 @@ async fn endpoints_come_from_the_control_plane_and_stay_warm() {
         .await
         .expect("WebSocket session");
     assert_eq!(select_one(&ws).await, 1);
-    assert_eq!(cp.requests(), 2, "the warm path asked the control plane");
+    assert_eq!(
+        lookups(&gw).await + wakes(&gw).await,
+        2.0,
+        "the warm path asked the control plane"
+    );
     assert!(
         gw.metric("gateway_pool_checkouts_total", "outcome=\"hit\"")
             .await
@@ -181,7 +205,7 @@ async fn endpoints_come_from_the_control_plane_and_stay_warm() {
     // negative TTL however often it is tried.
     let (status, ghost) = sql(&gw, &conn("ghost", "postgres"), query.clone()).await;
     assert_eq!((status, &ghost), (400, &wrong));
-    let before = cp.requests();
+    let before = lookups(&gw).await + wakes(&gw).await;
     for _ in 0..5 {
         assert_eq!(
             sql(&gw, &conn("ghost", "postgres"), query.clone()).await,
@@ -196,14 +220,14 @@ async fn endpoints_come_from_the_control_plane_and_stay_warm() {
         .await
         .expect_err("refused");
     assert!(sqlstate(&error).starts_with("28P01"), "{error}");
-    assert_eq!(cp.requests(), before);
+    assert_eq!(lookups(&gw).await + wakes(&gw).await, before);
     // Not synchronisation: this waits out the negative TTL (1.5 s) that is being tested.
     tokio::time::sleep(Duration::from_millis(1600)).await;
     assert_eq!(
         sql(&gw, &conn("ghost", "postgres"), query.clone()).await.0,
         400
     );
-    assert_eq!(cp.requests(), before + 1);
+    assert_eq!(lookups(&gw).await + wakes(&gw).await, before + 1.0);
 
     // A role the control plane has no secret for (say, created in SQL) cannot log in: the
     // same answer as a wrong password, and no backend is asked.
@@ -228,10 +252,10 @@ async fn endpoints_come_from_the_control_plane_and_stay_warm() {
     );
 
     // `db-pooler` is woken on its own, but shares `db`'s role secrets.
-    let lookups = cp.lookups();
+    let looked_up = lookups(&gw).await;
     let (status, body) = sql(&gw, &conn("db-pooler", "postgres"), query.clone()).await;
     assert_eq!(status, 200, "{body}");
-    assert_eq!(cp.lookups(), lookups);
+    assert_eq!(lookups(&gw).await, looked_up);
     assert_eq!(
         gw.metric(
             "gateway_control_plane_requests_total",
@@ -242,12 +266,13 @@ async fn endpoints_come_from_the_control_plane_and_stay_warm() {
     );
     drop((tcp, ws));
     gw.stop().await;
+    wake.stop().await;
 }
 
 #[tokio::test]
 async fn an_unavailable_control_plane_fails_clearly_and_warm_endpoints_keep_working() {
     let pg = postgres();
-    let cp = MockControlPlane::start().await;
+    let cp = FakeControlPlane::start().await;
     cp.route("db", &pg.address());
     cp.secret("db", "postgres", &pg.role_secret("postgres").await);
     let quick = RetryConfig {
@@ -255,13 +280,16 @@ async fn an_unavailable_control_plane_fails_clearly_and_warm_endpoints_keep_work
         base_delay: Duration::from_millis(20),
         factor: 2.0,
     };
-    let gw = TestGateway::with_control_plane(&cp.url, None, |config| {
-        config.route_cache.wake_retry = quick;
-        // Every hit refreshes in the background: the refreshes fail while the control plane is
-        // down, and the cached route must survive them.
-        config.route_cache.refresh_after = Duration::ZERO;
-    })
-    .await;
+    let gw = TestGateway::builder()
+        .control_plane(&cp)
+        .config(|config| {
+            config.route_cache.wake_retry = quick;
+            // Every hit refreshes in the background: the refreshes fail while the control plane is
+            // down, and the cached route must survive them.
+            config.route_cache.refresh_after = Duration::ZERO;
+        })
+        .start()
+        .await;
     let query = json!({"query": "SELECT 1"});
     assert_eq!(sql(&gw, CONN, query.clone()).await.0, 200);
     // The first activity reply drops every secret cached before it (role changes may have
@@ -275,7 +303,7 @@ async fn an_unavailable_control_plane_fails_clearly_and_warm_endpoints_keep_work
     .await;
     assert_eq!(sql(&gw, CONN, query.clone()).await.0, 200);
 
-    cp.set_down(true);
+    cp.go_down(Outage::Unavailable);
     for _ in 0..5 {
         let wakes = cp.wakes();
         assert_eq!(sql(&gw, CONN, query.clone()).await.0, 200);
@@ -350,7 +378,7 @@ async fn an_unavailable_control_plane_fails_clearly_and_warm_endpoints_keep_work
     );
 
     // Back up: the same endpoint works (failures were not cached).
-    cp.set_down(false);
+    cp.come_back();
     let (status, body) = sql(&gw, &conn("cold", "postgres"), query.clone()).await;
     assert_eq!(status, 200, "{body}");
     drop((tcp, ws));
@@ -361,18 +389,21 @@ async fn an_unavailable_control_plane_fails_clearly_and_warm_endpoints_keep_work
     let closed = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("free port");
-    let gw =
-        TestGateway::with_control_plane(&format!("http://{closed}/proxy/api/v1"), None, |config| {
-            config.route_cache.wake_retry = quick
-        })
+    let gw = TestGateway::builder()
+        .control_plane_at(&format!("http://{closed}/proxy/api/v1"), None)
+        .config(|config| config.route_cache.wake_retry = quick)
+        .start()
         .await;
     assert_eq!(sql(&gw, CONN, query.clone()).await.0, 503);
     gw.stop().await;
     cp.require_token("right");
-    let gw = TestGateway::with_control_plane(&cp.url, Some("wrong"), |config| {
-        config.route_cache.wake_retry = quick;
-    })
-    .await;
+    let gw = TestGateway::builder()
+        .control_plane_at(&cp.url(), Some("wrong"))
+        .config(|config| {
+            config.route_cache.wake_retry = quick;
+        })
+        .start()
+        .await;
     // (Counted as secret lookups: the query's activity report may reach the mock too.)
     let lookups = cp.lookups();
     assert_eq!(sql(&gw, CONN, query).await.0, 503);
@@ -446,10 +477,10 @@ async fn a_cached_address_that_stops_answering_is_woken_again() {
     let secret = pg.role_secret("postgres").await;
     for transport in ["http", "tcp", "ws"] {
         let (old, forwarding, open) = forwarder(pg.address()).await;
-        let cp = MockControlPlane::start().await;
+        let cp = FakeControlPlane::start().await;
         cp.route("db", &old.to_string());
         cp.secret("db", "postgres", &secret);
-        let gw = TestGateway::with_control_plane(&cp.url, None, |_| {}).await;
+        let gw = TestGateway::builder().control_plane(&cp).start().await;
         use_db(&gw, transport)
             .await
             .expect("through the old address");
@@ -615,14 +646,17 @@ async fn a_57p03_at_connect_is_retried_through_a_new_wake() {
     let secret = pg.role_secret("postgres").await;
     for transport in ["http", "tcp", "ws"] {
         let compute = Compute::start(pg.address()).await;
-        let cp = MockControlPlane::start().await;
+        let cp = FakeControlPlane::start().await;
         cp.route("db", &compute.addr.to_string());
         cp.secret("db", "postgres", &secret);
-        let gw = TestGateway::with_control_plane(&cp.url, None, |config| {
-            // No idle connections: every query connects, as every session does.
-            config.pool.max_idle_per_endpoint = 0;
-        })
-        .await;
+        let gw = TestGateway::builder()
+            .control_plane(&cp)
+            .config(|config| {
+                // No idle connections: every query connects, as every session does.
+                config.pool.max_idle_per_endpoint = 0;
+            })
+            .start()
+            .await;
         use_db(&gw, transport).await.expect("through the compute");
         assert_eq!(cp.wakes(), 1);
         if transport == "http" {
@@ -665,11 +699,11 @@ async fn count(pg: &tokio_postgres::Client, n: i32) -> i64 {
 }
 
 /// A gateway routing `db` through `compute`, with one idle pooled connection through it.
-async fn warm_through(compute: &Compute, cp: &MockControlPlane, warmup: i32) -> TestGateway {
+async fn warm_through(compute: &Compute, cp: &FakeControlPlane, warmup: i32) -> TestGateway {
     let pg = postgres();
     cp.route("db", &compute.addr.to_string());
     cp.secret("db", "postgres", &pg.role_secret("postgres").await);
-    let gw = TestGateway::with_control_plane(&cp.url, None, |_| {}).await;
+    let gw = TestGateway::builder().control_plane(cp).start().await;
     let (status, body) = sql(&gw, CONN, insert(warmup)).await;
     assert_eq!(status, 200, "{body}");
     eventually("the connection is idle", WITHIN, || async {
@@ -692,7 +726,7 @@ async fn a_query_on_a_pooled_connection_its_server_closed_is_retried_only_if_it_
     // next query is sent: the query never reached Postgres, so it runs once more on a new
     // connection, through a new wake (the old address refuses with 57P03).
     let compute = Compute::start(pg.address()).await;
-    let cp = MockControlPlane::start().await;
+    let cp = FakeControlPlane::start().await;
     let gw = warm_through(&compute, &cp, 1).await;
     compute.set(STOPPING);
     cp.route("db", &pg.address());
@@ -711,7 +745,7 @@ async fn a_query_on_a_pooled_connection_its_server_closed_is_retried_only_if_it_
     // The server dies after running the query, before its reply: the query may have run
     // (it did), so it is not repeated, although a retry would succeed.
     let compute = Compute::start(pg.address()).await;
-    let cp = MockControlPlane::start().await;
+    let cp = FakeControlPlane::start().await;
     let gw = warm_through(&compute, &cp, 10).await;
     compute.set(CRASHING);
     cp.route("db", &pg.address());
@@ -728,20 +762,23 @@ async fn a_query_on_a_pooled_connection_its_server_closed_is_retried_only_if_it_
 }
 
 /// A gateway on `cp` reporting activity every `interval`.
-async fn reporting(cp: &MockControlPlane, interval: Duration) -> TestGateway {
+async fn reporting(cp: &FakeControlPlane, interval: Duration) -> TestGateway {
     let pg = postgres();
     cp.route("db", &pg.address());
     cp.route("db-pooler", &pg.address());
     cp.secret("db", "postgres", &pg.role_secret("postgres").await);
-    TestGateway::with_control_plane(&cp.url, None, |config| {
-        config.activity_interval = Some(interval);
-    })
-    .await
+    TestGateway::builder()
+        .control_plane(cp)
+        .config(|config| {
+            config.activity_interval = Some(interval);
+        })
+        .start()
+        .await
 }
 
 /// The first report after the `after` first ones that satisfies `check`.
 async fn report_where(
-    cp: &MockControlPlane,
+    cp: &FakeControlPlane,
     after: usize,
     what: &str,
     check: impl Fn(&ReceivedReport) -> bool,
@@ -755,7 +792,7 @@ async fn report_where(
 
 #[tokio::test]
 async fn an_open_session_is_reported_at_once() {
-    let cp = MockControlPlane::start().await;
+    let cp = FakeControlPlane::start().await;
     // Far longer than the test's deadlines: only the report for a new session can show it.
     let gw = reporting(&cp, Duration::from_secs(60)).await;
 
@@ -797,7 +834,7 @@ async fn an_open_session_is_reported_at_once() {
 
 #[tokio::test]
 async fn http_queries_are_in_flight_while_they_run_and_idle_time_grows_after() {
-    let cp = MockControlPlane::start().await;
+    let cp = FakeControlPlane::start().await;
     let gw = Arc::new(reporting(&cp, Duration::from_millis(100)).await);
     // The control plane refuses reports throughout: queries do not care, and what the
     // reports carried is sent again until one is delivered.
@@ -853,7 +890,7 @@ async fn http_queries_are_in_flight_while_they_run_and_idle_time_grows_after() {
 
 #[tokio::test]
 async fn an_inactive_reply_drops_routes_and_idle_connections() {
-    let cp = MockControlPlane::start().await;
+    let cp = FakeControlPlane::start().await;
     let gw = reporting(&cp, Duration::from_millis(100)).await;
     let query = json!({"query": "SELECT 1"});
     for conn in [CONN, &conn("db-pooler", "postgres"), CONN] {

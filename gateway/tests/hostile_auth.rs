@@ -27,7 +27,7 @@ use gateway::Config;
 use gateway::Route;
 use gateway::WsStream;
 use support::raw::Raw;
-use support::{postgres, MockControlPlane};
+use support::{postgres, FakeControlPlane};
 
 /// How long a refusal or a well-behaved request may take. A derivation of the bomb's count
 /// takes minutes; a refusal, a cached match and `SELECT 1` take milliseconds.
@@ -287,13 +287,13 @@ async fn a_flood_of_wrong_passwords_fills_the_queue_and_the_rest_is_refused() {
         ))
         .await
         .expect("role");
-    let cp = MockControlPlane::start().await;
+    let cp = FakeControlPlane::start().await;
     cp.route("db", &pg.address());
     cp.secret("db", &victim, &pg.role_secret(&victim).await);
     // The most a secret may ask for by default: a check costs as much as the gateway allows.
     let flooded = role("flooded");
     cp.secret("db", &flooded, &verifier(100_000));
-    let mut config = Config::for_tests_with_control_plane(&cp.url, None);
+    let mut config = Config::for_tests_with_control_plane(&cp.url(), None);
     config.pool.hashing.max_queue = 4;
     // No activity reports: the first reply drops every cached proof (the gateway cannot know
     // what changed before it), which would make the victim's next check a new one.

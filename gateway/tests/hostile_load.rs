@@ -17,7 +17,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 use gateway::WsStream;
 use support::raw::{fields, server_name, test_ca, Raw};
-use support::{sql, MockControlPlane, TestGateway, CONN};
+use support::{sql, FakeControlPlane, TestGateway, CONN};
 
 /// How long any single step may take before the test calls it a hang.
 const HANG: Duration = Duration::from_secs(10);
@@ -65,7 +65,11 @@ async fn select_one(gw: &TestGateway) -> (u16, serde_json::Value) {
 /// forever, so enough such connections locked everyone out.
 #[tokio::test]
 async fn connections_that_stall_before_their_first_request_are_closed() {
-    let gw = TestGateway::start(|c| c.sessions.handshake_timeout = Duration::from_secs(1)).await;
+    let gw = TestGateway::builder()
+        .route_to_postgres("db")
+        .config(|c| c.sessions.handshake_timeout = Duration::from_secs(1))
+        .start()
+        .await;
     let mut stalled = Vec::new();
     for prefix in [
         &b"PRI * HTTP/2.0\r\n"[..],
@@ -100,11 +104,14 @@ async fn connections_that_stall_before_their_first_request_are_closed() {
 /// requests, is closed with GOAWAY after the idle timeout; one in use is not.
 #[tokio::test]
 async fn idle_http2_connections_are_closed() {
-    let gw = TestGateway::start(|c| {
-        c.sessions.handshake_timeout = Duration::from_secs(1);
-        c.http.idle_timeout = Duration::from_secs(1);
-    })
-    .await;
+    let gw = TestGateway::builder()
+        .route_to_postgres("db")
+        .config(|c| {
+            c.sessions.handshake_timeout = Duration::from_secs(1);
+            c.http.idle_timeout = Duration::from_secs(1);
+        })
+        .start()
+        .await;
     let mut tcp = TcpStream::connect(gw.addr).await.expect("connect");
     tcp.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
         .await
@@ -156,7 +163,11 @@ fn h2_frame_types(mut bytes: &[u8]) -> Vec<u8> {
 /// A body sent a byte at a time gets 408 at the body read deadline.
 #[tokio::test]
 async fn trickled_bodies_get_408() {
-    let gw = TestGateway::start(|c| c.http.body_read_timeout = Duration::from_secs(1)).await;
+    let gw = TestGateway::builder()
+        .route_to_postgres("db")
+        .config(|c| c.http.body_read_timeout = Duration::from_secs(1))
+        .start()
+        .await;
     let mut tcp = TcpStream::connect(gw.addr).await.expect("connect");
     let head = format!(
         "POST /sql HTTP/1.1\r\nhost: x\r\nneon-connection-string: {CONN}\r\ncontent-length: 100000\r\n\r\n"
@@ -192,10 +203,10 @@ async fn trickled_bodies_get_408() {
 #[tokio::test]
 async fn bodies_are_not_parsed_before_the_password_is_checked() {
     let pg = support::postgres();
-    let cp = MockControlPlane::start().await;
+    let cp = FakeControlPlane::start().await;
     cp.route("db", &pg.address());
     cp.secret("db", "postgres", &pg.role_secret("postgres").await);
-    let gw = TestGateway::with_control_plane(&cp.url, None, |_| {}).await;
+    let gw = TestGateway::builder().control_plane(&cp).start().await;
     let wrong = "postgres://postgres:wrong@db.localtest.me/main";
     let client = reqwest::Client::new();
     // 10 MiB of `[0,0,0,…]` would have become ~300 MB of JSON values.
@@ -240,7 +251,11 @@ async fn bodies_are_not_parsed_before_the_password_is_checked() {
 /// of them gets 507 after the budget's worth, not after hundreds of millions of handles.
 #[tokio::test]
 async fn zero_column_and_null_rows_are_charged_against_the_response_budget() {
-    let gw = TestGateway::start(|c| c.max_response_bytes = 1024 * 1024).await;
+    let gw = TestGateway::builder()
+        .route_to_postgres("db")
+        .config(|c| c.max_response_bytes = 1024 * 1024)
+        .start()
+        .await;
     // 100 000 rows render as ~300 KB (`[],` or `[null],` each) in array mode: under the byte
     // limit, so only their handles' cost refuses them.
     for query in [
@@ -280,7 +295,11 @@ async fn zero_column_and_null_rows_are_charged_against_the_response_budget() {
     );
     assert_eq!(select_one(&gw).await.0, 200);
 
-    let gw = TestGateway::start(|c| c.max_response_rows = 1000).await;
+    let gw = TestGateway::builder()
+        .route_to_postgres("db")
+        .config(|c| c.max_response_rows = 1000)
+        .start()
+        .await;
     let (status, error) = sql(
         &gw,
         CONN,
@@ -305,7 +324,11 @@ async fn zero_column_and_null_rows_are_charged_against_the_response_budget() {
 /// (it used to give it back at the upgrade), and a client over the cap is told why.
 #[tokio::test]
 async fn websocket_sessions_count_against_the_connection_cap() {
-    let gw = TestGateway::start(|c| c.max_client_connections = 3).await;
+    let gw = TestGateway::builder()
+        .route_to_postgres("db")
+        .config(|c| c.max_client_connections = 3)
+        .start()
+        .await;
     let mut sessions = Vec::new();
     for _ in 0..3 {
         let mut ws = websocket(&gw).await;
@@ -356,11 +379,14 @@ async fn websocket_sessions_count_against_the_connection_cap() {
 /// other addresses are still served.
 #[tokio::test]
 async fn one_address_cannot_take_every_connection() {
-    let gw = TestGateway::start(|c| {
-        c.max_connections_per_ip = 10;
-        c.sessions.handshake_timeout = Duration::from_secs(30);
-    })
-    .await;
+    let gw = TestGateway::builder()
+        .route_to_postgres("db")
+        .config(|c| {
+            c.max_connections_per_ip = 10;
+            c.sessions.handshake_timeout = Duration::from_secs(30);
+        })
+        .start()
+        .await;
     let mut held = Vec::new();
     for _ in 0..10 {
         let mut tcp = connect_from([127, 0, 0, 2], gw.addr).await;
@@ -417,7 +443,11 @@ async fn websocket_or_none(gw: &TestGateway) -> Option<Raw<WsStream<TcpStream>>>
 /// it) is still served.
 #[tokio::test]
 async fn oversized_websocket_messages_during_the_handshake_are_bounded() {
-    let gw = TestGateway::start(|c| c.max_handshake_bytes = 128 * 1024).await;
+    let gw = TestGateway::builder()
+        .route_to_postgres("db")
+        .config(|c| c.max_handshake_bytes = 128 * 1024)
+        .start()
+        .await;
     let mut ws = websocket_stream(&gw).await;
     // A binary frame announcing 60 MiB, of which 256 KiB are sent: past the client's own 64
     // KiB and the whole pool's 128 KiB, far short of the message.
@@ -499,12 +529,15 @@ async fn oversized_websocket_messages_during_the_handshake_are_bounded() {
 #[tokio::test]
 async fn endpoints_are_limited_apart() {
     let pg = support::postgres();
-    let gw = TestGateway::start(|c| {
-        c.max_endpoint_connections = 2;
-        c.routes
-            .push(format!("other={}", pg.address()).parse().expect("route"));
-    })
-    .await;
+    let gw = TestGateway::builder()
+        .route_to_postgres("db")
+        .config(|c| {
+            c.max_endpoint_connections = 2;
+            c.routes
+                .push(format!("other={}", pg.address()).parse().expect("route"));
+        })
+        .start()
+        .await;
     let mut held = Vec::new();
     for _ in 0..2 {
         let mut ws = websocket(&gw).await;
@@ -544,7 +577,11 @@ async fn endpoints_are_limited_apart() {
     })
     .await;
 
-    let gw = TestGateway::start(|c| c.max_endpoint_rps = Some(5)).await;
+    let gw = TestGateway::builder()
+        .route_to_postgres("db")
+        .config(|c| c.max_endpoint_rps = Some(5))
+        .start()
+        .await;
     let mut statuses = Vec::new();
     for _ in 0..12 {
         statuses.push(sql(&gw, CONN, json!({"query": "SELECT 1"})).await.0);
@@ -566,11 +603,14 @@ async fn endpoints_are_limited_apart() {
 async fn require_tls_refuses_plaintext() {
     let ca = test_ca();
     let files = ca.files();
-    let gw = TestGateway::start(move |c| {
-        c.tls = Some(files);
-        c.require_tls = true;
-    })
-    .await;
+    let gw = TestGateway::builder()
+        .route_to_postgres("db")
+        .config(move |c| {
+            c.tls = Some(files);
+            c.require_tls = true;
+        })
+        .start()
+        .await;
     let (status, error) = sql(&gw, CONN, json!({"query": "SELECT 1"})).await;
     assert_eq!(status, 403);
     assert!(

@@ -53,7 +53,7 @@ fn startup_bytes(params: &[(&str, &str)]) -> BytesMut {
 
 #[tokio::test]
 async fn tcp_clients_authenticate_with_the_backends_scram() {
-    let gw = TestGateway::start(|_| {}).await;
+    let gw = TestGateway::builder().route_to_postgres("db").start().await;
     let conn = format!(
         "host=127.0.0.1 port={} user=postgres password=postgres dbname=main \
          application_name=tcp-test options='-c search_path=public,pg_catalog'",
@@ -156,7 +156,7 @@ async fn tcp_clients_authenticate_with_the_backends_scram() {
 
 #[tokio::test]
 async fn cancel_keys_are_the_gateways_and_reach_only_their_own_query() {
-    let gw = TestGateway::start(|_| {}).await;
+    let gw = TestGateway::builder().route_to_postgres("db").start().await;
     let mut victim = tcp(&gw).await;
     let login = victim.login(USER, "postgres").await.expect("login");
     let backend_pid: i32 = victim.query("SELECT pg_backend_pid()").await.expect("pid")[0]
@@ -270,7 +270,7 @@ async fn cancel_keys_are_the_gateways_and_reach_only_their_own_query() {
 
 #[tokio::test]
 async fn pipelined_websocket_connect_gets_exactly_one_ready_for_query() {
-    let gw = TestGateway::start(|_| {}).await;
+    let gw = TestGateway::builder().route_to_postgres("db").start().await;
     let mut ws = websocket(&gw, "/v2?address=db.localtest.me:5432").await;
     // Startup, password and a query in one frame, before the server asks for anything.
     let mut frame = startup_bytes(USER);
@@ -322,18 +322,49 @@ async fn pipelined_websocket_connect_gets_exactly_one_ready_for_query() {
 
 #[tokio::test]
 async fn websocket_endpoints_passwords_and_frames() {
-    let gw = TestGateway::start(|_| {}).await;
+    let gw = TestGateway::builder().route_to_postgres("db").start().await;
     // No address: the Host is an IP, so the default endpoint; the password hack names one.
-    for (path, password, ok) in [
-        ("/v2", "postgres", true),
-        ("/v2", "endpoint=db;postgres", true),
-        ("/v2", "endpoint=nope;postgres", false),
-        ("/v2?address=nope.localtest.me:5432", "postgres", false),
-        ("/any/path?address=localhost:5432", "postgres", true),
-    ] {
+    struct Case {
+        path: &'static str,
+        password: &'static str,
+        logs_in: bool,
+    }
+    let cases = [
+        Case {
+            path: "/v2",
+            password: "postgres",
+            logs_in: true,
+        },
+        Case {
+            path: "/v2",
+            password: "endpoint=db;postgres",
+            logs_in: true,
+        },
+        Case {
+            path: "/v2",
+            password: "endpoint=nope;postgres",
+            logs_in: false,
+        },
+        Case {
+            path: "/v2?address=nope.localtest.me:5432",
+            password: "postgres",
+            logs_in: false,
+        },
+        Case {
+            path: "/any/path?address=localhost:5432",
+            password: "postgres",
+            logs_in: true,
+        },
+    ];
+    for Case {
+        path,
+        password,
+        logs_in,
+    } in cases
+    {
         let mut ws = websocket(&gw, path).await;
         let result = ws.login(USER, password).await;
-        match (ok, result) {
+        match (logs_in, result) {
             (true, Ok(_)) => assert_eq!(ws.query("SELECT 1").await.expect("q"), vec!["1"]),
             (false, Err(error)) => {
                 assert_eq!(error[&'C'], "28P01");
@@ -342,7 +373,9 @@ async fn websocket_endpoints_passwords_and_frames() {
                     "password authentication failed for user 'postgres'"
                 );
             }
-            (ok, result) => panic!("{path} {password}: expected ok={ok}, got {result:?}"),
+            (logs_in, result) => {
+                panic!("{path} {password}: expected logs_in={logs_in}, got {result:?}")
+            }
         }
     }
     // Host and options disagreeing is an error before any password is asked.
@@ -408,11 +441,14 @@ async fn websocket_endpoints_passwords_and_frames() {
 
 #[tokio::test]
 async fn bad_input_is_refused_clearly() {
-    let gw = TestGateway::start(|c| {
-        c.sessions.handshake_timeout = Duration::from_secs(1);
-        c.sessions.max_message_bytes = 4096;
-    })
-    .await;
+    let gw = TestGateway::builder()
+        .route_to_postgres("db")
+        .config(|c| {
+            c.sessions.handshake_timeout = Duration::from_secs(1);
+            c.sessions.max_message_bytes = 4096;
+        })
+        .start()
+        .await;
     async fn exchange(gw: &TestGateway, bytes: &[u8]) -> Vec<u8> {
         let mut stream = TcpStream::connect(gw.addr).await.expect("connect");
         stream.write_all(bytes).await.expect("send");
@@ -504,10 +540,13 @@ async fn bad_input_is_refused_clearly() {
 
 #[tokio::test]
 async fn idle_sessions_and_drains_end_with_a_fatal() {
-    let gw = TestGateway::start(|c| {
-        c.sessions.idle_timeout = Some(Duration::from_secs(1));
-    })
-    .await;
+    let gw = TestGateway::builder()
+        .route_to_postgres("db")
+        .config(|c| {
+            c.sessions.idle_timeout = Some(Duration::from_secs(1));
+        })
+        .start()
+        .await;
     let mut raw = tcp(&gw).await;
     raw.login(USER, "postgres").await.expect("login");
     let error = raw.error().await;
@@ -520,7 +559,11 @@ async fn idle_sessions_and_drains_end_with_a_fatal() {
     );
     gw.stop().await;
 
-    let gw = TestGateway::start(|c| c.shutdown_timeout = Duration::from_millis(500)).await;
+    let gw = TestGateway::builder()
+        .route_to_postgres("db")
+        .config(|c| c.shutdown_timeout = Duration::from_millis(500))
+        .start()
+        .await;
     let mut raw = websocket(&gw, "/v2").await;
     raw.login(USER, "postgres").await.expect("login");
     let stopping = tokio::spawn(gw.stop());
@@ -537,7 +580,11 @@ async fn idle_sessions_and_drains_end_with_a_fatal() {
 async fn tls_after_ssl_request_direct_tls_and_https_on_one_port() {
     let ca = test_ca();
     let files = ca.files();
-    let gw = TestGateway::start(move |c| c.tls = Some(files)).await;
+    let gw = TestGateway::builder()
+        .route_to_postgres("db")
+        .config(move |c| c.tls = Some(files))
+        .start()
+        .await;
 
     // SSLRequest → 'S' → TLS with SNI naming the endpoint → the backend's SCRAM.
     let mut tcp = TcpStream::connect(gw.addr).await.expect("connect");

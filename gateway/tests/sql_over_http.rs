@@ -15,7 +15,7 @@ fn table(name: &str) -> String {
 
 #[tokio::test]
 async fn single_query_has_the_exact_result_shape() {
-    let gw = TestGateway::start(|_| {}).await;
+    let gw = TestGateway::builder().route_to_postgres("db").start().await;
     let pg = postgres().client().await;
     let t = table("shape");
     pg.batch_execute(&format!(
@@ -103,7 +103,7 @@ async fn single_query_has_the_exact_result_shape() {
 
 #[tokio::test]
 async fn typed_mode_and_object_rows_without_the_driver_headers() {
-    let gw = TestGateway::start(|_| {}).await;
+    let gw = TestGateway::builder().route_to_postgres("db").start().await;
     let client = reqwest::Client::new();
     let body: Value = client
         .post(gw.sql_url())
@@ -162,7 +162,7 @@ async fn typed_mode_and_object_rows_without_the_driver_headers() {
 
 #[tokio::test]
 async fn batches_run_in_one_transaction() {
-    let gw = TestGateway::start(|_| {}).await;
+    let gw = TestGateway::builder().route_to_postgres("db").start().await;
     let pg = postgres().client().await;
     let t = table("batch");
     pg.batch_execute(&format!("CREATE TABLE {t} (id int PRIMARY KEY)"))
@@ -218,7 +218,7 @@ async fn batches_run_in_one_transaction() {
 
 #[tokio::test]
 async fn batch_transaction_headers() {
-    let gw = TestGateway::start(|_| {}).await;
+    let gw = TestGateway::builder().route_to_postgres("db").start().await;
     let client = reqwest::Client::new();
     let show = json!({"queries": [
         {"query": "SHOW transaction_isolation"},
@@ -286,7 +286,7 @@ async fn batch_transaction_headers() {
 
 #[tokio::test]
 async fn postgres_errors_carry_every_field() {
-    let gw = TestGateway::start(|_| {}).await;
+    let gw = TestGateway::builder().route_to_postgres("db").start().await;
     let (status, body) = sql(&gw, CONN, json!({"query": "SELECT nope FROM pg_class"})).await;
     assert_eq!(status, 400);
     assert_eq!(body["message"], "column \"nope\" does not exist");
@@ -313,15 +313,32 @@ async fn postgres_errors_carry_every_field() {
     gw.stop().await;
 }
 
-type BadInputCase<'a> = (&'a str, Option<&'a str>, Vec<u8>, u16, &'a str, &'a str);
+/// A malformed request and how the gateway must refuse it.
+struct BadInput {
+    name: &'static str,
+    /// The `Neon-Connection-String` header, if sent.
+    conn: Option<&'static str>,
+    body: Vec<u8>,
+    expect: Refusal,
+}
+
+/// An error answer: HTTP status, SQLSTATE (`""` for none) and a part of the message.
+struct Refusal {
+    status: u16,
+    code: &'static str,
+    message_contains: &'static str,
+}
 
 #[tokio::test]
 async fn bad_input_gets_clear_errors() {
-    let gw = TestGateway::start(|c| {
-        c.max_request_bytes = 64 * 1024;
-        c.max_response_bytes = 64 * 1024;
-    })
-    .await;
+    let gw = TestGateway::builder()
+        .route_to_postgres("db")
+        .config(|c| {
+            c.max_request_bytes = 64 * 1024;
+            c.max_response_bytes = 64 * 1024;
+        })
+        .start()
+        .await;
     let client = reqwest::Client::new();
     let send = |conn: Option<&str>, body: Vec<u8>| {
         let mut request = client.post(gw.sql_url()).body(body);
@@ -336,139 +353,174 @@ async fn bad_input_gets_clear_errors() {
         }
     };
     let query = |q: &str| json!({"query": q}).to_string().into_bytes();
-    // (name, connection string, body, expected status, code, message fragment)
-    let cases: Vec<BadInputCase> = vec![
-        (
-            "non-JSON body",
-            Some(CONN),
-            b"SELECT 1".to_vec(),
-            400,
-            "",
-            "invalid request body",
-        ),
-        (
-            "wrong JSON shape",
-            Some(CONN),
-            b"{\"sql\":\"SELECT 1\"}".to_vec(),
-            400,
-            "",
-            "expected a \"query\"",
-        ),
-        (
-            "query not a string",
-            Some(CONN),
-            b"{\"query\":[1]}".to_vec(),
-            400,
-            "",
-            "invalid request body",
-        ),
-        (
-            "invalid UTF-8",
-            Some(CONN),
-            b"{\"query\":\"SELECT '\xff'\"}".to_vec(),
-            400,
-            "",
-            "invalid request body",
-        ),
-        (
-            "missing connection string",
-            None,
-            query("SELECT 1"),
-            400,
-            "",
-            "missing connection string",
-        ),
-        (
-            "malformed connection string",
-            Some("not a url"),
-            query("SELECT 1"),
-            400,
-            "",
-            "invalid connection string",
-        ),
-        (
-            "wrong scheme",
-            Some("mysql://u:p@db.x/main"),
-            query("SELECT 1"),
-            400,
-            "",
-            "incorrect scheme",
-        ),
-        (
-            "missing database",
-            Some("postgres://u:p@db.x"),
-            query("SELECT 1"),
-            400,
-            "",
-            "missing database",
-        ),
-        (
-            "several statements",
-            Some(CONN),
-            query("SELECT 1; SELECT 2"),
-            400,
-            "42601",
-            "multiple commands",
-        ),
-        (
-            "wrong parameter count",
-            Some(CONN),
-            json!({"query": "SELECT $1, $2", "params": ["1"]})
+    let cases = [
+        BadInput {
+            name: "non-JSON body",
+            conn: Some(CONN),
+            body: b"SELECT 1".to_vec(),
+            expect: Refusal {
+                status: 400,
+                code: "",
+                message_contains: "invalid request body",
+            },
+        },
+        BadInput {
+            name: "wrong JSON shape",
+            conn: Some(CONN),
+            body: b"{\"sql\":\"SELECT 1\"}".to_vec(),
+            expect: Refusal {
+                status: 400,
+                code: "",
+                message_contains: "expected a \"query\"",
+            },
+        },
+        BadInput {
+            name: "query not a string",
+            conn: Some(CONN),
+            body: b"{\"query\":[1]}".to_vec(),
+            expect: Refusal {
+                status: 400,
+                code: "",
+                message_contains: "invalid request body",
+            },
+        },
+        BadInput {
+            name: "invalid UTF-8",
+            conn: Some(CONN),
+            body: b"{\"query\":\"SELECT '\xff'\"}".to_vec(),
+            expect: Refusal {
+                status: 400,
+                code: "",
+                message_contains: "invalid request body",
+            },
+        },
+        BadInput {
+            name: "missing connection string",
+            conn: None,
+            body: query("SELECT 1"),
+            expect: Refusal {
+                status: 400,
+                code: "",
+                message_contains: "missing connection string",
+            },
+        },
+        BadInput {
+            name: "malformed connection string",
+            conn: Some("not a url"),
+            body: query("SELECT 1"),
+            expect: Refusal {
+                status: 400,
+                code: "",
+                message_contains: "invalid connection string",
+            },
+        },
+        BadInput {
+            name: "wrong scheme",
+            conn: Some("mysql://u:p@db.x/main"),
+            body: query("SELECT 1"),
+            expect: Refusal {
+                status: 400,
+                code: "",
+                message_contains: "incorrect scheme",
+            },
+        },
+        BadInput {
+            name: "missing database",
+            conn: Some("postgres://u:p@db.x"),
+            body: query("SELECT 1"),
+            expect: Refusal {
+                status: 400,
+                code: "",
+                message_contains: "missing database",
+            },
+        },
+        BadInput {
+            name: "several statements",
+            conn: Some(CONN),
+            body: query("SELECT 1; SELECT 2"),
+            expect: Refusal {
+                status: 400,
+                code: "42601",
+                message_contains: "multiple commands",
+            },
+        },
+        BadInput {
+            name: "wrong parameter count",
+            conn: Some(CONN),
+            body: json!({"query": "SELECT $1, $2", "params": ["1"]})
                 .to_string()
                 .into_bytes(),
-            400,
-            "08P01",
-            "2",
-        ),
-        (
-            "NUL in query",
-            Some(CONN),
-            query("SELECT '\u{0}'"),
-            400,
-            "",
-            "NUL",
-        ),
-        (
-            "oversized body",
-            Some(CONN),
-            query(&"x".repeat(70 * 1024)),
-            413,
-            "",
-            "request is too large (max is 65536 bytes)",
-        ),
-        (
-            "oversized response",
-            Some(CONN),
-            query("SELECT repeat('x', 1000) FROM generate_series(1, 100)"),
-            507,
-            "",
-            "response is too large",
-        ),
-        (
-            "oversized single row",
-            Some(CONN),
-            query("SELECT repeat('x', 200000)"),
-            507,
-            "",
-            "response is too large",
-        ),
-        (
-            "unknown database",
-            Some("postgres://postgres:postgres@db.x/nosuchdb"),
-            query("SELECT 1"),
-            400,
-            "3D000",
-            "does not exist",
-        ),
+            expect: Refusal {
+                status: 400,
+                code: "08P01",
+                message_contains: "2",
+            },
+        },
+        BadInput {
+            name: "NUL in query",
+            conn: Some(CONN),
+            body: query("SELECT '\u{0}'"),
+            expect: Refusal {
+                status: 400,
+                code: "",
+                message_contains: "NUL",
+            },
+        },
+        BadInput {
+            name: "oversized body",
+            conn: Some(CONN),
+            body: query(&"x".repeat(70 * 1024)),
+            expect: Refusal {
+                status: 413,
+                code: "",
+                message_contains: "request is too large (max is 65536 bytes)",
+            },
+        },
+        BadInput {
+            name: "oversized response",
+            conn: Some(CONN),
+            body: query("SELECT repeat('x', 1000) FROM generate_series(1, 100)"),
+            expect: Refusal {
+                status: 507,
+                code: "",
+                message_contains: "response is too large",
+            },
+        },
+        BadInput {
+            name: "oversized single row",
+            conn: Some(CONN),
+            body: query("SELECT repeat('x', 200000)"),
+            expect: Refusal {
+                status: 507,
+                code: "",
+                message_contains: "response is too large",
+            },
+        },
+        BadInput {
+            name: "unknown database",
+            conn: Some("postgres://postgres:postgres@db.x/nosuchdb"),
+            body: query("SELECT 1"),
+            expect: Refusal {
+                status: 400,
+                code: "3D000",
+                message_contains: "does not exist",
+            },
+        },
     ];
-    for (name, conn, body, status, code, fragment) in cases {
-        let (got_status, got) = send(conn, body).await;
-        assert_eq!(got_status, status, "{name}: {got}");
-        assert_eq!(got["code"], code, "{name}: {got}");
+    for BadInput {
+        name,
+        conn,
+        body,
+        expect,
+    } in cases
+    {
+        let (status, got) = send(conn, body).await;
+        assert_eq!(status, expect.status, "{name}: {got}");
+        assert_eq!(got["code"], expect.code, "{name}: {got}");
         assert!(
             got["message"]
                 .as_str()
-                .is_some_and(|m| m.contains(fragment)),
+                .is_some_and(|m| m.contains(expect.message_contains)),
             "{name}: {got}"
         );
     }
@@ -506,7 +558,7 @@ async fn bad_input_gets_clear_errors() {
 
 #[tokio::test]
 async fn http_surface_cors_request_ids_and_http2() {
-    let gw = TestGateway::start(|_| {}).await;
+    let gw = TestGateway::builder().route_to_postgres("db").start().await;
     let client = reqwest::Client::new();
     let preflight = client
         .request(reqwest::Method::OPTIONS, gw.sql_url())
@@ -588,7 +640,7 @@ async fn http_surface_cors_request_ids_and_http2() {
 
 #[tokio::test]
 async fn pooled_connections_need_a_verified_password() {
-    let gw = TestGateway::start(|_| {}).await;
+    let gw = TestGateway::builder().route_to_postgres("db").start().await;
     let pg = postgres().client().await;
     let role = table("pool_role");
     pg.batch_execute(&format!("CREATE ROLE {role} LOGIN PASSWORD 'first'"))
@@ -668,7 +720,11 @@ async fn pooled_connections_need_a_verified_password() {
 
 #[tokio::test]
 async fn sessions_are_reset_between_requests() {
-    let gw = TestGateway::start(|c| c.pool.max_idle_per_endpoint = 1).await;
+    let gw = TestGateway::builder()
+        .route_to_postgres("db")
+        .config(|c| c.pool.max_idle_per_endpoint = 1)
+        .start()
+        .await;
     let (_, body) = sql(&gw, CONN, json!({"query": "SHOW statement_timeout"})).await;
     let default = body["rows"][0][0].clone();
     // Every request below must reuse the one backend connection opened so far: otherwise the
@@ -715,11 +771,14 @@ async fn sessions_are_reset_between_requests() {
 /// timeout, holding Postgres connection slots meanwhile).
 #[tokio::test]
 async fn a_burst_past_the_idle_cap_settles_back_to_it() {
-    let gw = TestGateway::start(|c| {
-        c.pool.max_conns_per_endpoint = 8;
-        c.pool.max_idle_per_endpoint = 1;
-    })
-    .await;
+    let gw = TestGateway::builder()
+        .route_to_postgres("db")
+        .config(|c| {
+            c.pool.max_conns_per_endpoint = 8;
+            c.pool.max_idle_per_endpoint = 1;
+        })
+        .start()
+        .await;
     // Verified first, so the burst reuses connections instead of each logging in.
     let (status, _) = sql(&gw, CONN, json!({"query": "SELECT 1"})).await;
     assert_eq!(status, 200);
@@ -738,7 +797,7 @@ async fn a_burst_past_the_idle_cap_settles_back_to_it() {
 
 #[tokio::test]
 async fn client_disconnect_cancels_the_query() {
-    let gw = TestGateway::start(|_| {}).await;
+    let gw = TestGateway::builder().route_to_postgres("db").start().await;
     let pg = postgres().client().await;
     let t = table("cancelled");
     pg.batch_execute(&format!("CREATE TABLE {t} (id int)"))
@@ -784,11 +843,14 @@ async fn client_disconnect_cancels_the_query() {
 
 #[tokio::test]
 async fn connection_cap_per_endpoint() {
-    let gw = TestGateway::start(|c| {
-        c.pool.max_conns_per_endpoint = 1;
-        c.pool.acquire_timeout = Duration::from_millis(300);
-    })
-    .await;
+    let gw = TestGateway::builder()
+        .route_to_postgres("db")
+        .config(|c| {
+            c.pool.max_conns_per_endpoint = 1;
+            c.pool.acquire_timeout = Duration::from_millis(300);
+        })
+        .start()
+        .await;
     let slow = spawn_status(&gw, "SELECT pg_sleep(1.5)");
     wait_for(|| async { gw.metric("gateway_pool_active_connections", "").await >= 1.0 }).await;
     let (status, body) = sql(&gw, CONN, json!({"query": "SELECT 1"})).await;
@@ -806,11 +868,14 @@ async fn connection_cap_per_endpoint() {
 
 #[tokio::test]
 async fn a_waiting_request_gets_the_connection_another_returns() {
-    let gw = TestGateway::start(|c| {
-        c.pool.max_conns_per_endpoint = 1;
-        c.pool.acquire_timeout = Duration::from_secs(10);
-    })
-    .await;
+    let gw = TestGateway::builder()
+        .route_to_postgres("db")
+        .config(|c| {
+            c.pool.max_conns_per_endpoint = 1;
+            c.pool.acquire_timeout = Duration::from_secs(10);
+        })
+        .start()
+        .await;
     // Prove the password once, so the waiter may reuse the connection.
     let (status, _) = sql(&gw, CONN, json!({"query": "SELECT 1"})).await;
     assert_eq!(status, 200);
@@ -832,7 +897,11 @@ async fn a_waiting_request_gets_the_connection_another_returns() {
 
 #[tokio::test]
 async fn idle_connections_expire() {
-    let gw = TestGateway::start(|c| c.pool.idle_timeout = Duration::from_secs(1)).await;
+    let gw = TestGateway::builder()
+        .route_to_postgres("db")
+        .config(|c| c.pool.idle_timeout = Duration::from_secs(1))
+        .start()
+        .await;
     let app = format!("expire_{}", std::process::id());
     let (status, _) = sql(
         &gw,
@@ -850,7 +919,7 @@ async fn idle_connections_expire() {
 
 #[tokio::test]
 async fn metrics_count_requests() {
-    let gw = TestGateway::start(|_| {}).await;
+    let gw = TestGateway::builder().route_to_postgres("db").start().await;
     let before = gw
         .metric(
             "gateway_http_requests_total",

@@ -26,7 +26,7 @@ use tokio_postgres::NoTls;
 use gateway::WsStream;
 use support::raw::{fields, server_name, test_ca, Raw, TestCa};
 use support::{
-    driver_request, eventually, postgres, sql, Forwarder, MockControlPlane, TestGateway,
+    driver_request, eventually, postgres, sql, FakeControlPlane, Forwarder, TestGateway,
 };
 
 /// Bound for conditions that come true in the background (reports, releases).
@@ -177,17 +177,20 @@ fn params<'a>(user: &'a str, endpoint: &'a str) -> Vec<(&'a str, &'a str)> {
 async fn unauthenticated_clients_wake_nothing_reach_no_backend_and_all_look_alike() {
     let pg = postgres();
     let ca = test_ca();
-    let cp = MockControlPlane::start().await;
+    let cp = FakeControlPlane::start().await;
     let db = Forwarder::start(pg.address()).await;
     let other = Forwarder::start(pg.address()).await;
     cp.route("db", &db.addr.to_string());
     cp.route("other", &other.addr.to_string());
     cp.secret("db", "postgres", &pg.role_secret("postgres").await);
     let files = ca.files();
-    let gw = TestGateway::with_control_plane(&cp.url, None, |config| {
-        config.tls = Some(files);
-    })
-    .await;
+    let gw = TestGateway::builder()
+        .control_plane(&cp)
+        .config(|config| {
+            config.tls = Some(files);
+        })
+        .start()
+        .await;
 
     // (endpoint, password) for user postgres: an endpoint nobody has, a real endpoint where
     // the role does not exist, and a wrong password for a real role.
@@ -344,7 +347,7 @@ async fn impostor(code: i32, connections: usize) -> (String, tokio::task::JoinHa
 async fn tcp_and_tls_clients_log_in_through_the_gateways_scram_and_impostors_learn_nothing() {
     let pg = postgres();
     let ca = test_ca();
-    let cp = MockControlPlane::start().await;
+    let cp = FakeControlPlane::start().await;
     let db = Forwarder::start(pg.address()).await;
     // A PgBouncer-like route: another address holding the same verifier.
     let pooler = Forwarder::start(pg.address()).await;
@@ -353,10 +356,13 @@ async fn tcp_and_tls_clients_log_in_through_the_gateways_scram_and_impostors_lea
     let secret = pg.role_secret("postgres").await;
     cp.secret("db", "postgres", &secret);
     let files = ca.files();
-    let gw = TestGateway::with_control_plane(&cp.url, None, |config| {
-        config.tls = Some(files);
-    })
-    .await;
+    let gw = TestGateway::builder()
+        .control_plane(&cp)
+        .config(|config| {
+            config.tls = Some(files);
+        })
+        .start()
+        .await;
     let port = gw.addr.port();
 
     for (endpoint, forwarder) in [("db", &db), ("db-pooler", &pooler)] {
@@ -473,7 +479,7 @@ async fn a_wrong_password_never_disturbs_another_keys_pool() {
     // password opens its own connection and is refused by Postgres; the victim's idle
     // connection and proof stay (they used to be dropped: one wrong password emptied the
     // victim's pool).
-    let gw = TestGateway::start(|_| {}).await;
+    let gw = TestGateway::builder().route_to_postgres("db").start().await;
     warm(&gw, victim).await;
     let (status, _) = sql(&gw, wrong, json!({"query": "SELECT 1"})).await;
     assert_eq!(status, 400);
@@ -483,11 +489,14 @@ async fn a_wrong_password_never_disturbs_another_keys_pool() {
     // One connection per endpoint, held idle by the victim: an unproven request (a wrong
     // password, an unknown role) waits for a free slot and gives up; it does not close the
     // victim's connection to take its slot.
-    let gw = TestGateway::start(|config| {
-        config.pool.max_conns_per_endpoint = 1;
-        config.pool.acquire_timeout = Duration::from_millis(300);
-    })
-    .await;
+    let gw = TestGateway::builder()
+        .route_to_postgres("db")
+        .config(|config| {
+            config.pool.max_conns_per_endpoint = 1;
+            config.pool.acquire_timeout = Duration::from_millis(300);
+        })
+        .start()
+        .await;
     warm(&gw, victim).await;
     let discards = gw.metric("gateway_pool_discards_total", "").await;
     for attacker in [wrong, stranger] {
@@ -499,15 +508,18 @@ async fn a_wrong_password_never_disturbs_another_keys_pool() {
     gw.stop().await;
 
     // With a control plane, unproven requests never get that far.
-    let cp = MockControlPlane::start().await;
+    let cp = FakeControlPlane::start().await;
     let backend = Forwarder::start(pg.address()).await;
     cp.route("db", &backend.addr.to_string());
     cp.secret("db", "postgres", &pg.role_secret("postgres").await);
-    let gw = TestGateway::with_control_plane(&cp.url, None, |config| {
-        config.pool.max_conns_per_endpoint = 1;
-        config.activity_interval = None;
-    })
-    .await;
+    let gw = TestGateway::builder()
+        .control_plane(&cp)
+        .config(|config| {
+            config.pool.max_conns_per_endpoint = 1;
+            config.activity_interval = None;
+        })
+        .start()
+        .await;
     warm(&gw, victim).await;
     let connections = backend.connections();
     for attacker in [wrong, stranger] {
@@ -602,15 +614,18 @@ async fn role_changes_in_activity_replies_take_effect_at_once() {
         ))
         .await
         .expect("role");
-    let cp = MockControlPlane::start().await;
+    let cp = FakeControlPlane::start().await;
     cp.route("db", &pg.address());
     cp.route("db-pooler", &pg.address());
     cp.secret("db", &alice, &pg.role_secret(&alice).await);
     cp.secret("db", "postgres", &pg.role_secret("postgres").await);
-    let gw = TestGateway::with_control_plane(&cp.url, None, |config| {
-        config.activity_interval = Some(Duration::from_millis(200));
-    })
-    .await;
+    let gw = TestGateway::builder()
+        .control_plane(&cp)
+        .config(|config| {
+            config.activity_interval = Some(Duration::from_millis(200));
+        })
+        .start()
+        .await;
     let ok = |http: &str| [http, http, "ok", "ok", "ok"].map(str::to_owned).to_vec();
 
     // Warm: alice's old password works everywhere, her secret and proofs are cached, and she

@@ -5,7 +5,8 @@
 //!
 //! One call is one HTTP request: retries, caching and single-flight belong to
 //! [`crate::control_plane::routes::RouteTable`], which talks to the control plane through the
-//! [`ControlPlaneApi`] trait so that tests can count calls with an in-memory fake.
+//! [`ControlPlaneApi`] trait. Tests use this very client against `gateway-testkit`'s
+//! `FakeControlPlane` ([`client_for`]), so every test goes over HTTP in `wake-api`'s types.
 
 use std::fmt;
 use std::str::FromStr;
@@ -331,9 +332,25 @@ pub fn unavailable(error: &ControlPlaneError) -> String {
     }
 }
 
+/// The real client, pointed at a fake control plane: what the unit tests of the caches and
+/// the activity reporter talk to.
+#[cfg(test)]
+pub(crate) fn client_for(
+    fake: &gateway_testkit::FakeControlPlane,
+    metrics: Arc<Metrics>,
+) -> Arc<ControlPlaneClient> {
+    let config = ControlPlaneConfig {
+        url: fake.url(),
+        token: fake.token().map(Token),
+        request_timeout: Duration::from_secs(5),
+    };
+    Arc::new(ControlPlaneClient::new(config, metrics).expect("client"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use gateway_testkit::{Call as Seen, FakeControlPlane, Outage, Reply};
     use wake_api::proxy::Reason;
 
     fn api(status: u16, reason: Reason) -> ControlPlaneError {
@@ -343,27 +360,40 @@ mod tests {
         }
     }
 
+    /// An error and how it is classified.
+    struct Case {
+        error: ControlPlaneError,
+        retryable: bool,
+        not_found: bool,
+        outcome: &'static str,
+    }
+
     #[test]
     fn classification() {
-        // (error, retryable, not found, metric outcome)
+        let case = |error, retryable, not_found, outcome| Case {
+            error,
+            retryable,
+            not_found,
+            outcome,
+        };
         let cases = [
-            (
+            case(
                 ControlPlaneError::Transport("refused".into()),
                 true,
                 false,
                 "unreachable",
             ),
-            (api(404, Reason::EndpointNotFound), false, true, "not_found"),
-            (api(404, Reason::ProjectNotFound), false, true, "not_found"),
-            (
+            case(api(404, Reason::EndpointNotFound), false, true, "not_found"),
+            case(api(404, Reason::ProjectNotFound), false, true, "not_found"),
+            case(
                 api(503, Reason::RunningOperations),
                 true,
                 false,
                 "retryable",
             ),
-            (api(429, Reason::RateLimitExceeded), false, false, "error"),
-            (api(500, Reason::Unknown), false, false, "error"),
-            (
+            case(api(429, Reason::RateLimitExceeded), false, false, "error"),
+            case(api(500, Reason::Unknown), false, false, "error"),
+            case(
                 ControlPlaneError::Api {
                     status: 500,
                     body: ErrorBody::new("CODE", "x", Reason::Unknown).with_retry_delay_ms(50),
@@ -372,26 +402,32 @@ mod tests {
                 false,
                 "retryable",
             ),
-            (
+            case(
                 ControlPlaneError::Status { status: 502 },
                 true,
                 false,
                 "retryable",
             ),
-            (
+            case(
                 ControlPlaneError::Status { status: 404 },
                 false,
                 false,
                 "error",
             ),
-            (
+            case(
                 ControlPlaneError::Invalid("x".into()),
                 false,
                 false,
                 "error",
             ),
         ];
-        for (error, retryable, not_found, outcome) in cases {
+        for Case {
+            error,
+            retryable,
+            not_found,
+            outcome,
+        } in cases
+        {
             assert_eq!(error.is_retryable(), retryable, "{error}");
             assert_eq!(error.is_not_found(), not_found, "{error}");
             assert_eq!(error.outcome(), outcome, "{error}");
@@ -431,142 +467,44 @@ mod tests {
         assert_eq!(token.expose(), "s3cret");
     }
 
-    type Seen = Arc<std::sync::Mutex<Vec<String>>>;
-    type Params = axum::extract::Query<std::collections::HashMap<String, String>>;
+    fn client(fake: &FakeControlPlane) -> (Arc<ControlPlaneClient>, Arc<Metrics>) {
+        let metrics = Arc::new(Metrics::new());
+        (client_for(fake, metrics.clone()), metrics)
+    }
 
-    /// Records one request as `call sorted-query auth=… request_id=…` (the session id, a fresh
-    /// uuid, only checked).
-    fn record(seen: &Seen, call: &str, query: &Params, headers: &axum::http::HeaderMap) {
-        let mut pairs: Vec<String> = query
+    /// One request as `call sorted-query auth=… request_id=…` (the session id, a fresh uuid,
+    /// only checked).
+    fn described(request: &gateway_testkit::Request) -> String {
+        let query: Vec<String> = request
+            .query
             .iter()
-            .filter(|(k, v)| {
-                k.as_str() != "session_id" || uuid::Uuid::parse_str(v.as_str()).is_err()
-            })
+            .filter(|(k, v)| k.as_str() != "session_id" || uuid::Uuid::parse_str(v).is_err())
             .map(|(k, v)| format!("{k}={v}"))
             .collect();
-        pairs.sort();
-        let auth = headers
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("-");
-        let request_id = headers.contains_key("x-request-id");
-        seen.lock().expect("lock").push(format!(
-            "{call} {} auth={auth} request_id={request_id}",
-            pairs.join("&")
-        ));
-    }
-
-    async fn mock_wake(
-        axum::extract::State(seen): axum::extract::State<Seen>,
-        query: Params,
-        headers: axum::http::HeaderMap,
-    ) -> axum::response::Response {
-        use axum::http::StatusCode;
-        use axum::response::IntoResponse;
-        record(&seen, "wake", &query, &headers);
-        let endpoint = query.get("endpointish").cloned().unwrap_or_default();
-        let error =
-            |status: StatusCode, body: ErrorBody| (status, axum::Json(body)).into_response();
-        let found = |address: &str| {
-            axum::Json(serde_json::json!({
-                "address": address,
-                "server_name": null,
-                "aux": {
-                    "endpoint_id": "db",
-                    "project_id": "p",
-                    "branch_id": "b",
-                    "compute_id": "c",
-                    "cold_start_info": "pool_miss"
-                }
-            }))
-            .into_response()
-        };
-        match endpoint.as_str() {
-            "db" => found("127.0.0.1:5432"),
-            "db-pooler" => found("127.0.0.1:6432"),
-            "busy" => error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                ErrorBody::new("UNAVAILABLE", "starting", Reason::RunningOperations)
-                    .with_retry_delay_ms(100),
-            ),
-            "broken" => (StatusCode::INTERNAL_SERVER_ERROR, "oops").into_response(),
-            "garbage" => "not json".into_response(),
-            _ => error(
-                StatusCode::NOT_FOUND,
-                ErrorBody::new("NOT_FOUND", "no such endpoint", Reason::EndpointNotFound),
-            ),
-        }
-    }
-
-    async fn mock_access(
-        axum::extract::State(seen): axum::extract::State<Seen>,
-        query: Params,
-        headers: axum::http::HeaderMap,
-    ) -> axum::Json<serde_json::Value> {
-        record(&seen, "access", &query, &headers);
-        axum::Json(serde_json::json!({
-            "role_secret": "SCRAM-SHA-256$4096:c2FsdA==$a:b",
-            "project_id": "p",
-            "allowed_ips": null
-        }))
-    }
-
-    async fn mock_activity(
-        axum::extract::State(seen): axum::extract::State<Seen>,
-        headers: axum::http::HeaderMap,
-        axum::Json(report): axum::Json<ActivityReport>,
-    ) -> axum::Json<ActivityReply> {
-        let auth = headers
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("-");
-        let body = serde_json::to_string(&report).expect("serialize");
-        seen.lock()
-            .expect("lock")
-            .push(format!("activity {body} auth={auth}"));
-        axum::Json(ActivityReply {
-            inactive: report.cached.into_iter().filter(|id| id != "db").collect(),
-            ..ActivityReply::default()
-        })
-    }
-
-    /// A stand-in control plane on a real socket: answers by endpoint name and records what
-    /// it was asked.
-    async fn mock_control_plane() -> (String, Seen) {
-        let seen = Seen::default();
-        let app = axum::Router::new()
-            .route("/proxy/api/v1/wake_compute", axum::routing::get(mock_wake))
-            .route(
-                "/proxy/api/v1/get_endpoint_access_control",
-                axum::routing::get(mock_access),
-            )
-            .route("/proxy/api/v1/activity", axum::routing::post(mock_activity))
-            .with_state(seen.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        (format!("http://{addr}/proxy/api/v1"), seen)
-    }
-
-    fn client(url: String, token: Option<&str>) -> (ControlPlaneClient, Arc<Metrics>) {
-        let metrics = Arc::new(Metrics::new());
-        let config = ControlPlaneConfig {
-            url,
-            token: token.map(|t| t.parse().expect("token")),
-            request_timeout: Duration::from_secs(5),
-        };
-        (
-            ControlPlaneClient::new(config, metrics.clone()).expect("client"),
-            metrics,
+        format!(
+            "{:?} {} auth={} request_id={}",
+            request.call,
+            query.join("&"),
+            request.authorization.as_deref().unwrap_or("-"),
+            request.request_id.is_some()
         )
     }
 
     #[tokio::test]
     async fn the_http_client_speaks_the_proxy_api() {
-        let (url, seen) = mock_control_plane().await;
-        let (cp, metrics) = client(url, Some("t0ken"));
+        let fake = FakeControlPlane::start().await;
+        fake.require_token("t0ken");
+        fake.route("db", "127.0.0.1:5432");
+        fake.route("db-pooler", "127.0.0.1:6432");
+        fake.secret("db", "alice", "SCRAM-SHA-256$4096:c2FsdA==$a:b");
+        fake.wake_replies("busy", [Reply::busy(Duration::from_millis(100))]);
+        let raw = |status: u16, body: &str| Reply::Raw {
+            status,
+            body: body.into(),
+        };
+        fake.wake_replies("broken", [raw(500, "oops")]);
+        fake.wake_replies("garbage", [raw(200, "not json")]);
+        let (cp, metrics) = client(&fake);
         let id = |s: &str| EndpointId::parse(s).expect("id");
 
         let woken = cp.wake_compute(&id("db")).await.expect("woken");
@@ -588,13 +526,13 @@ mod tests {
         assert!(matches!(garbage, ControlPlaneError::Invalid(_)));
         assert!(!garbage.is_retryable());
 
-        let seen = seen.lock().expect("lock").clone();
+        let seen: Vec<String> = fake.received().iter().take(3).map(described).collect();
         assert_eq!(
-            seen[..3],
+            seen,
             [
-                "wake application_name=gateway&endpointish=db auth=Bearer t0ken request_id=true",
-                "wake application_name=gateway&endpointish=db-pooler auth=Bearer t0ken request_id=true",
-                "access endpointish=db&role=alice auth=Bearer t0ken request_id=true",
+                "WakeCompute application_name=gateway&endpointish=db auth=Bearer t0ken request_id=true",
+                "WakeCompute application_name=gateway&endpointish=db-pooler auth=Bearer t0ken request_id=true",
+                "AccessControl endpointish=db&role=alice auth=Bearer t0ken request_id=true",
             ]
         );
         let count = |call: &str, outcome: &str| {
@@ -619,8 +557,10 @@ mod tests {
 
     #[tokio::test]
     async fn activity_reports_are_posted_with_the_token() {
-        let (url, seen) = mock_control_plane().await;
-        let (cp, metrics) = client(url, Some("t0ken"));
+        let fake = FakeControlPlane::start().await;
+        fake.require_token("t0ken");
+        fake.set_inactive(&["old"]);
+        let (cp, metrics) = client(&fake);
         let report = ActivityReport {
             interval_ms: 1000,
             endpoints: vec![wake_api::proxy::EndpointActivity {
@@ -634,12 +574,12 @@ mod tests {
         };
         let reply = cp.report_activity(&report).await.expect("reply");
         assert_eq!(reply.inactive, ["old"]);
-        assert_eq!(
-            *seen.lock().expect("lock"),
-            [
-                r#"activity {"interval_ms":1000,"endpoints":[{"endpoint_id":"db","sessions":1,"in_flight":0,"idle_ms":0}],"cached":["db","old"]} auth=Bearer t0ken"#
-            ]
-        );
+        let received = fake.reports();
+        assert_eq!(received.len(), 1);
+        assert_eq!(received[0].report, report);
+        let requests = fake.received();
+        assert_eq!(requests[0].call, Seen::Activity);
+        assert_eq!(requests[0].authorization.as_deref(), Some("Bearer t0ken"));
         assert_eq!(
             metrics
                 .control_plane_requests
@@ -651,15 +591,12 @@ mod tests {
 
     #[tokio::test]
     async fn an_unreachable_control_plane_is_a_retryable_transport_error() {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
-        let (cp, metrics) = client(format!("http://127.0.0.1:{port}/proxy/api/v1"), None);
-        let error = cp
-            .wake_compute(&EndpointId::parse("db").expect("id"))
-            .await
-            .expect_err("refused");
+        let fake = FakeControlPlane::start().await;
+        fake.route("db", "127.0.0.1:5432");
+        fake.go_down(Outage::Refused);
+        let (cp, metrics) = client(&fake);
+        let db = EndpointId::parse("db").expect("id");
+        let error = cp.wake_compute(&db).await.expect_err("refused");
         assert!(matches!(error, ControlPlaneError::Transport(_)), "{error}");
         assert!(error.is_retryable());
         assert!(
@@ -673,5 +610,8 @@ mod tests {
                 .get(),
             1
         );
+        // Back: the same client reaches it again.
+        fake.come_back();
+        assert!(cp.wake_compute(&db).await.is_ok());
     }
 }

@@ -726,15 +726,10 @@ async fn wake(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::VecDeque;
     use std::sync::atomic::AtomicUsize;
     use std::sync::Mutex;
 
-    use async_trait::async_trait;
-    use wake_api::proxy::{
-        AccessControl, ColdStartInfo, ControlPlaneError as ErrorBody, MetricsAuxInfo, Reason,
-        WakeCompute,
-    };
+    use gateway_testkit::{FakeControlPlane, Reply};
 
     fn id(name: &str) -> EndpointId {
         EndpointId::parse(name).expect("endpoint id")
@@ -761,139 +756,20 @@ mod tests {
         check("host:1", Err(()));
     }
 
-    /// What the fake control plane answers for one endpoint, call after call (the last
-    /// answer repeats).
-    #[derive(Clone)]
-    enum Answer {
-        Address(&'static str),
-        NotFound,
-        Busy,
-        Down,
+    /// A fake control plane whose calls take `latency` (so concurrent lookups overlap).
+    async fn fake_with_latency(latency: Duration) -> FakeControlPlane {
+        let fake = FakeControlPlane::start().await;
+        fake.delay(latency);
+        fake
     }
 
-    #[derive(Default)]
-    struct FakeControlPlane {
-        answers: Mutex<HashMap<String, VecDeque<Answer>>>,
-        secrets: Mutex<HashMap<(String, String), Result<String, Answer>>>,
-        wakes: AtomicUsize,
-        lookups: AtomicUsize,
-        /// How long each call takes, so concurrent lookups overlap.
-        latency: Duration,
+    /// The control plane is unavailable for this call: a bare 503, retried.
+    fn down() -> Reply {
+        Reply::unavailable()
     }
 
-    impl FakeControlPlane {
-        fn with_latency(latency: Duration) -> Arc<Self> {
-            Arc::new(FakeControlPlane {
-                latency,
-                ..Default::default()
-            })
-        }
-
-        fn answer(&self, endpoint: &str, answers: &[Answer]) {
-            self.answers
-                .lock()
-                .expect("lock")
-                .insert(endpoint.to_owned(), answers.iter().cloned().collect());
-        }
-
-        fn secret(&self, endpoint: &str, role: &str, secret: Result<String, Answer>) {
-            self.secrets
-                .lock()
-                .expect("lock")
-                .insert((endpoint.to_owned(), role.to_owned()), secret);
-        }
-
-        fn wakes(&self) -> usize {
-            self.wakes.load(Ordering::SeqCst)
-        }
-
-        fn lookups(&self) -> usize {
-            self.lookups.load(Ordering::SeqCst)
-        }
-    }
-
-    fn error(answer: &Answer) -> ControlPlaneError {
-        match answer {
-            Answer::NotFound => ControlPlaneError::Api {
-                status: 404,
-                body: ErrorBody::new("NOT_FOUND", "no such endpoint", Reason::EndpointNotFound),
-            },
-            Answer::Busy => ControlPlaneError::Api {
-                status: 503,
-                body: ErrorBody::new("UNAVAILABLE", "starting", Reason::RunningOperations)
-                    .with_retry_delay_ms(1),
-            },
-            _ => ControlPlaneError::Transport("connection refused".into()),
-        }
-    }
-
-    #[async_trait]
-    impl ControlPlaneApi for FakeControlPlane {
-        async fn wake_compute(
-            &self,
-            endpointish: &EndpointId,
-        ) -> Result<WakeCompute, ControlPlaneError> {
-            self.wakes.fetch_add(1, Ordering::SeqCst);
-            tokio::time::sleep(self.latency).await;
-            let answer = {
-                let mut answers = self.answers.lock().expect("lock");
-                let queue = answers.entry(endpointish.to_string()).or_default();
-                if queue.len() > 1 {
-                    queue.pop_front()
-                } else {
-                    queue.front().cloned()
-                }
-            };
-            match answer.unwrap_or(Answer::NotFound) {
-                Answer::Address(address) => Ok(WakeCompute {
-                    address: address.to_owned(),
-                    server_name: None,
-                    aux: MetricsAuxInfo {
-                        endpoint_id: endpointish.to_string(),
-                        project_id: "p".into(),
-                        branch_id: "b".into(),
-                        compute_id: "c".into(),
-                        cold_start_info: ColdStartInfo::Warm,
-                    },
-                }),
-                other => Err(error(&other)),
-            }
-        }
-
-        async fn access_control(
-            &self,
-            endpoint: &EndpointId,
-            role: &str,
-        ) -> Result<AccessControl, ControlPlaneError> {
-            self.lookups.fetch_add(1, Ordering::SeqCst);
-            // Read when the call arrives, answered after the latency.
-            let secret = self
-                .secrets
-                .lock()
-                .expect("lock")
-                .get(&(endpoint.to_string(), role.to_owned()))
-                .cloned()
-                .unwrap_or(Err(Answer::NotFound));
-            tokio::time::sleep(self.latency).await;
-            match secret {
-                Ok(role_secret) => Ok(AccessControl {
-                    role_secret,
-                    project_id: None,
-                    allowed_ips: None,
-                    allowed_vpc_endpoint_ids: None,
-                    block_public_connections: None,
-                    block_vpc_connections: None,
-                }),
-                Err(answer) => Err(error(&answer)),
-            }
-        }
-
-        async fn report_activity(
-            &self,
-            _: &wake_api::proxy::ActivityReport,
-        ) -> Result<wake_api::proxy::ActivityReply, ControlPlaneError> {
-            Ok(Default::default())
-        }
+    fn busy() -> Reply {
+        Reply::busy(Duration::from_millis(1))
     }
 
     fn quick() -> RouteCacheConfig {
@@ -913,14 +789,15 @@ mod tests {
     }
 
     fn table(
-        fake: &Arc<FakeControlPlane>,
+        fake: &FakeControlPlane,
         config: RouteCacheConfig,
         fixed: &[&str],
     ) -> (Arc<RouteTable>, Arc<Metrics>) {
         let metrics = Arc::new(Metrics::new());
+        let client = crate::control_plane::client::client_for(fake, metrics.clone());
         let table = RouteTable::new(
             fixed.iter().map(|r| r.parse().expect("route")),
-            Some(fake.clone() as Arc<dyn ControlPlaneApi>),
+            Some(client as Arc<dyn ControlPlaneApi>),
             config,
             metrics.clone(),
         );
@@ -944,8 +821,8 @@ mod tests {
 
     #[tokio::test]
     async fn static_routes_win_and_nothing_else_resolves_without_a_control_plane() {
-        let fake = FakeControlPlane::with_latency(Duration::ZERO);
-        fake.answer("db", &[Answer::Address("10.0.0.1:5432")]);
+        let fake = fake_with_latency(Duration::ZERO).await;
+        fake.route("db", "10.0.0.1:5432");
         let (routes, _) = table(&fake, quick(), &["db=127.0.0.1:1"]);
         assert_eq!(
             address(&routes, "db").await,
@@ -972,9 +849,9 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn concurrent_first_lookups_share_one_wake() {
-        let fake = FakeControlPlane::with_latency(Duration::from_millis(50));
-        fake.answer("ep", &[Answer::Address("10.0.0.1:5432")]);
-        fake.answer("ghost", &[Answer::NotFound]);
+        let fake = fake_with_latency(Duration::from_millis(50)).await;
+        fake.route("ep", "10.0.0.1:5432");
+        fake.wake_replies("ghost", [Reply::not_found()]);
         let (routes, metrics) = table(&fake, quick(), &[]);
         let resolves = (0..500).map(|i| {
             let routes = routes.clone();
@@ -1009,11 +886,8 @@ mod tests {
 
     #[tokio::test]
     async fn retries_run_inside_the_flight_and_failures_are_not_cached() {
-        let fake = FakeControlPlane::with_latency(Duration::from_millis(5));
-        fake.answer(
-            "ep",
-            &[Answer::Busy, Answer::Busy, Answer::Address("10.0.0.1:5432")],
-        );
+        let fake = fake_with_latency(Duration::from_millis(5)).await;
+        fake.wake_replies("ep", [busy(), busy(), Reply::address("10.0.0.1:5432")]);
         let (routes, metrics) = table(&fake, quick(), &[]);
         let resolves = (0..20).map(|_| address(&routes, "ep"));
         for result in futures_util::future::join_all(resolves).await {
@@ -1024,7 +898,7 @@ mod tests {
 
         // Down: every try of the envelope fails, the lookup is Unavailable, and nothing is
         // cached, so the next lookup asks again.
-        fake.answer("down", &[Answer::Down]);
+        fake.wake_replies("down", [down()]);
         assert_eq!(address(&routes, "down").await, Err("unavailable".into()));
         assert_eq!(fake.wakes(), 3 + 4);
         assert_eq!(address(&routes, "down").await, Err("unavailable".into()));
@@ -1033,8 +907,8 @@ mod tests {
 
     #[tokio::test]
     async fn not_found_is_remembered_for_the_negative_ttl() {
-        let fake = FakeControlPlane::with_latency(Duration::ZERO);
-        fake.answer("ghost", &[Answer::NotFound]);
+        let fake = fake_with_latency(Duration::ZERO).await;
+        fake.wake_replies("ghost", [Reply::not_found()]);
         let config = RouteCacheConfig {
             negative_ttl: Duration::from_millis(100),
             ..quick()
@@ -1047,7 +921,7 @@ mod tests {
         assert_eq!(lookups(&metrics, "negative_hit"), 9);
         tokio::time::sleep(Duration::from_millis(150)).await;
         // Expired: asked again, and now it exists.
-        fake.answer("ghost", &[Answer::Address("10.0.0.9:5432")]);
+        fake.route("ghost", "10.0.0.9:5432");
         assert_eq!(
             address(&routes, "ghost").await,
             Ok(("10.0.0.9:5432".into(), Origin::Wake))
@@ -1057,9 +931,9 @@ mod tests {
 
     #[tokio::test]
     async fn idle_routes_expire_and_used_ones_stay() {
-        let fake = FakeControlPlane::with_latency(Duration::ZERO);
-        fake.answer("ep", &[Answer::Address("10.0.0.1:5432")]);
-        fake.answer("idle", &[Answer::Address("10.0.0.2:5432")]);
+        let fake = fake_with_latency(Duration::ZERO).await;
+        fake.route("ep", "10.0.0.1:5432");
+        fake.route("idle", "10.0.0.2:5432");
         let config = RouteCacheConfig {
             idle_ttl: Duration::from_millis(300),
             refresh_after: Duration::from_secs(60),
@@ -1095,8 +969,8 @@ mod tests {
     #[tokio::test]
     async fn stale_hits_refresh_in_the_background_and_keep_the_old_value_on_failure() {
         // Calls take long enough that the burst below is over before the refresh lands.
-        let fake = FakeControlPlane::with_latency(Duration::from_millis(100));
-        fake.answer("ep", &[Answer::Address("10.0.0.1:5432")]);
+        let fake = fake_with_latency(Duration::from_millis(100)).await;
+        fake.route("ep", "10.0.0.1:5432");
         let config = RouteCacheConfig {
             refresh_after: Duration::from_millis(50),
             ..quick()
@@ -1110,7 +984,7 @@ mod tests {
 
         // Old enough: a burst of hits is served the cached address and starts one refresh.
         tokio::time::sleep(Duration::from_millis(60)).await;
-        fake.answer("ep", &[Answer::Address("10.0.0.2:5432")]);
+        fake.route("ep", "10.0.0.2:5432");
         for _ in 0..20 {
             assert_eq!(
                 address(&routes, "ep").await,
@@ -1131,7 +1005,7 @@ mod tests {
         assert!(refreshed, "the refresh replaced the entry");
 
         // The control plane goes down: refreshes fail, the cached address keeps being served.
-        fake.answer("ep", &[Answer::Down]);
+        fake.wake_replies("ep", [down()]);
         tokio::time::sleep(Duration::from_millis(60)).await;
         let before = fake.wakes();
         assert_eq!(
@@ -1150,15 +1024,15 @@ mod tests {
 
     #[tokio::test]
     async fn a_refresh_that_finds_the_endpoint_gone_drops_it() {
-        let fake = FakeControlPlane::with_latency(Duration::ZERO);
-        fake.answer("ep", &[Answer::Address("10.0.0.1:5432")]);
+        let fake = fake_with_latency(Duration::ZERO).await;
+        fake.route("ep", "10.0.0.1:5432");
         let config = RouteCacheConfig {
             refresh_after: Duration::ZERO,
             ..quick()
         };
         let (routes, _) = table(&fake, config, &[]);
         assert!(address(&routes, "ep").await.is_ok());
-        fake.answer("ep", &[Answer::NotFound]);
+        fake.wake_replies("ep", [Reply::not_found()]);
         assert!(
             address(&routes, "ep").await.is_ok(),
             "served while refreshing"
@@ -1176,11 +1050,11 @@ mod tests {
 
     #[tokio::test]
     async fn invalidation_drops_only_the_failed_address() {
-        let fake = FakeControlPlane::with_latency(Duration::ZERO);
-        fake.answer("ep", &[Answer::Address("10.0.0.1:5432")]);
+        let fake = fake_with_latency(Duration::ZERO).await;
+        fake.route("ep", "10.0.0.1:5432");
         let (routes, metrics) = table(&fake, quick(), &["db=127.0.0.1:1"]);
         let old = routes.resolve(&id("ep")).await.expect("woken");
-        fake.answer("ep", &[Answer::Address("10.0.0.2:5432")]);
+        fake.route("ep", "10.0.0.2:5432");
         assert!(routes.invalidate(&old).await);
         let new = routes.resolve(&id("ep")).await.expect("woken");
         assert_eq!(
@@ -1237,14 +1111,14 @@ mod tests {
 
     #[tokio::test]
     async fn a_failing_cached_address_is_invalidated_and_the_endpoint_woken_again() {
-        let fake = FakeControlPlane::with_latency(Duration::ZERO);
-        fake.answer("ep", &[Answer::Address("10.0.0.1:5432")]);
+        let fake = fake_with_latency(Duration::ZERO).await;
+        fake.route("ep", "10.0.0.1:5432");
         let (routes, metrics) = table(&fake, quick(), &["db=127.0.0.1:1"]);
         routes.resolve(&id("ep")).await.expect("woken");
         let cached = routes.resolve(&id("ep")).await.expect("cached");
         assert_eq!(cached.origin, Origin::Cache);
         // The compute moved: the cached address refuses, a new wake finds the new one.
-        fake.answer("ep", &[Answer::Address("10.0.0.2:5432")]);
+        fake.route("ep", "10.0.0.2:5432");
         let attempts = AtomicUsize::new(0);
         let connected = connect_to(&routes, cached, "10.0.0.2:5432", true, &attempts).await;
         assert_eq!(connected, Ok("10.0.0.2:5432".to_owned()));
@@ -1276,7 +1150,7 @@ mod tests {
 
         // The endpoint was deleted meanwhile: the new wake says so.
         let cached = routes.resolve(&id("ep")).await.expect("cached");
-        fake.answer("ep", &[Answer::NotFound]);
+        fake.wake_replies("ep", [Reply::not_found()]);
         let attempts = AtomicUsize::new(0);
         let failed = connect_to(&routes, cached, "nowhere", true, &attempts).await;
         assert_eq!(failed, Err("no such endpoint".to_owned()));
@@ -1284,8 +1158,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn the_attempt_after_a_new_wake_runs_at_once_then_backoff_applies() {
-        let fake = FakeControlPlane::with_latency(Duration::ZERO);
-        fake.answer("ep", &[Answer::Address("10.0.0.1:5432")]);
+        let fake = fake_with_latency(Duration::ZERO).await;
+        fake.route("ep", "10.0.0.1:5432");
         let config = RouteCacheConfig {
             connect_retry: RetryConfig {
                 max_attempts: 3,
@@ -1297,7 +1171,7 @@ mod tests {
         let (routes, _) = table(&fake, config, &[]);
         routes.resolve(&id("ep")).await.expect("woken");
         let cached = routes.resolve(&id("ep")).await.expect("cached");
-        fake.answer("ep", &[Answer::Address("10.0.0.2:5432")]);
+        fake.route("ep", "10.0.0.2:5432");
         let started = tokio::time::Instant::now();
         let attempts = Mutex::new(Vec::new());
         let failed = routes
@@ -1326,16 +1200,12 @@ mod tests {
 
     #[tokio::test]
     async fn role_secrets_are_cached_per_endpoint_and_role() {
-        let fake = FakeControlPlane::with_latency(Duration::from_millis(5));
+        let fake = fake_with_latency(Duration::from_millis(5)).await;
         let verifier = postgres_protocol::password::scram_sha_256(b"pw");
-        fake.secret("db", "alice", Ok(verifier));
-        fake.secret("db", "nobody", Ok(String::new()));
-        fake.secret(
-            "db",
-            "md5",
-            Ok("md5d41d8cd98f00b204e9800998ecf8427e".into()),
-        );
-        fake.secret("db", "flaky", Err(Answer::Down));
+        fake.secret("db", "alice", &verifier);
+        fake.secret("db", "nobody", "");
+        fake.secret("db", "md5", "md5d41d8cd98f00b204e9800998ecf8427e");
+        fake.secret_replies("db", "flaky", [down()]);
         let config = RouteCacheConfig {
             negative_ttl: Duration::from_millis(100),
             ..quick()
@@ -1369,8 +1239,7 @@ mod tests {
         }
         assert_eq!(fake.lookups(), 3);
         // A failed lookup is not an answer: unavailable, and asked again next time.
-        let down =
-            Err("endpoint unavailable: control plane unreachable: connection refused".into());
+        let down = Err("endpoint unavailable: control plane answered 503".into());
         assert_eq!(secret("db", "flaky").await, down);
         assert_eq!(secret("db", "flaky").await, down);
         assert_eq!(fake.lookups(), 5);
@@ -1405,10 +1274,10 @@ mod tests {
 
     #[tokio::test]
     async fn role_changes_drop_secrets_and_a_lookup_racing_one_is_not_cached() {
-        let fake = FakeControlPlane::with_latency(Duration::from_millis(50));
+        let fake = fake_with_latency(Duration::from_millis(50)).await;
         let old = postgres_protocol::password::scram_sha_256(b"old");
-        fake.secret("db", "alice", Ok(old.clone()));
-        fake.secret("db", "bob", Ok(old));
+        fake.secret("db", "alice", &old);
+        fake.secret("db", "bob", &old);
         let (routes, _) = table(&fake, quick(), &[]);
         let verifies = |password: &'static [u8], role: &'static str| {
             let routes = routes.clone();
@@ -1427,7 +1296,7 @@ mod tests {
         fake.secret(
             "db",
             "alice",
-            Ok(postgres_protocol::password::scram_sha_256(b"new")),
+            &postgres_protocol::password::scram_sha_256(b"new"),
         );
         routes.forget_role(&id("db-pooler"), "alice").await;
         assert!(verifies(b"new", "alice").await);
@@ -1439,17 +1308,17 @@ mod tests {
         fake.secret(
             "db",
             "carol",
-            Ok(postgres_protocol::password::scram_sha_256(b"old")),
+            &postgres_protocol::password::scram_sha_256(b"old"),
         );
         let racing = tokio::spawn({
             let routes = routes.clone();
             async move { routes.role_secret(&id("db"), "carol").await }
         });
-        tokio::time::sleep(Duration::from_millis(10)).await; // the lookup is in flight
+        eventually(|| fake.lookups() == 4).await; // the lookup read the old secret
         fake.secret(
             "db",
             "carol",
-            Ok(postgres_protocol::password::scram_sha_256(b"new")),
+            &postgres_protocol::password::scram_sha_256(b"new"),
         );
         routes.forget_role(&id("db"), "carol").await;
         assert!(racing.is_finished(), "the change waited for the lookup");
@@ -1468,9 +1337,9 @@ mod tests {
 
     #[tokio::test]
     async fn stale_secrets_refresh_in_the_background_and_outlive_a_control_plane_outage() {
-        let fake = FakeControlPlane::with_latency(Duration::from_millis(20));
+        let fake = fake_with_latency(Duration::from_millis(20)).await;
         let first = postgres_protocol::password::scram_sha_256(b"first");
-        fake.secret("db", "alice", Ok(first));
+        fake.secret("db", "alice", &first);
         let config = RouteCacheConfig {
             secret_ttl: Duration::from_millis(50),
             ..quick()
@@ -1494,7 +1363,7 @@ mod tests {
         assert_eq!(fake.lookups(), 1);
         // Stale, control plane down: a burst of hits is served from the cache and starts one
         // refresh, which fails and keeps the secret.
-        fake.secret("db", "alice", Err(Answer::Down));
+        fake.secret_replies("db", "alice", [down()]);
         tokio::time::sleep(Duration::from_millis(60)).await;
         for _ in 0..5 {
             let hit = routes.role_secret(&id("db"), "alice").await;
@@ -1505,7 +1374,8 @@ mod tests {
         eventually(|| fake.lookups() >= 2).await;
         let refreshes = metrics.hot.role_secret_lookups.get("stale_refresh");
         assert!((1..=5).contains(&refreshes), "{refreshes} refreshes");
-        eventually(|| fake.lookups() as u64 == 1 + refreshes).await;
+        // (At least: on a loaded machine a hit after the failed refresh may start another.)
+        eventually(|| fake.lookups() as u64 > refreshes).await;
         tokio::time::sleep(Duration::from_millis(40)).await;
         let before = fake.lookups();
         assert_eq!(
@@ -1513,12 +1383,12 @@ mod tests {
             Ok(true),
             "kept through the outage"
         );
-        eventually(|| fake.lookups() == before + 1).await;
+        eventually(|| fake.lookups() > before).await;
         let before = fake.lookups();
         // Back up with a new secret (changed while this gateway heard nothing): the next
         // refresh replaces it.
         let second = postgres_protocol::password::scram_sha_256(b"second");
-        fake.secret("db", "alice", Ok(second));
+        fake.secret("db", "alice", &second);
         tokio::time::sleep(Duration::from_millis(40)).await;
         assert_eq!(
             verifies(b"first").await,
@@ -1536,7 +1406,7 @@ mod tests {
         }
         assert!(replaced, "the refreshed secret replaced the old one");
         // The role is dropped (unknown now): the refresh makes it unknown.
-        fake.secret("db", "alice", Ok(String::new()));
+        fake.secret("db", "alice", "");
         tokio::time::sleep(Duration::from_millis(60)).await;
         let _ = verifies(b"second").await;
         let mut unknown = false;

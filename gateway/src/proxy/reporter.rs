@@ -295,11 +295,9 @@ pub async fn forget_inactive(state: &Held, reply: &ActivityReply) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::HashMap;
+    use gateway_testkit::FakeControlPlane;
 
     use futures_util::FutureExt;
-    use std::sync::atomic::Ordering;
-    use std::sync::Mutex;
 
     fn id(name: &str) -> EndpointId {
         EndpointId::parse(name).expect("endpoint id")
@@ -309,114 +307,45 @@ mod tests {
         (endpoint.to_owned(), sessions, in_flight, idle_ms)
     }
 
-    /// A control plane that records reports (with when they arrived) and answers from a table.
-    #[derive(Default)]
-    struct Recorder {
-        reports: Mutex<Vec<(Instant, ActivityReport)>>,
-        inactive: Mutex<Vec<String>>,
-        failing: std::sync::atomic::AtomicBool,
-        wakes: std::sync::atomic::AtomicUsize,
-        /// Role secrets by (endpoint, role); others are unknown roles.
-        secrets: Mutex<HashMap<(String, String), String>>,
-        lookups: std::sync::atomic::AtomicUsize,
-        /// The role-change part of the next replies, one per report (then the default).
-        role_replies: Mutex<std::collections::VecDeque<ActivityReply>>,
+    /// A fake control plane answering every wake of `endpoints` with `10.0.0.1:5432`, and
+    /// activity reports without role changes (no cursor) unless a test scripts them.
+    async fn fake(endpoints: &[&str]) -> FakeControlPlane {
+        let fake = FakeControlPlane::start().await;
+        for endpoint in endpoints {
+            fake.route(endpoint, "10.0.0.1:5432");
+        }
+        fake.without_role_changes();
+        fake
     }
 
-    impl Recorder {
-        fn reports(&self) -> Vec<(Instant, ActivityReport)> {
-            self.reports.lock().expect("lock").clone()
-        }
-    }
-
-    #[async_trait::async_trait]
-    impl ControlPlaneApi for Recorder {
-        async fn wake_compute(
-            &self,
-            endpointish: &EndpointId,
-        ) -> Result<wake_api::proxy::WakeCompute, crate::control_plane::client::ControlPlaneError>
-        {
-            self.wakes.fetch_add(1, Ordering::SeqCst);
-            Ok(wake_api::proxy::WakeCompute {
-                address: "10.0.0.1:5432".into(),
-                server_name: None,
-                aux: wake_api::proxy::MetricsAuxInfo {
-                    endpoint_id: endpointish.to_string(),
-                    project_id: "p".into(),
-                    branch_id: "b".into(),
-                    compute_id: "c".into(),
-                    cold_start_info: wake_api::proxy::ColdStartInfo::Warm,
-                },
-            })
-        }
-
-        async fn access_control(
-            &self,
-            endpoint: &EndpointId,
-            role: &str,
-        ) -> Result<wake_api::proxy::AccessControl, crate::control_plane::client::ControlPlaneError>
-        {
-            self.lookups.fetch_add(1, Ordering::SeqCst);
-            let secret = self
-                .secrets
-                .lock()
-                .expect("lock")
-                .get(&(endpoint.to_string(), role.to_owned()))
-                .cloned()
-                .unwrap_or_default();
-            Ok(wake_api::proxy::AccessControl {
-                role_secret: secret,
-                project_id: None,
-                allowed_ips: None,
-                allowed_vpc_endpoint_ids: None,
-                block_public_connections: None,
-                block_vpc_connections: None,
-            })
-        }
-
-        async fn report_activity(
-            &self,
-            report: &ActivityReport,
-        ) -> Result<ActivityReply, crate::control_plane::client::ControlPlaneError> {
-            self.reports
-                .lock()
-                .expect("lock")
-                .push((Instant::now(), report.clone()));
-            if self.failing.load(Ordering::SeqCst) {
-                return Err(crate::control_plane::client::ControlPlaneError::Status {
-                    status: 503,
-                });
-            }
-            let roles = self
-                .role_replies
-                .lock()
-                .expect("lock")
-                .pop_front()
-                .unwrap_or_default();
-            Ok(ActivityReply {
-                inactive: self.inactive.lock().expect("lock").clone(),
-                ..roles
-            })
-        }
-    }
-
-    /// Shared state whose route table has `fixed` static routes and `recorder` as its control
-    /// plane.
-    fn state_with(recorder: &Arc<Recorder>, fixed: &[&str]) -> Held {
+    /// Shared state whose route table has `fixed` static routes and `fake` as its control
+    /// plane, and the client it uses (for the reporter).
+    fn state_with(fake: &FakeControlPlane, fixed: &[&str]) -> (Held, Arc<dyn ControlPlaneApi>) {
         let config = crate::app::config::Config::for_tests(vec![]);
         let state = crate::app::state(&config).expect("state");
+        let client: Arc<dyn ControlPlaneApi> =
+            crate::control_plane::client::client_for(fake, state.metrics.clone());
         let routes = crate::control_plane::routes::RouteTable::new(
             fixed.iter().map(|r| r.parse().expect("route")),
-            Some(recorder.clone() as Arc<dyn ControlPlaneApi>),
+            Some(client.clone()),
             crate::control_plane::routes::RouteCacheConfig::default(),
             state.metrics.clone(),
         );
-        Held {
+        let held = Held {
             activity: state.activity.clone(),
             routes: Arc::new(routes),
             pool: state.pool.clone(),
             metrics: state.metrics.clone(),
-        }
+        };
+        (held, client)
+    }
+
+    /// The reports `fake` received, with when they arrived.
+    fn received(fake: &FakeControlPlane) -> Vec<(Instant, ActivityReport)> {
+        fake.reports()
+            .into_iter()
+            .map(|r| (r.at, r.report))
+            .collect()
     }
 
     fn busy_counts(report: &ActivityReport) -> Vec<(String, u32, u32, u64)> {
@@ -429,24 +358,24 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn new_activity_is_reported_at_once_bursts_coalesce_and_failures_are_resent() {
-        let recorder = Arc::new(Recorder::default());
-        let state = state_with(&recorder, &["db=127.0.0.1:1"]);
+        let fake = fake(&[]).await;
+        let (state, client) = state_with(&fake, &["db=127.0.0.1:1"]);
         let stop = CancellationToken::new();
         let interval = Duration::from_secs(10);
         let started = Instant::now();
         let reporter = tokio::spawn(run_reporter(
             state.clone(),
-            recorder.clone(),
+            client.clone(),
             interval,
             stop.clone(),
         ));
         tokio::time::sleep(Duration::from_millis(100)).await;
-        assert!(recorder.reports().is_empty(), "nothing to report yet");
+        assert!(received(&fake).is_empty(), "nothing to report yet");
 
         // An endpoint becomes busy: reported at once, long before the interval.
         let session = state.activity.session(&id("db"));
         tokio::time::sleep(Duration::from_millis(1)).await;
-        let reports = recorder.reports();
+        let reports = received(&fake);
         assert_eq!(reports.len(), 1);
         let (first_at, first) = &reports[0];
         assert_eq!(*first_at - started, Duration::from_millis(100));
@@ -461,7 +390,7 @@ mod tests {
             state.activity.query(&id("c")),
         ];
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let reports = recorder.reports();
+        let reports = received(&fake);
         assert_eq!(reports.len(), 2, "one report for the burst");
         assert_eq!(reports[1].0 - *first_at, URGENT_GAP);
         assert_eq!(
@@ -479,11 +408,11 @@ mod tests {
         drop(burst);
         drop(session);
         let ended = Instant::now();
-        recorder.failing.store(true, Ordering::SeqCst);
+        fake.fail_activity(true);
         tokio::time::sleep_until(started + interval + Duration::from_millis(1)).await;
-        recorder.failing.store(false, Ordering::SeqCst);
+        fake.fail_activity(false);
         tokio::time::sleep_until(started + interval * 2 + Duration::from_millis(1)).await;
-        let reports = recorder.reports();
+        let reports = received(&fake);
         assert_eq!(reports.len(), 4, "two ticks, no urgent report for endings");
         let idle = |at: Instant| (at - ended).as_millis() as u64;
         for (at, report) in &reports[2..] {
@@ -502,7 +431,7 @@ mod tests {
         );
         // Delivered: the next tick has nothing to say and sends nothing.
         tokio::time::sleep_until(started + interval * 3 + Duration::from_millis(1)).await;
-        assert_eq!(recorder.reports().len(), 4);
+        assert_eq!(received(&fake).len(), 4);
         assert_eq!(
             state
                 .metrics
@@ -517,12 +446,12 @@ mod tests {
 
     #[tokio::test]
     async fn cached_endpoints_are_reported_and_inactive_ones_forgotten() {
-        let recorder = Arc::new(Recorder::default());
-        let state = state_with(&recorder, &["fixed=127.0.0.1:1"]);
+        let fake = fake(&["ep", "ep-pooler", "other"]).await;
+        let (state, client) = state_with(&fake, &["fixed=127.0.0.1:1"]);
         for endpoint in ["ep", "ep-pooler", "other", "fixed"] {
             state.routes.resolve(&id(endpoint)).await.expect("route");
         }
-        assert_eq!(recorder.wakes.load(Ordering::SeqCst), 3);
+        assert_eq!(fake.wakes(), 3);
         assert_eq!(
             state.routes.cached_endpoints(MAX_CACHED),
             ["ep", "other"],
@@ -541,16 +470,16 @@ mod tests {
         for endpoint in ["ep", "ep-pooler", "other", "fixed"] {
             state.routes.resolve(&id(endpoint)).await.expect("route");
         }
-        assert_eq!(recorder.wakes.load(Ordering::SeqCst), 5);
+        assert_eq!(fake.wakes(), 5);
 
         // Through the reporter: the reply of a report drops the routes it names.
-        *recorder.inactive.lock().expect("lock") = vec!["other".into()];
-        let mut reporter = Reporter::new(state.clone(), recorder.clone(), Duration::from_secs(1));
+        fake.set_inactive(&["other"]);
+        let mut reporter = Reporter::new(state.clone(), client.clone(), Duration::from_secs(1));
         assert!(
             !reporter.report().await,
             "no role changes, nothing to say at once"
         );
-        let reports = recorder.reports();
+        let reports = received(&fake);
         assert_eq!(reports.len(), 1);
         assert_eq!(reports[0].1.cached, ["ep", "other"]);
         assert_eq!(state.routes.cached_endpoints(MAX_CACHED), ["ep"]);
@@ -591,24 +520,19 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn role_changes_drop_the_roles_secrets_and_are_acknowledged_at_once() {
-        let recorder = Arc::new(Recorder::default());
+        let fake = fake(&["ep"]).await;
         let secret = postgres_protocol::password::scram_sha_256(b"pw");
         for role in ["alice", "bob"] {
-            recorder
-                .secrets
-                .lock()
-                .expect("lock")
-                .insert(("ep".into(), role.into()), secret.clone());
+            fake.secret("ep", role, &secret);
         }
-        *recorder.role_replies.lock().expect("lock") = [
+        fake.activity_replies([
             role_reply(&[], 3, false), // the first reply: drop everything
             role_reply(&[(4, "ep", "alice")], 4, false), // alice changed
             role_reply(&[], 4, false), // nothing new
             role_reply(&[], 9, true),  // too many changes to list
-        ]
-        .into();
-        let state = state_with(&recorder, &[]);
-        let lookups = || recorder.lookups.load(Ordering::SeqCst);
+        ]);
+        let (state, client) = state_with(&fake, &[]);
+        let lookups = || fake.lookups();
         let known = |role: &'static str| {
             let state = state.clone();
             async move {
@@ -636,7 +560,7 @@ mod tests {
         let started = Instant::now();
         let reporter = tokio::spawn(run_reporter(
             state.clone(),
-            recorder.clone(),
+            client.clone(),
             interval,
             stop.clone(),
         ));
@@ -664,7 +588,7 @@ mod tests {
         stop.cancel();
         reporter.await.expect("reporter");
 
-        let reports = recorder.reports();
+        let reports = received(&fake);
         let ms = |at: Instant| (at - started).as_millis();
         let seen: Vec<(u128, Option<i64>)> = reports
             .iter()
@@ -705,12 +629,13 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_cached_secret_keeps_reports_going_and_replies_without_a_cursor_change_nothing() {
-        let recorder = Arc::new(Recorder::default());
-        recorder.secrets.lock().expect("lock").insert(
-            ("ep".into(), "alice".into()),
-            postgres_protocol::password::scram_sha_256(b"pw"),
+        let fake = fake(&[]).await;
+        fake.secret(
+            "ep",
+            "alice",
+            &postgres_protocol::password::scram_sha_256(b"pw"),
         );
-        let state = state_with(&recorder, &[]);
+        let (state, client) = state_with(&fake, &[]);
         // A secret, and no route: the wake service must still hear from this gateway.
         state
             .routes
@@ -722,32 +647,33 @@ mod tests {
         let interval = Duration::from_secs(1);
         let reporter = tokio::spawn(run_reporter(
             state.clone(),
-            recorder.clone(),
+            client.clone(),
             interval,
             stop.clone(),
         ));
         tokio::time::sleep(interval * 3 + Duration::from_millis(10)).await;
         stop.cancel();
         reporter.await.expect("reporter");
-        let reports = recorder.reports();
+        let reports = received(&fake);
         assert_eq!(reports.len(), 4, "one per interval");
         // This control plane sends no cursor: nothing dropped, nothing applied.
         assert!(reports
             .iter()
             .all(|(_, r)| r.role_changes_applied.is_none()));
         assert!(state.routes.holds_role_secrets());
-        assert_eq!(recorder.lookups.load(Ordering::SeqCst), 1);
+        assert_eq!(fake.lookups(), 1);
     }
 
     #[tokio::test]
     async fn a_cursor_going_back_drops_everything() {
-        let recorder = Arc::new(Recorder::default());
-        recorder.secrets.lock().expect("lock").insert(
-            ("ep".into(), "alice".into()),
-            postgres_protocol::password::scram_sha_256(b"pw"),
+        let fake = fake(&[]).await;
+        fake.secret(
+            "ep",
+            "alice",
+            &postgres_protocol::password::scram_sha_256(b"pw"),
         );
-        let state = state_with(&recorder, &[]);
-        let mut reporter = Reporter::new(state.clone(), recorder.clone(), Duration::from_secs(1));
+        let (state, client) = state_with(&fake, &[]);
+        let mut reporter = Reporter::new(state.clone(), client.clone(), Duration::from_secs(1));
         let cache = || async {
             state
                 .routes

@@ -49,7 +49,7 @@ use crate::frontend::query::{
 use crate::obs::metrics::RETRY_POOLED_QUERY;
 use crate::obs::usage::Direction;
 use crate::pgwire::scram::ScramKeys;
-use crate::proxy::pool::{Conn, PoolError};
+use crate::proxy::pool::{CheckoutOptions, Conn, PoolError, Reuse};
 
 const CONNECTION_STRING: &str = "neon-connection-string";
 const RAW_TEXT_OUTPUT: &str = "neon-raw-text-output";
@@ -625,7 +625,7 @@ async fn run(
     // In flight on its endpoint from here until the response is built (or the request fails,
     // or the client goes away and this future is dropped).
     let _in_flight = state.activity.query(&info.endpoint);
-    let mut conn = checkout(state, &info, route, proven.as_ref(), true).await?;
+    let mut conn = checkout(state, &info, route, proven.as_ref(), Reuse::Idle).await?;
     if admitted.is_none() {
         admitted = Some(state.endpoint_limits.admit(&info.endpoint)?);
     }
@@ -644,7 +644,7 @@ async fn run(
                 .inc();
             drop(conn);
             let route = resolve(state, &info).await?;
-            conn = checkout(state, &info, route, proven.as_ref(), false).await?;
+            conn = checkout(state, &info, route, proven.as_ref(), Reuse::NewOnly).await?;
             execute(&mut conn, &payload, &options, max, state.max_response_rows).await?
         }
         result => result?,
@@ -741,18 +741,27 @@ async fn resolve(state: &AppState, info: &ConnInfo) -> Result<Route, SqlError> {
 }
 
 /// A connection from the pool (an idle one only for a verified password and with
-/// `reuse_idle`), or a new one through the route table.
+/// [`Reuse::Idle`]), or a new one through the route table.
 async fn checkout(
     state: &AppState,
     info: &ConnInfo,
     route: Route,
     proven: Option<&ScramKeys>,
-    reuse_idle: bool,
+    reuse: Reuse,
 ) -> Result<Conn, SqlError> {
     let routes = &state.routes;
     match state
         .pool
-        .checkout(routes, route, info, None, proven, reuse_idle)
+        .checkout(
+            routes,
+            route,
+            info,
+            CheckoutOptions {
+                application_name: None,
+                proven,
+                reuse,
+            },
+        )
         .await
     {
         Ok(conn) => Ok(conn),

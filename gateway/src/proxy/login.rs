@@ -19,7 +19,7 @@ use crate::control_plane::client::{unavailable, ControlPlaneError};
 use crate::control_plane::routes::{ConnectError, RoleSecret, Route, RouteError, RouteTable};
 use crate::obs::metrics::Metrics;
 use crate::pgwire::scram::ScramKeys;
-use crate::proxy::pool::{Conn, Pool, PoolError};
+use crate::proxy::pool::{CheckoutOptions, Conn, Pool, PoolError, Reuse};
 
 /// Why a login failed, in terms each front end turns into its own protocol's answer.
 #[derive(Debug, thiserror::Error)]
@@ -174,19 +174,21 @@ impl<'a> Login<'a> {
     }
 
     /// A pooled connection for a `/sql` request (an idle one only for a verified password and
-    /// with `reuse_idle`), or a new one through the route table. Postgres refusing keys the
+    /// with [`Reuse::Idle`]), or a new one through the route table. Postgres refusing keys the
     /// secret accepted means the secret is out of date: it is forgotten.
     pub async fn checkout(
         &self,
         info: &ConnInfo,
         route: Route,
         proven: Option<&ScramKeys>,
-        reuse_idle: bool,
+        reuse: Reuse,
     ) -> Result<Conn, LoginError> {
-        let checkout = self
-            .pool
-            .checkout(self.routes, route, info, None, proven, reuse_idle)
-            .await;
+        let options = CheckoutOptions {
+            application_name: None,
+            proven,
+            reuse,
+        };
+        let checkout = self.pool.checkout(self.routes, route, info, options).await;
         match checkout {
             Ok(conn) => Ok(conn),
             Err(PoolError::AuthFailed) => {

@@ -49,7 +49,7 @@ use crate::obs::metrics::RETRY_POOLED_QUERY;
 use crate::obs::usage::Direction;
 use crate::pgwire::scram::ScramKeys;
 use crate::proxy::login::Checked;
-use crate::proxy::pool::Conn;
+use crate::proxy::pool::{Conn, Reuse};
 
 const CONNECTION_STRING: &str = "neon-connection-string";
 const RAW_TEXT_OUTPUT: &str = "neon-raw-text-output";
@@ -668,7 +668,9 @@ async fn run_on_backend(
         ..
     } = request;
     let login = state.login();
-    let mut conn = login.checkout(info, route, proven.as_ref(), true).await?;
+    let mut conn = login
+        .checkout(info, route, proven.as_ref(), Reuse::Idle)
+        .await?;
     if admitted.is_none() {
         *admitted = Some(state.endpoint_limits.admit(&info.endpoint)?);
     }
@@ -686,7 +688,9 @@ async fn run_on_backend(
                 .inc();
             drop(conn);
             let route = login.route(&info.endpoint, &info.user).await?;
-            conn = login.checkout(info, route, proven.as_ref(), false).await?;
+            conn = login
+                .checkout(info, route, proven.as_ref(), Reuse::NewOnly)
+                .await?;
             execute(&mut conn, payload, options, max, max_rows).await?
         }
         result => result?,

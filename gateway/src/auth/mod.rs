@@ -426,7 +426,7 @@ impl PasswordCache {
                 }
             }
         };
-        self.metrics.hot.secret_verifications.inc(outcome.label());
+        self.metrics.secret_verifications.inc(outcome);
         check
     }
 
@@ -505,6 +505,7 @@ impl ClientKeySource for PasswordCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::obs::labels::Label;
 
     fn key(endpoint: &str, role: &str) -> Account {
         Account {
@@ -572,7 +573,7 @@ mod tests {
         SecretOutcome::ALL
             .iter()
             .map(|o| {
-                let n = metrics.hot.secret_verifications.get(o.label());
+                let n = metrics.secret_verifications.get(*o);
                 (o.label(), n)
             })
             .filter(|(_, n)| *n > 0)

@@ -48,6 +48,7 @@ use crate::base::conn_info::{ConnInfo, EndpointId};
 use crate::base::error::{ErrorKind, ReportableError};
 use crate::compute::{Backend, BackendError, ConnectParams, Login, Progress};
 use crate::control_plane::routes::{ConnectError, Route, RouteError, RouteTable};
+use crate::obs::labels::Checkout;
 use crate::obs::metrics::Metrics;
 use crate::pgwire::scram::ScramKeys;
 
@@ -210,7 +211,7 @@ impl Pool {
         let (acquired, resetting) = self.acquire(&key, verified && reuse_idle).await?;
         let slot = match acquired {
             Acquired::Idle(idle) => {
-                self.metrics.hot.pool_checkouts.inc("hit");
+                self.metrics.pool_checkouts.inc(Checkout::Hit);
                 return Ok(Conn::new(
                     self.clone(),
                     key,
@@ -222,7 +223,7 @@ impl Pool {
             }
             Acquired::Slot(slot) => slot,
         };
-        self.metrics.hot.pool_checkouts.inc("miss");
+        self.metrics.pool_checkouts.inc(Checkout::Miss);
         let started = Instant::now();
         let startup = application_name.map(|name| [("application_name", name)]);
         let params = ConnectParams {

@@ -19,6 +19,7 @@ use crate::control_plane::client::{ControlPlaneApi, ControlPlaneClient};
 use crate::control_plane::routes::RouteTable;
 use crate::frontend::state::AppState;
 use crate::frontend::tls::{Tls, TlsError};
+use crate::obs::labels::Outcome;
 use crate::obs::metrics::Metrics;
 use crate::proxy::pool::Pool;
 
@@ -180,17 +181,13 @@ async fn reload_tls_on_sighup(
         let outcome = match tls.reload() {
             Ok(()) => {
                 tracing::info!("SIGHUP: TLS certificate reloaded");
-                "ok"
+                Outcome::Ok
             }
             Err(e) => {
                 tracing::error!(error = %e, "SIGHUP: TLS reload failed; keeping the current certificate");
-                "error"
+                Outcome::Error
             }
         };
-        state
-            .metrics
-            .tls_reloads
-            .with_label_values(&[outcome])
-            .inc();
+        state.metrics.tls_reloads.inc(outcome);
     }
 }

@@ -427,7 +427,7 @@ impl PasswordCache {
                 }
             }
         };
-        self.metrics.hot.secret_verifications.inc(outcome.label());
+        self.metrics.secret_verifications.inc(outcome);
         check
     }
 
@@ -506,6 +506,7 @@ impl ClientKeySource for PasswordCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::obs::labels::Label;
 
     fn key(endpoint: &str, role: &str) -> Account {
         Account {
@@ -573,7 +574,7 @@ mod tests {
         SecretOutcome::ALL
             .iter()
             .map(|o| {
-                let n = metrics.hot.secret_verifications.get(o.label());
+                let n = metrics.secret_verifications.get(*o);
                 (o.label(), n)
             })
             .filter(|(_, n)| *n > 0)

@@ -21,7 +21,7 @@ use wake_api::proxy::{
 use crate::base::endpoint::EndpointId;
 use crate::base::error::{ErrorKind, ReportableError};
 use crate::base::retry::Retryable;
-use crate::obs::labels::Call;
+use crate::obs::labels::{Call, CallOutcome};
 use crate::obs::metrics::Metrics;
 
 /// The proxy-API calls the gateway makes.
@@ -81,12 +81,12 @@ impl ControlPlaneError {
     }
 
     /// The outcome label for metrics.
-    fn outcome(&self) -> &'static str {
+    fn outcome(&self) -> CallOutcome {
         match self {
-            _ if self.is_not_found() => "not_found",
-            ControlPlaneError::Transport(_) => "unreachable",
-            _ if self.is_retryable() => "retryable",
-            _ => "error",
+            _ if self.is_not_found() => CallOutcome::NotFound,
+            ControlPlaneError::Transport(_) => CallOutcome::Unreachable,
+            _ if self.is_retryable() => CallOutcome::Retryable,
+            _ => CallOutcome::Error,
         }
     }
 
@@ -220,17 +220,13 @@ impl ControlPlaneClient {
         let started = Instant::now();
         let result = self.send(call, request).await;
         let outcome = match &result {
-            Ok(_) => "ok",
+            Ok(_) => CallOutcome::Ok,
             Err(e) => e.outcome(),
         };
-        self.metrics
-            .control_plane_requests
-            .with_label_values(&[call.label(), outcome])
-            .inc();
+        self.metrics.control_plane_requests.inc(call, outcome);
         self.metrics
             .control_plane_request_seconds
-            .with_label_values(&[call.label()])
-            .observe(started.elapsed().as_secs_f64());
+            .observe(call, started.elapsed().as_secs_f64());
         result
     }
 
@@ -350,6 +346,7 @@ pub(crate) fn client_for(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::obs::labels::Label;
     use gateway_testkit::{Call as Seen, FakeControlPlane, Outage, Reply};
     use wake_api::proxy::Reason;
 
@@ -430,7 +427,7 @@ mod tests {
         {
             assert_eq!(error.is_retryable(), retryable, "{error}");
             assert_eq!(error.is_not_found(), not_found, "{error}");
-            assert_eq!(error.outcome(), outcome, "{error}");
+            assert_eq!(error.outcome().label(), outcome, "{error}");
         }
         let hinted = ControlPlaneError::Api {
             status: 503,
@@ -535,21 +532,16 @@ mod tests {
                 "AccessControl endpointish=db&role=alice auth=Bearer t0ken request_id=true",
             ]
         );
-        let count = |call: &str, outcome: &str| {
-            metrics
-                .control_plane_requests
-                .with_label_values(&[call, outcome])
-                .get()
-        };
-        assert_eq!(count("wake_compute", "ok"), 2);
-        assert_eq!(count("access_control", "ok"), 1);
-        assert_eq!(count("wake_compute", "not_found"), 1);
-        assert_eq!(count("wake_compute", "retryable"), 2);
-        assert_eq!(count("wake_compute", "error"), 1);
+        let count = |call, outcome| metrics.control_plane_requests.get(call, outcome);
+        assert_eq!(count(Call::WakeCompute, CallOutcome::Ok), 2);
+        assert_eq!(count(Call::AccessControl, CallOutcome::Ok), 1);
+        assert_eq!(count(Call::WakeCompute, CallOutcome::NotFound), 1);
+        assert_eq!(count(Call::WakeCompute, CallOutcome::Retryable), 2);
+        assert_eq!(count(Call::WakeCompute, CallOutcome::Error), 1);
         assert_eq!(
             metrics
                 .control_plane_request_seconds
-                .with_label_values(&["wake_compute"])
+                .with(Call::WakeCompute)
                 .get_sample_count(),
             6
         );
@@ -583,8 +575,7 @@ mod tests {
         assert_eq!(
             metrics
                 .control_plane_requests
-                .with_label_values(&["activity", "ok"])
-                .get(),
+                .get(Call::Activity, CallOutcome::Ok),
             1
         );
     }
@@ -606,8 +597,7 @@ mod tests {
         assert_eq!(
             metrics
                 .control_plane_requests
-                .with_label_values(&["wake_compute", "unreachable"])
-                .get(),
+                .get(Call::WakeCompute, CallOutcome::Unreachable),
             1
         );
         // Back: the same client reaches it again.

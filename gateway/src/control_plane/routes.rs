@@ -53,7 +53,8 @@ use crate::base::endpoint::EndpointId;
 use crate::base::error::{ErrorKind, ReportableError};
 use crate::base::retry::{self, RetryConfig, Retryable};
 use crate::control_plane::client::{ControlPlaneApi, ControlPlaneError};
-use crate::obs::metrics::{Metrics, RETRY_CONNECT, RETRY_WAKE};
+use crate::obs::labels::{RetryOperation, RouteLookup, SecretLookup};
+use crate::obs::metrics::Metrics;
 use crate::pgwire::scram::ScramSecret;
 
 /// Where a route came from.
@@ -372,14 +373,14 @@ impl RouteTable {
         }
     }
 
-    fn count(&self, outcome: &str) {
-        self.metrics.hot.route_cache_lookups.inc(outcome);
+    fn count(&self, outcome: RouteLookup) {
+        self.metrics.route_cache_lookups.inc(outcome);
     }
 
     /// The backend for `endpoint` (as the client named it, `-pooler` included).
     pub async fn resolve(&self, endpoint: &EndpointId) -> Result<Route, RouteError> {
         if let Some(route) = self.fixed.get(endpoint) {
-            self.count("static");
+            self.count(RouteLookup::Static);
             return Ok(route.clone());
         }
         let Some(control_plane) = &self.control_plane else {
@@ -395,18 +396,18 @@ impl RouteTable {
                 if found.fetched_at.elapsed() >= self.config.refresh_after
                     && !found.refreshing.swap(true, Ordering::AcqRel)
                 {
-                    self.count("stale_refresh");
+                    self.count(RouteLookup::StaleRefresh);
                     self.refresh_in_background(endpoint.clone(), found.clone());
                 } else {
-                    self.count("hit");
+                    self.count(RouteLookup::Hit);
                 }
                 return Ok(route(&found, Origin::Cache));
             }
             Some(Cached::NotFound) => {
-                self.count("negative_hit");
+                self.count(RouteLookup::NegativeHit);
                 return Err(RouteError::NotFound);
             }
-            None => self.count("miss"),
+            None => self.count(RouteLookup::Miss),
         }
         let flight = wake(
             control_plane.clone(),
@@ -516,7 +517,7 @@ impl RouteTable {
         Fut: Future<Output = Result<T, E>>,
     {
         let config = self.config.connect_retry;
-        let retries = self.metrics.retries.with_label_values(&[RETRY_CONNECT]);
+        let retries = self.metrics.retries.with(RetryOperation::ComputeConnect);
         let mut route = route;
         let mut woken_again = route.origin != Origin::Cache;
         let mut attempt = 0;
@@ -557,17 +558,17 @@ impl RouteTable {
         endpoint: &EndpointId,
         role: &str,
     ) -> Result<RoleSecret, RouteError> {
-        let lookups = &self.metrics.hot.role_secret_lookups;
+        let lookups = &self.metrics.role_secret_lookups;
         if self.fixed.contains_key(endpoint) {
-            lookups.inc("none");
+            lookups.inc(SecretLookup::NoSecret);
             return Ok(RoleSecret::Static);
         }
         let Some(control_plane) = self.control_plane.as_ref() else {
-            lookups.inc("none");
+            lookups.inc(SecretLookup::NoSecret);
             return Err(RouteError::NotFound);
         };
         if let Some(Cached::NotFound) = self.routes.get(endpoint).await {
-            self.count("negative_hit");
+            self.count(RouteLookup::NegativeHit);
             return Err(RouteError::NotFound);
         }
         let key = (endpoint.without_pooler(), role.to_owned());
@@ -577,14 +578,14 @@ impl RouteTable {
                     if known.fetched_at.elapsed() >= self.config.secret_ttl
                         && !known.refreshing.swap(true, Ordering::AcqRel) =>
                 {
-                    lookups.inc("stale_refresh");
+                    lookups.inc(SecretLookup::StaleRefresh);
                     self.refresh_secret_in_background(endpoint.clone(), key, known.clone());
                 }
-                _ => lookups.inc("hit"),
+                _ => lookups.inc(SecretLookup::Hit),
             }
             return Ok(secret.into_role_secret());
         }
-        lookups.inc("miss");
+        lookups.inc(SecretLookup::Miss);
         // Until the answer is cached: a role invalidation meanwhile waits, then removes it.
         let _lookup = self.secret_lookups.read().await;
         let control_plane = control_plane.clone();
@@ -707,8 +708,8 @@ async fn wake(
     config: RetryConfig,
     metrics: Arc<Metrics>,
 ) -> Result<Cached, ControlPlaneError> {
-    let retries = metrics.retries.with_label_values(&[RETRY_WAKE]);
-    let woken = retry::retry(&config, &retries, |_| control_plane.wake_compute(&endpoint)).await;
+    let retries = metrics.retries.with(RetryOperation::WakeCompute);
+    let woken = retry::retry(&config, retries, |_| control_plane.wake_compute(&endpoint)).await;
     match woken {
         Ok(wake) if is_host_port(&wake.address) => {
             tracing::debug!(%endpoint, address = %wake.address, cold_start = ?wake.aux.cold_start_info, "endpoint woken");
@@ -804,8 +805,8 @@ mod tests {
         (Arc::new(table), metrics)
     }
 
-    fn lookups(metrics: &Metrics, outcome: &str) -> u64 {
-        metrics.hot.route_cache_lookups.get(outcome)
+    fn lookups(metrics: &Metrics, outcome: RouteLookup) -> u64 {
+        metrics.route_cache_lookups.get(outcome)
     }
 
     async fn address(table: &RouteTable, endpoint: &str) -> Result<(String, Origin), String> {
@@ -880,8 +881,8 @@ mod tests {
         );
         assert!(address(&routes, "ghost").await.is_err());
         assert_eq!(fake.wakes(), 2);
-        assert!(lookups(&metrics, "hit") >= 1);
-        assert!(lookups(&metrics, "negative_hit") >= 1);
+        assert!(lookups(&metrics, RouteLookup::Hit) >= 1);
+        assert!(lookups(&metrics, RouteLookup::NegativeHit) >= 1);
     }
 
     #[tokio::test]
@@ -894,7 +895,7 @@ mod tests {
             assert_eq!(result.expect("woken").0, "10.0.0.1:5432");
         }
         assert_eq!(fake.wakes(), 3, "two retries in one flight");
-        assert_eq!(metrics.retries.with_label_values(&[RETRY_WAKE]).get(), 2);
+        assert_eq!(metrics.retries.get(RetryOperation::WakeCompute), 2);
 
         // Down: every try of the envelope fails, the lookup is Unavailable, and nothing is
         // cached, so the next lookup asks again.
@@ -918,7 +919,7 @@ mod tests {
             assert_eq!(address(&routes, "ghost").await, Err("not found".into()));
         }
         assert_eq!(fake.wakes(), 1);
-        assert_eq!(lookups(&metrics, "negative_hit"), 9);
+        assert_eq!(lookups(&metrics, RouteLookup::NegativeHit), 9);
         tokio::time::sleep(Duration::from_millis(150)).await;
         // Expired: asked again, and now it exists.
         fake.route("ghost", "10.0.0.9:5432");
@@ -991,7 +992,7 @@ mod tests {
                 Ok(("10.0.0.1:5432".into(), Origin::Cache))
             );
         }
-        assert_eq!(lookups(&metrics, "stale_refresh"), 1);
+        assert_eq!(lookups(&metrics, RouteLookup::StaleRefresh), 1);
         eventually(|| fake.wakes() == 2).await;
         let routes2 = routes.clone();
         let mut refreshed = false;
@@ -1124,7 +1125,7 @@ mod tests {
         assert_eq!(connected, Ok("10.0.0.2:5432".to_owned()));
         assert_eq!((attempts.load(Ordering::SeqCst), fake.wakes()), (2, 2));
         assert_eq!(metrics.route_cache_invalidations.get(), 1);
-        assert_eq!(metrics.retries.with_label_values(&[RETRY_CONNECT]).get(), 1);
+        assert_eq!(metrics.retries.get(RetryOperation::ComputeConnect), 1);
 
         // Still failing after the new wake: retried with backoff up to the budget, woken once.
         let cached = routes.resolve(&id("ep")).await.expect("cached");
@@ -1257,7 +1258,7 @@ mod tests {
             Some(RoleSecret::Static)
         );
         assert_eq!(fake.lookups(), 7);
-        assert_eq!(metrics.hot.role_secret_lookups.get("none"), 1);
+        assert_eq!(metrics.role_secret_lookups.get(SecretLookup::NoSecret), 1);
 
         // An unknown endpoint: NotFound, remembered where the route lookup sees it.
         assert_eq!(
@@ -1372,7 +1373,7 @@ mod tests {
         // One refresh at a time: the burst (microseconds) outran the refresh (20 ms), unless
         // a loaded machine paused it; then a hit after the failed refresh starts another.
         eventually(|| fake.lookups() >= 2).await;
-        let refreshes = metrics.hot.role_secret_lookups.get("stale_refresh");
+        let refreshes = metrics.role_secret_lookups.get(SecretLookup::StaleRefresh);
         assert!((1..=5).contains(&refreshes), "{refreshes} refreshes");
         // (At least: on a loaded machine a hit after the failed refresh may start another.)
         eventually(|| fake.lookups() as u64 > refreshes).await;

@@ -42,6 +42,7 @@ use crate::frontend::http::error::SqlError;
 use crate::frontend::session::{self, Transport};
 use crate::frontend::state::AppState;
 use crate::frontend::tls::ALPN_POSTGRESQL;
+use crate::obs::labels::Protocol;
 
 /// How long sessions get to say goodbye once a drain has timed out, and an idle HTTP
 /// connection after its GOAWAY.
@@ -99,11 +100,7 @@ pub async fn serve_public(
         let slot = match state.connections.admit(peer.ip()) {
             Ok(slot) => Arc::new(slot),
             Err(limit) => {
-                state
-                    .metrics
-                    .client_connections
-                    .with_label_values(&["rejected"])
-                    .inc();
+                state.metrics.client_connections.inc(Protocol::Rejected);
                 state.metrics.limit_hit(limit);
                 tracing::debug!(%peer, limit = limit.label(), "connection limit reached; refusing a new connection");
                 if let Ok(permit) = refusals.clone().try_acquire_owned() {
@@ -209,23 +206,23 @@ impl Connection {
         match first[0] {
             0x16 => Box::pin(self.serve_tls(stream)).await,
             0x00 => {
-                self.count("postgres");
+                self.count(Protocol::Postgres);
                 let _slot = self.slot;
                 Box::pin(session::serve_tcp(stream, self.state)).await;
             }
             _ => {
-                self.count("http");
+                self.count(Protocol::Http);
                 Box::pin(self.serve_http(stream, false, None)).await;
             }
         }
     }
 
-    fn count(&self, protocol: &str) {
-        self.state.metrics.hot.client_connections.inc(protocol);
+    fn count(&self, protocol: Protocol) {
+        self.state.metrics.client_connections.inc(protocol);
     }
 
     async fn serve_tls(self, stream: TcpStream) {
-        self.count("tls");
+        self.count(Protocol::Tls);
         let Some(tls) = self.state.tls.as_ref() else {
             tracing::debug!("TLS ClientHello but no certificate is configured; closing");
             return;

@@ -1,12 +1,23 @@
 //! Metric label values as types: each label of a metric with a fixed set of values is an
 //! enum here, so call sites cannot misspell one and every value can be exported from the start.
 
+use super::usage::Direction;
+use crate::base::error::ErrorKind;
+use crate::base::limits::Limit;
+
 /// A metric label with a fixed set of values.
-pub trait Label: Copy + 'static {
+pub trait Label: Copy + PartialEq + 'static {
     /// Every value, in declaration order.
     const ALL: &'static [Self];
     /// The value as exported.
     fn label(self) -> &'static str;
+    /// The position of the value in [`Label::ALL`].
+    fn index(self) -> usize {
+        Self::ALL
+            .iter()
+            .position(|v| *v == self)
+            .expect("ALL lists every value")
+    }
 }
 
 /// Declares a label enum and its [`Label`] impl.
@@ -26,13 +37,9 @@ macro_rules! label {
                     $($name::$variant => $text),+
                 }
             }
-        }
 
-        impl $name {
-            pub const ALL: &'static [Self] = <Self as Label>::ALL;
-
-            pub fn label(self) -> &'static str {
-                Label::label(self)
+            fn index(self) -> usize {
+                self as usize
             }
         }
     };
@@ -71,5 +78,235 @@ label! {
         FirstReply => "first_reply",
         /// The reply could not list every change: everything, idle connections included.
         Truncated => "truncated",
+    }
+}
+
+label! {
+    /// `kind` of the `POST /sql` request metrics.
+    RequestKind {
+        Single => "single",
+        Batch => "batch",
+        /// Not (yet) parsed as either: a request refused before its body was read or parsed.
+        Invalid => "invalid",
+    }
+}
+
+label! {
+    /// `outcome` of `gateway_pool_checkouts_total`.
+    Checkout {
+        /// An idle connection was reused.
+        Hit => "hit",
+        /// A new connection was opened.
+        Miss => "miss",
+    }
+}
+
+label! {
+    /// `protocol` of `gateway_client_connections_total`: what an accepted connection's first
+    /// bytes were.
+    Protocol {
+        Http => "http",
+        Postgres => "postgres",
+        Tls => "tls",
+        /// Refused on accept: over the connection cap.
+        Rejected => "rejected",
+    }
+}
+
+label! {
+    /// `transport` of the session metrics.
+    Transport {
+        Tcp => "tcp",
+        Tls => "tls",
+        Ws => "ws",
+        Wss => "wss",
+    }
+}
+
+/// `outcome` of `gateway_sessions_total`: how a session ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SessionOutcome {
+    Ok,
+    /// The connection carried a CancelRequest, not a session.
+    CancelRequest,
+    IdleTimeout,
+    Shutdown,
+    /// Ended by an error of this kind.
+    Error(ErrorKind),
+}
+
+impl Label for SessionOutcome {
+    const ALL: &'static [Self] = &[
+        SessionOutcome::Ok,
+        SessionOutcome::CancelRequest,
+        SessionOutcome::IdleTimeout,
+        SessionOutcome::Shutdown,
+        SessionOutcome::Error(ErrorKind::User),
+        SessionOutcome::Error(ErrorKind::ClientDisconnect),
+        SessionOutcome::Error(ErrorKind::RateLimit),
+        SessionOutcome::Error(ErrorKind::ControlPlane),
+        SessionOutcome::Error(ErrorKind::Compute),
+        SessionOutcome::Error(ErrorKind::Postgres),
+        SessionOutcome::Error(ErrorKind::Internal),
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            SessionOutcome::Ok => "ok",
+            SessionOutcome::CancelRequest => "cancel_request",
+            SessionOutcome::IdleTimeout => "idle_timeout",
+            SessionOutcome::Shutdown => "shutdown",
+            SessionOutcome::Error(kind) => kind.label(),
+        }
+    }
+}
+
+label! {
+    /// `outcome` of `gateway_cancel_requests_total`.
+    CancelOutcome {
+        Forwarded => "forwarded",
+        /// No live session has that key.
+        NoMatch => "no_match",
+    }
+}
+
+label! {
+    /// `outcome` of operations that either worked or not: TLS reloads, activity reports.
+    Outcome {
+        Ok => "ok",
+        Error => "error",
+    }
+}
+
+label! {
+    /// `outcome` of the control-plane request metrics.
+    CallOutcome {
+        Ok => "ok",
+        /// The endpoint (or its project) does not exist.
+        NotFound => "not_found",
+        /// No answer: a transport error.
+        Unreachable => "unreachable",
+        /// An error worth retrying.
+        Retryable => "retryable",
+        Error => "error",
+    }
+}
+
+label! {
+    /// `operation` of `gateway_retries_total`.
+    RetryOperation {
+        /// Asking the control plane to wake a compute.
+        WakeCompute => "wake_compute",
+        /// Connecting to a backend.
+        ComputeConnect => "compute_connect",
+        /// A query whose reused pooled connection had closed before it ran.
+        PooledQuery => "pooled_query",
+    }
+}
+
+label! {
+    /// `outcome` of `gateway_route_cache_lookups_total`.
+    RouteLookup {
+        /// A route from the static route table.
+        Static => "static",
+        Hit => "hit",
+        Miss => "miss",
+        /// A cached "no such endpoint".
+        NegativeHit => "negative_hit",
+        /// A hit past its lifetime, refreshed in the background.
+        StaleRefresh => "stale_refresh",
+    }
+}
+
+label! {
+    /// `outcome` of `gateway_role_secret_lookups_total`.
+    SecretLookup {
+        Hit => "hit",
+        Miss => "miss",
+        /// A hit past its lifetime, refreshed in the background.
+        StaleRefresh => "stale_refresh",
+        /// No secret to look up: a static route, or no control plane.
+        NoSecret => "none",
+    }
+}
+
+label! {
+    /// `outcome` of `gateway_scram_proofs_total`.
+    ScramProof {
+        Match => "match",
+        Mismatch => "mismatch",
+        /// Checked against a mock secret (unknown endpoint or role).
+        Mock => "mock",
+    }
+}
+
+impl Label for ErrorKind {
+    const ALL: &'static [Self] = &ErrorKind::ALL;
+
+    fn label(self) -> &'static str {
+        ErrorKind::label(self)
+    }
+}
+
+impl Label for Limit {
+    const ALL: &'static [Self] = &Limit::ALL;
+
+    fn label(self) -> &'static str {
+        Limit::label(self)
+    }
+}
+
+impl Label for Direction {
+    const ALL: &'static [Self] = &[Direction::Ingress, Direction::Egress];
+
+    fn label(self) -> &'static str {
+        match self {
+            Direction::Ingress => "ingress",
+            Direction::Egress => "egress",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check<L: Label + std::fmt::Debug>() {
+        for (i, value) in L::ALL.iter().enumerate() {
+            assert_eq!(value.index(), i, "{value:?}");
+        }
+        let mut labels: Vec<_> = L::ALL.iter().map(|v| v.label()).collect();
+        labels.sort_unstable();
+        labels.dedup();
+        assert_eq!(labels.len(), L::ALL.len(), "distinct labels");
+    }
+
+    #[test]
+    fn every_value_is_listed_once_at_its_index() {
+        check::<Call>();
+        check::<SecretOutcome>();
+        check::<Invalidation>();
+        check::<RequestKind>();
+        check::<Checkout>();
+        check::<Protocol>();
+        check::<Transport>();
+        check::<SessionOutcome>();
+        check::<CancelOutcome>();
+        check::<Outcome>();
+        check::<CallOutcome>();
+        check::<RetryOperation>();
+        check::<RouteLookup>();
+        check::<SecretLookup>();
+        check::<ScramProof>();
+        check::<ErrorKind>();
+        check::<Limit>();
+        check::<Direction>();
+    }
+
+    #[test]
+    fn session_outcomes_include_every_error_kind() {
+        for kind in ErrorKind::ALL {
+            assert!(SessionOutcome::ALL.contains(&SessionOutcome::Error(kind)));
+        }
     }
 }

@@ -1,421 +1,309 @@
 //! Every metric the gateway exports, in one typed struct with bounded labels. Endpoint ids are
 //! never labels.
 
-use std::sync::OnceLock;
+use std::marker::PhantomData;
 
+use prometheus::core::Collector;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use super::labels::{Call, Invalidation, SecretOutcome};
+use super::labels::{
+    Call, CallOutcome, CancelOutcome, Checkout, Invalidation, Label, Outcome, Protocol,
+    RequestKind, RetryOperation, RouteLookup, ScramProof, SecretLookup, SecretOutcome,
+    SessionOutcome, Transport,
+};
+use super::usage::Direction;
 use crate::base::error::ErrorKind;
 use crate::base::limits::Limit;
 
+/// Every metric, by the layer that feeds it. A labelled metric has a [`Label`] type per label,
+/// and every value's series is resolved (and exported) from the start: rates work before the
+/// first event, and counting takes no lookup.
 pub struct Metrics {
     registry: Registry,
     /// Failed requests by error kind (see [`ErrorKind`]).
-    pub errors: IntCounterVec,
+    pub errors: Counter<ErrorKind>,
+    /// Clients refused or cut off by a limit, by `limit` ([`Limit::label`]).
+    pub limit_hits: Counter<Limit>,
+
+    /// `POST /sql` requests by `kind` and `status`, and their latency by `kind`.
+    pub http_requests: HttpRequests,
+    /// Accepted client connections by what their first bytes were ([`Protocol`]).
+    pub client_connections: Counter<Protocol>,
+    /// Sessions (WebSocket, TCP, TLS) by `transport` and `outcome` ([`SessionOutcome`]).
+    pub sessions: Counter2<Transport, SessionOutcome>,
+    pub sessions_active: ByLabel<Transport, IntGauge>,
+    /// Session bytes by `direction`: ingress (from clients) and egress (to clients).
+    pub session_bytes: Counter<Direction>,
+    /// CancelRequests by `outcome` ([`CancelOutcome`]).
+    pub cancel_requests: Counter<CancelOutcome>,
+    pub tls_reloads: Counter<Outcome>,
+    /// SCRAM proofs of plain TCP/TLS clients checked by the gateway's own SCRAM server, by
+    /// `outcome` ([`ScramProof`]).
+    pub scram_proofs: Counter<ScramProof>,
+
+    pub pool_checkouts: Counter<Checkout>,
     pub pool_discards: IntCounter,
     pub pool_idle: IntGauge,
     pub pool_active: IntGauge,
     pub backend_connect_seconds: Histogram,
-    /// Accepted client connections by what their first bytes were: `http`, `postgres`,
-    /// `tls`, or `rejected` (over the connection cap).
-    pub client_connections: IntCounterVec,
-    /// Sessions (WebSocket, TCP, TLS) by `transport` and `outcome`: ok, cancel_request,
-    /// idle_timeout, shutdown, or the error kind that ended them.
-    pub sessions: IntCounterVec,
-    pub sessions_active: IntGaugeVec,
-    /// Session bytes by `direction`: ingress (from clients) and egress (to clients).
-    pub session_bytes: IntCounterVec,
-    /// CancelRequests by `outcome`: forwarded, or no_match (no live session has that key).
-    pub cancel_requests: IntCounterVec,
-    pub tls_reloads: IntCounterVec,
-    /// Control-plane requests by `call` (wake_compute, access_control) and `outcome`: ok,
-    /// not_found, unreachable, retryable (an error worth retrying), error.
-    pub control_plane_requests: IntCounterVec,
-    pub control_plane_request_seconds: HistogramVec,
-    /// Retries by `operation`: wake_compute (control plane), compute_connect (backend),
-    /// pooled_query (a query whose reused pooled connection had closed before it ran).
-    pub retries: IntCounterVec,
-    /// Activity reports to the control plane by `outcome`: ok, error.
-    pub activity_reports: IntCounterVec,
+    /// Retries by `operation` ([`RetryOperation`]).
+    pub retries: Counter<RetryOperation>,
+    /// Activity reports to the control plane by `outcome`.
+    pub activity_reports: Counter<Outcome>,
     /// Endpoints (`id` and `id-pooler` counted apart) whose cached route or idle connections
     /// were dropped because the control plane said they are not active.
     pub inactive_drops: IntCounter,
+    /// Role invalidations applied from the control plane's activity replies, by `reason`
+    /// ([`Invalidation`]).
+    pub role_invalidations: Counter<Invalidation>,
+
+    /// Control-plane requests by `call` and `outcome` ([`CallOutcome`]).
+    pub control_plane_requests: Counter2<Call, CallOutcome>,
+    pub control_plane_request_seconds: ByLabel<Call, Histogram>,
+    pub route_cache_lookups: Counter<RouteLookup>,
     /// Cached routes dropped because connecting to their address failed.
     pub route_cache_invalidations: IntCounter,
-    /// SCRAM proofs of plain TCP/TLS clients checked by the gateway's own SCRAM server, by
-    /// `outcome`: match, mismatch, mock (an unknown endpoint or role).
-    pub scram_proofs: IntCounterVec,
-    /// Role invalidations applied from the control plane's activity replies, by `reason`:
-    /// role_change (one role's password changed or it was dropped), first_reply (this
-    /// gateway's first reply: everything it cached before may be stale), truncated (the reply
-    /// could not list every change: everything, idle connections included).
-    pub role_invalidations: IntCounterVec,
-    /// Clients refused or cut off by a limit, by `limit` ([`Limit::label`]).
-    pub limit_hits: IntCounterVec,
-    /// The label values counted on every request or connection, resolved once.
-    pub hot: HotMetrics,
+    pub role_secret_lookups: Counter<SecretLookup>,
+    pub secret_verifications: Counter<SecretOutcome>,
 }
 
-/// Handles for the label values that every request, connection or session counts:
-/// `with_label_values` hashes its labels and takes a lock on every call, which these paths
-/// should not pay. A handle is resolved on first use, so what `/metrics` exports does not
-/// change (a series appears once it was counted, as before).
-pub struct HotMetrics {
-    /// `http_requests{kind, status="200"}` and `http_request_seconds{kind}`, by [`REQUEST_KINDS`].
-    http_ok: [OnceLock<IntCounter>; 3],
-    http_seconds: [OnceLock<Histogram>; 3],
-    http_requests: IntCounterVec,
-    http_request_seconds: HistogramVec,
-    pub route_cache_lookups: CounterCache,
-    pub role_secret_lookups: CounterCache,
-    pub secret_verifications: CounterCache,
-    pub pool_checkouts: CounterCache,
-    pub client_connections: CounterCache,
+/// One metric of a vector per value of `L`, resolved once.
+pub struct ByLabel<L, M> {
+    metrics: Box<[M]>,
+    label: PhantomData<L>,
 }
 
-/// The `kind` label values of [`Metrics::http_requests`].
-pub const REQUEST_KINDS: [&str; 3] = ["single", "batch", "invalid"];
-
-impl HotMetrics {
-    /// Counts one `POST /sql` request of `kind` that ended with `status` after `seconds`.
-    pub fn http_request(&self, kind: &str, status: u16, seconds: f64) {
-        let Some(i) = REQUEST_KINDS.iter().position(|k| *k == kind) else {
-            self.http_requests
-                .with_label_values(&[kind, &status.to_string()])
-                .inc();
-            self.http_request_seconds
-                .with_label_values(&[kind])
-                .observe(seconds);
-            return;
-        };
-        if status == 200 {
-            self.http_ok[i]
-                .get_or_init(|| self.http_requests.with_label_values(&[kind, "200"]))
-                .inc();
-        } else {
-            self.http_requests
-                .with_label_values(&[kind, &status.to_string()])
-                .inc();
-        }
-        self.http_seconds[i]
-            .get_or_init(|| self.http_request_seconds.with_label_values(&[kind]))
-            .observe(seconds);
-    }
-}
-
-/// The counters of a one-label vector for a fixed set of label values, each resolved on first
-/// use. Other values still work, at the price of a lookup.
-pub struct CounterCache {
-    vec: IntCounterVec,
-    cells: Vec<(&'static str, OnceLock<IntCounter>)>,
-}
-
-impl CounterCache {
-    fn new(vec: &IntCounterVec, labels: &[&'static str]) -> Self {
-        CounterCache {
-            vec: vec.clone(),
-            cells: labels.iter().map(|l| (*l, OnceLock::new())).collect(),
+impl<L: Label, M> ByLabel<L, M> {
+    fn resolve(with_label: impl Fn(&[&str]) -> M) -> Self {
+        ByLabel {
+            metrics: L::ALL.iter().map(|l| with_label(&[l.label()])).collect(),
+            label: PhantomData,
         }
     }
 
-    /// The count for `label`, for tests.
+    /// The metric of `label`.
+    pub fn with(&self, label: L) -> &M {
+        &self.metrics[label.index()]
+    }
+}
+
+/// A counter vector with one label.
+pub type Counter<L> = ByLabel<L, IntCounter>;
+
+impl<L: Label> Counter<L> {
+    pub fn inc(&self, label: L) {
+        self.with(label).inc();
+    }
+
+    pub fn inc_by(&self, label: L, n: u64) {
+        self.with(label).inc_by(n);
+    }
+
+    /// The count of `label`, for tests.
     #[cfg(test)]
-    pub fn get(&self, label: &str) -> u64 {
-        self.vec.with_label_values(&[label]).get()
-    }
-
-    pub fn inc(&self, label: &str) {
-        match self.cells.iter().find(|(known, _)| *known == label) {
-            Some((known, cell)) => cell
-                .get_or_init(|| self.vec.with_label_values(&[known]))
-                .inc(),
-            None => self.vec.with_label_values(&[label]).inc(),
-        }
+    pub fn get(&self, label: L) -> u64 {
+        self.with(label).get()
     }
 }
 
-/// `operation` labels of [`Metrics::retries`].
-pub const RETRY_WAKE: &str = "wake_compute";
-pub const RETRY_CONNECT: &str = "compute_connect";
-pub const RETRY_POOLED_QUERY: &str = "pooled_query";
+impl<L: Label> ByLabel<L, Histogram> {
+    pub fn observe(&self, label: L, value: f64) {
+        self.with(label).observe(value);
+    }
+}
+
+/// A counter vector with two labels: one counter per pair of values, resolved once.
+pub struct Counter2<A, B> {
+    counters: Box<[IntCounter]>,
+    labels: PhantomData<(A, B)>,
+}
+
+impl<A: Label, B: Label> Counter2<A, B> {
+    fn resolve(vec: &IntCounterVec) -> Self {
+        let counters = A::ALL
+            .iter()
+            .flat_map(|a| {
+                B::ALL
+                    .iter()
+                    .map(move |b| vec.with_label_values(&[a.label(), b.label()]))
+            })
+            .collect();
+        Counter2 {
+            counters,
+            labels: PhantomData,
+        }
+    }
+
+    fn with(&self, a: A, b: B) -> &IntCounter {
+        &self.counters[a.index() * B::ALL.len() + b.index()]
+    }
+
+    pub fn inc(&self, a: A, b: B) {
+        self.with(a, b).inc();
+    }
+
+    /// The count of `(a, b)`, for tests.
+    #[cfg(test)]
+    pub fn get(&self, a: A, b: B) -> u64 {
+        self.with(a, b).get()
+    }
+}
+
+/// `gateway_http_requests_total{kind, status}` and
+/// `gateway_http_request_duration_seconds{kind}`. The status stays open (any HTTP status);
+/// 200 is resolved once per kind.
+pub struct HttpRequests {
+    requests: IntCounterVec,
+    ok: Counter<RequestKind>,
+    seconds: ByLabel<RequestKind, Histogram>,
+}
+
+impl HttpRequests {
+    /// Counts one `POST /sql` request of `kind` that ended with `status` after `seconds`.
+    pub fn record(&self, kind: RequestKind, status: u16, seconds: f64) {
+        if status == 200 {
+            self.ok.inc(kind);
+        } else {
+            self.requests
+                .with_label_values(&[kind.label(), &status.to_string()])
+                .inc();
+        }
+        self.seconds.observe(kind, seconds);
+    }
+}
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 
+/// Creates metrics and registers them in one call.
+struct Registrar {
+    registry: Registry,
+}
+
+impl Registrar {
+    fn register<C: Collector + Clone + 'static>(&self, collector: C) -> C {
+        self.registry
+            .register(Box::new(collector.clone()))
+            .expect("metric names are unique");
+        collector
+    }
+
+    fn counter(&self, name: &str, help: &str) -> IntCounter {
+        self.register(IntCounter::new(name, help).expect("valid metric"))
+    }
+
+    fn gauge(&self, name: &str, help: &str) -> IntGauge {
+        self.register(IntGauge::new(name, help).expect("valid metric"))
+    }
+
+    fn histogram(&self, name: &str, help: &str) -> Histogram {
+        let opts = HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec());
+        self.register(Histogram::with_opts(opts).expect("valid metric"))
+    }
+
+    fn counter_vec(&self, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+        self.register(IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"))
+    }
+
+    /// A counter per value of `L`, labelled `label`.
+    fn counters<L: Label>(&self, name: &str, help: &str, label: &str) -> Counter<L> {
+        let vec = self.counter_vec(name, help, &[label]);
+        ByLabel::resolve(|values| vec.with_label_values(values))
+    }
+
+    /// A counter per pair of values of `A` and `B`, labelled `labels`.
+    fn counters2<A: Label, B: Label>(
+        &self,
+        name: &str,
+        help: &str,
+        labels: [&str; 2],
+    ) -> Counter2<A, B> {
+        Counter2::resolve(&self.counter_vec(name, help, &labels))
+    }
+
+    fn gauges<L: Label>(&self, name: &str, help: &str, label: &str) -> ByLabel<L, IntGauge> {
+        let vec = IntGaugeVec::new(Opts::new(name, help), &[label]).expect("valid metric");
+        let vec = self.register(vec);
+        ByLabel::resolve(|values| vec.with_label_values(values))
+    }
+
+    fn histograms<L: Label>(&self, name: &str, help: &str, label: &str) -> ByLabel<L, Histogram> {
+        let opts = HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec());
+        let vec = self.register(HistogramVec::new(opts, &[label]).expect("valid metric"));
+        ByLabel::resolve(|values| vec.with_label_values(values))
+    }
+}
+
 impl Metrics {
     pub fn new() -> Self {
-        let registry = Registry::new();
-        let http_requests = IntCounterVec::new(
-            Opts::new("gateway_http_requests_total", "SQL-over-HTTP requests"),
-            &["kind", "status"],
-        )
-        .expect("valid metric");
-        let http_request_seconds = HistogramVec::new(
-            HistogramOpts::new(
-                "gateway_http_request_duration_seconds",
-                "SQL-over-HTTP request latency",
-            )
-            .buckets(LATENCY_BUCKETS.to_vec()),
-            &["kind"],
-        )
-        .expect("valid metric");
-        let errors = IntCounterVec::new(
-            Opts::new("gateway_errors_total", "Failed requests by error kind"),
-            &["kind"],
-        )
-        .expect("valid metric");
-        let pool_checkouts = IntCounterVec::new(
-            Opts::new(
-                "gateway_pool_checkouts_total",
-                "Backend connection checkouts by outcome (hit: reused, miss: new)",
-            ),
-            &["outcome"],
-        )
-        .expect("valid metric");
-        let pool_discards = IntCounter::new(
-            "gateway_pool_discards_total",
-            "Backend connections closed instead of pooled (errors, cancels, caps, idle timeout)",
-        )
-        .expect("valid metric");
-        let pool_idle = IntGauge::new("gateway_pool_idle_connections", "Idle pooled connections")
-            .expect("valid metric");
-        let pool_active = IntGauge::new(
-            "gateway_pool_active_connections",
-            "Backend connections in use by requests",
-        )
-        .expect("valid metric");
-        let backend_connect_seconds = Histogram::with_opts(
-            HistogramOpts::new(
-                "gateway_backend_connect_duration_seconds",
-                "Time to open and authenticate a backend connection",
-            )
-            .buckets(LATENCY_BUCKETS.to_vec()),
-        )
-        .expect("valid metric");
-
-        let counter = |name: &str, help: &str, labels: &[&str]| {
-            IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric")
+        let r = Registrar {
+            registry: Registry::new(),
         };
-        let client_connections = counter(
-            "gateway_client_connections_total",
-            "Accepted client connections by protocol",
-            &["protocol"],
-        );
-        let sessions = counter(
-            "gateway_sessions_total",
-            "Postgres sessions (WebSocket, TCP, TLS) by transport and outcome",
-            &["transport", "outcome"],
-        );
-        let sessions_active = IntGaugeVec::new(
-            Opts::new(
-                "gateway_sessions_active",
-                "Sessions relaying right now, by transport",
-            ),
-            &["transport"],
-        )
-        .expect("valid metric");
-        let session_bytes = counter(
-            "gateway_session_bytes_total",
-            "Bytes relayed by sessions, by direction (ingress: from clients)",
-            &["direction"],
-        );
-        let cancel_requests = counter(
-            "gateway_cancel_requests_total",
-            "Cancel requests by outcome",
-            &["outcome"],
-        );
-        let tls_reloads = counter(
-            "gateway_tls_reloads_total",
-            "TLS certificate reloads by outcome",
-            &["outcome"],
-        );
-        let control_plane_requests = counter(
-            "gateway_control_plane_requests_total",
-            "Control-plane requests by call and outcome",
-            &["call", "outcome"],
-        );
-        let control_plane_request_seconds = HistogramVec::new(
-            HistogramOpts::new(
-                "gateway_control_plane_request_duration_seconds",
-                "Control-plane request latency by call",
-            )
-            .buckets(LATENCY_BUCKETS.to_vec()),
-            &["call"],
-        )
-        .expect("valid metric");
-        let retries = counter(
-            "gateway_retries_total",
-            "Retries after a retryable error, by operation (wake_compute, compute_connect, pooled_query)",
-            &["operation"],
-        );
-        let activity_reports = counter(
-            "gateway_activity_reports_total",
-            "Activity reports to the control plane by outcome",
-            &["outcome"],
-        );
-        let inactive_drops = IntCounter::new(
-            "gateway_inactive_endpoint_drops_total",
-            "Endpoints whose cached route and idle connections were dropped because the control plane reported them inactive",
-        )
-        .expect("valid metric");
-        let route_cache_lookups = counter(
-            "gateway_route_cache_lookups_total",
-            "Route-table lookups by outcome",
-            &["outcome"],
-        );
-        let route_cache_invalidations = IntCounter::new(
-            "gateway_route_cache_invalidations_total",
-            "Cached routes dropped after a connect to their address failed",
-        )
-        .expect("valid metric");
-        let role_secret_lookups = counter(
-            "gateway_role_secret_lookups_total",
-            "Role-secret lookups by outcome",
-            &["outcome"],
-        );
-        let secret_verifications = counter(
-            "gateway_secret_verifications_total",
-            "Password checks against role secrets by outcome",
-            &["outcome"],
-        );
-        let scram_proofs = counter(
-            "gateway_scram_proofs_total",
-            "SCRAM proofs of TCP and TLS clients checked by the gateway, by outcome",
-            &["outcome"],
-        );
-        let role_invalidations = counter(
-            "gateway_role_invalidations_total",
-            "Cached role secrets, proofs and idle connections dropped on the control plane's word, by reason",
-            &["reason"],
-        );
-        let limit_hits = counter(
-            "gateway_limit_hits_total",
-            "Clients refused or cut off by a limit, by limit",
-            &["limit"],
-        );
-        for collector in [
-            Box::new(http_requests.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(http_request_seconds.clone()),
-            Box::new(errors.clone()),
-            Box::new(pool_checkouts.clone()),
-            Box::new(pool_discards.clone()),
-            Box::new(pool_idle.clone()),
-            Box::new(pool_active.clone()),
-            Box::new(backend_connect_seconds.clone()),
-            Box::new(client_connections.clone()),
-            Box::new(sessions.clone()),
-            Box::new(sessions_active.clone()),
-            Box::new(session_bytes.clone()),
-            Box::new(cancel_requests.clone()),
-            Box::new(tls_reloads.clone()),
-            Box::new(control_plane_requests.clone()),
-            Box::new(control_plane_request_seconds.clone()),
-            Box::new(retries.clone()),
-            Box::new(activity_reports.clone()),
-            Box::new(inactive_drops.clone()),
-            Box::new(route_cache_lookups.clone()),
-            Box::new(route_cache_invalidations.clone()),
-            Box::new(role_secret_lookups.clone()),
-            Box::new(secret_verifications.clone()),
-            Box::new(scram_proofs.clone()),
-            Box::new(role_invalidations.clone()),
-            Box::new(limit_hits.clone()),
-        ] {
-            registry
-                .register(collector)
-                .expect("metric names are unique");
-        }
-        // Export every error kind from the start, so rates work before the first error.
-        for kind in ErrorKind::ALL {
-            errors.with_label_values(&[kind.label()]);
-        }
-        for direction in ["ingress", "egress"] {
-            session_bytes.with_label_values(&[direction]);
-        }
-        for call in Call::ALL {
-            control_plane_request_seconds.with_label_values(&[call.label()]);
-        }
-        for operation in [RETRY_WAKE, RETRY_CONNECT, RETRY_POOLED_QUERY] {
-            retries.with_label_values(&[operation]);
-        }
-        for outcome in ["ok", "error"] {
-            activity_reports.with_label_values(&[outcome]);
-        }
-        for outcome in ["static", "hit", "miss", "negative_hit", "stale_refresh"] {
-            route_cache_lookups.with_label_values(&[outcome]);
-        }
-        for outcome in SecretOutcome::ALL {
-            secret_verifications.with_label_values(&[outcome.label()]);
-        }
-        for outcome in ["match", "mismatch", "mock"] {
-            scram_proofs.with_label_values(&[outcome]);
-        }
-        for reason in Invalidation::ALL {
-            role_invalidations.with_label_values(&[reason.label()]);
-        }
-        for limit in Limit::ALL {
-            limit_hits.with_label_values(&[limit.label()]);
-        }
-        let hot = HotMetrics {
-            http_ok: Default::default(),
-            http_seconds: Default::default(),
-            http_requests: http_requests.clone(),
-            http_request_seconds: http_request_seconds.clone(),
-            route_cache_lookups: CounterCache::new(
-                &route_cache_lookups,
-                &["static", "hit", "miss", "negative_hit", "stale_refresh"],
-            ),
-            role_secret_lookups: CounterCache::new(
-                &role_secret_lookups,
-                &["hit", "miss", "stale_refresh", "none"],
-            ),
-            secret_verifications: CounterCache::new(
-                &secret_verifications,
-                &SecretOutcome::ALL
-                    .iter()
-                    .map(|o| o.label())
-                    .collect::<Vec<_>>(),
-            ),
-            pool_checkouts: CounterCache::new(&pool_checkouts, &["hit", "miss"]),
-            client_connections: CounterCache::new(
-                &client_connections,
-                &["http", "postgres", "tls", "rejected"],
-            ),
-        };
+        let http_requests = HttpRequests::new(&r);
+        let (client_connections, cancel_requests) = connections(&r);
+        let (sessions, sessions_active, session_bytes) = sessions(&r);
+        let (pool_checkouts, pool_discards, pool_idle, pool_active, backend_connect_seconds) =
+            pool(&r);
+        let (retries, activity_reports, inactive_drops, role_invalidations) = proxy(&r);
+        let (control_plane_requests, control_plane_request_seconds) = control_plane(&r);
+        let (route_cache_lookups, route_cache_invalidations, role_secret_lookups) = routes(&r);
         Metrics {
-            hot,
-            registry,
-            errors,
-            pool_discards,
-            pool_idle,
-            pool_active,
-            backend_connect_seconds,
+            errors: r.counters(
+                "gateway_errors_total",
+                "Failed requests by error kind",
+                "kind",
+            ),
+            limit_hits: r.counters(
+                "gateway_limit_hits_total",
+                "Clients refused or cut off by a limit, by limit",
+                "limit",
+            ),
+            tls_reloads: r.counters(
+                "gateway_tls_reloads_total",
+                "TLS certificate reloads by outcome",
+                "outcome",
+            ),
+            scram_proofs: r.counters(
+                "gateway_scram_proofs_total",
+                "SCRAM proofs of TCP and TLS clients checked by the gateway, by outcome",
+                "outcome",
+            ),
+            secret_verifications: r.counters(
+                "gateway_secret_verifications_total",
+                "Password checks against role secrets by outcome",
+                "outcome",
+            ),
+            http_requests,
             client_connections,
             sessions,
             sessions_active,
             session_bytes,
             cancel_requests,
-            tls_reloads,
-            control_plane_requests,
-            control_plane_request_seconds,
+            pool_checkouts,
+            pool_discards,
+            pool_idle,
+            pool_active,
+            backend_connect_seconds,
             retries,
             activity_reports,
             inactive_drops,
-            route_cache_invalidations,
-            scram_proofs,
             role_invalidations,
-            limit_hits,
+            control_plane_requests,
+            control_plane_request_seconds,
+            route_cache_lookups,
+            route_cache_invalidations,
+            role_secret_lookups,
+            registry: r.registry,
         }
     }
 
     /// Counts one client refused or cut off by `limit`.
     pub fn limit_hit(&self, limit: Limit) {
-        self.limit_hits.with_label_values(&[limit.label()]).inc();
+        self.limit_hits.inc(limit);
     }
 
     /// The Prometheus text exposition of every metric.
@@ -431,5 +319,198 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+impl HttpRequests {
+    fn new(r: &Registrar) -> Self {
+        let requests = r.counter_vec(
+            "gateway_http_requests_total",
+            "SQL-over-HTTP requests",
+            &["kind", "status"],
+        );
+        HttpRequests {
+            ok: ByLabel::resolve(|kind| requests.with_label_values(&[kind[0], "200"])),
+            requests,
+            seconds: r.histograms(
+                "gateway_http_request_duration_seconds",
+                "SQL-over-HTTP request latency",
+                "kind",
+            ),
+        }
+    }
+}
+
+/// The metrics of client connections and CancelRequests.
+fn connections(r: &Registrar) -> (Counter<Protocol>, Counter<CancelOutcome>) {
+    (
+        r.counters(
+            "gateway_client_connections_total",
+            "Accepted client connections by protocol",
+            "protocol",
+        ),
+        r.counters(
+            "gateway_cancel_requests_total",
+            "Cancel requests by outcome",
+            "outcome",
+        ),
+    )
+}
+
+/// The metrics of sessions.
+fn sessions(
+    r: &Registrar,
+) -> (
+    Counter2<Transport, SessionOutcome>,
+    ByLabel<Transport, IntGauge>,
+    Counter<Direction>,
+) {
+    (
+        r.counters2(
+            "gateway_sessions_total",
+            "Postgres sessions (WebSocket, TCP, TLS) by transport and outcome",
+            ["transport", "outcome"],
+        ),
+        r.gauges(
+            "gateway_sessions_active",
+            "Sessions relaying right now, by transport",
+            "transport",
+        ),
+        r.counters(
+            "gateway_session_bytes_total",
+            "Bytes relayed by sessions, by direction (ingress: from clients)",
+            "direction",
+        ),
+    )
+}
+
+/// The metrics of the connection pool.
+fn pool(r: &Registrar) -> (Counter<Checkout>, IntCounter, IntGauge, IntGauge, Histogram) {
+    (
+        r.counters(
+            "gateway_pool_checkouts_total",
+            "Backend connection checkouts by outcome (hit: reused, miss: new)",
+            "outcome",
+        ),
+        r.counter(
+            "gateway_pool_discards_total",
+            "Backend connections closed instead of pooled (errors, cancels, caps, idle timeout)",
+        ),
+        r.gauge("gateway_pool_idle_connections", "Idle pooled connections"),
+        r.gauge(
+            "gateway_pool_active_connections",
+            "Backend connections in use by requests",
+        ),
+        r.histogram(
+            "gateway_backend_connect_duration_seconds",
+            "Time to open and authenticate a backend connection",
+        ),
+    )
+}
+
+/// The metrics of retries and of the activity reporter.
+fn proxy(
+    r: &Registrar,
+) -> (
+    Counter<RetryOperation>,
+    Counter<Outcome>,
+    IntCounter,
+    Counter<Invalidation>,
+) {
+    (
+        r.counters(
+            "gateway_retries_total",
+            "Retries after a retryable error, by operation (wake_compute, compute_connect, pooled_query)",
+            "operation",
+        ),
+        r.counters(
+            "gateway_activity_reports_total",
+            "Activity reports to the control plane by outcome",
+            "outcome",
+        ),
+        r.counter(
+            "gateway_inactive_endpoint_drops_total",
+            "Endpoints whose cached route and idle connections were dropped because the control plane reported them inactive",
+        ),
+        r.counters(
+            "gateway_role_invalidations_total",
+            "Cached role secrets, proofs and idle connections dropped on the control plane's word, by reason",
+            "reason",
+        ),
+    )
+}
+
+/// The metrics of control-plane requests.
+fn control_plane(r: &Registrar) -> (Counter2<Call, CallOutcome>, ByLabel<Call, Histogram>) {
+    (
+        r.counters2(
+            "gateway_control_plane_requests_total",
+            "Control-plane requests by call and outcome",
+            ["call", "outcome"],
+        ),
+        r.histograms(
+            "gateway_control_plane_request_duration_seconds",
+            "Control-plane request latency by call",
+            "call",
+        ),
+    )
+}
+
+/// The metrics of the route and role-secret caches.
+fn routes(r: &Registrar) -> (Counter<RouteLookup>, IntCounter, Counter<SecretLookup>) {
+    (
+        r.counters(
+            "gateway_route_cache_lookups_total",
+            "Route-table lookups by outcome",
+            "outcome",
+        ),
+        r.counter(
+            "gateway_route_cache_invalidations_total",
+            "Cached routes dropped after a connect to their address failed",
+        ),
+        r.counters(
+            "gateway_role_secret_lookups_total",
+            "Role-secret lookups by outcome",
+            "outcome",
+        ),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exports_every_label_value_from_the_start() {
+        let metrics = Metrics::new();
+        let text = metrics.encode();
+        for series in [
+            "gateway_errors_total{kind=\"client_disconnect\"} 0",
+            "gateway_sessions_total{outcome=\"idle_timeout\",transport=\"wss\"} 0",
+            "gateway_pool_checkouts_total{outcome=\"miss\"} 0",
+            "gateway_role_secret_lookups_total{outcome=\"none\"} 0",
+            "gateway_http_requests_total{kind=\"batch\",status=\"200\"} 0",
+        ] {
+            assert!(text.contains(series), "{series} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn counts_by_label() {
+        let metrics = Metrics::new();
+        metrics.sessions.inc(Transport::Ws, SessionOutcome::Ok);
+        metrics.http_requests.record(RequestKind::Single, 200, 0.1);
+        metrics.http_requests.record(RequestKind::Single, 400, 0.1);
+        let text = metrics.encode();
+        for series in [
+            "gateway_sessions_total{outcome=\"ok\",transport=\"ws\"} 1",
+            "gateway_sessions_total{outcome=\"ok\",transport=\"tcp\"} 0",
+            "gateway_http_requests_total{kind=\"single\",status=\"200\"} 1",
+            "gateway_http_requests_total{kind=\"single\",status=\"400\"} 1",
+            "gateway_http_request_duration_seconds_count{kind=\"single\"} 2",
+        ] {
+            assert!(text.contains(series), "{series} in\n{text}");
+        }
+        assert_eq!(metrics.sessions.get(Transport::Ws, SessionOutcome::Ok), 1);
     }
 }

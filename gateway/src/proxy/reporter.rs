@@ -41,7 +41,7 @@ use crate::base::endpoint::EndpointId;
 use crate::control_plane::activity::Activity;
 use crate::control_plane::client::ControlPlaneApi;
 use crate::control_plane::routes::RouteTable;
-use crate::obs::labels::Invalidation;
+use crate::obs::labels::{Invalidation, Label, Outcome};
 use crate::obs::metrics::Metrics;
 use crate::proxy::pool::Pool;
 
@@ -160,7 +160,6 @@ impl Reporter {
             gateway_id: Some(self.gateway_id.clone()),
             role_changes_applied: self.applied,
         };
-        let outcomes = self.state.metrics.activity_reports.clone();
         match self.control_plane.report_activity(&report).await {
             Ok(reply) => {
                 activity.acknowledge(snapshot.epoch);
@@ -171,11 +170,11 @@ impl Reporter {
                 forget_inactive(&self.state, &reply).await;
                 let again = self.apply_role_changes(&reply).await;
                 // Counted once the reply was acted on (tests wait for it).
-                outcomes.with_label_values(&["ok"]).inc();
+                self.state.metrics.activity_reports.inc(Outcome::Ok);
                 again
             }
             Err(e) => {
-                outcomes.with_label_values(&["error"]).inc();
+                self.state.metrics.activity_reports.inc(Outcome::Error);
                 self.failing = true;
                 let now = Instant::now();
                 if self
@@ -208,15 +207,14 @@ impl Reporter {
                 Invalidation::Truncated
             } else {
                 Invalidation::FirstReply
-            }
-            .label();
+            };
             forget_all_roles(state, lost).await;
-            state
-                .metrics
-                .role_invalidations
-                .with_label_values(&[reason])
-                .inc();
-            tracing::info!(reason, cursor, "dropped every cached role secret and proof");
+            state.metrics.role_invalidations.inc(reason);
+            tracing::info!(
+                reason = reason.label(),
+                cursor,
+                "dropped every cached role secret and proof"
+            );
         } else {
             for change in &reply.role_changes {
                 forget_role(state, change).await;
@@ -248,8 +246,7 @@ async fn forget_role(state: &Held, change: &RoleChange) {
     state
         .metrics
         .role_invalidations
-        .with_label_values(&[Invalidation::RoleChange.label()])
-        .inc();
+        .inc(Invalidation::RoleChange);
     tracing::info!(%endpoint, role = %change.role, change = change.id, idle_connections = closed, "role changed; dropped its cached secret, proofs and idle connections");
 }
 
@@ -421,25 +418,11 @@ mod tests {
                 ["a", "b", "c", "db"].map(|e| row(e, 0, 0, idle(*at)))
             );
         }
-        assert_eq!(
-            state
-                .metrics
-                .activity_reports
-                .with_label_values(&["error"])
-                .get(),
-            1
-        );
+        assert_eq!(state.metrics.activity_reports.get(Outcome::Error), 1);
         // Delivered: the next tick has nothing to say and sends nothing.
         tokio::time::sleep_until(started + interval * 3 + Duration::from_millis(1)).await;
         assert_eq!(received(&fake).len(), 4);
-        assert_eq!(
-            state
-                .metrics
-                .activity_reports
-                .with_label_values(&["ok"])
-                .get(),
-            3
-        );
+        assert_eq!(state.metrics.activity_reports.get(Outcome::Ok), 3);
         stop.cancel();
         reporter.await.expect("reporter");
     }
@@ -610,18 +593,12 @@ mod tests {
             .collect();
         assert!(ids.windows(2).all(|w| w[0] == w[1]), "{ids:?}");
         assert!(uuid::Uuid::parse_str(ids[0]).is_ok());
-        let invalidations = |reason| {
-            state
-                .metrics
-                .role_invalidations
-                .with_label_values(&[reason])
-                .get()
-        };
+        let invalidations = |reason| state.metrics.role_invalidations.get(reason);
         assert_eq!(
             (
-                invalidations(Invalidation::FirstReply.label()),
-                invalidations(Invalidation::RoleChange.label()),
-                invalidations(Invalidation::Truncated.label())
+                invalidations(Invalidation::FirstReply),
+                invalidations(Invalidation::RoleChange),
+                invalidations(Invalidation::Truncated)
             ),
             (1, 1, 1)
         );
@@ -710,8 +687,7 @@ mod tests {
             state
                 .metrics
                 .role_invalidations
-                .with_label_values(&[Invalidation::Truncated.label()])
-                .get(),
+                .get(Invalidation::Truncated),
             1
         );
     }

@@ -45,7 +45,7 @@ use crate::frontend::query::types::TypeMap;
 use crate::frontend::query::{
     self, IsolationLevel, QueryError, ResponseBudget, Statement, StatementResult, TxnOptions,
 };
-use crate::obs::metrics::RETRY_POOLED_QUERY;
+use crate::obs::labels::{RequestKind, RetryOperation};
 use crate::obs::usage::Direction;
 use crate::pgwire::scram::ScramKeys;
 use crate::proxy::login::Checked;
@@ -66,10 +66,10 @@ pub enum Payload {
 }
 
 impl Payload {
-    fn kind(&self) -> &'static str {
+    fn kind(&self) -> RequestKind {
         match self {
-            Payload::Single(_) => "single",
-            Payload::Batch(_) => "batch",
+            Payload::Single(_) => RequestKind::Single,
+            Payload::Batch(_) => RequestKind::Batch,
         }
     }
 }
@@ -523,7 +523,7 @@ impl Drain {
 /// handler is dropped mid-flight.
 struct RequestRecord<'a> {
     state: &'a AppState,
-    kind: &'static str,
+    kind: RequestKind,
     started: Instant,
     status: Option<StatusCode>,
 }
@@ -536,22 +536,21 @@ impl Drop for RequestRecord<'_> {
             None => {
                 metrics
                     .errors
-                    .with_label_values(&[crate::base::error::ErrorKind::ClientDisconnect.label()])
-                    .inc();
+                    .inc(crate::base::error::ErrorKind::ClientDisconnect);
                 tracing::debug!("client went away; request cancelled");
                 499
             }
         };
         metrics
-            .hot
-            .http_request(self.kind, status, self.started.elapsed().as_secs_f64());
+            .http_requests
+            .record(self.kind, status, self.started.elapsed().as_secs_f64());
     }
 }
 
 pub async fn handle(state: Arc<AppState>, headers: HeaderMap, body: Body) -> Response {
     let mut record = RequestRecord {
         state: &state,
-        kind: "invalid",
+        kind: RequestKind::Invalid,
         started: Instant::now(),
         status: None,
     };
@@ -576,11 +575,7 @@ fn error_response(state: &AppState, error: SqlError) -> Response {
         SqlError::ResponseTooLarge { .. } => state.metrics.limit_hit(Limit::ResponseSize),
         _ => {}
     }
-    state
-        .metrics
-        .errors
-        .with_label_values(&[error.kind().label()])
-        .inc();
+    state.metrics.errors.inc(error.kind());
     error.into_response()
 }
 
@@ -681,11 +676,7 @@ async fn run_on_backend(
             // request provably did not run: once more, on a new connection through the route
             // table, which wakes the endpoint again if its address no longer answers.
             tracing::info!(endpoint = %info.endpoint, error = %e, "pooled connection was closed before the request reached it; retrying on a new connection");
-            state
-                .metrics
-                .retries
-                .with_label_values(&[RETRY_POOLED_QUERY])
-                .inc();
+            state.metrics.retries.inc(RetryOperation::PooledQuery);
             drop(conn);
             let route = login.route(&info.endpoint, &info.user).await?;
             conn = login

@@ -62,6 +62,9 @@ use crate::control_plane::activity::ActivityGuard;
 use crate::control_plane::client::ControlPlaneError;
 use crate::control_plane::routes::{ConnectError, Route};
 use crate::frontend::state::AppState;
+use crate::obs::labels::{
+    CancelOutcome, Label, ScramProof, SessionOutcome, Transport as TransportLabel,
+};
 use crate::pgwire::client::{ClientError, ClientStream};
 use crate::pgwire::frame::{self, FrameError};
 use crate::pgwire::scram::{Proven, ScramError, ScramSecret, ScramServer};
@@ -95,11 +98,16 @@ pub enum Transport {
 
 impl Transport {
     pub fn label(&self) -> &'static str {
+        self.metric_label().label()
+    }
+
+    /// The `transport` label of the session metrics.
+    pub fn metric_label(&self) -> TransportLabel {
         match self {
-            Transport::Tcp => "tcp",
-            Transport::Tls { .. } => "tls",
-            Transport::WebSocket { tls: false, .. } => "ws",
-            Transport::WebSocket { tls: true, .. } => "wss",
+            Transport::Tcp => TransportLabel::Tcp,
+            Transport::Tls { .. } => TransportLabel::Tls,
+            Transport::WebSocket { tls: false, .. } => TransportLabel::Ws,
+            Transport::WebSocket { tls: true, .. } => TransportLabel::Wss,
         }
     }
 
@@ -403,8 +411,7 @@ async fn proceed<S>(
             state
                 .metrics
                 .sessions
-                .with_label_values(&[transport.label(), "cancel_request"])
-                .inc();
+                .inc(transport.metric_label(), SessionOutcome::CancelRequest);
             return client.close().await;
         }
         Ok(StartupPacket::SslRequest | StartupPacket::GssEncRequest) => {
@@ -430,11 +437,7 @@ async fn proceed<S>(
 async fn forward_cancel(process_id: i32, secret_key: i32, state: &AppState) {
     match state.cancels.lookup(process_id, secret_key) {
         Some(target) => {
-            state
-                .metrics
-                .cancel_requests
-                .with_label_values(&["forwarded"])
-                .inc();
+            state.metrics.cancel_requests.inc(CancelOutcome::Forwarded);
             // Bounded like any backend connect: a backend that does not answer cannot hold
             // the client's connection.
             let timeout = state.pool.config().connect_timeout;
@@ -445,11 +448,7 @@ async fn forward_cancel(process_id: i32, secret_key: i32, state: &AppState) {
             }
         }
         None => {
-            state
-                .metrics
-                .cancel_requests
-                .with_label_values(&["no_match"])
-                .inc();
+            state.metrics.cancel_requests.inc(CancelOutcome::NoMatch);
             tracing::debug!("cancel request for an unknown key");
         }
     }
@@ -712,15 +711,11 @@ where
     let client_final = read_auth_message(client).await?;
     let proven = server.finish(&client_final)?;
     let outcome = match (&proven, real) {
-        (_, false) => "mock",
-        (Some(_), true) => "match",
-        (None, true) => "mismatch",
+        (_, false) => ScramProof::Mock,
+        (Some(_), true) => ScramProof::Match,
+        (None, true) => ScramProof::Mismatch,
     };
-    state
-        .metrics
-        .scram_proofs
-        .with_label_values(&[outcome])
-        .inc();
+    state.metrics.scram_proofs.inc(outcome);
     match proven {
         Some(proven) if real => Ok(proven),
         _ => Err(SessionError::AuthFailed {
@@ -876,17 +871,12 @@ async fn relay_session<S>(
     }
 
     let label = transport.label();
-    let active = state.metrics.sessions_active.with_label_values(&[label]);
+    let active = state.metrics.sessions_active.with(transport.metric_label());
     active.inc();
     let traffic = state.usage.endpoint(&endpoint);
-    let ingress = state.metrics.session_bytes.with_label_values(&["ingress"]);
-    let egress = state.metrics.session_bytes.with_label_values(&["egress"]);
     let count = |direction: Direction, n: usize| {
         traffic.add(direction, n as u64);
-        match direction {
-            Direction::Ingress => ingress.inc_by(n as u64),
-            Direction::Egress => egress.inc_by(n as u64),
-        }
+        state.metrics.session_bytes.inc_by(direction, n as u64);
     };
     let limits = RelayLimits {
         idle_timeout: state.sessions.idle_timeout,
@@ -920,8 +910,7 @@ async fn relay_session<S>(
             state
                 .metrics
                 .sessions
-                .with_label_values(&[label, "ok"])
-                .inc();
+                .inc(transport.metric_label(), SessionOutcome::Ok);
             client.close().await;
         }
         // A FATAL can only be appended between two backend messages.
@@ -956,22 +945,17 @@ fn record(transport: &Transport, error: &SessionError, state: &AppState) {
     }
     // Timeouts and drains end sessions normally; they are outcomes, not errors.
     let outcome = match error {
-        SessionError::Idle => "idle_timeout",
-        SessionError::Shutdown => "shutdown",
+        SessionError::Idle => SessionOutcome::IdleTimeout,
+        SessionError::Shutdown => SessionOutcome::Shutdown,
         _ => {
-            state
-                .metrics
-                .errors
-                .with_label_values(&[kind.label()])
-                .inc();
-            kind.label()
+            state.metrics.errors.inc(kind);
+            SessionOutcome::Error(kind)
         }
     };
     state
         .metrics
         .sessions
-        .with_label_values(&[transport.label(), outcome])
-        .inc();
+        .inc(transport.metric_label(), outcome);
     match kind {
         ErrorKind::Internal | ErrorKind::Compute | ErrorKind::ControlPlane => {
             tracing::warn!(transport = transport.label(), error = %error, cause = ?std::error::Error::source(error), "session failed")

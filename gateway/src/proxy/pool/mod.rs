@@ -51,6 +51,7 @@ use crate::base::endpoint::EndpointId;
 use crate::base::error::{ErrorKind, ReportableError};
 use crate::compute::{Backend, BackendError, ConnectParams, Login};
 use crate::control_plane::routes::{ConnectError, Route, RouteError, RouteTable};
+use crate::obs::labels::Checkout;
 use crate::obs::metrics::Metrics;
 use crate::pgwire::scram::ScramKeys;
 
@@ -195,7 +196,7 @@ impl Pool {
             .map_err(|_| PoolError::TooManyConnections)?;
         let slot = match acquired {
             Acquired::Idle(idle) => {
-                self.metrics.hot.pool_checkouts.inc("hit");
+                self.metrics.pool_checkouts.inc(Checkout::Hit);
                 return Ok(Conn::new(
                     self.clone(),
                     key,
@@ -207,7 +208,7 @@ impl Pool {
             }
             Acquired::Slot(slot) => slot,
         };
-        self.metrics.hot.pool_checkouts.inc("miss");
+        self.metrics.pool_checkouts.inc(Checkout::Miss);
         let backend = self.connect(routes, route, info, &key, options).await?;
         Ok(Conn::new(
             self.clone(),

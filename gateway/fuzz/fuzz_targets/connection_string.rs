@@ -6,8 +6,8 @@
 //! connection string parses to the very same values (decoding is lossless and unambiguous).
 #![no_main]
 
-use gateway::conn_info::{self, EndpointId};
-use gateway::session::credentials;
+use gateway::fuzzing::conn_info::{self, EndpointId};
+use gateway::fuzzing::credentials;
 use libfuzzer_sys::fuzz_target;
 use percent_encoding::{percent_encode, utf8_percent_encode, NON_ALPHANUMERIC};
 

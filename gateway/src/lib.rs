@@ -22,7 +22,7 @@ pub use crate::pgwire::ws::WsStream;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing {
-    pub use crate::base::conn_info;
+    pub use crate::base::{conn_info, endpoint, host};
     pub use crate::compute::{BackendError, DbError};
     pub use crate::frontend::http::sql::Payload;
     pub use crate::frontend::query;

@@ -9,8 +9,8 @@
 //! printed it), whatever the nesting.
 #![no_main]
 
-use gateway::query::json::write_typed;
-use gateway::query::types::{ColumnType, JsonKind};
+use gateway::fuzzing::query::json::write_typed;
+use gateway::fuzzing::query::types::{ColumnType, JsonKind};
 use gateway_fuzz::is_json;
 use libfuzzer_sys::fuzz_target;
 

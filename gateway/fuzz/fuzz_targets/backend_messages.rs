@@ -1,4 +1,4 @@
-//! What a backend sends, as the gateway reads it: messages framed by `backend::frame_length`
+//! What a backend sends, as the gateway reads it: messages framed by `frame::frame_length`
 //! (the check every read from a backend goes through) and parsed by postgres-protocol, then
 //! consumed the way the gateway does (ErrorResponse by `DbError::parse`, RowDescription by
 //! `query::types::fields`, DataRow and CommandComplete rendered to the driver's JSON by
@@ -14,10 +14,11 @@
 
 use bytes::BytesMut;
 use fallible_iterator::FallibleIterator;
-use gateway::backend::{frame_length, BackendError, DbError};
-use gateway::query::json::{self, OutputMode};
-use gateway::query::types::{self, JsonKind, TypeMap};
-use gateway::query::StatementResult;
+use gateway::fuzzing::frame::{frame_length, FrameError};
+use gateway::fuzzing::query::json::{self, OutputMode};
+use gateway::fuzzing::query::types::{self, JsonKind, TypeMap};
+use gateway::fuzzing::query::StatementResult;
+use gateway::fuzzing::DbError;
 use gateway_fuzz::is_json;
 use libfuzzer_sys::fuzz_target;
 use postgres_protocol::message::backend::Message;
@@ -37,11 +38,11 @@ fuzz_target!(|data: &[u8]| {
         let total = match frame_length(&buf, max) {
             Ok(Some(total)) if buf.len() >= total => total,
             Ok(_) => break,
-            Err(BackendError::MessageTooLarge { len, max: m }) => {
+            Err(FrameError::TooLarge { len, max: m }) => {
                 assert!(len > m && m == max);
                 break;
             }
-            Err(_) => break,
+            Err(FrameError::InvalidLength) => break,
         };
         let declared = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
         assert!(declared >= 4 && declared < max && total == declared + 1);

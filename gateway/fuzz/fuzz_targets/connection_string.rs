@@ -1,13 +1,15 @@
 //! Connection strings (`Neon-Connection-String`, `conn_info::parse`) and the other places an
 //! endpoint is read from client text: a host, a WebSocket `address`, a TLS server name.
 //!
-//! Checks: an accepted connection string names a valid endpoint and a non-empty database and
+//! Checks: a host names the same endpoint as a server name and as a connection-string host
+//! whenever both name one; an accepted connection string names a valid endpoint and a non-empty database and
 //! user with no NUL (nor a NUL in the password); writing those back percent-encoded into a new
 //! connection string parses to the very same values (decoding is lossless and unambiguous).
 #![no_main]
 
-use gateway::conn_info::{self, EndpointId};
-use gateway::session::credentials;
+use gateway::fuzzing::conn_info;
+use gateway::fuzzing::endpoint::EndpointId;
+use gateway::fuzzing::host;
 use libfuzzer_sys::fuzz_target;
 use percent_encoding::{percent_encode, utf8_percent_encode, NON_ALPHANUMERIC};
 
@@ -16,15 +18,22 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let default = EndpointId::parse("db").expect("valid");
-    let _ = conn_info::endpoint_from_host(text, &default);
-    let _ = credentials::from_address(text);
-    let _ = credentials::from_server_name(text, &["example.com".to_owned()]);
+    for domains in [vec![], vec!["example.com".to_owned()]] {
+        let by_name = host::from_server_name(text, &domains);
+        if let Some(named) = &by_name {
+            // A server name that names an endpoint names it as a connection host too.
+            assert_eq!(
+                host::from_connection_host(text, &domains).as_ref(),
+                Ok(&Some(named.clone()))
+            );
+        }
+    }
     if let Some(id) = EndpointId::parse(text) {
         assert_eq!(EndpointId::parse(id.as_str()).as_ref(), Some(&id));
         let _ = (id.without_pooler(), id.pooler());
     }
 
-    let Ok(info) = conn_info::parse(text, &default) else {
+    let Ok(info) = conn_info::parse(text, &default, &[]) else {
         return;
     };
     assert_eq!(
@@ -41,5 +50,5 @@ fuzz_target!(|data: &[u8]| {
         info.endpoint,
         utf8_percent_encode(&info.database, NON_ALPHANUMERIC),
     );
-    assert_eq!(conn_info::parse(&again, &default), Ok(info), "{again}");
+    assert_eq!(conn_info::parse(&again, &default, &[]), Ok(info), "{again}");
 });

@@ -1,4 +1,4 @@
-//! A client's side of the handshake as the session reads it (`session::client::ClientStream`
+//! A client's side of the handshake as the session reads it (`pgwire::client::ClientStream`
 //! over a stream that delivers the input in arbitrary chunks): up to four startup packets
 //! (encryption requests first), then tagged messages (PasswordMessage, SASL responses) under a
 //! size limit, each body read as a password and as a SASL initial response.
@@ -10,9 +10,9 @@
 //! exactly the next bytes of the stream (a pipelined query reaches the backend intact).
 #![no_main]
 
-use gateway::session::client::ClientStream;
-use gateway::session::protocol::{self, StartupPacket};
-use gateway::session::SessionError;
+use gateway::fuzzing::client::{ClientError, ClientStream};
+use gateway::fuzzing::frame::FrameError;
+use gateway::fuzzing::startup::{self, StartupPacket};
 use gateway_fuzz::{runtime, Playback};
 use libfuzzer_sys::fuzz_target;
 
@@ -36,22 +36,22 @@ async fn handshake(stream: &[u8], seed: u8, max: usize) {
     for _ in 0..MAX_NEGOTIATIONS {
         let got = client.read_startup().await;
         let Some(header) = stream.get(at..at + 4) else {
-            assert!(matches!(got, Err(SessionError::ClientGone)), "{got:?}");
+            assert!(matches!(got, Err(ClientError::Closed)), "{got:?}");
             return;
         };
         let declared = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
-        if !(8..=protocol::MAX_STARTUP_PACKET).contains(&declared) {
-            assert!(matches!(got, Err(SessionError::Startup(_))), "{got:?}");
+        if !(8..=startup::MAX_STARTUP_PACKET).contains(&declared) {
+            assert!(matches!(got, Err(ClientError::Startup(_))), "{got:?}");
             return;
         }
         let Some(packet) = stream.get(at..at + declared) else {
-            assert!(matches!(got, Err(SessionError::ClientGone)), "{got:?}");
+            assert!(matches!(got, Err(ClientError::Closed)), "{got:?}");
             return;
         };
         at += declared;
         assert_eq!(
             got.as_ref().map_err(ToString::to_string),
-            protocol::parse_startup(packet)
+            startup::parse_startup(packet)
                 .as_ref()
                 .map_err(ToString::to_string),
         );
@@ -70,23 +70,26 @@ async fn handshake(stream: &[u8], seed: u8, max: usize) {
     loop {
         let got = client.read_message(max).await;
         let Some(header) = stream.get(at..at + 5) else {
-            assert!(matches!(got, Err(SessionError::ClientGone)), "{got:?}");
+            assert!(matches!(got, Err(ClientError::Closed)), "{got:?}");
             break;
         };
         let declared = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
         if declared < 4 {
-            assert!(matches!(got, Err(SessionError::Protocol(_))), "{got:?}");
+            assert!(
+                matches!(got, Err(ClientError::Frame(FrameError::InvalidLength))),
+                "{got:?}"
+            );
             return;
         }
         if declared + 1 > max {
             assert!(
-                matches!(got, Err(SessionError::MessageTooLarge { len, max: m }) if len == declared + 1 && m == max),
+                matches!(got, Err(ClientError::Frame(FrameError::TooLarge { len, max: m })) if len == declared + 1 && m == max),
                 "{got:?}"
             );
             return;
         }
         let Some(message) = stream.get(at..at + declared + 1) else {
-            assert!(matches!(got, Err(SessionError::ClientGone)), "{got:?}");
+            assert!(matches!(got, Err(ClientError::Closed)), "{got:?}");
             break;
         };
         at += declared + 1;
@@ -94,8 +97,8 @@ async fn handshake(stream: &[u8], seed: u8, max: usize) {
         assert_eq!(tag, message[0]);
         assert_eq!(body[..], message[5..]);
         if tag == b'p' {
-            let _ = protocol::password(&body);
-            let _ = protocol::sasl_initial_response(&body);
+            let _ = startup::password(&body);
+            let _ = startup::sasl_initial_response(&body);
         }
         // The bytes read beyond this message are the stream's next ones.
         let ahead = client.buffered();

@@ -1,4 +1,4 @@
-//! The relay's message-boundary tracker (`session::relay::track_boundaries`, what both
+//! The relay's message-boundary tracker (`pgwire::frame::track_boundaries`, what both
 //! directions of a session run every chunk through), on a stream cut into chunks at arbitrary
 //! points.
 //!
@@ -11,7 +11,7 @@
 //! that message's header, and never before.
 #![no_main]
 
-use gateway::session::relay::{track_boundaries, Tracked};
+use gateway::fuzzing::frame::{track_boundaries, Tracked};
 use gateway_fuzz::Splitter;
 use libfuzzer_sys::fuzz_target;
 

@@ -14,7 +14,7 @@
 use std::sync::{Arc, LazyLock};
 
 use base64::Engine;
-use gateway::auth::scram::{
+use gateway::fuzzing::scram::{
     ClientKeys, ScramError, ScramSecret, ScramServer, ServerFirst, MAX_CLIENT_MESSAGE,
 };
 use libfuzzer_sys::fuzz_target;

@@ -6,9 +6,8 @@
 //! NULL); a batch has one statement per element of `queries`, each checked the same way.
 #![no_main]
 
-use gateway::http::sql::Payload;
-use gateway::query::IsolationLevel;
-use gateway::query::Statement;
+use gateway::fuzzing::query::{IsolationLevel, Statement};
+use gateway::fuzzing::Payload;
 use libfuzzer_sys::fuzz_target;
 use serde::Deserialize;
 use serde_json::Value;

@@ -1,6 +1,6 @@
 //! Startup packets (StartupMessage, SSLRequest, GSSENCRequest, CancelRequest) and the two
 //! authentication replies the gateway reads itself (PasswordMessage, SASLInitialResponse), as
-//! `session::protocol` parses them, then what the session reads out of them (`options`, the
+//! `pgwire::startup` parses them, then what the session reads out of them (`options`, the
 //! password hack).
 //!
 //! Checks: a parsed StartupMessage re-encodes (postgres-protocol's encoder) to exactly the bytes
@@ -9,18 +9,18 @@
 #![no_main]
 
 use bytes::BytesMut;
-use gateway::session::credentials;
-use gateway::session::protocol::{self, StartupPacket};
+use gateway::fuzzing::credentials;
+use gateway::fuzzing::startup::{self, StartupPacket};
 use libfuzzer_sys::fuzz_target;
 use postgres_protocol::message::frontend;
 
 fuzz_target!(|data: &[u8]| {
     if let Some(header) = data.first_chunk::<4>() {
-        if let Ok(length) = protocol::startup_length(*header) {
-            assert!((8..=protocol::MAX_STARTUP_PACKET).contains(&length));
+        if let Ok(length) = startup::startup_length(*header) {
+            assert!((8..=startup::MAX_STARTUP_PACKET).contains(&length));
         }
     }
-    match protocol::parse_startup(data) {
+    match startup::parse_startup(data) {
         Ok(StartupPacket::Startup(startup)) => {
             let mut encoded = BytesMut::new();
             frontend::startup_message(
@@ -49,7 +49,7 @@ fuzz_target!(|data: &[u8]| {
     }
 
     // The same bytes as the body of a PasswordMessage or a SASLInitialResponse.
-    if let Some(password) = protocol::password(data) {
+    if let Some(password) = startup::password(data) {
         let mut encoded = BytesMut::new();
         frontend::password_message(password, &mut encoded).expect("no NUL in a password");
         assert_eq!(encoded[5..], *data);
@@ -57,7 +57,7 @@ fuzz_target!(|data: &[u8]| {
             assert!(rest.len() < password.len());
         }
     }
-    if let Some((mechanism, response)) = protocol::sasl_initial_response(data) {
+    if let Some((mechanism, response)) = startup::sasl_initial_response(data) {
         let mut encoded = BytesMut::new();
         frontend::sasl_initial_response(mechanism, response, &mut encoded)
             .expect("no NUL in a mechanism");

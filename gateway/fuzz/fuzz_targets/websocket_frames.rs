@@ -1,6 +1,6 @@
 //! The WebSocket tunnel as a session reads it: client bytes through a `tokio::io::duplex` into
-//! a server-role `WebSocketStream` with the gateway's own configuration (`websocket::ws_config`)
-//! wrapped in `websocket::WsStream`, read until error or end of stream, then answered and
+//! a server-role `WebSocketStream` with the gateway's own configuration (`pgwire::ws::ws_config`)
+//! wrapped in `pgwire::ws::WsStream`, read until error or end of stream, then answered and
 //! closed the way a session ends.
 //!
 //! Input: one byte (bit 0: raw bytes or frames built from the input; the other bits pick the
@@ -15,7 +15,7 @@
 use std::io;
 
 use bytes::Bytes;
-use gateway::websocket::{ws_config, WsStream};
+use gateway::fuzzing::ws::{ws_config, WsStream};
 use gateway_fuzz::runtime;
 use libfuzzer_sys::fuzz_target;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

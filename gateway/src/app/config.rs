@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
+use wake_api::proxy::REPORT_INTERVAL_MS;
 
 use crate::auth::HashingLimits;
 use crate::base::endpoint::EndpointId;
@@ -328,7 +329,11 @@ pub enum ConfigError {
     ControlPlaneUrl(String, &'static str),
     #[error("wake-retry-factor must be a number of at least 1")]
     RetryFactor,
-    #[error("activity-interval-ms must be 0 (off) or between 50 and 60000")]
+    #[error(
+        "activity-interval-ms must be 0 (off) or between {} and {}",
+        REPORT_INTERVAL_MS.start(),
+        REPORT_INTERVAL_MS.end()
+    )]
     ActivityInterval,
     #[error("--require-tls needs a certificate: set --tls-cert and --tls-key")]
     RequireTlsWithoutCertificate,
@@ -339,6 +344,8 @@ pub enum ConfigError {
 }
 
 impl Args {
+    /// Checks every flag and builds each layer's configuration. The checks run in a fixed
+    /// order, so a command line with several mistakes always names the same one first.
     pub fn validate(self) -> Result<Config, ConfigError> {
         let default_endpoint = EndpointId::parse(&self.default_endpoint)
             .ok_or_else(|| ConfigError::DefaultEndpoint(self.default_endpoint.clone()))?;
@@ -348,6 +355,59 @@ impl Args {
                 return Err(ConfigError::DuplicateRoute(route.endpoint.to_string()));
             }
         }
+        self.check_nonzero()?;
+        // Two listeners on port 0 get different ports.
+        if self.listen == self.admin_listen && self.listen.port() != 0 {
+            return Err(ConfigError::SameListeners);
+        }
+        let domains = self.domains()?;
+        if !(self.wake_retry_factor.is_finite() && self.wake_retry_factor >= 1.0) {
+            return Err(ConfigError::RetryFactor);
+        }
+        let activity_interval = activity_interval(self.activity_interval_ms)?;
+        let pool = self.pool()?;
+        let control_plane = self.control_plane()?;
+        let route_cache = self.route_cache();
+        let sessions = self.sessions(domains);
+        let http = self.http();
+        let tls = match (self.tls_cert, self.tls_key) {
+            (Some(cert), Some(key)) => {
+                // Fail at startup (and in --check-config), not at the first handshake.
+                crate::frontend::tls::Tls::load(&cert, &key)?;
+                Some(TlsFiles { cert, key })
+            }
+            _ => None,
+        };
+        if self.require_tls && tls.is_none() {
+            return Err(ConfigError::RequireTlsWithoutCertificate);
+        }
+        Ok(Config {
+            listen: self.listen,
+            admin_listen: self.admin_listen,
+            routes: self.routes,
+            control_plane,
+            route_cache,
+            activity_interval,
+            default_endpoint,
+            max_request_bytes: self.max_request_bytes,
+            max_response_bytes: self.max_response_bytes,
+            pool,
+            sessions,
+            tls,
+            max_client_connections: self.max_client_connections,
+            max_connections_per_ip: self.max_connections_per_ip,
+            http,
+            max_response_rows: self.max_response_rows,
+            max_endpoint_connections: self.max_endpoint_connections,
+            max_endpoint_rps: (self.max_endpoint_rps > 0).then_some(self.max_endpoint_rps),
+            max_handshake_bytes: self.max_handshake_bytes,
+            require_tls: self.require_tls,
+            shutdown_timeout: Duration::from_secs(self.shutdown_timeout_seconds),
+        })
+    }
+
+    /// The limits and timeouts that have no meaning at zero, in the order they are reported.
+    fn check_nonzero(&self) -> Result<(), ConfigError> {
         for (value, name) in [
             (self.max_request_bytes, "max-request-bytes"),
             (self.max_response_bytes, "max-response-bytes"),
@@ -399,10 +459,11 @@ impl Args {
                 return Err(ConfigError::Zero(name));
             }
         }
-        // Two listeners on port 0 get different ports.
-        if self.listen == self.admin_listen && self.listen.port() != 0 {
-            return Err(ConfigError::SameListeners);
-        }
+        Ok(())
+    }
+
+    /// `--domain`s normalised (trimmed, no outer dots, lower case), empty ones dropped.
+    fn domains(&self) -> Result<Vec<String>, ConfigError> {
         let domains = self
             .domains
             .iter()
@@ -417,26 +478,71 @@ impl Args {
         }) {
             return Err(ConfigError::Domain(bad.clone()));
         }
-        if !(self.wake_retry_factor.is_finite() && self.wake_retry_factor >= 1.0) {
-            return Err(ConfigError::RetryFactor);
+        Ok(domains)
+    }
+
+    /// The front end: sessions (Postgres TCP and WebSocket).
+    fn sessions(&self, domains: Vec<String>) -> SessionConfig {
+        SessionConfig {
+            handshake_timeout: Duration::from_secs(self.handshake_timeout_seconds),
+            idle_timeout: (self.session_idle_timeout_seconds > 0)
+                .then(|| Duration::from_secs(self.session_idle_timeout_seconds)),
+            max_message_bytes: self.max_session_message_bytes,
+            domains,
         }
-        let activity_interval = match self.activity_interval_ms {
-            0 => None,
-            ms @ 50..=60_000 => Some(Duration::from_millis(ms)),
-            _ => return Err(ConfigError::ActivityInterval),
-        };
+    }
+
+    /// The front end: HTTP connections and `/sql` requests.
+    fn http(&self) -> HttpConfig {
+        HttpConfig {
+            idle_timeout: Duration::from_secs(self.http_idle_timeout_seconds),
+            max_concurrent_streams: self.http2_max_concurrent_streams,
+            body_read_timeout: Duration::from_secs(self.body_read_timeout_seconds),
+        }
+    }
+
+    /// The proxy's pool of backend connections, with auth's password-hashing limits.
+    fn pool(&self) -> Result<PoolConfig, ConfigError> {
+        Ok(PoolConfig {
+            max_conns_per_endpoint: self.pool_max_conns_per_endpoint,
+            max_idle_per_endpoint: self.pool_max_idle_per_endpoint,
+            max_idle_total: self.pool_max_idle_total,
+            idle_timeout: Duration::from_secs(self.pool_idle_timeout_seconds),
+            acquire_timeout: Duration::from_secs(self.pool_acquire_timeout_seconds),
+            connect_timeout: Duration::from_secs(self.connect_timeout_seconds),
+            password_ttl: Duration::from_secs(self.password_cache_ttl_seconds),
+            // A single row may not exceed the response limit; leave room for framing.
+            max_message_bytes: self.max_response_bytes.saturating_add(64 * 1024),
+            hashing: self.hashing()?,
+        })
+    }
+
+    /// Auth: how much password hashing a role secret may ask for, and how much may wait.
+    fn hashing(&self) -> Result<HashingLimits, ConfigError> {
         if self.max_scram_iterations < scram::MOCK_ITERATIONS {
             return Err(ConfigError::ScramIterations);
         }
-        let control_plane = match &self.control_plane_url {
-            None => None,
-            Some(url) => Some(ControlPlaneConfig {
-                url: control_plane_url(url)?,
-                token: self.control_plane_token.clone(),
-                request_timeout: Duration::from_secs(self.control_plane_timeout_seconds),
-            }),
+        Ok(HashingLimits {
+            max_scram_iterations: self.max_scram_iterations,
+            max_queue: self.max_password_hash_queue,
+        })
+    }
+
+    /// The control plane's proxy API, when one is configured.
+    fn control_plane(&self) -> Result<Option<ControlPlaneConfig>, ConfigError> {
+        let Some(url) = &self.control_plane_url else {
+            return Ok(None);
         };
-        let route_cache = RouteCacheConfig {
+        Ok(Some(ControlPlaneConfig {
+            url: control_plane_url(url)?,
+            token: self.control_plane_token.clone(),
+            request_timeout: Duration::from_secs(self.control_plane_timeout_seconds),
+        }))
+    }
+
+    /// The control plane's route and role-secret caches, and how waking is retried.
+    fn route_cache(&self) -> RouteCacheConfig {
+        RouteCacheConfig {
             idle_ttl: Duration::from_secs(self.route_cache_idle_seconds),
             refresh_after: Duration::from_secs(self.route_refresh_seconds),
             negative_ttl: Duration::from_millis(self.negative_cache_ttl_ms),
@@ -447,65 +553,17 @@ impl Args {
                 factor: self.wake_retry_factor,
             },
             ..RouteCacheConfig::default()
-        };
-        let tls = match (self.tls_cert, self.tls_key) {
-            (Some(cert), Some(key)) => {
-                // Fail at startup (and in --check-config), not at the first handshake.
-                crate::frontend::tls::Tls::load(&cert, &key)?;
-                Some(TlsFiles { cert, key })
-            }
-            _ => None,
-        };
-        if self.require_tls && tls.is_none() {
-            return Err(ConfigError::RequireTlsWithoutCertificate);
         }
-        Ok(Config {
-            listen: self.listen,
-            admin_listen: self.admin_listen,
-            routes: self.routes,
-            control_plane,
-            route_cache,
-            activity_interval,
-            default_endpoint,
-            max_request_bytes: self.max_request_bytes,
-            max_response_bytes: self.max_response_bytes,
-            pool: PoolConfig {
-                max_conns_per_endpoint: self.pool_max_conns_per_endpoint,
-                max_idle_per_endpoint: self.pool_max_idle_per_endpoint,
-                max_idle_total: self.pool_max_idle_total,
-                idle_timeout: Duration::from_secs(self.pool_idle_timeout_seconds),
-                acquire_timeout: Duration::from_secs(self.pool_acquire_timeout_seconds),
-                connect_timeout: Duration::from_secs(self.connect_timeout_seconds),
-                password_ttl: Duration::from_secs(self.password_cache_ttl_seconds),
-                // A single row may not exceed the response limit; leave room for framing.
-                max_message_bytes: self.max_response_bytes.saturating_add(64 * 1024),
-                hashing: HashingLimits {
-                    max_scram_iterations: self.max_scram_iterations,
-                    max_queue: self.max_password_hash_queue,
-                },
-            },
-            sessions: SessionConfig {
-                handshake_timeout: Duration::from_secs(self.handshake_timeout_seconds),
-                idle_timeout: (self.session_idle_timeout_seconds > 0)
-                    .then(|| Duration::from_secs(self.session_idle_timeout_seconds)),
-                max_message_bytes: self.max_session_message_bytes,
-                domains,
-            },
-            tls,
-            max_client_connections: self.max_client_connections,
-            max_connections_per_ip: self.max_connections_per_ip,
-            http: HttpConfig {
-                idle_timeout: Duration::from_secs(self.http_idle_timeout_seconds),
-                max_concurrent_streams: self.http2_max_concurrent_streams,
-                body_read_timeout: Duration::from_secs(self.body_read_timeout_seconds),
-            },
-            max_response_rows: self.max_response_rows,
-            max_endpoint_connections: self.max_endpoint_connections,
-            max_endpoint_rps: (self.max_endpoint_rps > 0).then_some(self.max_endpoint_rps),
-            max_handshake_bytes: self.max_handshake_bytes,
-            require_tls: self.require_tls,
-            shutdown_timeout: Duration::from_secs(self.shutdown_timeout_seconds),
-        })
+    }
+}
+
+/// `--activity-interval-ms`: 0 turns reporting off; otherwise an interval the wake service
+/// accepts ([`REPORT_INTERVAL_MS`], part of the wire contract).
+fn activity_interval(ms: u64) -> Result<Option<Duration>, ConfigError> {
+    match ms {
+        0 => Ok(None),
+        ms if REPORT_INTERVAL_MS.contains(&ms) => Ok(Some(Duration::from_millis(ms))),
+        _ => Err(ConfigError::ActivityInterval),
     }
 }
 
@@ -608,6 +666,11 @@ mod tests {
                 .expect_err(bad)
                 .contains("activity-interval-ms"));
         }
+        // The range is wake-api's (the wire contract); the text stays the same.
+        assert_eq!(
+            interval("49").expect_err("below the range"),
+            "activity-interval-ms must be 0 (off) or between 50 and 60000"
+        );
     }
 
     #[test]

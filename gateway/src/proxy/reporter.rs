@@ -35,7 +35,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use wake_api::proxy::{ActivityReply, ActivityReport, RoleChange};
+use wake_api::proxy::{ActivityReply, ActivityReport, RoleChange, MAX_REPORTED_ENDPOINTS};
 
 use crate::base::endpoint::EndpointId;
 use crate::control_plane::activity::Activity;
@@ -57,8 +57,6 @@ pub struct Held {
 /// An urgent report (an endpoint just became busy) waits at least this long after the
 /// previous report, so a burst of new sessions causes one extra report, not one each.
 pub const URGENT_GAP: Duration = Duration::from_millis(50);
-/// At most this many cached endpoint ids go into one report.
-pub const MAX_CACHED: usize = 10_000;
 /// A failing control plane is logged at WARN at most this often (DEBUG otherwise).
 const WARN_EVERY: Duration = Duration::from_secs(60);
 
@@ -143,7 +141,7 @@ impl Reporter {
         let activity = self.state.activity.clone();
         activity.clear_urgent();
         let snapshot = activity.snapshot(Instant::now());
-        let cached = self.state.routes.cached_endpoints(MAX_CACHED);
+        let cached = self.state.routes.cached_endpoints(MAX_REPORTED_ENDPOINTS);
         if snapshot.endpoints.is_empty()
             && cached.is_empty()
             && !self.state.routes.holds_role_secrets()
@@ -436,7 +434,7 @@ mod tests {
         }
         assert_eq!(fake.wakes(), 3);
         assert_eq!(
-            state.routes.cached_endpoints(MAX_CACHED),
+            state.routes.cached_endpoints(MAX_REPORTED_ENDPOINTS),
             ["ep", "other"],
             "without -pooler, once, and no static routes"
         );
@@ -448,7 +446,10 @@ mod tests {
         };
         forget_inactive(&state, &reply).await;
         assert_eq!(state.metrics.inactive_drops.get(), 2, "ep and ep-pooler");
-        assert_eq!(state.routes.cached_endpoints(MAX_CACHED), ["other"]);
+        assert_eq!(
+            state.routes.cached_endpoints(MAX_REPORTED_ENDPOINTS),
+            ["other"]
+        );
         // The next lookups of ep wake it again; other and the static route are untouched.
         for endpoint in ["ep", "ep-pooler", "other", "fixed"] {
             state.routes.resolve(&id(endpoint)).await.expect("route");
@@ -465,7 +466,10 @@ mod tests {
         let reports = received(&fake);
         assert_eq!(reports.len(), 1);
         assert_eq!(reports[0].1.cached, ["ep", "other"]);
-        assert_eq!(state.routes.cached_endpoints(MAX_CACHED), ["ep"]);
+        assert_eq!(
+            state.routes.cached_endpoints(MAX_REPORTED_ENDPOINTS),
+            ["ep"]
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -619,7 +623,10 @@ mod tests {
             .role_secret(&id("ep"), "alice")
             .await
             .expect("secret");
-        assert!(state.routes.cached_endpoints(MAX_CACHED).is_empty());
+        assert!(state
+            .routes
+            .cached_endpoints(MAX_REPORTED_ENDPOINTS)
+            .is_empty());
         let stop = CancellationToken::new();
         let interval = Duration::from_secs(1);
         let reporter = tokio::spawn(run_reporter(

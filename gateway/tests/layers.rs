@@ -1,4 +1,4 @@
-//! The gateway's layering, checked from its source: `gateway/src` is laid out by layer, lowest
+//! The gateway's structure, checked from its source. Layering: `gateway/src` is laid out by layer, lowest
 //! first in [`LAYERS`], and every `crate::` path in a layer's code points to its own layer or
 //! one below it. Within the crate, the modules (`layer::module`) import each other without a
 //! cycle. ARCHITECTURE.md's code map describes the same order.
@@ -22,6 +22,10 @@ const LAYERS: &[&str] = &[
     "frontend",
     "app",
 ];
+
+/// The longest a function of the gateway may be, from its signature to its closing brace
+/// (unit tests aside): small, named parts.
+const MAX_FUNCTION_LINES: usize = 80;
 
 fn src_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("src")
@@ -344,4 +348,119 @@ fn the_path_reader_expands_groups() {
         without_comments("a // crate::x\n/* crate::y */ b \"//\" c"),
         "a \n b \"//\" c"
     );
+}
+
+/// The name of the function a line starts, if it starts one.
+fn function_name(line: &str) -> Option<&str> {
+    let mut rest = line.trim_start();
+    for prefix in [
+        "pub(crate) ",
+        "pub(super) ",
+        "pub ",
+        "const ",
+        "async ",
+        "unsafe ",
+    ] {
+        rest = rest.strip_prefix(prefix).unwrap_or(rest);
+    }
+    let rest = rest.strip_prefix("fn ")?;
+    let end = rest.find(|c: char| !(c.is_alphanumeric() || c == '_'))?;
+    Some(&rest[..end])
+}
+
+/// How `{` and `}` change the nesting over one line of code, string and char literals aside.
+fn brace_delta(line: &str) -> (i64, bool) {
+    let (mut delta, mut opened) = (0, false);
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => {
+                while let Some(c) = chars.next() {
+                    match c {
+                        '\\' => {
+                            chars.next();
+                        }
+                        '"' => break,
+                        _ => {}
+                    }
+                }
+            }
+            '\'' => {
+                // A char literal ('x', '\n', '{'); a lifetime has no closing quote.
+                let rest: String = chars.clone().take(3).collect();
+                if rest.starts_with('\\') {
+                    chars.by_ref().take_while(|c| *c != '\'').for_each(drop);
+                } else if rest.chars().nth(1) == Some('\'') {
+                    chars.nth(1);
+                }
+            }
+            '{' => {
+                delta += 1;
+                opened = true;
+            }
+            '}' => delta -= 1,
+            _ => {}
+        }
+    }
+    (delta, opened)
+}
+
+/// Functions in `code` longer than `max` lines: (name, first line, length).
+fn long_functions(code: &str, max: usize) -> Vec<(String, usize, usize)> {
+    let lines: Vec<&str> = code.lines().collect();
+    let mut long = Vec::new();
+    for (start, line) in lines.iter().enumerate() {
+        let Some(name) = function_name(line) else {
+            continue;
+        };
+        let (mut depth, mut opened) = (0i64, false);
+        for (end, line) in lines.iter().enumerate().skip(start) {
+            let (delta, opens) = brace_delta(line);
+            depth += delta;
+            opened |= opens;
+            if !opened && line.trim_end().ends_with(';') {
+                break; // a declaration without a body
+            }
+            if opened && depth <= 0 {
+                if end - start + 1 > max {
+                    long.push((name.to_owned(), start + 1, end - start + 1));
+                }
+                break;
+            }
+        }
+    }
+    long
+}
+
+#[test]
+fn functions_are_short() {
+    let mut files = Vec::new();
+    rust_files(&src_dir(), &mut files);
+    let mut long = Vec::new();
+    for file in files {
+        if file.file_name().is_some_and(|name| name == "tests.rs") {
+            continue;
+        }
+        let source = std::fs::read_to_string(&file).expect("read a source file");
+        for (name, line, length) in long_functions(without_unit_tests(&source), MAX_FUNCTION_LINES)
+        {
+            let path = file.strip_prefix(src_dir()).expect("under src").display();
+            long.push(format!("{path}:{line} {name}: {length} lines"));
+        }
+    }
+    assert!(
+        long.is_empty(),
+        "functions over {MAX_FUNCTION_LINES} lines (split them into named parts):\n  {}",
+        long.join("\n  ")
+    );
+}
+
+#[test]
+fn the_function_reader_counts_bodies_not_braces_in_literals() {
+    let code = "pub async fn a() {\n    let s = \"}}}\";\n    let c = '{';\n}\nfn b<'x>(v: &'x str) -> &'x str {\n    v\n}\nfn decl();\n";
+    assert_eq!(
+        long_functions(code, 2),
+        [("a".to_owned(), 1, 4), ("b".to_owned(), 5, 3)]
+    );
+    assert!(long_functions(code, 4).is_empty());
 }

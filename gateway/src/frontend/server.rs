@@ -276,18 +276,13 @@ impl Connection {
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let handshake = self.state.sessions.handshake_timeout;
-        let started = Instant::now();
-        let mut head = Vec::with_capacity(H2_PREFACE.len());
-        let mut buf = [0u8; 24];
-        // Until the bytes stop matching the preface (HTTP/1.1), or it is complete (HTTP/2).
-        while head.len() < H2_PREFACE.len() && H2_PREFACE.starts_with(&head) {
-            let want = H2_PREFACE.len() - head.len();
-            match tokio::time::timeout_at(started + handshake, io.read(&mut buf[..want])).await {
-                Ok(Ok(0)) | Ok(Err(_)) => return,
-                Ok(Ok(n)) => head.extend_from_slice(&buf[..n]),
-                Err(_) => return self.state.metrics.limit_hit(Limit::FirstRequestTimeout),
+        let head = match read_preface(&mut io, Instant::now() + handshake).await {
+            Ok(head) => head,
+            Err(PrefaceEnd::Closed) => return,
+            Err(PrefaceEnd::TimedOut) => {
+                return self.state.metrics.limit_hit(Limit::FirstRequestTimeout)
             }
-        }
+        };
         let info = Arc::new(ConnectionInfo {
             tls,
             sni,
@@ -352,6 +347,31 @@ impl Connection {
             }
         }
     }
+}
+
+/// Why no request head could be read.
+enum PrefaceEnd {
+    Closed,
+    TimedOut,
+}
+
+/// Reads until the bytes stop matching the HTTP/2 preface (HTTP/1.1), or it is complete
+/// (HTTP/2), by `deadline`; returns what was read.
+async fn read_preface<I>(io: &mut I, deadline: Instant) -> Result<Vec<u8>, PrefaceEnd>
+where
+    I: AsyncRead + Unpin,
+{
+    let mut head = Vec::with_capacity(H2_PREFACE.len());
+    let mut buf = [0u8; 24];
+    while head.len() < H2_PREFACE.len() && H2_PREFACE.starts_with(&head) {
+        let want = H2_PREFACE.len() - head.len();
+        match tokio::time::timeout_at(deadline, io.read(&mut buf[..want])).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return Err(PrefaceEnd::Closed),
+            Ok(Ok(n)) => head.extend_from_slice(&buf[..n]),
+            Err(_) => return Err(PrefaceEnd::TimedOut),
+        }
+    }
+    Ok(head)
 }
 
 /// Requests in flight on one HTTP connection, and since when it has had none.

@@ -7,8 +7,10 @@
 
 use std::io::Write;
 
+use postgres_protocol::message::backend::DataRowBody;
+
 use super::types::{ColumnType, JsonKind, TypeMap};
-use super::StatementResult;
+use super::{Field, StatementResult};
 
 /// How values and rows are written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -29,22 +31,9 @@ pub fn write_result(
     types: &TypeMap,
     max: usize,
 ) -> Result<(), TooLarge> {
-    out.extend_from_slice(b"{\"fields\":[");
-    for (i, field) in result.fields.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        out.extend_from_slice(b"{\"name\":");
-        write_str(out, &field.name);
-        // Into the buffer directly: no String per field.
-        write!(
-            out,
-            ",\"dataTypeID\":{},\"tableID\":{},\"columnID\":{},\"dataTypeSize\":{},\"dataTypeModifier\":{},\"format\":\"text\"}}",
-            field.type_oid, field.table_oid, field.column_id, field.type_size, field.type_modifier
-        )
-        .expect("writing into a Vec cannot fail");
-    }
-    out.extend_from_slice(b"],\"rows\":[");
+    out.push(b'{');
+    write_fields(out, &result.fields);
+    out.extend_from_slice(b",\"rows\":[");
     let column_types: Vec<ColumnType> = result
         .fields
         .iter()
@@ -59,32 +48,7 @@ pub fn write_result(
         if i > 0 {
             out.push(b',');
         }
-        out.push(if mode.array_mode { b'[' } else { b'{' });
-        let buf = row.buffer();
-        let mut ranges = row.ranges();
-        let mut column = 0;
-        while let Ok(Some(range)) = fallible_iterator::FallibleIterator::next(&mut ranges) {
-            if column > 0 {
-                out.push(b',');
-            }
-            if !mode.array_mode {
-                let name = result.fields.get(column).map_or("?column?", |f| &f.name);
-                write_str(out, name);
-                out.push(b':');
-            }
-            match range {
-                None => out.extend_from_slice(b"null"),
-                Some(range) => {
-                    let text = String::from_utf8_lossy(&buf[range]);
-                    match column_types.get(column) {
-                        Some(ty) if !mode.raw_text => write_typed(out, &text, *ty),
-                        _ => write_str(out, &text),
-                    }
-                }
-            }
-            column += 1;
-        }
-        out.push(if mode.array_mode { b']' } else { b'}' });
+        write_row(out, row, &result.fields, &column_types, mode);
         if out.len() > max {
             return Err(TooLarge);
         }
@@ -104,6 +68,62 @@ pub fn write_result(
         return Err(TooLarge);
     }
     Ok(())
+}
+
+/// `"fields":[…]`: each column's name and type, as node-postgres describes fields.
+fn write_fields(out: &mut Vec<u8>, fields: &[Field]) {
+    out.extend_from_slice(b"\"fields\":[");
+    for (i, field) in fields.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(b"{\"name\":");
+        write_str(out, &field.name);
+        // Into the buffer directly: no String per field.
+        write!(
+            out,
+            ",\"dataTypeID\":{},\"tableID\":{},\"columnID\":{},\"dataTypeSize\":{},\"dataTypeModifier\":{},\"format\":\"text\"}}",
+            field.type_oid, field.table_oid, field.column_id, field.type_size, field.type_modifier
+        )
+        .expect("writing into a Vec cannot fail");
+    }
+    out.push(b']');
+}
+
+/// One row: an array of values, or an object keyed by column name.
+fn write_row(
+    out: &mut Vec<u8>,
+    row: &DataRowBody,
+    fields: &[Field],
+    column_types: &[ColumnType],
+    mode: OutputMode,
+) {
+    out.push(if mode.array_mode { b'[' } else { b'{' });
+    let buf = row.buffer();
+    let mut ranges = row.ranges();
+    let mut column = 0;
+    while let Ok(Some(range)) = fallible_iterator::FallibleIterator::next(&mut ranges) {
+        if column > 0 {
+            out.push(b',');
+        }
+        if !mode.array_mode {
+            let name = fields.get(column).map_or("?column?", |f| &f.name);
+            write_str(out, name);
+            out.push(b':');
+        }
+        match range {
+            None => out.extend_from_slice(b"null"),
+            Some(range) => {
+                let text = String::from_utf8_lossy(&buf[range]);
+                match column_types.get(column) {
+                    Some(ty) if !mode.raw_text => write_typed(out, &text, *ty),
+                    _ => write_str(out, &text),
+                }
+            }
+        }
+        column += 1;
+    }
+    out.push(if mode.array_mode { b']' } else { b'}' });
 }
 
 /// `command` is the tag's first word; `rowCount` its last number (`INSERT 0 5` → 5), or null
@@ -173,6 +193,47 @@ fn write_array(out: &mut Vec<u8>, text: &str, delimiter: u8, kind: JsonKind) -> 
     (pos == bytes.len()).then_some(())
 }
 
+/// A double-quoted array element starting at `pos`, unescaped; `pos` ends after the quote.
+fn quoted_element(bytes: &[u8], pos: &mut usize) -> Option<Vec<u8>> {
+    *pos += 1;
+    let mut element = Vec::new();
+    loop {
+        match *bytes.get(*pos)? {
+            b'"' => break,
+            b'\\' => {
+                element.push(*bytes.get(*pos + 1)?);
+                *pos += 2;
+            }
+            b => {
+                element.push(b);
+                *pos += 1;
+            }
+        }
+    }
+    *pos += 1;
+    Some(element)
+}
+
+/// An unquoted array element starting at `pos`, unescaped, up to the delimiter or `}`.
+fn bare_element(bytes: &[u8], pos: &mut usize, delimiter: u8) -> Option<Vec<u8>> {
+    let mut element = Vec::new();
+    while let Some(&b) = bytes.get(*pos) {
+        if b == delimiter || b == b'}' {
+            break;
+        }
+        if b == b'\\' {
+            element.push(*bytes.get(*pos + 1)?);
+            *pos += 2;
+        } else {
+            element.push(b);
+            *pos += 1;
+        }
+    }
+    Some(element)
+}
+
+/// One `{…}` level of an array literal at `pos` (nested levels recurse, at most
+/// [`MAX_ARRAY_DIMENSIONS`] deep), written as a JSON array; `None` if it is malformed.
 fn write_array_level(
     out: &mut Vec<u8>,
     bytes: &[u8],
@@ -203,38 +264,11 @@ fn write_array_level(
         match bytes.get(*pos)? {
             b'{' => write_array_level(out, bytes, pos, delimiter, kind, depth + 1)?,
             b'"' => {
-                *pos += 1;
-                let mut element = Vec::new();
-                loop {
-                    match *bytes.get(*pos)? {
-                        b'"' => break,
-                        b'\\' => {
-                            element.push(*bytes.get(*pos + 1)?);
-                            *pos += 2;
-                        }
-                        b => {
-                            element.push(b);
-                            *pos += 1;
-                        }
-                    }
-                }
-                *pos += 1;
+                let element = quoted_element(bytes, pos)?;
                 write_scalar(out, std::str::from_utf8(&element).ok()?, kind);
             }
             _ => {
-                let mut element = Vec::new();
-                while let Some(&b) = bytes.get(*pos) {
-                    if b == delimiter || b == b'}' {
-                        break;
-                    }
-                    if b == b'\\' {
-                        element.push(*bytes.get(*pos + 1)?);
-                        *pos += 2;
-                    } else {
-                        element.push(b);
-                        *pos += 1;
-                    }
-                }
+                let element = bare_element(bytes, pos, delimiter)?;
                 let element = std::str::from_utf8(&element).ok()?.trim();
                 if element.eq_ignore_ascii_case("NULL") {
                     out.extend_from_slice(b"null");

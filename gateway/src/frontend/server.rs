@@ -212,7 +212,7 @@ impl Connection {
             }
             _ => {
                 self.count(Protocol::Http);
-                Box::pin(self.serve_http(stream, false, None)).await;
+                Box::pin(self.serve_http(stream, Link::Plain)).await;
             }
         }
     }
@@ -244,7 +244,7 @@ impl Connection {
                 let _slot = self.slot;
                 session::serve_stream(stream, &[], transport, self.state).await;
             }
-            Some(_) => self.serve_http(stream, true, sni).await,
+            Some(_) => self.serve_http(stream, Link::Tls { sni }).await,
             None => {
                 // No ALPN (Node's https and ws modules send none): look at the first byte.
                 let mut first = [0u8; 1];
@@ -258,7 +258,7 @@ impl Connection {
                     let _slot = self.slot;
                     session::serve_stream(stream, &first, transport, self.state).await;
                 } else {
-                    self.serve_http(Prefixed::new(first.to_vec(), stream), true, sni)
+                    self.serve_http(Prefixed::new(first.to_vec(), stream), Link::Tls { sni })
                         .await;
                 }
             }
@@ -271,7 +271,7 @@ impl Connection {
     /// and an HTTP/2 connection must start its first request within it. Afterwards a
     /// connection with no request in flight for the HTTP idle timeout is closed (GOAWAY for
     /// HTTP/2), and a drain closes every connection once its requests are answered.
-    async fn serve_http<I>(self, mut io: I, tls: bool, sni: Option<String>)
+    async fn serve_http<I>(self, mut io: I, link: Link)
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -282,6 +282,10 @@ impl Connection {
             Err(PrefaceEnd::TimedOut) => {
                 return self.state.metrics.limit_hit(Limit::FirstRequestTimeout)
             }
+        };
+        let (tls, sni) = match link {
+            Link::Plain => (false, None),
+            Link::Tls { sni } => (true, sni),
         };
         let info = Arc::new(ConnectionInfo {
             tls,
@@ -347,6 +351,15 @@ impl Connection {
             }
         }
     }
+}
+
+/// What an HTTP connection runs over.
+enum Link {
+    Plain,
+    /// TLS, with the server name the client asked for.
+    Tls {
+        sni: Option<String>,
+    },
 }
 
 /// Why no request head could be read.

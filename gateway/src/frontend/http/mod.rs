@@ -187,47 +187,58 @@ mod tests {
     #[tokio::test]
     async fn errors_before_any_backend_is_involved() {
         let conn = "postgres://alice:pw@ghost.example.com/main";
+        struct Case {
+            request: axum::http::Request<Body>,
+            status: StatusCode,
+            /// A fragment of the error message.
+            says: &'static str,
+        }
         let cases = [
-            (
-                post("/sql", None, "{}"),
-                StatusCode::BAD_REQUEST,
-                "missing connection string",
-            ),
+            Case {
+                request: post("/sql", None, "{}"),
+                status: StatusCode::BAD_REQUEST,
+                says: "missing connection string",
+            },
             // Bodies are not looked at before the password is checked.
-            (
-                post("/sql", Some(conn), "nope"),
-                StatusCode::BAD_REQUEST,
-                "password authentication failed for user 'alice'",
-            ),
+            Case {
+                request: post("/sql", Some(conn), "nope"),
+                status: StatusCode::BAD_REQUEST,
+                says: "password authentication failed for user 'alice'",
+            },
             // A declared length over the limit is refused before anything else.
-            (
-                axum::http::Request::post("/sql")
+            Case {
+                request: axum::http::Request::post("/sql")
                     .header("neon-connection-string", conn)
                     .header("content-length", "2000")
                     .body(Body::from("x".repeat(2000)))
                     .expect("request"),
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "request is too large (max is 1024 bytes)",
-            ),
-            (
-                post("/sql", Some(conn), "{\"query\":\"SELECT 1\"}"),
-                StatusCode::BAD_REQUEST,
-                "password authentication failed for user 'alice'",
-            ),
-            (
-                axum::http::Request::post("/sql")
+                status: StatusCode::PAYLOAD_TOO_LARGE,
+                says: "request is too large (max is 1024 bytes)",
+            },
+            Case {
+                request: post("/sql", Some(conn), "{\"query\":\"SELECT 1\"}"),
+                status: StatusCode::BAD_REQUEST,
+                says: "password authentication failed for user 'alice'",
+            },
+            Case {
+                request: axum::http::Request::post("/sql")
                     .header("neon-connection-string", conn)
                     .header("authorization", "Bearer x.y.z")
                     .body(Body::from("{}"))
                     .expect("request"),
-                StatusCode::BAD_REQUEST,
-                "JWT authentication is not enabled",
-            ),
+                status: StatusCode::BAD_REQUEST,
+                says: "JWT authentication is not enabled",
+            },
         ];
-        for (request, status, fragment) in cases {
+        for Case {
+            request,
+            status,
+            says,
+        } in cases
+        {
             let (got, headers, body) = send(request).await;
             assert_eq!(got, status, "{body}");
-            assert!(body.contains(fragment), "{body}");
+            assert!(body.contains(says), "{body}");
             assert_eq!(headers["access-control-allow-origin"], "*");
             assert_eq!(headers["content-type"], "application/json");
         }

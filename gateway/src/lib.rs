@@ -16,6 +16,8 @@ pub use crate::app::config::{Args, Config, TlsFiles};
 pub use crate::app::{run, serve};
 pub use crate::base::retry::RetryConfig;
 pub use crate::control_plane::routes::Route;
+/// Message framing (tag, length, body), for clients of the protocol such as the tests' own.
+pub use crate::pgwire::frame;
 pub use crate::pgwire::ws::WsStream;
 
 /// The parsers `gateway/fuzz` drives, reachable only with the `fuzzing` feature.

@@ -45,15 +45,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Raw<S> {
     /// The next message (tag and body), or `None` at end of stream.
     pub async fn recv(&mut self) -> Option<(u8, Bytes)> {
         loop {
-            if self.buf.len() >= 5 {
-                let len = u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]])
-                    as usize;
-                if self.buf.len() > len {
-                    let mut message = self.buf.split_to(len + 1).freeze();
-                    let tag = message[0];
-                    message.advance(5);
-                    return Some((tag, message));
-                }
+            let whole = gateway::frame::frame_length(&self.buf, usize::MAX)
+                .expect("the gateway frames its messages")
+                .filter(|len| self.buf.len() >= *len);
+            if let Some(len) = whole {
+                let mut message = self.buf.split_to(len).freeze();
+                let tag = message[0];
+                message.advance(gateway::frame::HEADER_LEN);
+                return Some((tag, message));
             }
             match self.io.read_buf(&mut self.buf).await {
                 Ok(0) | Err(_) => return None,

@@ -15,7 +15,7 @@ use tokio_util::task::TaskTracker;
 
 use rand::RngCore;
 
-use crate::control_plane::client::{ControlPlaneApi, ControlPlaneClient};
+use crate::control_plane::client::ControlPlaneClient;
 use crate::control_plane::routes::RouteTable;
 use crate::frontend::state::AppState;
 use crate::frontend::tls::{Tls, TlsError};
@@ -40,10 +40,10 @@ pub fn state(config: &Config) -> Result<Arc<AppState>, StateError> {
         None => None,
     };
     let control_plane = match &config.control_plane {
-        Some(cp) => Some(
-            Arc::new(ControlPlaneClient::new(cp.clone(), metrics.clone())?)
-                as Arc<dyn ControlPlaneApi>,
-        ),
+        Some(cp) => Some(Arc::new(ControlPlaneClient::new(
+            cp.clone(),
+            metrics.clone(),
+        )?)),
         None => None,
     };
     let mut mock_auth_key = [0u8; 32];

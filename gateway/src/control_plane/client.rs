@@ -4,8 +4,7 @@
 //! retrying and whether it means "no such endpoint".
 //!
 //! One call is one HTTP request: retries, caching and single-flight belong to
-//! [`crate::control_plane::routes::RouteTable`], which talks to the control plane through the
-//! [`ControlPlaneApi`] trait. Tests use this very client against `gateway-testkit`'s
+//! [`crate::control_plane::routes::RouteTable`]. Tests use this very client against `gateway-testkit`'s
 //! `FakeControlPlane` ([`client_for`]), so every test goes over HTTP in `wake-api`'s types.
 
 use std::fmt;
@@ -13,7 +12,6 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
 use wake_api::proxy::{
     AccessControl, ActivityReply, ActivityReport, ControlPlaneError as ErrorBody, WakeCompute,
 };
@@ -23,31 +21,6 @@ use crate::base::error::{ErrorKind, ReportableError};
 use crate::base::retry::Retryable;
 use crate::obs::labels::{Call, CallOutcome};
 use crate::obs::metrics::Metrics;
-
-/// The proxy-API calls the gateway makes.
-#[async_trait]
-pub trait ControlPlaneApi: Send + Sync + 'static {
-    /// `wake_compute`: where `endpointish` (`ep` or `ep-pooler`) accepts connections now,
-    /// starting its compute if needed. One request, no retries.
-    async fn wake_compute(
-        &self,
-        endpointish: &EndpointId,
-    ) -> Result<WakeCompute, ControlPlaneError>;
-
-    /// `get_endpoint_access_control`: the role's SCRAM secret ("" for an unknown role).
-    async fn access_control(
-        &self,
-        endpoint: &EndpointId,
-        role: &str,
-    ) -> Result<AccessControl, ControlPlaneError>;
-
-    /// `POST activity`: what this gateway's clients are doing; the reply names the reported
-    /// and cached endpoints that are not active. One request, no retries.
-    async fn report_activity(
-        &self,
-        report: &ActivityReport,
-    ) -> Result<ActivityReply, ControlPlaneError>;
-}
 
 /// The path of a call under the proxy API.
 fn path(call: Call) -> &'static str {
@@ -280,9 +253,10 @@ fn transport_error(error: &reqwest::Error) -> String {
     text
 }
 
-#[async_trait]
-impl ControlPlaneApi for ControlPlaneClient {
-    async fn wake_compute(
+impl ControlPlaneClient {
+    /// `wake_compute`: where `endpointish` (`ep` or `ep-pooler`) accepts connections now,
+    /// starting its compute if needed. One request, no retries.
+    pub async fn wake_compute(
         &self,
         endpointish: &EndpointId,
     ) -> Result<WakeCompute, ControlPlaneError> {
@@ -298,7 +272,8 @@ impl ControlPlaneApi for ControlPlaneClient {
         .await
     }
 
-    async fn access_control(
+    /// `get_endpoint_access_control`: the role's SCRAM secret ("" for an unknown role).
+    pub async fn access_control(
         &self,
         endpoint: &EndpointId,
         role: &str,
@@ -310,7 +285,9 @@ impl ControlPlaneApi for ControlPlaneClient {
         .await
     }
 
-    async fn report_activity(
+    /// `POST activity`: what this gateway's clients are doing; the reply names the reported
+    /// and cached endpoints that are not active. One request, no retries.
+    pub async fn report_activity(
         &self,
         report: &ActivityReport,
     ) -> Result<ActivityReply, ControlPlaneError> {

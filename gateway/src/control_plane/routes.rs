@@ -52,7 +52,7 @@ use tokio::sync::RwLock;
 use crate::base::endpoint::EndpointId;
 use crate::base::error::{ErrorKind, ReportableError};
 use crate::base::retry::{self, RetryConfig, Retryable};
-use crate::control_plane::client::{ControlPlaneApi, ControlPlaneError};
+use crate::control_plane::client::{ControlPlaneClient, ControlPlaneError};
 use crate::obs::labels::{RetryOperation, RouteLookup, SecretLookup};
 use crate::obs::metrics::Metrics;
 use crate::pgwire::scram::ScramSecret;
@@ -313,7 +313,7 @@ impl moka::Expiry<SecretKey, Secret> for Lifetimes {
 /// The route table the data plane consults for every new backend connection.
 pub struct RouteTable {
     fixed: HashMap<EndpointId, Route>,
-    control_plane: Option<Arc<dyn ControlPlaneApi>>,
+    control_plane: Option<Arc<ControlPlaneClient>>,
     routes: moka::future::Cache<EndpointId, Cached>,
     secrets: moka::future::Cache<SecretKey, Secret>,
     /// Held (shared) by every secret lookup that asks the control plane, until its answer is
@@ -339,7 +339,7 @@ impl RouteTable {
     /// Static routes first, then the control plane (when there is one).
     pub fn new(
         routes: impl IntoIterator<Item = Route>,
-        control_plane: Option<Arc<dyn ControlPlaneApi>>,
+        control_plane: Option<Arc<ControlPlaneClient>>,
         config: RouteCacheConfig,
         metrics: Arc<Metrics>,
     ) -> Self {
@@ -473,7 +473,7 @@ impl RouteTable {
     }
 
     /// The control plane, when there is one.
-    pub fn control_plane(&self) -> Option<&Arc<dyn ControlPlaneApi>> {
+    pub fn control_plane(&self) -> Option<&Arc<ControlPlaneClient>> {
         self.control_plane.as_ref()
     }
 
@@ -683,7 +683,7 @@ impl Secret {
 /// One `get_endpoint_access_control` call: the role's secret, or [`Secret::Absent`] for a
 /// role the control plane does not know (or whose secret is not SCRAM-SHA-256).
 async fn fetch_secret(
-    control_plane: &dyn ControlPlaneApi,
+    control_plane: &ControlPlaneClient,
     endpoint: &EndpointId,
     role: &str,
 ) -> Result<Secret, ControlPlaneError> {
@@ -703,7 +703,7 @@ async fn fetch_secret(
 /// One flight: `wake_compute` with retries. "Not found" is an answer (cached briefly); other
 /// errors are returned and not cached.
 async fn wake(
-    control_plane: Arc<dyn ControlPlaneApi>,
+    control_plane: Arc<ControlPlaneClient>,
     endpoint: EndpointId,
     config: RetryConfig,
     metrics: Arc<Metrics>,
@@ -798,7 +798,7 @@ mod tests {
         let client = crate::control_plane::client::client_for(fake, metrics.clone());
         let table = RouteTable::new(
             fixed.iter().map(|r| r.parse().expect("route")),
-            Some(client as Arc<dyn ControlPlaneApi>),
+            Some(client),
             config,
             metrics.clone(),
         );

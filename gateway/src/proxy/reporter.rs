@@ -39,7 +39,7 @@ use wake_api::proxy::{ActivityReply, ActivityReport, RoleChange, MAX_REPORTED_EN
 
 use crate::base::endpoint::EndpointId;
 use crate::control_plane::activity::Activity;
-use crate::control_plane::client::ControlPlaneApi;
+use crate::control_plane::client::ControlPlaneClient;
 use crate::control_plane::routes::RouteTable;
 use crate::obs::labels::{Invalidation, Label, Outcome};
 use crate::obs::metrics::Metrics;
@@ -65,7 +65,7 @@ const WARN_EVERY: Duration = Duration::from_secs(60);
 /// plane is configured.
 pub async fn run_reporter(
     state: Held,
-    control_plane: Arc<dyn ControlPlaneApi>,
+    control_plane: Arc<ControlPlaneClient>,
     interval: Duration,
     stop: CancellationToken,
 ) {
@@ -110,7 +110,7 @@ pub async fn run_reporter(
 
 struct Reporter {
     state: Held,
-    control_plane: Arc<dyn ControlPlaneApi>,
+    control_plane: Arc<ControlPlaneClient>,
     interval: Duration,
     last_warning: Option<Instant>,
     failing: bool,
@@ -122,7 +122,7 @@ struct Reporter {
 }
 
 impl Reporter {
-    fn new(state: Held, control_plane: Arc<dyn ControlPlaneApi>, interval: Duration) -> Reporter {
+    fn new(state: Held, control_plane: Arc<ControlPlaneClient>, interval: Duration) -> Reporter {
         Reporter {
             state,
             control_plane,
@@ -315,10 +315,10 @@ mod tests {
 
     /// Shared state whose route table has `fixed` static routes and `fake` as its control
     /// plane, and the client it uses (for the reporter).
-    fn state_with(fake: &FakeControlPlane, fixed: &[&str]) -> (Held, Arc<dyn ControlPlaneApi>) {
+    fn state_with(fake: &FakeControlPlane, fixed: &[&str]) -> (Held, Arc<ControlPlaneClient>) {
         let config = crate::app::config::Config::for_tests(vec![]);
         let state = crate::app::state(&config).expect("state");
-        let client: Arc<dyn ControlPlaneApi> =
+        let client: Arc<ControlPlaneClient> =
             crate::control_plane::client::client_for(fake, state.metrics.clone());
         let routes = crate::control_plane::routes::RouteTable::new(
             fixed.iter().map(|r| r.parse().expect("route")),

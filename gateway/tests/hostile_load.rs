@@ -253,7 +253,7 @@ async fn bodies_are_not_parsed_before_the_password_is_checked() {
 async fn zero_column_and_null_rows_are_charged_against_the_response_budget() {
     let gw = TestGateway::builder()
         .route_to_postgres("db")
-        .config(|c| c.max_response_bytes = 1024 * 1024)
+        .config(|c| c.http.max_response_bytes = 1024 * 1024)
         .start()
         .await;
     // 100 000 rows render as ~300 KB (`[],` or `[null],` each) in array mode: under the byte
@@ -297,7 +297,7 @@ async fn zero_column_and_null_rows_are_charged_against_the_response_budget() {
 
     let gw = TestGateway::builder()
         .route_to_postgres("db")
-        .config(|c| c.max_response_rows = 1000)
+        .config(|c| c.http.max_response_rows = 1000)
         .start()
         .await;
     let (status, error) = sql(
@@ -326,7 +326,7 @@ async fn zero_column_and_null_rows_are_charged_against_the_response_budget() {
 async fn websocket_sessions_count_against_the_connection_cap() {
     let gw = TestGateway::builder()
         .route_to_postgres("db")
-        .config(|c| c.max_client_connections = 3)
+        .config(|c| c.clients.max_connections = 3)
         .start()
         .await;
     let mut sessions = Vec::new();
@@ -382,7 +382,7 @@ async fn one_address_cannot_take_every_connection() {
     let gw = TestGateway::builder()
         .route_to_postgres("db")
         .config(|c| {
-            c.max_connections_per_ip = 10;
+            c.clients.max_connections_per_ip = 10;
             c.sessions.handshake_timeout = Duration::from_secs(30);
         })
         .start()
@@ -445,7 +445,7 @@ async fn websocket_or_none(gw: &TestGateway) -> Option<Raw<WsStream<TcpStream>>>
 async fn oversized_websocket_messages_during_the_handshake_are_bounded() {
     let gw = TestGateway::builder()
         .route_to_postgres("db")
-        .config(|c| c.max_handshake_bytes = 128 * 1024)
+        .config(|c| c.clients.max_handshake_bytes = 128 * 1024)
         .start()
         .await;
     let mut ws = websocket_stream(&gw).await;
@@ -532,7 +532,7 @@ async fn endpoints_are_limited_apart() {
     let gw = TestGateway::builder()
         .route_to_postgres("db")
         .config(|c| {
-            c.max_endpoint_connections = 2;
+            c.endpoint_limits.max_connections = 2;
             c.routes
                 .push(format!("other={}", pg.address()).parse().expect("route"));
         })
@@ -579,7 +579,7 @@ async fn endpoints_are_limited_apart() {
 
     let gw = TestGateway::builder()
         .route_to_postgres("db")
-        .config(|c| c.max_endpoint_rps = Some(5))
+        .config(|c| c.endpoint_limits.max_rps = Some(5))
         .start()
         .await;
     let mut statuses = Vec::new();
@@ -607,7 +607,7 @@ async fn require_tls_refuses_plaintext() {
         .route_to_postgres("db")
         .config(move |c| {
             c.tls = Some(files);
-            c.require_tls = true;
+            c.clients.require_tls = true;
         })
         .start()
         .await;

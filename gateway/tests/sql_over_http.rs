@@ -334,8 +334,8 @@ async fn bad_input_gets_clear_errors() {
     let gw = TestGateway::builder()
         .route_to_postgres("db")
         .config(|c| {
-            c.max_request_bytes = 64 * 1024;
-            c.max_response_bytes = 64 * 1024;
+            c.http.max_request_bytes = 64 * 1024;
+            c.http.max_response_bytes = 64 * 1024;
         })
         .start()
         .await;

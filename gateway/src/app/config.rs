@@ -10,11 +10,12 @@ use wake_api::proxy::REPORT_INTERVAL_MS;
 
 use crate::auth::HashingLimits;
 use crate::base::endpoint::EndpointId;
+use crate::base::limits::EndpointLimitsConfig;
 use crate::base::retry::RetryConfig;
 use crate::control_plane::client::{ControlPlaneConfig, Token};
 use crate::control_plane::routes::{Route, RouteCacheConfig};
-use crate::frontend::config::HttpConfig;
 use crate::frontend::config::SessionConfig;
+use crate::frontend::config::{ClientLimits, HttpConfig};
 use crate::pgwire::scram;
 use crate::proxy::pool::PoolConfig;
 
@@ -290,20 +291,12 @@ pub struct Config {
     /// How often activity is reported to the control plane; `None`: never.
     pub activity_interval: Option<Duration>,
     pub default_endpoint: EndpointId,
-    pub max_request_bytes: usize,
-    pub max_response_bytes: usize,
     pub pool: PoolConfig,
     pub sessions: SessionConfig,
     pub tls: Option<TlsFiles>,
-    pub max_client_connections: usize,
-    pub max_connections_per_ip: usize,
     pub http: HttpConfig,
-    pub max_response_rows: usize,
-    pub max_endpoint_connections: usize,
-    /// New requests and sessions per second per endpoint; `None`: unlimited.
-    pub max_endpoint_rps: Option<u32>,
-    pub max_handshake_bytes: usize,
-    pub require_tls: bool,
+    pub clients: ClientLimits,
+    pub endpoint_limits: EndpointLimitsConfig,
     pub shutdown_timeout: Duration,
 }
 
@@ -389,19 +382,20 @@ impl Args {
             route_cache,
             activity_interval,
             default_endpoint,
-            max_request_bytes: self.max_request_bytes,
-            max_response_bytes: self.max_response_bytes,
             pool,
             sessions,
             tls,
-            max_client_connections: self.max_client_connections,
-            max_connections_per_ip: self.max_connections_per_ip,
             http,
-            max_response_rows: self.max_response_rows,
-            max_endpoint_connections: self.max_endpoint_connections,
-            max_endpoint_rps: (self.max_endpoint_rps > 0).then_some(self.max_endpoint_rps),
-            max_handshake_bytes: self.max_handshake_bytes,
-            require_tls: self.require_tls,
+            clients: ClientLimits {
+                max_connections: self.max_client_connections,
+                max_connections_per_ip: self.max_connections_per_ip,
+                max_handshake_bytes: self.max_handshake_bytes,
+                require_tls: self.require_tls,
+            },
+            endpoint_limits: EndpointLimitsConfig {
+                max_connections: self.max_endpoint_connections,
+                max_rps: (self.max_endpoint_rps > 0).then_some(self.max_endpoint_rps),
+            },
             shutdown_timeout: Duration::from_secs(self.shutdown_timeout_seconds),
         })
     }
@@ -498,6 +492,9 @@ impl Args {
             idle_timeout: Duration::from_secs(self.http_idle_timeout_seconds),
             max_concurrent_streams: self.http2_max_concurrent_streams,
             body_read_timeout: Duration::from_secs(self.body_read_timeout_seconds),
+            max_request_bytes: self.max_request_bytes,
+            max_response_bytes: self.max_response_bytes,
+            max_response_rows: self.max_response_rows,
         }
     }
 
@@ -645,7 +642,7 @@ mod tests {
         assert_eq!(config.listen.to_string(), "127.0.0.1:4444");
         assert_eq!(config.admin_listen.to_string(), "127.0.0.1:4480");
         assert_eq!(config.default_endpoint.as_str(), "db");
-        assert_eq!(config.max_request_bytes, 10 * 1024 * 1024);
+        assert_eq!(config.http.max_request_bytes, 10 * 1024 * 1024);
         assert!(config.routes.is_empty());
         assert!(config.control_plane.is_none());
         assert_eq!(config.route_cache.wake_retry, RetryConfig::WAKE);
@@ -786,13 +783,13 @@ mod tests {
     #[test]
     fn limits() {
         let config = parse(&[]).expect("defaults are valid");
-        assert_eq!(config.max_connections_per_ip, 1_000);
+        assert_eq!(config.clients.max_connections_per_ip, 1_000);
         assert_eq!(config.http.idle_timeout, Duration::from_secs(60));
         assert_eq!(config.http.max_concurrent_streams, 100);
-        assert_eq!(config.max_endpoint_rps, Some(5_000));
-        assert!(!config.require_tls);
+        assert_eq!(config.endpoint_limits.max_rps, Some(5_000));
+        assert!(!config.clients.require_tls);
         let config = parse(&["--max-endpoint-rps", "0"]).expect("valid");
-        assert_eq!(config.max_endpoint_rps, None);
+        assert_eq!(config.endpoint_limits.max_rps, None);
         for zero in [
             "--max-connections-per-ip",
             "--http-idle-timeout-seconds",

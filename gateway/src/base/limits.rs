@@ -215,6 +215,15 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// Authenticated requests and sessions per endpoint (with its `-pooler`).
+#[derive(Clone, Copy, Debug)]
+pub struct EndpointLimitsConfig {
+    /// At once.
+    pub max_connections: usize,
+    /// Per second (`None`: no rate limit).
+    pub max_rps: Option<u32>,
+}
+
 /// Per-endpoint admission of authenticated work (`/sql` requests and sessions; an endpoint and
 /// its `-pooler` count together), so one busy or hostile endpoint cannot starve the rest: at
 /// most `max_in_flight` at once, and new ones at most `rate` per second (a token bucket holding

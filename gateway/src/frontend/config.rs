@@ -11,6 +11,23 @@ pub struct HttpConfig {
     pub max_concurrent_streams: u32,
     /// From the request head to the end of its body.
     pub body_read_timeout: Duration,
+    /// The largest `/sql` body.
+    pub max_request_bytes: usize,
+    /// The largest `/sql` response.
+    pub max_response_bytes: usize,
+    /// Most rows in one `/sql` response.
+    pub max_response_rows: usize,
+}
+
+/// What the listener admits: connections in all and per address, what WebSocket clients in
+/// their handshake may hold together, and whether plaintext is refused.
+#[derive(Debug, Clone)]
+pub struct ClientLimits {
+    pub max_connections: usize,
+    pub max_connections_per_ip: usize,
+    pub max_handshake_bytes: usize,
+    /// Plaintext HTTP, `ws://` and Postgres without TLS are refused.
+    pub require_tls: bool,
 }
 
 /// Limits and settings for sessions.

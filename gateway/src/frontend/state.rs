@@ -27,8 +27,6 @@ pub struct AppState {
     /// Endpoint → address (static, or from the control plane, cached) and role secrets.
     pub routes: Arc<RouteTable>,
     pub default_endpoint: EndpointId,
-    pub max_request_bytes: usize,
-    pub max_response_bytes: usize,
     pub pool: Arc<Pool>,
     pub types: TypeCache,
     pub metrics: Arc<Metrics>,
@@ -45,8 +43,6 @@ pub struct AppState {
     pub endpoint_limits: EndpointLimits,
     /// HTTP connection and `/sql` body limits.
     pub http: HttpConfig,
-    /// Most rows in one `/sql` response.
-    pub max_response_rows: usize,
     /// What WebSocket clients in their handshake may make the gateway hold, together.
     pub handshake_pool: HandshakePool,
     /// Plaintext HTTP, `ws://` and Postgres without TLS are refused.

@@ -137,6 +137,7 @@ mod tests {
         let mut state = crate::app::state(&config).expect("state");
         Arc::get_mut(&mut state)
             .expect("sole owner")
+            .http
             .max_request_bytes = 1024;
         app(state)
     }

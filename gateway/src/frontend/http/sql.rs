@@ -595,7 +595,7 @@ struct Received {
 async fn receive(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Received, SqlError> {
     let options = RequestOptions::from_headers(headers)?;
     let info = conn_info(state, headers)?;
-    if let Err(e) = check_declared_length(headers, state.max_request_bytes) {
+    if let Err(e) = check_declared_length(headers, state.http.max_request_bytes) {
         discard_body(body, Drain::TOO_LARGE).await;
         return Err(e);
     }
@@ -613,7 +613,12 @@ async fn receive(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Re
         Some(_) => Some(state.endpoint_limits.admit(&info.endpoint)?),
         None => None,
     };
-    let body = read_body(body, state.max_request_bytes, state.http.body_read_timeout).await?;
+    let body = read_body(
+        body,
+        state.http.max_request_bytes,
+        state.http.body_read_timeout,
+    )
+    .await?;
     let payload = Payload::parse(&body)?;
     Ok(Received {
         options,
@@ -639,7 +644,7 @@ async fn respond(state: &AppState, mut request: Received) -> Result<Response, Sq
     // or the client goes away and this future is dropped).
     let _in_flight = state.activity.query(&info.endpoint);
     let (results, types) = run_on_backend(state, &mut request, route).await?;
-    let out = encode(&request, &results, &types, state.max_response_bytes)?;
+    let out = encode(&request, &results, &types, state.http.max_response_bytes)?;
     let traffic = state.usage.endpoint(&request.info.endpoint);
     traffic.add(Direction::Ingress, request.body_len as u64);
     traffic.add(Direction::Egress, out.len() as u64);
@@ -669,7 +674,7 @@ async fn run_on_backend(
     if admitted.is_none() {
         *admitted = Some(state.endpoint_limits.admit(&info.endpoint)?);
     }
-    let (max, max_rows) = (state.max_response_bytes, state.max_response_rows);
+    let (max, max_rows) = (state.http.max_response_bytes, state.http.max_response_rows);
     let results = match execute(&mut conn, payload, options, max, max_rows).await {
         Err(QueryError::Backend(e)) if conn.never_ran(&e) => {
             // The idle connection was closed under us (a compute being suspended) and the

@@ -478,7 +478,7 @@ async fn check(case: LoginCase) {
             Config::for_tests_with_control_plane(&control_plane.url(), None)
         }
     };
-    config.require_tls = case.require_tls;
+    config.clients.require_tls = case.require_tls;
     let state = crate::app::state(&config).expect("the gateway's state");
     let mut session = Session::start((case.transport)(&state), &state);
 

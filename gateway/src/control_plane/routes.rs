@@ -687,7 +687,9 @@ async fn fetch_secret(
     endpoint: &EndpointId,
     role: &str,
 ) -> Result<Secret, ControlPlaneError> {
-    let access = control_plane.access_control(endpoint, role).await?;
+    // Boxed, here and in `wake`: the HTTP client's future is several KiB, and held inline it
+    // would grow every lookup future, and so every login's, even when the answer is cached.
+    let access = Box::pin(control_plane.access_control(endpoint, role)).await?;
     if access.role_secret.is_empty() {
         return Ok(Secret::Absent);
     }
@@ -709,7 +711,10 @@ async fn wake(
     metrics: Arc<Metrics>,
 ) -> Result<Cached, ControlPlaneError> {
     let retries = metrics.retries.with(RetryOperation::WakeCompute);
-    let woken = retry::retry(&config, retries, |_| control_plane.wake_compute(&endpoint)).await;
+    let woken = retry::retry(&config, retries, |_| {
+        Box::pin(control_plane.wake_compute(&endpoint))
+    })
+    .await;
     match woken {
         Ok(wake) if is_host_port(&wake.address) => {
             tracing::debug!(%endpoint, address = %wake.address, cold_start = ?wake.aux.cold_start_info, "endpoint woken");

@@ -81,18 +81,24 @@ await_ready() {
   return 2
 }
 
+# exits_within PID SECS — waits until PID is gone, at most SECS; 0 if it went.
+exits_within() {
+  local pid="$1" secs="$2" i
+  for ((i = 0; i < secs * 10; i++)); do
+    kill -0 "$pid" 2>/dev/null || return 0
+    sleep 0.1
+  done
+  ! kill -0 "$pid" 2>/dev/null
+}
+
 # stop_process NAME PID SECS — SIGTERM, wait up to SECS, then SIGKILL; reaps it.
 stop_process() {
-  local name="$1" pid="$2" secs="$3" i
+  local name="$1" pid="$2" secs="$3"
   [[ -n "$pid" ]] || return 0
   if kill -0 "$pid" 2>/dev/null; then
     log "stopping $name (pid $pid)"
     kill -TERM "$pid" 2>/dev/null || true
-    for ((i = 0; i < secs * 10; i++)); do
-      kill -0 "$pid" 2>/dev/null || break
-      sleep 0.1
-    done
-    if kill -0 "$pid" 2>/dev/null; then
+    if ! exits_within "$pid" "$secs"; then
       warn "$name did not exit within $secs s; killing it"
       kill -KILL "$pid" 2>/dev/null || true
     fi
@@ -106,7 +112,7 @@ stop_process() {
 # than 0. PID must be a child of this shell (its exit status is read with wait).
 # Prints the tail of LOG on failure.
 stop_checked() {
-  local name="$1" pid="$2" secs="$3" logfile="$4" i status=0
+  local name="$1" pid="$2" secs="$3" logfile="$4" status=0
   [[ -n "$pid" ]] || { warn "$name: no pid (it never started?)"; return 1; }
   if ! kill -0 "$pid" 2>/dev/null; then
     wait "$pid" 2>/dev/null || status=$?
@@ -116,11 +122,7 @@ stop_checked() {
   fi
   log "stopping $name (pid $pid), expecting a clean exit within $secs s"
   kill -TERM "$pid" 2>/dev/null || true
-  for ((i = 0; i < secs * 10; i++)); do
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.1
-  done
-  if kill -0 "$pid" 2>/dev/null; then
+  if ! exits_within "$pid" "$secs"; then
     warn "$name did not exit within $secs s of SIGTERM; killing it; last lines of $logfile:"
     tail -n 30 "$logfile" >&2 || true
     kill -KILL "$pid" 2>/dev/null || true

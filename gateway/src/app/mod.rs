@@ -1,6 +1,8 @@
 //! Wiring: configuration, building the shared state, the listeners, signals and the drain.
 
 pub mod config;
+#[cfg(test)]
+mod session_tests;
 
 pub use config::Config;
 

@@ -963,6 +963,3 @@ fn record(transport: &Transport, error: &SessionError, state: &AppState) {
         _ => tracing::debug!(transport = transport.label(), error = %error, "session ended"),
     }
 }
-
-#[cfg(test)]
-mod tests;

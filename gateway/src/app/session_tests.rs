@@ -19,8 +19,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
-use super::{serve_stream, Transport};
 use crate::app::config::Config;
+use crate::frontend::session::{serve_stream, Transport};
 use crate::frontend::state::AppState;
 use crate::pgwire::scram::{ScramSecret, ScramServer};
 use crate::pgwire::{frame, startup};

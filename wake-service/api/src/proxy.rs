@@ -140,20 +140,81 @@ pub struct AccessControl {
     pub block_vpc_connections: Option<bool>,
 }
 
-/// `GET /proxy/api/v1/endpoints/{id}/jwks`.
+/// `GET /proxy/api/v1/endpoints/{id}/jwks`: Neon's shape (`jwks`), plus what this product's
+/// gateway needs to log in as the rules' roles and to authenticate claims to SQL
+/// (`jwt_login`, absent when the endpoint has no rules; Neon's proxy ignores it).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Jwks {
     pub jwks: Vec<JwksSettings>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwt_login: Option<JwtLogin>,
 }
 
+/// One JWKS rule: tokens signed by a key of this set may log in as one of `role_names`.
+/// The first five fields are Neon's; the rest are extensions, omitted when unset.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JwksSettings {
     pub id: String,
+    /// Where the key set is fetched; empty when the set is given inline ([`Self::jwks`]).
     pub jwks_url: String,
     pub provider_name: String,
     #[serde(default)]
     pub jwt_audience: Option<String>,
     pub role_names: Vec<String>,
+    /// The `iss` a token must carry, when set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwt_issuer: Option<String>,
+    /// The signature algorithms accepted (JOSE names); empty means [`DEFAULT_JWT_ALGORITHMS`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub algorithms: Vec<String>,
+    /// An inline key set (`{"keys": [...]}`), for tests and air-gapped setups.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks: Option<serde_json::Value>,
+}
+
+/// The algorithms a rule accepts when it names none: all asymmetric, and a key's type must
+/// match the token's algorithm, so no key can be used with another family's algorithm.
+pub const DEFAULT_JWT_ALGORITHMS: [&str; 3] = ["RS256", "ES256", "EdDSA"];
+
+/// Every algorithm a rule may name.
+pub const SUPPORTED_JWT_ALGORITHMS: [&str; 9] = [
+    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA",
+];
+
+/// What a gateway needs for an endpoint's JWT logins: the key that authenticates claims to SQL
+/// and each JWT role's credentials (the roles have no password anyone else knows).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JwtLogin {
+    pub claims_key: ClaimsKey,
+    pub roles: Vec<JwtRoleLogin>,
+}
+
+impl std::fmt::Debug for JwtLogin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let roles: Vec<&str> = self.roles.iter().map(|r| r.name.as_str()).collect();
+        f.debug_struct("JwtLogin")
+            .field("claims_key", &self.claims_key.kid)
+            .field("roles", &roles)
+            .finish()
+    }
+}
+
+/// The HMAC-SHA-256 key of an endpoint's claims envelopes, as installed in `gw_auth.keys`.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClaimsKey {
+    pub kid: i32,
+    /// 32 bytes, lowercase hex.
+    pub key: String,
+}
+
+/// A JWT role's login: its SCRAM-SHA-256 verifier and the matching ClientKey.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JwtRoleLogin {
+    pub name: String,
+    /// `SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>`.
+    pub secret: String,
+    /// The SCRAM ClientKey (standard base64, 32 bytes).
+    pub client_key: String,
 }
 
 /// Every proxy-API error: `{"error": "...", "status": {...}}`.
@@ -358,6 +419,21 @@ mod tests {
         let parsed: AccessControl = serde_json::from_str(json).expect("parse");
         assert!(parsed.role_secret.starts_with("SCRAM-SHA-256$"));
         assert_eq!(parsed.allowed_ips, None);
+    }
+
+    #[test]
+    fn jwks_golden() {
+        let neon = r#"{"jwks":[{"id":"r1","jwks_url":"https://example.com/.well-known/jwks.json","provider_name":"clerk","jwt_audience":null,"role_names":["authenticated","anonymous"]}]}"#;
+        let parsed: Jwks = serde_json::from_str(neon).expect("parse");
+        assert_eq!(parsed.jwks[0].role_names, ["authenticated", "anonymous"]);
+        assert!(parsed.jwt_login.is_none() && parsed.jwks[0].algorithms.is_empty());
+        assert_eq!(serde_json::to_string(&parsed).expect("serialize"), neon);
+        let ours = r#"{"jwks":[{"id":"r2","jwks_url":"","provider_name":"test","jwt_audience":"app","role_names":["authenticated"],"jwt_issuer":"https://issuer","algorithms":["ES256"],"jwks":{"keys":[]}}],"jwt_login":{"claims_key":{"kid":1,"key":"00"},"roles":[{"name":"authenticated","secret":"SCRAM-SHA-256$4096:c2FsdA==$a:b","client_key":"AA=="}]}}"#;
+        let parsed: Jwks = serde_json::from_str(ours).expect("parse");
+        let login = parsed.jwt_login.as_ref().expect("jwt_login");
+        assert_eq!(login.claims_key.kid, 1);
+        assert!(!format!("{login:?}").contains("SCRAM"));
+        assert_eq!(serde_json::to_string(&parsed).expect("serialize"), ours);
     }
 
     #[test]

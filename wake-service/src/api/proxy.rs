@@ -107,7 +107,10 @@ async fn jwks(
         .map_err(LifecycleError::from)?
         .ok_or(ProxyError::EndpointNotFound)?;
     let jwks: Vec<JwksSettings> = serde_json::from_value(row.jwks).unwrap_or_default();
-    Ok(Json(Jwks { jwks }))
+    Ok(Json(Jwks {
+        jwks,
+        jwt_login: None,
+    }))
 }
 
 /// `POST /proxy/api/v1/activity`: a gateway's activity report (see [`ActivityReport`] and

@@ -8,11 +8,13 @@ use std::time::Duration;
 use clap::Parser;
 use wake_api::proxy::REPORT_INTERVAL_MS;
 
+use crate::auth::jwt::JwtConfig;
 use crate::auth::HashingLimits;
 use crate::base::endpoint::EndpointId;
 use crate::base::limits::EndpointLimitsConfig;
 use crate::base::retry::RetryConfig;
 use crate::control_plane::client::{ControlPlaneConfig, Token};
+use crate::control_plane::jwt_rules::JwtRulesConfig;
 use crate::control_plane::routes::{Route, RouteCacheConfig};
 use crate::frontend::config::SessionConfig;
 use crate::frontend::config::{ClientLimits, HttpConfig};
@@ -67,6 +69,16 @@ pub struct Args {
     /// --control-plane-url.
     #[arg(long, env = "GATEWAY_ACTIVITY_INTERVAL_MS", default_value_t = 1000)]
     pub activity_interval_ms: u64,
+
+    /// Seconds an endpoint's JWKS rules (and its JWT roles' logins) from the control plane are
+    /// cached: a deleted rule stops working within this time.
+    #[arg(long, env = "GATEWAY_JWT_RULES_TTL_SECONDS", default_value_t = 30)]
+    pub jwt_rules_ttl_seconds: u64,
+
+    /// Accepts `http://` JWKS URLs whose host is a loopback address (tests only: key sets are
+    /// otherwise fetched over https alone).
+    #[arg(long, env = "GATEWAY_JWKS_ALLOW_HTTP_LOOPBACK")]
+    pub jwks_allow_http_loopback: bool,
 
     /// Seconds a route from the control plane is kept after its last use.
     #[arg(long, env = "GATEWAY_ROUTE_CACHE_IDLE_SECONDS", default_value_t = 240)]
@@ -288,6 +300,10 @@ pub struct Config {
     /// The control plane, when endpoints are not all static.
     pub control_plane: Option<ControlPlaneConfig>,
     pub route_cache: RouteCacheConfig,
+    /// The cache of JWKS rules, and what JWKS URLs may be.
+    pub jwt_rules: JwtRulesConfig,
+    /// Token validation and the key sets' cache.
+    pub jwt: JwtConfig,
     /// How often activity is reported to the control plane; `None`: never.
     pub activity_interval: Option<Duration>,
     pub default_endpoint: EndpointId,
@@ -380,6 +396,15 @@ impl Args {
             routes: self.routes,
             control_plane,
             route_cache,
+            jwt_rules: JwtRulesConfig {
+                ttl: Duration::from_secs(self.jwt_rules_ttl_seconds),
+                allow_http_loopback: self.jwks_allow_http_loopback,
+                ..JwtRulesConfig::default()
+            },
+            jwt: JwtConfig {
+                allow_http_loopback: self.jwks_allow_http_loopback,
+                ..JwtConfig::default()
+            },
             activity_interval,
             default_endpoint,
             pool,

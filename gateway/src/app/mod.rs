@@ -17,7 +17,9 @@ use tokio_util::task::TaskTracker;
 
 use rand::RngCore;
 
+use crate::auth::jwt::JwtValidator;
 use crate::control_plane::client::ControlPlaneClient;
+use crate::control_plane::jwt_rules::JwtRules;
 use crate::control_plane::routes::RouteTable;
 use crate::frontend::state::AppState;
 use crate::frontend::tls::{Tls, TlsError};
@@ -51,6 +53,8 @@ pub fn state(config: &Config) -> Result<Arc<AppState>, StateError> {
     let mut mock_auth_key = [0u8; 32];
     rand::thread_rng().fill_bytes(&mut mock_auth_key);
     Ok(Arc::new(AppState {
+        jwt_rules: JwtRules::new(control_plane.clone(), &config.jwt_rules),
+        jwt: JwtValidator::new(config.jwt.clone(), &metrics),
         routes: Arc::new(RouteTable::new(
             config.routes.iter().cloned(),
             control_plane,

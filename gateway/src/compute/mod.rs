@@ -1,6 +1,7 @@
 //! Connections from the gateway to backend Postgres servers: connect and authenticate, exchange
 //! protocol messages with a bounded read buffer, reset a session, and cancel a running query.
 
+mod claims;
 mod connect;
 mod db_error;
 
@@ -18,6 +19,7 @@ use crate::base::error::{ErrorKind, ReportableError};
 use crate::base::limits::Refused;
 use crate::pgwire::frame::{self, FrameError};
 
+pub use claims::{ClaimsError, ClaimsKey};
 pub use connect::{connect, open_within, ClientKeySource, ConnectParams, Login};
 pub use db_error::DbError;
 
@@ -42,6 +44,8 @@ pub struct Backend {
     /// [`Progress`] taken before.
     written: u64,
     read: u64,
+    /// Set once claims were handed to this backend ([`Backend::begin_claims`]).
+    claims: Option<claims::Binding>,
 }
 
 /// How far a connection's conversation had got: see [`Backend::progress`].
@@ -149,6 +153,7 @@ impl Backend {
             parameters: Vec::new(),
             written: 0,
             read: 0,
+            claims: None,
         }
     }
 
@@ -372,8 +377,13 @@ impl Backend {
         if rollback {
             frontend::query("ROLLBACK", &mut self.write_buf)?;
         }
-        // DISCARD ALL cannot run inside a multi-statement string, so it is its own message.
-        frontend::query("DISCARD ALL", &mut self.write_buf)?;
+        // DISCARD ALL cannot run inside a multi-statement string, so it is its own message. A
+        // backend with claims keeps its counter's register (see [`claims`]).
+        let discard = match self.claims {
+            Some(_) => claims::RESET,
+            None => "DISCARD ALL",
+        };
+        frontend::query(discard, &mut self.write_buf)?;
         self.flush().await?;
         if rollback {
             self.finish_simple().await?;

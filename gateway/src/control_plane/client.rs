@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use wake_api::proxy::{
-    AccessControl, ActivityReply, ActivityReport, ControlPlaneError as ErrorBody, WakeCompute,
+    AccessControl, ActivityReply, ActivityReport, ControlPlaneError as ErrorBody, Jwks, WakeCompute,
 };
 
 use crate::base::endpoint::EndpointId;
@@ -28,6 +28,7 @@ fn path(call: Call) -> &'static str {
         Call::WakeCompute => "wake_compute",
         Call::AccessControl => "get_endpoint_access_control",
         Call::Activity => "activity",
+        Call::Jwks => "endpoints/{id}/jwks",
     }
 }
 
@@ -283,6 +284,17 @@ impl ControlPlaneClient {
             &[("endpointish", endpoint.as_str()), ("role", role)],
         )
         .await
+    }
+
+    /// `endpoints/{id}/jwks`: the endpoint's JWKS rules and the JWT roles' logins (the
+    /// endpoint without `-pooler`). One request, no retries.
+    pub async fn jwks(&self, endpoint: &EndpointId) -> Result<Jwks, ControlPlaneError> {
+        let url = format!(
+            "{}/{}",
+            self.config.url,
+            path(Call::Jwks).replace("{id}", endpoint.without_pooler().as_str())
+        );
+        self.call(Call::Jwks, self.http.get(url)).await
     }
 
     /// `POST activity`: what this gateway's clients are doing; the reply names the reported

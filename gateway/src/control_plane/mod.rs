@@ -3,4 +3,5 @@
 
 pub mod activity;
 pub mod client;
+pub mod jwt_rules;
 pub mod routes;

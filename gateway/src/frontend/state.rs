@@ -8,9 +8,11 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::auth::jwt::JwtValidator;
 use crate::base::endpoint::EndpointId;
 use crate::base::limits::{ConnectionSlots, EndpointLimits};
 use crate::control_plane::activity::Activity;
+use crate::control_plane::jwt_rules::JwtRules;
 use crate::control_plane::routes::RouteTable;
 use crate::frontend::config::HttpConfig;
 use crate::frontend::config::SessionConfig;
@@ -27,6 +29,10 @@ pub struct AppState {
     /// Endpoint → address (static, or from the control plane, cached) and role secrets.
     pub routes: Arc<RouteTable>,
     pub default_endpoint: EndpointId,
+    /// Each endpoint's JWKS rules and JWT role logins, from the control plane, cached.
+    pub jwt_rules: JwtRules,
+    /// Verifies tokens (and caches the key sets they are checked against).
+    pub jwt: JwtValidator,
     pub pool: Arc<Pool>,
     pub types: TypeCache,
     pub metrics: Arc<Metrics>,
@@ -66,6 +72,8 @@ impl AppState {
             endpoint_limits: &self.endpoint_limits,
             activity: &self.activity,
             metrics: &self.metrics,
+            jwt_rules: &self.jwt_rules,
+            jwt: &self.jwt,
             mock_auth_key: &self.mock_auth_key,
         }
     }

@@ -51,6 +51,7 @@ label! {
         WakeCompute => "wake_compute",
         AccessControl => "access_control",
         Activity => "activity",
+        Jwks => "jwks",
     }
 }
 

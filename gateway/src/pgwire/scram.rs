@@ -167,6 +167,14 @@ impl ScramKeys {
         ScramKeys { client_key, secret }
     }
 
+    /// Keys for a login the control plane gave whole (a JWT role's): `None` unless
+    /// `client_key` is the one `secret` was made with.
+    pub fn from_client_key(client_key: [u8; 32], secret: Arc<ScramSecret>) -> Option<ScramKeys> {
+        secret
+            .proves(&client_key)
+            .then_some(ScramKeys { client_key, secret })
+    }
+
     /// The keys to answer a server-first-message with `salt` and `iterations`, when they are
     /// the secret's: a server that uses others does not hold this role's verifier.
     pub fn for_server(&self, salt: &[u8], iterations: u32) -> Option<ClientKeys> {

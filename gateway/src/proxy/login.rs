@@ -8,14 +8,16 @@ use std::sync::Arc;
 
 use tokio::time::Instant;
 
+use crate::auth::jwt::{JwtError, JwtValidator};
 use crate::auth::{PasswordCheck, Verifier};
 use crate::base::conn_info::ConnInfo;
 use crate::base::endpoint::{EndpointId, Password};
 use crate::base::error::{ErrorKind, ReportableError};
 use crate::base::limits::{EndpointLimits, EndpointSlot, Limit, Refused};
-use crate::compute::{Backend, BackendError, ConnectParams, DbError};
+use crate::compute::{Backend, BackendError, ClaimsError, ClaimsKey, ConnectParams, DbError};
 use crate::control_plane::activity::{Activity, ActivityGuard};
 use crate::control_plane::client::{unavailable, ControlPlaneError};
+use crate::control_plane::jwt_rules::{EndpointJwt, JwtRules};
 use crate::control_plane::routes::{ConnectError, RoleSecret, Route, RouteError, RouteTable};
 use crate::obs::metrics::Metrics;
 use crate::pgwire::scram::ScramKeys;
@@ -44,6 +46,15 @@ pub enum LoginError {
     /// The backend could not be reached or failed. The cause is logged, not shown.
     #[error("could not connect to the database")]
     Backend(#[source] BackendError),
+    /// A token that is not valid for the endpoint, whatever the reason (logged, not shown).
+    #[error(transparent)]
+    Jwt(JwtError),
+    /// A token for a role no JWKS rule of the endpoint names.
+    #[error("role '{role}' may not log in with a JWT on this endpoint")]
+    JwtRoleNotAllowed { role: String },
+    /// The database did not accept the token's claims (its JWT setup is missing or broken).
+    #[error("could not pass the token's claims to the database")]
+    ClaimsRefused,
 }
 
 impl ReportableError for LoginError {
@@ -54,6 +65,9 @@ impl ReportableError for LoginError {
             LoginError::Limited(_) | LoginError::TooManyConnections => ErrorKind::RateLimit,
             LoginError::Postgres(_) => ErrorKind::Postgres,
             LoginError::Backend(e) => e.kind(),
+            LoginError::Jwt(e) => e.kind(),
+            LoginError::JwtRoleNotAllowed { .. } => ErrorKind::User,
+            LoginError::ClaimsRefused => ErrorKind::Compute,
         }
     }
 }
@@ -70,6 +84,14 @@ impl LoginError {
         match error {
             RouteError::NotFound => LoginError::auth_failed(user),
             RouteError::Unavailable(e) => LoginError::Unavailable(e),
+        }
+    }
+
+    /// Claims a backend did not take (see [`JwtChecked::begin`]).
+    pub fn from_claims(error: ClaimsError, user: &str) -> Self {
+        match error {
+            ClaimsError::Backend(e) => LoginError::from_backend(e, user),
+            ClaimsError::Refused => LoginError::ClaimsRefused,
         }
     }
 
@@ -92,6 +114,38 @@ pub enum Checked {
     Unchecked,
 }
 
+/// A token the gateway verified, and how to log in for it.
+pub struct JwtChecked {
+    /// The endpoint without `-pooler`: claims are bound to one backend, so JWT logins always
+    /// go to Postgres itself, never through PgBouncer.
+    pub endpoint: EndpointId,
+    pub role: String,
+    /// The JWT role's login (the control plane's, not the client's).
+    pub keys: ScramKeys,
+    claims_key: ClaimsKey,
+    claims: serde_json::Map<String, serde_json::Value>,
+    /// When the token expires (unix seconds).
+    pub exp: u64,
+}
+
+impl JwtChecked {
+    /// Hands the token's claims to SQL on `backend` for what runs next there. On an error the
+    /// backend must be discarded ([`LoginError::from_claims`] tells the client).
+    pub async fn begin(&self, backend: &mut Backend) -> Result<(), ClaimsError> {
+        backend
+            .begin_claims(&self.claims_key, &self.role, &self.claims, self.exp)
+            .await
+    }
+
+    /// How long until the token expires.
+    pub fn remaining(&self) -> std::time::Duration {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        std::time::Duration::from_secs(self.exp.saturating_sub(now))
+    }
+}
+
 /// The parts of the gateway a login touches, borrowed from the front ends' shared state.
 #[derive(Clone, Copy)]
 pub struct Login<'a> {
@@ -100,6 +154,8 @@ pub struct Login<'a> {
     pub endpoint_limits: &'a EndpointLimits,
     pub activity: &'a Arc<Activity>,
     pub metrics: &'a Metrics,
+    pub jwt_rules: &'a JwtRules,
+    pub jwt: &'a JwtValidator,
     /// Keys the mock secrets of endpoints and roles that do not exist.
     pub mock_auth_key: &'a [u8; 32],
 }
@@ -163,6 +219,44 @@ impl<'a> Login<'a> {
             PasswordCheck::Refused(refused) => Err(LoginError::Limited(refused)),
             PasswordCheck::Wrong => Err(LoginError::auth_failed(role)),
         }
+    }
+
+    /// The endpoint's JWT rules (none without a control plane).
+    pub async fn jwt_rules(&self, endpoint: &EndpointId) -> Result<Arc<EndpointJwt>, LoginError> {
+        self.jwt_rules
+            .of(endpoint)
+            .await
+            .map_err(LoginError::Unavailable)
+    }
+
+    /// Checks `token` for `role` on `endpoint` before anything is woken: some rule of the
+    /// endpoint must name the role, and the token must be valid for one such rule.
+    pub async fn check_jwt(
+        &self,
+        endpoint: &EndpointId,
+        role: &str,
+        token: &str,
+    ) -> Result<JwtChecked, LoginError> {
+        let rules = self.jwt_rules(endpoint).await?;
+        let Some(login) = rules.role(role) else {
+            return Err(LoginError::JwtRoleNotAllowed {
+                role: role.to_owned(),
+            });
+        };
+        let endpoint = endpoint.without_pooler();
+        let verified = self
+            .jwt
+            .validate(&endpoint, &rules.rules, role, token)
+            .await
+            .map_err(LoginError::Jwt)?;
+        Ok(JwtChecked {
+            endpoint,
+            role: role.to_owned(),
+            keys: login.keys.clone(),
+            claims_key: login.claims_key.clone(),
+            claims: verified.claims,
+            exp: verified.exp,
+        })
     }
 
     /// Where the endpoint is (woken if needed); an unknown one is a wrong password.

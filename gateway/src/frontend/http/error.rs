@@ -7,6 +7,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
 
+use crate::auth::jwt::JwtError;
 use crate::base::error::{ErrorKind, ReportableError};
 use crate::base::limits::Refused;
 use crate::compute::{BackendError, DbError};
@@ -41,6 +42,16 @@ pub enum SqlError {
     /// The backend could not be reached, or failed mid-request. The cause is logged, not shown.
     #[error("could not connect to the database")]
     Compute(#[source] BackendError),
+    /// A missing, malformed, expired or wrongly signed token: 401, one text whatever the
+    /// reason (logged, not shown).
+    #[error(transparent)]
+    Jwt(JwtError),
+    /// A token for a role no JWKS rule of the endpoint names: 403.
+    #[error("role '{role}' may not log in with a JWT on this endpoint")]
+    JwtRoleNotAllowed { role: String },
+    /// The database did not accept the token's claims: 502.
+    #[error("could not pass the token's claims to the database")]
+    ClaimsRefused,
 }
 
 impl ReportableError for SqlError {
@@ -48,8 +59,11 @@ impl ReportableError for SqlError {
         match self {
             SqlError::BadRequest(_)
             | SqlError::AuthFailed { .. }
+            | SqlError::JwtRoleNotAllowed { .. }
             | SqlError::RequestTooLarge { .. }
             | SqlError::ResponseTooLarge { .. } => ErrorKind::User,
+            SqlError::Jwt(e) => e.kind(),
+            SqlError::ClaimsRefused => ErrorKind::Compute,
             SqlError::Postgres(_) => ErrorKind::Postgres,
             SqlError::TooManyConnections | SqlError::Limited(_) => ErrorKind::RateLimit,
             SqlError::Unavailable(_) => ErrorKind::ControlPlane,
@@ -73,7 +87,9 @@ impl SqlError {
             SqlError::TooManyConnections | SqlError::Unavailable(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
-            SqlError::Compute(_) => StatusCode::BAD_GATEWAY,
+            SqlError::Compute(_) | SqlError::ClaimsRefused => StatusCode::BAD_GATEWAY,
+            SqlError::Jwt(_) => StatusCode::UNAUTHORIZED,
+            SqlError::JwtRoleNotAllowed { .. } => StatusCode::FORBIDDEN,
             SqlError::Limited(refused) => refused.status(),
         }
     }
@@ -152,6 +168,9 @@ impl From<LoginError> for SqlError {
             LoginError::TooManyConnections => SqlError::TooManyConnections,
             LoginError::Postgres(db) => SqlError::Postgres(db),
             LoginError::Backend(e) => SqlError::Compute(e),
+            LoginError::Jwt(e) => SqlError::Jwt(e),
+            LoginError::JwtRoleNotAllowed { role } => SqlError::JwtRoleNotAllowed { role },
+            LoginError::ClaimsRefused => SqlError::ClaimsRefused,
         }
     }
 }

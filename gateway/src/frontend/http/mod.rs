@@ -228,7 +228,32 @@ mod tests {
                     .body(Body::from("{}"))
                     .expect("request"),
                 status: StatusCode::BAD_REQUEST,
-                says: "JWT authentication is not enabled",
+                says: "a connection string with a password cannot be used with a JWT",
+            },
+            // Without a control plane no endpoint has JWKS rules.
+            Case {
+                request: axum::http::Request::post("/sql")
+                    .header(
+                        "neon-connection-string",
+                        "postgres://authenticated@localhost/db",
+                    )
+                    .header("authorization", "Bearer x.y.z")
+                    .body(Body::from("{}"))
+                    .expect("request"),
+                status: StatusCode::FORBIDDEN,
+                says: "role 'authenticated' may not log in with a JWT on this endpoint",
+            },
+            Case {
+                request: axum::http::Request::post("/sql")
+                    .header(
+                        "neon-connection-string",
+                        "postgres://authenticated@localhost/db",
+                    )
+                    .header("authorization", "Basic eDp5")
+                    .body(Body::from("{}"))
+                    .expect("request"),
+                status: StatusCode::BAD_REQUEST,
+                says: "invalid Authorization header: expected 'Bearer <JWT>'",
             },
         ];
         for Case {

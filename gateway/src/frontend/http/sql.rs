@@ -38,6 +38,7 @@ use super::AppState;
 use crate::base::conn_info::{self, ConnInfo};
 use crate::base::error::ReportableError;
 use crate::base::limits::{EndpointSlot, Limit, Refused};
+use crate::compute::ClaimsError;
 use crate::control_plane::routes::Route;
 use crate::frontend::http::error::SqlError;
 use crate::frontend::query::json::{self, OutputMode};
@@ -48,7 +49,7 @@ use crate::frontend::query::{
 use crate::obs::labels::{RequestKind, RetryOperation};
 use crate::obs::usage::Direction;
 use crate::pgwire::scram::ScramKeys;
-use crate::proxy::login::Checked;
+use crate::proxy::login::{Checked, JwtChecked, LoginError};
 use crate::proxy::pool::{Conn, Reuse};
 
 const CONNECTION_STRING: &str = "neon-connection-string";
@@ -418,11 +419,6 @@ impl RequestOptions {
 }
 
 fn conn_info(state: &AppState, headers: &HeaderMap) -> Result<ConnInfo, SqlError> {
-    if headers.contains_key(header::AUTHORIZATION) {
-        return Err(SqlError::bad_request(
-            "missing authentication credentials: JWT authentication is not enabled on this gateway; use a password",
-        ));
-    }
     let value = headers
         .get(CONNECTION_STRING)
         .ok_or_else(|| SqlError::bad_request(conn_info::ConnInfoError::Missing.to_string()))?;
@@ -430,6 +426,32 @@ fn conn_info(state: &AppState, headers: &HeaderMap) -> Result<ConnInfo, SqlError
         .map_err(|_| SqlError::bad_request(conn_info::ConnInfoError::NotUtf8.to_string()))?;
     conn_info::parse(text, &state.default_endpoint, &state.sessions.domains)
         .map_err(|e| SqlError::bad_request(e.to_string()))
+}
+
+/// The token of `Authorization: Bearer <token>` (what `neon(url, { authToken })` sends), if
+/// the request has the header; then the connection string must carry no password.
+fn bearer_token<'h>(headers: &'h HeaderMap, info: &ConnInfo) -> Result<Option<&'h str>, SqlError> {
+    let mut values = headers.get_all(header::AUTHORIZATION).iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(SqlError::bad_request("more than one Authorization header"));
+    }
+    let token = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| {
+            SqlError::bad_request("invalid Authorization header: expected 'Bearer <JWT>'")
+        })?;
+    if !info.password.as_bytes().is_empty() {
+        return Err(SqlError::bad_request(
+            "a connection string with a password cannot be used with a JWT: remove the password",
+        ));
+    }
+    Ok(Some(token))
 }
 
 /// Refuses a body whose declared length is over `max` before anything else is done for it.
@@ -587,6 +609,8 @@ struct Received {
     proven: Option<ScramKeys>,
     /// Its place under the endpoint's limits, once the password is known to be right.
     admitted: Option<EndpointSlot>,
+    /// The verified token of a JWT login, whose claims each checked-out backend gets.
+    jwt: Option<JwtChecked>,
     body_len: usize,
     payload: Payload,
 }
@@ -594,14 +618,15 @@ struct Received {
 /// Reads the headers, checks the password, and only then reads and parses the body.
 async fn receive(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Received, SqlError> {
     let options = RequestOptions::from_headers(headers)?;
-    let info = conn_info(state, headers)?;
+    let mut info = conn_info(state, headers)?;
+    let token = bearer_token(headers, &info)?;
     if let Err(e) = check_declared_length(headers, state.http.max_request_bytes) {
         discard_body(body, Drain::TOO_LARGE).await;
         return Err(e);
     }
     // Nothing of the body is read or parsed for a client that does not know the password.
-    let proven = match authenticate(state, &info).await {
-        Ok(proven) => proven,
+    let (proven, jwt) = match authenticate(state, &mut info, token).await {
+        Ok(checked) => checked,
         Err(e) => {
             discard_body(body, Drain::UNAUTHENTICATED).await;
             return Err(e);
@@ -625,6 +650,7 @@ async fn receive(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Re
         info,
         proven,
         admitted,
+        jwt,
         body_len: body.len(),
         payload,
     })
@@ -664,13 +690,13 @@ async fn run_on_backend(
         info,
         proven,
         admitted,
+        jwt,
         payload,
         ..
     } = request;
     let login = state.login();
-    let mut conn = login
-        .checkout(info, route, proven.as_ref(), Reuse::Idle)
-        .await?;
+    let (proven, jwt) = (proven.as_ref(), jwt.as_ref());
+    let mut conn = checkout(state, info, route, proven, jwt, Reuse::Idle).await?;
     if admitted.is_none() {
         *admitted = Some(state.endpoint_limits.admit(&info.endpoint)?);
     }
@@ -684,9 +710,7 @@ async fn run_on_backend(
             state.metrics.retries.inc(RetryOperation::PooledQuery);
             drop(conn);
             let route = login.route(&info.endpoint, &info.user).await?;
-            conn = login
-                .checkout(info, route, proven.as_ref(), Reuse::NewOnly)
-                .await?;
+            conn = checkout(state, info, route, proven, jwt, Reuse::NewOnly).await?;
             execute(&mut conn, payload, options, max, max_rows).await?
         }
         result => result?,
@@ -701,6 +725,39 @@ async fn run_on_backend(
     };
     conn.release();
     Ok((results, types))
+}
+
+/// A backend for the request: pooled or new ([`Login::checkout`]); for a token, with its
+/// claims handed to SQL first, once more on a new connection when a pooled one had closed
+/// before the claims reached it.
+async fn checkout(
+    state: &AppState,
+    info: &ConnInfo,
+    route: Route,
+    proven: Option<&ScramKeys>,
+    jwt: Option<&JwtChecked>,
+    reuse: Reuse,
+) -> Result<Conn, SqlError> {
+    let login = state.login();
+    let mut conn = login.checkout(info, route, proven, reuse).await?;
+    let Some(jwt) = jwt else {
+        return Ok(conn);
+    };
+    match jwt.begin(conn.backend()).await {
+        Ok(()) => Ok(conn),
+        Err(ClaimsError::Backend(e)) if reuse == Reuse::Idle && conn.never_ran(&e) => {
+            tracing::info!(endpoint = %info.endpoint, error = %e, "pooled connection was closed before the claims reached it; retrying on a new connection");
+            state.metrics.retries.inc(RetryOperation::PooledQuery);
+            drop(conn);
+            let route = login.route(&info.endpoint, &info.user).await?;
+            let mut conn = login.checkout(info, route, proven, Reuse::NewOnly).await?;
+            jwt.begin(conn.backend())
+                .await
+                .map_err(|e| LoginError::from_claims(e, &info.user))?;
+            Ok(conn)
+        }
+        Err(e) => Err(LoginError::from_claims(e, &info.user).into()),
+    }
 }
 
 /// The response body: one result, or `{"results":[…]}` for a batch.
@@ -757,17 +814,28 @@ async fn execute(
     }
 }
 
-/// Checks the password before anything else: against the role's secret (or a mock one, for an
-/// unknown endpoint or role) with a control plane, a match giving the keys for the backend
-/// login (`Some`); on a static route, not here (`None`: Postgres judges it).
-async fn authenticate(state: &AppState, info: &ConnInfo) -> Result<Option<ScramKeys>, SqlError> {
-    let checked = state
-        .login()
+/// Checks the password or the token before anything else. A password: against the role's
+/// secret (or a mock one, for an unknown endpoint or role) with a control plane, a match
+/// giving the keys for the backend login; on a static route, not here (`None`: Postgres judges
+/// it). A token: against the endpoint's JWKS rules, giving the JWT role's keys; the request
+/// then goes to the endpoint itself, not its `-pooler` (claims are bound to one backend).
+async fn authenticate(
+    state: &AppState,
+    info: &mut ConnInfo,
+    token: Option<&str>,
+) -> Result<(Option<ScramKeys>, Option<JwtChecked>), SqlError> {
+    let login = state.login();
+    if let Some(token) = token {
+        let checked = login.check_jwt(&info.endpoint, &info.user, token).await?;
+        info.endpoint = checked.endpoint.clone();
+        return Ok((Some(checked.keys.clone()), Some(checked)));
+    }
+    let checked = login
         .check_password(&info.endpoint, &info.user, &info.password)
         .await?;
     Ok(match checked {
-        Checked::Proven(keys) => Some(keys),
-        Checked::Unchecked => None,
+        Checked::Proven(keys) => (Some(keys), None),
+        Checked::Unchecked => (None, None),
     })
 }
 

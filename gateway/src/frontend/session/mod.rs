@@ -40,6 +40,7 @@
 //!    runs out of time.
 
 pub mod credentials;
+mod jwt;
 pub mod relay;
 
 use std::io;
@@ -51,7 +52,9 @@ use rand::RngCore;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::time::{timeout_at, Instant};
+use tokio_util::sync::CancellationToken;
 
+use crate::auth::jwt::JwtError;
 use crate::auth::Verifier;
 use crate::base::endpoint::{EndpointId, Password};
 use crate::base::error::{ErrorKind, ReportableError};
@@ -191,6 +194,16 @@ pub enum SessionError {
     /// A limit protecting the gateway or other tenants ([`crate::base::limits`]).
     #[error(transparent)]
     Limited(#[from] Refused),
+    /// The password was taken as a token and is not valid, whatever the reason (logged).
+    #[error(transparent)]
+    Jwt(JwtError),
+    #[error("role '{role}' may not log in with a JWT on this endpoint")]
+    JwtRoleNotAllowed { role: String },
+    #[error("could not pass the token's claims to the database")]
+    ClaimsRefused,
+    /// The session's token expired: the session ends with it.
+    #[error("terminating connection because its JWT expired")]
+    JwtExpired,
 }
 
 impl From<LoginError> for SessionError {
@@ -205,6 +218,9 @@ impl From<LoginError> for SessionError {
             )),
             LoginError::Postgres(db) => SessionError::Postgres(db),
             LoginError::Backend(e) => SessionError::Backend(e),
+            LoginError::Jwt(e) => SessionError::Jwt(e),
+            LoginError::JwtRoleNotAllowed { role } => SessionError::JwtRoleNotAllowed { role },
+            LoginError::ClaimsRefused => SessionError::ClaimsRefused,
         }
     }
 }
@@ -260,7 +276,11 @@ impl ReportableError for SessionError {
             | SessionError::HandshakeTimeout
             | SessionError::Idle
             | SessionError::Shutdown
+            | SessionError::JwtRoleNotAllowed { .. }
+            | SessionError::JwtExpired
             | SessionError::Tls(_) => ErrorKind::User,
+            SessionError::Jwt(e) => e.kind(),
+            SessionError::ClaimsRefused => ErrorKind::Compute,
             SessionError::ClientGone | SessionError::Io(_) => ErrorKind::ClientDisconnect,
             SessionError::Postgres(_) => ErrorKind::Postgres,
             SessionError::Backend(e) => e.kind(),
@@ -282,7 +302,9 @@ impl SessionError {
             | SessionError::MessageTooLarge { .. }
             | SessionError::TextFrame => ("08P01", None),
             SessionError::Credentials(_) | SessionError::MissingUser => ("28000", None),
-            SessionError::AuthFailed { .. } => ("28P01", None),
+            SessionError::AuthFailed { .. } | SessionError::Jwt(_) => ("28P01", None),
+            SessionError::JwtRoleNotAllowed { .. } | SessionError::JwtExpired => ("28000", None),
+            SessionError::ClaimsRefused => ("08001", None),
             SessionError::HandshakeTimeout => ("08006", None),
             SessionError::Idle => ("57P05", None),
             SessionError::Shutdown => ("57P01", None),
@@ -462,6 +484,8 @@ struct Ready {
     activity: ActivityGuard,
     /// The session's place under its endpoint's limits, held until the relay ends.
     admitted: EndpointSlot,
+    /// A session logged in with a token ends when the token expires.
+    expires_in: Option<std::time::Duration>,
 }
 
 impl Ready {
@@ -471,6 +495,7 @@ impl Ready {
             endpoint,
             activity: connected.activity,
             admitted: connected.admitted,
+            expires_in: None,
         }
     }
 }
@@ -565,6 +590,11 @@ where
         .named
         .clone()
         .unwrap_or_else(|| state.default_endpoint.clone());
+    // A JWT role's password is a token: asked for in cleartext, as Postgres asks for one
+    // under `password` authentication.
+    if jwt::is_jwt_role(state, &endpoint, requested.user).await {
+        return cleartext_login(client, requested, state).await;
+    }
     let verifier = state.login().verifier(&endpoint, requested.user).await?;
     match &verifier {
         Verifier::Postgres => relayed_login(client, requested, endpoint, state).await,
@@ -591,11 +621,14 @@ where
     let body = read_auth_message(client).await?;
     let password = startup::password(&body)
         .ok_or_else(|| SessionError::Protocol("invalid password packet".into()))?;
-    let (endpoint, password) = match requested.named {
+    let (endpoint, password) = match requested.named.clone() {
         Some(endpoint) => (endpoint, password),
         None => credentials::password_hack(password)
             .unwrap_or_else(|| (state.default_endpoint.clone(), password)),
     };
+    if jwt::looks_like_jwt(password) && jwt::is_jwt_role(state, &endpoint, requested.user).await {
+        return jwt::login(&requested, &endpoint, password, state).await;
+    }
     let login = state.login();
     let proof = Password::new(password.to_vec());
     let checked = login
@@ -857,6 +890,7 @@ async fn relay_session<S>(
         endpoint,
         activity,
         admitted,
+        expires_in,
     } = ready;
     let key = state.cancels.register(backend.cancel_key());
     let out = client.write_buf();
@@ -883,27 +917,27 @@ async fn relay_session<S>(
         max_client_message: state.sessions.max_message_bytes,
     };
     tracing::debug!(%endpoint, transport = label, "session relaying");
+    let (stop, expiry) = session_end(state, expires_in);
     let relayed = relay::relay(
         client.into_parts().into(),
         backend.into_parts().into(),
         &limits,
-        &state.stop_sessions,
+        &stop,
         &count,
     )
     .await;
+    let expired = match expiry {
+        Some(timer) => {
+            timer.abort();
+            stop.is_cancelled() && !state.stop_sessions.is_cancelled()
+        }
+        None => false,
+    };
     active.dec();
     drop(key);
     drop(activity);
     drop(admitted);
-    let error = match relayed.end {
-        RelayEnd::ClientClosed | RelayEnd::BackendClosed => None,
-        RelayEnd::Idle => Some(SessionError::Idle),
-        RelayEnd::Shutdown => Some(SessionError::Shutdown),
-        RelayEnd::MessageTooLarge { len, max } => Some(SessionError::MessageTooLarge { len, max }),
-        RelayEnd::BadMessage => Some(SessionError::Protocol("invalid message length".into())),
-        RelayEnd::ClientError(e) => Some(SessionError::from(e)),
-        RelayEnd::BackendError(e) => Some(SessionError::Backend(BackendError::Io(e))),
-    };
+    let error = relay_error(relayed.end, expired);
     let client = ClientStream::new(relayed.client);
     match error {
         None => {
@@ -919,6 +953,37 @@ async fn relay_session<S>(
             client.close().await;
         }
         Some(error) => fail(client, transport, error, state).await,
+    }
+}
+
+/// What ends a relay early: the gateway's drain running out of time, or the session's token
+/// expiring (the timer's task is aborted once the relay is over).
+fn session_end(
+    state: &AppState,
+    expires_in: Option<std::time::Duration>,
+) -> (CancellationToken, Option<tokio::task::JoinHandle<()>>) {
+    let stop = state.stop_sessions.child_token();
+    let expiry = expires_in.map(|after| {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(after).await;
+            stop.cancel();
+        })
+    });
+    (stop, expiry)
+}
+
+/// The error a relay ended with, if any (`expired`: the session's token ran out).
+fn relay_error(end: RelayEnd, expired: bool) -> Option<SessionError> {
+    match end {
+        RelayEnd::ClientClosed | RelayEnd::BackendClosed => None,
+        RelayEnd::Idle => Some(SessionError::Idle),
+        RelayEnd::Shutdown if expired => Some(SessionError::JwtExpired),
+        RelayEnd::Shutdown => Some(SessionError::Shutdown),
+        RelayEnd::MessageTooLarge { len, max } => Some(SessionError::MessageTooLarge { len, max }),
+        RelayEnd::BadMessage => Some(SessionError::Protocol("invalid message length".into())),
+        RelayEnd::ClientError(e) => Some(SessionError::from(e)),
+        RelayEnd::BackendError(e) => Some(SessionError::Backend(BackendError::Io(e))),
     }
 }
 

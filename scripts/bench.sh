@@ -3,7 +3,7 @@
 # starts a wake service (its default endpoint `db`: Postgres 15 with fsync on, as in
 # production, and PgBouncer) and a gateway on free loopback ports, then measures the
 # gateway side by side with direct Postgres and PgBouncer in this one run:
-#   1. loadgen run      HTTP /sql, WebSocket tunnel, plain TCP, connection set-up,
+#   1. loadgen run      HTTP /sql (with a password and with a JWT), WebSocket tunnel, plain TCP, connection set-up,
 #                       route-table calls; then, each on a fresh gateway, thousands of idle
 #                       WebSocket sessions and 10 000 HTTP clients (with memory per connection);
 #   2. node cold-start  the real driver's first query on a suspended endpoint vs a bare
@@ -218,7 +218,7 @@ if [[ -n "$ONLY" ]]; then
   exit 0
 fi
 
-loadgen_run --only 1,2,3,6
+loadgen_run --only 1,2,3,6,8
 fresh_gateway
 loadgen_run --only 4b --merge
 fresh_gateway

@@ -106,6 +106,34 @@ pub async fn ensure_role(
     Ok(())
 }
 
+/// Makes `rule` the endpoint's only JWKS rule from `provider`: rules an earlier run made
+/// (same provider name) are deleted first.
+pub async fn replace_jwks_rule(
+    authority: &str,
+    token: &str,
+    id: &str,
+    provider: &str,
+    rule: &serde_json::Value,
+) -> anyhow::Result<()> {
+    let path = format!("/v1/endpoints/{id}/jwks");
+    let body = get(authority, &path, Some(token)).await?;
+    let listed: wake_api::proxy::Jwks =
+        serde_json::from_slice(&body).context("parsing the rules")?;
+    for old in listed.jwks.iter().filter(|r| r.provider_name == provider) {
+        let path = format!("/v1/endpoints/{id}/jwks/{}", old.id);
+        call(Method::DELETE, authority, &path, Some(token), None).await?;
+    }
+    call(
+        Method::POST,
+        authority,
+        &path,
+        Some(token),
+        Some(rule.to_string()),
+    )
+    .await?;
+    Ok(())
+}
+
 /// The control-plane calls the gateway made, from its admin `/metrics`.
 #[derive(Debug, Default)]
 pub struct ControlPlaneCalls {

@@ -14,7 +14,7 @@ use bytes::Bytes;
 use gateway::WsStream;
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::SendRequest;
-use hyper::header::{HeaderValue, CONTENT_TYPE, HOST};
+use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, HOST};
 use hyper::Request;
 use hyper_util::rt::TokioIo;
 use serde::de::IgnoredAny;
@@ -73,6 +73,8 @@ pub struct HttpTarget {
     gateway: SocketAddr,
     host: HeaderValue,
     connection_string: HeaderValue,
+    /// `Bearer <token>` for a JWT login.
+    authorization: Option<HeaderValue>,
 }
 
 impl HttpTarget {
@@ -86,6 +88,27 @@ impl HttpTarget {
             gateway,
             host: HeaderValue::from_str(&gateway.to_string())?,
             connection_string: HeaderValue::from_str(&url)?,
+            authorization: None,
+        })
+    }
+
+    /// A JWT login as `role` (no password in the connection string), as
+    /// `neon(url, { authToken })` sends it.
+    pub fn with_token(
+        gateway: SocketAddr,
+        endpoint_host: &str,
+        role: &str,
+        token: &str,
+    ) -> anyhow::Result<HttpTarget> {
+        let url = format!(
+            "postgres://{role}@{endpoint_host}:{}/{DATABASE}",
+            gateway.port()
+        );
+        Ok(HttpTarget {
+            gateway,
+            host: HeaderValue::from_str(&gateway.to_string())?,
+            connection_string: HeaderValue::from_str(&url)?,
+            authorization: Some(HeaderValue::from_str(&format!("Bearer {token}"))?),
         })
     }
 }
@@ -237,13 +260,16 @@ impl Session {
             Session::Pg { client, .. } => client.query_typed(statement.sql, &[]).await?.len(),
             Session::Http { sender, target, .. } => {
                 sender.ready().await.context("HTTP connection closed")?;
-                let request = Request::post("/sql")
+                let mut request = Request::post("/sql")
                     .header(HOST, target.host.clone())
                     .header("neon-connection-string", target.connection_string.clone())
                     .header("neon-raw-text-output", "true")
                     .header("neon-array-mode", "true")
-                    .header(CONTENT_TYPE, "application/json")
-                    .body(Full::new(statement.http_body.clone()))?;
+                    .header(CONTENT_TYPE, "application/json");
+                if let Some(authorization) = &target.authorization {
+                    request = request.header(AUTHORIZATION, authorization.clone());
+                }
+                let request = request.body(Full::new(statement.http_body.clone()))?;
                 let response = sender.send_request(request).await?;
                 let status = response.status();
                 let body = response.into_body().collect().await?.to_bytes();

@@ -9,6 +9,7 @@ mod admin;
 mod attacks;
 mod client;
 mod flood;
+mod jwt;
 mod measure;
 mod report;
 mod scenarios;
@@ -79,7 +80,7 @@ struct RunArgs {
     /// How the processes were placed on cores (for the report).
     #[arg(long, env = "BENCH_PINNING", default_value = "not pinned")]
     pinning: String,
-    /// Only these scenarios (1, 2, 3, 4a, 4b, 6; 7a to 7j, or 7 or `flood` for all of the
+    /// Only these scenarios (1, 2, 3, 4a, 4b, 6, 8; 7a to 7j, or 7 or `flood` for all of the
     /// flood test), comma-separated.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
@@ -207,6 +208,8 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             direct: host_port(&endpoint.addresses.direct)?,
             pooler: host_port(&endpoint.addresses.pooler)?,
             nofile,
+            wake: wake.clone(),
+            wake_token: args.wake_token.clone(),
         };
         let mut rows = scenarios::run(&stack, &plan).await?;
         let flood_stack = FloodStack {

@@ -7,7 +7,8 @@
 //! 4. (a) 10 000 HTTP keep-alive clients, open loop at a paced rate; (b) thousands of idle
 //!    WebSocket sessions held by PgBouncer through the gateway; gateway RSS per connection;
 //! 5. cold start (the Node bench; merged by `loadgen report`);
-//! 6. control-plane calls per 1 000 warm connections (the route table's hit path).
+//! 6. control-plane calls per 1 000 warm connections (the route table's hit path);
+//! 8. `/sql` with a JWT next to the same with a password (`crate::jwt`).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -73,14 +74,14 @@ impl Plan {
         self.only.is_empty() || self.only.iter().any(|s| s == scenario)
     }
 
-    fn window(&self) -> Window {
+    pub(crate) fn window(&self) -> Window {
         Window {
             warmup: Duration::from_secs_f64(self.warmup_seconds),
             measure: Duration::from_secs_f64(self.cell_seconds),
         }
     }
 
-    fn timeouts(&self) -> Timeouts {
+    pub(crate) fn timeouts(&self) -> Timeouts {
         Timeouts {
             connect: Duration::from_secs_f64(self.connect_timeout_seconds),
             query: Duration::from_secs_f64(self.query_timeout_seconds),
@@ -100,6 +101,9 @@ pub struct Stack {
     pub pooler: (String, u16),
     /// This process's file limit (after raising it).
     pub nofile: u64,
+    /// The wake service (`host:port`) and its admin token, for scenario 8's JWKS rule.
+    pub wake: String,
+    pub wake_token: String,
 }
 
 /// The ways to the database the scenarios compare.
@@ -226,6 +230,12 @@ pub async fn run(stack: &Stack, plan: &Plan) -> anyhow::Result<Vec<Row>> {
     }
     if plan.runs("4a") {
         rows.extend(many_http_clients(stack, &dials, plan).await);
+    }
+    if plan.runs("8") {
+        match crate::jwt::run(stack, plan).await {
+            Ok(jwt) => rows.extend(jwt),
+            Err(e) => log(format!("scenario 8 (JWT) failed: {e:#}")),
+        }
     }
     rows.sort_by(|a, b| a.scenario.cmp(&b.scenario));
     Ok(rows)

@@ -288,6 +288,8 @@ if [[ "$SKIP_NODE" != "1" ]]; then
   STACK_LOGS=1
   step "wake service (endpoint db)" test_wake_service
   step "test CA" test_tls
+  # jwt.test.js serves its key sets from a JWKS server of its own on 127.0.0.1 over http.
+  export GATEWAY_JWKS_ALLOW_HTTP_LOOPBACK=true
   step "gateway ready (TLS on)" start_gateway
   step "npm ci (sdk-tests)" npm_ci
   step "npm test (sdk-tests)" npm_test

@@ -398,6 +398,7 @@ impl Args {
             route_cache,
             jwt_rules: JwtRulesConfig {
                 ttl: Duration::from_secs(self.jwt_rules_ttl_seconds),
+                negative_ttl: Duration::from_millis(self.negative_cache_ttl_ms),
                 allow_http_loopback: self.jwks_allow_http_loopback,
                 ..JwtRulesConfig::default()
             },

@@ -53,7 +53,7 @@ pub fn state(config: &Config) -> Result<Arc<AppState>, StateError> {
     let mut mock_auth_key = [0u8; 32];
     rand::thread_rng().fill_bytes(&mut mock_auth_key);
     Ok(Arc::new(AppState {
-        jwt_rules: JwtRules::new(control_plane.clone(), &config.jwt_rules),
+        jwt_rules: Arc::new(JwtRules::new(control_plane.clone(), &config.jwt_rules)),
         jwt: JwtValidator::new(config.jwt.clone(), &metrics),
         routes: Arc::new(RouteTable::new(
             config.routes.iter().cloned(),
@@ -151,6 +151,7 @@ pub async fn serve(
         let held = crate::proxy::reporter::Held {
             activity: state.activity.clone(),
             routes: state.routes.clone(),
+            jwt_rules: state.jwt_rules.clone(),
             pool: state.pool.clone(),
             metrics: state.metrics.clone(),
         };

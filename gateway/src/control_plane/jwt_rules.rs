@@ -1,8 +1,10 @@
 //! Each endpoint's JWT rules as the control plane gives them (`endpoints/{id}/jwks`), cached:
 //! which key sets may sign tokens for which roles, the key that authenticates claims to SQL,
 //! and the JWT roles' logins. One lookup per endpoint per [`JwtRulesConfig::ttl`]
-//! (single-flight); an endpoint without rules, or unknown, is cached as having none. A rule
-//! deleted in the control plane stops working here within the TTL.
+//! (single-flight); an endpoint without rules, or unknown, is cached as having none for
+//! [`JwtRulesConfig::negative_ttl`] only, so a rule just added works within seconds. A rule
+//! deleted in the control plane stops working here within the TTL, and at once when the
+//! control plane reports a change of the endpoint's roles ([`JwtRules::forget`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -21,6 +23,8 @@ use crate::pgwire::scram::{ScramKeys, ScramSecret};
 #[derive(Clone, Debug)]
 pub struct JwtRulesConfig {
     pub ttl: Duration,
+    /// How long "no rules" is remembered.
+    pub negative_ttl: Duration,
     pub capacity: u64,
     /// JWKS URLs with `http://` and a loopback host are accepted (tests only).
     pub allow_http_loopback: bool,
@@ -30,6 +34,7 @@ impl Default for JwtRulesConfig {
     fn default() -> Self {
         JwtRulesConfig {
             ttl: Duration::from_secs(30),
+            negative_ttl: Duration::from_secs(3),
             capacity: 10_000,
             allow_http_loopback: false,
         }
@@ -51,6 +56,10 @@ pub struct JwtRoleLogin<'a> {
 }
 
 impl EndpointJwt {
+    fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+
     /// How the gateway logs in as `role` for a token, when some rule names the role.
     pub fn role(&self, role: &str) -> Option<JwtRoleLogin<'_>> {
         if !self
@@ -132,10 +141,23 @@ impl JwtRules {
             control_plane,
             cache: moka::future::Cache::builder()
                 .max_capacity(config.capacity)
-                .time_to_live(config.ttl)
+                .expire_after(Lifetime {
+                    ttl: config.ttl,
+                    negative_ttl: config.negative_ttl,
+                })
                 .build(),
             allow_http_loopback: config.allow_http_loopback,
         }
+    }
+
+    /// Drops what is cached for `endpoint` (its roles changed: a rule may have come or gone).
+    pub async fn forget(&self, endpoint: &EndpointId) {
+        self.cache.invalidate(&endpoint.without_pooler()).await;
+    }
+
+    /// Drops everything cached.
+    pub fn forget_all(&self) {
+        self.cache.invalidate_all();
     }
 
     /// `endpoint`'s rules (`-pooler` names the same endpoint). Without a control plane, none.
@@ -162,5 +184,25 @@ impl JwtRules {
         self.cache
             .try_get_with(endpoint.clone(), Box::pin(fetch))
             .await
+    }
+}
+
+/// Rules live for the TTL from their fetch; "no rules" for the negative TTL.
+struct Lifetime {
+    ttl: Duration,
+    negative_ttl: Duration,
+}
+
+impl moka::Expiry<EndpointId, Arc<EndpointJwt>> for Lifetime {
+    fn expire_after_create(
+        &self,
+        _: &EndpointId,
+        value: &Arc<EndpointJwt>,
+        _: std::time::Instant,
+    ) -> Option<Duration> {
+        Some(match value.is_empty() {
+            true => self.negative_ttl,
+            false => self.ttl,
+        })
     }
 }

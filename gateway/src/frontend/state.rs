@@ -30,7 +30,7 @@ pub struct AppState {
     pub routes: Arc<RouteTable>,
     pub default_endpoint: EndpointId,
     /// Each endpoint's JWKS rules and JWT role logins, from the control plane, cached.
-    pub jwt_rules: JwtRules,
+    pub jwt_rules: Arc<JwtRules>,
     /// Verifies tokens (and caches the key sets they are checked against).
     pub jwt: JwtValidator,
     pub pool: Arc<Pool>,

@@ -40,6 +40,7 @@ use wake_api::proxy::{ActivityReply, ActivityReport, RoleChange, MAX_REPORTED_EN
 use crate::base::endpoint::EndpointId;
 use crate::control_plane::activity::Activity;
 use crate::control_plane::client::ControlPlaneClient;
+use crate::control_plane::jwt_rules::JwtRules;
 use crate::control_plane::routes::RouteTable;
 use crate::obs::labels::{Invalidation, Label, Outcome};
 use crate::obs::metrics::Metrics;
@@ -50,6 +51,7 @@ use crate::proxy::pool::Pool;
 pub struct Held {
     pub activity: Arc<Activity>,
     pub routes: Arc<RouteTable>,
+    pub jwt_rules: Arc<JwtRules>,
     pub pool: Arc<Pool>,
     pub metrics: Arc<Metrics>,
 }
@@ -225,7 +227,8 @@ impl Reporter {
 }
 
 /// Drops what this gateway holds for one changed role: its cached secret, its proofs of
-/// passwords (any database, the endpoint and its `-pooler`) and its idle pooled connections.
+/// passwords (any database, the endpoint and its `-pooler`), its idle pooled connections, and
+/// the endpoint's JWKS rules (a rule naming the role came or went).
 async fn forget_role(state: &Held, change: &RoleChange) {
     let Some(endpoint) = EndpointId::parse(&change.endpoint_id) else {
         return;
@@ -236,6 +239,7 @@ async fn forget_role(state: &Held, change: &RoleChange) {
         return;
     }
     state.routes.forget_role(&endpoint, &change.role).await;
+    state.jwt_rules.forget(&endpoint).await;
     state.pool.passwords().forget_role(&endpoint, &change.role);
     let mut closed = state.pool.close_idle_of_role(&endpoint, &change.role);
     if let Some(pooler) = endpoint.pooler().filter(|p| !state.routes.is_static(p)) {
@@ -252,6 +256,7 @@ async fn forget_role(state: &Held, change: &RoleChange) {
 /// endpoint's idle pooled connections (static routes are left alone).
 async fn forget_all_roles(state: &Held, connections: bool) {
     state.routes.forget_all_roles().await;
+    state.jwt_rules.forget_all();
     state.pool.passwords().forget_all();
     if connections {
         let closed = state
@@ -329,6 +334,7 @@ mod tests {
         let held = Held {
             activity: state.activity.clone(),
             routes: Arc::new(routes),
+            jwt_rules: state.jwt_rules.clone(),
             pool: state.pool.clone(),
             metrics: state.metrics.clone(),
         };

@@ -473,6 +473,11 @@ fn sub(user: &str) -> Value {
 
 // --- the tests -------------------------------------------------------------------------------
 
+/// The message of an API error body.
+fn message(error: &Value) -> &str {
+    error["error"]["message"].as_str().unwrap_or_default()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jwks_rules_api() {
     use reqwest::Method;
@@ -480,15 +485,78 @@ async fn jwks_rules_api() {
     let id = "ep-jwt";
     let endpoint = wake.endpoint(id).await;
     let rules = format!("/v1/endpoints/{id}/jwks");
-    let jwks = json!({"keys": []});
+    refuses_bad_rules(&wake, id).await;
 
-    // Validation: 400 with what to fix; nothing recorded.
+    // A rule: 201, the compute prepared before the answer.
+    let body =
+        json!({"provider_name": "test", "jwks": {"keys": []}, "jwt_issuer": "https://issuer"});
+    let created = wake.expect(Method::POST, &rules, Some(body), 201).await;
+    let rule_id = created["id"].as_str().expect("id").to_owned();
+    assert!(rule_id.starts_with("jwks-"), "{created}");
+    assert_eq!(created["role_names"], json!(["authenticated", "anonymous"]));
+    assert_eq!(created["jwks_url"], "");
+    let listed = wake.expect(Method::GET, &rules, None, 200).await;
+    assert_eq!(listed, json!({"jwks": [created]}));
+
+    let login = served_login(&wake, id).await;
+    jwt_roles_are_not_api_roles(&wake, id).await;
+    prepared_in_postgres(&wake, &endpoint, id).await;
+    let second = preparation_is_idempotent(&wake, &endpoint, id, &login).await;
+
+    // Delete: 204, then 404; PATCH no longer takes rules.
+    wake.expect(Method::DELETE, &format!("{rules}/{second}"), None, 204)
+        .await;
+    wake.expect(Method::DELETE, &format!("{rules}/{second}"), None, 404)
+        .await;
+    wake.expect(Method::DELETE, "/v1/endpoints/nope/jwks/jwks-1", None, 404)
+        .await;
+    wake.expect(Method::GET, "/v1/endpoints/nope/jwks", None, 404)
+        .await;
+    let served = wake.proxy_jwks(id).await;
+    assert_eq!(served.jwks.len(), 1);
+    let names: Vec<String> = served
+        .jwt_login
+        .expect("login")
+        .roles
+        .into_iter()
+        .map(|r| r.name)
+        .collect();
+    assert_eq!(
+        names,
+        ["anonymous", "authenticated"],
+        "a role no rule names is not served"
+    );
+    let patch = Some(json!({"jwks": []}));
+    wake.expect(Method::PATCH, &format!("/v1/endpoints/{id}"), patch, 400)
+        .await;
+    wake.expect(Method::DELETE, &format!("{rules}/{rule_id}"), None, 204)
+        .await;
+    assert_eq!(wake.proxy_jwks(id).await, Jwks::default());
+
+    // Deleting the endpoint removes everything.
+    wake.expect(Method::DELETE, &format!("/v1/endpoints/{id}"), None, 204)
+        .await;
+    let proxy = format!("/proxy/api/v1/endpoints/{id}/jwks");
+    wake.expect(Method::GET, &proxy, None, 404).await;
+    wake.stop().await;
+}
+
+/// Validation: 400 with what to fix, 409 for an API role's name; nothing recorded.
+async fn refuses_bad_rules(wake: &Wake, id: &str) {
+    use reqwest::Method;
+    let rules = format!("/v1/endpoints/{id}/jwks");
+    let jwks = json!({"keys": []});
     for (body, mentions) in [
         (json!({"provider_name": "p"}), "exactly one"),
         (
             json!({"provider_name": "p", "jwks_url": "https://u:p@idp.example/k"}),
             "user name",
         ),
+        (
+            json!({"provider_name": "p", "jwks_url": "https://idp.example/k?x=1"}),
+            "query",
+        ),
+        (json!({"provider_name": "", "jwks": jwks}), "provider_name"),
         (
             json!({"provider_name": "p", "jwks": jwks, "role_names": ["cloud_admin"]}),
             "cloud_admin",
@@ -509,47 +577,23 @@ async fn jwks_rules_api() {
         let error = wake
             .expect(Method::POST, &rules, Some(body.clone()), 400)
             .await;
-        let message = error["error"]["message"].as_str().unwrap_or_default();
-        assert!(message.contains(mentions), "{body}: {message}");
+        assert!(message(&error).contains(mentions), "{body}: {error}");
     }
-    // A JWT role may not be an API role.
-    let error = wake
-        .expect(
-            Method::POST,
-            &rules,
-            Some(json!({"provider_name": "p", "jwks": jwks, "role_names": ["app"]})),
-            409,
-        )
+    let body = json!({"provider_name": "p", "jwks": jwks, "role_names": ["app"]});
+    let error = wake.expect(Method::POST, &rules, Some(body), 409).await;
+    assert!(message(&error).contains("app"), "{error}");
+    let unknown = json!({"provider_name": "p", "jwks": jwks});
+    wake.expect(Method::POST, "/v1/endpoints/nope/jwks", Some(unknown), 404)
         .await;
-    assert!(error["error"]["message"]
-        .as_str()
-        .unwrap_or_default()
-        .contains("app"));
     assert_eq!(
         wake.expect(Method::GET, &rules, None, 200).await,
         json!({"jwks": []})
     );
     assert_eq!(wake.proxy_jwks(id).await, Jwks::default());
+}
 
-    // A rule: 201, the compute prepared before the answer.
-    let created = wake
-        .expect(
-            Method::POST,
-            &rules,
-            Some(json!({"provider_name": "test", "jwks": jwks, "jwt_issuer": "https://issuer"})),
-            201,
-        )
-        .await;
-    let rule_id = created["id"].as_str().expect("id").to_owned();
-    assert!(rule_id.starts_with("jwks-"), "{created}");
-    assert_eq!(created["role_names"], json!(["authenticated", "anonymous"]));
-    assert_eq!(created["jwks_url"], "");
-    assert_eq!(
-        wake.expect(Method::GET, &rules, None, 200).await,
-        json!({"jwks": [created]})
-    );
-
-    // The proxy API: Neon's shape plus jwt_login; the ClientKey matches the verifier.
+/// The proxy API: Neon's shape plus `jwt_login`, whose ClientKeys match the verifiers.
+async fn served_login(wake: &Wake, id: &str) -> JwtLogin {
     let served = wake.proxy_jwks(id).await;
     assert_eq!(served.jwks.len(), 1);
     let login = served.jwt_login.clone().expect("jwt_login");
@@ -571,18 +615,16 @@ async fn jwks_rules_api() {
             role.name
         );
     }
-    let raw = wake
-        .expect(
-            Method::GET,
-            &format!("/proxy/api/v1/endpoints/{id}/jwks"),
-            None,
-            200,
-        )
-        .await;
+    let path = format!("/proxy/api/v1/endpoints/{id}/jwks");
+    let raw = wake.expect(reqwest::Method::GET, &path, None, 200).await;
     assert_eq!(raw["jwks"][0]["jwt_issuer"], "https://issuer");
     assert!(raw["jwks"][0].get("algorithms").is_none(), "{raw}");
+    login
+}
 
-    // JWT roles are not API roles: no password secret, not listed, not creatable.
+/// JWT roles have no password secret, are not listed, and cannot be made API roles.
+async fn jwt_roles_are_not_api_roles(wake: &Wake, id: &str) {
+    use reqwest::Method;
     for role in ["authenticated", "anonymous"] {
         let path =
             format!("/proxy/api/v1/get_endpoint_access_control?endpointish={id}&role={role}");
@@ -595,21 +637,20 @@ async fn jwks_rules_api() {
         .expect(Method::GET, &format!("/v1/endpoints/{id}"), None, 200)
         .await;
     assert_eq!(shown["roles"], json!(["app"]));
-    let error = wake
-        .expect(
-            Method::POST,
-            &format!("/v1/endpoints/{id}/roles"),
-            Some(json!({"name": "authenticated", "password": "x"})),
-            409,
-        )
-        .await;
-    assert!(error["error"]["message"]
-        .as_str()
-        .unwrap_or_default()
-        .contains("JWT role"));
+    let body = json!({"name": "authenticated", "password": "x"});
+    let path = format!("/v1/endpoints/{id}/roles");
+    let error = wake.expect(Method::POST, &path, Some(body), 409).await;
+    assert!(message(&error).contains("JWT role"), "{error}");
+}
 
-    // In Postgres: the roles as decision 1 says, the auth schema in every database.
-    let shop = app(&endpoint, "shop").await;
+/// Whether a database has the `auth` functions and one claims key.
+const PREPARED: &str = "SELECT to_regprocedure('auth.begin(text,text)') IS NOT NULL
+      AND to_regprocedure('auth.uid()') IS NOT NULL
+      AND (SELECT count(*) FROM gw_auth.keys) = 1";
+
+/// The roles as decision 1 says, the auth schema in every database, also one created later.
+async fn prepared_in_postgres(wake: &Wake, endpoint: &Endpoint, id: &str) {
+    let shop = app(endpoint, "shop").await;
     let role = shop
         .query_one(
             "SELECT rolcanlogin, rolinherit, rolbypassrls, rolsuper, rolcreatedb, rolcreaterole,
@@ -629,59 +670,46 @@ async fn jwks_rules_api() {
         role.get::<_, Option<String>>(7).as_deref(),
         Some("{track_activities=off}")
     );
-    let prepared = "SELECT to_regprocedure('auth.begin(text,text)') IS NOT NULL
-                      AND to_regprocedure('auth.uid()') IS NOT NULL
-                      AND (SELECT count(*) FROM gw_auth.keys) = 1";
     for database in ["postgres", "shop"] {
-        let client = app(&endpoint, database).await;
-        assert!(
-            client
-                .query_one(prepared, &[])
-                .await
-                .expect(database)
-                .get::<_, bool>(0),
-            "{database}"
-        );
+        let client = app(endpoint, database).await;
+        let ready: bool = client
+            .query_one(PREPARED, &[])
+            .await
+            .expect(database)
+            .get(0);
+        assert!(ready, "{database}");
     }
-
-    // A database created later is prepared at creation.
-    wake.expect(
-        Method::POST,
-        &format!("/v1/endpoints/{id}/databases"),
-        Some(json!({"name": "later", "owner": "app"})),
-        201,
-    )
-    .await;
-    let later = app(&endpoint, "later").await;
-    assert!(later
-        .query_one(prepared, &[])
-        .await
-        .expect("later")
-        .get::<_, bool>(0));
-
-    // A second rule re-runs the preparation: nothing changes. A third adds its new role.
-    let schema_before = definitions(&shop).await;
-    let second = wake
-        .expect(
-            Method::POST,
-            &rules,
-            Some(json!({"provider_name": "other", "jwks_url": "https://idp.example/jwks.json", "role_names": ["authenticated"], "algorithms": ["ES256"]})),
-            201,
-        )
+    let body = json!({"name": "later", "owner": "app"});
+    let path = format!("/v1/endpoints/{id}/databases");
+    wake.expect(reqwest::Method::POST, &path, Some(body), 201)
         .await;
+    let later = app(endpoint, "later").await;
+    let ready: bool = later.query_one(PREPARED, &[]).await.expect("later").get(0);
+    assert!(ready, "a database created later is prepared at creation");
+}
+
+/// A second rule re-runs the preparation and changes nothing; a third adds its new role;
+/// the material still logs in. Returns the second rule's id (the third is deleted).
+async fn preparation_is_idempotent(
+    wake: &Wake,
+    endpoint: &Endpoint,
+    id: &str,
+    login: &JwtLogin,
+) -> String {
+    use reqwest::Method;
+    let rules = format!("/v1/endpoints/{id}/jwks");
+    let shop = app(endpoint, "shop").await;
+    let before = definitions(&shop).await;
+    let body = json!({"provider_name": "other", "jwks_url": "https://idp.example/jwks.json",
+                      "role_names": ["authenticated"], "algorithms": ["ES256"]});
+    let second = wake.expect(Method::POST, &rules, Some(body), 201).await;
     assert_eq!(
         definitions(&shop).await,
-        schema_before,
+        before,
         "the preparation is idempotent"
     );
-    let third = wake
-        .expect(
-            Method::POST,
-            &rules,
-            Some(json!({"provider_name": "third", "jwks": jwks, "role_names": ["reader"]})),
-            201,
-        )
-        .await;
+    let body = json!({"provider_name": "third", "jwks": {"keys": []}, "role_names": ["reader"]});
+    let third = wake.expect(Method::POST, &rules, Some(body), 201).await;
     let again = wake.proxy_jwks(id).await.jwt_login.expect("jwt_login");
     assert!(again.claims_key == login.claims_key, "the key is made once");
     let secret = |l: &JwtLogin, name: &str| {
@@ -692,9 +720,12 @@ async fn jwks_rules_api() {
     };
     assert_eq!(
         secret(&again, "authenticated"),
-        secret(&login, "authenticated")
+        secret(login, "authenticated")
     );
     assert!(secret(&again, "reader").is_some());
+    let third = third["id"].as_str().expect("id");
+    wake.expect(Method::DELETE, &format!("{rules}/{third}"), None, 204)
+        .await;
 
     // The material works: a JWT session logs in with the ClientKey and gets its claims.
     let authenticated = login
@@ -703,7 +734,7 @@ async fn jwks_rules_api() {
         .find(|r| r.name == "authenticated")
         .expect("role");
     let client_key = BASE64.decode(&authenticated.client_key).expect("base64");
-    let mut session = Session::login(&endpoint, "later", "authenticated", &client_key).await;
+    let mut session = Session::login(endpoint, "later", "authenticated", &client_key).await;
     let minter = Minter::new(&again);
     assert!(advance(&mut session, &minter, &Value::Null).await);
     assert!(advance(&mut session, &minter, &sub("alice")).await);
@@ -711,56 +742,7 @@ async fn jwks_rules_api() {
         session.one("SELECT auth.user_id()").await.as_deref(),
         Some("alice")
     );
-
-    // Delete: 204, then 404; PATCH no longer takes rules.
-    let third_id = third["id"].as_str().expect("id");
-    wake.expect(Method::DELETE, &format!("{rules}/{third_id}"), None, 204)
-        .await;
-    let second_id = second["id"].as_str().expect("id");
-    wake.expect(Method::DELETE, &format!("{rules}/{second_id}"), None, 204)
-        .await;
-    wake.expect(Method::DELETE, &format!("{rules}/{second_id}"), None, 404)
-        .await;
-    wake.expect(Method::DELETE, "/v1/endpoints/nope/jwks/jwks-1", None, 404)
-        .await;
-    wake.expect(Method::GET, "/v1/endpoints/nope/jwks", None, 404)
-        .await;
-    let served = wake.proxy_jwks(id).await;
-    assert_eq!(served.jwks.len(), 1);
-    let names: Vec<String> = served
-        .jwt_login
-        .expect("login")
-        .roles
-        .into_iter()
-        .map(|r| r.name)
-        .collect();
-    assert_eq!(
-        names,
-        ["anonymous", "authenticated"],
-        "a role no rule names is not served"
-    );
-    wake.expect(
-        Method::PATCH,
-        &format!("/v1/endpoints/{id}"),
-        Some(json!({"jwks": []})),
-        400,
-    )
-    .await;
-    wake.expect(Method::DELETE, &format!("{rules}/{rule_id}"), None, 204)
-        .await;
-    assert_eq!(wake.proxy_jwks(id).await, Jwks::default());
-
-    // Deleting the endpoint removes everything.
-    wake.expect(Method::DELETE, &format!("/v1/endpoints/{id}"), None, 204)
-        .await;
-    wake.expect(
-        Method::GET,
-        &format!("/proxy/api/v1/endpoints/{id}/jwks"),
-        None,
-        404,
-    )
-    .await;
-    wake.stop().await;
+    second["id"].as_str().expect("id").to_owned()
 }
 
 /// What the preparation makes, as text: functions (with owner, settings and privileges), the
@@ -793,10 +775,11 @@ async fn claims_cannot_be_forged() {
     let wake = Wake::start("jwt-sql", "26500-26999").await;
     let id = "ep-forge";
     let endpoint = wake.endpoint(id).await;
+    let body = json!({"provider_name": "test", "jwks": {"keys": []}});
     wake.expect(
         Method::POST,
         &format!("/v1/endpoints/{id}/jwks"),
-        Some(json!({"provider_name": "test", "jwks": {"keys": []}})),
+        Some(body),
         201,
     )
     .await;
@@ -808,10 +791,42 @@ async fn claims_cannot_be_forged() {
         .find(|r| r.name == "authenticated")
         .expect("role");
     let client_key = BASE64.decode(&authenticated.client_key).expect("base64");
+    todos(&endpoint).await;
 
-    // The app's table, with RLS on auth.user_id() in the init-plan form.
-    let owner = app(&endpoint, "shop").await;
-    owner
+    let mut s = Session::login(&endpoint, "shop", "authenticated", &client_key).await;
+    alice_sees_her_rows(&mut s, &minter).await;
+    edited_or_misbound_envelopes_fail(&mut s, &minter).await;
+    replays_fail(&mut s, &minter).await;
+    let mut t = Session::login(&endpoint, "shop", "authenticated", &client_key).await;
+    another_backend_cannot_use_them(&mut s, &mut t, &minter).await;
+    no_other_role_or_object(&mut s).await;
+
+    // RESET ALL and DISCARD ALL clear the claims.
+    s.exec("RESET ALL").await;
+    assert_eq!(s.one("SELECT auth.user_id()").await, None, "RESET ALL");
+    assert!(advance(&mut s, &minter, &sub("alice")).await);
+    s.exec("DISCARD ALL").await;
+    assert_eq!(s.one("SELECT auth.user_id()").await, None, "DISCARD ALL");
+
+    // Bob in his own session sees and adds only his rows.
+    assert!(advance(&mut t, &minter, &Value::Null).await);
+    assert!(advance(&mut t, &minter, &sub("bob")).await);
+    let titles = t
+        .query("SELECT title FROM todos ORDER BY 1")
+        .await
+        .expect("titles");
+    assert_eq!(titles, vec![vec![Some("b1".to_owned())]]);
+    let added = t
+        .one("INSERT INTO todos (owner, title) VALUES ('bob', 'b2') RETURNING owner")
+        .await;
+    assert_eq!(added.as_deref(), Some("bob"));
+    wake.stop().await;
+}
+
+/// The app's table, with RLS on auth.user_id() in the init-plan form.
+async fn todos(endpoint: &Endpoint) {
+    app(endpoint, "shop")
+        .await
         .batch_execute(
             "CREATE TABLE todos (id serial PRIMARY KEY, owner text NOT NULL, title text NOT NULL);
              ALTER TABLE todos ENABLE ROW LEVEL SECURITY;
@@ -823,28 +838,26 @@ async fn claims_cannot_be_forged() {
         )
         .await
         .expect("todos");
+}
 
-    let mut s = Session::login(&endpoint, "shop", "authenticated", &client_key).await;
-    let count = "SELECT count(*) FROM todos";
+const COUNT: &str = "SELECT count(*) FROM todos";
+
+/// No claims before auth.begin; ctr = 1 first; then alice's sub, her rows, and a UUID sub.
+async fn alice_sees_her_rows(s: &mut Session, minter: &Minter) {
     assert_eq!(
         s.one("SELECT auth.user_id()").await,
         None,
         "no claims before auth.begin"
     );
-    assert_eq!(s.one(count).await.as_deref(), Some("0"));
-
-    // ctr = 1 is required first.
+    assert_eq!(s.one(COUNT).await.as_deref(), Some("0"));
     let skipped = minter.envelope(s.pid, s.bs, "authenticated", now() + 60, 2, &sub("alice"));
     assert!(
-        !begin(&mut s, &skipped).await,
+        !begin(s, &skipped).await,
         "the first envelope must have ctr 1"
     );
-    assert!(advance(&mut s, &minter, &Value::Null).await);
+    assert!(advance(s, minter, &Value::Null).await);
     assert_eq!(s.one("SELECT auth.user_id()").await, None);
-
-    // Alice: her sub, her rows; a UUID sub gives auth.uid().
-    let alice = minter.next(&mut s, &sub("alice"));
-    assert!(begin(&mut s, &alice).await);
+    assert!(advance(s, minter, &sub("alice")).await);
     assert_eq!(
         s.one("SELECT auth.user_id()").await.as_deref(),
         Some("alice")
@@ -854,19 +867,19 @@ async fn claims_cannot_be_forged() {
         s.one("SELECT auth.jwt() ->> 'role'").await.as_deref(),
         Some("authenticated")
     );
-    assert_eq!(s.one(count).await.as_deref(), Some("2"));
-    assert_eq!(
-        s.fails("INSERT INTO todos (owner, title) VALUES ('bob', 'forged')")
-            .await,
-        "42501"
-    );
+    assert_eq!(s.one(COUNT).await.as_deref(), Some("2"));
+    let forged = "INSERT INTO todos (owner, title) VALUES ('bob', 'forged')";
+    assert_eq!(s.fails(forged).await, "42501");
     let uuid = "3f2504e0-4f89-11d3-9a0c-0305e82c3301";
-    assert!(advance(&mut s, &minter, &sub(uuid)).await);
+    assert!(advance(s, minter, &sub(uuid)).await);
     assert_eq!(s.one("SELECT auth.uid()").await.as_deref(), Some(uuid));
-    let alice = minter.next(&mut s, &sub("alice"));
-    assert!(begin(&mut s, &alice).await);
+}
 
-    // Edited claims under the old MAC: NULL.
+/// Edited claims, another pid, role, backend_start or kid, an expired envelope: NULL or
+/// refused, and a refused auth.begin clears the claims.
+async fn edited_or_misbound_envelopes_fail(s: &mut Session, minter: &Minter) {
+    let alice = minter.next(s, &sub("alice"));
+    assert!(begin(s, &alice).await);
     let edited = alice.0.replace("\"alice\"", "\"bob\"");
     s.one(&format!(
         "SELECT set_config('gw_auth.claims', {}, false)",
@@ -874,9 +887,8 @@ async fn claims_cannot_be_forged() {
     ))
     .await;
     assert_eq!(s.one("SELECT auth.user_id()").await, None);
-    assert_eq!(s.one(count).await.as_deref(), Some("0"));
-    // A valid MAC for another backend: refused, and the failed begin clears the claims.
-    assert!(advance(&mut s, &minter, &sub("alice")).await);
+    assert_eq!(s.one(COUNT).await.as_deref(), Some("0"));
+    assert!(advance(s, minter, &sub("alice")).await);
     s.ctr += 1;
     let other_pid = minter.envelope(
         s.pid + 1,
@@ -886,15 +898,14 @@ async fn claims_cannot_be_forged() {
         s.ctr,
         &sub("bob"),
     );
-    assert!(!begin(&mut s, &other_pid).await);
+    assert!(!begin(s, &other_pid).await);
     assert_eq!(
         s.one("SELECT auth.user_id()").await,
         None,
         "a failed begin clears the claims"
     );
-    // Another role's envelope, another backend_start, an unknown kid: refused.
     let anon = minter.envelope(s.pid, s.bs, "anonymous", now() + 60, s.ctr + 1, &sub("bob"));
-    assert!(!begin(&mut s, &anon).await);
+    assert!(!begin(s, &anon).await, "another role");
     let old_bs = minter.envelope(
         s.pid,
         s.bs - 1,
@@ -903,10 +914,12 @@ async fn claims_cannot_be_forged() {
         s.ctr + 2,
         &sub("bob"),
     );
-    assert!(!begin(&mut s, &old_bs).await);
-    let (env, mac) = minter.next(&mut s, &sub("bob"));
-    assert!(!begin(&mut s, &(env, mac.replacen("v1.1.", "v1.2.", 1))).await);
-    // Expired: refused.
+    assert!(!begin(s, &old_bs).await, "another backend_start");
+    let (env, mac) = minter.next(s, &sub("bob"));
+    assert!(
+        !begin(s, &(env, mac.replacen("v1.1.", "v1.2.", 1))).await,
+        "an unknown kid"
+    );
     s.ctr += 1;
     let expired = minter.envelope(
         s.pid,
@@ -916,18 +929,20 @@ async fn claims_cannot_be_forged() {
         s.ctr,
         &sub("alice"),
     );
-    assert!(!begin(&mut s, &expired).await);
+    assert!(!begin(s, &expired).await, "expired");
+}
 
-    // Replay: an older envelope (lower ctr) is refused; so is a new one with the same ctr.
-    let older = minter.next(&mut s, &sub("alice"));
-    let newer = minter.next(&mut s, &sub("alice"));
-    assert!(begin(&mut s, &newer).await);
-    assert!(!begin(&mut s, &older).await, "replay of a lower ctr");
-    assert!(!begin(&mut s, &newer).await, "replay of the same ctr");
+/// An older envelope (lower ctr) or the same one again is refused; a valid envelope that
+/// never went through auth.begin gives NULL.
+async fn replays_fail(s: &mut Session, minter: &Minter) {
+    let older = minter.next(s, &sub("alice"));
+    let newer = minter.next(s, &sub("alice"));
+    assert!(begin(s, &newer).await);
+    assert!(!begin(s, &older).await, "replay of a lower ctr");
+    assert!(!begin(s, &newer).await, "replay of the same ctr");
     assert_eq!(s.one("SELECT auth.user_id()").await, None);
-    // A valid envelope for this backend that never went through auth.begin: NULL.
-    assert!(advance(&mut s, &minter, &sub("alice")).await);
-    let (env, mac) = minter.next(&mut s, &sub("bob"));
+    assert!(advance(s, minter, &sub("alice")).await);
+    let (env, mac) = minter.next(s, &sub("bob"));
     s.one(&format!(
         "SELECT set_config('gw_auth.claims', {}, false), set_config('gw_auth.mac', {}, false)",
         quote(&env),
@@ -939,17 +954,22 @@ async fn claims_cannot_be_forged() {
         None,
         "ctr must equal the register"
     );
+}
 
-    // Another backend cannot use this one's envelopes.
-    let mut t = Session::login(&endpoint, "shop", "authenticated", &client_key).await;
-    let mut stolen = minter.next(&mut s, &sub("alice"));
-    assert!(begin(&mut s, &stolen).await);
-    assert!(!begin(&mut t, &stolen).await);
+/// Another backend of the same role cannot use this one's envelopes.
+async fn another_backend_cannot_use_them(s: &mut Session, t: &mut Session, minter: &Minter) {
+    let mut stolen = minter.next(s, &sub("alice"));
+    assert!(begin(s, &stolen).await);
+    assert!(!begin(t, &stolen).await);
     stolen.0 = stolen.0.replace(&format!("\"ctr\":{}", s.ctr), "\"ctr\":1");
-    assert!(!begin(&mut t, &stolen).await);
+    assert!(!begin(t, &stolen).await);
     assert_eq!(t.one("SELECT auth.user_id()").await, None);
+}
 
-    // Roles: RESET ROLE and SET ROLE NONE keep authenticated; nothing else can be assumed.
+/// RESET ROLE and SET ROLE NONE keep `authenticated` (and alice); no other role can be
+/// assumed; nothing in auth or gw_auth can be written, the keys not read, the register not
+/// moved, other backends not signalled.
+async fn no_other_role_or_object(s: &mut Session) {
     s.exec("RESET ROLE").await;
     s.exec("SET ROLE NONE").await;
     assert_eq!(
@@ -967,12 +987,6 @@ async fn claims_cannot_be_forged() {
         "SET ROLE anonymous",
         "SET SESSION AUTHORIZATION cloud_admin",
         "SET SESSION AUTHORIZATION app",
-    ] {
-        assert_eq!(s.fails(sql).await, "42501", "{sql}");
-    }
-
-    // Writing to auth.* or gw_auth.*, reading the keys, moving the register: denied.
-    for sql in [
         "CREATE OR REPLACE FUNCTION auth.user_id() RETURNS text LANGUAGE sql AS $$ SELECT 'bob' $$",
         "CREATE FUNCTION auth.x() RETURNS int LANGUAGE sql AS $$ SELECT 1 $$",
         "CREATE TABLE auth.t (i int)",
@@ -987,30 +1001,11 @@ async fn claims_cannot_be_forged() {
         assert_eq!(s.fails(sql).await, "42501", "{sql}");
     }
     assert_eq!(
+        s.one("SELECT current_user").await.as_deref(),
+        Some("authenticated")
+    );
+    assert_eq!(
         s.one("SELECT auth.user_id()").await.as_deref(),
         Some("alice")
     );
-
-    // RESET ALL and DISCARD ALL clear the claims.
-    s.exec("RESET ALL").await;
-    assert_eq!(s.one("SELECT auth.user_id()").await, None, "RESET ALL");
-    assert!(advance(&mut s, &minter, &sub("alice")).await);
-    s.exec("DISCARD ALL").await;
-    assert_eq!(s.one("SELECT auth.user_id()").await, None, "DISCARD ALL");
-
-    // Bob in his own session sees only his rows.
-    assert!(advance(&mut t, &minter, &Value::Null).await);
-    assert!(advance(&mut t, &minter, &sub("bob")).await);
-    let titles = t
-        .query("SELECT title FROM todos ORDER BY 1")
-        .await
-        .expect("titles");
-    assert_eq!(titles, vec![vec![Some("b1".to_owned())]]);
-    assert_eq!(
-        t.one("INSERT INTO todos (owner, title) VALUES ('bob', 'b2') RETURNING owner")
-            .await
-            .as_deref(),
-        Some("bob")
-    );
-    wake.stop().await;
 }

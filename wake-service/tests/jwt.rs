@@ -487,7 +487,9 @@ async fn jwks_rules_api() {
     let rules = format!("/v1/endpoints/{id}/jwks");
     refuses_bad_rules(&wake, id).await;
 
-    // A rule: 201, the compute prepared before the answer.
+    // A rule: 201, the compute woken (it is suspended) and prepared before the answer.
+    let suspend = format!("/v1/endpoints/{id}/suspend?force=true");
+    wake.expect(Method::POST, &suspend, None, 200).await;
     let body =
         json!({"provider_name": "test", "jwks": {"keys": []}, "jwt_issuer": "https://issuer"});
     let created = wake.expect(Method::POST, &rules, Some(body), 201).await;
@@ -533,12 +535,104 @@ async fn jwks_rules_api() {
         .await;
     assert_eq!(wake.proxy_jwks(id).await, Jwks::default());
 
+    cli_commands(&wake, id).await;
+
     // Deleting the endpoint removes everything.
     wake.expect(Method::DELETE, &format!("/v1/endpoints/{id}"), None, 204)
         .await;
     let proxy = format!("/proxy/api/v1/endpoints/{id}/jwks");
     wake.expect(Method::GET, &proxy, None, 404).await;
     wake.stop().await;
+}
+
+/// `wake-service <args> --url … --token …`: exit status, stdout, stderr.
+async fn cli(wake: &Wake, args: &[&str]) -> (bool, String, String) {
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_wake-service"))
+        .args(args)
+        .args(["--url", &wake.url, "--token", TOKEN])
+        .env_remove("WAKE_URL")
+        .env_remove("WAKE_ADMIN_TOKEN")
+        .env_remove("WAKE_ADMIN_TOKEN_FILE")
+        .output()
+        .await
+        .expect("run wake-service");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// `jwks add` (with a key set file), `jwks list`, `jwks delete`, and their failures.
+async fn cli_commands(wake: &Wake, id: &str) {
+    let file = wake.temp.path.join("jwks.json");
+    std::fs::write(&file, r#"{"keys": []}"#).expect("write the key set");
+    let file = file.to_str().expect("UTF-8 path");
+    let add = [
+        "jwks",
+        "add",
+        id,
+        "--provider-name",
+        "cli",
+        "--jwks-file",
+        file,
+        "--role",
+        "authenticated",
+        "--algorithm",
+        "ES256",
+        "--algorithm",
+        "EdDSA",
+        "--audience",
+        "app",
+    ];
+    let (ok, stdout, stderr) = cli(wake, &add).await;
+    assert!(ok, "{stderr}");
+    let rule: Value = serde_json::from_str(&stdout).expect("the rule as JSON");
+    assert_eq!(rule["algorithms"], json!(["ES256", "EdDSA"]));
+    assert_eq!(
+        (rule["jwt_audience"].as_str(), rule["jwks"].clone()),
+        (Some("app"), json!({"keys": []}))
+    );
+    let rule_id = rule["id"].as_str().expect("id");
+    let (ok, stdout, _) = cli(wake, &["jwks", "list", id]).await;
+    assert!(ok && stdout.contains(rule_id), "{stdout}");
+    let url_add = [
+        "jwks",
+        "add",
+        id,
+        "--provider-name",
+        "u",
+        "--jwks-url",
+        "https://idp.example/k",
+    ];
+    let (ok, stdout, stderr) = cli(wake, &url_add).await;
+    assert!(ok, "{stderr}");
+    let url_rule: Value = serde_json::from_str(&stdout).expect("JSON");
+    let url_id = url_rule["id"].as_str().expect("id");
+    for rule in [rule_id, url_id] {
+        let (ok, _, stderr) = cli(wake, &["jwks", "delete", id, rule]).await;
+        assert!(ok, "{stderr}");
+    }
+    let (ok, stdout, stderr) = cli(wake, &["jwks", "delete", id, rule_id]).await;
+    assert!(
+        !ok && stdout.is_empty() && stderr.contains(rule_id),
+        "{stderr}"
+    );
+    let (ok, _, stderr) = cli(wake, &["jwks", "add", id, "--provider-name", "x"]).await;
+    assert!(!ok && stderr.contains("--jwks-url"), "{stderr}");
+    let bad = [
+        "jwks",
+        "add",
+        id,
+        "--provider-name",
+        "x",
+        "--jwks-url",
+        "ftp://h/k",
+    ];
+    let (ok, _, stderr) = cli(wake, &bad).await;
+    assert!(!ok && stderr.contains("https"), "{stderr}");
+    let (ok, _, stderr) = cli(wake, &["jwks", "list", "nope"]).await;
+    assert!(!ok && stderr.contains("nope"), "{stderr}");
 }
 
 /// Validation: 400 with what to fix, 409 for an API role's name; nothing recorded.
@@ -820,6 +914,21 @@ async fn claims_cannot_be_forged() {
         .one("INSERT INTO todos (owner, title) VALUES ('bob', 'b2') RETURNING owner")
         .await;
     assert_eq!(added.as_deref(), Some("bob"));
+
+    // A JWT role may set its own password in SQL; the suspend puts the stored one back.
+    t.exec("ALTER ROLE authenticated PASSWORD 'chosen-by-a-user'")
+        .await;
+    drop((s, t));
+    let suspend = format!("/v1/endpoints/{id}/suspend?force=false");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while wake.call(Method::POST, &suspend, None).await.0 != 200 {
+        assert!(Instant::now() < deadline, "the endpoint never suspended");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    wake.expect(Method::POST, &format!("/v1/endpoints/{id}/wake"), None, 200)
+        .await;
+    let mut again = Session::login(&endpoint, "shop", "authenticated", &client_key).await;
+    assert!(advance(&mut again, &minter, &Value::Null).await);
     wake.stop().await;
 }
 

@@ -5,7 +5,8 @@
 //! 32 random bytes) and, per JWT role, a random password of which only its SCRAM-SHA-256
 //! verifier and ClientKey are kept (what Postgres and the gateways need; nobody ever types it).
 //!
-//! The SQL is run as the superuser and is idempotent: [`cluster_sql`] once per compute (the
+//! The SQL is run as the superuser and is idempotent (each part first sets `search_path` to
+//! `pg_catalog, pg_temp` for its connection, so nothing a tenant made is resolved by it): [`cluster_sql`] once per compute (the
 //! roles are cluster-wide), [`DATABASE_SQL`], [`database_grants`] and [`UPSERT_KEY`] in every
 //! database that allows connections. It needs only stock Postgres 15 (the built-in `sha256`),
 //! and runs the same over any plain superuser connection.
@@ -300,7 +301,8 @@ pub fn hex(bytes: &[u8]) -> String {
 /// `track_activities = off`, and no membership of any role.
 pub fn cluster_sql(roles: &[RoleLogin]) -> String {
     let mut sql = format!(
-        "DO $owner$ BEGIN
+        "SET search_path = pg_catalog, pg_temp;
+         DO $owner$ BEGIN
             IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = {owner_literal}) THEN
                 CREATE ROLE {owner} NOLOGIN;
             END IF;
@@ -348,7 +350,8 @@ pub const UPSERT_KEY: &str = "INSERT INTO gw_auth.keys (kid, k_ipad, k_opad, not
 /// Who may call `auth.begin` in a database: exactly `roles` (run after [`DATABASE_SQL`]).
 pub fn database_grants(roles: &[RoleLogin]) -> String {
     let mut sql = String::from(
-        "REVOKE ALL ON FUNCTION auth.begin(text, text) FROM PUBLIC;\n\
+        "SET search_path = pg_catalog, pg_temp;\n\
+         REVOKE ALL ON FUNCTION auth.begin(text, text) FROM PUBLIC;\n\
          DO $grants$ DECLARE r record; BEGIN
             FOR r IN SELECT g.grantee::pg_catalog.regrole::text AS grantee
                      FROM pg_catalog.pg_proc p, pg_catalog.aclexplode(p.proacl) g

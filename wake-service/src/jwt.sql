@@ -1,5 +1,8 @@
 -- JWT claims in SQL (jwt-plan.md decision 3): run as a superuser in every database, after the
--- cluster part (the role gw_auth_owner exists). Idempotent; stock Postgres 15 only.
+-- cluster part (the role gw_auth_owner exists). Idempotent; stock Postgres 15 only. The
+-- search_path is set first, so that no object a tenant made is resolved by this script.
+
+SET search_path = pg_catalog, pg_temp;
 
 CREATE SCHEMA IF NOT EXISTS gw_auth AUTHORIZATION gw_auth_owner;
 ALTER SCHEMA gw_auth OWNER TO gw_auth_owner;

@@ -977,6 +977,14 @@ async fn alice_sees_her_rows(s: &mut Session, minter: &Minter) {
         Some("authenticated")
     );
     assert_eq!(s.one(COUNT).await.as_deref(), Some("2"));
+    // The same in a parallel plan (auth.session() has no EXCEPTION block).
+    s.exec("SET force_parallel_mode = on").await;
+    assert_eq!(
+        s.one(COUNT).await.as_deref(),
+        Some("2"),
+        "in a parallel plan"
+    );
+    s.exec("RESET force_parallel_mode").await;
     let forged = "INSERT INTO todos (owner, title) VALUES ('bob', 'forged')";
     assert_eq!(s.fails(forged).await, "42501");
     let uuid = "3f2504e0-4f89-11d3-9a0c-0305e82c3301";

@@ -1176,8 +1176,9 @@ impl Computes {
     /// Adds a JWKS rule (`POST /v1/endpoints/{id}/jwks`): checked, recorded with the login
     /// material the endpoint does not have yet (its claims key, a login per new JWT role) and
     /// `sync_needed`, then the compute is woken and prepared (see [`jwt`]) before this
-    /// returns. A crash or a failure after the record leaves the preparation to the next
-    /// sync; the rule is not served to gateways any differently meanwhile.
+    /// returns. A preparation that fails forgets the rule again (the answer is an error); a
+    /// crash before the answer leaves the rule, and its preparation to the next sync (until
+    /// then logins as its roles fail: closed).
     pub async fn create_jwks(
         &self,
         id: &str,
@@ -1215,7 +1216,14 @@ impl Computes {
             roles,
         };
         self.store.insert_jwks_rule(id, &new).await?;
-        self.sync(&row).await?;
+        if let Err(e) = self.sync(&row).await {
+            // Not acknowledged, so not kept: a retry must not leave two rules. The material
+            // and `sync_needed` stay (preparing the compute with them again is harmless).
+            if let Err(undo) = self.store.delete_jwks_rule(id, &rule.id).await {
+                tracing::warn!(endpoint = id, rule = %rule.id, error = %undo, "could not forget a rule whose preparation failed");
+            }
+            return Err(e);
+        }
         tracing::info!(endpoint = id, rule = %rule.id, roles = ?rule.role_names, "JWKS rule added");
         Ok(rule)
     }

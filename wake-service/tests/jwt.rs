@@ -46,7 +46,11 @@ struct Wake {
 
 impl Wake {
     async fn start(tag: &str, ports: &str) -> Wake {
-        let temp = TempRoot::new(tag);
+        Wake::run(TempRoot::new(tag), ports).await
+    }
+
+    /// A wake service on `temp` (a new one, or one a stopped service left).
+    async fn run(temp: TempRoot, ports: &str) -> Wake {
         let data_dir = temp.path.to_str().expect("UTF-8 temp path").to_owned();
         let cli = Cli::try_parse_from([
             "wake-service",
@@ -96,14 +100,19 @@ impl Wake {
         }
     }
 
-    async fn stop(self) {
+    /// Stops the service (its computes suspended) and returns its directory.
+    async fn halt(self) -> TempRoot {
         self.shutdown.cancel();
         let result = tokio::time::timeout(Duration::from_secs(120), self.task)
             .await
             .expect("the wake service stops")
             .expect("the service task");
         result.expect("the wake service ran without error");
-        drop(self.temp);
+        self.temp
+    }
+
+    async fn stop(self) {
+        drop(self.halt().await);
     }
 
     /// `method path [body]`: the status and the JSON body (Null when empty).
@@ -504,6 +513,7 @@ async fn jwks_rules_api() {
     jwt_roles_are_not_api_roles(&wake, id).await;
     prepared_in_postgres(&wake, &endpoint, id).await;
     let second = preparation_is_idempotent(&wake, &endpoint, id, &login).await;
+    let wake = survives_a_restart(wake, &endpoint, id).await;
 
     // Delete: 204, then 404; PATCH no longer takes rules.
     wake.expect(Method::DELETE, &format!("{rules}/{second}"), None, 204)
@@ -633,6 +643,31 @@ async fn cli_commands(wake: &Wake, id: &str) {
     assert!(!ok && stderr.contains("https"), "{stderr}");
     let (ok, _, stderr) = cli(wake, &["jwks", "list", "nope"]).await;
     assert!(!ok && stderr.contains("nope"), "{stderr}");
+}
+
+/// A restarted service serves the same rules and material, and the JWT roles still log in
+/// (after a wake, as the stop suspended the endpoint).
+async fn survives_a_restart(wake: Wake, endpoint: &Endpoint, id: &str) -> Wake {
+    let before = wake.proxy_jwks(id).await;
+    let wake = Wake::run(wake.halt().await, "26000-26499").await;
+    let after = wake.proxy_jwks(id).await;
+    assert_eq!(after, before, "rules and material survive a restart");
+    let path = format!("/v1/endpoints/{id}/wake");
+    wake.expect(reqwest::Method::POST, &path, None, 200).await;
+    let login = after.jwt_login.expect("jwt_login");
+    let role = login
+        .roles
+        .iter()
+        .find(|r| r.name == "authenticated")
+        .expect("role");
+    let client_key = BASE64.decode(&role.client_key).expect("base64");
+    let mut session = Session::login(endpoint, "shop", "authenticated", &client_key).await;
+    assert!(advance(&mut session, &Minter::new(&login), &sub("alice")).await);
+    assert_eq!(
+        session.one("SELECT auth.user_id()").await.as_deref(),
+        Some("alice")
+    );
+    wake
 }
 
 /// Validation: 400 with what to fix, 409 for an API role's name; nothing recorded.

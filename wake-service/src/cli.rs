@@ -172,6 +172,55 @@ pub enum DatabasesCommand {
     },
 }
 
+#[derive(Subcommand, Debug)]
+pub enum JwksCommand {
+    /// Add a JWKS rule: tokens signed by a key of the set may log in as its roles. Returns
+    /// once the endpoint's databases are prepared (its JWT roles, the `auth` schema).
+    Add {
+        endpoint: String,
+        /// A name for the identity provider (1-64 characters).
+        #[arg(long)]
+        provider_name: String,
+        /// Where the key set is fetched (https).
+        #[arg(
+            long,
+            conflicts_with = "jwks_file",
+            required_unless_present = "jwks_file"
+        )]
+        jwks_url: Option<String>,
+        /// A file holding the key set (`{"keys": [...]}`), given inline.
+        #[arg(long)]
+        jwks_file: Option<PathBuf>,
+        /// The `aud` tokens must carry.
+        #[arg(long)]
+        audience: Option<String>,
+        /// The `iss` tokens must carry.
+        #[arg(long)]
+        issuer: Option<String>,
+        /// An accepted signature algorithm (repeat; default RS256, ES256, EdDSA).
+        #[arg(long = "algorithm")]
+        algorithms: Vec<String>,
+        /// A role tokens may log in as (repeat; default authenticated and anonymous).
+        #[arg(long = "role")]
+        roles: Vec<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List the endpoint's JWKS rules.
+    List {
+        endpoint: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Delete a JWKS rule.
+    Delete {
+        endpoint: String,
+        id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
 impl SettingsArgs {
     fn body(&self) -> serde_json::Map<String, Value> {
         let mut body = serde_json::Map::new();
@@ -327,6 +376,60 @@ pub async fn databases(command: DatabasesCommand) -> anyhow::Result<()> {
                 Some(json!({"name": name, "owner": owner})),
             )
             .await
+        }
+    }
+}
+
+pub async fn jwks(command: JwksCommand) -> anyhow::Result<()> {
+    match command {
+        JwksCommand::Add {
+            endpoint,
+            provider_name,
+            jwks_url,
+            jwks_file,
+            audience,
+            issuer,
+            algorithms,
+            roles,
+            client,
+        } => {
+            let mut body = serde_json::Map::new();
+            body.insert("provider_name".into(), json!(provider_name));
+            if let Some(url) = jwks_url {
+                body.insert("jwks_url".into(), json!(url));
+            }
+            if let Some(file) = jwks_file {
+                let text = std::fs::read_to_string(&file)
+                    .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
+                let set: Value = serde_json::from_str(&text)
+                    .map_err(|e| anyhow::anyhow!("{} is not JSON: {e}", file.display()))?;
+                body.insert("jwks".into(), set);
+            }
+            for (field, value) in [("jwt_audience", audience), ("jwt_issuer", issuer)] {
+                if let Some(value) = value {
+                    body.insert(field.into(), json!(value));
+                }
+            }
+            if !algorithms.is_empty() {
+                body.insert("algorithms".into(), json!(algorithms));
+            }
+            if !roles.is_empty() {
+                body.insert("role_names".into(), json!(roles));
+            }
+            let path = format!("/v1/endpoints/{endpoint}/jwks");
+            call(&client, Method::POST, &path, Some(Value::Object(body))).await
+        }
+        JwksCommand::List { endpoint, client } => {
+            let path = format!("/v1/endpoints/{endpoint}/jwks");
+            call(&client, Method::GET, &path, None).await
+        }
+        JwksCommand::Delete {
+            endpoint,
+            id,
+            client,
+        } => {
+            let path = format!("/v1/endpoints/{endpoint}/jwks/{id}");
+            call(&client, Method::DELETE, &path, None).await
         }
     }
 }

@@ -36,6 +36,9 @@ pub enum Command {
     /// Manage databases through a running service.
     #[command(subcommand)]
     Databases(crate::cli::DatabasesCommand),
+    /// Manage an endpoint's JWKS rules (JWT logins) through a running service.
+    #[command(subcommand)]
+    Jwks(crate::cli::JwksCommand),
 }
 
 #[derive(Args, Debug)]

@@ -13,6 +13,7 @@ pub mod api;
 pub mod cli;
 pub mod compute;
 pub mod config;
+pub mod jwt;
 pub mod leadership;
 pub mod lifecycle;
 pub mod metrics;

@@ -26,19 +26,21 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::OwnedMutexGuard;
-use wake_api::admin::{Addresses, CreateEndpoint, EndpointState, PatchEndpoint};
+use wake_api::admin::{Addresses, CreateEndpoint, CreateJwks, EndpointState, PatchEndpoint};
 use wake_api::names;
 use wake_api::proxy::{
-    ActivityReply, ActivityReport, ColdStartInfo, MAX_REPORTED_ENDPOINTS, REPORT_INTERVAL_MS,
+    ActivityReply, ActivityReport, ClaimsKey, ColdStartInfo, Jwks, JwksSettings, JwtLogin,
+    MAX_REPORTED_ENDPOINTS, REPORT_INTERVAL_MS,
 };
 use wake_api::split_pooler;
 
 use crate::compute::{ComputeDriver, ComputeError, ComputeSpec, Health, PoolerRole, StopMode};
+use crate::jwt;
 use crate::metrics::{self, Metrics};
 use crate::roles;
 use crate::store::{
-    EndpointChanges, EndpointRow, GatewayActivity, NewEndpoint, Operation, RoleRow, Store,
-    StoreError, Transition,
+    EndpointChanges, EndpointRow, GatewayActivity, NewEndpoint, NewJwksRule, Operation, RoleRow,
+    Store, StoreError, Transition,
 };
 
 /// Largest suspend timeout (Neon's: one week). -1 means never; 0 means the default.
@@ -52,11 +54,16 @@ pub enum LifecycleError {
     NotFound(String),
     #[error("role '{role}' does not exist on endpoint '{endpoint}'")]
     RoleNotFound { endpoint: String, role: String },
+    #[error("JWKS rule '{rule}' does not exist on endpoint '{endpoint}'")]
+    RuleNotFound { endpoint: String, rule: String },
     #[error("{0}")]
     Conflict(String),
     /// The request is well-formed JSON but its values are not acceptable.
     #[error("{0}")]
     Invalid(String),
+    /// A JWKS rule that breaks the rules for rules (400, with what to fix).
+    #[error("{0}")]
+    BadRule(String),
     /// Another operation on the endpoint did not finish in time.
     #[error("endpoint '{0}' is busy with another operation; try again")]
     Busy(String),
@@ -384,17 +391,10 @@ impl Computes {
             patch.max_cu.or(Some(row.max_cu)),
             (row.min_cu, row.max_cu),
         )?;
-        let jwks = patch
-            .jwks
-            .as_ref()
-            .map(serde_json::to_value)
-            .transpose()
-            .map_err(|e| LifecycleError::Invalid(e.to_string()))?;
         let changes = EndpointChanges {
             suspend_timeout_seconds: suspend,
             min_cu: Some(min_cu),
             max_cu: Some(max_cu),
-            jwks,
         };
         self.store
             .update_settings(id, &changes)
@@ -756,17 +756,22 @@ impl Computes {
     /// only logged: the suspend goes on.
     async fn reset_drifted_passwords(&self, client: &tokio_postgres::Client, id: &str) {
         let outcome = async {
-            let roles: Vec<RoleRow> = self
+            // API roles and JWT roles alike (a JWT role may change its own password too).
+            let mut roles: Vec<(String, String)> = self
                 .store
                 .role_rows(id)
                 .await?
                 .into_iter()
                 .filter(|r| r.pending.is_none())
+                .map(|r| (r.name, r.secret))
                 .collect();
+            if let Some(material) = self.store.jwt_material(id).await? {
+                roles.extend(material.roles.into_iter().map(|r| (r.name, r.secret)));
+            }
             if roles.is_empty() {
                 return Ok::<_, LifecycleError>(());
             }
-            let names: Vec<&str> = roles.iter().map(|r| r.name.as_str()).collect();
+            let names: Vec<&str> = roles.iter().map(|r| r.0.as_str()).collect();
             let rows = client
                 .query(
                     "SELECT rolname::text, rolpassword FROM pg_catalog.pg_authid
@@ -779,12 +784,12 @@ impl Computes {
                 let name: String = row.try_get(0).map_err(|e| compute_error(id)(e.into()))?;
                 let current: Option<String> =
                     row.try_get(1).map_err(|e| compute_error(id)(e.into()))?;
-                let Some(role) = roles.iter().find(|r| r.name == name) else {
+                let Some((_, secret)) = roles.iter().find(|r| r.0 == name) else {
                     continue;
                 };
-                if current.as_deref() != Some(role.secret.as_str()) {
+                if current.as_deref() != Some(secret.as_str()) {
                     client
-                        .batch_execute(&roles::set_password(&name, &role.secret))
+                        .batch_execute(&roles::set_password(&name, secret))
                         .await
                         .map_err(|e| compute_error(id)(e.into()))?;
                     tracing::info!(endpoint = id, role = %name, "a password set in SQL was reset to the API's");
@@ -857,11 +862,22 @@ impl Computes {
         name: &str,
         password: &str,
     ) -> Result<time::OffsetDateTime, LifecycleError> {
-        if !names::valid_object_name(name) {
+        if !names::valid_object_name(name) || name == jwt::OWNER {
             return Err(invalid_name("role", name));
         }
         let secret = scram_secret(password)?;
         let (_guard, row) = self.lock_running(id).await?;
+        if self
+            .store
+            .jwt_role_names(id)
+            .await?
+            .iter()
+            .any(|r| r == name)
+        {
+            return Err(LifecycleError::Conflict(format!(
+                "'{name}' is a JWT role of endpoint '{id}' (named by its JWKS rules); it cannot be an API role"
+            )));
+        }
         let ours = match self.store.role_row(id, name).await? {
             // A create of ours that failed or was cut short: finish it with this password.
             Some(existing) if existing.pending.as_deref() == Some("create") => true,
@@ -1124,11 +1140,12 @@ impl Computes {
                 self.store.finish_role(id, &role.name).await?;
             }
         }
+        self.prepare_jwt(&spec).await?;
         self.sync_pooler(&spec).await?;
         self.store.set_sync_needed(id, false).await?;
         tracing::info!(
             endpoint = id,
-            "compute synced with the store (roles, security baseline)"
+            "compute synced with the store (roles, security baseline, JWT logins)"
         );
         Ok(())
     }
@@ -1154,6 +1171,140 @@ impl Computes {
             }
             tokio::time::sleep(ROLE_CHANGE_POLL).await;
         }
+    }
+
+    /// Adds a JWKS rule (`POST /v1/endpoints/{id}/jwks`): checked, recorded with the login
+    /// material the endpoint does not have yet (its claims key, a login per new JWT role) and
+    /// `sync_needed`, then the compute is woken and prepared (see [`jwt`]) before this
+    /// returns. A preparation that fails forgets the rule again (the answer is an error); a
+    /// crash before the answer leaves the rule, and its preparation to the next sync (until
+    /// then logins as its roles fail: closed).
+    pub async fn create_jwks(
+        &self,
+        id: &str,
+        request: &CreateJwks,
+    ) -> Result<JwksSettings, LifecycleError> {
+        let rule = jwt::rule(request, jwt::new_rule_id()).map_err(LifecycleError::BadRule)?;
+        let (_guard, row) = self.lock_running(id).await?;
+        if self.store.jwks_rules(id).await?.len() >= jwt::MAX_RULES {
+            return Err(LifecycleError::Conflict(format!(
+                "endpoint '{id}' has {} JWKS rules already, the most it may have",
+                jwt::MAX_RULES
+            )));
+        }
+        let api_roles = self.store.role_rows(id).await?;
+        if let Some(taken) = rule
+            .role_names
+            .iter()
+            .find(|n| api_roles.iter().any(|r| &r.name == *n))
+        {
+            return Err(LifecycleError::Conflict(format!(
+                "'{taken}' is an API role of endpoint '{id}'; a JWT role must be another role (JWT roles have no password login)"
+            )));
+        }
+        let have = self.store.jwt_role_names(id).await?;
+        let roles = rule
+            .role_names
+            .iter()
+            .filter(|n| !have.contains(n))
+            .map(|n| jwt::RoleLogin::generate(n))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| LifecycleError::Invalid(e.to_string()))?;
+        let new = NewJwksRule {
+            rule: &rule,
+            key: jwt::generate_key(),
+            roles,
+        };
+        self.store.insert_jwks_rule(id, &new).await?;
+        if let Err(e) = self.sync(&row).await {
+            // Not acknowledged, so not kept: a retry must not leave two rules. The material
+            // and `sync_needed` stay (preparing the compute with them again is harmless).
+            if let Err(undo) = self.store.delete_jwks_rule(id, &rule.id).await {
+                tracing::warn!(endpoint = id, rule = %rule.id, error = %undo, "could not forget a rule whose preparation failed");
+            }
+            return Err(e);
+        }
+        tracing::info!(endpoint = id, rule = %rule.id, roles = ?rule.role_names, "JWKS rule added");
+        Ok(rule)
+    }
+
+    /// The endpoint's JWKS rules, oldest first.
+    pub async fn jwks_rules(&self, id: &str) -> Result<Vec<JwksSettings>, LifecycleError> {
+        self.row(id).await?;
+        Ok(self.store.jwks_rules(id).await?)
+    }
+
+    /// Removes a rule. Its roles and the endpoint's key stay (in the store and in Postgres):
+    /// a role no rule names is not served to gateways, and its name stays reserved.
+    pub async fn delete_jwks(&self, id: &str, rule: &str) -> Result<(), LifecycleError> {
+        self.row(id).await?;
+        let _guard = self.lock(id).await?;
+        if !self.store.delete_jwks_rule(id, rule).await? {
+            return Err(LifecycleError::RuleNotFound {
+                endpoint: id.to_owned(),
+                rule: rule.to_owned(),
+            });
+        }
+        tracing::info!(endpoint = id, rule, "JWKS rule deleted");
+        Ok(())
+    }
+
+    /// What the proxy API serves at `.../jwks`: the rules and, when there are any, the login
+    /// material of the roles they name.
+    pub async fn proxy_jwks(&self, id: &str) -> Result<Jwks, LifecycleError> {
+        self.row(id).await?;
+        let rules = self.store.jwks_rules(id).await?;
+        if rules.is_empty() {
+            return Ok(Jwks::default());
+        }
+        let jwt_login = self.store.jwt_material(id).await?.map(|m| JwtLogin {
+            claims_key: ClaimsKey {
+                kid: m.kid,
+                key: jwt::hex(&m.key),
+            },
+            roles: m
+                .roles
+                .iter()
+                .filter(|r| rules.iter().any(|rule| rule.role_names.contains(&r.name)))
+                .map(jwt::RoleLogin::to_wire)
+                .collect(),
+        });
+        Ok(Jwks {
+            jwks: rules,
+            jwt_login,
+        })
+    }
+
+    /// Prepares the running compute for JWT logins when the endpoint has login material: the
+    /// roles once ([`jwt::cluster_sql`]), then every database that allows connections.
+    async fn prepare_jwt(&self, spec: &ComputeSpec) -> Result<(), LifecycleError> {
+        let Some(material) = self.store.jwt_material(&spec.endpoint).await? else {
+            return Ok(());
+        };
+        let compute = compute_error(&spec.endpoint);
+        let pg = |e: tokio_postgres::Error| compute(e.into());
+        let client = self.driver.admin(spec).await.map_err(compute)?;
+        client
+            .batch_execute(&jwt::cluster_sql(&material.roles))
+            .await
+            .map_err(pg)?;
+        let (ipad, opad) = jwt::pads(&material.key);
+        let grants = jwt::database_grants(&material.roles);
+        for database in client.query(roles::DATABASES, &[]).await.map_err(pg)? {
+            let name: String = database.try_get(0).map_err(pg)?;
+            let there = self
+                .driver
+                .admin_database(spec, &name)
+                .await
+                .map_err(compute)?;
+            there.batch_execute(jwt::DATABASE_SQL).await.map_err(pg)?;
+            there.batch_execute(&grants).await.map_err(pg)?;
+            there
+                .execute(jwt::UPSERT_KEY, &[&material.kid, &ipad, &opad])
+                .await
+                .map_err(pg)?;
+        }
+        Ok(())
     }
 
     /// Creates a database owned by one of the endpoint's roles.
@@ -1183,6 +1334,11 @@ impl Computes {
                 "database '{name}' already exists on endpoint '{id}'"
             )));
         }
+        // A crash after the CREATE leaves the sync to prepare the database for JWT logins.
+        let jwt = self.store.jwt_material(id).await?.is_some();
+        if jwt {
+            self.store.set_sync_needed(id, true).await?;
+        }
         let compute = compute_error(id);
         let client = self
             .driver
@@ -1200,11 +1356,17 @@ impl Computes {
             }
         }
         match self.store.insert_database(id, name, owner).await {
-            Err(StoreError::Conflict) => Err(LifecycleError::Conflict(format!(
-                "database '{name}' already exists on endpoint '{id}'"
-            ))),
-            other => Ok(other?),
+            Err(StoreError::Conflict) => {
+                return Err(LifecycleError::Conflict(format!(
+                    "database '{name}' already exists on endpoint '{id}'"
+                )))
+            }
+            other => other?,
         }
+        if jwt {
+            self.sync(&row).await?;
+        }
+        Ok(())
     }
 
     /// After a start (or a crash): finishes or rolls back what the store says was in

@@ -13,6 +13,9 @@ use time::OffsetDateTime;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{NoTls, Row};
 use wake_api::admin::{ComputeEvent, Database, EndpointState};
+use wake_api::proxy::JwksSettings;
+
+use crate::jwt::RoleLogin;
 
 /// The migrations, in order. A version is never edited once released; add a new one.
 const MIGRATIONS: &[(i32, &str, &str)] = &[
@@ -27,6 +30,7 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "isolation",
         include_str!("../migrations/0003_isolation.sql"),
     ),
+    (4, "jwt", include_str!("../migrations/0004_jwt.sql")),
 ];
 
 /// How long the ports of a deleted endpoint are not given to another one: longer than a
@@ -123,7 +127,6 @@ pub struct EndpointRow {
     pub min_cu: f64,
     pub max_cu: f64,
     pub current_cu: f64,
-    pub jwks: serde_json::Value,
     pub failure: Option<String>,
     pub created_at: OffsetDateTime,
     pub updated_at: OffsetDateTime,
@@ -156,7 +159,6 @@ impl EndpointRow {
             min_cu: row.try_get("min_cu")?,
             max_cu: row.try_get("max_cu")?,
             current_cu: row.try_get("current_cu")?,
-            jwks: row.try_get("jwks")?,
             failure: row.try_get("failure")?,
             created_at: row.try_get("created_at")?,
             updated_at: row.try_get("updated_at")?,
@@ -236,7 +238,6 @@ pub struct EndpointChanges {
     pub suspend_timeout_seconds: Option<i64>,
     pub min_cu: Option<f64>,
     pub max_cu: Option<f64>,
-    pub jwks: Option<serde_json::Value>,
 }
 
 #[derive(Clone)]
@@ -549,7 +550,6 @@ impl Store {
                     min_cu = COALESCE($3, min_cu),
                     max_cu = COALESCE($4, max_cu),
                     current_cu = LEAST(GREATEST(current_cu, COALESCE($3, min_cu)), COALESCE($4, max_cu)),
-                    jwks = COALESCE($5, jwks),
                     updated_at = now()
                  WHERE id = $1 RETURNING *",
                 &[
@@ -557,7 +557,6 @@ impl Store {
                     &changes.suspend_timeout_seconds,
                     &changes.min_cu,
                     &changes.max_cu,
-                    &changes.jwks,
                 ],
             )
             .await?
@@ -985,6 +984,155 @@ impl Store {
         let client = self.pool.get().await?;
         client.execute("SELECT 1", &[]).await?;
         Ok(())
+    }
+}
+
+/// An endpoint's JWT login material as recorded (see [`crate::jwt`]).
+#[derive(Clone)]
+pub struct JwtMaterial {
+    pub kid: i32,
+    /// The claims key (32 bytes).
+    pub key: Vec<u8>,
+    pub roles: Vec<RoleLogin>,
+}
+
+impl std::fmt::Debug for JwtMaterial {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JwtMaterial")
+            .field("kid", &self.kid)
+            .field("roles", &self.roles)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A rule to record with the material it needs (made by the caller, kept only where the
+/// endpoint has none yet).
+pub struct NewJwksRule<'a> {
+    pub rule: &'a JwksSettings,
+    /// The endpoint's claims key, if it has none.
+    pub key: Vec<u8>,
+    /// Logins for the rule's roles; those the endpoint has already are kept as they are.
+    pub roles: Vec<RoleLogin>,
+}
+
+/// JWKS rules and JWT login material.
+impl Store {
+    /// The endpoint's rules, oldest first.
+    pub async fn jwks_rules(&self, endpoint: &str) -> Result<Vec<JwksSettings>, StoreError> {
+        let client = self.pool.get().await?;
+        client
+            .query(
+                "SELECT settings FROM jwks_rules WHERE endpoint_id = $1 ORDER BY position",
+                &[&endpoint],
+            )
+            .await?
+            .iter()
+            .map(|r| {
+                let value: serde_json::Value = r.try_get(0)?;
+                serde_json::from_value(value).map_err(|e| StoreError::Build(e.to_string()))
+            })
+            .collect()
+    }
+
+    /// Records a rule, and the material the endpoint does not have yet, and marks the
+    /// endpoint for a sync (which prepares its compute), in one transaction.
+    pub async fn insert_jwks_rule(
+        &self,
+        endpoint: &str,
+        new: &NewJwksRule<'_>,
+    ) -> Result<(), StoreError> {
+        let settings =
+            serde_json::to_value(new.rule).map_err(|e| StoreError::Build(e.to_string()))?;
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        tx.execute(
+            "INSERT INTO jwt_keys (endpoint_id, kid, key) VALUES ($1, $2, $3)
+             ON CONFLICT DO NOTHING",
+            &[&endpoint, &crate::jwt::FIRST_KID, &new.key],
+        )
+        .await?;
+        for role in &new.roles {
+            tx.execute(
+                "INSERT INTO jwt_roles (endpoint_id, name, secret, client_key)
+                 VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+                &[&endpoint, &role.name, &role.secret, &role.client_key],
+            )
+            .await?;
+        }
+        tx.execute(
+            "INSERT INTO jwks_rules (endpoint_id, id, settings) VALUES ($1, $2, $3)",
+            &[&endpoint, &new.rule.id, &settings],
+        )
+        .await
+        .map_err(StoreError::from_db)?;
+        tx.execute(
+            "UPDATE endpoints SET sync_needed = true, updated_at = now() WHERE id = $1",
+            &[&endpoint],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Forgets a rule; false when the endpoint has none of that id. The material stays.
+    pub async fn delete_jwks_rule(&self, endpoint: &str, id: &str) -> Result<bool, StoreError> {
+        let client = self.pool.get().await?;
+        let deleted = client
+            .execute(
+                "DELETE FROM jwks_rules WHERE endpoint_id = $1 AND id = $2",
+                &[&endpoint, &id],
+            )
+            .await?;
+        Ok(deleted == 1)
+    }
+
+    /// The names of the endpoint's JWT roles (also those no rule names any more).
+    pub async fn jwt_role_names(&self, endpoint: &str) -> Result<Vec<String>, StoreError> {
+        let client = self.pool.get().await?;
+        client
+            .query(
+                "SELECT name FROM jwt_roles WHERE endpoint_id = $1 ORDER BY name",
+                &[&endpoint],
+            )
+            .await?
+            .iter()
+            .map(|r| r.try_get(0).map_err(StoreError::from))
+            .collect()
+    }
+
+    /// The endpoint's claims key and JWT role logins; `None` before its first rule.
+    pub async fn jwt_material(&self, endpoint: &str) -> Result<Option<JwtMaterial>, StoreError> {
+        let client = self.pool.get().await?;
+        let Some(key) = client
+            .query_opt(
+                "SELECT kid, key FROM jwt_keys WHERE endpoint_id = $1 ORDER BY kid DESC LIMIT 1",
+                &[&endpoint],
+            )
+            .await?
+        else {
+            return Ok(None);
+        };
+        let roles = client
+            .query(
+                "SELECT name, secret, client_key FROM jwt_roles WHERE endpoint_id = $1
+                 ORDER BY name",
+                &[&endpoint],
+            )
+            .await?
+            .iter()
+            .map(|r| {
+                Ok(RoleLogin {
+                    name: r.try_get(0)?,
+                    secret: r.try_get(1)?,
+                    client_key: r.try_get(2)?,
+                })
+            })
+            .collect::<Result<_, StoreError>>()?;
+        Ok(Some(JwtMaterial {
+            kid: key.try_get(0)?,
+            key: key.try_get(1)?,
+            roles,
+        }))
     }
 }
 

@@ -95,9 +95,6 @@ pub struct PatchEndpoint {
     pub min_cu: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_cu: Option<f64>,
-    /// Replaces the endpoint's JWKS rules (served to the gateway at `.../jwks`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub jwks: Option<Vec<crate::proxy::JwksSettings>>,
 }
 
 /// `POST /v1/endpoints/{id}/roles`. The password is hashed (SCRAM-SHA-256) by the wake
@@ -145,6 +142,35 @@ pub struct Role {
 pub struct CreateDatabase {
     pub name: String,
     pub owner: String,
+}
+
+/// `POST /v1/endpoints/{id}/jwks`: a JWKS rule. Exactly one of `jwks_url` and `jwks`;
+/// `role_names` defaults to `["authenticated", "anonymous"]`, `algorithms` to
+/// [`crate::proxy::DEFAULT_JWT_ALGORITHMS`]. The answer (201) is the rule as the proxy API
+/// serves it ([`crate::proxy::JwksSettings`]).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateJwks {
+    pub provider_name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks_url: Option<String>,
+    /// An inline key set (`{"keys": [...]}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwt_audience: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwt_issuer: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub algorithms: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role_names: Option<Vec<String>>,
+}
+
+/// `GET /v1/endpoints/{id}/jwks`: the endpoint's rules, oldest first.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JwksList {
+    pub jwks: Vec<crate::proxy::JwksSettings>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -212,6 +238,20 @@ mod tests {
         assert_eq!(body.suspend_timeout_seconds, Some(-1));
         assert!(serde_json::from_str::<CreateEndpoint>(r#"{"id":"db","bogus":1}"#).is_err());
         assert!(serde_json::from_str::<CreateEndpoint>(r#"{}"#).is_err());
+    }
+
+    #[test]
+    fn create_jwks_golden() {
+        let json = r#"{"provider_name":"clerk","jwks_url":"https://x/.well-known/jwks.json","role_names":["authenticated"]}"#;
+        let body: CreateJwks = serde_json::from_str(json).expect("parse");
+        assert_eq!(
+            body.role_names.as_deref(),
+            Some(&["authenticated".to_owned()][..])
+        );
+        assert_eq!(serde_json::to_string(&body).expect("serialize"), json);
+        assert!(serde_json::from_str::<CreateJwks>(r#"{"provider_name":"x","bogus":1}"#).is_err());
+        let patch = r#"{"jwks":[]}"#;
+        assert!(serde_json::from_str::<PatchEndpoint>(patch).is_err());
     }
 
     #[test]

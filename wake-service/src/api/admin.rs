@@ -5,12 +5,12 @@ use std::sync::Arc;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, patch, post};
+use axum::routing::{delete, get, patch, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use wake_api::admin::{
-    ComputeEvent, CreateDatabase, CreateEndpoint, CreateRole, Database, Endpoint, PatchEndpoint,
-    PatchRole, Role,
+    ComputeEvent, CreateDatabase, CreateEndpoint, CreateJwks, CreateRole, Database, Endpoint,
+    JwksList, PatchEndpoint, PatchRole, Role,
 };
 
 use super::{ApiError, ApiJson, Service};
@@ -27,6 +27,8 @@ pub fn routes() -> Router<Arc<Service>> {
             patch(update_role).delete(delete_role),
         )
         .route("/v1/endpoints/{id}/databases", post(create_database))
+        .route("/v1/endpoints/{id}/jwks", get(list_jwks).post(create_jwks))
+        .route("/v1/endpoints/{id}/jwks/{jwks_id}", delete(delete_jwks))
         .route("/v1/endpoints/{id}/wake", post(wake))
         .route("/v1/endpoints/{id}/suspend", post(suspend))
         .route("/v1/endpoints/{id}/events", get(events))
@@ -201,6 +203,35 @@ async fn create_database(
         owner: request.owner,
     };
     Ok((StatusCode::CREATED, Json(database)).into_response())
+}
+
+/// `POST /v1/endpoints/{id}/jwks`: 201 with the rule once the compute is prepared for it.
+async fn create_jwks(
+    State(service): State<Arc<Service>>,
+    Path(id): Path<String>,
+    ApiJson(request): ApiJson<CreateJwks>,
+) -> Result<Response, ApiError> {
+    let rule = detached(&service, move |service| async move {
+        service.computes.create_jwks(&id, &request).await
+    })
+    .await?;
+    Ok((StatusCode::CREATED, Json(rule)).into_response())
+}
+
+async fn list_jwks(
+    State(service): State<Arc<Service>>,
+    Path(id): Path<String>,
+) -> Result<Json<JwksList>, ApiError> {
+    let jwks = service.computes.jwks_rules(&id).await?;
+    Ok(Json(JwksList { jwks }))
+}
+
+async fn delete_jwks(
+    State(service): State<Arc<Service>>,
+    Path((id, rule)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    service.computes.delete_jwks(&id, &rule).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 async fn wake(

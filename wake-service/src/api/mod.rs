@@ -161,10 +161,11 @@ pub enum ApiError {
 impl From<LifecycleError> for ApiError {
     fn from(e: LifecycleError) -> Self {
         match e {
-            LifecycleError::NotFound(_) | LifecycleError::RoleNotFound { .. } => {
-                ApiError::NotFound(e.to_string())
-            }
+            LifecycleError::NotFound(_)
+            | LifecycleError::RoleNotFound { .. }
+            | LifecycleError::RuleNotFound { .. } => ApiError::NotFound(e.to_string()),
             LifecycleError::Conflict(m) => ApiError::Conflict(m),
+            LifecycleError::BadRule(m) => ApiError::BadRequest(m),
             LifecycleError::Invalid(m) => ApiError::Invalid(m),
             LifecycleError::Busy(_) => ApiError::Unavailable(e.to_string()),
             LifecycleError::Compute { endpoint, source } => {
@@ -232,7 +233,9 @@ impl From<LifecycleError> for ProxyError {
     fn from(e: LifecycleError) -> Self {
         match e {
             LifecycleError::NotFound(_) => ProxyError::EndpointNotFound,
-            LifecycleError::RoleNotFound { .. } => ProxyError::BadRequest(e.to_string()),
+            LifecycleError::RoleNotFound { .. } | LifecycleError::RuleNotFound { .. } => {
+                ProxyError::BadRequest(e.to_string())
+            }
             LifecycleError::Busy(_) => ProxyError::Busy(200),
             LifecycleError::Store(source) => {
                 tracing::error!(error = %source, "state store error");
@@ -242,7 +245,9 @@ impl From<LifecycleError> for ProxyError {
                 tracing::error!(endpoint, error = %source, "compute error");
                 ProxyError::ComputeFailed
             }
-            LifecycleError::Conflict(m) | LifecycleError::Invalid(m) => ProxyError::BadRequest(m),
+            LifecycleError::Conflict(m)
+            | LifecycleError::Invalid(m)
+            | LifecycleError::BadRule(m) => ProxyError::BadRequest(m),
         }
     }
 }

@@ -72,20 +72,29 @@ pub fn spec() -> Value {
                     "suspend_timeout_seconds": {"type": "integer", "description": "-1 never, 0 default (300), up to 604800"},
                     "min_cu": {"type": "number"}, "max_cu": {"type": "number"}}},
                 "PatchEndpoint": {"type": "object", "additionalProperties": false, "properties": {
-                    "suspend_timeout_seconds": {"type": "integer"}, "min_cu": {"type": "number"}, "max_cu": {"type": "number"},
-                    "jwks": {"type": "array", "items": schema("JwksSettings")}}},
+                    "suspend_timeout_seconds": {"type": "integer"}, "min_cu": {"type": "number"}, "max_cu": {"type": "number"}}},
                 "CreateRole": {"type": "object", "required": ["name", "password"], "additionalProperties": false, "properties": {"name": {"type": "string"}, "password": {"type": "string"}}},
                 "PatchRole": {"type": "object", "required": ["password"], "additionalProperties": false, "properties": {"password": {"type": "string"}}},
                 "Role": {"type": "object", "properties": {"name": {"type": "string"}, "created_at": {"type": "string", "format": "date-time"}}},
                 "CreateDatabase": {"type": "object", "required": ["name", "owner"], "additionalProperties": false, "properties": {"name": {"type": "string"}, "owner": {"type": "string"}}},
                 "JwksSettings": {"type": "object", "required": ["id", "jwks_url", "provider_name", "role_names"], "properties": {
-                    "id": {"type": "string"}, "jwks_url": {"type": "string"}, "provider_name": {"type": "string"},
-                    "jwt_audience": {"type": "string", "nullable": true}, "role_names": {"type": "array", "items": {"type": "string"}}}},
+                    "id": {"type": "string"}, "jwks_url": {"type": "string", "description": "empty when the set is inline (jwks)"}, "provider_name": {"type": "string"},
+                    "jwt_audience": {"type": "string", "nullable": true}, "role_names": {"type": "array", "items": {"type": "string"}},
+                    "jwt_issuer": {"type": "string"}, "algorithms": {"type": "array", "items": {"type": "string"}}, "jwks": {"type": "object"}}},
+                "CreateJwks": {"type": "object", "required": ["provider_name"], "additionalProperties": false, "description": "exactly one of jwks_url and jwks", "properties": {
+                    "provider_name": {"type": "string", "minLength": 1, "maxLength": 64},
+                    "jwks_url": {"type": "string", "description": "http(s), with a host; no user info, query or fragment"},
+                    "jwks": {"type": "object", "description": "an inline key set {\"keys\": [...]}, at most 64 KiB"},
+                    "jwt_audience": {"type": "string"}, "jwt_issuer": {"type": "string"},
+                    "algorithms": {"type": "array", "items": {"type": "string", "enum": ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA"]}, "description": "default RS256, ES256, EdDSA"},
+                    "role_names": {"type": "array", "items": {"type": "string"}, "description": "default [\"authenticated\", \"anonymous\"]; not API roles, cloud_admin or pg_*"}}},
+                "JwksList": {"type": "object", "properties": {"jwks": {"type": "array", "items": schema("JwksSettings")}}},
                 "WakeCompute": {"type": "object", "properties": {"address": {"type": "string"}, "server_name": {"type": "string", "nullable": true}, "aux": {"type": "object", "properties": {
                     "endpoint_id": {"type": "string"}, "project_id": {"type": "string"}, "branch_id": {"type": "string"}, "compute_id": {"type": "string"},
                     "cold_start_info": {"type": "string", "enum": ["warm", "pool_hit", "pool_miss", "unknown"]}}}}},
                 "AccessControl": {"type": "object", "properties": {"role_secret": {"type": "string"}, "project_id": {"type": "string", "nullable": true}, "allowed_ips": {"type": "array", "nullable": true, "items": {"type": "string"}}}},
-                "Jwks": {"type": "object", "properties": {"jwks": {"type": "array", "items": schema("JwksSettings")}}},
+                "Jwks": {"type": "object", "properties": {"jwks": {"type": "array", "items": schema("JwksSettings")},
+                    "jwt_login": {"type": "object", "description": "present when there are rules: {claims_key: {kid, key (64 hex)}, roles: [{name, secret (SCRAM verifier), client_key (base64)}]}"}}},
                 "ComputeEvent": {"type": "object", "required": ["at", "kind"], "properties": {
                     "at": {"type": "string", "format": "date-time"}, "kind": {"type": "string"},
                     "from_state": {"type": "string", "nullable": true}, "to_state": {"type": "string", "nullable": true},
@@ -131,6 +140,18 @@ pub fn spec() -> Value {
                 "parameters": id,
                 "post": {"summary": "Create a database", "requestBody": body("CreateDatabase"), "responses": ok("201", "created", schema("Database"), &["400", "401", "404", "409", "422", "503"])}
             },
+            "/v1/endpoints/{id}/jwks": {
+                "parameters": id,
+                "get": {"summary": "The endpoint's JWKS rules, oldest first", "responses": ok("200", "rules", schema("JwksList"), &["401", "404"])},
+                "post": {"summary": "Add a JWKS rule (at most 10); wakes the endpoint and prepares its databases (JWT roles, the auth schema) before answering", "requestBody": body("CreateJwks"), "responses": ok("201", "created", schema("JwksSettings"), &["400", "401", "404", "409", "503"])}
+            },
+            "/v1/endpoints/{id}/jwks/{jwks_id}": {
+                "parameters": [
+                    {"name": "id", "in": "path", "required": true, "schema": {"type": "string"}},
+                    {"name": "jwks_id", "in": "path", "required": true, "schema": {"type": "string"}}
+                ],
+                "delete": {"summary": "Delete a JWKS rule (its roles stay, reserved)", "responses": with(json!({"204": {"description": "deleted"}}), error_responses(&["401", "404"]))}
+            },
             "/v1/endpoints/{id}/wake": {
                 "parameters": id,
                 "post": {"summary": "Start the compute if needed; blocks (bounded) until active", "responses": ok("200", "active", schema("Endpoint"), &["401", "404", "503"])}
@@ -165,7 +186,8 @@ pub fn spec() -> Value {
             },
             "/proxy/api/v1/endpoints/{id}/jwks": {
                 "parameters": id,
-                "get": {"summary": "Neon-compatible: the endpoint's JWKS rules", "responses": {"200": {"description": "rules", "content": {"application/json": {"schema": schema("Jwks")}}}}}
+                "get": {"summary": "Neon-compatible: the endpoint's JWKS rules, and jwt_login (this product's gateways) when it has any", "responses": {"200": {"description": "rules", "content": {"application/json": {"schema": schema("Jwks")}}},
+                                  "404": {"description": "ENDPOINT_NOT_FOUND", "content": {"application/json": {"schema": schema("ControlPlaneError")}}}}}
             },
             "/proxy/api/v1/activity": {
                 "post": {"summary": "A gateway's activity report (open sessions hold the endpoint awake); the reply lists the reported and cached endpoints that are not active", "requestBody": body("ActivityReport"),

@@ -7,12 +7,12 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use wake_api::proxy::{
-    AccessControl, ActivityReply, ActivityReport, Jwks, JwksSettings, MetricsAuxInfo, WakeCompute,
+    AccessControl, ActivityReply, ActivityReport, Jwks, MetricsAuxInfo, WakeCompute,
 };
 use wake_api::split_pooler;
 
 use super::{ProxyError, Service};
-use crate::lifecycle::{LifecycleError, WakeTrigger};
+use crate::lifecycle::WakeTrigger;
 
 pub fn routes() -> Router<Arc<Service>> {
     Router::new()
@@ -94,23 +94,13 @@ async fn access_control(
     }))
 }
 
+/// The endpoint's JWKS rules in Neon's shape, with `jwt_login` when it has any.
 async fn jwks(
     State(service): State<Arc<Service>>,
     Path(endpointish): Path<String>,
 ) -> Result<Json<Jwks>, ProxyError> {
     let (id, _) = split_pooler(&endpointish);
-    let row = service
-        .computes
-        .store()
-        .endpoint(id)
-        .await
-        .map_err(LifecycleError::from)?
-        .ok_or(ProxyError::EndpointNotFound)?;
-    let jwks: Vec<JwksSettings> = serde_json::from_value(row.jwks).unwrap_or_default();
-    Ok(Json(Jwks {
-        jwks,
-        jwt_login: None,
-    }))
+    Ok(Json(service.computes.proxy_jwks(id).await?))
 }
 
 /// `POST /proxy/api/v1/activity`: a gateway's activity report (see [`ActivityReport`] and

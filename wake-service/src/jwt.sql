@@ -1,0 +1,173 @@
+-- JWT claims in SQL (jwt-plan.md decision 3): run as a superuser in every database, after the
+-- cluster part (the role gw_auth_owner exists). Idempotent; stock Postgres 15 only. The
+-- search_path is set first, so that no object a tenant made is resolved by this script.
+
+SET search_path = pg_catalog, pg_temp;
+
+CREATE SCHEMA IF NOT EXISTS gw_auth AUTHORIZATION gw_auth_owner;
+ALTER SCHEMA gw_auth OWNER TO gw_auth_owner;
+REVOKE ALL ON SCHEMA gw_auth FROM PUBLIC;
+CREATE SCHEMA IF NOT EXISTS auth AUTHORIZATION gw_auth_owner;
+ALTER SCHEMA auth OWNER TO gw_auth_owner;
+REVOKE ALL ON SCHEMA auth FROM PUBLIC;
+GRANT USAGE ON SCHEMA auth TO PUBLIC;
+
+-- The claims keys: k_ipad/k_opad = the 32-byte key zero-padded to 64 bytes, XOR 0x36 / 0x5c.
+CREATE TABLE IF NOT EXISTS gw_auth.keys (
+    kid int PRIMARY KEY,
+    k_ipad bytea NOT NULL,
+    k_opad bytea NOT NULL,
+    not_after timestamptz
+);
+ALTER TABLE gw_auth.keys OWNER TO gw_auth_owner;
+REVOKE ALL ON gw_auth.keys FROM PUBLIC;
+
+-- The per-backend anti-replay register: currval() is session-local and non-transactional.
+CREATE UNLOGGED SEQUENCE IF NOT EXISTS gw_auth.reg MINVALUE 0;
+ALTER SEQUENCE gw_auth.reg OWNER TO gw_auth_owner;
+REVOKE ALL ON SEQUENCE gw_auth.reg FROM PUBLIC;
+
+-- auth.begin(env, mac): clears the claims, verifies the envelope (MAC, key, binding to this
+-- backend and role, expiry, counter above the register) and only then sets the claims.
+CREATE OR REPLACE FUNCTION auth.begin(p_env text, p_mac text) RETURNS boolean
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    k gw_auth.keys%ROWTYPE;
+    env jsonb;
+    ctr bigint;
+    cur bigint;
+    my_bs text;
+BEGIN
+    PERFORM set_config('gw_auth.claims', '', false), set_config('gw_auth.mac', '', false);
+    IF p_env IS NULL OR p_mac IS NULL OR p_mac !~ '^v1\.[0-9]{1,9}\.[0-9a-f]{64}$' THEN
+        RETURN false;
+    END IF;
+    SELECT * INTO k FROM gw_auth.keys
+     WHERE kid = split_part(p_mac, '.', 2)::int
+       AND (not_after IS NULL OR not_after > statement_timestamp());
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    IF sha256(sha256(k.k_opad || sha256(k.k_ipad || convert_to(p_env, 'UTF8'))))
+       <> sha256(decode(split_part(p_mac, '.', 3), 'hex')) THEN
+        RETURN false;
+    END IF;
+    env := p_env::jsonb;
+    SELECT (extract(epoch FROM a.backend_start) * 1000000)::bigint::text INTO my_bs
+      FROM pg_stat_get_activity(pg_backend_pid()) a;
+    IF jsonb_typeof(env) IS DISTINCT FROM 'object'
+       OR env ->> 'v' IS DISTINCT FROM '1'
+       OR env ->> 'pid' IS DISTINCT FROM pg_backend_pid()::text
+       OR my_bs IS NULL OR env ->> 'bs' IS DISTINCT FROM my_bs
+       OR env ->> 'role' IS DISTINCT FROM session_user::text
+       OR coalesce(env ->> 'exp', '') !~ '^[0-9]{1,12}$'
+       OR (env ->> 'exp')::bigint <= extract(epoch FROM statement_timestamp())
+       OR coalesce(env ->> 'ctr', '') !~ '^[0-9]{1,18}$' THEN
+        RETURN false;
+    END IF;
+    ctr := (env ->> 'ctr')::bigint;
+    BEGIN
+        cur := currval('gw_auth.reg');
+    EXCEPTION WHEN object_not_in_prerequisite_state THEN
+        cur := NULL; -- never set in this session (or DISCARD SEQUENCES ran)
+    END;
+    IF (cur IS NULL AND ctr <> 1) OR (cur IS NOT NULL AND ctr <= cur) THEN
+        RETURN false;
+    END IF;
+    PERFORM setval('gw_auth.reg', ctr);
+    PERFORM set_config('gw_auth.claims', p_env, false), set_config('gw_auth.mac', p_mac, false);
+    RETURN true;
+END
+$fn$;
+ALTER FUNCTION auth.begin(text, text) OWNER TO gw_auth_owner;
+
+-- auth.session(): the claims of the envelope auth.begin accepted last in this session, or
+-- NULL. The same checks, plus ctr = the register; no EXCEPTION block (parallel plans).
+CREATE OR REPLACE FUNCTION auth.session() RETURNS jsonb
+LANGUAGE plpgsql STABLE SECURITY DEFINER PARALLEL RESTRICTED
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    env_txt text := current_setting('gw_auth.claims', true);
+    mac_txt text := current_setting('gw_auth.mac', true);
+    k gw_auth.keys%ROWTYPE;
+    env jsonb;
+    my_bs text;
+BEGIN
+    IF env_txt IS NULL OR env_txt = '' OR mac_txt IS NULL
+       OR mac_txt !~ '^v1\.[0-9]{1,9}\.[0-9a-f]{64}$' THEN
+        RETURN NULL;
+    END IF;
+    SELECT * INTO k FROM gw_auth.keys
+     WHERE kid = split_part(mac_txt, '.', 2)::int
+       AND (not_after IS NULL OR not_after > statement_timestamp());
+    IF NOT FOUND THEN
+        RETURN NULL;
+    END IF;
+    IF sha256(sha256(k.k_opad || sha256(k.k_ipad || convert_to(env_txt, 'UTF8'))))
+       <> sha256(decode(split_part(mac_txt, '.', 3), 'hex')) THEN
+        RETURN NULL;
+    END IF;
+    env := env_txt::jsonb;
+    SELECT (extract(epoch FROM a.backend_start) * 1000000)::bigint::text INTO my_bs
+      FROM pg_stat_get_activity(pg_backend_pid()) a;
+    IF jsonb_typeof(env) IS DISTINCT FROM 'object'
+       OR env ->> 'v' IS DISTINCT FROM '1'
+       OR env ->> 'pid' IS DISTINCT FROM pg_backend_pid()::text
+       OR my_bs IS NULL OR env ->> 'bs' IS DISTINCT FROM my_bs
+       OR env ->> 'role' IS DISTINCT FROM session_user::text
+       OR coalesce(env ->> 'exp', '') !~ '^[0-9]{1,12}$'
+       OR (env ->> 'exp')::bigint <= extract(epoch FROM statement_timestamp())
+       OR env ->> 'ctr' IS DISTINCT FROM currval('gw_auth.reg')::text THEN
+        RETURN NULL;
+    END IF;
+    RETURN nullif(env -> 'claims', 'null'::jsonb);
+END
+$fn$;
+ALTER FUNCTION auth.session() OWNER TO gw_auth_owner;
+
+CREATE OR REPLACE FUNCTION auth.jwt() RETURNS jsonb
+LANGUAGE plpgsql STABLE PARALLEL RESTRICTED
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+BEGIN
+    RETURN auth.session();
+END
+$fn$;
+ALTER FUNCTION auth.jwt() OWNER TO gw_auth_owner;
+
+CREATE OR REPLACE FUNCTION auth.user_id() RETURNS text
+LANGUAGE plpgsql STABLE PARALLEL RESTRICTED
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+BEGIN
+    RETURN auth.session() ->> 'sub';
+END
+$fn$;
+ALTER FUNCTION auth.user_id() OWNER TO gw_auth_owner;
+
+CREATE OR REPLACE FUNCTION auth.uid() RETURNS uuid
+LANGUAGE plpgsql STABLE PARALLEL RESTRICTED
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    sub text := auth.session() ->> 'sub';
+BEGIN
+    IF sub ~ '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$' THEN
+        RETURN sub::uuid;
+    END IF;
+    RETURN NULL;
+END
+$fn$;
+ALTER FUNCTION auth.uid() OWNER TO gw_auth_owner;
+
+GRANT EXECUTE ON FUNCTION auth.session(), auth.jwt(), auth.user_id(), auth.uid() TO PUBLIC;
+
+-- Hygiene: sessions of one role must not cancel or end each other's (API roles keep it
+-- through pg_signal_backend; JWT roles are members of nothing).
+REVOKE EXECUTE ON FUNCTION pg_catalog.pg_cancel_backend(int) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION pg_catalog.pg_terminate_backend(int, bigint) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION pg_catalog.pg_cancel_backend(int) TO pg_signal_backend;
+GRANT EXECUTE ON FUNCTION pg_catalog.pg_terminate_backend(int, bigint) TO pg_signal_backend;

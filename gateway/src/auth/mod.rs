@@ -43,6 +43,8 @@
 //! kinds at once ([`PasswordCache::forget_all`] everything, when the gateway cannot know what
 //! changed).
 
+pub mod jwt;
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;

@@ -42,9 +42,19 @@ struct State {
     keys: Option<Arc<KeySet>>,
     /// When `keys` was fetched.
     fetched: Option<Instant>,
-    /// When the last fetch started, and how many have.
+    /// When the last fetch started.
     attempted: Option<Instant>,
-    attempts: u64,
+    /// How many fetches ended (the generation a caller saw, so it can tell whether a fetch
+    /// ended while it waited for the lock).
+    done: u64,
+}
+
+/// A rule's keys as a caller saw them.
+#[derive(Clone)]
+pub(super) struct Seen {
+    /// `None` when no fetch ever succeeded.
+    pub keys: Option<Arc<KeySet>>,
+    done: u64,
 }
 
 struct Entry {
@@ -107,6 +117,16 @@ impl FetchError {
     }
 }
 
+impl Seen {
+    /// An inline set: nothing to fetch.
+    pub(super) fn inline(keys: Arc<KeySet>) -> Seen {
+        Seen {
+            keys: Some(keys),
+            done: 0,
+        }
+    }
+}
+
 /// The fetcher and its cache.
 pub(super) struct Jwks {
     inner: Arc<Fetcher>,
@@ -163,13 +183,8 @@ impl Jwks {
     }
 
     /// The rule's keys, fetched first when there are none yet or they are older than
-    /// `max_age`; `None` when no fetch ever succeeded.
-    pub(super) async fn keys(
-        &self,
-        endpoint: &EndpointId,
-        rule: &str,
-        url: &Url,
-    ) -> Option<Arc<KeySet>> {
+    /// `max_age`.
+    pub(super) async fn keys(&self, endpoint: &EndpointId, rule: &str, url: &Url) -> Seen {
         let entry = self.entry(endpoint, rule, url).await;
         let state = entry.state();
         let config = &self.inner.config;
@@ -180,28 +195,29 @@ impl Jwks {
                 if age >= config.refresh_after {
                     self.refresh_in_background(&entry);
                 }
-                state.keys
+                Seen {
+                    keys: state.keys,
+                    done: state.done,
+                }
             }
             _ => {
                 self.inner.lookups.inc(JwksCache::Miss);
-                self.inner.fetch_once(&entry, state.attempts).await;
-                entry.state().keys
+                self.inner.fetch_once(&entry, state.done).await
             }
         }
     }
 
-    /// The rule's keys after fetching them again (within the rate limit): a token named a
-    /// `kid` the cached set does not have.
+    /// The rule's keys after fetching them again (within the rate limit), unless a fetch
+    /// ended since `seen`: a token named a `kid` the set it saw does not have.
     pub(super) async fn refetch(
         &self,
         endpoint: &EndpointId,
         rule: &str,
         url: &Url,
-    ) -> Option<Arc<KeySet>> {
+        seen: &Seen,
+    ) -> Seen {
         let entry = self.entry(endpoint, rule, url).await;
-        let attempts = entry.state().attempts;
-        self.inner.fetch_once(&entry, attempts).await;
-        entry.state().keys
+        self.inner.fetch_once(&entry, seen.done).await
     }
 
     /// Starts a refresh unless one is running (or the last attempt is too recent).
@@ -231,23 +247,24 @@ impl Fetcher {
             .is_none_or(|at| at.elapsed() >= self.config.min_refetch)
     }
 
-    /// Fetches the entry's set unless a fetch started since the caller saw `seen` attempts
-    /// (it waited for that one) or the rate limit forbids it.
-    async fn fetch_once(&self, entry: &Entry, seen: u64) {
+    /// Fetches the entry's set unless a fetch ended since the caller saw `done` of them (it
+    /// waited for that one) or the rate limit forbids it; the keys after.
+    async fn fetch_once(&self, entry: &Entry, done: u64) -> Seen {
         let _fetching = entry.fetching.lock().await;
         let state = entry.state();
-        if state.attempts != seen || !self.may_fetch(&state) {
-            return;
+        if state.done == done && self.may_fetch(&state) {
+            self.fetch(entry).await;
         }
-        self.fetch(entry).await;
+        let state = entry.state();
+        Seen {
+            keys: state.keys,
+            done: state.done,
+        }
     }
 
     /// One fetch, its outcome recorded in the entry: a new set, or the last good one kept.
     async fn fetch(&self, entry: &Entry) {
-        entry.update(|state| {
-            state.attempted = Some(Instant::now());
-            state.attempts += 1;
-        });
+        entry.update(|state| state.attempted = Some(Instant::now()));
         let host = entry.url.host_str().unwrap_or_default();
         match self.download(&entry.url).await {
             Ok(keys) => {
@@ -256,10 +273,12 @@ impl Fetcher {
                 entry.update(|state| {
                     state.keys = Some(Arc::new(keys));
                     state.fetched = Some(Instant::now());
+                    state.done += 1;
                 });
             }
             Err(error) => {
                 self.fetches.inc(error.outcome());
+                entry.update(|state| state.done += 1);
                 let kept = entry.state().keys.is_some();
                 tracing::warn!(url = %entry.url, %error, kept, "JWKS fetch failed");
             }

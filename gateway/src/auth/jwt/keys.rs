@@ -111,21 +111,20 @@ impl Jwk {
     /// Whether this key verifies `alg`: its type and curve are `alg`'s, and its own `alg`,
     /// if any, is `alg`.
     pub fn suits(&self, alg: Algorithm) -> bool {
-        let family = match (&self.material, alg) {
+        let family = matches!(
+            (&self.material, alg),
             (
                 Material::Rsa { .. },
                 Algorithm::RS256
-                | Algorithm::RS384
-                | Algorithm::RS512
-                | Algorithm::PS256
-                | Algorithm::PS384
-                | Algorithm::PS512,
-            ) => true,
-            (Material::P256(_), Algorithm::ES256)
-            | (Material::P384(_), Algorithm::ES384)
-            | (Material::Ed25519(_), Algorithm::EdDSA) => true,
-            _ => false,
-        };
+                    | Algorithm::RS384
+                    | Algorithm::RS512
+                    | Algorithm::PS256
+                    | Algorithm::PS384
+                    | Algorithm::PS512,
+            ) | (Material::P256(_), Algorithm::ES256)
+                | (Material::P384(_), Algorithm::ES384)
+                | (Material::Ed25519(_), Algorithm::EdDSA)
+        );
         family && self.alg.is_none_or(|own| own == alg)
     }
 

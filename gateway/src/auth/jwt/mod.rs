@@ -32,7 +32,7 @@ use serde_json::{Map, Value};
 use url::{Host, Url};
 use wake_api::proxy::{JwksSettings, DEFAULT_JWT_ALGORITHMS};
 
-use self::jwks::Jwks;
+use self::jwks::{Jwks, Seen};
 use self::keys::{Algorithm, Jwk, KeySet};
 use crate::base::endpoint::EndpointId;
 use crate::base::error::{ErrorKind, ReportableError};
@@ -267,8 +267,9 @@ pub struct JwtValidator {
     validations: Counter<JwtOutcome>,
 }
 
-/// The key sets of the applicable rules, by rule (`None`: never fetched successfully).
-type Sets<'r> = Vec<(&'r JwtRule, Option<Arc<KeySet>>)>;
+/// The key sets of the applicable rules, by rule (`keys` is `None` when no fetch ever
+/// succeeded).
+type Sets<'r> = Vec<(&'r JwtRule, Seen)>;
 
 /// What the applicable sets hold for a token's `kid` and `alg`.
 enum Lookup<'r> {
@@ -360,16 +361,16 @@ impl JwtValidator {
     ) -> Result<(&'r JwtRule, Jwk), JwtError> {
         let mut sets: Sets<'r> = Vec::with_capacity(rules.len());
         for rule in rules {
-            let keys = match &rule.source {
-                JwksSource::Inline(keys) => Some(keys.clone()),
+            let seen = match &rule.source {
+                JwksSource::Inline(keys) => Seen::inline(keys.clone()),
                 JwksSource::Url(url) => self.jwks.keys(endpoint, &rule.id, url).await,
             };
-            sets.push((rule, keys));
+            sets.push((rule, seen));
         }
         if let Lookup::Unknown = lookup(&sets, &token.kid, token.alg) {
-            for (rule, keys) in &mut sets {
+            for (rule, seen) in &mut sets {
                 if let JwksSource::Url(url) = &rule.source {
-                    *keys = self.jwks.refetch(endpoint, &rule.id, url).await;
+                    *seen = self.jwks.refetch(endpoint, &rule.id, url, seen).await;
                 }
             }
         }
@@ -380,7 +381,7 @@ impl JwtValidator {
                 tracing::warn!(%endpoint, kid = token.kid, "two JWKS keys share a kid; refused");
                 Err(JwtError::AmbiguousKey)
             }
-            Lookup::Unknown if sets.iter().all(|(_, keys)| keys.is_none()) => {
+            Lookup::Unknown if sets.iter().all(|(_, seen)| seen.keys.is_none()) => {
                 Err(JwtError::KeysUnavailable)
             }
             Lookup::Unknown => Err(JwtError::UnknownKey),
@@ -391,8 +392,8 @@ impl JwtValidator {
 fn lookup<'r>(sets: &Sets<'r>, kid: &str, alg: Algorithm) -> Lookup<'r> {
     let mut named = false;
     let mut found = None;
-    for (rule, keys) in sets {
-        for key in keys.iter().flat_map(|keys| keys.with_kid(kid)) {
+    for (rule, seen) in sets {
+        for key in seen.keys.iter().flat_map(|keys| keys.with_kid(kid)) {
             named = true;
             if key.suits(alg) {
                 if found.is_some() {

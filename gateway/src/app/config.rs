@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::Parser;
 use wake_api::proxy::REPORT_INTERVAL_MS;
 
+use crate::auth::jwt::JwtConfig;
 use crate::auth::HashingLimits;
 use crate::base::endpoint::EndpointId;
 use crate::base::limits::EndpointLimitsConfig;
@@ -271,6 +272,11 @@ pub struct Args {
     #[arg(long, env = "GATEWAY_REQUIRE_TLS")]
     pub require_tls: bool,
 
+    /// Accept `http://` JWKS URLs whose host is a loopback address (127.0.0.0/8, ::1,
+    /// localhost). For tests only: JWKS URLs must be https otherwise.
+    #[arg(long, env = "GATEWAY_JWKS_ALLOW_HTTP_LOOPBACK")]
+    pub jwks_allow_http_loopback: bool,
+
     /// Seconds SIGTERM waits for in-flight requests before closing them.
     #[arg(long, env = "GATEWAY_SHUTDOWN_TIMEOUT_SECONDS", default_value_t = 30)]
     pub shutdown_timeout_seconds: u64,
@@ -297,6 +303,8 @@ pub struct Config {
     pub http: HttpConfig,
     pub clients: ClientLimits,
     pub endpoint_limits: EndpointLimitsConfig,
+    /// JWT validation and JWKS fetching: Neon's numbers, and `--jwks-allow-http-loopback`.
+    pub jwt: JwtConfig,
     pub shutdown_timeout: Duration,
 }
 
@@ -395,6 +403,10 @@ impl Args {
             endpoint_limits: EndpointLimitsConfig {
                 max_connections: self.max_endpoint_connections,
                 max_rps: (self.max_endpoint_rps > 0).then_some(self.max_endpoint_rps),
+            },
+            jwt: JwtConfig {
+                allow_http_loopback: self.jwks_allow_http_loopback,
+                ..JwtConfig::default()
             },
             shutdown_timeout: Duration::from_secs(self.shutdown_timeout_seconds),
         })
@@ -804,5 +816,14 @@ mod tests {
         assert!(parse(&["--require-tls"])
             .expect_err("no certificate")
             .contains("--tls-cert"));
+    }
+
+    #[test]
+    fn jwt() {
+        let config = parse(&[]).expect("defaults are valid");
+        assert_eq!(config.jwt, JwtConfig::default());
+        assert!(!config.jwt.allow_http_loopback);
+        let config = parse(&["--jwks-allow-http-loopback"]).expect("valid");
+        assert!(config.jwt.allow_http_loopback);
     }
 }

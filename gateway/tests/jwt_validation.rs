@@ -121,6 +121,8 @@ enum Answer {
     Redirect(String),
     /// A body of this many bytes (a valid set padded with a long unknown member).
     Large(usize),
+    /// A chunked body of this many bytes (no content-length).
+    Streamed(usize),
     /// The keys, after this long.
     Slow(Duration, Value),
 }
@@ -156,6 +158,14 @@ async fn jwks(State(server): State<Server>) -> Response {
         Answer::Redirect(to) => (StatusCode::FOUND, [(header::LOCATION, to)]).into_response(),
         Answer::Large(size) => {
             let body = format!(r#"{{"keys":[],"pad":"{}"}}"#, "x".repeat(size));
+            ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+        }
+        Answer::Streamed(size) => {
+            let chunks = std::iter::once(r#"{"keys":[],"pad":""#.to_owned())
+                .chain(std::iter::repeat_n("x".repeat(1024), size / 1024))
+                .chain(std::iter::once(r#""}"#.to_owned()))
+                .map(Ok::<_, std::io::Error>);
+            let body = axum::body::Body::from_stream(futures_util::stream::iter(chunks));
             ([(header::CONTENT_TYPE, "application/json")], body).into_response()
         }
         Answer::Slow(delay, keys) => {
@@ -404,6 +414,22 @@ async fn a_body_over_the_cap_is_refused() {
         Err(JwtError::KeysUnavailable)
     );
     assert_eq!(s.fetches("too_large"), 1);
+    // Without a content-length, the cap applies as the body arrives.
+    let s = setup(vec![], config()).await;
+    s.server.set(Answer::Streamed(1 << 20));
+    assert_eq!(
+        s.check(&key.token("k")).await,
+        Err(JwtError::KeysUnavailable)
+    );
+    assert_eq!(s.fetches("too_large"), 1);
+    // Just under the cap is read (and holds no usable key here).
+    let s = setup(vec![], config()).await;
+    s.server.set(Answer::Streamed(60 * 1024));
+    assert_eq!(
+        s.check(&key.token("k")).await,
+        Err(JwtError::KeysUnavailable)
+    );
+    assert_eq!(s.fetches("invalid"), 1);
 }
 
 #[tokio::test]
@@ -495,6 +521,23 @@ async fn concurrent_misses_share_one_fetch() {
         assert_eq!(check.expect("task"), Err(JwtError::UnknownKey));
     }
     assert_eq!(s.server.requests(), 2);
+}
+
+/// A client that goes away during the first fetch does not cancel it: the next check gets
+/// its result instead of a rate-limited "unavailable".
+#[tokio::test]
+async fn a_cancelled_check_does_not_cancel_the_fetch() {
+    let key = Signer::ec();
+    let s = setup(vec![], config()).await;
+    s.server.set(Answer::Slow(
+        Duration::from_millis(200),
+        json!({"keys": [key.jwk("k")]}),
+    ));
+    let token = key.token("k");
+    let gone = tokio::time::timeout(Duration::from_millis(50), s.check(&token)).await;
+    assert!(gone.is_err(), "cancelled while fetching");
+    s.check(&token).await.expect("the fetch went on");
+    assert_eq!(s.server.requests(), 1);
 }
 
 #[tokio::test]

@@ -248,12 +248,22 @@ impl Fetcher {
     }
 
     /// Fetches the entry's set unless a fetch ended since the caller saw `done` of them (it
-    /// waited for that one) or the rate limit forbids it; the keys after.
-    async fn fetch_once(&self, entry: &Entry, done: u64) -> Seen {
-        let _fetching = entry.fetching.lock().await;
+    /// waited for that one) or the rate limit forbids it; the keys after. The fetch runs in a
+    /// task of its own, holding the entry's lock: a caller that goes away (a client that
+    /// disconnects) does not cancel it, so whoever waits for it gets its result rather than
+    /// a rate-limited nothing.
+    async fn fetch_once(self: &Arc<Self>, entry: &Arc<Entry>, done: u64) -> Seen {
+        let fetching = entry.fetching.clone().lock_owned().await;
         let state = entry.state();
         if state.done == done && self.may_fetch(&state) {
-            self.fetch(entry).await;
+            let (fetcher, task_entry) = (self.clone(), entry.clone());
+            let fetch = tokio::spawn(async move {
+                fetcher.fetch(&task_entry).await;
+                drop(fetching);
+            });
+            if let Err(error) = fetch.await {
+                tracing::error!(%error, "JWKS fetch task failed");
+            }
         }
         let state = entry.state();
         Seen {

@@ -380,6 +380,22 @@ mod tests {
     }
 
     #[test]
+    fn deep_nesting_is_refused() {
+        let deep = format!(
+            r#"{{"exp":2000000000,"x":{}1{}}}"#,
+            "[".repeat(200),
+            "]".repeat(200)
+        );
+        assert_eq!(outcome(&token(HEADER, &deep)), "malformed: not strict JSON");
+        let nested = format!(
+            r#"{{"exp":2000000000,"x":{}1{}}}"#,
+            "[".repeat(100),
+            "]".repeat(100)
+        );
+        assert_eq!(outcome(&token(HEADER, &nested)), "ok");
+    }
+
+    #[test]
     fn header_parameters() {
         let cases = [
             (r#"{"alg":"none","kid":"k1"}"#, "BadAlgorithm"),

@@ -549,3 +549,53 @@ async fn rules_sharing_a_kid_are_ambiguous() {
     assert_eq!(s.check(&a.token("same")).await, Err(JwtError::AmbiguousKey));
     assert_eq!(s.validations("ambiguous_key"), 1);
 }
+
+/// https goes through rustls (ring) with the compiled-in webpki roots: a TLS handshake is made
+/// (no panic for want of a crypto provider), and a self-signed certificate is refused.
+#[tokio::test]
+async fn https_uses_rustls_and_refuses_an_untrusted_certificate() {
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("cert");
+    let key =
+        rustls_pki_types::PrivateKeyDer::try_from(cert.signing_key.serialize_der()).expect("a key");
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.cert.der().clone()], key)
+        .expect("a server config");
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("address").port();
+    let handshakes = Arc::new(AtomicUsize::new(0));
+    let (accepted, finished) = (handshakes.clone(), Arc::new(AtomicUsize::new(0)));
+    let completed = finished.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            accepted.fetch_add(1, Ordering::SeqCst);
+            if acceptor.accept(stream).await.is_ok() {
+                completed.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+    });
+    let metrics = Metrics::new();
+    // https is always allowed; the loopback flag only matters for http.
+    let validator = JwtValidator::new(JwtConfig::default(), &metrics);
+    let rules = vec![rule("tls", &format!("https://localhost:{port}/jwks"))];
+    let token = Signer::ec().token("k");
+    let refused = validator
+        .validate(&endpoint(), &rules, "authenticated", &token)
+        .await;
+    assert_eq!(refused, Err(JwtError::KeysUnavailable));
+    assert_eq!(handshakes.load(Ordering::SeqCst), 1, "a TLS client hello");
+    assert_eq!(
+        finished.load(Ordering::SeqCst),
+        0,
+        "the certificate was refused"
+    );
+    assert!(metrics
+        .encode()
+        .contains("gateway_jwks_fetches_total{outcome=\"error\"} 1"));
+}

@@ -10,7 +10,8 @@
 //! fetch of an entry is single-flight (one lock per entry; whoever waited for it uses its
 //! result), and no fetch starts within `min_refetch` of the entry's last attempt, whatever
 //! asked for it: a flood of unknown kids, or requests while the JWKS is down, cost at most one
-//! fetch per interval. A failed fetch keeps the last good set.
+//! fetch per interval. A failed fetch keeps the last good set. A fetch runs in a task of its
+//! own: a caller that goes away (its client disconnected) does not cancel it.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

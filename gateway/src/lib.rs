@@ -14,8 +14,14 @@ pub(crate) mod proxy;
 
 pub use crate::app::config::{Args, Config, TlsFiles};
 pub use crate::app::{run, serve};
+/// JWT validation and the JWKS cache, for the tests that drive them over real sockets.
+pub use crate::auth::jwt::{
+    JwksSource, JwtConfig, JwtError, JwtRule, JwtValidator, RuleError, VerifiedJwt,
+};
+pub use crate::base::endpoint::EndpointId;
 pub use crate::base::retry::RetryConfig;
 pub use crate::control_plane::routes::Route;
+pub use crate::obs::metrics::Metrics;
 /// Message framing (tag, length, body), for clients of the protocol such as the tests' own.
 pub use crate::pgwire::frame;
 pub use crate::pgwire::ws::WsStream;

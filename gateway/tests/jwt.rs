@@ -160,21 +160,30 @@ async fn setup() -> (TestWakeService, TestGateway, Issuer) {
     (wake, gw, issuer)
 }
 
+/// One wake service for every part (test wake services share a compute port range).
 #[tokio::test]
-async fn tokens_log_in_and_rls_sees_each_users_rows() {
+async fn jwt_logins() {
     let (wake, gw, issuer) = setup().await;
+    tokens_log_in_and_rls_sees_each_users_rows(&gw, &issuer).await;
+    sql_cannot_forge_or_replay_claims(&gw, &issuer).await;
+    bad_tokens_are_refused_and_sessions_end_with_their_token(&gw, &issuer).await;
+    gw.stop().await;
+    wake.stop().await;
+}
+
+async fn tokens_log_in_and_rls_sees_each_users_rows(gw: &TestGateway, issuer: &Issuer) {
     let (alice, bob) = (issuer.token("alice", 600), issuer.token("bob", 600));
     for (token, task) in [(&alice, "alice's"), (&bob, "bob's")] {
         let insert = json!({"query": "INSERT INTO todos (task) VALUES ($1)", "params": [task]});
-        let (status, body) = jwt_sql(&gw, token, insert).await;
+        let (status, body) = jwt_sql(gw, token, insert).await;
         assert_eq!(status, 200, "{body}");
     }
-    let (status, body) = jwt_sql(&gw, &alice, json!({"query": "SELECT task FROM todos"})).await;
+    let (status, body) = jwt_sql(gw, &alice, json!({"query": "SELECT task FROM todos"})).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(column(&body), [json!("alice's")]);
     // A transaction (batch) sees the same identity.
     let batch = json!({"queries": [{"query": "SELECT auth.user_id()"}, {"query": "SELECT count(*) FROM todos"}]});
-    let (status, body) = jwt_sql(&gw, &bob, batch).await;
+    let (status, body) = jwt_sql(gw, &bob, batch).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(column(&body["results"][0]), [json!("bob")]);
     assert_eq!(column(&body["results"][1]), [json!("1")]);
@@ -185,16 +194,16 @@ async fn tokens_log_in_and_rls_sees_each_users_rows() {
         (&alice, "alice"),
         (&bob, "bob"),
     ] {
-        assert_eq!(whoami(&gw, token).await, json!(who));
+        assert_eq!(whoami(gw, token).await, json!(who));
     }
     // Bob cannot write a row as alice.
     let forged_row = json!({"query": "INSERT INTO todos (owner, task) VALUES ('alice', 'x')"});
-    let (status, body) = jwt_sql(&gw, &bob, forged_row).await;
+    let (status, body) = jwt_sql(gw, &bob, forged_row).await;
     assert_eq!(status, 400, "{body}");
     assert_eq!(body["code"], "42501", "{body}");
 
     // A session with the token as password.
-    let (client, _conn) = tcp_session(&gw, &alice).await.expect("session");
+    let (client, _conn) = tcp_session(gw, &alice).await.expect("session");
     let row = client
         .query_one("SELECT auth.user_id()", &[])
         .await
@@ -205,18 +214,13 @@ async fn tokens_log_in_and_rls_sees_each_users_rows() {
         .await
         .expect("query");
     assert_eq!(rows.len(), 1);
-    drop(client);
-    gw.stop().await;
-    wake.stop().await;
 }
 
-#[tokio::test]
-async fn sql_cannot_forge_or_replay_claims() {
-    let (wake, gw, issuer) = setup().await;
+async fn sql_cannot_forge_or_replay_claims(gw: &TestGateway, issuer: &Issuer) {
     let (alice, bob) = (issuer.token("alice", 600), issuer.token("bob", 600));
     // Alice's envelope, as SQL can read it in her own request.
     let read = json!({"query": "SELECT current_setting('gw_auth.claims'), current_setting('gw_auth.mac')"});
-    let (status, body) = jwt_sql(&gw, &alice, read).await;
+    let (status, body) = jwt_sql(gw, &alice, read).await;
     assert_eq!(status, 200, "{body}");
     let (env, mac) = (body["rows"][0][0].clone(), body["rows"][0][1].clone());
     assert!(
@@ -233,7 +237,7 @@ async fn sql_cannot_forge_or_replay_claims() {
         json!({"query": "SELECT auth.begin($1, $2), auth.user_id()", "params": [env, mac]}),
     ];
     for forgery in forgeries {
-        let (status, body) = jwt_sql(&gw, &bob, forgery.clone()).await;
+        let (status, body) = jwt_sql(gw, &bob, forgery.clone()).await;
         if status == 200 {
             let id = body["rows"][0].as_array().and_then(|r| r.last()).cloned();
             assert!(
@@ -245,7 +249,7 @@ async fn sql_cannot_forge_or_replay_claims() {
         }
     }
     // Session-level resets and role changes give NULL or bob, never alice.
-    let (client, _conn) = tcp_session(&gw, &bob).await.expect("session");
+    let (client, _conn) = tcp_session(gw, &bob).await.expect("session");
     for statement in [
         "RESET ROLE",
         "SET ROLE postgres",
@@ -269,15 +273,13 @@ async fn sql_cannot_forge_or_replay_claims() {
     let keys = client.query("SELECT * FROM gw_auth.keys", &[]).await;
     assert!(keys.is_err(), "the claims key is readable");
     // The next user of a pooled backend is herself.
-    assert_eq!(whoami(&gw, &alice).await, json!("alice"));
-    drop(client);
-    gw.stop().await;
-    wake.stop().await;
+    assert_eq!(whoami(gw, &alice).await, json!("alice"));
 }
 
-#[tokio::test]
-async fn bad_tokens_are_refused_and_sessions_end_with_their_token() {
-    let (wake, gw, issuer) = setup().await;
+async fn bad_tokens_are_refused_and_sessions_end_with_their_token(
+    gw: &TestGateway,
+    issuer: &Issuer,
+) {
     let other = Issuer::new();
     let expired = issuer.sign(
         &json!({"alg": "EdDSA", "kid": "k1"}),
@@ -289,14 +291,14 @@ async fn bad_tokens_are_refused_and_sessions_end_with_their_token() {
         "eyJhbGciOiJub25lIn0.eyJzdWIiOiJhbGljZSJ9.".to_owned(),
         "not a token".to_owned(),
     ] {
-        let (status, body) = jwt_sql(&gw, &bad, json!({"query": "SELECT 1"})).await;
+        let (status, body) = jwt_sql(gw, &bad, json!({"query": "SELECT 1"})).await;
         assert_eq!(status, 401, "{body}");
-        assert!(tcp_session(&gw, &bad).await.is_err());
+        assert!(tcp_session(gw, &bad).await.is_err());
     }
     // A role no rule names.
     let response = driver_request(
         &reqwest::Client::new(),
-        &gw,
+        gw,
         "postgres://anonymous@db.localtest.me/main",
     )
     .header(
@@ -310,7 +312,7 @@ async fn bad_tokens_are_refused_and_sessions_end_with_their_token() {
     assert_eq!(response.status().as_u16(), 403);
     // A password login as the JWT role is refused like a wrong password.
     let (status, _) = sql(
-        &gw,
+        gw,
         "postgres://authenticated:guess@db.localtest.me/main",
         json!({"query": "SELECT 1"}),
     )
@@ -333,6 +335,4 @@ async fn bad_tokens_are_refused_and_sessions_end_with_their_token() {
         .await
         .expect("the session ended within its token's lifetime and a margin");
     assert_eq!(error[&'C'], "28000");
-    gw.stop().await;
-    wake.stop().await;
 }

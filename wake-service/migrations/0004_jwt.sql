@@ -38,3 +38,9 @@ CREATE TABLE jwt_roles (
 
 -- endpoints.jwks (set by PATCH before) is no longer read: those rules never prepared the
 -- compute, so they never allowed a login. Rules are added with POST .../jwks now.
+
+-- A rule added or deleted is a change of the roles it names, for the gateways (which then
+-- drop the endpoint's cached rules and the roles' idle connections): kind 'jwks'.
+ALTER TABLE role_changes DROP CONSTRAINT role_changes_kind_check;
+ALTER TABLE role_changes ADD CONSTRAINT role_changes_kind_check
+    CHECK (kind IN ('password', 'drop', 'jwks'));

@@ -1215,7 +1215,7 @@ impl Computes {
             key: jwt::generate_key(),
             roles,
         };
-        self.store.insert_jwks_rule(id, &new).await?;
+        let change = self.store.insert_jwks_rule(id, &new).await?;
         if let Err(e) = self.sync(&row).await {
             // Not acknowledged, so not kept: a retry must not leave two rules. The material
             // and `sync_needed` stay (preparing the compute with them again is harmless).
@@ -1225,6 +1225,7 @@ impl Computes {
             return Err(e);
         }
         tracing::info!(endpoint = id, rule = %rule.id, roles = ?rule.role_names, "JWKS rule added");
+        self.await_gateways(change).await;
         Ok(rule)
     }
 
@@ -1235,17 +1236,20 @@ impl Computes {
     }
 
     /// Removes a rule. Its roles and the endpoint's key stay (in the store and in Postgres):
-    /// a role no rule names is not served to gateways, and its name stays reserved.
+    /// a role no rule names is not served to gateways, and its name stays reserved. Like an
+    /// addition, returns once every reporting gateway dropped the endpoint's cached rules
+    /// (at most the role-change wait).
     pub async fn delete_jwks(&self, id: &str, rule: &str) -> Result<(), LifecycleError> {
         self.row(id).await?;
         let _guard = self.lock(id).await?;
-        if !self.store.delete_jwks_rule(id, rule).await? {
+        let Some(change) = self.store.delete_jwks_rule(id, rule).await? else {
             return Err(LifecycleError::RuleNotFound {
                 endpoint: id.to_owned(),
                 rule: rule.to_owned(),
             });
-        }
+        };
         tracing::info!(endpoint = id, rule, "JWKS rule deleted");
+        self.await_gateways(change).await;
         Ok(())
     }
 

@@ -1035,12 +1035,13 @@ impl Store {
     }
 
     /// Records a rule, and the material the endpoint does not have yet, and marks the
-    /// endpoint for a sync (which prepares its compute), in one transaction.
+    /// endpoint for a sync (which prepares its compute), in one transaction, with a role change
+    /// (kind `jwks`) for each role the rule names; returns the newest change's id.
     pub async fn insert_jwks_rule(
         &self,
         endpoint: &str,
         new: &NewJwksRule<'_>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<i64, StoreError> {
         let settings =
             serde_json::to_value(new.rule).map_err(|e| StoreError::Build(e.to_string()))?;
         let mut client = self.pool.get().await?;
@@ -1070,20 +1071,43 @@ impl Store {
             &[&endpoint],
         )
         .await?;
+        let change = jwks_changes(&tx, endpoint, &new.rule.role_names).await?;
         tx.commit().await?;
-        Ok(())
+        Ok(change)
     }
 
-    /// Forgets a rule; false when the endpoint has none of that id. The material stays.
-    pub async fn delete_jwks_rule(&self, endpoint: &str, id: &str) -> Result<bool, StoreError> {
-        let client = self.pool.get().await?;
-        let deleted = client
-            .execute(
-                "DELETE FROM jwks_rules WHERE endpoint_id = $1 AND id = $2",
+    /// Forgets a rule, recording a role change for each role it named (see
+    /// [`Self::insert_jwks_rule`]); `None` when the endpoint has no rule of that id. The
+    /// material stays.
+    pub async fn delete_jwks_rule(
+        &self,
+        endpoint: &str,
+        id: &str,
+    ) -> Result<Option<i64>, StoreError> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let Some(row) = tx
+            .query_opt(
+                "DELETE FROM jwks_rules WHERE endpoint_id = $1 AND id = $2 RETURNING settings",
                 &[&endpoint, &id],
             )
-            .await?;
-        Ok(deleted == 1)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let settings: serde_json::Value = row.try_get(0)?;
+        let roles: Vec<String> = settings["role_names"]
+            .as_array()
+            .map(|names| {
+                names
+                    .iter()
+                    .filter_map(|n| n.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let change = jwks_changes(&tx, endpoint, &roles).await?;
+        tx.commit().await?;
+        Ok(Some(change))
     }
 
     /// The names of the endpoint's JWT roles (also those no rule names any more).
@@ -1152,4 +1176,25 @@ async fn insert_event(
     )
     .await?;
     Ok(())
+}
+
+/// Records a `jwks` role change for each of `roles` (a rule naming them came or went), so
+/// gateways drop the endpoint's cached rules; returns the newest change's id.
+async fn jwks_changes(
+    tx: &tokio_postgres::Transaction<'_>,
+    endpoint: &str,
+    roles: &[String],
+) -> Result<i64, StoreError> {
+    let mut newest = 0;
+    for role in roles {
+        newest = tx
+            .query_one(
+                "INSERT INTO role_changes (endpoint_id, role, kind) VALUES ($1, $2, 'jwks')
+                 RETURNING id",
+                &[&endpoint, role],
+            )
+            .await?
+            .try_get(0)?;
+    }
+    Ok(newest)
 }

@@ -75,8 +75,8 @@ pub struct Args {
     #[arg(long, env = "GATEWAY_JWT_RULES_TTL_SECONDS", default_value_t = 30)]
     pub jwt_rules_ttl_seconds: u64,
 
-    /// Accepts `http://` JWKS URLs whose host is a loopback address (tests only: key sets are
-    /// otherwise fetched over https alone).
+    /// Accept `http://` JWKS URLs whose host is a loopback address (127.0.0.0/8, ::1,
+    /// localhost). For tests only: JWKS URLs must be https otherwise.
     #[arg(long, env = "GATEWAY_JWKS_ALLOW_HTTP_LOOPBACK")]
     pub jwks_allow_http_loopback: bool,
 
@@ -302,7 +302,7 @@ pub struct Config {
     pub route_cache: RouteCacheConfig,
     /// The cache of JWKS rules, and what JWKS URLs may be.
     pub jwt_rules: JwtRulesConfig,
-    /// Token validation and the key sets' cache.
+    /// JWT validation and JWKS fetching: Neon's numbers, and `--jwks-allow-http-loopback`.
     pub jwt: JwtConfig,
     /// How often activity is reported to the control plane; `None`: never.
     pub activity_interval: Option<Duration>,
@@ -830,5 +830,14 @@ mod tests {
         assert!(parse(&["--require-tls"])
             .expect_err("no certificate")
             .contains("--tls-cert"));
+    }
+
+    #[test]
+    fn jwt() {
+        let config = parse(&[]).expect("defaults are valid");
+        assert_eq!(config.jwt, JwtConfig::default());
+        assert!(!config.jwt.allow_http_loopback);
+        let config = parse(&["--jwks-allow-http-loopback"]).expect("valid");
+        assert!(config.jwt.allow_http_loopback);
     }
 }

@@ -241,6 +241,58 @@ label! {
     }
 }
 
+label! {
+    /// `outcome` of `gateway_jwt_validations_total`: how a JWT check ended (for logs and
+    /// metrics only; clients are told the same thing whatever failed).
+    JwtOutcome {
+        Ok => "ok",
+        /// Not a well-formed JWS (size, segments, base64url, JSON, duplicate keys, header).
+        Malformed => "malformed",
+        /// `alg` not allowed by the rule or not matching the key.
+        BadAlgorithm => "bad_algorithm",
+        /// A claim of the wrong type or shape (`exp` missing, `sub` empty, NUL, ...).
+        BadClaims => "bad_claims",
+        BadSignature => "bad_signature",
+        Expired => "expired",
+        NotYetValid => "not_yet_valid",
+        WrongAudience => "wrong_audience",
+        WrongIssuer => "wrong_issuer",
+        /// No key of an applicable rule has the token's `kid`.
+        UnknownKey => "unknown_key",
+        /// More than one applicable key has the token's `kid` and suits its `alg`.
+        AmbiguousKey => "ambiguous_key",
+        /// No rule of the endpoint names the role.
+        RoleNotAllowed => "role_not_allowed",
+        /// No key set could be fetched for the applicable rules.
+        KeysUnavailable => "keys_unavailable",
+    }
+}
+
+label! {
+    /// `outcome` of `gateway_jwks_fetches_total`.
+    JwksFetch {
+        Ok => "ok",
+        /// A transport error (connect, TLS, reset).
+        Error => "error",
+        Timeout => "timeout",
+        /// A status other than 200 (redirects are not followed).
+        BadStatus => "bad_status",
+        /// The body is larger than the cap.
+        TooLarge => "too_large",
+        /// The body is not a key set, or it has no usable key.
+        Invalid => "invalid",
+    }
+}
+
+label! {
+    /// `result` of `gateway_jwks_cache_total`: whether a rule's keys were served from the
+    /// cache or a fetch was awaited.
+    JwksCache {
+        Hit => "hit",
+        Miss => "miss",
+    }
+}
+
 impl Label for ErrorKind {
     const ALL: &'static [Self] = &ErrorKind::ALL;
 
@@ -299,6 +351,9 @@ mod tests {
         check::<RouteLookup>();
         check::<SecretLookup>();
         check::<ScramProof>();
+        check::<JwtOutcome>();
+        check::<JwksFetch>();
+        check::<JwksCache>();
         check::<ErrorKind>();
         check::<Limit>();
         check::<Direction>();

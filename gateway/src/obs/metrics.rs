@@ -10,9 +10,9 @@ use prometheus::{
 };
 
 use super::labels::{
-    Call, CallOutcome, CancelOutcome, Checkout, Invalidation, Label, Outcome, Protocol,
-    RequestKind, RetryOperation, RouteLookup, ScramProof, SecretLookup, SecretOutcome,
-    SessionOutcome, Transport,
+    Call, CallOutcome, CancelOutcome, Checkout, Invalidation, JwksCache, JwksFetch, JwtOutcome,
+    Label, Outcome, Protocol, RequestKind, RetryOperation, RouteLookup, ScramProof, SecretLookup,
+    SecretOutcome, SessionOutcome, Transport,
 };
 use super::usage::Direction;
 use crate::base::error::ErrorKind;
@@ -68,6 +68,12 @@ pub struct Metrics {
     pub route_cache_invalidations: IntCounter,
     pub role_secret_lookups: Counter<SecretLookup>,
     pub secret_verifications: Counter<SecretOutcome>,
+    /// JWT checks by `outcome` ([`JwtOutcome`]).
+    pub jwt_validations: Counter<JwtOutcome>,
+    /// JWKS fetches by `outcome` ([`JwksFetch`]).
+    pub jwks_fetches: Counter<JwksFetch>,
+    /// Key-set lookups of JWKS rules by `result` ([`JwksCache`]).
+    pub jwks_cache: Counter<JwksCache>,
 }
 
 /// One metric of a vector per value of `L`, resolved once.
@@ -87,6 +93,17 @@ impl<L: Label, M> ByLabel<L, M> {
     /// The metric of `label`.
     pub fn with(&self, label: L) -> &M {
         &self.metrics[label.index()]
+    }
+}
+
+/// The same series (a metric is a handle on shared values), for a component that keeps its
+/// own metrics.
+impl<L, M: Clone> Clone for ByLabel<L, M> {
+    fn clone(&self) -> Self {
+        ByLabel {
+            metrics: self.metrics.clone(),
+            label: PhantomData,
+        }
     }
 }
 
@@ -251,6 +268,7 @@ impl Metrics {
         let (retries, activity_reports, inactive_drops, role_invalidations) = proxy(&r);
         let (control_plane_requests, control_plane_request_seconds) = control_plane(&r);
         let (route_cache_lookups, route_cache_invalidations, role_secret_lookups) = routes(&r);
+        let (jwt_validations, jwks_fetches, jwks_cache) = jwt(&r);
         Metrics {
             errors: r.counters(
                 "gateway_errors_total",
@@ -297,6 +315,9 @@ impl Metrics {
             route_cache_lookups,
             route_cache_invalidations,
             role_secret_lookups,
+            jwt_validations,
+            jwks_fetches,
+            jwks_cache,
             registry: r.registry,
         }
     }
@@ -476,6 +497,27 @@ fn routes(r: &Registrar) -> (Counter<RouteLookup>, IntCounter, Counter<SecretLoo
     )
 }
 
+/// The metrics of JWT validation and of the JWKS cache.
+fn jwt(r: &Registrar) -> (Counter<JwtOutcome>, Counter<JwksFetch>, Counter<JwksCache>) {
+    (
+        r.counters(
+            "gateway_jwt_validations_total",
+            "JWT validations by outcome",
+            "outcome",
+        ),
+        r.counters(
+            "gateway_jwks_fetches_total",
+            "JWKS fetches by outcome",
+            "outcome",
+        ),
+        r.counters(
+            "gateway_jwks_cache_total",
+            "Key-set lookups of JWKS rules by result (hit: served from the cache, miss: a fetch was awaited)",
+            "result",
+        ),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -490,6 +532,9 @@ mod tests {
             "gateway_pool_checkouts_total{outcome=\"miss\"} 0",
             "gateway_role_secret_lookups_total{outcome=\"none\"} 0",
             "gateway_http_requests_total{kind=\"batch\",status=\"200\"} 0",
+            "gateway_jwt_validations_total{outcome=\"keys_unavailable\"} 0",
+            "gateway_jwks_fetches_total{outcome=\"too_large\"} 0",
+            "gateway_jwks_cache_total{result=\"miss\"} 0",
         ] {
             assert!(text.contains(series), "{series} in\n{text}");
         }

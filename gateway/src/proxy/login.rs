@@ -126,6 +126,8 @@ pub struct JwtChecked {
     claims: serde_json::Map<String, serde_json::Value>,
     /// When the token expires (unix seconds).
     pub exp: u64,
+    /// When the claims handed to SQL expire (unix seconds).
+    claims_until: u64,
 }
 
 impl JwtChecked {
@@ -133,7 +135,12 @@ impl JwtChecked {
     /// backend must be discarded ([`LoginError::from_claims`] tells the client).
     pub async fn begin(&self, backend: &mut Backend) -> Result<(), ClaimsError> {
         backend
-            .begin_claims(&self.claims_key, &self.role, &self.claims, self.exp)
+            .begin_claims(
+                &self.claims_key,
+                &self.role,
+                &self.claims,
+                self.claims_until,
+            )
             .await
     }
 
@@ -238,17 +245,24 @@ impl<'a> Login<'a> {
         token: &str,
     ) -> Result<JwtChecked, LoginError> {
         let rules = self.jwt_rules(endpoint).await?;
-        let Some(login) = rules.role(role) else {
-            return Err(LoginError::JwtRoleNotAllowed {
-                role: role.to_owned(),
-            });
-        };
         let endpoint = endpoint.without_pooler();
-        let verified = self
+        let verified = match self
             .jwt
             .validate(&endpoint, &rules.rules, role, token)
             .await
-            .map_err(LoginError::Jwt)?;
+        {
+            Ok(verified) => verified,
+            Err(JwtError::RoleNotAllowed) => {
+                return Err(LoginError::JwtRoleNotAllowed {
+                    role: role.to_owned(),
+                })
+            }
+            Err(e) => return Err(LoginError::Jwt(e)),
+        };
+        let Some(login) = rules.role(role) else {
+            tracing::warn!(%endpoint, role, "the control plane gave no login for a JWT role its rules name");
+            return Err(LoginError::ClaimsRefused);
+        };
         Ok(JwtChecked {
             endpoint,
             role: role.to_owned(),
@@ -256,6 +270,9 @@ impl<'a> Login<'a> {
             claims_key: login.claims_key.clone(),
             claims: verified.claims,
             exp: verified.exp,
+            // What the validator accepted, SQL accepts: a token within the leeway past its
+            // `exp` gets claims that expire with the leeway.
+            claims_until: verified.exp.saturating_add(self.jwt.leeway().as_secs()),
         })
     }
 

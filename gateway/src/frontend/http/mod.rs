@@ -230,7 +230,7 @@ mod tests {
                 status: StatusCode::BAD_REQUEST,
                 says: "a connection string with a password cannot be used with a JWT",
             },
-            // Without a control plane no endpoint has JWKS rules.
+            // A token is checked before anything else (here, no endpoint has JWKS rules).
             Case {
                 request: axum::http::Request::post("/sql")
                     .header(
@@ -240,8 +240,8 @@ mod tests {
                     .header("authorization", "Bearer x.y.z")
                     .body(Body::from("{}"))
                     .expect("request"),
-                status: StatusCode::FORBIDDEN,
-                says: "role 'authenticated' may not log in with a JWT on this endpoint",
+                status: StatusCode::UNAUTHORIZED,
+                says: "authentication failed: invalid JWT",
             },
             Case {
                 request: axum::http::Request::post("/sql")

@@ -1,5 +1,5 @@
 //! JWT logins (issue 15): the login material the wake service makes per endpoint, and the SQL
-//! that prepares a compute's Postgres for it (`jwt-plan.md`, decisions 1 and 3).
+//! that prepares a compute's Postgres for it (the gateway's side is in ARCHITECTURE.md, "Life of a JWT login").
 //!
 //! The material: one HMAC-SHA-256 key that authenticates claims envelopes to SQL (`kid` 1,
 //! 32 random bytes) and, per JWT role, a random password of which only its SCRAM-SHA-256
@@ -52,7 +52,7 @@ const MAX_TEXT: usize = 2048;
 /// HMAC-SHA-256 block size: the key is zero-padded to it before the pads are taken.
 const BLOCK: usize = 64;
 
-/// A rule as requested, checked (`jwt-plan.md` decision 6) and completed with `id`; the
+/// A rule as requested, checked (the API's rules: README, "JWT auth and row-level security") and completed with `id`; the
 /// message of an error says what to fix.
 pub fn rule(request: &CreateJwks, id: String) -> Result<JwksSettings, String> {
     let provider = request.provider_name.chars().count();
@@ -372,8 +372,8 @@ pub fn database_grants(roles: &[RoleLogin]) -> String {
 }
 
 /// Everything per database but the key and the grants of `auth.begin`: the schemas, the key
-/// table, the register, the functions and the privileges of each. See `jwt-plan.md`,
-/// decision 3, for what each function checks.
+/// table, the register, the functions and the privileges of each. `jwt.sql` says what each
+/// function checks.
 pub const DATABASE_SQL: &str = include_str!("jwt.sql");
 
 #[cfg(test)]

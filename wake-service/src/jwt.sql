@@ -1,4 +1,4 @@
--- JWT claims in SQL (jwt-plan.md decision 3): run as a superuser in every database, after the
+-- JWT claims in SQL (the envelope the gateway's compute::claims makes): run as a superuser in every database, after the
 -- cluster part (the role gw_auth_owner exists). Idempotent; stock Postgres 15 only. The
 -- search_path is set first, so that no object a tenant made is resolved by this script.
 

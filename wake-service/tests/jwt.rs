@@ -5,7 +5,7 @@
 //! The JWT sessions log in as `authenticated` with the material the proxy API hands gateways
 //! (the SCRAM ClientKey; nobody knows the password), over TCP, through the small protocol
 //! client below; the envelopes are minted here with the endpoint's claims key, exactly as
-//! jwt-plan.md decision 3 says.
+//! the gateway's `compute::claims` mints them.
 //!
 //! Each test has its own data directory under /tmp and its own share of 26000-26999 for
 //! compute ports.

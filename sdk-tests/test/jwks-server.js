@@ -204,12 +204,13 @@ export class KeySet {
 
   /**
    * A compact JWS signed by this set: `alg` (default RS256), `kid` (default the current key
-   * for `alg`; any kid made here, even unpublished), `payload`, `header` overrides, `key` (a
+   * for `alg`; any kid made here, even unpublished; a kid never made here is signed with the
+   * current key for `alg`, for unknown-kid cases), `payload`, `header` overrides, `key` (a
    * record from addKey, to pick one of several keys under a duplicate kid).
    */
   sign({ alg = 'RS256', kid, payload, header = {}, key } = {}) {
     const k = kid ?? this.kid(alg);
-    const record = key ?? this.keys.get(k);
+    const record = key ?? this.keys.get(k) ?? this.keys.get(this.current.get(alg));
     if (!record) throw new Error(`key set ${this.name} has no key ${k}`);
     return signJws({ alg, kid: k, payload, header, privateKey: record.privateKey });
   }

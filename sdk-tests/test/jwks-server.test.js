@@ -122,6 +122,12 @@ test('header overrides, and sign() with explicit payloads', async () => {
   assert.equal(p.aud, 'a');
   assert.ok(!('iat' in p));
   assert.equal(compact({ raw: 'AA' }, { raw: 'BB' }, { raw: '' }), 'AA.BB.');
+  // an unknown kid is signed with the current key for the alg
+  const unknown = set.token('u', { alg: 'EdDSA', kid: 'never-made' });
+  assert.equal(decode(unknown).header.kid, 'never-made');
+  const jwk = (await getJwks(set)).keys.find((k) => k.kid === set.kid('EdDSA'));
+  assert.ok(verifyWithJwk(unknown, jwk));
+  assert.throws(() => set.token('u', { alg: 'PS512', kid: 'never-made' }), /no key/);
 });
 
 test('rotation: the new kid is published, the old one no longer (but can still sign)', async () => {

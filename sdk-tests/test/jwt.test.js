@@ -229,6 +229,34 @@ async function seesOwnId(token, expected, { allowFailures = 0, role = 'authentic
   assert.fail(`a fresh request as ${expected} failed ${failures.length} times: ${failures.join(' | ')}`);
 }
 
+/**
+ * After statements that may leave a pooled backend with a cleared claims register (DISCARD
+ * ALL / SEQUENCES, in a /sql request or in a session whose backend the gateway may pool):
+ * `n` sequential requests as `expected`; each either fails (the plan discards such a backend
+ * and fails that request; at most `maxFailures` in all) or sees exactly `expected`, and the
+ * last one succeeds.
+ */
+async function settle(token, expected, { n = 6, maxFailures = 2 } = {}) {
+  const failures = [];
+  let last;
+  for (let i = 0; i < n; i++) {
+    last = await uidOver(asUser(token)).then(
+      (uid) => {
+        assert.equal(uid, expected, `request ${i} as ${expected} sees ${JSON.stringify(uid)}`);
+        return 'ok';
+      },
+      (err) => {
+        if (err instanceof assert.AssertionError) throw err;
+        failures.push(err.message);
+        return 'failed';
+      },
+    );
+  }
+  assert.ok(failures.length <= maxFailures, `${failures.length} failed requests as ${expected}: ${failures.join(' | ')}`);
+  assert.equal(last, 'ok', `the last request as ${expected} failed: ${failures.at(-1)}`);
+  return failures;
+}
+
 async function addRule(name, body) {
   const rule = await api.expect(201, 'POST', `/v1/endpoints/${EP.id}/jwks`, { body, timeoutMs: 120_000 });
   assert.match(rule.id ?? '', /^jwks-[0-9a-f]+$/, `rule id: ${JSON.stringify(rule)}`);
@@ -749,9 +777,12 @@ test('forgery over /sql: RESET ALL, DISCARD ALL, RESET ROLE, SET ROLE, SET SESSI
   const alice = asUser(aliceToken);
   const mb = await material(asUser(bobToken));
   const notes = [];
+  let discarded = false; // a DISCARD ran: a pooled backend may fail the next request that meets it
   for (const stmt of SESSION_ATTACKS(EP.owner)) {
-    // as a request of its own (DISCARD cannot run in a transaction block)
-    const alone = await alice.query(stmt).then(() => 'ok', (e) => `error ${e.code}`);
+    // as a request of its own (DISCARD cannot run in a transaction block); a failure without a
+    // Postgres code (a backend whose register a DISCARD cleared) is retried once
+    let alone = await alice.query(stmt).then(() => 'ok', (e) => `error ${e.code}`);
+    if (alone === 'error undefined' && discarded) alone = await alice.query(stmt).then(() => 'ok', (e) => `error ${e.code}`);
     // in one transaction with the read, and with bob's material installed first
     const inTx = await alice
       .transaction([
@@ -770,11 +801,14 @@ test('forgery over /sql: RESET ALL, DISCARD ALL, RESET ROLE, SET ROLE, SET SESSI
     }
     // the next requests: each user sees their own id (one failed request is tolerated after
     // statements that clear the claims register: the plan discards that backend)
-    const tolerate = /DISCARD (ALL|SEQUENCES)/.test(stmt) ? 1 : 0;
+    if (/DISCARD (ALL|SEQUENCES)/.test(stmt)) discarded = true;
+    const tolerate = discarded ? 1 : 0;
     const fa = await seesOwnId(aliceToken, 'alice', { allowFailures: tolerate });
     const fb = await seesOwnId(bobToken, 'bob', { allowFailures: tolerate });
     notes.push({ stmt, alone, inTx, failures: fa.length + fb.length });
   }
+  await settle(aliceToken, 'alice');
+  await settle(bobToken, 'bob');
   const refused = notes.filter((n) => /SET (ROLE|SESSION AUTHORIZATION) /.test(n.stmt) && !/RESET/.test(n.stmt));
   for (const n of refused) assert.match(n.alone, /^error 42501$/, `${n.stmt} is refused: ${JSON.stringify(n)}`);
 });
@@ -825,8 +859,9 @@ test('forgery in a WebSocket session: set_config, auth.begin replay, RESET/DISCA
   assert.equal((await bobWs.query('SELECT auth.user_id() AS uid')).rows[0].uid, 'bob');
   await c.end();
   await bobWs.end();
-  await seesOwnId(aliceToken, 'alice', { allowFailures: 1 });
-  await seesOwnId(bobToken, 'bob', { allowFailures: 1 });
+  // alice's session ran DISCARD ALL: if the gateway pools its backend, one later request may fail
+  await settle(aliceToken, 'alice');
+  await settle(bobToken, 'bob');
 });
 
 // ---------------------------------------------------------------------------

@@ -745,8 +745,10 @@ async fn checkout(
     };
     match jwt.begin(conn.backend()).await {
         Ok(()) => Ok(conn),
-        Err(ClaimsError::Backend(e)) if reuse == Reuse::Idle && conn.never_ran(&e) => {
-            tracing::info!(endpoint = %info.endpoint, error = %e, "pooled connection was closed before the claims reached it; retrying on a new connection");
+        // A pooled backend that was closed under us, or whose counter register a previous
+        // user cleared (`DISCARD SEQUENCES`): once more, on a new connection.
+        Err(e) if reuse == Reuse::Idle && conn.reused() && claims_retryable(&conn, &e) => {
+            tracing::info!(endpoint = %info.endpoint, error = %e, "a pooled connection did not take the claims; retrying on a new connection");
             state.metrics.retries.inc(RetryOperation::PooledQuery);
             drop(conn);
             let route = login.route(&info.endpoint, &info.user).await?;
@@ -757,6 +759,15 @@ async fn checkout(
             Ok(conn)
         }
         Err(e) => Err(LoginError::from_claims(e, &info.user).into()),
+    }
+}
+
+/// Whether claims a reused backend did not take are worth a new connection: it was closed
+/// before they reached it, or it refused them (its register was cleared by its last user).
+fn claims_retryable(conn: &Conn, error: &ClaimsError) -> bool {
+    match error {
+        ClaimsError::Backend(e) => conn.never_ran(e),
+        ClaimsError::Refused => true,
     }
 }
 

@@ -66,6 +66,11 @@ impl Conn {
     /// word (a server killed after committing dies without flushing its replies), a FATAL
     /// after any other reply, any error on a connection opened for this request, and any
     /// error after the first round trip of a request.
+    /// Whether the connection came from the idle list (not opened for this checkout).
+    pub fn reused(&self) -> bool {
+        self.reused
+    }
+
     pub fn never_ran(&self, error: &BackendError) -> bool {
         let Some(backend) = self.backend.as_ref() else {
             return false;

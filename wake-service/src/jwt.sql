@@ -27,32 +27,34 @@ CREATE UNLOGGED SEQUENCE IF NOT EXISTS gw_auth.reg MINVALUE 0;
 ALTER SEQUENCE gw_auth.reg OWNER TO gw_auth_owner;
 REVOKE ALL ON SEQUENCE gw_auth.reg FROM PUBLIC;
 
--- auth.begin(env, mac): clears the claims, verifies the envelope (MAC, key, binding to this
--- backend and role, expiry, counter above the register) and only then sets the claims.
-CREATE OR REPLACE FUNCTION auth.begin(p_env text, p_mac text) RETURNS boolean
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER PARALLEL UNSAFE
+-- gw_auth.verified(env, mac): the envelope as jsonb when its MAC holds under a live key and it
+-- is bound to this backend (pid and start time), to the session's login role, and not
+-- expired (by the statement's clock); else NULL. The counter is the callers' to check. Only
+-- auth.begin and auth.session (running as gw_auth_owner) can call it: nobody else has USAGE
+-- on gw_auth. No EXCEPTION block, so it runs in parallel plans; the MAC is checked (and the
+-- digests compared, which hides memcmp's early exit) before any cast or JSON parse.
+CREATE OR REPLACE FUNCTION gw_auth.verified(p_env text, p_mac text) RETURNS jsonb
+LANGUAGE plpgsql STABLE PARALLEL RESTRICTED
 SET search_path = pg_catalog, pg_temp
 AS $fn$
 DECLARE
     k gw_auth.keys%ROWTYPE;
     env jsonb;
-    ctr bigint;
-    cur bigint;
     my_bs text;
 BEGIN
-    PERFORM set_config('gw_auth.claims', '', false), set_config('gw_auth.mac', '', false);
-    IF p_env IS NULL OR p_mac IS NULL OR p_mac !~ '^v1\.[0-9]{1,9}\.[0-9a-f]{64}$' THEN
-        RETURN false;
+    IF p_env IS NULL OR p_env = '' OR p_mac IS NULL
+       OR p_mac !~ '^v1\.[0-9]{1,9}\.[0-9a-f]{64}$' THEN
+        RETURN NULL;
     END IF;
     SELECT * INTO k FROM gw_auth.keys
      WHERE kid = split_part(p_mac, '.', 2)::int
        AND (not_after IS NULL OR not_after > statement_timestamp());
     IF NOT FOUND THEN
-        RETURN false;
+        RETURN NULL;
     END IF;
     IF sha256(sha256(k.k_opad || sha256(k.k_ipad || convert_to(p_env, 'UTF8'))))
        <> sha256(decode(split_part(p_mac, '.', 3), 'hex')) THEN
-        RETURN false;
+        RETURN NULL;
     END IF;
     env := p_env::jsonb;
     SELECT (extract(epoch FROM a.backend_start) * 1000000)::bigint::text INTO my_bs
@@ -65,6 +67,29 @@ BEGIN
        OR coalesce(env ->> 'exp', '') !~ '^[0-9]{1,12}$'
        OR (env ->> 'exp')::bigint <= extract(epoch FROM statement_timestamp())
        OR coalesce(env ->> 'ctr', '') !~ '^[0-9]{1,18}$' THEN
+        RETURN NULL;
+    END IF;
+    RETURN env;
+END
+$fn$;
+ALTER FUNCTION gw_auth.verified(text, text) OWNER TO gw_auth_owner;
+REVOKE ALL ON FUNCTION gw_auth.verified(text, text) FROM PUBLIC;
+
+-- auth.begin(env, mac): clears the claims, then sets them from the envelope when it is
+-- verified and its counter is above the backend's register (1 when the register is unset),
+-- which it then moves up to: an envelope is taken once, and never after a later one.
+CREATE OR REPLACE FUNCTION auth.begin(p_env text, p_mac text) RETURNS boolean
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    env jsonb;
+    ctr bigint;
+    cur bigint;
+BEGIN
+    PERFORM set_config('gw_auth.claims', '', false), set_config('gw_auth.mac', '', false);
+    env := gw_auth.verified(p_env, p_mac);
+    IF env IS NULL THEN
         RETURN false;
     END IF;
     ctr := (env ->> 'ctr')::bigint;
@@ -83,44 +108,17 @@ END
 $fn$;
 ALTER FUNCTION auth.begin(text, text) OWNER TO gw_auth_owner;
 
--- auth.session(): the claims of the envelope auth.begin accepted last in this session, or
--- NULL. The same checks, plus ctr = the register; no EXCEPTION block (parallel plans).
+-- auth.session(): the claims of the envelope auth.begin accepted last in this session (its
+-- counter is the register's), or NULL. No EXCEPTION block (parallel plans).
 CREATE OR REPLACE FUNCTION auth.session() RETURNS jsonb
 LANGUAGE plpgsql STABLE SECURITY DEFINER PARALLEL RESTRICTED
 SET search_path = pg_catalog, pg_temp
 AS $fn$
 DECLARE
-    env_txt text := current_setting('gw_auth.claims', true);
-    mac_txt text := current_setting('gw_auth.mac', true);
-    k gw_auth.keys%ROWTYPE;
-    env jsonb;
-    my_bs text;
+    env jsonb := gw_auth.verified(current_setting('gw_auth.claims', true),
+                                  current_setting('gw_auth.mac', true));
 BEGIN
-    IF env_txt IS NULL OR env_txt = '' OR mac_txt IS NULL
-       OR mac_txt !~ '^v1\.[0-9]{1,9}\.[0-9a-f]{64}$' THEN
-        RETURN NULL;
-    END IF;
-    SELECT * INTO k FROM gw_auth.keys
-     WHERE kid = split_part(mac_txt, '.', 2)::int
-       AND (not_after IS NULL OR not_after > statement_timestamp());
-    IF NOT FOUND THEN
-        RETURN NULL;
-    END IF;
-    IF sha256(sha256(k.k_opad || sha256(k.k_ipad || convert_to(env_txt, 'UTF8'))))
-       <> sha256(decode(split_part(mac_txt, '.', 3), 'hex')) THEN
-        RETURN NULL;
-    END IF;
-    env := env_txt::jsonb;
-    SELECT (extract(epoch FROM a.backend_start) * 1000000)::bigint::text INTO my_bs
-      FROM pg_stat_get_activity(pg_backend_pid()) a;
-    IF jsonb_typeof(env) IS DISTINCT FROM 'object'
-       OR env ->> 'v' IS DISTINCT FROM '1'
-       OR env ->> 'pid' IS DISTINCT FROM pg_backend_pid()::text
-       OR my_bs IS NULL OR env ->> 'bs' IS DISTINCT FROM my_bs
-       OR env ->> 'role' IS DISTINCT FROM session_user::text
-       OR coalesce(env ->> 'exp', '') !~ '^[0-9]{1,12}$'
-       OR (env ->> 'exp')::bigint <= extract(epoch FROM statement_timestamp())
-       OR env ->> 'ctr' IS DISTINCT FROM currval('gw_auth.reg')::text THEN
+    IF env IS NULL OR env ->> 'ctr' IS DISTINCT FROM currval('gw_auth.reg')::text THEN
         RETURN NULL;
     END IF;
     RETURN nullif(env -> 'claims', 'null'::jsonb);

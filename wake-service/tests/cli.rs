@@ -12,99 +12,16 @@
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use clap::Parser;
 use serde::de::DeserializeOwned;
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 use wake_api::admin::{ComputeEvent, Endpoint, EndpointState};
-use wake_service::config::{Cli, Command};
 
 mod common;
-use common::TempRoot;
+use common::service::{Wake, TOKEN};
 
-const TOKEN: &str = "0123456789abcdef0123456789abcdef";
 /// How long a state the API reports may take to appear.
 const SETTLE: Duration = Duration::from_secs(60);
 
-/// A wake service running in this process, stopped (its computes suspended, its state store
-/// stopped) by [`Wake::stop`]; its directory goes with `temp`.
-struct Wake {
-    url: String,
-    shutdown: CancellationToken,
-    task: JoinHandle<anyhow::Result<()>>,
-    http: reqwest::Client,
-    // Dropped last: removes what is left of the service's processes and OS users.
-    temp: TempRoot,
-}
-
 impl Wake {
-    /// A wake service without a default endpoint, computes on `ports` (FIRST-LAST).
-    async fn start(tag: &str, ports: &str) -> Wake {
-        let temp = TempRoot::new(tag);
-        let data_dir = temp.path.to_str().expect("UTF-8 temp path").to_owned();
-        let cli = Cli::try_parse_from([
-            "wake-service",
-            "serve",
-            "--data-dir",
-            &data_dir,
-            "--admin-token",
-            TOKEN,
-            "--compute-ports",
-            ports,
-            "--compute-fast",
-            "--default-endpoint",
-            "",
-        ])
-        .expect("serve flags");
-        let Command::Serve(args) = cli.command else {
-            unreachable!("parsed `serve`")
-        };
-        let config = args.validate().expect("valid config");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind port 0");
-        let url = format!("http://{}", listener.local_addr().expect("address"));
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn(wake_service::run(config, listener, shutdown.clone()));
-        let wake = Wake {
-            url,
-            shutdown,
-            task,
-            http: reqwest::Client::new(),
-            temp,
-        };
-        wake.wait_ready().await;
-        wake
-    }
-
-    async fn wait_ready(&self) {
-        let deadline = Instant::now() + SETTLE;
-        loop {
-            let ready = self
-                .http
-                .get(format!("{}/readyz", self.url))
-                .send()
-                .await
-                .is_ok_and(|r| r.status().is_success());
-            if ready {
-                return;
-            }
-            assert!(!self.task.is_finished(), "the wake service exited at start");
-            assert!(Instant::now() < deadline, "the wake service is not ready");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    async fn stop(self) {
-        self.shutdown.cancel();
-        let result = tokio::time::timeout(Duration::from_secs(120), self.task)
-            .await
-            .expect("the wake service stops")
-            .expect("the service task");
-        result.expect("the wake service ran without error");
-        drop(self.temp);
-    }
-
     /// `wake-service <args> --url … --token …`, with no WAKE_* variable inherited.
     async fn cli(&self, args: &[&str]) -> Output {
         self.cli_with_stdin(args, None).await

@@ -15,7 +15,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
 use bytes::BytesMut;
-use clap::Parser;
 use fallible_iterator::FallibleIterator;
 use hmac::{Hmac, Mac};
 use postgres_protocol::message::{backend, frontend};
@@ -23,98 +22,15 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 use wake_api::admin::Endpoint;
 use wake_api::proxy::{AccessControl, Jwks, JwtLogin};
-use wake_service::config::{Cli, Command};
 
 mod common;
-use common::TempRoot;
+use common::service::{Wake, TOKEN};
 
-const TOKEN: &str = "0123456789abcdef0123456789abcdef";
 const APP_PASSWORD: &str = "app-password-1";
 
-/// A wake service running in this process; its directory (and processes) go with `temp`.
-struct Wake {
-    url: String,
-    shutdown: CancellationToken,
-    task: JoinHandle<anyhow::Result<()>>,
-    http: reqwest::Client,
-    temp: TempRoot,
-}
-
 impl Wake {
-    async fn start(tag: &str, ports: &str) -> Wake {
-        Wake::run(TempRoot::new(tag), ports).await
-    }
-
-    /// A wake service on `temp` (a new one, or one a stopped service left).
-    async fn run(temp: TempRoot, ports: &str) -> Wake {
-        let data_dir = temp.path.to_str().expect("UTF-8 temp path").to_owned();
-        let cli = Cli::try_parse_from([
-            "wake-service",
-            "serve",
-            "--data-dir",
-            &data_dir,
-            "--admin-token",
-            TOKEN,
-            "--compute-ports",
-            ports,
-            "--compute-fast",
-            "--default-endpoint",
-            "",
-        ])
-        .expect("serve flags");
-        let Command::Serve(args) = cli.command else {
-            unreachable!("parsed `serve`")
-        };
-        let config = args.validate().expect("valid config");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind port 0");
-        let url = format!("http://{}", listener.local_addr().expect("address"));
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn(wake_service::run(config, listener, shutdown.clone()));
-        let wake = Wake {
-            url,
-            shutdown,
-            task,
-            http: reqwest::Client::new(),
-            temp,
-        };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let ready = wake
-                .http
-                .get(format!("{}/readyz", wake.url))
-                .send()
-                .await
-                .is_ok_and(|r| r.status().is_success());
-            if ready {
-                return wake;
-            }
-            assert!(!wake.task.is_finished(), "the wake service exited at start");
-            assert!(Instant::now() < deadline, "the wake service is not ready");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// Stops the service (its computes suspended) and returns its directory.
-    async fn halt(self) -> TempRoot {
-        self.shutdown.cancel();
-        let result = tokio::time::timeout(Duration::from_secs(120), self.task)
-            .await
-            .expect("the wake service stops")
-            .expect("the service task");
-        result.expect("the wake service ran without error");
-        self.temp
-    }
-
-    async fn stop(self) {
-        drop(self.halt().await);
-    }
-
     /// `method path [body]`: the status and the JSON body (Null when empty).
     async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
         let mut request = self

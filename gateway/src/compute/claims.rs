@@ -33,10 +33,12 @@ const IDENTITY: &str = "SELECT pid, (extract(epoch from backend_start) * 1000000
 /// The call that hands an envelope to SQL.
 const BEGIN: &str = "SELECT auth.begin($1, $2)";
 
-/// The reset of a bound backend between users: [`super::Backend::reset`] without the
-/// `DISCARD SEQUENCES` part of `DISCARD ALL`.
+/// The reset of a bound backend between users: `DISCARD ALL` without `DISCARD SEQUENCES`
+/// (the counter's register stays) and without `DISCARD PLANS`: cached plans carry nothing of
+/// a user (they are invalidated by DDL and checked against the `search_path` by Postgres
+/// itself), and dropping them would make every request plan `auth.begin`'s statements again.
 pub(super) const RESET: &str = "CLOSE ALL; RESET ALL; DEALLOCATE ALL; UNLISTEN *; \
-     SELECT pg_catalog.pg_advisory_unlock_all(); DISCARD TEMP; DISCARD PLANS";
+     SELECT pg_catalog.pg_advisory_unlock_all(); DISCARD TEMP";
 
 /// An endpoint's claims key: HMAC-SHA-256, 32 bytes. Never printed.
 #[derive(Clone, PartialEq, Eq)]

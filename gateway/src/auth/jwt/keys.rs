@@ -15,6 +15,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use ring::signature::{self, RsaPublicKeyComponents, UnparsedPublicKey};
 use serde_json::Value;
+use sha2::Digest;
 
 /// The most keys of a set looked at; the rest are ignored (a set is at most 64 KiB anyway).
 const MAX_KEYS: usize = 100;
@@ -132,6 +133,37 @@ impl Jwk {
     /// algorithm the key does not suit). ECDSA signatures are raw `r ‖ s` of the curve's size
     /// (ring's `FIXED` forms: r and s in range, the point on the curve); RSA signatures are
     /// exactly as long as the modulus.
+    /// What identifies this key's material: equal for the same public key (and `alg`), so a
+    /// signature checked with it once need not be checked again ([`super::JwtValidator`]).
+    pub fn fingerprint(&self) -> [u8; 32] {
+        let mut digest = sha2::Sha256::new();
+        let mut part = |bytes: &[u8]| {
+            digest.update((bytes.len() as u64).to_be_bytes());
+            digest.update(bytes);
+        };
+        match &self.material {
+            Material::Rsa { n, e } => {
+                part(b"RSA");
+                part(n);
+                part(e);
+            }
+            Material::P256(point) => {
+                part(b"P-256");
+                part(point);
+            }
+            Material::P384(point) => {
+                part(b"P-384");
+                part(point);
+            }
+            Material::Ed25519(x) => {
+                part(b"Ed25519");
+                part(x);
+            }
+        }
+        part(format!("{:?}", self.alg).as_bytes());
+        digest.finalize().into()
+    }
+
     pub fn verify(&self, alg: Algorithm, message: &[u8], signature: &[u8]) -> bool {
         if !self.suits(alg) {
             return false;

@@ -29,6 +29,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Map, Value};
+use sha2::Digest;
 use url::{Host, Url};
 use wake_api::proxy::{JwksSettings, DEFAULT_JWT_ALGORITHMS};
 
@@ -265,7 +266,16 @@ pub struct JwtValidator {
     config: JwtConfig,
     jwks: Jwks,
     validations: Counter<JwtOutcome>,
+    /// Signatures that verified, by a digest of the key's material, the algorithm, the
+    /// signed input and the signature: a client sending the same token with every request
+    /// (the driver's `authToken`) costs one signature check, not one per request. Everything
+    /// else (the key still in its rule's set, the claims, `exp`) is checked every time.
+    signatures: moka::sync::Cache<[u8; 32], ()>,
 }
+
+/// The most verified signatures remembered, and for how long.
+const SIGNATURES: u64 = 50_000;
+const SIGNATURE_TTL: Duration = Duration::from_secs(3600);
 
 /// The key sets of the applicable rules, by rule (`keys` is `None` when no fetch ever
 /// succeeded).
@@ -286,6 +296,10 @@ impl JwtValidator {
             jwks: Jwks::new(config.clone(), metrics),
             config,
             validations: metrics.jwt_validations.clone(),
+            signatures: moka::sync::Cache::builder()
+                .max_capacity(SIGNATURES)
+                .time_to_live(SIGNATURE_TTL)
+                .build(),
         }
     }
 
@@ -339,9 +353,7 @@ impl JwtValidator {
             return Err(JwtError::BadAlgorithm);
         }
         let (rule, key) = self.find_key(endpoint, &applicable, &parsed).await?;
-        if !key.verify(parsed.alg, parsed.signing_input, &parsed.signature) {
-            return Err(JwtError::BadSignature);
-        }
+        self.verify_signature(&key, &parsed)?;
         let expected = token::Expected {
             audience: rule.audience.as_deref(),
             issuer: rule.issuer.as_deref(),
@@ -354,6 +366,30 @@ impl JwtValidator {
             exp,
             rule_id: rule.id.clone(),
         })
+    }
+
+    /// Checks the token's signature with `key`, unless this very signature of this very input
+    /// verified with the same key material before.
+    fn verify_signature(&self, key: &Jwk, parsed: &token::Parsed<'_>) -> Result<(), JwtError> {
+        let mut digest = sha2::Sha256::new();
+        for part in [
+            &key.fingerprint()[..],
+            format!("{:?}", parsed.alg).as_bytes(),
+            parsed.signing_input,
+            &parsed.signature,
+        ] {
+            digest.update((part.len() as u64).to_be_bytes());
+            digest.update(part);
+        }
+        let proof: [u8; 32] = digest.finalize().into();
+        if self.signatures.contains_key(&proof) {
+            return Ok(());
+        }
+        if !key.verify(parsed.alg, parsed.signing_input, &parsed.signature) {
+            return Err(JwtError::BadSignature);
+        }
+        self.signatures.insert(proof, ());
+        Ok(())
     }
 
     /// The one key of the applicable rules for the token's `kid` and `alg`; an unknown `kid`

@@ -640,3 +640,41 @@ fn rules_from_settings() {
         Err(RuleError::NoUsableKey)
     ));
 }
+
+#[tokio::test]
+async fn a_signature_verified_once_is_remembered_for_that_key_only() {
+    let f = fixture();
+    let header = json!({"alg": "EdDSA", "kid": "ed"});
+    let token = jwt(&header, &claims(), &f.ed, "EdDSA");
+    assert_eq!(f.outcome(&token).await, "ok");
+    assert_eq!(f.validator.signatures.entry_count(), 0, "counted lazily");
+    f.validator.signatures.run_pending_tasks();
+    assert_eq!(f.validator.signatures.entry_count(), 1);
+    // Again: the same answer, from the remembered signature.
+    assert_eq!(f.outcome(&token).await, "ok");
+    f.validator.signatures.run_pending_tasks();
+    assert_eq!(f.validator.signatures.entry_count(), 1);
+    // The same signed input with another signature is checked, and refused.
+    let (input, _) = token.rsplit_once('.').expect("three parts");
+    let forged = format!("{input}.{}", b64(&[7u8; 64]));
+    assert_eq!(f.outcome(&forged).await, "bad_signature");
+    // The same kid with another key (a rotation): the remembered signature does not apply.
+    let other = Signer::ed();
+    let rotated = vec![rule("main", vec![other.jwk("ed")], &["authenticated"])];
+    let refused = f
+        .validator
+        .validate(&endpoint(), &rotated, "authenticated", &token)
+        .await;
+    assert!(
+        matches!(refused, Err(JwtError::BadSignature)),
+        "{refused:?}"
+    );
+    // Claims are checked every time: an expired token is refused however it was signed.
+    let expired = jwt(
+        &header,
+        &json!({"sub": "u", "exp": now() - 3600}),
+        &f.ed,
+        "EdDSA",
+    );
+    assert_eq!(f.outcome(&expired).await, "expired");
+}

@@ -603,6 +603,18 @@ test('pooled /sql requests alternating alice, bob, alice each see their own id; 
   }
 });
 
+test('statements that must run alone in their transaction (VACUUM, SET TRANSACTION) work with a token on a pooled backend', { timeout: 30_000 }, async () => {
+  // They refuse to follow another statement in their transaction (25001): the claims must
+  // reach SQL in a round trip of their own, before the statement, on new and reused backends.
+  const alice = asUser(sets.main.token('alice', { alg: 'EdDSA' }));
+  for (let i = 0; i < 4; i++) {
+    await alice.query(`VACUUM ${TODOS}`);
+    await alice.query('SET TRANSACTION ISOLATION LEVEL SERIALIZABLE');
+    const [r] = await alice.query('SELECT auth.user_id() AS uid');
+    assert.equal(r.uid, 'alice');
+  }
+});
+
 // ---------------------------------------------------------------------------
 // Forgery from SQL
 // ---------------------------------------------------------------------------

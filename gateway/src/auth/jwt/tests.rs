@@ -88,6 +88,11 @@ pub fn jwt(header: &Value, claims: &Value, signer: &Signer, alg: &str) -> String
     format!("{input}.{}", b64(&signature))
 }
 
+/// A token with the default claims, signed with `alg` under `kid`.
+fn signed(alg: &str, kid: &str, signer: &Signer) -> String {
+    jwt(&json!({"alg": alg, "kid": kid}), &claims(), signer, alg)
+}
+
 fn now() -> u64 {
     unix_now()
 }
@@ -191,29 +196,14 @@ async fn each_algorithm_verifies_and_the_claims_come_back_as_signed() {
 #[tokio::test]
 async fn other_algorithms_only_when_the_rule_allows_them() {
     let mut f = fixture();
-    let ps = jwt(
-        &json!({"alg": "PS256", "kid": "rsa"}),
-        &claims(),
-        &f.rsa,
-        "PS256",
-    );
-    let rs384 = jwt(
-        &json!({"alg": "RS384", "kid": "rsa"}),
-        &claims(),
-        &f.rsa,
-        "RS384",
-    );
+    let ps = signed("PS256", "rsa", &f.rsa);
+    let rs384 = signed("RS384", "rsa", &f.rsa);
     assert_eq!(f.outcome(&ps).await, "bad_algorithm");
     f.rules[0].algorithms = vec![Algorithm::PS256, Algorithm::RS384];
     assert_eq!(f.outcome(&ps).await, "ok");
     assert_eq!(f.outcome(&rs384).await, "ok");
     // EdDSA is not allowed by this rule any more.
-    let ed = jwt(
-        &json!({"alg": "EdDSA", "kid": "ed"}),
-        &claims(),
-        &f.ed,
-        "EdDSA",
-    );
+    let ed = signed("EdDSA", "ed", &f.ed);
     assert_eq!(f.outcome(&ed).await, "bad_algorithm");
 }
 
@@ -246,24 +236,9 @@ async fn alg_none_and_algorithm_confusion_are_refused() {
         assert_eq!(f.outcome(&token).await, "bad_algorithm");
     }
     // A kid of another key type than the alg's.
-    let es_on_rsa = jwt(
-        &json!({"alg": "ES256", "kid": "rsa"}),
-        &claims(),
-        &f.ec,
-        "ES256",
-    );
-    let rs_on_ec = jwt(
-        &json!({"alg": "RS256", "kid": "ec"}),
-        &claims(),
-        &f.rsa,
-        "RS256",
-    );
-    let ed_on_ec = jwt(
-        &json!({"alg": "EdDSA", "kid": "ec"}),
-        &claims(),
-        &f.ed,
-        "EdDSA",
-    );
+    let es_on_rsa = signed("ES256", "rsa", &f.ec);
+    let rs_on_ec = signed("RS256", "ec", &f.rsa);
+    let ed_on_ec = signed("EdDSA", "ec", &f.ed);
     for token in [es_on_rsa, rs_on_ec, ed_on_ec] {
         assert_eq!(f.outcome(&token).await, "bad_algorithm");
     }
@@ -278,18 +253,8 @@ async fn a_key_pinned_to_an_alg_verifies_only_that_alg() {
     pinned["alg"] = json!("RS256");
     f.rules = vec![rule("pinned", vec![pinned], &["authenticated"])];
     f.rules[0].algorithms = vec![Algorithm::RS256, Algorithm::PS256];
-    let rs = jwt(
-        &json!({"alg": "RS256", "kid": "pinned"}),
-        &claims(),
-        &f.rsa,
-        "RS256",
-    );
-    let ps = jwt(
-        &json!({"alg": "PS256", "kid": "pinned"}),
-        &claims(),
-        &f.rsa,
-        "PS256",
-    );
+    let rs = signed("RS256", "pinned", &f.rsa);
+    let ps = signed("PS256", "pinned", &f.rsa);
     assert_eq!(f.outcome(&rs).await, "ok");
     assert_eq!(f.outcome(&ps).await, "bad_algorithm");
 }
@@ -415,12 +380,7 @@ async fn claims_cases() {
 #[tokio::test]
 async fn the_role_must_be_one_of_the_rules() {
     let f = fixture();
-    let token = jwt(
-        &json!({"alg": "ES256", "kid": "ec"}),
-        &claims(),
-        &f.ec,
-        "ES256",
-    );
+    let token = signed("ES256", "ec", &f.ec);
     assert!(f.check("anonymous", &token).await.is_ok());
     for role in ["postgres", "Authenticated", "authenticated ", ""] {
         let refused = f.check(role, &token).await.expect_err(role);
@@ -449,12 +409,7 @@ async fn a_huge_token_is_refused_before_decoding() {
 #[tokio::test]
 async fn encodings_other_than_strict_base64url_are_refused() {
     let f = fixture();
-    let token = jwt(
-        &json!({"alg": "ES256", "kid": "ec"}),
-        &claims(),
-        &f.ec,
-        "ES256",
-    );
+    let token = signed("ES256", "ec", &f.ec);
     assert_eq!(f.outcome(&token).await, "ok");
     let (input, signature) = token.rsplit_once('.').expect("three segments");
     let raw = URL_SAFE_NO_PAD.decode(signature).expect("base64url");
@@ -488,12 +443,7 @@ async fn encodings_other_than_strict_base64url_are_refused() {
 #[tokio::test]
 async fn ecdsa_signatures_are_raw_r_and_s() {
     let f = fixture();
-    let token = jwt(
-        &json!({"alg": "ES256", "kid": "ec"}),
-        &claims(),
-        &f.ec,
-        "ES256",
-    );
+    let token = signed("ES256", "ec", &f.ec);
     let (input, signature) = token.rsplit_once('.').expect("three segments");
     let raw = URL_SAFE_NO_PAD.decode(signature).expect("base64url");
     let (r, s) = raw.split_at(32);
@@ -520,12 +470,7 @@ async fn ecdsa_signatures_are_raw_r_and_s() {
         );
     }
     // An RSA signature one byte short of the modulus.
-    let token = jwt(
-        &json!({"alg": "RS256", "kid": "rsa"}),
-        &claims(),
-        &f.rsa,
-        "RS256",
-    );
+    let token = signed("RS256", "rsa", &f.rsa);
     let (input, signature) = token.rsplit_once('.').expect("three segments");
     let raw = URL_SAFE_NO_PAD.decode(signature).expect("base64url");
     assert_eq!(
@@ -538,12 +483,7 @@ async fn ecdsa_signatures_are_raw_r_and_s() {
 async fn duplicate_kids_are_ambiguous_never_tried_in_turn() {
     let mut f = fixture();
     let other = Signer::ec();
-    let token = jwt(
-        &json!({"alg": "ES256", "kid": "dup"}),
-        &claims(),
-        &f.ec,
-        "ES256",
-    );
+    let token = signed("ES256", "dup", &f.ec);
     // Within one set.
     f.rules = vec![rule(
         "one",

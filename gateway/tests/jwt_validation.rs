@@ -581,8 +581,12 @@ async fn https_uses_rustls_and_refuses_an_untrusted_certificate() {
         }
     });
     let metrics = Metrics::new();
-    // https is always allowed; the loopback flag only matters for http.
-    let validator = JwtValidator::new(JwtConfig::default(), &metrics);
+    // https to a loopback host: allowed with private addresses (the http flag is off).
+    let config = JwtConfig {
+        allow_private_addresses: true,
+        ..JwtConfig::default()
+    };
+    let validator = JwtValidator::new(config, &metrics);
     let rules = vec![rule("tls", &format!("https://localhost:{port}/jwks"))];
     let token = Signer::ec().token("k");
     let refused = validator
@@ -598,4 +602,52 @@ async fn https_uses_rustls_and_refuses_an_untrusted_certificate() {
     assert!(metrics
         .encode()
         .contains("gateway_jwks_fetches_total{outcome=\"error\"} 1"));
+}
+
+/// A rule's URL is the tenant's: by default nothing but public addresses is fetched from,
+/// whether the URL names a private or loopback address or a name that resolves to one; the
+/// server listening there is never reached.
+#[tokio::test]
+async fn private_and_loopback_hosts_are_not_fetched_from_by_default() {
+    let signer = Signer::ec();
+    let server = serve(vec![signer.jwk("k")]).await;
+    let port = server
+        .url
+        .trim_start_matches("http://127.0.0.1:")
+        .trim_end_matches("/jwks")
+        .to_owned();
+    let metrics = Metrics::new();
+    let validator = JwtValidator::new(JwtConfig::default(), &metrics);
+    let urls = [
+        format!("https://127.0.0.1:{port}/jwks"),
+        format!("https://localhost:{port}/jwks"),
+        format!("https://[::ffff:127.0.0.1]:{port}/jwks"),
+        format!("https://[::1]:{port}/jwks"),
+        "https://10.0.0.1/jwks".to_owned(),
+        "https://169.254.169.254/latest/meta-data".to_owned(),
+        "https://[fd00::1]/jwks".to_owned(),
+        "https://0.0.0.0/jwks".to_owned(),
+    ];
+    for (i, url) in urls.iter().enumerate() {
+        let rules = vec![rule(&format!("r{i}"), url)];
+        let refused = validator
+            .validate(&endpoint(), &rules, "authenticated", &signer.token("k"))
+            .await;
+        assert_eq!(refused, Err(JwtError::KeysUnavailable), "{url}");
+    }
+    assert_eq!(server.requests(), 0);
+    let expected = format!(
+        "gateway_jwks_fetches_total{{outcome=\"not_permitted\"}} {}",
+        urls.len()
+    );
+    assert!(metrics.encode().contains(&expected), "{expected}");
+
+    // Allowed by the operator, the same server is reached (over http, with the loopback flag).
+    let allowed = JwtValidator::new(config(), &Metrics::new());
+    let rules = vec![rule("local", &server.url)];
+    allowed
+        .validate(&endpoint(), &rules, "authenticated", &signer.token("k"))
+        .await
+        .expect("fetched from loopback when allowed");
+    assert_eq!(server.requests(), 1);
 }

@@ -80,6 +80,12 @@ pub struct Args {
     #[arg(long, env = "GATEWAY_JWKS_ALLOW_HTTP_LOOPBACK")]
     pub jwks_allow_http_loopback: bool,
 
+    /// Let JWKS fetches reach private, link-local and loopback addresses (an identity provider
+    /// on your own network). Off, they reach public addresses only: a rule's URL is the
+    /// tenant's to choose.
+    #[arg(long, env = "GATEWAY_JWKS_ALLOW_PRIVATE_ADDRESSES")]
+    pub jwks_allow_private_addresses: bool,
+
     /// Seconds a route from the control plane is kept after its last use.
     #[arg(long, env = "GATEWAY_ROUTE_CACHE_IDLE_SECONDS", default_value_t = 240)]
     pub route_cache_idle_seconds: u64,
@@ -302,7 +308,8 @@ pub struct Config {
     pub route_cache: RouteCacheConfig,
     /// The cache of JWKS rules, and what JWKS URLs may be.
     pub jwt_rules: JwtRulesConfig,
-    /// JWT validation and JWKS fetching: Neon's numbers, and `--jwks-allow-http-loopback`.
+    /// JWT validation and JWKS fetching: Neon's numbers, `--jwks-allow-http-loopback` and
+    /// `--jwks-allow-private-addresses`.
     pub jwt: JwtConfig,
     /// How often activity is reported to the control plane; `None`: never.
     pub activity_interval: Option<Duration>,
@@ -404,6 +411,7 @@ impl Args {
             },
             jwt: JwtConfig {
                 allow_http_loopback: self.jwks_allow_http_loopback,
+                allow_private_addresses: self.jwks_allow_private_addresses,
                 ..JwtConfig::default()
             },
             activity_interval,
@@ -837,7 +845,10 @@ mod tests {
         let config = parse(&[]).expect("defaults are valid");
         assert_eq!(config.jwt, JwtConfig::default());
         assert!(!config.jwt.allow_http_loopback);
+        assert!(!config.jwt.allow_private_addresses);
         let config = parse(&["--jwks-allow-http-loopback"]).expect("valid");
         assert!(config.jwt.allow_http_loopback);
+        let config = parse(&["--jwks-allow-private-addresses"]).expect("valid");
+        assert!(config.jwt.allow_private_addresses && !config.jwt.allow_http_loopback);
     }
 }

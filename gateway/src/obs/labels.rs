@@ -274,6 +274,9 @@ label! {
         Ok => "ok",
         /// A transport error (connect, TLS, reset).
         Error => "error",
+        /// Not attempted: the host has no address the gateway may reach (private, loopback,
+        /// reserved).
+        NotPermitted => "not_permitted",
         Timeout => "timeout",
         /// A status other than 200 (redirects are not followed).
         BadStatus => "bad_status",

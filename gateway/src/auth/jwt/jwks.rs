@@ -1,7 +1,8 @@
 //! Key sets fetched from JWKS URLs, cached per (endpoint, rule).
 //!
 //! Fetching: `reqwest` over rustls (ring, webpki roots compiled in), no redirects, no proxies,
-//! connect and total timeouts, a body cap, status 200 only; the keys are parsed one by one
+//! public addresses only unless allowed ([`super::addresses`]), connect and total timeouts, a
+//! body cap, status 200 only; the keys are parsed one by one
 //! ([`KeySet::parse`]). A body with no usable key counts as a failed fetch.
 //!
 //! Caching ([`Jwks::keys`]): a set younger than `refresh_after` is served as is; an older one
@@ -19,6 +20,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 use url::Url;
 
+use super::addresses::{self, NotPermitted, Resolver};
 use super::keys::KeySet;
 use super::JwtConfig;
 use crate::base::endpoint::EndpointId;
@@ -80,6 +82,8 @@ impl Entry {
 enum FetchError {
     #[error("transport error: {0}")]
     Transport(String),
+    #[error(transparent)]
+    NotPermitted(#[from] NotPermitted),
     #[error("timed out")]
     Timeout,
     #[error("status {0}")]
@@ -94,6 +98,7 @@ impl FetchError {
     fn outcome(&self) -> JwksFetch {
         match self {
             FetchError::Transport(_) => JwksFetch::Error,
+            FetchError::NotPermitted(_) => JwksFetch::NotPermitted,
             FetchError::Timeout => JwksFetch::Timeout,
             FetchError::Status(_) => JwksFetch::BadStatus,
             FetchError::TooLarge(_) => JwksFetch::TooLarge,
@@ -110,6 +115,9 @@ impl FetchError {
         let mut text = error.to_string();
         let mut source = std::error::Error::source(&error);
         while let Some(cause) = source {
+            if cause.is::<NotPermitted>() {
+                return FetchError::NotPermitted(NotPermitted);
+            }
             text.push_str(": ");
             text.push_str(&cause.to_string());
             source = cause.source();
@@ -143,9 +151,13 @@ struct Fetcher {
 
 impl Jwks {
     pub(super) fn new(config: JwtConfig, metrics: &Metrics) -> Jwks {
+        let resolver = Resolver {
+            allowed: config.allowed_addresses(),
+        };
         let client = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .no_proxy()
+            .dns_resolver(std::sync::Arc::new(resolver))
             .https_only(!config.allow_http_loopback)
             .connect_timeout(config.fetch_connect_timeout)
             .timeout(config.fetch_timeout)
@@ -297,6 +309,7 @@ impl Fetcher {
     }
 
     async fn download(&self, url: &Url) -> Result<KeySet, FetchError> {
+        addresses::check_literal(url, self.config.allowed_addresses())?;
         let mut response = self
             .client
             .get(url.clone())

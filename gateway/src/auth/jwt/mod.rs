@@ -21,6 +21,7 @@
 //! Whatever failed, the client is told the same ([`JwtError`]'s text); the variant is for the
 //! logs and `gateway_jwt_validations_total`.
 
+mod addresses;
 mod jwks;
 pub mod keys;
 pub mod token;
@@ -58,8 +59,21 @@ pub struct JwtConfig {
     pub max_age: Duration,
     /// No fetch of one (endpoint, rule) starts within this long of the previous one.
     pub min_refetch: Duration,
-    /// `http://` JWKS URLs are accepted when their host is a loopback address (tests only).
+    /// `http://` JWKS URLs are accepted when their host is a loopback address, and fetches
+    /// may reach loopback addresses (tests only).
     pub allow_http_loopback: bool,
+    /// Fetches may reach private, link-local and loopback addresses (an identity provider on
+    /// the operator's network); otherwise public addresses only ([`addresses`]).
+    pub allow_private_addresses: bool,
+}
+
+impl JwtConfig {
+    fn allowed_addresses(&self) -> addresses::Allowed {
+        addresses::Allowed {
+            loopback: self.allow_http_loopback,
+            private: self.allow_private_addresses,
+        }
+    }
 }
 
 impl Default for JwtConfig {
@@ -75,6 +89,7 @@ impl Default for JwtConfig {
             max_age: Duration::from_secs(3600),
             min_refetch: Duration::from_secs(30),
             allow_http_loopback: false,
+            allow_private_addresses: false,
         }
     }
 }

@@ -27,15 +27,26 @@ CREATE UNLOGGED SEQUENCE IF NOT EXISTS gw_auth.reg MINVALUE 0;
 ALTER SEQUENCE gw_auth.reg OWNER TO gw_auth_owner;
 REVOKE ALL ON SEQUENCE gw_auth.reg FROM PUBLIC;
 
+-- The envelope auth.begin accepted last in this session, as the first 16 bytes of its
+-- SHA-256 in two session-local registers (currval() again) that only gw_auth_owner can set:
+-- auth.session checks the session's envelope against them instead of verifying it again.
+CREATE UNLOGGED SEQUENCE IF NOT EXISTS gw_auth.held_hi
+    MINVALUE -9223372036854775808 MAXVALUE 9223372036854775807;
+CREATE UNLOGGED SEQUENCE IF NOT EXISTS gw_auth.held_lo
+    MINVALUE -9223372036854775808 MAXVALUE 9223372036854775807;
+ALTER SEQUENCE gw_auth.held_hi OWNER TO gw_auth_owner;
+ALTER SEQUENCE gw_auth.held_lo OWNER TO gw_auth_owner;
+REVOKE ALL ON SEQUENCE gw_auth.held_hi, gw_auth.held_lo FROM PUBLIC;
+
 -- gw_auth.verified(env, mac): the envelope as jsonb when its MAC holds under a live key and it
 -- is bound to this backend (pid and start time), to the session's login role, and not
--- expired (by the statement's clock); else NULL. The counter is the callers' to check. Only
--- auth.begin and auth.session (running as gw_auth_owner) can call it: nobody else has USAGE
--- on gw_auth. No EXCEPTION block, so it runs in parallel plans; the MAC is checked (and the
--- digests compared, which hides memcmp's early exit) before any cast or JSON parse.
+-- expired (by the statement's clock); else NULL. The counter is the caller's to check. Only
+-- auth.begin (running as gw_auth_owner) calls it: nobody else has USAGE on gw_auth. It runs
+-- with auth.begin's search_path (no SET clause of its own: one GUC change less per call). The
+-- MAC is checked (and the digests compared, which hides memcmp's early exit) before any cast
+-- or JSON parse.
 CREATE OR REPLACE FUNCTION gw_auth.verified(p_env text, p_mac text) RETURNS jsonb
 LANGUAGE plpgsql STABLE PARALLEL RESTRICTED
-SET search_path = pg_catalog, pg_temp
 AS $fn$
 DECLARE
     k gw_auth.keys%ROWTYPE;
@@ -86,6 +97,7 @@ DECLARE
     env jsonb;
     ctr bigint;
     cur bigint;
+    digest bytea;
 BEGIN
     PERFORM set_config('gw_auth.claims', '', false), set_config('gw_auth.mac', '', false);
     env := gw_auth.verified(p_env, p_mac);
@@ -102,23 +114,37 @@ BEGIN
         RETURN false;
     END IF;
     PERFORM setval('gw_auth.reg', ctr);
+    digest := sha256(convert_to(p_env, 'UTF8'));
+    PERFORM setval('gw_auth.held_hi', ('x' || encode(substr(digest, 1, 8), 'hex'))::bit(64)::bigint),
+            setval('gw_auth.held_lo', ('x' || encode(substr(digest, 9, 8), 'hex'))::bit(64)::bigint);
     PERFORM set_config('gw_auth.claims', p_env, false), set_config('gw_auth.mac', p_mac, false);
     RETURN true;
 END
 $fn$;
 ALTER FUNCTION auth.begin(text, text) OWNER TO gw_auth_owner;
 
--- auth.session(): the claims of the envelope auth.begin accepted last in this session (its
--- counter is the register's), or NULL. No EXCEPTION block (parallel plans).
+-- auth.session(): the claims of the envelope auth.begin accepted last in this session, or
+-- NULL: the session's envelope (gw_auth.claims) must have the digest auth.begin held, and not
+-- be expired. A session that sets gw_auth.claims without auth.begin ever having run in it
+-- gets an error (currval of an unset register), never claims. No EXCEPTION block (parallel
+-- plans).
 CREATE OR REPLACE FUNCTION auth.session() RETURNS jsonb
 LANGUAGE plpgsql STABLE SECURITY DEFINER PARALLEL RESTRICTED
 SET search_path = pg_catalog, pg_temp
 AS $fn$
 DECLARE
-    env jsonb := gw_auth.verified(current_setting('gw_auth.claims', true),
-                                  current_setting('gw_auth.mac', true));
+    env_text text := current_setting('gw_auth.claims', true);
+    env jsonb;
 BEGIN
-    IF env IS NULL OR env ->> 'ctr' IS DISTINCT FROM currval('gw_auth.reg')::text THEN
+    IF env_text IS NULL OR env_text = '' THEN
+        RETURN NULL;
+    END IF;
+    IF substr(sha256(convert_to(env_text, 'UTF8')), 1, 16)
+       <> int8send(currval('gw_auth.held_hi')) || int8send(currval('gw_auth.held_lo')) THEN
+        RETURN NULL;
+    END IF;
+    env := env_text::jsonb;
+    IF (env ->> 'exp')::bigint <= extract(epoch FROM statement_timestamp()) THEN
         RETURN NULL;
     END IF;
     RETURN nullif(env -> 'claims', 'null'::jsonb);
@@ -126,39 +152,32 @@ END
 $fn$;
 ALTER FUNCTION auth.session() OWNER TO gw_auth_owner;
 
+-- auth.jwt(), auth.user_id() and auth.uid(): SQL-standard bodies, parsed here (under this
+-- script's search_path, so nobody's objects are resolved) and inlined into the queries that
+-- call them.
 CREATE OR REPLACE FUNCTION auth.jwt() RETURNS jsonb
-LANGUAGE plpgsql STABLE PARALLEL RESTRICTED
-SET search_path = pg_catalog, pg_temp
-AS $fn$
-BEGIN
-    RETURN auth.session();
-END
-$fn$;
+LANGUAGE sql STABLE PARALLEL RESTRICTED
+BEGIN ATOMIC
+    SELECT auth.session();
+END;
 ALTER FUNCTION auth.jwt() OWNER TO gw_auth_owner;
 
 CREATE OR REPLACE FUNCTION auth.user_id() RETURNS text
-LANGUAGE plpgsql STABLE PARALLEL RESTRICTED
-SET search_path = pg_catalog, pg_temp
-AS $fn$
-BEGIN
-    RETURN auth.session() ->> 'sub';
-END
-$fn$;
+LANGUAGE sql STABLE PARALLEL RESTRICTED
+BEGIN ATOMIC
+    SELECT auth.session() ->> 'sub';
+END;
 ALTER FUNCTION auth.user_id() OWNER TO gw_auth_owner;
 
 CREATE OR REPLACE FUNCTION auth.uid() RETURNS uuid
-LANGUAGE plpgsql STABLE PARALLEL RESTRICTED
-SET search_path = pg_catalog, pg_temp
-AS $fn$
-DECLARE
-    sub text := auth.session() ->> 'sub';
-BEGIN
-    IF sub ~ '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$' THEN
-        RETURN sub::uuid;
-    END IF;
-    RETURN NULL;
-END
-$fn$;
+LANGUAGE sql STABLE PARALLEL RESTRICTED
+BEGIN ATOMIC
+    SELECT CASE
+        WHEN s.sub ~ '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$'
+        THEN s.sub::uuid
+    END
+    FROM (SELECT auth.session() ->> 'sub' AS sub) s;
+END;
 ALTER FUNCTION auth.uid() OWNER TO gw_auth_owner;
 
 GRANT EXECUTE ON FUNCTION auth.session(), auth.jwt(), auth.user_id(), auth.uid() TO PUBLIC;

@@ -1032,6 +1032,13 @@ async fn another_backend_cannot_use_them(s: &mut Session, t: &mut Session, minte
     stolen.0 = stolen.0.replace(&format!("\"ctr\":{}", s.ctr), "\"ctr\":1");
     assert!(!begin(t, &stolen).await);
     assert_eq!(t.one("SELECT auth.user_id()").await, None);
+    // Set by hand in a session that never took an envelope: an error, never claims.
+    let forged = format!(
+        "SELECT set_config('gw_auth.claims', {}, false), auth.user_id()",
+        quote(&stolen.0)
+    );
+    assert_eq!(t.fails(&forged).await, "55000");
+    t.exec("RESET ALL").await;
 }
 
 /// RESET ROLE and SET ROLE NONE keep `authenticated` (and alice); no other role can be
@@ -1062,6 +1069,7 @@ async fn no_other_role_or_object(s: &mut Session) {
         "SELECT * FROM gw_auth.keys",
         "INSERT INTO gw_auth.keys VALUES (9, '\\x00', '\\x00', NULL)",
         "SELECT setval('gw_auth.reg', 1000000)",
+        "SELECT setval('gw_auth.held_hi', 1), setval('gw_auth.held_lo', 1)",
         "SELECT pg_cancel_backend(pg_backend_pid())",
         "SELECT pg_terminate_backend(pg_backend_pid())",
         "ALTER ROLE authenticated SET track_activities = on",

@@ -6,9 +6,11 @@
 //! `{"v":1,"pid":…,"bs":…,"role":…,"exp":…,"ctr":…,"claims":…}` binding the claims to this
 //! backend (its pid and start time, in µs), to the login role, to an expiry and to a counter;
 //! `mac` is `v1.<kid>.<hex HMAC-SHA-256(key, env)>` with the endpoint's claims key, which the
-//! database holds where the session cannot read it. `auth.session()` re-checks the MAC and the
-//! binding on every read, so a `set_config` of the settings that carry them, an envelope made
-//! for another backend, or an older one of this backend (the counter only goes up) yields NULL.
+//! database holds where the session cannot read it. `auth.begin` checks the MAC and the
+//! binding and holds the accepted envelope's digest where the session cannot write it;
+//! `auth.session()` takes only the envelope with that digest, so a `set_config` of the settings
+//! that carry it, an envelope made for another backend, or an older one of this backend (the
+//! counter only goes up) yields NULL.
 //!
 //! The counter: [`Backend::begin_claims`] first binds a fresh backend (reads its pid and start
 //! time, then sends counter 1 with no claims), then sends counter n+1 for each use. A backend

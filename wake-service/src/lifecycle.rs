@@ -105,6 +105,11 @@ const ROLE_CHANGE_WAIT: Duration = Duration::from_secs(10);
 /// How often that wait looks at the store.
 const ROLE_CHANGE_POLL: Duration = Duration::from_millis(20);
 
+/// How late a gateway's report may reach the store after the interval it covers.
+const REPORT_SLACK: Duration = Duration::from_secs(1);
+/// The report interval assumed when no live gateway has said its own (the gateway's default).
+const ASSUMED_REPORT_INTERVAL: Duration = Duration::from_secs(1);
+
 /// How long a gentle suspend waits for PgBouncer's transactions to finish.
 const POOLER_PAUSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a forced suspend lets PgBouncer's transactions finish before Postgres goes.
@@ -547,7 +552,10 @@ impl Computes {
     ///    that keeps a server connection past the bound cancels the suspend;
     /// 3. in Postgres: any client backend that is not idle (a query running, idle in
     ///    transaction, logging in) or was active more recently than the idle threshold
-    ///    cancels the suspend, as does a gateway lease renewed meanwhile;
+    ///    cancels the suspend, as does a gateway lease renewed meanwhile. The threshold is
+    ///    never shorter than a gateway may take to report a session it just opened (its
+    ///    report interval and a second): a WebSocket client between its login and its first
+    ///    query is idle in Postgres and not yet in any lease;
     /// 4. idle sessions older than the threshold are closed (the gateway's idle pooled
     ///    connections, a forgotten psql), then Postgres gets a *smart* shutdown: it refuses
     ///    new connections at once (`57P03`, which the gateway answers by waking the endpoint
@@ -680,6 +688,9 @@ impl Computes {
                 "a transaction through PgBouncer did not finish in time".into(),
             ));
         }
+        // A session a gateway opened since its last report holds no lease yet: until a
+        // report could have covered it, its login or last query counts as activity.
+        let idle = idle.max(self.unreported_window().await);
         let busy = match self.last_look(spec, idle).await {
             Ok(busy) => busy,
             Err(e) => {
@@ -700,6 +711,20 @@ impl Computes {
             )
             .await?;
         Ok(None)
+    }
+
+    /// How long a session opened through a gateway may go without a lease: the longest
+    /// report interval of the live gateways, plus [`REPORT_SLACK`]. When the store cannot
+    /// say, the longest interval a gateway may report at.
+    async fn unreported_window(&self) -> Duration {
+        let interval = match self.store.longest_live_report_interval().await {
+            Ok(interval) => interval.unwrap_or(ASSUMED_REPORT_INTERVAL),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not read the gateways' report intervals");
+                Duration::from_millis(*REPORT_INTERVAL_MS.end())
+            }
+        };
+        interval + REPORT_SLACK
     }
 
     /// Step 3 and the first half of step 4: `Some(why)` when something is busy, else the

@@ -873,6 +873,21 @@ impl Store {
         })
     }
 
+    /// The longest report interval of the gateways that reported within three of their
+    /// intervals (they are live); `None` when none did.
+    pub async fn longest_live_report_interval(&self) -> Result<Option<Duration>, StoreError> {
+        let client = self.pool.get().await?;
+        let longest: Option<i64> = client
+            .query_one(
+                "SELECT max(interval_ms) FROM gateways
+                 WHERE seen_at > now() - make_interval(secs => 3 * interval_ms / 1000.0)",
+                &[],
+            )
+            .await?
+            .try_get(0)?;
+        Ok(longest.map(|ms| Duration::from_millis(u64::try_from(ms).unwrap_or(0))))
+    }
+
     /// How many gateways reported within three of their intervals (they are live) and have
     /// not yet applied role change `id`.
     pub async fn gateways_behind(&self, id: i64) -> Result<i64, StoreError> {

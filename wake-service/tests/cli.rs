@@ -147,6 +147,38 @@ async fn login(
     Ok(client)
 }
 
+/// A session that logged in moments ago is activity: no gateway's report can cover it yet (a
+/// WebSocket client between its login and its first query looks just like it), so a plain
+/// suspend steps back and the session goes on. Idle past that window (no gateway reports
+/// here: the assumed 1 s interval and 1 s of slack), a plain suspend closes it. Leaves the
+/// endpoint active.
+async fn fresh_sessions_are_activity(wake: &Wake, endpoint: &Endpoint) {
+    let id = endpoint.id.as_str();
+    let fresh = login(endpoint, "app", "app-password-1", "postgres")
+        .await
+        .expect("login");
+    let out = wake.cli(&["endpoints", "suspend", id]).await;
+    failed(
+        &out,
+        "endpoints suspend (a session just logged in)",
+        &["409", "1 session(s) active"],
+    );
+    let row = fresh
+        .query_one("SELECT 1", &[])
+        .await
+        .expect("the session goes on");
+    assert_eq!(row.get::<_, i32>(0), 1);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let out = wake.cli(&["endpoints", "suspend", id]).await;
+    succeeded(&out, "endpoints suspend (the session idle for 2.5 s)");
+    assert!(
+        fresh.simple_query("SELECT 1").await.is_err(),
+        "the idle session was closed"
+    );
+    let out = wake.cli(&["endpoints", "wake", id]).await;
+    succeeded(&out, "endpoints wake");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn endpoint_commands() {
     let wake = Wake::start("cli-ep", "25000-25499").await;
@@ -238,6 +270,7 @@ async fn endpoint_commands() {
         .cli(&["roles", "create", id, "app", "--password", "app-password-1"])
         .await;
     succeeded(&out, "roles create");
+    fresh_sessions_are_activity(&wake, &endpoint).await;
     let busy = login(&endpoint, "app", "app-password-1", "postgres")
         .await
         .expect("login");

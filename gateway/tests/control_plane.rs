@@ -7,7 +7,8 @@
 //! Scale to zero: activity reports (sessions at once, queries in flight, idle time, failed
 //! reports resent), an "inactive" reply dropping routes and idle connections, `57P03` at
 //! connect retried through a new wake, and a query on a pooled connection that its server
-//! closed retried only when it provably never ran.
+//! closed retried only when it provably never ran. Metering: the usage the reports carry
+//! reaches the control plane once, across an outage.
 
 mod support;
 
@@ -740,6 +741,9 @@ async fn a_query_on_a_pooled_connection_its_server_closed_is_retried_only_if_it_
         1.0
     );
     assert_eq!(cp.wakes(), 2);
+    // Metered as it ran: two statements (the attempt that never ran is none), on two
+    // connections.
+    assert_eq!(queries_and_connections(&gw).await, (Some(2), Some(2)));
     gw.stop().await;
 
     // The server dies after running the query, before its reply: the query may have run
@@ -758,7 +762,16 @@ async fn a_query_on_a_pooled_connection_its_server_closed_is_retried_only_if_it_
         0.0
     );
     assert_eq!(cp.wakes(), 1);
+    // The failed statement was sent (and ran): it counts.
+    assert_eq!(queries_and_connections(&gw).await, (Some(2), Some(1)));
     gw.stop().await;
+}
+
+/// `db`'s queries and backend connections in `/usage`.
+async fn queries_and_connections(gw: &TestGateway) -> (Option<u64>, Option<u64>) {
+    let usage = gw.usage().await;
+    let db = &usage["endpoints"]["db"];
+    (db["queries"].as_u64(), db["connections"].as_u64())
 }
 
 /// A gateway on `cp` reporting activity every `interval`.
@@ -886,6 +899,85 @@ async fn http_queries_are_in_flight_while_they_run_and_idle_time_grows_after() {
     assert!(quiet.report.endpoints.is_empty(), "{:?}", quiet.report);
     assert_eq!(quiet.report.cached, ["db"]);
     Arc::try_unwrap(gw).ok().expect("sole owner").stop().await;
+}
+
+/// The five counters of `usage` (`/usage` or the control plane's), in one order.
+fn counters(usage: &serde_json::Value) -> [Option<u64>; 5] {
+    [
+        "ingress_bytes",
+        "egress_bytes",
+        "queries",
+        "sessions",
+        "connections",
+    ]
+    .map(|name| usage[name].as_u64())
+}
+
+#[tokio::test]
+async fn usage_reaches_the_control_plane_once_whatever_its_outages() {
+    let cp = FakeControlPlane::start().await;
+    let gw = reporting(&cp, Duration::from_millis(100)).await;
+    // Down from the start: the traffic is counted all the same.
+    cp.fail_activity(true);
+    let pooler = conn("db-pooler", "postgres");
+    for (conn, body) in [
+        (CONN, json!({"query": "SELECT 1"})),
+        (
+            &pooler[..],
+            json!({"queries": [{"query": "SELECT 1"}, {"query": "SELECT 2"}]}),
+        ),
+    ] {
+        let (status, body) = sql(&gw, conn, body).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let session = tcp_session(&gw, "db-pooler", "postgres")
+        .await
+        .expect("TCP session");
+    assert_eq!(select_one(&session).await, 1); // one Execute
+    session.batch_execute("SELECT 2").await.expect("a Query");
+    drop(session);
+    eventually("the session ended", WITHIN, || async {
+        (gw.metric("gateway_sessions_active", "").await == 0.0).then_some(())
+    })
+    .await;
+    let failed = report_where(&cp, 0, "a failed report with usage", |r| {
+        !r.delivered && r.report.usage.is_some()
+    })
+    .await;
+    report_where(&cp, 0, "the same batch again", |r| {
+        r.at > failed.at && r.report.usage == failed.report.usage
+    })
+    .await;
+
+    // Back: whatever was counted arrives, once, under `db`.
+    cp.fail_activity(false);
+    let counted = gw.usage().await["endpoints"]["db"].clone();
+    assert_eq!(
+        counters(&counted)[2..],
+        [Some(5), Some(1), Some(3)],
+        "queries (1 + 2 over HTTP, an Execute and a Query), one session, connections (db and \
+         db-pooler pooled apart, and the session's): {counted}"
+    );
+    eventually("the control plane stored all of it", WITHIN, || async {
+        let stored = serde_json::to_value(cp.usage()).expect("JSON");
+        (counters(&stored["db"]) == counters(&counted)).then_some(())
+    })
+    .await;
+    assert_eq!(cp.usage().keys().collect::<Vec<_>>(), ["db"]);
+    // Every batch the gateway sent (several times each while the control plane was down) was
+    // stored, once: more ids for the same traffic would have counted it twice.
+    let sent: std::collections::BTreeSet<String> = cp
+        .reports()
+        .iter()
+        .filter_map(|r| Some(r.report.usage.as_ref()?.report_id.clone()))
+        .collect();
+    assert_eq!(sent, cp.usage_ids().into_iter().collect());
+    assert!(
+        gw.metric("gateway_usage_reports_total", "outcome=\"failed\"")
+            .await
+            >= 2.0
+    );
+    gw.stop().await;
 }
 
 #[tokio::test]

@@ -216,6 +216,54 @@ async fn batches_run_in_one_transaction() {
     gw.stop().await;
 }
 
+/// Metering (`/usage`): the statements sent (each of a batch, a failing one too, not the
+/// batch's own `START TRANSACTION`/`COMMIT`), the new backend connections (pool misses, not
+/// reuses), direct and `-pooler` together under the endpoint's id.
+#[tokio::test]
+async fn usage_counts_statements_sent_and_new_connections_per_endpoint() {
+    let gw = TestGateway::builder()
+        .route_to_postgres("db")
+        .route_to_postgres("db-pooler")
+        .start()
+        .await;
+    let pooler = "postgres://postgres:postgres@db-pooler.localtest.me/main";
+    let statements = |n: usize| {
+        let queries: Vec<Value> = (0..n)
+            .map(|i| json!({"query": format!("SELECT {i}")}))
+            .collect();
+        json!({ "queries": queries })
+    };
+    for (conn, body) in [
+        (CONN, json!({"query": "SELECT 1"})),
+        (pooler, statements(3)),
+        (CONN, json!({"query": "SELECT 2"})),
+        (CONN, json!({"queries": []})),
+    ] {
+        let (status, body) = sql(&gw, conn, body).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    // The second statement fails: two were sent, the third never.
+    let failing = json!({"queries": [
+        {"query": "SELECT 1"}, {"query": "SELECT 1/0"}, {"query": "SELECT 3"}
+    ]});
+    let (status, body) = sql(&gw, pooler, failing).await;
+    assert_eq!((status, &body["code"]), (400, &json!("22012")), "{body}");
+
+    let usage = gw.usage().await;
+    let endpoints = usage["endpoints"].as_object().expect("endpoints");
+    assert_eq!(endpoints.keys().collect::<Vec<_>>(), ["db"]);
+    let db = &endpoints["db"];
+    assert_eq!(db["queries"], 1 + 3 + 1 + 2);
+    assert_eq!(db["sessions"], 0);
+    let misses = gw
+        .metric("gateway_pool_checkouts_total", "outcome=\"miss\"")
+        .await;
+    assert!(misses >= 2.0, "db and db-pooler are pooled apart: {misses}");
+    assert_eq!(db["connections"].as_f64(), Some(misses));
+    assert!(db["ingress_bytes"].as_u64() > Some(100));
+    gw.stop().await;
+}
+
 #[tokio::test]
 async fn batch_transaction_headers() {
     let gw = TestGateway::builder().route_to_postgres("db").start().await;

@@ -11,6 +11,9 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::compute::local::LocalConfig;
 use crate::scheduler::SchedulerConfig;
+use crate::usage::sink::SinkConfig;
+use crate::usage::MeteringConfig;
+use wake_api::usage::Prices;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -39,6 +42,9 @@ pub enum Command {
     /// Manage an endpoint's JWKS rules (JWT logins) through a running service.
     #[command(subcommand)]
     Jwks(crate::cli::JwksCommand),
+    /// Read metered usage through a running service.
+    #[command(subcommand)]
+    Usage(crate::cli::UsageCommand),
 }
 
 #[derive(Args, Debug)]
@@ -147,6 +153,29 @@ pub struct ServeArgs {
     #[arg(long, env = "WAKE_QUARANTINE_UNKNOWN_COMPUTES")]
     pub quarantine_unknown_computes: bool,
 
+    /// Metering: how often compute time becomes consumption events (seconds). After a kill -9,
+    /// a compute found dead is metered until the last checkpoint.
+    #[arg(long, env = "WAKE_USAGE_CHECKPOINT_SECONDS", default_value_t = 15,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub usage_checkpoint_seconds: u64,
+    /// Metering: how often active endpoints' storage is sampled (seconds; also once before
+    /// each suspend).
+    #[arg(long, env = "WAKE_STORAGE_SAMPLE_SECONDS", default_value_t = 600,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub storage_sample_seconds: u64,
+    /// Push consumption events to this URL (`POST {"events": [...]}`, at most 1000 a batch,
+    /// retried until a 2xx; the delivered cursor is durable).
+    #[arg(long, env = "WAKE_USAGE_SINK_URL")]
+    pub usage_sink_url: Option<reqwest::Url>,
+    /// With any price set, usage answers carry `cost` (unset prices take the defaults:
+    /// $0.106 per CU-hour, $0.35 per GB-month, $0.10 per GB of egress).
+    #[arg(long, env = "WAKE_PRICE_CU_HOUR")]
+    pub price_cu_hour: Option<f64>,
+    #[arg(long, env = "WAKE_PRICE_GB_MONTH")]
+    pub price_gb_month: Option<f64>,
+    #[arg(long, env = "WAKE_PRICE_TRANSFER_GB")]
+    pub price_transfer_gb: Option<f64>,
+
     /// Validate the configuration, print it, and exit.
     #[arg(long)]
     pub check_config: bool,
@@ -181,6 +210,7 @@ pub struct ServeConfig {
     pub scheduler: SchedulerConfig,
     pub leave_computes_running: bool,
     pub quarantine_unknown_computes: bool,
+    pub metering: MeteringConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -267,6 +297,29 @@ impl ServeArgs {
         }
         local.host = self.compute_host;
         local.fast = self.compute_fast;
+        let prices = [
+            self.price_cu_hour,
+            self.price_gb_month,
+            self.price_transfer_gb,
+        ];
+        anyhow::ensure!(
+            prices.iter().flatten().all(|p| p.is_finite() && *p >= 0.0),
+            "prices must be finite and not negative"
+        );
+        let defaults = Prices::default();
+        let metering = MeteringConfig {
+            checkpoint_interval: Duration::from_secs(self.usage_checkpoint_seconds),
+            storage_interval: Duration::from_secs(self.storage_sample_seconds),
+            prices: prices.iter().any(Option::is_some).then(|| Prices {
+                cu_hour: self.price_cu_hour.unwrap_or(defaults.cu_hour),
+                gb_month: self.price_gb_month.unwrap_or(defaults.gb_month),
+                transfer_gb: self.price_transfer_gb.unwrap_or(defaults.transfer_gb),
+            }),
+            sink: self.usage_sink_url.map(|url| SinkConfig {
+                url,
+                poll_interval: Duration::from_secs(1),
+            }),
+        };
         Ok(ServeConfig {
             listen: self.listen,
             data_dir,
@@ -284,6 +337,7 @@ impl ServeArgs {
             },
             leave_computes_running: self.leave_computes_running,
             quarantine_unknown_computes: self.quarantine_unknown_computes,
+            metering,
         })
     }
 }

@@ -1,7 +1,8 @@
 //! Leadership among replicas sharing one state store: one replica at a time holds the leader
 //! lock (a session advisory lock on a dedicated store connection, [`Store::try_lead`]; a
 //! crashed leader releases it by dying). Only the leader reconciles computes with the store,
-//! creates the default endpoint and runs the suspend [`scheduler`]; the others serve the API
+//! creates the default endpoint and runs the suspend [`scheduler`] and metering's checkpoints
+//! ([`Metering::run`]); the others serve the API
 //! and try for the lock every [`LEADER_RETRY`].
 
 use std::sync::Arc;
@@ -16,6 +17,7 @@ use crate::config::ServeConfig;
 use crate::lifecycle::Computes;
 use crate::scheduler;
 use crate::store::{Leadership, Store};
+use crate::usage::Metering;
 
 /// How often a replica that is not the leader tries to become it.
 pub const LEADER_RETRY: Duration = Duration::from_secs(2);
@@ -40,11 +42,13 @@ impl Election {
     /// `shutdown`, and leads once it gets the lock.
     pub async fn start(
         computes: &Arc<Computes>,
+        metering: &Arc<Metering>,
         config: &ServeConfig,
         shutdown: &CancellationToken,
     ) -> anyhow::Result<Election> {
         let leader = Leader {
             computes: computes.clone(),
+            metering: metering.clone(),
             config: config.clone(),
             scheduling: CancellationToken::new(),
             scheduler_tasks: TaskTracker::new(),
@@ -89,6 +93,7 @@ impl Election {
 /// What a replica does when it becomes the leader.
 struct Leader {
     computes: Arc<Computes>,
+    metering: Arc<Metering>,
     config: ServeConfig,
     scheduling: CancellationToken,
     scheduler_tasks: TaskTracker,
@@ -130,6 +135,8 @@ impl Leader {
             self.config.scheduler,
             self.scheduling.clone(),
         ));
+        self.scheduler_tasks
+            .spawn(self.metering.clone().run(self.scheduling.clone()));
     }
 }
 

@@ -21,6 +21,7 @@ pub mod roles;
 pub mod scheduler;
 pub mod state_cluster;
 pub mod store;
+pub mod usage;
 
 use std::sync::Arc;
 
@@ -36,6 +37,7 @@ use crate::lifecycle::{Computes, LifecycleConfig};
 use crate::metrics::Metrics;
 use crate::state_cluster::StateCluster;
 use crate::store::Store;
+use crate::usage::Metering;
 
 /// Runs the service on `listener` until `shutdown` fires.
 ///
@@ -92,13 +94,14 @@ async fn run_on(
 ) -> anyhow::Result<()> {
     let service = bootstrap(&config, store_config).await?;
     let store = service.computes.store().clone();
-    let election = match Election::start(&service.computes, &config, &shutdown).await {
-        Ok(election) => election,
-        Err(e) => {
-            store.close();
-            return Err(e);
-        }
-    };
+    let election =
+        match Election::start(&service.computes, &service.metering, &config, &shutdown).await {
+            Ok(election) => election,
+            Err(e) => {
+                store.close();
+                return Err(e);
+            }
+        };
     let served = serve(listener, service.clone(), shutdown).await;
     let leadership = election.finish().await;
     if leadership.is_some() && !config.leave_computes_running {
@@ -134,8 +137,14 @@ async fn bootstrap(
         },
         metrics.clone(),
     ));
+    let metering = Arc::new(Metering::new(
+        computes.clone(),
+        metrics.clone(),
+        config.metering.clone(),
+    ));
     Ok(Arc::new(Service {
         computes,
+        metering,
         metrics,
         admin_token: config.admin_token.0.clone(),
         proxy_token: config.proxy_token.as_ref().map(|t| t.0.clone()),

@@ -242,6 +242,61 @@ impl Computes {
             .map_err(|_| LifecycleError::Busy(id.to_owned()))
     }
 
+    /// The endpoint's lock if nothing holds it now.
+    fn try_lock(&self, id: &str) -> Option<OwnedMutexGuard<()>> {
+        let lock = {
+            let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+            locks.entry(id.to_owned()).or_default().clone()
+        };
+        lock.try_lock_owned().ok()
+    }
+
+    /// Samples the logical size of an active endpoint's databases (metering). Never wakes a
+    /// compute and never waits for one: `Ok(None)` when the endpoint is not active or another
+    /// operation holds it.
+    pub async fn sample_storage(&self, id: &str) -> Result<Option<i64>, LifecycleError> {
+        let Some(_guard) = self.try_lock(id) else {
+            return Ok(None);
+        };
+        let Some(row) = self.store.endpoint(id).await? else {
+            return Ok(None);
+        };
+        if row.state != EndpointState::Active || row.operation.is_some() {
+            return Ok(None);
+        }
+        let client = self
+            .driver
+            .admin(&Self::spec(&row))
+            .await
+            .map_err(compute_error(id))?;
+        self.record_storage(&client, id).await.map(Some)
+    }
+
+    /// Measures and stores the size of the endpoint's databases through `client` (a superuser
+    /// session on its compute).
+    async fn record_storage(
+        &self,
+        client: &tokio_postgres::Client,
+        id: &str,
+    ) -> Result<i64, LifecycleError> {
+        let bytes: i64 = client
+            .query_one(
+                "SELECT COALESCE(sum(pg_database_size(oid)), 0)::int8 FROM pg_database
+                 WHERE NOT datistemplate",
+                &[],
+            )
+            .await
+            .and_then(|row| row.try_get(0))
+            .map_err(|e| compute_error(id)(e.into()))?;
+        self.store.record_storage(id, bytes).await?;
+        self.metrics
+            .usage
+            .storage_samples
+            .with_label_values(&["ok"])
+            .inc();
+        Ok(bytes)
+    }
+
     async fn row(&self, id: &str) -> Result<EndpointRow, LifecycleError> {
         self.store
             .endpoint(id)
@@ -257,18 +312,27 @@ impl Computes {
         event: &str,
         detail: Option<&str>,
     ) -> Result<EndpointRow, LifecycleError> {
-        self.metrics.record_transition(to);
+        let change = Transition {
+            to,
+            operation,
+            event,
+            detail,
+            compute_lost: false,
+        };
+        self.transition(id, &change).await
+    }
+
+    /// [`Self::record`] with every field of the change given (reconcile: whether the compute
+    /// was found dead after a crash, which ends its metered run at the last checkpoint).
+    async fn transition(
+        &self,
+        id: &str,
+        change: &Transition<'_>,
+    ) -> Result<EndpointRow, LifecycleError> {
+        self.metrics.record_transition(change.to);
         let row = self
             .store
-            .transition(
-                id,
-                &Transition {
-                    to,
-                    operation,
-                    event,
-                    detail,
-                },
-            )
+            .transition(id, change)
             .await?
             .ok_or_else(|| LifecycleError::NotFound(id.to_owned()))?;
         // The gauges need every row: refresh them off the resume path.
@@ -770,6 +834,15 @@ impl Computes {
             .try_get(0)?;
         if closed > 0 {
             tracing::debug!(endpoint = %spec.endpoint, closed, "closed idle sessions before suspending");
+        }
+        // Metering: the size the endpoint keeps while it sleeps (best effort).
+        if let Err(e) = self.record_storage(&client, &spec.endpoint).await {
+            self.metrics
+                .usage
+                .storage_samples
+                .with_label_values(&["error"])
+                .inc();
+            tracing::warn!(endpoint = %spec.endpoint, error = %e, "could not sample storage before suspending");
         }
         self.reset_drifted_passwords(&client, &spec.endpoint).await;
         Ok(None)
@@ -1484,17 +1557,23 @@ impl Computes {
             }
             (Some(Operation::Suspend), _)
             | (None, EndpointState::Suspending | EndpointState::Suspended) => {
-                // Postgres down, PgBouncer up and paused (holding its clients).
+                // Postgres down, PgBouncer up and paused (holding its clients). A compute
+                // that had already stopped is metered until its last checkpoint.
+                let was_running = self.driver.health(&spec).await.ok() == Some(Health::Running);
                 let stopped = async {
                     self.driver.stop_postgres(&spec, StopMode::Fast).await?;
                     self.driver.pause_pooler(&spec, POOLER_PAUSE_TIMEOUT).await
                 }
                 .await;
+                let change = Transition {
+                    to: EndpointState::Suspended,
+                    operation: None,
+                    event: "stopped",
+                    detail: None,
+                    compute_lost: !was_running,
+                };
                 match stopped {
-                    Ok(_) => self
-                        .record(id, EndpointState::Suspended, None, "stopped", None)
-                        .await
-                        .map(drop),
+                    Ok(_) => self.transition(id, &change).await.map(drop),
                     Err(source) => Err(self.fail(id, source).await),
                 }
             }
@@ -1525,9 +1604,16 @@ impl Computes {
                         .inc();
                     "started"
                 };
-                self.record(id, EndpointState::Active, None, event, None)
-                    .await
-                    .map(drop)
+                // An adopted compute ran all along: its metered run goes on. One that had died
+                // ran until its last checkpoint; a new run starts now.
+                let change = Transition {
+                    to: EndpointState::Active,
+                    operation: None,
+                    event,
+                    detail: None,
+                    compute_lost: !was_running,
+                };
+                self.transition(id, &change).await.map(drop)
             }
             Err(source) => Err(self.fail(id, source).await),
         }

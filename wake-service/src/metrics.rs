@@ -40,6 +40,97 @@ pub struct Metrics {
     pub role_changes_unacknowledged: IntCounter,
     /// Compute directories the store did not know, moved aside at startup.
     pub computes_quarantined: IntCounter,
+    /// Metering.
+    pub usage: UsageMetrics,
+}
+
+/// Metering's figures, totals over every endpoint (per endpoint is the usage API's job: an
+/// endpoint label would grow without bound).
+pub struct UsageMetrics {
+    /// Gateway usage reports by outcome (`applied`, `duplicate`: an id applied before,
+    /// `invalid`: refused, nothing stored).
+    pub reports: IntCounterVec,
+    /// Entries of applied reports for endpoints that do not exist (not stored).
+    pub unknown_endpoints: IntCounter,
+    /// Traffic stored from gateway reports.
+    pub ingress_bytes: IntCounter,
+    pub egress_bytes: IntCounter,
+    pub queries: IntCounter,
+    pub sessions: IntCounter,
+    pub connections: IntCounter,
+    /// Compute time exported as consumption events.
+    pub active_seconds: IntCounter,
+    pub compute_unit_seconds: IntCounter,
+    /// Consumption events written.
+    pub events: IntCounter,
+    /// Checkpoints by outcome (`ok`, `error`).
+    pub checkpoints: IntCounterVec,
+    /// Storage samples by outcome (`ok`, `error`).
+    pub storage_samples: IntCounterVec,
+    /// The push sink: events delivered, and failed attempts.
+    pub sink_events: IntCounter,
+    pub sink_failures: IntCounter,
+}
+
+impl UsageMetrics {
+    fn new(registry: &Registry) -> Result<UsageMetrics, prometheus::Error> {
+        let counter = |name: &str, help: &str| -> Result<IntCounter, prometheus::Error> {
+            let c = IntCounter::new(name, help)?;
+            registry.register(Box::new(c.clone()))?;
+            Ok(c)
+        };
+        let counters = |name: &str, help: &str, label: &str| {
+            let c = IntCounterVec::new(Opts::new(name, help), &[label])?;
+            registry.register(Box::new(c.clone()))?;
+            Ok::<_, prometheus::Error>(c)
+        };
+        Ok(UsageMetrics {
+            reports: counters(
+                "wake_usage_reports_total",
+                "Gateway usage reports by outcome",
+                "outcome",
+            )?,
+            unknown_endpoints: counter(
+                "wake_usage_unknown_endpoints_total",
+                "Usage report entries for endpoints that do not exist (not stored)",
+            )?,
+            ingress_bytes: counter("wake_usage_ingress_bytes_total", "Bytes from clients")?,
+            egress_bytes: counter("wake_usage_egress_bytes_total", "Bytes to clients")?,
+            queries: counter("wake_usage_queries_total", "Queries through gateways")?,
+            sessions: counter("wake_usage_sessions_total", "Sessions through gateways")?,
+            connections: counter(
+                "wake_usage_connections_total",
+                "Connections gateways opened to computes",
+            )?,
+            active_seconds: counter(
+                "wake_usage_active_seconds_total",
+                "Compute seconds exported as consumption events",
+            )?,
+            compute_unit_seconds: counter(
+                "wake_usage_compute_unit_seconds_total",
+                "Compute-unit seconds exported as consumption events",
+            )?,
+            events: counter("wake_usage_events_total", "Consumption events written")?,
+            checkpoints: counters(
+                "wake_usage_checkpoints_total",
+                "Metering checkpoints by outcome",
+                "outcome",
+            )?,
+            storage_samples: counters(
+                "wake_usage_storage_samples_total",
+                "Storage samples by outcome",
+                "outcome",
+            )?,
+            sink_events: counter(
+                "wake_usage_sink_events_total",
+                "Consumption events the push sink delivered",
+            )?,
+            sink_failures: counter(
+                "wake_usage_sink_failures_total",
+                "Failed deliveries to the push sink (retried)",
+            )?,
+        })
+    }
 }
 
 /// Reasons a compute is suspended (the `reason` label of `wake_suspends_total`).
@@ -145,7 +236,9 @@ impl Metrics {
         registry.register(Box::new(transitions.clone()))?;
         registry.register(Box::new(endpoints.clone()))?;
         registry.register(Box::new(start_seconds.clone()))?;
+        let usage = UsageMetrics::new(&registry)?;
         Ok(Metrics {
+            usage,
             registry,
             http_requests,
             transitions,

@@ -154,6 +154,7 @@ pub async fn serve(
             jwt_rules: state.jwt_rules.clone(),
             pool: state.pool.clone(),
             metrics: state.metrics.clone(),
+            usage: state.usage.clone(),
         };
         tasks.spawn(crate::proxy::reporter::run_reporter(
             held,

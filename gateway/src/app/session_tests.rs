@@ -485,7 +485,8 @@ async fn check(case: LoginCase) {
     session.client.startup(case.startup).await;
     let heard = session.client.login(case.password).await;
     assert_eq!(heard, case.heard, "{name}: what the client heard");
-    if heard.last() == Some(&Heard::Ready(b'I')) {
+    let ready = heard.last() == Some(&Heard::Ready(b'I'));
+    if ready {
         session
             .client
             .send(|b| frontend::query("", b).expect("a query"))
@@ -507,6 +508,23 @@ async fn check(case: LoginCase) {
         })
         .collect();
     assert_eq!(backend.seen(), expected, "{name}: what the backend saw");
+    // Metering: the session, its backend connection and its query; nothing at all for a
+    // client that never got a session.
+    let usage = state.usage.snapshot();
+    if ready {
+        let db = usage.get("db").expect("db's usage");
+        assert_eq!(
+            (db.sessions, db.connections, db.queries),
+            (1, 1, 1),
+            "{name}: usage"
+        );
+        assert!(
+            db.ingress_bytes > 0 && db.egress_bytes > 0,
+            "{name}: {db:?}"
+        );
+    } else {
+        assert!(usage.is_empty(), "{name}: usage {usage:?}");
+    }
     if let Routing::ControlPlane = case.routing {
         // Nothing is woken for a client that did not prove its password.
         let wakes = usize::from(!expected.is_empty());
@@ -718,6 +736,47 @@ async fn control_plane_routes() {
     for case in cases {
         check(case).await;
     }
+}
+
+/// Sessions to an endpoint and to its `-pooler` are metered as one endpoint: each session,
+/// its backend connection and its queries.
+#[tokio::test]
+async fn sessions_through_the_pooler_are_metered_for_the_endpoint() {
+    let secret = scram_sha_256(PASSWORD.as_bytes());
+    let backend = FakeBackend::start(Ask::Scram, &secret).await;
+    let control_plane = FakeControlPlane::start().await;
+    control_plane.route("db", &backend.address());
+    control_plane.route("db-pooler", &backend.address());
+    control_plane.secret("db", USER, &secret);
+    let config = Config::for_tests_with_control_plane(&control_plane.url(), None);
+    let state = crate::app::state(&config).expect("the gateway's state");
+    type MakeTransport = fn(&AppState) -> Transport;
+    let sessions: [(&str, MakeTransport, usize); 3] = [
+        ("endpoint=db", websocket, 2),
+        ("endpoint=db-pooler", websocket, 3),
+        ("endpoint=db-pooler", tcp, 1),
+    ];
+    for (options, transport, queries) in sessions {
+        let mut session = Session::start(transport(&state), &state);
+        let startup = [("user", USER), ("database", "app"), ("options", options)];
+        session.client.startup(&startup).await;
+        let heard = session.client.login(PASSWORD).await;
+        assert_eq!(heard.last(), Some(&Heard::Ready(b'I')), "{options}");
+        for _ in 0..queries {
+            session
+                .client
+                .send(|b| frontend::query("", b).expect("a query"))
+                .await;
+            let answer = [session.client.recv().await, session.client.recv().await];
+            assert_eq!(answer, [Heard::EmptyQuery, Heard::Ready(b'I')]);
+        }
+        session.client.send(frontend::terminate).await;
+        session.end().await;
+    }
+    let usage = state.usage.snapshot();
+    assert_eq!(usage.keys().collect::<Vec<_>>(), ["db"]);
+    let db = &usage["db"];
+    assert_eq!((db.sessions, db.connections, db.queries), (3, 3, 6));
 }
 
 /// A client that stops talking is told `08006` once the handshake timeout has passed, on

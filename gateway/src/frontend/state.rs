@@ -40,7 +40,9 @@ pub struct AppState {
     /// The certificate for https, wss and Postgres TLS, when one is configured.
     pub tls: Option<Tls>,
     pub cancels: Arc<CancelMap>,
-    pub usage: Usage,
+    /// Traffic per endpoint (bytes, queries, sessions, backend connections): what the
+    /// reporter meters and admin `/usage` shows.
+    pub usage: Arc<Usage>,
     /// Open sessions and queries in flight per endpoint, for the control plane's scale to zero.
     pub activity: Arc<Activity>,
     /// Client connections open at once, in all and per IP; more are refused on accept.
@@ -72,6 +74,7 @@ impl AppState {
             endpoint_limits: &self.endpoint_limits,
             activity: &self.activity,
             metrics: &self.metrics,
+            usage: &self.usage,
             jwt_rules: &self.jwt_rules,
             jwt: &self.jwt,
             mock_auth_key: &self.mock_auth_key,

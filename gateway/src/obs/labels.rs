@@ -172,6 +172,20 @@ label! {
 }
 
 label! {
+    /// `outcome` of `gateway_usage_reports_total`: what became of an activity report that
+    /// carried a usage batch.
+    UsageOutcome {
+        /// The reply named the batch: the control plane stored its counts.
+        Acknowledged => "acknowledged",
+        /// Delivered, but the reply did not name the batch (a control plane that does not
+        /// meter): it goes again with the next report.
+        Unacknowledged => "unacknowledged",
+        /// The report failed: the batch goes again with the next one.
+        Failed => "failed",
+    }
+}
+
+label! {
     /// `outcome` of operations that either worked or not: TLS reloads, activity reports.
     Outcome {
         Ok => "ok",

@@ -12,7 +12,7 @@ use prometheus::{
 use super::labels::{
     Call, CallOutcome, CancelOutcome, Checkout, Invalidation, JwksCache, JwksFetch, JwtOutcome,
     Label, Outcome, Protocol, RequestKind, RetryOperation, RouteLookup, ScramProof, SecretLookup,
-    SecretOutcome, SessionOutcome, Transport,
+    SecretOutcome, SessionOutcome, Transport, UsageOutcome,
 };
 use super::usage::Direction;
 use crate::base::error::ErrorKind;
@@ -59,6 +59,11 @@ pub struct Metrics {
     /// Role invalidations applied from the control plane's activity replies, by `reason`
     /// ([`Invalidation`]).
     pub role_invalidations: Counter<Invalidation>,
+    /// Activity reports that carried a usage batch, by `outcome` ([`UsageOutcome`]).
+    pub usage_reports: Counter<UsageOutcome>,
+    /// Endpoints with counts the control plane has not acknowledged yet (as of the last
+    /// report).
+    pub usage_unacknowledged_endpoints: IntGauge,
 
     /// Control-plane requests by `call` and `outcome` ([`CallOutcome`]).
     pub control_plane_requests: Counter2<Call, CallOutcome>,
@@ -266,6 +271,7 @@ impl Metrics {
         let (pool_checkouts, pool_discards, pool_idle, pool_active, backend_connect_seconds) =
             pool(&r);
         let (retries, activity_reports, inactive_drops, role_invalidations) = proxy(&r);
+        let (usage_reports, usage_unacknowledged_endpoints) = usage(&r);
         let (control_plane_requests, control_plane_request_seconds) = control_plane(&r);
         let (route_cache_lookups, route_cache_invalidations, role_secret_lookups) = routes(&r);
         let (jwt_validations, jwks_fetches, jwks_cache) = jwt(&r);
@@ -310,6 +316,8 @@ impl Metrics {
             activity_reports,
             inactive_drops,
             role_invalidations,
+            usage_reports,
+            usage_unacknowledged_endpoints,
             control_plane_requests,
             control_plane_request_seconds,
             route_cache_lookups,
@@ -461,6 +469,21 @@ fn proxy(
     )
 }
 
+/// The metrics of usage delivery (metering).
+fn usage(r: &Registrar) -> (Counter<UsageOutcome>, IntGauge) {
+    (
+        r.counters(
+            "gateway_usage_reports_total",
+            "Activity reports that carried a usage batch, by outcome (acknowledged: the control plane stored it)",
+            "outcome",
+        ),
+        r.gauge(
+            "gateway_usage_unacknowledged_endpoints",
+            "Endpoints with traffic counts the control plane has not acknowledged yet",
+        ),
+    )
+}
+
 /// The metrics of control-plane requests.
 fn control_plane(r: &Registrar) -> (Counter2<Call, CallOutcome>, ByLabel<Call, Histogram>) {
     (
@@ -535,6 +558,8 @@ mod tests {
             "gateway_jwt_validations_total{outcome=\"keys_unavailable\"} 0",
             "gateway_jwks_fetches_total{outcome=\"too_large\"} 0",
             "gateway_jwks_cache_total{result=\"miss\"} 0",
+            "gateway_usage_reports_total{outcome=\"failed\"} 0",
+            "gateway_usage_unacknowledged_endpoints 0",
         ] {
             assert!(text.contains(series), "{series} in\n{text}");
         }

@@ -71,7 +71,11 @@ pub struct Boundary {
 
 impl Boundary {
     /// Takes the next bytes of the stream; fails on the first header no message may have.
-    pub fn feed(&mut self, mut data: &[u8], max: usize) -> Result<(), FrameError> {
+    /// Returns how many messages tagged with one of `counted` began in `data`: a message
+    /// counts once its whole header has arrived and was accepted, in the chunk that completed
+    /// it, so one split across chunks counts once. Costs one comparison per tag per message.
+    pub fn feed(&mut self, mut data: &[u8], max: usize, counted: &[u8]) -> Result<u64, FrameError> {
+        let mut began = 0;
         while !data.is_empty() {
             if self.body_left > 0 {
                 let n = self.body_left.min(data.len());
@@ -86,9 +90,10 @@ impl Boundary {
             if self.header_len == HEADER_LEN {
                 self.body_left = message_length(self.header, max)? - HEADER_LEN;
                 self.header_len = 0;
+                began += u64::from(counted.contains(&self.header[0]));
             }
         }
-        Ok(())
+        Ok(began)
     }
 
     /// Whether everything fed so far ends on a message boundary.
@@ -119,8 +124,8 @@ pub fn track_boundaries<'a>(
     let mut boundary = Boundary::default();
     let mut seen = Vec::new();
     for chunk in chunks {
-        match boundary.feed(chunk, max) {
-            Ok(()) => seen.push(Tracked::Boundary(boundary.at_boundary())),
+        match boundary.feed(chunk, max, &[]) {
+            Ok(_) => seen.push(Tracked::Boundary(boundary.at_boundary())),
             Err(FrameError::TooLarge { len, .. }) => {
                 seen.push(Tracked::TooLarge(len));
                 break;
@@ -197,13 +202,82 @@ mod tests {
         for split in 0..=stream.len() {
             let mut boundary = Boundary::default();
             let (a, b) = stream.split_at(split);
-            assert!(boundary.feed(a, 1000).is_ok());
-            assert!(boundary.feed(b, 1000).is_ok());
+            assert!(boundary.feed(a, 1000, &[]).is_ok());
+            assert!(boundary.feed(b, 1000, &[]).is_ok());
             assert!(boundary.at_boundary(), "split at {split}");
         }
         let mut boundary = Boundary::default();
-        assert!(boundary.feed(&stream[..7], 1000).is_ok());
+        assert!(boundary.feed(&stream[..7], 1000, &[]).is_ok());
         assert!(!boundary.at_boundary());
+    }
+
+    /// A client's stream as the relay sees it: what the extended protocol sends for one
+    /// statement, a simple query, a query whose text holds the bytes of a header (`Q` with a
+    /// length), a COPY payload, and a Terminate.
+    fn client_stream() -> (Vec<u8>, Vec<usize>) {
+        let mut stream = Vec::new();
+        let mut ends = Vec::new();
+        let parts = [
+            message(b'P', b"\0SELECT $1\0\0\0"),
+            message(b'B', b"\0\0\0\0\0\0\0\0"),
+            message(b'D', b"P\0"),
+            message(b'E', b"\0\0\0\0\0"),
+            message(b'S', b""),
+            message(b'Q', b"SELECT 'Q\0\0\0\x09E'\0"),
+            message(b'd', b"E\0\0\0\x04Q\0\0\0\x04"),
+            message(b'X', b""),
+        ];
+        for part in parts {
+            stream.extend(part);
+            ends.push(stream.len());
+        }
+        (stream, ends)
+    }
+
+    fn check_counts(chunks: &[&[u8]], counted: &[u8], expected: &[u64]) {
+        let mut boundary = Boundary::default();
+        let got: Vec<u64> = chunks
+            .iter()
+            .map(|chunk| boundary.feed(chunk, 1000, counted).expect("valid framing"))
+            .collect();
+        let lens: Vec<usize> = chunks.iter().map(|c| c.len()).collect();
+        assert_eq!(got, expected, "chunks of {lens:?} bytes");
+    }
+
+    #[test]
+    fn counts_tagged_messages_once_whatever_the_chunks() {
+        let (stream, ends) = client_stream();
+        // Whole: one Execute and one Query; bytes inside bodies never count.
+        check_counts(&[&stream], b"QE", &[2]);
+        check_counts(&[&stream], b"", &[0]);
+        check_counts(&[&stream], b"X", &[1]);
+        // One message per chunk: each counts in its own chunk.
+        let mut chunks = Vec::new();
+        let mut start = 0;
+        for &end in &ends {
+            chunks.push(&stream[start..end]);
+            start = end;
+        }
+        check_counts(&chunks, b"QE", &[0, 0, 0, 1, 0, 1, 0, 0]);
+        // Split anywhere: the two messages count once in all, in the chunk that completes
+        // their header.
+        let execute_header_end = ends[2] + HEADER_LEN;
+        let query_header_end = ends[4] + HEADER_LEN;
+        for split in 0..=stream.len() {
+            let (a, b) = stream.split_at(split);
+            let in_a = |header_end: usize| u64::from(split >= header_end);
+            let first = in_a(execute_header_end) + in_a(query_header_end);
+            check_counts(&[a, b], b"QE", &[first, 2 - first]);
+        }
+        // Byte by byte.
+        let bytes: Vec<&[u8]> = stream.chunks(1).collect();
+        let mut boundary = Boundary::default();
+        let total: u64 = bytes
+            .iter()
+            .map(|b| boundary.feed(b, 1000, b"QE").expect("valid framing"))
+            .sum();
+        assert_eq!(total, 2);
+        assert!(boundary.at_boundary());
     }
 
     #[test]
@@ -211,17 +285,17 @@ mod tests {
         let mut boundary = Boundary::default();
         let big = message(b'd', &[0u8; 100]);
         assert!(matches!(
-            boundary.feed(&big, 50),
+            boundary.feed(&big, 50, &[]),
             Err(FrameError::TooLarge { len: 105, max: 50 })
         ));
         let mut boundary = Boundary::default();
         assert!(matches!(
-            boundary.feed(&[b'Q', 0, 0, 0, 3], 50),
+            boundary.feed(&[b'Q', 0, 0, 0, 3], 50, b"Q"),
             Err(FrameError::InvalidLength)
         ));
         let mut boundary = Boundary::default();
         assert!(matches!(
-            boundary.feed(&[b'Q', 0xff, 0xff, 0xff, 0xff], 1 << 20),
+            boundary.feed(&[b'Q', 0xff, 0xff, 0xff, 0xff], 1 << 20, b"Q"),
             Err(FrameError::TooLarge { .. })
         ));
     }

@@ -20,6 +20,7 @@ use crate::control_plane::client::{unavailable, ControlPlaneError};
 use crate::control_plane::jwt_rules::{EndpointJwt, JwtRules};
 use crate::control_plane::routes::{ConnectError, RoleSecret, Route, RouteError, RouteTable};
 use crate::obs::metrics::Metrics;
+use crate::obs::usage::Usage;
 use crate::pgwire::scram::ScramKeys;
 use crate::proxy::pool::{CheckoutOptions, Conn, Pool, PoolError, Reuse};
 
@@ -161,6 +162,8 @@ pub struct Login<'a> {
     pub endpoint_limits: &'a EndpointLimits,
     pub activity: &'a Arc<Activity>,
     pub metrics: &'a Metrics,
+    /// Where new backend connections are counted, per endpoint (metering).
+    pub usage: &'a Usage,
     pub jwt_rules: &'a JwtRules,
     pub jwt: &'a JwtValidator,
     /// Keys the mock secrets of endpoints and roles that do not exist.
@@ -285,8 +288,9 @@ impl<'a> Login<'a> {
     }
 
     /// A pooled connection for a `/sql` request (an idle one only for a verified password and
-    /// with [`Reuse::Idle`]), or a new one through the route table. Postgres refusing keys the
-    /// secret accepted means the secret is out of date: it is forgotten.
+    /// with [`Reuse::Idle`]), or a new one through the route table (counted on the endpoint).
+    /// Postgres refusing keys the secret accepted means the secret is out of date: it is
+    /// forgotten.
     pub async fn checkout(
         &self,
         info: &ConnInfo,
@@ -301,7 +305,12 @@ impl<'a> Login<'a> {
         };
         let checkout = self.pool.checkout(self.routes, route, info, options).await;
         match checkout {
-            Ok(conn) => Ok(conn),
+            Ok(conn) => {
+                if !conn.reused() {
+                    self.usage.endpoint(&info.endpoint).add_connection();
+                }
+                Ok(conn)
+            }
             Err(PoolError::AuthFailed) => {
                 if proven.is_some() {
                     self.routes
@@ -319,8 +328,9 @@ impl<'a> Login<'a> {
     /// A session's backend: admits it under its endpoint's limits, resolves `endpoint` (waking
     /// it if needed), counts the session as open on it, and logs in with `params`. A password
     /// the gateway could not check (a static route) is admitted only once Postgres accepted
-    /// it, so unauthenticated clients never spend an endpoint's allowance. A backend that
-    /// refuses keys the role's secret accepted makes that secret out of date.
+    /// it, so unauthenticated clients never spend an endpoint's allowance. The new connection
+    /// is counted on the endpoint. A backend that refuses keys the role's secret accepted
+    /// makes that secret out of date.
     pub async fn connect(
         &self,
         endpoint: &EndpointId,
@@ -347,6 +357,7 @@ impl<'a> Login<'a> {
             .observe(started.elapsed().as_secs_f64());
         match connected {
             Ok(backend) => {
+                self.usage.endpoint(endpoint).add_connection();
                 let admitted = match admitted {
                     Some(admitted) => admitted,
                     None => self.endpoint_limits.admit(endpoint)?,

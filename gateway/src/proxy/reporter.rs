@@ -22,13 +22,23 @@
 //!   one applied: the control plane lost its history), every control-plane endpoint's idle
 //!   connections too; then the cursor is adopted. A control plane whose
 //!   replies carry no cursor sends no role changes; nothing is dropped then.
+//! - Usage for metering (`proxy::metering`): every report carries the pending batch of traffic
+//!   counts (`obs::usage`), the same id and values each time, until a reply's `usage_applied`
+//!   names it; the next report then cuts the next batch from what was counted meanwhile. A
+//!   reply's `usage_unknown` (endpoints deleted meanwhile, whose counts the control plane
+//!   dropped) is only logged. A gateway killed without a last report (SIGKILL, a crash) loses
+//!   what it counted since its last acknowledged batch: normally at most one interval, during a
+//!   control-plane outage the outage's traffic. When stopped (SIGTERM, once the drain is over)
+//!   the reporter sends up to [`FINAL_REPORTS`] more reports within [`FINAL_FLUSH`] to deliver
+//!   what is left.
 //! - The reporter reports at least every interval while this gateway holds a cached route or
-//!   role secret, so the wake service knows it is live and waits for it; with nothing cached
-//!   and nothing happening it stays silent. With reporting off (`--activity-interval-ms 0`)
-//!   role changes reach the gateway only when cached secrets expire.
+//!   role secret (so the wake service knows it is live and waits for it), a usage batch is
+//!   pending or traffic counters moved; with nothing cached and nothing happening it stays
+//!   silent. With reporting off (`--activity-interval-ms 0`) role changes reach the gateway
+//!   only when cached secrets expire, and usage only reaches admin `/usage`.
 //!
 //! Invariant: reporting never affects queries. A failed or slow report is logged and counted;
-//! the activity it carried is sent again with the next report.
+//! the activity and the usage it carried are sent again with the next report.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,11 +49,13 @@ use wake_api::proxy::{ActivityReply, ActivityReport, RoleChange, MAX_REPORTED_EN
 
 use crate::base::endpoint::EndpointId;
 use crate::control_plane::activity::Activity;
-use crate::control_plane::client::ControlPlaneClient;
+use crate::control_plane::client::{ControlPlaneClient, ControlPlaneError};
 use crate::control_plane::jwt_rules::JwtRules;
 use crate::control_plane::routes::RouteTable;
-use crate::obs::labels::{Invalidation, Label, Outcome};
+use crate::obs::labels::{Invalidation, Label, Outcome, UsageOutcome};
 use crate::obs::metrics::Metrics;
+use crate::obs::usage::Usage;
+use crate::proxy::metering::{Metering, Readings};
 use crate::proxy::pool::Pool;
 
 /// What the reporter reads and what a reply acts on.
@@ -54,6 +66,8 @@ pub struct Held {
     pub jwt_rules: Arc<JwtRules>,
     pub pool: Arc<Pool>,
     pub metrics: Arc<Metrics>,
+    /// The traffic counters whose differences the reports carry for metering.
+    pub usage: Arc<Usage>,
 }
 
 /// An urgent report (an endpoint just became busy) waits at least this long after the
@@ -61,10 +75,15 @@ pub struct Held {
 pub const URGENT_GAP: Duration = Duration::from_millis(50);
 /// A failing control plane is logged at WARN at most this often (DEBUG otherwise).
 const WARN_EVERY: Duration = Duration::from_secs(60);
+/// Once stopped, the reporter sends at most this many more reports to deliver the usage left
+/// (more than one only when it takes more than one batch)…
+pub const FINAL_REPORTS: usize = 3;
+/// …within this long in all.
+pub const FINAL_FLUSH: Duration = Duration::from_secs(5);
 
 /// Reports activity to the control plane every `interval`, soon after an endpoint becomes
-/// busy, and right after role changes were applied, until `stop`. Runs only when a control
-/// plane is configured.
+/// busy, and right after role changes were applied, until `stop`; then delivers the usage
+/// left ([`FINAL_REPORTS`], [`FINAL_FLUSH`]). Runs only when a control plane is configured.
 pub async fn run_reporter(
     state: Held,
     control_plane: Arc<ControlPlaneClient>,
@@ -72,42 +91,8 @@ pub async fn run_reporter(
     stop: CancellationToken,
 ) {
     let mut reporter = Reporter::new(state, control_plane, interval);
-    let activity = reporter.state.activity.clone();
-    let mut tick = tokio::time::interval(interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last_report: Option<Instant> = None;
-    let mut again = false;
-    loop {
-        if again {
-            // Role changes were applied: say so now, within the urgent gap.
-            if let Some(at) = last_report.map(|last| last + URGENT_GAP) {
-                tokio::select! {
-                    () = stop.cancelled() => return,
-                    () = tokio::time::sleep_until(at) => {}
-                }
-            }
-        } else {
-            tokio::select! {
-                biased;
-                () = stop.cancelled() => return,
-                () = activity.became_busy() => {
-                    // Coalesce: one extra report per URGENT_GAP at most.
-                    if let Some(at) = last_report.map(|last| last + URGENT_GAP) {
-                        tokio::select! {
-                            () = stop.cancelled() => return,
-                            () = tokio::time::sleep_until(at) => {}
-                        }
-                    }
-                }
-                _ = tick.tick() => {}
-            }
-        }
-        last_report = Some(Instant::now());
-        tokio::select! {
-            () = stop.cancelled() => return,
-            sent_again = reporter.report() => again = sent_again,
-        }
-    }
+    reporter.run(interval, &stop).await;
+    reporter.flush_usage().await;
 }
 
 struct Reporter {
@@ -121,18 +106,88 @@ struct Reporter {
     /// The newest role change applied (the cursor of an earlier reply); `None` until the
     /// first reply that carried one.
     applied: Option<i64>,
+    /// What the control plane has stored of the traffic counters, and the batch pending.
+    metering: Metering,
+    /// Whether a delivered report whose batch the reply did not name was logged at WARN (once
+    /// per process: a control plane that does not meter never names one).
+    warned_unacknowledged: bool,
 }
 
 impl Reporter {
+    /// The reporting loop, until `stop`.
+    async fn run(&mut self, interval: Duration, stop: &CancellationToken) {
+        let activity = self.state.activity.clone();
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_report: Option<Instant> = None;
+        let mut again = false;
+        loop {
+            if again {
+                // Role changes were applied: say so now, within the urgent gap.
+                if let Some(at) = last_report.map(|last| last + URGENT_GAP) {
+                    tokio::select! {
+                        () = stop.cancelled() => return,
+                        () = tokio::time::sleep_until(at) => {}
+                    }
+                }
+            } else {
+                tokio::select! {
+                    biased;
+                    () = stop.cancelled() => return,
+                    () = activity.became_busy() => {
+                        // Coalesce: one extra report per URGENT_GAP at most.
+                        if let Some(at) = last_report.map(|last| last + URGENT_GAP) {
+                            tokio::select! {
+                                () = stop.cancelled() => return,
+                                () = tokio::time::sleep_until(at) => {}
+                            }
+                        }
+                    }
+                    _ = tick.tick() => {}
+                }
+            }
+            last_report = Some(Instant::now());
+            tokio::select! {
+                () = stop.cancelled() => return,
+                sent_again = self.report() => again = sent_again,
+            }
+        }
+    }
+
+    /// Once stopped: reports until every count is acknowledged, at most [`FINAL_REPORTS`]
+    /// times within [`FINAL_FLUSH`], and no further once a report leaves its batch pending
+    /// (the control plane is down or does not meter). A report cut short when the reporter
+    /// was stopped is sent again here with the same id, so it cannot count twice.
+    async fn flush_usage(&mut self) {
+        let flush = async {
+            for _ in 0..FINAL_REPORTS {
+                let now = self.state.usage.counts();
+                if self.metering.pending().is_none() && self.metering.unacknowledged(&now) == 0 {
+                    return;
+                }
+                self.report().await;
+                if self.metering.pending().is_some() {
+                    return;
+                }
+            }
+        };
+        if tokio::time::timeout(FINAL_FLUSH, flush).await.is_err() {
+            tracing::warn!("the last usage report did not complete in time; what it carried may not have been stored");
+        }
+    }
+
     fn new(state: Held, control_plane: Arc<ControlPlaneClient>, interval: Duration) -> Reporter {
+        let gateway_id = uuid::Uuid::new_v4().to_string();
         Reporter {
             state,
             control_plane,
             interval,
             last_warning: None,
             failing: false,
-            gateway_id: uuid::Uuid::new_v4().to_string(),
+            metering: Metering::new(&gateway_id),
+            gateway_id,
             applied: None,
+            warned_unacknowledged: false,
         }
     }
 
@@ -143,22 +198,27 @@ impl Reporter {
         let activity = self.state.activity.clone();
         activity.clear_urgent();
         let snapshot = activity.snapshot(Instant::now());
+        let now = self.state.usage.counts();
+        let usage = self.metering.batch(&now).cloned();
         let cached = self.state.routes.cached_endpoints(MAX_REPORTED_ENDPOINTS);
         if snapshot.endpoints.is_empty()
             && cached.is_empty()
             && !self.state.routes.holds_role_secrets()
+            && usage.is_none()
         {
             // Nothing to say, and nothing cached that a role change could make stale; the
             // control plane has heard everything before.
             activity.acknowledge(snapshot.epoch);
             return false;
         }
+        let carries_usage = usage.is_some();
         let report = ActivityReport {
             interval_ms: u64::try_from(self.interval.as_millis()).unwrap_or(u64::MAX),
             endpoints: snapshot.endpoints,
             cached,
             gateway_id: Some(self.gateway_id.clone()),
             role_changes_applied: self.applied,
+            usage,
         };
         match self.control_plane.report_activity(&report).await {
             Ok(reply) => {
@@ -169,26 +229,79 @@ impl Reporter {
                 }
                 forget_inactive(&self.state, &reply).await;
                 let again = self.apply_role_changes(&reply).await;
+                if carries_usage {
+                    self.usage_replied(&reply);
+                }
+                self.count_unacknowledged(&now);
                 // Counted once the reply was acted on (tests wait for it).
                 self.state.metrics.activity_reports.inc(Outcome::Ok);
                 again
             }
             Err(e) => {
-                self.state.metrics.activity_reports.inc(Outcome::Error);
-                self.failing = true;
-                let now = Instant::now();
-                if self
-                    .last_warning
-                    .is_none_or(|last| now.duration_since(last) >= WARN_EVERY)
-                {
-                    self.last_warning = Some(now);
-                    tracing::warn!(error = %e, "activity report failed; its activity goes with the next one");
-                } else {
-                    tracing::debug!(error = %e, "activity report failed");
-                }
+                self.failed(&e, carries_usage);
+                self.count_unacknowledged(&now);
                 false
             }
         }
+    }
+
+    /// Logs and counts a failed report.
+    fn failed(&mut self, error: &ControlPlaneError, carried_usage: bool) {
+        if carried_usage {
+            self.state.metrics.usage_reports.inc(UsageOutcome::Failed);
+        }
+        self.state.metrics.activity_reports.inc(Outcome::Error);
+        self.failing = true;
+        let now = Instant::now();
+        if self
+            .last_warning
+            .is_none_or(|last| now.duration_since(last) >= WARN_EVERY)
+        {
+            self.last_warning = Some(now);
+            tracing::warn!(error = %error, "activity report failed; its activity and usage go with the next one");
+        } else {
+            tracing::debug!(error = %error, "activity report failed");
+        }
+    }
+
+    /// Acts on the reply to a report that carried the pending usage batch: acknowledged when
+    /// the reply names it, else it goes again with the next report.
+    fn usage_replied(&mut self, reply: &ActivityReply) {
+        let metrics = &self.state.metrics;
+        let Some(batch) = self.metering.acknowledge(reply.usage_applied.as_deref()) else {
+            metrics.usage_reports.inc(UsageOutcome::Unacknowledged);
+            if self.warned_unacknowledged {
+                tracing::debug!("the control plane did not acknowledge the usage batch; it goes again with the next report");
+            } else {
+                self.warned_unacknowledged = true;
+                tracing::warn!("the control plane did not acknowledge the usage batch (does it meter?); it goes with every report until it does");
+            }
+            return;
+        };
+        metrics.usage_reports.inc(UsageOutcome::Acknowledged);
+        tracing::debug!(
+            report_id = batch.report_id,
+            endpoints = batch.endpoints.len(),
+            "usage acknowledged"
+        );
+        if !reply.usage_unknown.is_empty() {
+            let shown = &reply.usage_unknown[..reply.usage_unknown.len().min(10)];
+            tracing::debug!(
+                report_id = batch.report_id,
+                unknown = reply.usage_unknown.len(),
+                first = ?shown,
+                "the control plane dropped the counts of endpoints it does not know"
+            );
+        }
+    }
+
+    /// Sets the gauge of endpoints with counts not acknowledged yet.
+    fn count_unacknowledged(&self, now: &Readings) {
+        let endpoints = i64::try_from(self.metering.unacknowledged(now)).unwrap_or(i64::MAX);
+        self.state
+            .metrics
+            .usage_unacknowledged_endpoints
+            .set(endpoints);
     }
 
     /// Applies the reply's role changes (see the module docs) and adopts its cursor. Returns
@@ -337,6 +450,7 @@ mod tests {
             jwt_rules: state.jwt_rules.clone(),
             pool: state.pool.clone(),
             metrics: state.metrics.clone(),
+            usage: state.usage.clone(),
         };
         (held, client)
     }
@@ -701,6 +815,170 @@ mod tests {
                 .metrics
                 .role_invalidations
                 .get(Invalidation::Truncated),
+            1
+        );
+    }
+
+    /// The usage batch a report carried.
+    fn batch(report: &ActivityReport) -> &wake_api::proxy::UsageReport {
+        report.usage.as_ref().expect("a usage batch")
+    }
+
+    /// `(endpoint, ingress bytes, queries, sessions, connections)` of a batch.
+    fn traffic(report: &ActivityReport) -> Vec<(String, u64, u64, u64, u64)> {
+        batch(report)
+            .endpoints
+            .iter()
+            .map(|e| {
+                let id = e.endpoint_id.clone();
+                (id, e.ingress_bytes, e.queries, e.sessions, e.connections)
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn usage_is_resent_unchanged_until_acknowledged_and_never_counted_twice() {
+        let fake = fake(&[]).await;
+        // A static route only: nothing cached, so only usage makes the reporter speak.
+        let (state, client) = state_with(&fake, &["db=127.0.0.1:1"]);
+        let mut reporter = Reporter::new(state.clone(), client.clone(), Duration::from_secs(1));
+        reporter.report().await;
+        assert!(received(&fake).is_empty(), "nothing to say");
+
+        let db = state.usage.endpoint(&id("db"));
+        db.add(crate::obs::usage::Direction::Ingress, 100);
+        db.add_queries(2);
+        let pooler = state.usage.endpoint(&id("db-pooler"));
+        pooler.add_queries(3);
+        pooler.add_session();
+        pooler.add_connection();
+        // Down: the batch is cut and fails; traffic goes on and is not added to it.
+        fake.fail_activity(true);
+        reporter.report().await;
+        db.add_queries(10);
+        reporter.report().await;
+        // Back, but the reply is lost after the usage was stored; then a reply arrives.
+        fake.fail_activity(false);
+        fake.lose_activity_replies(true);
+        reporter.report().await;
+        fake.lose_activity_replies(false);
+        reporter.report().await;
+        // The next batch holds what came after the first cut, once.
+        reporter.report().await;
+        reporter.report().await;
+
+        let reports = received(&fake);
+        assert_eq!(reports.len(), 5, "the last report had nothing to say");
+        let first = batch(&reports[0].1);
+        assert!(first
+            .report_id
+            .starts_with(reports[0].1.gateway_id.as_deref().expect("an id")));
+        assert!(first.report_id.ends_with("-1"), "{}", first.report_id);
+        assert_eq!(traffic(&reports[0].1), [("db".into(), 100, 5, 1, 1)]);
+        for (_, report) in &reports[1..4] {
+            assert_eq!(batch(report), first, "resent unchanged");
+        }
+        let second = batch(&reports[4].1);
+        assert_ne!(second.report_id, first.report_id);
+        assert_eq!(traffic(&reports[4].1), [("db".into(), 0, 10, 0, 0)]);
+        let stored: Vec<bool> = fake.reports().iter().map(|r| r.usage_stored).collect();
+        assert_eq!(stored, [false, false, true, false, true]);
+
+        // What the control plane stored is what the gateway counted.
+        let counted = state.usage.snapshot();
+        let total = &fake.usage()["db"];
+        assert_eq!(
+            (
+                total.ingress_bytes,
+                total.queries,
+                total.sessions,
+                total.connections
+            ),
+            (
+                counted["db"].ingress_bytes,
+                counted["db"].queries,
+                counted["db"].sessions,
+                counted["db"].connections
+            )
+        );
+        assert_eq!(counted["db"].queries, 15);
+        let outcome = |o| state.metrics.usage_reports.get(o);
+        assert_eq!(
+            (
+                outcome(UsageOutcome::Failed),
+                outcome(UsageOutcome::Acknowledged),
+                outcome(UsageOutcome::Unacknowledged)
+            ),
+            (3, 2, 0)
+        );
+        assert_eq!(state.metrics.usage_unacknowledged_endpoints.get(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pending_batch_goes_with_every_interval_and_what_is_left_at_stop_is_delivered() {
+        let fake = fake(&[]).await;
+        let (state, client) = state_with(&fake, &["db=127.0.0.1:1"]);
+        let stop = CancellationToken::new();
+        let interval = Duration::from_secs(1);
+        let started = Instant::now();
+        let reporter = tokio::spawn(run_reporter(
+            state.clone(),
+            client.clone(),
+            interval,
+            stop.clone(),
+        ));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        state.usage.endpoint(&id("db")).add_queries(1);
+        // A control plane that does not meter never names the batch: it goes every interval.
+        fake.without_metering();
+        tokio::time::sleep_until(started + interval * 3 + Duration::from_millis(10)).await;
+        let reports = received(&fake);
+        let at: Vec<u128> = reports
+            .iter()
+            .map(|(at, _)| (*at - started).as_millis())
+            .collect();
+        assert_eq!(at, [1_000, 2_000, 3_000]);
+        assert!(reports
+            .iter()
+            .all(|(_, r)| batch(r) == batch(&reports[0].1)));
+        assert_eq!(
+            state
+                .metrics
+                .usage_reports
+                .get(UsageOutcome::Unacknowledged),
+            3
+        );
+        assert_eq!(state.metrics.usage_unacknowledged_endpoints.get(), 1);
+        stop.cancel();
+        reporter.await.expect("reporter");
+        assert_eq!(
+            received(&fake).len(),
+            4,
+            "one last report at stop, not more: it was not acknowledged"
+        );
+
+        // With a control plane that meters, what was counted since the last report is
+        // delivered at stop, all of it.
+        let fake = self::fake(&[]).await;
+        let (state, client) = state_with(&fake, &["db=127.0.0.1:1"]);
+        let stop = CancellationToken::new();
+        let reporter = tokio::spawn(run_reporter(
+            state.clone(),
+            client.clone(),
+            Duration::from_secs(60),
+            stop.clone(),
+        ));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        state.usage.endpoint(&id("db-pooler")).add_session();
+        state.usage.endpoint(&id("db")).add_queries(7);
+        stop.cancel();
+        reporter.await.expect("reporter");
+        let reports = received(&fake);
+        assert_eq!(reports.len(), 1);
+        assert_eq!(traffic(&reports[0].1), [("db".into(), 0, 7, 1, 0)]);
+        assert_eq!(fake.usage()["db"].queries, 7);
+        assert_eq!(
+            state.metrics.usage_reports.get(UsageOutcome::Acknowledged),
             1
         );
     }

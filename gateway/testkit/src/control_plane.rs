@@ -5,7 +5,9 @@
 //!
 //! It can refuse (any status, any [`Reason`]), answer late, go down (connection refused, or a
 //! bare 503 as from a load balancer) and come back, and it counts and records what it was
-//! asked.
+//! asked. It meters as the wake service does: the usage of an activity report is stored once
+//! per report id and acknowledged in the reply, so a test can compare what it stored with
+//! what the gateway counted.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -20,8 +22,8 @@ use axum::routing::{get, post};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use wake_api::proxy::{
-    AccessControl, ActivityReply, ActivityReport, ColdStartInfo, ControlPlaneError, MetricsAuxInfo,
-    Reason, RoleChange, WakeCompute,
+    AccessControl, ActivityReply, ActivityReport, ColdStartInfo, ControlPlaneError,
+    EndpointTraffic, MetricsAuxInfo, Reason, RoleChange, UsageReport, WakeCompute,
 };
 
 /// What the fake answers to one `wake_compute` or `get_endpoint_access_control` call.
@@ -134,6 +136,9 @@ pub struct ReceivedReport {
     pub report: ActivityReport,
     /// Whether it was answered 200 (the gateway counts it delivered).
     pub delivered: bool,
+    /// Whether its usage was stored now (false for a report id stored before, or a report
+    /// refused, or one without usage).
+    pub usage_stored: bool,
 }
 
 impl ReceivedReport {
@@ -157,7 +162,9 @@ impl ReceivedReport {
 ///   one, "" (no such role) when E is known (has a wake script or a secret), else 404.
 /// - `POST activity` records the report and answers, as the wake service does, with the
 ///   endpoints [`set_inactive`](Self::set_inactive) names and the role changes
-///   ([`change_role`](Self::change_role)) after the report's `role_changes_applied`.
+///   ([`change_role`](Self::change_role)) after the report's `role_changes_applied`; it stores
+///   the report's usage once per report id ([`usage`](Self::usage)) and names the id in
+///   `usage_applied` (unless [`without_metering`](Self::without_metering)).
 ///
 /// A script is a list of replies, one per call, whose last one repeats. Every call is counted
 /// (also when refused for a missing token or an outage) once its reply is chosen, and answered
@@ -197,6 +204,40 @@ struct ActivityScript {
     scripted: VecDeque<ActivityReply>,
     /// Answer as a control plane that tracks no role changes (no cursor).
     no_role_changes: bool,
+    /// Store reports' usage, then answer 500 as if the reply was lost on the way.
+    losing_replies: bool,
+    /// Answer as a control plane that does not meter (usage ignored, never acknowledged).
+    no_metering: bool,
+    /// The report ids whose usage was stored.
+    usage_ids: Vec<String>,
+    /// The usage stored, per endpoint.
+    usage: BTreeMap<String, EndpointTraffic>,
+}
+
+impl ActivityScript {
+    /// Stores `usage` unless its id was stored before, as the wake service does. Returns
+    /// whether it was stored now.
+    fn store(&mut self, usage: &UsageReport) -> bool {
+        if self.usage_ids.contains(&usage.report_id) {
+            return false;
+        }
+        self.usage_ids.push(usage.report_id.clone());
+        for entry in &usage.endpoints {
+            let total = self
+                .usage
+                .entry(entry.endpoint_id.clone())
+                .or_insert_with(|| EndpointTraffic {
+                    endpoint_id: entry.endpoint_id.clone(),
+                    ..EndpointTraffic::default()
+                });
+            total.ingress_bytes += entry.ingress_bytes;
+            total.egress_bytes += entry.egress_bytes;
+            total.queries += entry.queries;
+            total.sessions += entry.sessions;
+            total.connections += entry.connections;
+        }
+        true
+    }
 }
 
 /// The next reply of a script: the first one, which stays when it is the last.
@@ -345,6 +386,28 @@ impl FakeControlPlane {
     /// While set, activity reports get a 500 (they are still recorded).
     pub fn fail_activity(&self, failing: bool) {
         self.script().activity.failing = failing;
+    }
+
+    /// While set, activity reports are acted on (their usage stored) but answered 500, as if
+    /// each reply was lost on its way back.
+    pub fn lose_activity_replies(&self, losing: bool) {
+        self.script().activity.losing_replies = losing;
+    }
+
+    /// From now on, activity reports' usage is neither stored nor acknowledged, as by a
+    /// control plane that does not meter.
+    pub fn without_metering(&self) {
+        self.script().activity.no_metering = true;
+    }
+
+    /// The usage stored so far, per endpoint: each report id counted once.
+    pub fn usage(&self) -> BTreeMap<String, EndpointTraffic> {
+        self.script().activity.usage.clone()
+    }
+
+    /// The ids of the usage reports stored so far, in order.
+    pub fn usage_ids(&self) -> Vec<String> {
+        self.script().activity.usage_ids.clone()
     }
 
     /// `role` on `endpoint` changed, as `PATCH` or `DELETE` on the wake service would do it:
@@ -572,12 +635,19 @@ async fn activity(
     // reports were answered the old way.
     let mut script = fake.script.lock().expect("the fake's lock");
     let log = &mut script.activity;
-    let delivered = !log.failing;
+    let delivered = !log.failing && !log.losing_replies;
     let applied = report.role_changes_applied;
+    let usage = report
+        .usage
+        .as_ref()
+        .filter(|_| !log.failing && !log.no_metering);
+    let usage_applied = usage.map(|usage| usage.report_id.clone());
+    let usage_stored = usage.is_some_and(|usage| log.store(usage));
     log.reports.push(ReceivedReport {
         at: tokio::time::Instant::now(),
         report,
         delivered,
+        usage_stored,
     });
     if !delivered {
         return StatusCode::INTERNAL_SERVER_ERROR.into_response();
@@ -604,6 +674,7 @@ async fn activity(
     };
     axum::Json(ActivityReply {
         inactive: log.inactive.clone(),
+        usage_applied,
         ..roles
     })
     .into_response()

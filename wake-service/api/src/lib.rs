@@ -3,11 +3,13 @@
 //! - [`admin`]: the wake service's own REST API (`/v1/...`), used by operators, the CLI and tests.
 //! - [`proxy`]: the Neon-compatible proxy API (`/proxy/api/v1/...`) the gateway calls to wake an
 //!   endpoint and to learn its role secrets.
+//! - [`usage`]: the usage API's answers, consumption events, and prices.
 //!
 //! Enums are forward-compatible: a value this version does not know parses as `Unknown`.
 
 pub mod admin;
 pub mod proxy;
+pub mod usage;
 
 /// The suffix of an endpoint name that selects the endpoint's PgBouncer instead of Postgres.
 pub const POOLER_SUFFIX: &str = "-pooler";

@@ -75,6 +75,46 @@ pub struct ActivityReport {
     /// earlier reply, once acted on); `None` until it has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub role_changes_applied: Option<i64>,
+    /// Traffic this gateway counted and has not had acknowledged yet (metering). Sent again,
+    /// with the same id, until a reply's `usage_applied` names it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<UsageReport>,
+}
+
+/// The longest [`UsageReport::report_id`].
+pub const MAX_USAGE_REPORT_ID: usize = 128;
+/// The largest value any counter of a [`UsageReport`] may carry (2^50, about a petabyte of
+/// bytes): a report above it is refused as absurd, nothing of it stored.
+pub const MAX_USAGE_COUNTER: u64 = 1 << 50;
+
+/// Counts a gateway took since its previous acknowledged report, per endpoint. The wake
+/// service applies a report id once: a resent report (its reply was lost, or the wake service
+/// restarted in between) is acknowledged again and not counted twice.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsageReport {
+    /// Unique per report (the gateway's id and a sequence number), 1 to
+    /// [`MAX_USAGE_REPORT_ID`] characters.
+    pub report_id: String,
+    /// At most [`MAX_REPORTED_ENDPOINTS`] entries, one per endpoint.
+    pub endpoints: Vec<EndpointTraffic>,
+}
+
+/// One endpoint's counts in a [`UsageReport`]; direct and `-pooler` traffic are one endpoint.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointTraffic {
+    /// Without `-pooler`.
+    pub endpoint_id: String,
+    /// Bytes from clients: HTTP request bodies, and what tunnelled sessions sent.
+    pub ingress_bytes: u64,
+    /// Bytes to clients: HTTP response bodies, and what tunnelled sessions received.
+    pub egress_bytes: u64,
+    /// HTTP queries (each statement of a batch), and the simple-query and Execute messages
+    /// of tunnelled sessions.
+    pub queries: u64,
+    /// WebSocket and TCP sessions that reached their backend.
+    pub sessions: u64,
+    /// Connections the gateway opened to the endpoint's Postgres or PgBouncer.
+    pub connections: u64,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -113,6 +153,14 @@ pub struct ActivityReply {
     /// password proof it holds, and the idle pooled connections of every endpoint.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub role_changes_truncated: bool,
+    /// The report's [`UsageReport::report_id`], once its counts are stored (now or by an
+    /// earlier delivery of the same report): the gateway may forget them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage_applied: Option<String>,
+    /// Endpoints of the usage report that do not exist (deleted meanwhile): their counts were
+    /// not stored; everything else was.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub usage_unknown: Vec<String>,
 }
 
 /// One role whose credentials changed (`PATCH` with a new password, or `DELETE`).

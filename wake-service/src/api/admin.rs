@@ -1,4 +1,4 @@
-//! `/v1`: endpoints, roles, databases, wake and suspend (admin token).
+//! `/v1`: endpoints, roles, databases, wake and suspend, usage (admin token).
 
 use std::sync::Arc;
 
@@ -13,8 +13,11 @@ use wake_api::admin::{
     JwksList, PatchEndpoint, PatchRole, Role,
 };
 
+use time::OffsetDateTime;
+use wake_api::usage::{EndpointUsage, Granularity, UsageEvents, UsageSummary};
+
 use super::{ApiError, ApiJson, Service};
-use crate::lifecycle::{SuspendRequest, WakeTrigger};
+use crate::lifecycle::{LifecycleError, SuspendRequest, WakeTrigger};
 use crate::store::EndpointRow;
 
 pub fn routes() -> Router<Arc<Service>> {
@@ -32,6 +35,9 @@ pub fn routes() -> Router<Arc<Service>> {
         .route("/v1/endpoints/{id}/wake", post(wake))
         .route("/v1/endpoints/{id}/suspend", post(suspend))
         .route("/v1/endpoints/{id}/events", get(events))
+        .route("/v1/endpoints/{id}/usage", get(endpoint_usage))
+        .route("/v1/usage", get(usage_summary))
+        .route("/v1/usage/events", get(usage_events))
 }
 
 async fn render(service: &Service, row: EndpointRow) -> Result<Endpoint, ApiError> {
@@ -301,5 +307,79 @@ async fn events(
         .events(&id, query.limit)
         .await
         .map_err(crate::lifecycle::LifecycleError::from)?;
+    Ok(Json(events))
+}
+
+#[derive(Deserialize)]
+struct UsageQuery {
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    from: Option<OffsetDateTime>,
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    to: Option<OffsetDateTime>,
+    granularity: Option<Granularity>,
+}
+
+/// A usage request's checks are the caller's mistakes: 400.
+fn usage_error(e: LifecycleError) -> ApiError {
+    match e {
+        LifecycleError::Invalid(m) => ApiError::BadRequest(m),
+        other => other.into(),
+    }
+}
+
+/// `GET /v1/endpoints/{id}/usage?from=&to=&granularity=hour|day` (RFC 3339 times; default
+/// the last 24 hours by hour, or 30 days by day). Never wakes the compute.
+async fn endpoint_usage(
+    State(service): State<Arc<Service>>,
+    Path(id): Path<String>,
+    query: Result<Query<UsageQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<EndpointUsage>, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let granularity = query.granularity.unwrap_or(Granularity::Hour);
+    let usage = service
+        .metering
+        .endpoint_usage(&id, query.from, query.to, granularity)
+        .await
+        .map_err(usage_error)?;
+    Ok(Json(usage))
+}
+
+/// `GET /v1/usage?from=&to=` (default the last 30 days): totals per endpoint.
+async fn usage_summary(
+    State(service): State<Arc<Service>>,
+    query: Result<Query<UsageQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<UsageSummary>, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    if query.granularity.is_some() {
+        return Err(ApiError::BadRequest(
+            "granularity applies to /v1/endpoints/{id}/usage only".into(),
+        ));
+    }
+    let summary = service
+        .metering
+        .summary(query.from, query.to)
+        .await
+        .map_err(usage_error)?;
+    Ok(Json(summary))
+}
+
+#[derive(Deserialize)]
+struct UsageEventsQuery {
+    after: Option<String>,
+    limit: Option<usize>,
+}
+
+/// `GET /v1/usage/events?after=<cursor>&limit=` (1-1000, default 100): consumption events in
+/// Neon's format, oldest first.
+async fn usage_events(
+    State(service): State<Arc<Service>>,
+    query: Result<Query<UsageEventsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<UsageEvents>, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let events = service
+        .metering
+        .events(query.after.as_deref(), query.limit)
+        .await
+        .map_err(usage_error)?;
     Ok(Json(events))
 }

@@ -26,10 +26,12 @@ use wake_api::proxy::{ControlPlaneError, Reason};
 
 use crate::lifecycle::{Computes, LifecycleError};
 use crate::metrics::Metrics;
+use crate::usage::Metering;
 
 /// What every handler shares.
 pub struct Service {
     pub computes: Arc<Computes>,
+    pub metering: Arc<Metering>,
     pub metrics: Arc<Metrics>,
     /// Grants `/v1` and `/proxy/api/v1`.
     pub admin_token: String,

@@ -37,6 +37,33 @@ fn body(schema: &str) -> Value {
     json!({"required": true, "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{schema}")}}}})
 }
 
+/// The usage API's paths (metering; see `wake_api::usage` for the shapes).
+fn usage_paths() -> Value {
+    let time = |name: &str| json!({"name": name, "in": "query", "required": false, "schema": {"type": "string", "format": "date-time"}});
+    let object = json!({"type": "object"});
+    json!({
+        "endpoint": {
+            "parameters": [
+                {"name": "id", "in": "path", "required": true, "schema": {"type": "string"}},
+                time("from"), time("to"),
+                {"name": "granularity", "in": "query", "required": false, "schema": {"type": "string", "enum": ["hour", "day"], "default": "hour"}}
+            ],
+            "get": {"summary": "Metered usage in hour or day buckets (UTC): active and CU seconds, traffic, queries, sessions, storage, cost with prices set; never wakes the compute", "responses": ok("200", "usage", object.clone(), &["400", "401", "404"])}
+        },
+        "summary": {
+            "parameters": [time("from"), time("to")],
+            "get": {"summary": "Usage per endpoint over a range (deleted endpoints included)", "responses": ok("200", "usage", object.clone(), &["400", "401"])}
+        },
+        "events": {
+            "parameters": [
+                {"name": "after", "in": "query", "required": false, "schema": {"type": "string"}},
+                {"name": "limit", "in": "query", "required": false, "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}}
+            ],
+            "get": {"summary": "Consumption events in Neon's format after a cursor, oldest first", "responses": ok("200", "events", object, &["400", "401"])}
+        }
+    })
+}
+
 fn schema(name: &str) -> Value {
     json!({"$ref": format!("#/components/schemas/{name}")})
 }
@@ -170,6 +197,9 @@ pub fn spec() -> Value {
                 ],
                 "get": {"summary": "The compute's lifecycle events (newest `limit`, oldest first)", "responses": ok("200", "events", json!({"type": "array", "items": schema("ComputeEvent")}), &["400", "401", "404", "422"])}
             },
+            "/v1/endpoints/{id}/usage": usage_paths()["endpoint"].clone(),
+            "/v1/usage": usage_paths()["summary"].clone(),
+            "/v1/usage/events": usage_paths()["events"].clone(),
             "/proxy/api/v1/wake_compute": {
                 "get": {"summary": "Neon-compatible: wake and return the address", "parameters": [endpointish.clone(),
                     {"name": "session_id", "in": "query", "schema": {"type": "string"}},

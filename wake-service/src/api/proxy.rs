@@ -110,5 +110,15 @@ async fn activity(
     report: Result<Json<ActivityReport>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<ActivityReply>, ProxyError> {
     let Json(report) = report.map_err(|e| ProxyError::BadRequest(e.body_text()))?;
-    Ok(Json(service.computes.record_activity(&report).await?))
+    // A malformed usage report refuses the whole report: nothing of it is stored.
+    if let Some(usage) = &report.usage {
+        service.metering.check(usage)?;
+    }
+    let mut reply = service.computes.record_activity(&report).await?;
+    if let Some(usage) = &report.usage {
+        let applied = service.metering.apply(usage).await?;
+        reply.usage_applied = Some(usage.report_id.clone());
+        reply.usage_unknown = applied.unknown;
+    }
+    Ok(Json(reply))
 }

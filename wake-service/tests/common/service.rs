@@ -34,8 +34,14 @@ impl Wake {
 
     /// A service on `temp` (a new directory, or one a halted service left), once ready.
     pub async fn run(temp: TempRoot, ports: &str) -> Wake {
+        Wake::run_with(temp, ports, &[]).await
+    }
+
+    /// [`Self::run`] with more `serve` flags.
+    #[allow(dead_code)] // not every test file uses it
+    pub async fn run_with(temp: TempRoot, ports: &str, flags: &[&str]) -> Wake {
         let data_dir = temp.path.to_str().expect("UTF-8 temp path").to_owned();
-        let cli = Cli::try_parse_from([
+        let mut args = vec![
             "wake-service",
             "serve",
             "--data-dir",
@@ -47,8 +53,9 @@ impl Wake {
             "--compute-fast",
             "--default-endpoint",
             "",
-        ])
-        .expect("serve flags");
+        ];
+        args.extend_from_slice(flags);
+        let cli = Cli::try_parse_from(args).expect("serve flags");
         let Command::Serve(args) = cli.command else {
             unreachable!("parsed `serve`")
         };

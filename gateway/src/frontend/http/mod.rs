@@ -112,7 +112,10 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         .into_response()
 }
 
-/// Bytes per endpoint and direction since start: `{"endpoints":{"db":{"ingress_bytes":…}}}`.
+/// A view of the counters the gateway reports for metering (`obs::usage`): per endpoint
+/// (direct and `-pooler` as one), totals since this process started, reported or not:
+/// `{"endpoints":{"db":{"ingress_bytes":…,"egress_bytes":…,"queries":…,"sessions":…,
+/// "connections":…}}}`.
 async fn usage(State(state): State<Arc<AppState>>) -> Response {
     axum::Json(serde_json::json!({ "endpoints": state.usage.snapshot() })).into_response()
 }

@@ -47,7 +47,7 @@ use crate::frontend::query::{
     self, IsolationLevel, QueryError, ResponseBudget, Statement, StatementResult, TxnOptions,
 };
 use crate::obs::labels::{RequestKind, RetryOperation};
-use crate::obs::usage::Direction;
+use crate::obs::usage::{Direction, Traffic};
 use crate::pgwire::scram::ScramKeys;
 use crate::proxy::login::{Checked, JwtChecked, LoginError};
 use crate::proxy::pool::{Conn, Reuse};
@@ -669,9 +669,9 @@ async fn respond(state: &AppState, mut request: Received) -> Result<Response, Sq
     // In flight on its endpoint from here until the response is built (or the request fails,
     // or the client goes away and this future is dropped).
     let _in_flight = state.activity.query(&info.endpoint);
-    let (results, types) = run_on_backend(state, &mut request, route).await?;
+    let traffic = state.usage.endpoint(&info.endpoint);
+    let (results, types) = run_on_backend(state, &mut request, route, &traffic).await?;
     let out = encode(&request, &results, &types, state.http.max_response_bytes)?;
-    let traffic = state.usage.endpoint(&request.info.endpoint);
     traffic.add(Direction::Ingress, request.body_len as u64);
     traffic.add(Direction::Egress, out.len() as u64);
     drop(request.admitted.take());
@@ -679,11 +679,14 @@ async fn respond(state: &AppState, mut request: Received) -> Result<Response, Sq
 }
 
 /// Checks out a backend, runs the statements (once more on a new connection when a pooled one
-/// had closed before the request reached it) and resolves the result types.
+/// had closed before the request reached it) and resolves the result types. The statements
+/// sent are counted on `traffic`, failed ones too, except on a connection where they provably
+/// never ran.
 async fn run_on_backend(
     state: &AppState,
     request: &mut Received,
     route: Route,
+    traffic: &Traffic,
 ) -> Result<(Vec<StatementResult>, TypeMap), SqlError> {
     let Received {
         options,
@@ -701,8 +704,10 @@ async fn run_on_backend(
         *admitted = Some(state.endpoint_limits.admit(&info.endpoint)?);
     }
     let (max, max_rows) = (state.http.max_response_bytes, state.http.max_response_rows);
-    let results = match execute(&mut conn, payload, options, max, max_rows).await {
+    let mut sent = 0;
+    let results = match execute(&mut conn, payload, options, max, max_rows, &mut sent).await {
         Err(QueryError::Backend(e)) if conn.never_ran(&e) => {
+            sent = 0;
             // The idle connection was closed under us (a compute being suspended) and the
             // request provably did not run: once more, on a new connection through the route
             // table, which wakes the endpoint again if its address no longer answers.
@@ -711,10 +716,12 @@ async fn run_on_backend(
             drop(conn);
             let route = login.route(&info.endpoint, &info.user).await?;
             conn = checkout(state, info, route, proven, jwt, Reuse::NewOnly).await?;
-            execute(&mut conn, payload, options, max, max_rows).await?
+            execute(&mut conn, payload, options, max, max_rows, &mut sent).await
         }
-        result => result?,
+        result => result,
     };
+    traffic.add_queries(sent);
+    let results = results?;
     let types = if options.mode.raw_text {
         TypeMap::new()
     } else {
@@ -806,21 +813,23 @@ fn encode(
     Ok(out)
 }
 
-/// Runs the payload's statements on `conn`.
+/// Runs the payload's statements on `conn`, counting those sent in `sent`.
 async fn execute(
     conn: &mut Conn,
     payload: &Payload,
     options: &RequestOptions,
     max: usize,
     max_rows: usize,
+    sent: &mut u64,
 ) -> Result<Vec<StatementResult>, QueryError> {
     let mut budget = ResponseBudget::new(max, max_rows);
+    let backend = conn.backend();
     match payload {
         Payload::Single(statement) => Ok(vec![
-            query::execute(conn.backend(), statement, &mut budget).await?,
+            query::execute(backend, statement, &mut budget, sent).await?,
         ]),
         Payload::Batch(statements) => {
-            query::execute_batch(conn.backend(), statements, &options.txn, &mut budget).await
+            query::execute_batch(backend, statements, &options.txn, &mut budget, sent).await
         }
     }
 }

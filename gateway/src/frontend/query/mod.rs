@@ -197,10 +197,13 @@ impl ResponseBudget {
 }
 
 /// Runs one statement in Postgres's implicit transaction (or the batch's explicit one).
+/// `sent` counts it once it was written to the backend (metering counts statements sent,
+/// whether or not they succeed).
 pub async fn execute(
     backend: &mut Backend,
     statement: &Statement,
     budget: &mut ResponseBudget,
+    sent: &mut u64,
 ) -> Result<StatementResult, QueryError> {
     if statement.query.contains('\0') {
         return Err(QueryError::Invalid("query must not contain a NUL byte"));
@@ -230,6 +233,7 @@ pub async fn execute(
     frontend::execute("", 0, buf).map_err(BackendError::Io)?;
     frontend::sync(buf);
     backend.flush().await?;
+    *sent += 1;
 
     let mut result = StatementResult::default();
     let mut error: Option<DbError> = None;
@@ -275,17 +279,19 @@ pub async fn execute(
 }
 
 /// Runs a batch as one transaction. The first error ends it: the caller discards the
-/// connection, which rolls the transaction back.
+/// connection, which rolls the transaction back. `sent` counts the statements written to the
+/// backend (not the transaction's own `START TRANSACTION` and `COMMIT`).
 pub async fn execute_batch(
     backend: &mut Backend,
     statements: &[Statement],
     txn: &TxnOptions,
     budget: &mut ResponseBudget,
+    sent: &mut u64,
 ) -> Result<Vec<StatementResult>, QueryError> {
     backend.simple_query(&txn.begin_statement()).await?;
     let mut results = Vec::with_capacity(statements.len());
     for statement in statements {
-        results.push(execute(backend, statement, budget).await?);
+        results.push(execute(backend, statement, budget, sent).await?);
     }
     backend.simple_query("COMMIT").await?;
     Ok(results)

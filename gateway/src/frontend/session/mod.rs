@@ -74,7 +74,7 @@ use crate::pgwire::scram::{Proven, ScramError, ScramSecret, ScramServer};
 use crate::pgwire::startup::{self, Startup, StartupError, StartupPacket};
 use crate::proxy::login::{Checked, Connected, LoginError};
 use credentials::CredentialsError;
-use relay::{Direction, RelayEnd, RelayLimits};
+use relay::{Counters, Direction, RelayEnd, RelayLimits};
 
 /// Password and SASL messages larger than this are refused.
 const MAX_AUTH_MESSAGE: usize = 8 * 1024;
@@ -667,6 +667,7 @@ where
     let route = login.route(&endpoint, requested.user).await?;
     let activity = state.activity.session(&endpoint);
     let backend = relay_authentication(client, state, route, &requested).await?;
+    state.usage.endpoint(&endpoint).add_connection();
     // Postgres judged the password: only now is the client known.
     let admitted = login.admit(&endpoint)?;
     Ok(Ready::new(
@@ -904,28 +905,11 @@ async fn relay_session<S>(
         return fail(client, transport, e.into(), state).await;
     }
 
-    let label = transport.label();
     let active = state.metrics.sessions_active.with(transport.metric_label());
     active.inc();
-    let traffic = state.usage.endpoint(&endpoint);
-    let count = |direction: Direction, n: usize| {
-        traffic.add(direction, n as u64);
-        state.metrics.session_bytes.inc_by(direction, n as u64);
-    };
-    let limits = RelayLimits {
-        idle_timeout: state.sessions.idle_timeout,
-        max_client_message: state.sessions.max_message_bytes,
-    };
-    tracing::debug!(%endpoint, transport = label, "session relaying");
+    tracing::debug!(%endpoint, transport = transport.label(), "session relaying");
     let (stop, expiry) = session_end(state, expires_in);
-    let relayed = relay::relay(
-        client.into_parts().into(),
-        backend.into_parts().into(),
-        &limits,
-        &stop,
-        &count,
-    )
-    .await;
+    let relayed = relay_counted(client, backend, &endpoint, &stop, state).await;
     let expired = match expiry {
         Some(timer) => {
             timer.abort();
@@ -954,6 +938,42 @@ async fn relay_session<S>(
         }
         Some(error) => fail(client, transport, error, state).await,
     }
+}
+
+/// Relays until the session ends, counting on its endpoint (`obs::usage`: the session itself,
+/// its bytes and its queries) and its bytes in the metrics.
+async fn relay_counted<S>(
+    client: ClientStream<S>,
+    backend: Backend,
+    endpoint: &EndpointId,
+    stop: &CancellationToken,
+    state: &AppState,
+) -> relay::Relayed<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let traffic = state.usage.endpoint(endpoint);
+    traffic.add_session();
+    let bytes = |direction: Direction, n: usize| {
+        traffic.add(direction, n as u64);
+        state.metrics.session_bytes.inc_by(direction, n as u64);
+    };
+    let counters = Counters {
+        bytes: &bytes,
+        queries: &|n| traffic.add_queries(n),
+    };
+    let limits = RelayLimits {
+        idle_timeout: state.sessions.idle_timeout,
+        max_client_message: state.sessions.max_message_bytes,
+    };
+    relay::relay(
+        client.into_parts().into(),
+        backend.into_parts().into(),
+        &limits,
+        stop,
+        &counters,
+    )
+    .await
 }
 
 /// What ends a relay early: the gateway's drain running out of time, or the session's token

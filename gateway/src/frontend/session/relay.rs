@@ -4,9 +4,11 @@
 //! so an idle session holds no relay buffer.
 //!
 //! The copy watches message boundaries without parsing messages, which costs a few
-//! comparisons per message and buys two things: a client message larger than the limit is
-//! refused before it is passed on, and the gateway knows when it may append a FATAL of its own
-//! (idle timeout, shutdown) without cutting a backend message in half.
+//! comparisons per message and buys three things: a client message larger than the limit is
+//! refused before it is passed on, the gateway knows when it may append a FATAL of its own
+//! (idle timeout, shutdown) without cutting a backend message in half, and the client's
+//! queries are counted for metering (each simple Query and each Execute message, from its
+//! header alone; a Query holding several statements is one).
 
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -23,6 +25,9 @@ use crate::pgwire::frame::{Boundary, FrameError};
 
 /// Bytes per read in each direction.
 const CHUNK: usize = 16 * 1024;
+
+/// The client messages counted as queries: simple Query and Execute.
+const QUERY_TAGS: &[u8] = b"QE";
 
 pub struct RelayLimits {
     /// Close a session with no traffic either way for this long.
@@ -73,6 +78,15 @@ pub struct Relayed<C> {
     pub at_boundary: bool,
 }
 
+/// What a relay reports as it goes, from either direction, once the bytes concerned were
+/// written on.
+pub struct Counters<'a> {
+    /// Bytes relayed in one direction.
+    pub bytes: &'a (dyn Fn(Direction, usize) + Sync),
+    /// Queries the client sent (see [`QUERY_TAGS`]); called only when there were some.
+    pub queries: &'a (dyn Fn(u64) + Sync),
+}
+
 /// Copies between `client` and `backend` until either side ends, the session idles out, or
 /// `stop` is cancelled. `client_ahead`/`backend_ahead` are bytes read during the handshake
 /// that belong to the stream (a pipelined first query) and go first.
@@ -81,7 +95,7 @@ pub async fn relay<C>(
     backend: Peer<TcpStream>,
     limits: &RelayLimits,
     stop: &CancellationToken,
-    count: &(dyn Fn(Direction, usize) + Sync),
+    counters: &Counters<'_>,
 ) -> Relayed<C>
 where
     C: AsyncRead + AsyncWrite + Unpin,
@@ -96,7 +110,7 @@ where
         let meter = Meter {
             start,
             activity: &activity,
-            count,
+            counters,
         };
         let ingress = pump(
             &mut client_read,
@@ -105,6 +119,7 @@ where
             Lane {
                 direction: Direction::Ingress,
                 max_message: limits.max_client_message,
+                counted: QUERY_TAGS,
                 clean: None,
             },
             &meter,
@@ -116,6 +131,7 @@ where
             Lane {
                 direction: Direction::Egress,
                 max_message: usize::MAX,
+                counted: &[],
                 clean: Some(&egress_clean),
             },
             &meter,
@@ -187,6 +203,8 @@ struct Lane<'a> {
     direction: Direction,
     /// Messages larger than this are refused.
     max_message: usize,
+    /// Messages with these tags are counted as queries.
+    counted: &'static [u8],
     /// Kept true whenever everything written so far ends on a message boundary.
     clean: Option<&'a AtomicBool>,
 }
@@ -196,7 +214,7 @@ struct Meter<'a> {
     start: Instant,
     /// Milliseconds after `start` of the last chunk in either direction.
     activity: &'a AtomicU64,
-    count: &'a (dyn Fn(Direction, usize) + Sync),
+    counters: &'a Counters<'a>,
 }
 
 async fn pump<R, W>(
@@ -232,7 +250,8 @@ where
     }
 }
 
-/// Passes one chunk on: checks framing, writes and flushes it, counts it.
+/// Passes one chunk on: checks framing, writes and flushes it, counts it and the queries that
+/// began in it.
 async fn forward<W>(
     to: &mut W,
     chunk: &[u8],
@@ -243,7 +262,7 @@ async fn forward<W>(
 where
     W: AsyncWrite + Unpin,
 {
-    boundary.feed(chunk, lane.max_message)?;
+    let queries = boundary.feed(chunk, lane.max_message, lane.counted)?;
     if let Some(clean) = lane.clean {
         clean.store(false, Ordering::Release);
     }
@@ -252,7 +271,10 @@ where
     if let Some(clean) = lane.clean {
         clean.store(boundary.at_boundary(), Ordering::Release);
     }
-    (meter.count)(lane.direction, chunk.len());
+    (meter.counters.bytes)(lane.direction, chunk.len());
+    if queries > 0 {
+        (meter.counters.queries)(queries);
+    }
     let elapsed = u64::try_from(meter.start.elapsed().as_millis()).unwrap_or(u64::MAX);
     meter.activity.store(elapsed, Ordering::Relaxed);
     Ok(())
@@ -371,12 +393,19 @@ mod tests {
         let (client, mut peer) = tokio::io::duplex(1024);
         let ingress = AtomicU64::new(0);
         let egress = AtomicU64::new(0);
+        let queries = AtomicU64::new(0);
         let count = |direction: Direction, n: usize| {
             match direction {
                 Direction::Ingress => &ingress,
                 Direction::Egress => &egress,
             }
             .fetch_add(n as u64, Ordering::Relaxed);
+        };
+        let counters = Counters {
+            bytes: &count,
+            queries: &|n| {
+                queries.fetch_add(n, Ordering::Relaxed);
+            },
         };
         let ahead = BytesMut::from(&message(b'Q', b"SELECT\0")[..]);
         let limits = RelayLimits {
@@ -389,7 +418,7 @@ mod tests {
             (backend, BytesMut::new()).into(),
             &limits,
             &stop,
-            &count,
+            &counters,
         );
         let driver = async {
             peer.write_all(&message(b'X', b"")).await.expect("write");
@@ -411,5 +440,101 @@ mod tests {
         assert_eq!(&sent[..12], &message(b'Q', b"SELECT\0")[..]);
         assert_eq!(ingress.load(Ordering::Relaxed), 17);
         assert_eq!(egress.load(Ordering::Relaxed), 6);
+        // The pipelined Query; the backend's ReadyForQuery and the Terminate are no queries.
+        assert_eq!(queries.load(Ordering::Relaxed), 1);
+    }
+
+    /// A backend that reads everything it is sent until EOF, publishing how many bytes it got.
+    async fn sink() -> (TcpStream, tokio::sync::watch::Receiver<usize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (got, watch) = tokio::sync::watch::channel(0);
+        tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.expect("accept");
+            let mut buf = vec![0u8; 4096];
+            while let Ok(n @ 1..) = socket.read(&mut buf).await {
+                got.send_modify(|total| *total += n);
+            }
+        });
+        let backend = TcpStream::connect(addr).await.expect("connect");
+        (backend, watch)
+    }
+
+    #[tokio::test]
+    async fn counts_query_and_execute_messages_however_they_are_chunked() {
+        let (backend, mut received) = sink().await;
+        let (client, mut peer) = tokio::io::duplex(64 * 1024);
+        let calls = std::sync::Mutex::new(Vec::new());
+        let counters = Counters {
+            bytes: &|_, _| {},
+            queries: &|n| calls.lock().expect("lock").push(n),
+        };
+        let total = || calls.lock().expect("lock").iter().sum::<u64>();
+        // Several messages in one chunk: one statement over the extended protocol (one
+        // Execute), two simple queries, and COPY data and a CopyDone that look like neither.
+        let mut first: Vec<u8> = [
+            message(b'P', b"\0SELECT 1\0\0\0"),
+            message(b'B', &[0; 8]),
+            message(b'E', b"\0\0\0\0\0"),
+            message(b'S', b""),
+            message(b'Q', b"SELECT 2\0"),
+            message(b'Q', b"SELECT 3; SELECT 4\0"),
+            message(b'd', b"Q\0\0\0\x04E\0\0\0\x04"),
+            message(b'c', b""),
+        ]
+        .concat();
+        // Then an Execute whose header is split across two chunks.
+        let split = message(b'E', b"\0\0\0\0\0");
+        first.extend_from_slice(&split[..3]);
+        let limits = RelayLimits {
+            idle_timeout: None,
+            max_client_message: 1024,
+        };
+        let stop = CancellationToken::new();
+        let relay = relay(
+            (client, BytesMut::new()).into(),
+            (backend, BytesMut::new()).into(),
+            &limits,
+            &stop,
+            &counters,
+        );
+        let driver = async {
+            peer.write_all(&first).await.expect("write");
+            received
+                .wait_for(|n| *n == first.len())
+                .await
+                .expect("the backend got the first chunk");
+            // The bytes are counted once written, right after the backend got them.
+            for _ in 0..100 {
+                if total() == 3 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            assert_eq!(
+                total(),
+                3,
+                "the split Execute does not count before its header is whole"
+            );
+            peer.write_all(&split[3..]).await.expect("write");
+            received
+                .wait_for(|n| *n == first.len() + split.len() - 3)
+                .await
+                .expect("the backend got the rest");
+            peer.shutdown().await.expect("shutdown");
+        };
+        let (relayed, ()) = tokio::join!(relay, driver);
+        assert!(
+            matches!(
+                relayed.end,
+                RelayEnd::ClientClosed | RelayEnd::BackendClosed
+            ),
+            "{:?}",
+            relayed.end
+        );
+        assert_eq!(total(), 4);
+        assert!(calls.lock().expect("lock").iter().all(|&n| n > 0));
     }
 }

@@ -5,6 +5,10 @@ use std::io::Read;
 
 use std::path::PathBuf;
 
+mod usage;
+
+pub use usage::{usage, UsageCommand};
+
 use clap::{Args, Subcommand};
 use reqwest::Method;
 use serde_json::{json, Value};
@@ -440,6 +444,43 @@ async fn call(
     path: &str,
     body: Option<Value>,
 ) -> anyhow::Result<()> {
+    let (status, text) = send(client, method, path, body).await?;
+    let pretty = serde_json::from_str::<Value>(&text)
+        .ok()
+        .and_then(|v| serde_json::to_string_pretty(&v).ok())
+        .unwrap_or(text);
+    if status.is_success() {
+        if !pretty.is_empty() {
+            println!("{pretty}");
+        }
+        Ok(())
+    } else {
+        eprintln!("{pretty}");
+        anyhow::bail!("the wake service answered {status}")
+    }
+}
+
+/// A GET whose JSON answer the caller reads; an error status prints the API's message.
+async fn get_json<T: serde::de::DeserializeOwned>(
+    client: &ClientArgs,
+    path: &str,
+) -> anyhow::Result<T> {
+    let (status, text) = send(client, Method::GET, path, None).await?;
+    if !status.is_success() {
+        eprintln!("{text}");
+        anyhow::bail!("the wake service answered {status}");
+    }
+    serde_json::from_str(&text).map_err(|e| {
+        anyhow::anyhow!("the wake service's answer to {path} is not what was expected: {e}")
+    })
+}
+
+async fn send(
+    client: &ClientArgs,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+) -> anyhow::Result<(reqwest::StatusCode, String)> {
     let token = match (&client.token, &client.token_file) {
         (Some(t), _) => t.trim().to_owned(),
         (None, Some(file)) => std::fs::read_to_string(file)
@@ -460,18 +501,5 @@ async fn call(
         .await
         .map_err(|e| anyhow::anyhow!("cannot reach the wake service at {}: {e}", client.url))?;
     let status = response.status();
-    let text = response.text().await?;
-    let pretty = serde_json::from_str::<Value>(&text)
-        .ok()
-        .and_then(|v| serde_json::to_string_pretty(&v).ok())
-        .unwrap_or(text);
-    if status.is_success() {
-        if !pretty.is_empty() {
-            println!("{pretty}");
-        }
-        Ok(())
-    } else {
-        eprintln!("{pretty}");
-        anyhow::bail!("the wake service answered {status}")
-    }
+    Ok((status, response.text().await?))
 }

@@ -17,20 +17,28 @@ use wake_api::proxy::JwksSettings;
 
 use crate::jwt::RoleLogin;
 
+mod usage;
+pub use usage::{AppliedUsage, Checkpoint, UsageRow};
+
 /// The migrations, in order. A version is never edited once released; add a new one.
 const MIGRATIONS: &[(i32, &str, &str)] = &[
-    (1, "initial", include_str!("../migrations/0001_initial.sql")),
+    (
+        1,
+        "initial",
+        include_str!("../../migrations/0001_initial.sql"),
+    ),
     (
         2,
         "activity",
-        include_str!("../migrations/0002_activity.sql"),
+        include_str!("../../migrations/0002_activity.sql"),
     ),
     (
         3,
         "isolation",
-        include_str!("../migrations/0003_isolation.sql"),
+        include_str!("../../migrations/0003_isolation.sql"),
     ),
-    (4, "jwt", include_str!("../migrations/0004_jwt.sql")),
+    (4, "jwt", include_str!("../../migrations/0004_jwt.sql")),
+    (5, "usage", include_str!("../../migrations/0005_usage.sql")),
 ];
 
 /// How long the ports of a deleted endpoint are not given to another one: longer than a
@@ -230,6 +238,9 @@ pub struct Transition<'a> {
     /// `created`, `started`, `stopped`, `failed`, … (what metering reads).
     pub event: &'a str,
     pub detail: Option<&'a str>,
+    /// Reconcile found the compute not running after a crash: the run it was metered under
+    /// ends at its last checkpoint, not now.
+    pub compute_lost: bool,
 }
 
 /// Settings a PATCH may change; `None` leaves a field alone.
@@ -468,7 +479,7 @@ impl Store {
             )
             .await?;
         if from != to || change.event != "state" {
-            insert_event(
+            let at = insert_event(
                 &tx,
                 id,
                 change.event,
@@ -478,6 +489,7 @@ impl Store {
                 change.detail,
             )
             .await?;
+            usage::meter_transition(&tx, id, change.to, cu, at, change.compute_lost).await?;
         }
         tx.commit().await?;
         EndpointRow::from_row(&row).map(Some)
@@ -587,7 +599,8 @@ impl Store {
                 &[&&ports[..]],
             )
             .await?;
-            insert_event(&tx, id, "deleted", Some(&from), None, Some(cu), None).await?;
+            let at = insert_event(&tx, id, "deleted", Some(&from), None, Some(cu), None).await?;
+            usage::close_run(&tx, id, at, false).await?;
         }
         tx.commit().await?;
         Ok(deleted.is_some())
@@ -1183,14 +1196,15 @@ async fn insert_event(
     to: Option<&str>,
     cu: Option<f64>,
     detail: Option<&str>,
-) -> Result<(), StoreError> {
-    tx.execute(
-        "INSERT INTO compute_events (endpoint_id, kind, from_state, to_state, cu, detail)
-         VALUES ($1, $2, $3, $4, $5, $6)",
-        &[&endpoint, &kind, &from, &to, &cu, &detail],
-    )
-    .await?;
-    Ok(())
+) -> Result<OffsetDateTime, StoreError> {
+    Ok(tx
+        .query_one(
+            "INSERT INTO compute_events (endpoint_id, kind, from_state, to_state, cu, detail)
+             VALUES ($1, $2, $3, $4, $5, $6) RETURNING at",
+            &[&endpoint, &kind, &from, &to, &cu, &detail],
+        )
+        .await?
+        .try_get(0)?)
 }
 
 /// Records a `jwks` role change for each of `roles` (a rule naming them came or went), so

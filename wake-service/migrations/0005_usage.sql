@@ -21,6 +21,15 @@ CREATE INDEX compute_runs_endpoint ON compute_runs (endpoint_id, started_at);
 CREATE INDEX compute_runs_unmetered ON compute_runs (id)
     WHERE stopped_at IS NULL OR metered_to < stopped_at;
 
+-- Per endpoint, the exact compute time exported so far. Each event carries the difference of
+-- the rounded totals before and after it, so an endpoint's events add up to its rounded total
+-- (off by half a unit at most), however short its runs.
+CREATE TABLE compute_exported (
+    endpoint_id text PRIMARY KEY,
+    active_seconds numeric NOT NULL,
+    compute_unit_seconds numeric NOT NULL
+);
+
 -- Gateway traffic per endpoint and hour (the hour a report was applied in).
 CREATE TABLE traffic_hours (
     endpoint_id text NOT NULL,

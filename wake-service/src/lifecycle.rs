@@ -1669,6 +1669,16 @@ impl Computes {
                 REPORT_INTERVAL_MS.end()
             )));
         }
+        // Checked before anything is stored: a refused report changes nothing.
+        if report
+            .gateway_id
+            .as_deref()
+            .is_some_and(|g| g.is_empty() || g.len() > MAX_GATEWAY_ID)
+        {
+            return Err(LifecycleError::Invalid(format!(
+                "gateway_id must be 1-{MAX_GATEWAY_ID} characters"
+            )));
+        }
         self.metrics.activity_reports.inc();
         let entries: Vec<GatewayActivity> = report
             .endpoints
@@ -1703,11 +1713,6 @@ impl Computes {
             ..ActivityReply::default()
         };
         if let Some(gateway) = report.gateway_id.as_deref() {
-            if gateway.is_empty() || gateway.len() > MAX_GATEWAY_ID {
-                return Err(LifecycleError::Invalid(format!(
-                    "gateway_id must be 1-{MAX_GATEWAY_ID} characters"
-                )));
-            }
             let changes = self
                 .store
                 .gateway_report(gateway, interval, report.role_changes_applied)

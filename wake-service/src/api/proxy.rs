@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
@@ -22,8 +22,17 @@ pub fn routes() -> Router<Arc<Service>> {
             get(access_control),
         )
         .route("/proxy/api/v1/endpoints/{id}/jwks", get(jwks))
-        .route("/proxy/api/v1/activity", post(activity))
+        .route(
+            "/proxy/api/v1/activity",
+            post(activity).layer(DefaultBodyLimit::max(MAX_ACTIVITY_REPORT_BYTES)),
+        )
 }
+
+/// The largest activity report accepted: what a gateway sends at the limits (10 000 endpoints
+/// in each list, 10 000 usage entries of 63-character ids and counters of 16 digits) is about
+/// 4.4 MB; axum's default, 2 MiB, would refuse it, and with it every later report of that
+/// gateway (its usage batch is resent as it was).
+const MAX_ACTIVITY_REPORT_BYTES: usize = 8 << 20;
 
 type QueryResult<T> = Result<Query<T>, axum::extract::rejection::QueryRejection>;
 

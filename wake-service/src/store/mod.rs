@@ -479,6 +479,7 @@ impl Store {
             )
             .await?;
         if from != to || change.event != "state" {
+            usage::lock_open_run(&tx, id).await?;
             let at = insert_event(
                 &tx,
                 id,
@@ -589,6 +590,7 @@ impl Store {
             )
             .await?;
         if let Some(row) = &deleted {
+            usage::lock_open_run(&tx, id).await?;
             let from: String = row.try_get(0)?;
             let cu: f64 = row.try_get(1)?;
             let ports = [row.try_get::<_, i32>(2)?, row.try_get::<_, i32>(3)?];

@@ -4,9 +4,10 @@
 //!
 //! Events are written only by [`Store::checkpoint`], which locks `usage_events` first: one
 //! writer at a time, so `seq` grows in commit order and paging by it is stable. Incremental
-//! compute events telescope: a run's checkpoint emits `round(total so far) − round(total at
-//! the previous checkpoint)`, so a run's events add up to its rounded total, not to the sum of
-//! each slice's rounding.
+//! compute events telescope: each carries `round(endpoint's exported total after it) −
+//! round(total before it)` (exact `numeric` totals in `compute_exported`), so an endpoint's
+//! events add up to its rounded total, not to the sum of each slice's rounding: many short
+//! runs are not under-counted.
 
 use time::OffsetDateTime;
 use tokio_postgres::Transaction;
@@ -15,6 +16,18 @@ use wake_api::proxy::UsageReport;
 use wake_api::usage::{EventKind, Usage, UsageEvent};
 
 use super::{Store, StoreError};
+
+/// Locks the endpoint's open run, if any, before a state change takes its time: a checkpoint
+/// then either finished before (its `metered_to` is earlier than the change) or waits and sees
+/// the run as the change left it.
+pub(super) async fn lock_open_run(tx: &Transaction<'_>, id: &str) -> Result<(), StoreError> {
+    tx.execute(
+        "SELECT 1 FROM compute_runs WHERE endpoint_id = $1 AND stopped_at IS NULL FOR UPDATE",
+        &[&id],
+    )
+    .await?;
+    Ok(())
+}
 
 /// Opens or closes the endpoint's compute run for a state change recorded at `at`.
 pub(super) async fn meter_transition(
@@ -245,6 +258,15 @@ impl Store {
         rows.iter().map(event_from_row).collect()
     }
 
+    /// The `seq` of the newest event (0 when there is none).
+    pub async fn last_event_seq(&self) -> Result<i64, StoreError> {
+        let client = self.pool.get().await?;
+        Ok(client
+            .query_one("SELECT COALESCE(max(seq), 0) FROM usage_events", &[])
+            .await?
+            .try_get(0)?)
+    }
+
     /// The `seq` of the last event the push sink delivered.
     pub async fn sink_delivered(&self) -> Result<i64, StoreError> {
         let client = self.pool.get().await?;
@@ -339,30 +361,51 @@ fn usage_from_row(row: &tokio_postgres::Row) -> Result<UsageRow, StoreError> {
     })
 }
 
-/// Compute events for every run with unmetered time, and the runs' checkpoints moved.
-/// Returns per metric the total value and the number of events.
+/// Compute events for every run with unmetered time (one per run and metric), the runs'
+/// checkpoints moved, and each endpoint's exported totals advanced. Values are differences of
+/// rounded running totals per endpoint (exact, in `numeric`), so they telescope across runs
+/// and checkpoints. Returns per metric the total value and the number of events.
 const CHECKPOINT_COMPUTE: &str = "
 WITH due AS (
-    SELECT id, endpoint_id, cu, started_at, metered_to AS from_t,
+    SELECT id, endpoint_id, cu::numeric AS cu, metered_to AS from_t,
            COALESCE(stopped_at, clock_timestamp()) AS to_t
     FROM compute_runs WHERE stopped_at IS NULL OR metered_to < stopped_at
     FOR UPDATE),
-amounts AS (
-    SELECT *, extract(epoch FROM from_t - started_at)::float8 AS before,
-              extract(epoch FROM to_t - started_at)::float8 AS after
-    FROM due),
+slices AS (
+    SELECT d.*, extract(epoch FROM d.to_t - d.from_t) AS secs,
+           extract(epoch FROM d.to_t - d.from_t) * d.cu AS cus,
+           COALESCE(x.active_seconds, 0) AS base_active,
+           COALESCE(x.compute_unit_seconds, 0) AS base_cus
+    FROM due d LEFT JOIN compute_exported x ON x.endpoint_id = d.endpoint_id),
+running AS (
+    SELECT s.*,
+           s.base_active + COALESCE(sum(s.secs) OVER before, 0) AS active_from,
+           s.base_active + sum(s.secs) OVER upto AS active_to,
+           s.base_cus + COALESCE(sum(s.cus) OVER before, 0) AS cus_from,
+           s.base_cus + sum(s.cus) OVER upto AS cus_to
+    FROM slices s
+    WINDOW upto AS (PARTITION BY s.endpoint_id ORDER BY s.from_t, s.id
+                    ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW),
+           before AS (PARTITION BY s.endpoint_id ORDER BY s.from_t, s.id
+                      ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING)),
 moved AS (
-    UPDATE compute_runs r SET metered_to = a.to_t FROM amounts a WHERE r.id = a.id
+    UPDATE compute_runs r SET metered_to = x.to_t FROM running x WHERE r.id = x.id
     RETURNING r.id),
+totals AS (
+    INSERT INTO compute_exported AS t (endpoint_id, active_seconds, compute_unit_seconds)
+    SELECT endpoint_id, max(active_to), max(cus_to) FROM running GROUP BY endpoint_id
+    ON CONFLICT (endpoint_id) DO UPDATE SET active_seconds = excluded.active_seconds,
+        compute_unit_seconds = excluded.compute_unit_seconds
+    RETURNING endpoint_id),
 written AS (
     INSERT INTO usage_events
         (idempotency_key, endpoint_id, metric, kind, start_time, stop_time, value)
-    SELECT format('%s-%s-%s-%s', m.metric, a.endpoint_id, a.id,
-                  to_char(a.from_t AT TIME ZONE 'UTC', 'YYYYMMDD\"T\"HH24MISS.US\"Z\"')),
-           a.endpoint_id, m.metric, 'incremental', a.from_t, a.to_t, m.value
-    FROM amounts a CROSS JOIN LATERAL (VALUES
-        ('active_time_seconds', (round(a.after) - round(a.before))::int8),
-        ('compute_unit_seconds', (round(a.cu * a.after) - round(a.cu * a.before))::int8)
+    SELECT format('%s-%s-%s-%s', m.metric, r.endpoint_id, r.id,
+                  to_char(r.from_t AT TIME ZONE 'UTC', 'YYYYMMDD\"T\"HH24MISS.US\"Z\"')),
+           r.endpoint_id, m.metric, 'incremental', r.from_t, r.to_t, m.value
+    FROM running r CROSS JOIN LATERAL (VALUES
+        ('active_time_seconds', (round(r.active_to) - round(r.active_from))::int8),
+        ('compute_unit_seconds', (round(r.cus_to) - round(r.cus_from))::int8)
     ) AS m(metric, value)
     WHERE m.value > 0
     RETURNING metric, value)

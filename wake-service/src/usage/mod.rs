@@ -233,6 +233,13 @@ impl Metering {
             )));
         }
         let rows = self.store().usage_events(after, limit as i64).await?;
+        // A cursor beyond the log is not this log's (another store, a typo): saying so beats
+        // answering "nothing new" forever.
+        if rows.is_empty() && after > self.store().last_event_seq().await? {
+            return Err(LifecycleError::Invalid(format!(
+                "after: cursor {after} is beyond the newest event"
+            )));
+        }
         let next = rows.last().map_or(after, |(seq, _)| *seq);
         Ok(UsageEvents {
             events: rows.into_iter().map(|(_, event)| event).collect(),

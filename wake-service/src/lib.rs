@@ -10,6 +10,7 @@
 //! shutdown signal, then the leader's suspends).
 
 pub mod api;
+pub mod autoscale;
 pub mod cli;
 pub mod compute;
 pub mod config;

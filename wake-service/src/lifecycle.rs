@@ -110,6 +110,10 @@ const REPORT_SLACK: Duration = Duration::from_secs(1);
 /// The report interval assumed when no live gateway has said its own (the gateway's default).
 const ASSUMED_REPORT_INTERVAL: Duration = Duration::from_secs(1);
 
+/// The longest a storage sample may take (metering; it also runs inside a suspend's last look,
+/// with PgBouncer paused).
+const STORAGE_SAMPLE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// How long a gentle suspend waits for PgBouncer's transactions to finish.
 const POOLER_PAUSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a forced suspend lets PgBouncer's transactions finish before Postgres goes.
@@ -279,13 +283,20 @@ impl Computes {
         client: &tokio_postgres::Client,
         id: &str,
     ) -> Result<i64, LifecycleError> {
-        let bytes: i64 = client
-            .query_one(
-                "SELECT COALESCE(sum(pg_database_size(oid)), 0)::int8 FROM pg_database
-                 WHERE NOT datistemplate",
-                &[],
-            )
+        // Bounded: a tenant's compute (a huge number of files, a stuck backend) must not hold
+        // a suspend or the sampling of every other endpoint.
+        let size = client.query_one(
+            "SELECT COALESCE(sum(pg_database_size(oid)), 0)::int8 FROM pg_database
+             WHERE NOT datistemplate",
+            &[],
+        );
+        let bytes: i64 = tokio::time::timeout(STORAGE_SAMPLE_TIMEOUT, size)
             .await
+            .map_err(|_| {
+                compute_error(id)(ComputeError::Process(format!(
+                    "the storage sample took longer than {STORAGE_SAMPLE_TIMEOUT:?}"
+                )))
+            })?
             .and_then(|row| row.try_get(0))
             .map_err(|e| compute_error(id)(e.into()))?;
         self.store.record_storage(id, bytes).await?;

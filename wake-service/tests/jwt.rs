@@ -31,33 +31,6 @@ use common::service::{Wake, TOKEN};
 const APP_PASSWORD: &str = "app-password-1";
 
 impl Wake {
-    /// `method path [body]`: the status and the JSON body (Null when empty).
-    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
-        let mut request = self
-            .http
-            .request(method, format!("{}{path}", self.url))
-            .bearer_auth(TOKEN);
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response = request.send().await.expect("request");
-        let status = response.status().as_u16();
-        let text = response.text().await.expect("body");
-        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
-    }
-
-    async fn expect(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<Value>,
-        want: u16,
-    ) -> Value {
-        let (status, value) = self.call(method.clone(), path, body).await;
-        assert_eq!(status, want, "{method} {path}: {value}");
-        value
-    }
-
     async fn proxy_jwks(&self, id: &str) -> Jwks {
         let value = self
             .expect(

@@ -22,26 +22,6 @@ const PORTS: &str = "27000-27499";
 const FLAGS: &[&str] = &["--usage-checkpoint-seconds", "1", "--price-cu-hour", "2"];
 
 impl Wake {
-    async fn call(&self, method: Method, path: &str, body: Option<Value>) -> (u16, Value) {
-        let mut request = self
-            .http
-            .request(method, format!("{}{path}", self.url))
-            .bearer_auth(TOKEN);
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response = request.send().await.expect("request");
-        let status = response.status().as_u16();
-        let text = response.text().await.expect("body");
-        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
-    }
-
-    async fn expect(&self, method: Method, path: &str, body: Option<Value>, want: u16) -> Value {
-        let (status, value) = self.call(method.clone(), path, body).await;
-        assert_eq!(status, want, "{method} {path}: {value}");
-        value
-    }
-
     async fn usage(&self, id: &str) -> EndpointUsage {
         let value = self
             .expect(Method::GET, &format!("/v1/endpoints/{id}/usage"), None, 200)

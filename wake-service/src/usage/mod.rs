@@ -271,8 +271,8 @@ impl Metering {
         total
     }
 
-    /// The leader's metering loop until `stop`: a checkpoint every interval (and a last one
-    /// on the way out), storage samples, and forgetting old report ids.
+    /// The leader's metering loop until `stop`: a checkpoint every interval and forgetting old
+    /// report ids; storage samples and the push sink in tasks of their own.
     pub async fn run(self: Arc<Self>, stop: CancellationToken) {
         if let Some(config) = self.config.sink.clone() {
             tokio::spawn(sink::run(
@@ -282,16 +282,17 @@ impl Metering {
                 stop.clone(),
             ));
         }
+        // Sampling connects to tenants' computes: its own task, so a slow one never delays
+        // a checkpoint.
+        tokio::spawn(self.clone().sample_storage_until(stop.clone()));
         let mut checkpoint = tokio::time::interval(self.config.checkpoint_interval);
-        let mut storage = tokio::time::interval(self.config.storage_interval);
         let mut forget = tokio::time::interval(Duration::from_secs(3600));
-        for timer in [&mut checkpoint, &mut storage, &mut forget] {
+        for timer in [&mut checkpoint, &mut forget] {
             timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         }
         loop {
             tokio::select! {
                 _ = checkpoint.tick() => self.checkpoint().await,
-                _ = storage.tick() => self.sample_storage().await,
                 _ = forget.tick() => {
                     if let Err(e) = self.store().forget_usage_reports(REPORT_IDS_KEPT_DAYS).await {
                         tracing::warn!(error = %e, "could not forget old usage report ids");
@@ -315,6 +316,17 @@ impl Metering {
             Err(e) => {
                 m.checkpoints.with_label_values(&["error"]).inc();
                 tracing::warn!(error = %e, "metering checkpoint failed; the next one covers it");
+            }
+        }
+    }
+
+    async fn sample_storage_until(self: Arc<Self>, stop: CancellationToken) {
+        let mut storage = tokio::time::interval(self.config.storage_interval);
+        storage.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = storage.tick() => self.sample_storage().await,
+                () = stop.cancelled() => break,
             }
         }
     }

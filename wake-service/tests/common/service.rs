@@ -107,6 +107,45 @@ impl Wake {
         self.temp
     }
 
+    /// `method path [body]` with the admin token: the status and the JSON body (Null when
+    /// empty or not JSON).
+    #[allow(dead_code)] // not every test file uses it
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
+        let mut request = self
+            .http
+            .request(method, format!("{}{path}", self.url))
+            .bearer_auth(TOKEN);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.expect("request");
+        let status = response.status().as_u16();
+        let text = response.text().await.expect("body");
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
+        )
+    }
+
+    /// [`Self::call`], asserting the status.
+    #[allow(dead_code)] // not every test file uses it
+    pub async fn expect(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+        want: u16,
+    ) -> serde_json::Value {
+        let (status, value) = self.call(method.clone(), path, body).await;
+        assert_eq!(status, want, "{method} {path}: {value}");
+        value
+    }
+
     /// [`Self::halt`], then the directory and what is left in it go.
     pub async fn stop(self) {
         drop(self.halt().await);

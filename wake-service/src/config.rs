@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::autoscale::sizing::Cu;
 use crate::compute::local::LocalConfig;
 use crate::scheduler::SchedulerConfig;
 use crate::usage::sink::SinkConfig;
@@ -176,9 +177,30 @@ pub struct ServeArgs {
     #[arg(long, env = "WAKE_PRICE_TRANSFER_GB")]
     pub price_transfer_gb: Option<f64>,
 
+    /// Autoscaling: the largest size (CU) an endpoint's min_cu, max_cu or resize may ask
+    /// for (0.25 steps, at most 56).
+    #[arg(long, env = "WAKE_MAX_CU", default_value_t = 16.0)]
+    pub max_cu: f64,
+    /// Autoscaling: how often active endpoints' CPU, memory and pooler queue are sampled
+    /// (milliseconds); every sample is a policy decision.
+    #[arg(long, env = "WAKE_AUTOSCALE_INTERVAL_MS", default_value_t = 2000,
+          value_parser = clap::value_parser!(u64).range(100..=60_000))]
+    pub autoscale_interval_ms: u64,
+    /// Autoscaling: how long the goal must stay below the size before it shrinks (seconds).
+    #[arg(long, env = "WAKE_AUTOSCALE_COOLDOWN_SECONDS", default_value_t = 60,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub autoscale_cooldown_seconds: u64,
+
     /// Validate the configuration, print it, and exit.
     #[arg(long)]
     pub check_config: bool,
+}
+
+/// The autoscaler's timing.
+#[derive(Debug, Clone)]
+pub struct AutoscaleConfig {
+    pub interval: Duration,
+    pub cooldown: Duration,
 }
 
 /// Tokens shorter than this are refused: 32 hex characters are 128 random bits.
@@ -211,6 +233,9 @@ pub struct ServeConfig {
     pub leave_computes_running: bool,
     pub quarantine_unknown_computes: bool,
     pub metering: MeteringConfig,
+    /// The largest size the API accepts.
+    pub max_cu: Cu,
+    pub autoscale: AutoscaleConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -306,6 +331,7 @@ impl ServeArgs {
             prices.iter().flatten().all(|p| p.is_finite() && *p >= 0.0),
             "prices must be finite and not negative"
         );
+        let max_cu = Cu::parse_ceiling("--max-cu", self.max_cu).map_err(anyhow::Error::msg)?;
         let defaults = Prices::default();
         let metering = MeteringConfig {
             checkpoint_interval: Duration::from_secs(self.usage_checkpoint_seconds),
@@ -338,6 +364,11 @@ impl ServeArgs {
             leave_computes_running: self.leave_computes_running,
             quarantine_unknown_computes: self.quarantine_unknown_computes,
             metering,
+            max_cu,
+            autoscale: AutoscaleConfig {
+                interval: Duration::from_millis(self.autoscale_interval_ms),
+                cooldown: Duration::from_secs(self.autoscale_cooldown_seconds),
+            },
         })
     }
 }

@@ -1,7 +1,7 @@
 //! Leadership among replicas sharing one state store: one replica at a time holds the leader
 //! lock (a session advisory lock on a dedicated store connection, [`Store::try_lead`]; a
 //! crashed leader releases it by dying). Only the leader reconciles computes with the store,
-//! creates the default endpoint and runs the suspend [`scheduler`] and metering's checkpoints
+//! creates the default endpoint and runs the suspend [`scheduler`], the [`autoscaler`] and metering's checkpoints
 //! ([`Metering::run`]); the others serve the API
 //! and try for the lock every [`LEADER_RETRY`].
 
@@ -15,9 +15,9 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::ServeConfig;
 use crate::lifecycle::Computes;
-use crate::scheduler;
 use crate::store::{Leadership, Store};
 use crate::usage::Metering;
+use crate::{autoscaler, scheduler};
 
 /// How often a replica that is not the leader tries to become it.
 pub const LEADER_RETRY: Duration = Duration::from_secs(2);
@@ -137,6 +137,11 @@ impl Leader {
         ));
         self.scheduler_tasks
             .spawn(self.metering.clone().run(self.scheduling.clone()));
+        self.scheduler_tasks.spawn(autoscaler::run(
+            self.computes.clone(),
+            self.config.autoscale.clone(),
+            self.scheduling.clone(),
+        ));
     }
 }
 

@@ -11,6 +11,7 @@
 
 pub mod api;
 pub mod autoscale;
+pub mod autoscaler;
 pub mod cli;
 pub mod compute;
 pub mod config;
@@ -135,6 +136,7 @@ async fn bootstrap(
             operation_timeout: config.wake_timeout,
             wake_timeout: config.wake_timeout,
             quarantine_unknown: config.quarantine_unknown_computes,
+            ceiling: config.max_cu,
         },
         metrics.clone(),
     ));

@@ -42,6 +42,83 @@ pub struct Metrics {
     pub computes_quarantined: IntCounter,
     /// Metering.
     pub usage: UsageMetrics,
+    /// Autoscaling.
+    pub autoscale: AutoscaleMetrics,
+}
+
+/// Autoscaling's figures, totals over every endpoint.
+pub struct AutoscaleMetrics {
+    /// The policy's decisions by action (`up`, `down`, `stay`).
+    pub decisions: IntCounterVec,
+    /// Sizes changed, by cause (`autoscaler`, `api`, `range`) and direction (`up`, `down`).
+    pub resizes: IntCounterVec,
+    /// Seconds a resize took (the driver applying it, then the store).
+    pub resize_seconds: Histogram,
+    /// Signal samples that failed (the compute did not answer in time, or an error).
+    pub sample_errors: IntCounter,
+    /// The compute units of every active compute, summed (set by each autoscaler round).
+    pub active_cu: prometheus::Gauge,
+}
+
+impl AutoscaleMetrics {
+    fn new(registry: &Registry) -> Result<AutoscaleMetrics, prometheus::Error> {
+        let decisions = IntCounterVec::new(
+            Opts::new(
+                "wake_autoscale_decisions_total",
+                "Autoscaling policy decisions by action",
+            ),
+            &["action"],
+        )?;
+        let resizes = IntCounterVec::new(
+            Opts::new(
+                "wake_autoscale_resizes_total",
+                "Compute size changes by cause and direction",
+            ),
+            &["cause", "direction"],
+        )?;
+        let resize_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "wake_autoscale_resize_seconds",
+                "Seconds to apply a size change",
+            )
+            .buckets(vec![
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+            ]),
+        )?;
+        let sample_errors = IntCounter::new(
+            "wake_autoscale_sample_errors_total",
+            "Autoscaler signal samples that failed",
+        )?;
+        let active_cu = prometheus::Gauge::new(
+            "wake_autoscale_active_compute_units",
+            "Compute units of every active compute, summed",
+        )?;
+        registry.register(Box::new(decisions.clone()))?;
+        registry.register(Box::new(resizes.clone()))?;
+        registry.register(Box::new(resize_seconds.clone()))?;
+        registry.register(Box::new(sample_errors.clone()))?;
+        registry.register(Box::new(active_cu.clone()))?;
+        Ok(AutoscaleMetrics {
+            decisions,
+            resizes,
+            resize_seconds,
+            sample_errors,
+            active_cu,
+        })
+    }
+
+    /// A size change by `cause` from `from` to `to` that took `took`.
+    pub fn observe_resize(
+        &self,
+        cause: &str,
+        from: crate::autoscale::sizing::Cu,
+        to: crate::autoscale::sizing::Cu,
+        took: std::time::Duration,
+    ) {
+        let direction = if to > from { "up" } else { "down" };
+        self.resizes.with_label_values(&[cause, direction]).inc();
+        self.resize_seconds.observe(took.as_secs_f64());
+    }
 }
 
 /// Metering's figures, totals over every endpoint (per endpoint is the usage API's job: an
@@ -237,8 +314,10 @@ impl Metrics {
         registry.register(Box::new(endpoints.clone()))?;
         registry.register(Box::new(start_seconds.clone()))?;
         let usage = UsageMetrics::new(&registry)?;
+        let autoscale = AutoscaleMetrics::new(&registry)?;
         Ok(Metrics {
             usage,
+            autoscale,
             registry,
             http_requests,
             transitions,

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use tokio_postgres::error::SqlState;
+use wake_service::autoscale::sizing::Cu;
 use wake_service::compute::local::LocalDriver;
 use wake_service::state_cluster::StateCluster;
 
@@ -89,7 +90,7 @@ fn spec(endpoint: &str) -> ComputeSpec {
         endpoint: endpoint.to_string(),
         port,
         pooler_port,
-        cu: 0.25,
+        cu: Cu::MIN,
     }
 }
 

@@ -70,6 +70,44 @@ pub struct Endpoint {
     pub last_active: Option<OffsetDateTime>,
     #[serde(with = "time::serde::rfc3339::option")]
     pub suspended_at: Option<OffsetDateTime>,
+    /// How `current_cu` is in effect on a running compute (absent while it does not run, or
+    /// before this wake service has applied it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<ComputeSize>,
+}
+
+/// How a running compute's size is applied.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ComputeSize {
+    /// How CPU and memory are limited: `cgroup v1`, `cgroup v2`, or `not enforced: <why>`.
+    pub limits: String,
+    /// The CPU quota (`<quota_us> <period_us>`) and memory limit in bytes, as enforced.
+    pub cpu_max: String,
+    pub memory_limit_bytes: u64,
+    /// The Postgres settings the size sets: the value in effect and, for a setting that
+    /// needs a restart and differs, the value the next resume or restart applies.
+    pub settings: Vec<SizeSetting>,
+    /// PgBouncer's `default_pool_size` (and `max_db_connections`).
+    pub pooler_pool_size: u32,
+    /// The cap gateways are given for their own pool of direct connections.
+    pub gateway_pool_max_conns: u32,
+}
+
+/// One Postgres setting of a [`ComputeSize`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SizeSetting {
+    pub name: String,
+    pub value: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending: Option<String>,
+}
+
+/// `POST /v1/endpoints/{id}/resize`: sets a fixed-size endpoint's size (`min_cu = max_cu =
+/// cu`) and applies it at once.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Resize {
+    pub cu: f64,
 }
 
 /// `POST /v1/endpoints`.

@@ -22,6 +22,12 @@ pub struct WakeCompute {
     /// When set, the compute requires TLS with this server name. Always `null` here.
     pub server_name: Option<String>,
     pub aux: MetricsAuxInfo,
+    /// Not in Neon's API: the most backend connections a gateway should hold open to this
+    /// endpoint's Postgres (its `/sql` pool, direct, not through `-pooler`). It follows the
+    /// compute's size (autoscaling). Absent from other control planes: the gateway's own
+    /// `--pool-max-conns-per-endpoint` then applies alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool_max_conns: Option<u32>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -161,6 +167,18 @@ pub struct ActivityReply {
     /// not stored; everything else was.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub usage_unknown: Vec<String>,
+    /// For each reported or cached endpoint that is active, the pool cap of its current size
+    /// (see [`WakeCompute::pool_max_conns`]): a resize reaches every gateway within one report.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pool_limits: Vec<PoolLimit>,
+}
+
+/// One endpoint's gateway pool cap, in an [`ActivityReply`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolLimit {
+    /// Without `-pooler`.
+    pub endpoint_id: String,
+    pub pool_max_conns: u32,
 }
 
 /// One role whose credentials changed (`PATCH` with a new password, or `DELETE`).

@@ -10,7 +10,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use wake_api::admin::{
     ComputeEvent, CreateDatabase, CreateEndpoint, CreateJwks, CreateRole, Database, Endpoint,
-    JwksList, PatchEndpoint, PatchRole, Role,
+    JwksList, PatchEndpoint, PatchRole, Resize, Role,
 };
 
 use time::OffsetDateTime;
@@ -34,6 +34,7 @@ pub fn routes() -> Router<Arc<Service>> {
         .route("/v1/endpoints/{id}/jwks/{jwks_id}", delete(delete_jwks))
         .route("/v1/endpoints/{id}/wake", post(wake))
         .route("/v1/endpoints/{id}/suspend", post(suspend))
+        .route("/v1/endpoints/{id}/resize", post(resize))
         .route("/v1/endpoints/{id}/events", get(events))
         .route("/v1/endpoints/{id}/usage", get(endpoint_usage))
         .route("/v1/usage", get(usage_summary))
@@ -52,6 +53,7 @@ async fn render(service: &Service, row: EndpointRow) -> Result<Endpoint, ApiErro
         .map_err(crate::lifecycle::LifecycleError::from)?;
     Ok(Endpoint {
         addresses: service.computes.addresses(&row),
+        size: service.computes.size_of(&row),
         id: row.id,
         state: row.state,
         operation: row.operation.map(|o| o.as_str().to_owned()),
@@ -254,6 +256,15 @@ async fn wake(
                 service.computes.wake_timeout().as_secs()
             ))
         })??;
+    Ok(Json(render(&service, row).await?))
+}
+
+async fn resize(
+    State(service): State<Arc<Service>>,
+    Path(id): Path<String>,
+    ApiJson(request): ApiJson<Resize>,
+) -> Result<Json<Endpoint>, ApiError> {
+    let row = service.computes.resize(&id, request.cu).await?;
     Ok(Json(render(&service, row).await?))
 }
 

@@ -12,7 +12,7 @@ use wake_api::proxy::{
 use wake_api::split_pooler;
 
 use super::{ProxyError, Service};
-use crate::lifecycle::WakeTrigger;
+use crate::lifecycle::{stored_cu, WakeTrigger};
 
 pub fn routes() -> Router<Arc<Service>> {
     Router::new()
@@ -70,6 +70,7 @@ async fn wake_compute(
             addresses.direct
         },
         server_name: None,
+        pool_max_conns: Some(stored_cu(row.current_cu).size().gateway_pool_max_conns),
         aux: MetricsAuxInfo {
             endpoint_id: row.id.clone(),
             project_id: row.id.clone(),

@@ -319,12 +319,18 @@ pub struct Size {
     pub memory_bytes: u64,
     pub postgres: PostgresSettings,
     pub pooler: PoolerSizes,
+    /// The cap gateways get for their own pool of direct connections: PgBouncer's budget
+    /// (90% of `max_connections` less the reserved slots), so that pool alone never runs
+    /// Postgres out of slots. Direct and pooled connections together may (as on Neon): the
+    /// client then gets Postgres' own "too many clients" (53300).
+    pub gateway_pool_max_conns: u32,
 }
 
 impl Size {
     pub fn of(cu: Cu) -> Size {
         let memory_bytes = u64::from(cu.quarters()) * BYTES_PER_QUARTER;
         let max_connections = max_connections(cu);
+        let pooler = pooler_sizes(max_connections);
         Size {
             cu,
             cpu: CpuQuota {
@@ -333,7 +339,8 @@ impl Size {
             },
             memory_bytes,
             postgres: postgres_settings(memory_bytes, max_connections),
-            pooler: pooler_sizes(max_connections),
+            pooler,
+            gateway_pool_max_conns: pooler.default_pool_size,
         }
     }
 }

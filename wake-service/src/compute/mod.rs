@@ -8,7 +8,9 @@ pub mod local;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use wake_api::admin::Addresses;
+use wake_api::admin::{Addresses, ComputeSize};
+
+use crate::autoscale::sizing::Cu;
 
 /// What a driver needs to know about one endpoint's compute. Ports are allocated by the
 /// store (unique across endpoints), never invented by a driver.
@@ -19,8 +21,9 @@ pub struct ComputeSpec {
     pub port: u16,
     /// PgBouncer (transaction mode) listens here.
     pub pooler_port: u16,
-    /// Compute units the compute should get (1 CU = 1 vCPU + 4 GiB in Neon's terms).
-    pub cu: f64,
+    /// The size the compute should have (1 CU = 1 vCPU + 4 GiB in Neon's terms): its CPU and
+    /// memory limits, Postgres settings and pool sizes follow it.
+    pub cu: Cu,
 }
 
 /// A login role as the compute's pooler must know it: its name and SCRAM-SHA-256 verifier
@@ -65,6 +68,17 @@ pub struct PoolerStats {
     pub transactions: u64,
     /// Whether PgBouncer is paused.
     pub paused: bool,
+}
+
+/// What a compute uses, for the autoscaler; any figure may be missing.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct ComputeLoad {
+    /// CPU time of the compute's processes since some fixed moment (a rate needs two).
+    pub cpu_seconds: Option<f64>,
+    /// Memory reclaim cannot take back (anonymous and shared memory, no page cache).
+    pub memory_bytes: Option<u64>,
+    /// PgBouncer's clients (None when it does not run).
+    pub pooler: Option<PoolerStats>,
 }
 
 /// What a health check found.
@@ -113,7 +127,8 @@ pub trait ComputeDriver: Send + Sync + 'static {
     /// wake service died in the middle) is wiped and redone. Leaves the compute stopped.
     async fn create(&self, spec: &ComputeSpec) -> Result<(), ComputeError>;
 
-    /// Starts Postgres, then makes sure PgBouncer runs and is not paused (RESUME), and
+    /// Starts Postgres with the settings of `spec.cu` (its processes limited to that size),
+    /// then makes sure PgBouncer runs and is not paused (RESUME), and
     /// returns once both accept connections. Processes already running for this compute (a
     /// wake-service restart) are adopted, never duplicated; a process of this compute on the
     /// wrong port is restarted. This is the resume path: every millisecond here is a
@@ -145,6 +160,19 @@ pub trait ComputeDriver: Send + Sync + 'static {
     /// What PgBouncer's clients are doing (`SHOW POOLS`, `SHOW STATS`, `SHOW DATABASES`,
     /// without the admin console itself). `None` when PgBouncer does not run.
     async fn pooler_stats(&self, spec: &ComputeSpec) -> Result<Option<PoolerStats>, ComputeError>;
+
+    /// Applies `spec.cu` to the running compute without interrupting anything: CPU and memory
+    /// limits, the reloadable Postgres settings (those that need a restart wait for the next
+    /// start and show as pending) and PgBouncer's pool sizes (RELOAD). An error when the
+    /// compute does not run.
+    async fn resize(&self, spec: &ComputeSpec) -> Result<ComputeSize, ComputeError>;
+
+    /// How the size is in effect, as far as this driver applied it (no I/O): None for a
+    /// compute it has not started or adopted.
+    fn size(&self, spec: &ComputeSpec) -> Option<ComputeSize>;
+
+    /// What the compute uses now, without waking anything.
+    async fn load(&self, spec: &ComputeSpec) -> Result<ComputeLoad, ComputeError>;
 
     /// Stops whatever runs for `endpoint` and deletes its data. Idempotent.
     async fn destroy(&self, endpoint: &str) -> Result<(), ComputeError>;

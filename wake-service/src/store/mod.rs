@@ -243,6 +243,15 @@ pub struct Transition<'a> {
     pub compute_lost: bool,
 }
 
+/// The state of the endpoints a gateway reported or holds routes to.
+#[derive(Debug, Default)]
+pub struct ActivityStatus {
+    /// Not active (or gone).
+    pub inactive: Vec<String>,
+    /// Active, with their size.
+    pub active: Vec<(String, f64)>,
+}
+
 /// Settings a PATCH may change; `None` leaves a field alone.
 #[derive(Clone, Debug, Default)]
 pub struct EndpointChanges {
@@ -504,7 +513,7 @@ impl Store {
         reports: &[GatewayActivity],
         lease: Duration,
         ids: &[String],
-    ) -> Result<Vec<String>, StoreError> {
+    ) -> Result<ActivityStatus, StoreError> {
         let client = self.pool.get().await?;
         if !reports.is_empty() {
             let ids: Vec<&str> = reports.iter().map(|r| r.endpoint.as_str()).collect();
@@ -527,15 +536,22 @@ impl Store {
         }
         let rows = client
             .query(
-                "SELECT q.id FROM unnest($1::text[]) AS q(id)
-                 LEFT JOIN endpoints e ON e.id = q.id
-                 WHERE e.state IS DISTINCT FROM 'active'",
+                "SELECT q.id, e.state IS NOT DISTINCT FROM 'active', e.current_cu
+                 FROM unnest($1::text[]) AS q(id)
+                 LEFT JOIN endpoints e ON e.id = q.id",
                 &[&ids],
             )
             .await?;
-        rows.iter()
-            .map(|row| row.try_get(0).map_err(StoreError::from))
-            .collect()
+        let mut status = ActivityStatus::default();
+        for row in &rows {
+            let id: String = row.try_get(0)?;
+            if row.try_get(1)? {
+                status.active.push((id, row.try_get(2)?));
+            } else {
+                status.inactive.push(id);
+            }
+        }
+        Ok(status)
     }
 
     /// Moves `last_active` forward to `at` (activity the wake service saw itself).
@@ -562,7 +578,6 @@ impl Store {
                     suspend_timeout_seconds = COALESCE($2, suspend_timeout_seconds),
                     min_cu = COALESCE($3, min_cu),
                     max_cu = COALESCE($4, max_cu),
-                    current_cu = LEAST(GREATEST(current_cu, COALESCE($3, min_cu)), COALESCE($4, max_cu)),
                     updated_at = now()
                  WHERE id = $1 RETURNING *",
                 &[
@@ -576,6 +591,59 @@ impl Store {
             .as_ref()
             .map(EndpointRow::from_row)
             .transpose()
+    }
+
+    /// Sets the endpoint's size (and, for a fixed size, its range) and records a `resized`
+    /// event with `detail`, in one transaction; an active endpoint's metered run ends and a
+    /// new one at the new size starts at the event's time. Nothing is recorded when the size
+    /// and range are unchanged. `None` when the endpoint no longer exists.
+    pub async fn set_size(
+        &self,
+        id: &str,
+        cu: f64,
+        range: Option<(f64, f64)>,
+        detail: &str,
+    ) -> Result<Option<EndpointRow>, StoreError> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let Some(before) = tx
+            .query_opt(
+                "SELECT state, current_cu FROM endpoints WHERE id = $1 FOR UPDATE",
+                &[&id],
+            )
+            .await?
+        else {
+            return Ok(None);
+        };
+        let state: String = before.try_get(0)?;
+        let from: f64 = before.try_get(1)?;
+        let (min, max) = range.unzip();
+        let row = tx
+            .query_one(
+                "UPDATE endpoints SET current_cu = $2, min_cu = COALESCE($3, min_cu),
+                        max_cu = COALESCE($4, max_cu), updated_at = now()
+                 WHERE id = $1 RETURNING *",
+                &[&id, &cu, &min, &max],
+            )
+            .await?;
+        if from != cu {
+            usage::lock_open_run(&tx, id).await?;
+            let at = insert_event(
+                &tx,
+                id,
+                "resized",
+                Some(&state),
+                Some(&state),
+                Some(cu),
+                Some(detail),
+            )
+            .await?;
+            if state == EndpointState::Active.as_str() {
+                usage::meter_resize(&tx, id, cu, at).await?;
+            }
+        }
+        tx.commit().await?;
+        EndpointRow::from_row(&row).map(Some)
     }
 
     /// Deletes the endpoint (its roles and databases go with it) and records the event.

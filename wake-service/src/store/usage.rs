@@ -59,6 +59,25 @@ pub(super) async fn meter_transition(
     Ok(())
 }
 
+/// A resize of an active compute at `at`: its run ends and one at `cu` starts, so CU-seconds
+/// change at the moment the size does.
+pub(super) async fn meter_resize(
+    tx: &Transaction<'_>,
+    id: &str,
+    cu: f64,
+    at: OffsetDateTime,
+) -> Result<(), StoreError> {
+    close_run(tx, id, at, false).await?;
+    tx.execute(
+        "INSERT INTO compute_runs (endpoint_id, cu, started_at, metered_to)
+         VALUES ($1, $2, $3, $3)
+         ON CONFLICT (endpoint_id) WHERE stopped_at IS NULL DO NOTHING",
+        &[&id, &cu, &at],
+    )
+    .await?;
+    Ok(())
+}
+
 /// Ends the endpoint's open run at `at`, or at its last checkpoint when the compute was found
 /// dead (`lost`: nothing says it ran any longer).
 pub(super) async fn close_run(

@@ -209,10 +209,12 @@
 //! * Nothing confines a compute's user on the network: its processes can bind any free TCP
 //!   port, including another endpoint's while that one is stopped.
 
+mod cgroup;
 pub(crate) mod files;
 mod pgbouncer;
 pub(crate) mod postgres;
 pub(crate) mod process;
+mod size;
 pub(crate) mod users;
 
 use std::collections::HashMap;
@@ -222,14 +224,19 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
-use wake_api::admin::Addresses;
+use wake_api::admin::{Addresses, ComputeSize};
 use wake_api::names;
 
+use self::cgroup::Cgroups;
 use self::files::Dir;
 use self::pgbouncer::{Admin, AdminReply, Bouncer, Counts};
 use self::postgres::{Cluster, StartSettings, PGDATA, PGDATA_INIT, SUPERUSER};
 use self::process::{Children, Identity};
-use super::{ComputeDriver, ComputeError, ComputeSpec, Health, PoolerRole, PoolerStats, StopMode};
+use self::size::Running;
+use super::{
+    ComputeDriver, ComputeError, ComputeLoad, ComputeSpec, Health, PoolerRole, PoolerStats,
+    StopMode,
+};
 
 /// The longest unix socket path the kernel binds (sun_path is 108 bytes with the NUL).
 const MAX_SOCKET_PATH: usize = 107;
@@ -597,7 +604,6 @@ impl Setup {
              unix_socket_mode = 0700\n\
              pool_mode = transaction\n\
              max_client_conn = 10000\n\
-             default_pool_size = 20\n\
              auth_type = hba\n\
              auth_hba_file = {dir}/{hba}\n\
              auth_file = {dir}/{userlist}\n\
@@ -608,7 +614,8 @@ impl Setup {
              logfile = {dir}/pgbouncer.log\n\
              log_connections = 0\n\
              log_disconnections = 0\n\
-             server_login_retry = 0.1\n",
+             server_login_retry = 0.1\n\
+             %include {dir}/{pool}\n",
             run = run_dir.display(),
             pg_port = spec.port,
             host = self.host,
@@ -616,6 +623,7 @@ impl Setup {
             dir = bouncer_dir.display(),
             hba = pgbouncer::HBA,
             userlist = pgbouncer::USERLIST,
+            pool = size::POOL_INI,
         );
         let mut hba = format!(
             "# Written by the wake service (local driver).\n\
@@ -934,6 +942,10 @@ pub struct LocalDriver {
     root: PathBuf,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     poolers: Mutex<HashMap<String, Pooler>>,
+    /// Where the computes' CPU and memory limits go (or why they cannot).
+    cgroups: Cgroups,
+    /// The size each running compute has, as applied ([`size`]).
+    sizes: Mutex<HashMap<String, Running>>,
 }
 
 /// What the driver keeps about one endpoint's PgBouncer process (`pid`, listening on
@@ -1002,11 +1014,22 @@ impl LocalDriver {
                  as root for one OS user per endpoint)"
             ),
         }
+        let cgroups = Cgroups::detect(&users::instance_tag(&root));
+        if cgroups.enforced() {
+            tracing::info!(limits = %cgroups.describe(), "compute sizes are enforced");
+        } else {
+            tracing::warn!(
+                limits = %cgroups.describe(),
+                "compute CPU and memory are NOT limited; Postgres settings and pool sizes still follow each compute's size"
+            );
+        }
         Ok(LocalDriver {
             setup,
             root,
             locks: Mutex::new(HashMap::new()),
             poolers: Mutex::new(HashMap::new()),
+            cgroups,
+            sizes: Mutex::new(HashMap::new()),
         })
     }
 
@@ -1168,6 +1191,10 @@ impl LocalDriver {
                 0o600,
                 owner,
             )?;
+        }
+        if !files.exists(size::POOL_INI) {
+            let ini = size::pool_ini(&spec.cu.size());
+            files.write(size::POOL_INI, ini.as_bytes(), 0o600, owner)?;
         }
         let verified = self
             .poolers()
@@ -1463,11 +1490,22 @@ impl ComputeDriver for LocalDriver {
             .dir
             .ensure_subdir(RUN, 0o700, compute.identity.owner())
             .map_err(io_error(&compute.dir))?;
-        let postmaster = setup
+        let (conf_changed, pool_changed) = self.write_size(spec, &compute)?;
+        let started = setup
             .compute_cluster(&compute)
             .start(&setup.endpoint_settings(spec))
             .await?;
+        let postmaster = started.pid;
         let bouncer = self.ensure_bouncer(spec, &compute).await?;
+        self.settle_size(spec, started, bouncer, conf_changed)
+            .await?;
+        if pool_changed {
+            // An adopted PgBouncer has the old pool sizes (RELOAD is harmless for a fresh one).
+            self.pooler_admin(spec, &compute, bouncer)
+                .await?
+                .reload()
+                .await?;
+        }
         // Only now that Postgres is ready: a RESUME earlier would let PgBouncer try to log in,
         // fail, and turn clients away for server_login_retry.
         if self.known_paused(spec, bouncer) != Some(false) {
@@ -1495,6 +1533,7 @@ impl ComputeDriver for LocalDriver {
             return Ok(());
         };
         self.setup.compute_cluster(&compute).stop(mode).await?;
+        self.forget_size(&spec.endpoint);
         let bouncer = self.setup.bouncer(&compute.identity, &compute.dir).pid();
         self.sweep(&compute, bouncer).await
     }
@@ -1506,6 +1545,7 @@ impl ComputeDriver for LocalDriver {
             return Ok(());
         };
         self.forget_pooler(&spec.endpoint);
+        self.forget_size(&spec.endpoint);
         self.setup
             .bouncer(&compute.identity, &compute.dir)
             .stop()
@@ -1635,6 +1675,25 @@ impl ComputeDriver for LocalDriver {
         }
     }
 
+    async fn resize(&self, spec: &ComputeSpec) -> Result<ComputeSize, ComputeError> {
+        let path = self.check_spec(spec)?;
+        let _guard = self.lock(&spec.endpoint).await;
+        let compute = self.prepare(&spec.endpoint, &path).await?.ok_or_else(|| {
+            ComputeError::Process(format!("compute {} has not been created", spec.endpoint))
+        })?;
+        self.resize_running(spec, &compute).await
+    }
+
+    fn size(&self, spec: &ComputeSpec) -> Option<ComputeSize> {
+        self.size_of(spec)
+    }
+
+    async fn load(&self, spec: &ComputeSpec) -> Result<ComputeLoad, ComputeError> {
+        let mut load = self.usage_of(spec);
+        load.pooler = self.pooler_stats(spec).await?;
+        Ok(load)
+    }
+
     async fn destroy(&self, endpoint: &str) -> Result<(), ComputeError> {
         let path = self.endpoint_dir(endpoint)?;
         // The lock entry stays: a waiter may hold it, and a fresh one would not exclude it.
@@ -1644,6 +1703,8 @@ impl ComputeDriver for LocalDriver {
             drop(dir);
             process::remove_tree(path).await?;
         }
+        self.forget_size(endpoint);
+        self.cgroups.remove(endpoint);
         self.setup.remove_identity(endpoint).await
     }
 

@@ -27,6 +27,9 @@ const READY_POLL: Duration = Duration::from_millis(1);
 const STATIC_CONF: &str = "wake.conf";
 /// Included from `postgresql.conf`; rewritten before each start (port, addresses).
 const START_CONF: &str = "wake.start.conf";
+/// The settings that follow the compute's size, rewritten on every resize and included by
+/// [`START_CONF`] (so a resize alone never makes a running postmaster look out of date).
+const SIZE_CONF: &str = "wake.size.conf";
 /// Authentication files, rewritten before each start when they differ.
 const HBA: &str = "pg_hba.conf";
 const IDENT: &str = "pg_ident.conf";
@@ -68,6 +71,14 @@ pub(crate) struct StartSettings {
     pub port: u16,
     /// fsync, synchronous_commit and full_page_writes off.
     pub fast: bool,
+}
+
+/// A running postmaster, as [`Cluster::start`] left it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Started {
+    pub pid: i32,
+    /// Spawned now (it read every conf file as they are), not adopted.
+    pub fresh: bool,
 }
 
 /// A postmaster found through `postmaster.pid`.
@@ -150,8 +161,6 @@ impl Cluster<'_> {
         let static_conf = "# Written by the wake service (local driver) at create.\n\
              unix_socket_permissions = 0700\n\
              password_encryption = 'scram-sha-256'\n\
-             max_connections = 200\n\
-             shared_buffers = '32MB'\n\
              logging_collector = off\n";
         pgdata.write(STATIC_CONF, static_conf.as_bytes(), 0o600, owner)?;
         self.write_start_conf(&pgdata, settings)?;
@@ -203,6 +212,7 @@ impl Cluster<'_> {
         if settings.fast {
             conf.push_str("fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n");
         }
+        conf.push_str(&format!("include_if_exists = '{SIZE_CONF}'\n"));
         conf
     }
 
@@ -212,6 +222,19 @@ impl Cluster<'_> {
             return Ok(());
         }
         pgdata.write(START_CONF, conf.as_bytes(), 0o600, self.identity.owner())
+    }
+
+    /// Writes the size settings file when it differs; whether it changed. A running
+    /// postmaster reads it at its next reload (SIGHUP) or start.
+    pub fn write_size_conf(&self, conf: &str) -> Result<bool, ComputeError> {
+        let pgdata = self.pgdata_dir()?.ok_or_else(|| {
+            ComputeError::Process(format!("{} is missing", self.pgdata.display()))
+        })?;
+        if pgdata.file_is(SIZE_CONF, conf.as_bytes()) {
+            return Ok(false);
+        }
+        pgdata.write(SIZE_CONF, conf.as_bytes(), 0o600, self.identity.owner())?;
+        Ok(true)
     }
 
     /// Reads `postmaster.pid`: line 1 pid, 4 port, 5 socket directory, 8 status. A pid is
@@ -285,7 +308,7 @@ impl Cluster<'_> {
     /// Starts the postmaster with `settings`, or adopts one already running for this data
     /// directory with the same settings (and authentication files); one running with other
     /// settings is restarted. Returns the postmaster's pid once it accepts connections.
-    pub async fn start(&self, settings: &StartSettings) -> Result<i32, ComputeError> {
+    pub async fn start(&self, settings: &StartSettings) -> Result<Started, ComputeError> {
         let pgdata = self.pgdata_dir()?.ok_or_else(|| {
             ComputeError::Process(format!("{} is missing", self.pgdata.display()))
         })?;
@@ -303,7 +326,8 @@ impl Cluster<'_> {
                 PidFile::NotRunning => {
                     self.write_auth(&pgdata)?;
                     self.write_start_conf(&pgdata, settings)?;
-                    return self.spawn(&pgdata, settings).await;
+                    let pid = self.spawn(&pgdata, settings).await?;
+                    return Ok(Started { pid, fresh: true });
                 }
                 PidFile::Stale(pid) => {
                     tracing::warn!(
@@ -349,7 +373,10 @@ impl Cluster<'_> {
                             port = settings.port,
                             "adopted running postmaster"
                         );
-                        return Ok(pm.pid);
+                        return Ok(Started {
+                            pid: pm.pid,
+                            fresh: false,
+                        });
                     } else {
                         // Starting up (spawned by a wake service that was then killed).
                         tokio::time::sleep(READY_POLL).await;

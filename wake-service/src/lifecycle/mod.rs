@@ -26,14 +26,21 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::OwnedMutexGuard;
-use wake_api::admin::{Addresses, CreateEndpoint, CreateJwks, EndpointState, PatchEndpoint};
+use wake_api::admin::{
+    Addresses, ComputeSize, CreateEndpoint, CreateJwks, EndpointState, PatchEndpoint,
+};
 use wake_api::names;
 use wake_api::proxy::{
     ActivityReply, ActivityReport, ClaimsKey, ColdStartInfo, Jwks, JwksSettings, JwtLogin,
-    MAX_REPORTED_ENDPOINTS, REPORT_INTERVAL_MS,
+    PoolLimit, MAX_REPORTED_ENDPOINTS, REPORT_INTERVAL_MS,
 };
 use wake_api::split_pooler;
 
+mod resize;
+
+pub use self::resize::{stored_cu, stored_range, ResizeCause};
+
+use crate::autoscale::sizing::Cu;
 use crate::compute::{ComputeDriver, ComputeError, ComputeSpec, Health, PoolerRole, StopMode};
 use crate::jwt;
 use crate::metrics::{self, Metrics};
@@ -45,8 +52,6 @@ use crate::store::{
 
 /// Largest suspend timeout (Neon's: one week). -1 means never; 0 means the default.
 const MAX_SUSPEND_TIMEOUT_SECONDS: i64 = 604_800;
-/// Compute-unit bounds (Neon's autoscaling range).
-const CU_RANGE: RangeInclusive<f64> = 0.25..=16.0;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LifecycleError {
@@ -91,6 +96,8 @@ pub struct LifecycleConfig {
     /// Start even when the store lists no endpoint but the driver holds computes (a new or
     /// wrong store): they are quarantined. Without it such a start is refused.
     pub quarantine_unknown: bool,
+    /// The largest `min_cu`/`max_cu`/resize the API accepts.
+    pub ceiling: Cu,
 }
 
 /// An open session holds its endpoint for this many of its gateway's report intervals, so
@@ -209,6 +216,10 @@ impl Computes {
         &self.store
     }
 
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
     pub fn driver(&self) -> &dyn ComputeDriver {
         self.driver.as_ref()
     }
@@ -218,8 +229,15 @@ impl Computes {
             endpoint: row.id.clone(),
             port: row.port,
             pooler_port: row.pooler_port,
-            cu: row.current_cu,
+            cu: stored_cu(row.current_cu),
         }
+    }
+
+    /// How an active endpoint's size is in effect (what its driver applied).
+    pub fn size_of(&self, row: &EndpointRow) -> Option<ComputeSize> {
+        (row.state == EndpointState::Active)
+            .then(|| self.driver.size(&Self::spec(row)))
+            .flatten()
     }
 
     pub fn addresses(&self, row: &EndpointRow) -> Addresses {
@@ -390,7 +408,9 @@ impl Computes {
             )));
         }
         let suspend = self.suspend_timeout(request.suspend_timeout_seconds)?;
-        let (min_cu, max_cu) = cu_range(request.min_cu, request.max_cu, (0.25, 0.25))?;
+        let min_cu = request.min_cu.unwrap_or(Cu::MIN.as_f64());
+        let range = self.parse_range(min_cu, request.max_cu.unwrap_or(min_cu))?;
+        let (min_cu, max_cu) = (range.min().as_f64(), range.max().as_f64());
         let _guard = self.lock(&request.id).await?;
         let new = NewEndpoint {
             id: request.id.clone(),
@@ -466,20 +486,20 @@ impl Computes {
             .suspend_timeout_seconds
             .map(|s| self.suspend_timeout(Some(s)))
             .transpose()?;
-        let (min_cu, max_cu) = cu_range(
-            patch.min_cu.or(Some(row.min_cu)),
-            patch.max_cu.or(Some(row.max_cu)),
-            (row.min_cu, row.max_cu),
+        let range = self.parse_range(
+            patch.min_cu.unwrap_or(row.min_cu),
+            patch.max_cu.unwrap_or(row.max_cu),
         )?;
         let changes = EndpointChanges {
             suspend_timeout_seconds: suspend,
-            min_cu: Some(min_cu),
-            max_cu: Some(max_cu),
+            min_cu: Some(range.min().as_f64()),
+            max_cu: Some(range.max().as_f64()),
         };
         self.store
             .update_settings(id, &changes)
             .await?
-            .ok_or_else(|| LifecycleError::NotFound(id.to_owned()))
+            .ok_or_else(|| LifecycleError::NotFound(id.to_owned()))?;
+        self.fit_range(id).await
     }
 
     fn suspend_timeout(&self, value: Option<i64>) -> Result<i64, LifecycleError> {
@@ -1715,12 +1735,21 @@ impl Computes {
         ids.sort();
         ids.dedup();
         let interval = Duration::from_millis(report.interval_ms);
-        let inactive = self
+        let status = self
             .store
             .record_activity(&entries, interval * LEASE_INTERVALS, &ids)
             .await?;
+        let pool_limits = status
+            .active
+            .into_iter()
+            .map(|(endpoint_id, cu)| PoolLimit {
+                endpoint_id,
+                pool_max_conns: stored_cu(cu).size().gateway_pool_max_conns,
+            })
+            .collect();
         let mut reply = ActivityReply {
-            inactive,
+            inactive: status.inactive,
+            pool_limits,
             ..ActivityReply::default()
         };
         if let Some(gateway) = report.gateway_id.as_deref() {
@@ -1801,28 +1830,6 @@ fn invalid_name(kind: &str, name: &str) -> LifecycleError {
 }
 
 /// Validates a CU range; missing values fall back to `default`.
-fn cu_range(
-    min: Option<f64>,
-    max: Option<f64>,
-    default: (f64, f64),
-) -> Result<(f64, f64), LifecycleError> {
-    let min = min.unwrap_or(default.0);
-    let max = max.unwrap_or(default.1.max(min));
-    for (name, value) in [("min_cu", min), ("max_cu", max)] {
-        if !CU_RANGE.contains(&value) || (value * 4.0).fract() != 0.0 {
-            return Err(LifecycleError::Invalid(format!(
-                "{name} {value} is invalid: use a multiple of 0.25 between 0.25 and 16"
-            )));
-        }
-    }
-    if min > max {
-        return Err(LifecycleError::Invalid(format!(
-            "min_cu {min} is greater than max_cu {max}"
-        )));
-    }
-    Ok((min, max))
-}
-
 /// The SCRAM-SHA-256 verifier of a password the API was given.
 fn scram_secret(password: &str) -> Result<String, LifecycleError> {
     if password.is_empty() || password.len() > 1024 || password.contains('\0') {
@@ -1857,23 +1864,6 @@ fn compute_error(id: &str) -> impl Fn(ComputeError) -> LifecycleError + Copy + '
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn cu_ranges() {
-        assert_eq!(cu_range(None, None, (0.25, 0.25)).ok(), Some((0.25, 0.25)));
-        assert_eq!(
-            cu_range(Some(1.0), None, (0.25, 0.25)).ok(),
-            Some((1.0, 1.0))
-        );
-        assert_eq!(
-            cu_range(Some(0.5), Some(4.0), (0.25, 0.25)).ok(),
-            Some((0.5, 4.0))
-        );
-        assert!(cu_range(Some(2.0), Some(1.0), (0.25, 0.25)).is_err());
-        assert!(cu_range(Some(0.3), None, (0.25, 0.25)).is_err());
-        assert!(cu_range(None, Some(32.0), (0.25, 0.25)).is_err());
-        assert!(cu_range(Some(f64::NAN), None, (0.25, 0.25)).is_err());
-    }
 
     #[test]
     fn passwords() {

@@ -8,7 +8,8 @@
 //! reports resent), an "inactive" reply dropping routes and idle connections, `57P03` at
 //! connect retried through a new wake, and a query on a pooled connection that its server
 //! closed retried only when it provably never ran. Metering: the usage the reports carry
-//! reaches the control plane once, across an outage.
+//! reaches the control plane once, across an outage. Autoscaling: the pool cap a wake reply
+//! or an activity reply gives holds the `/sql` pool's backend connections.
 
 mod support;
 
@@ -25,7 +26,7 @@ use tokio_postgres::NoTls;
 use gateway::RetryConfig;
 use gateway::WsStream;
 use support::{
-    eventually, postgres, sql, FakeControlPlane, Outage, ReceivedReport, TestGateway,
+    eventually, postgres, sql, FakeControlPlane, Forwarder, Outage, ReceivedReport, TestGateway,
     TestWakeService, CONN,
 };
 
@@ -1032,5 +1033,62 @@ async fn an_inactive_reply_drops_routes_and_idle_connections() {
             .await,
         misses + 2.0
     );
+    gw.stop().await;
+}
+
+/// Three `/sql` requests at once, each holding its backend connection for half a second:
+/// their statuses, and how long they took together.
+async fn three_at_once(gw: &TestGateway) -> (Vec<u16>, Duration) {
+    let started = Instant::now();
+    let requests = (0..3).map(|_| sql(gw, CONN, json!({"query": "SELECT pg_sleep(0.5)"})));
+    let statuses = futures_util::future::join_all(requests)
+        .await
+        .into_iter()
+        .map(|(status, _)| status)
+        .collect();
+    (statuses, started.elapsed())
+}
+
+#[tokio::test]
+async fn the_control_planes_pool_cap_holds_the_backend_connections() {
+    let pg = postgres();
+    let backend = Forwarder::start(pg.address()).await;
+    let cp = FakeControlPlane::start().await;
+    cp.route("db", &backend.addr.to_string());
+    cp.secret("db", "postgres", &pg.role_secret("postgres").await);
+    // The compute's size allows 2, far below the gateway's own cap.
+    cp.pool_max_conns("db", Some(2));
+    let gw = TestGateway::builder()
+        .control_plane(&cp)
+        .config(|config| config.activity_interval = Some(Duration::from_millis(100)))
+        .start()
+        .await;
+
+    // The third request waits for one of the two connections instead of opening a third.
+    let (statuses, took) = three_at_once(&gw).await;
+    assert_eq!(statuses, [200, 200, 200]);
+    assert_eq!(backend.connections(), 2);
+    assert!(took >= Duration::from_secs(1), "the third waited: {took:?}");
+
+    // The compute grew: the next activity reply says so, and the cached route (which still
+    // says 2) does not undo it.
+    cp.pool_max_conns("db", Some(3));
+    let replies = gw
+        .metric("gateway_activity_reports_total", "outcome=\"ok\"")
+        .await;
+    eventually("two more replies acted on", WITHIN, || async {
+        let ok = gw
+            .metric("gateway_activity_reports_total", "outcome=\"ok\"")
+            .await;
+        (ok >= replies + 2.0).then_some(())
+    })
+    .await;
+    // No reply can apply it again from here: only the later word winning keeps it.
+    cp.fail_activity(true);
+    let (statuses, took) = three_at_once(&gw).await;
+    assert_eq!(statuses, [200, 200, 200]);
+    assert_eq!(backend.connections(), 3, "two reused, one more opened");
+    assert!(took < Duration::from_secs(1), "none waited: {took:?}");
+    assert_eq!(cp.wakes(), 1);
     gw.stop().await;
 }

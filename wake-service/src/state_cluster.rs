@@ -67,7 +67,7 @@ impl StateCluster {
         };
         let settings = cluster.setup.socket_only_settings(STATE_PORT);
         cluster.init_once(&path, &settings).await?;
-        let pid = cluster.cluster().start(&settings).await?.pid;
+        let pid = cluster.cluster().start(&settings, &|_| Ok(())).await?.pid;
         cluster.wait_accepting().await?;
         tracing::info!(dir = %path.display(), pid, user = %cluster.identity.name, "embedded state cluster running");
         Ok(cluster)

@@ -21,7 +21,6 @@ mod common;
 use common::service::Wake;
 use common::TempRoot;
 
-const PORTS: &str = "28000-28499";
 const PASSWORD: &str = "scale-password-1";
 /// Fast sampling and a short cooldown so a test sees both directions in seconds.
 const FLAGS: &[&str] = &[
@@ -200,7 +199,7 @@ async fn the_size_is_enforced_resized_live_and_restart_settings_wait() {
     let session = connect(direct).await;
     assert_eq!(backend_limits(&session).await, (25_000, 1 << 30));
     assert_eq!(show(&session, "max_connections").await, "104");
-    assert_eq!(show(&session, "shared_buffers").await, "256MB");
+    assert_eq!(show(&session, "shared_buffers").await, "128MB");
     assert_eq!(show(&session, "effective_cache_size").await, "768MB");
     assert_eq!(
         pooler_config(&wake, id, pooler, "default_pool_size").await,
@@ -245,7 +244,7 @@ async fn the_size_is_enforced_resized_live_and_restart_settings_wait() {
     );
     assert_eq!(
         setting(&resized, "shared_buffers").pending.as_deref(),
-        Some("1048576kB")
+        Some("524288kB")
     );
     assert_eq!(
         setting(&resized, "effective_cache_size").pending,
@@ -306,7 +305,7 @@ async fn the_size_is_enforced_resized_live_and_restart_settings_wait() {
         .all(|s| s.pending.is_none()));
     let session = connect(direct).await;
     assert_eq!(show(&session, "max_connections").await, "419");
-    assert_eq!(show(&session, "shared_buffers").await, "1GB");
+    assert_eq!(show(&session, "shared_buffers").await, "512MB");
     assert_eq!(backend_limits(&session).await, (100_000, 4 << 30));
     let rows: i64 = session
         .query_one("SELECT count(*) FROM t", &[])

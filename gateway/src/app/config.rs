@@ -129,11 +129,13 @@ pub struct Args {
     #[arg(long, env = "GATEWAY_MAX_RESPONSE_BYTES", default_value_t = 10 * 1024 * 1024)]
     pub max_response_bytes: usize,
 
-    /// Open backend connections per endpoint (active and idle).
+    /// The most backend connections (active and idle) the `/sql` pool holds open to one
+    /// endpoint, whatever its size: a control plane may set a lower cap per endpoint that
+    /// follows its compute size (the wake service sends 0.9 × Postgres' max_connections − 5).
     #[arg(
         long,
         env = "GATEWAY_POOL_MAX_CONNS_PER_ENDPOINT",
-        default_value_t = 100
+        default_value_t = 1000
     )]
     pub pool_max_conns_per_endpoint: usize,
 
@@ -677,6 +679,7 @@ mod tests {
         assert_eq!(config.admin_listen.to_string(), "127.0.0.1:4480");
         assert_eq!(config.default_endpoint.as_str(), "db");
         assert_eq!(config.http.max_request_bytes, 10 * 1024 * 1024);
+        assert_eq!(config.pool.max_conns_per_endpoint, 1000);
         assert!(config.routes.is_empty());
         assert!(config.control_plane.is_none());
         assert_eq!(config.route_cache.wake_retry, RetryConfig::WAKE);

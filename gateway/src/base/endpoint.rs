@@ -27,6 +27,11 @@ impl EndpointId {
         }
     }
 
+    /// Whether this names an endpoint's PgBouncer (`<id>-pooler`).
+    pub fn is_pooler(&self) -> bool {
+        wake_api::split_pooler(&self.0).1
+    }
+
     /// `<id>-pooler`, this endpoint's PgBouncer (`None` when the name would be too long).
     pub fn pooler(&self) -> Option<EndpointId> {
         EndpointId::parse(&format!("{}{}", self.0, wake_api::POOLER_SUFFIX))

@@ -13,7 +13,10 @@
 //!   - "no such endpoint" is cached for `negative_ttl`, so a flood of bogus names costs one
 //!     control-plane call per name and TTL;
 //!   - concurrent misses for one endpoint share one flight (`try_get_with`), and the retries
-//!     with backoff for retryable control-plane errors run inside it.
+//!     with backoff for retryable control-plane errors run inside it;
+//!   - a wake's `pool_max_conns` (the cap on backend connections its compute's size allows) is
+//!     cached with the address and carried by every route resolved from it ([`PoolCap`], as
+//!     of the wake); the proxy layer applies it to its pool.
 //! - [`RouteTable::connect`] connects through a route; when a cached address refuses, times
 //!   out or answers `57P03` (its compute stopped or is stopping), the entry is invalidated, the
 //!   endpoint woken again (one flight) and the connect retried at once, then with backoff.
@@ -75,6 +78,21 @@ pub struct Route {
     /// `host:port`, resolved at connect time.
     pub address: String,
     pub origin: Origin,
+    /// The control plane's cap on backend connections to the endpoint, from the wake that
+    /// gave this address (`None` for static routes and control planes that send none). Data
+    /// only: the proxy layer applies it to its pool.
+    pub pool_cap: Option<PoolCap>,
+}
+
+/// What a control plane said about how many backend connections a gateway should hold open
+/// to an endpoint's Postgres (`WakeCompute::pool_max_conns`, `ActivityReply::pool_limits`): it
+/// follows the compute's size. Of two words about one endpoint the later one holds, so a
+/// route cached before a resize does not undo what a later activity reply said.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PoolCap {
+    pub max_conns: u32,
+    /// When the answer arrived (for a cached route, when its wake did).
+    pub as_of: Instant,
 }
 
 impl FromStr for Route {
@@ -95,6 +113,7 @@ impl FromStr for Route {
             endpoint,
             address: address.to_owned(),
             origin: Origin::Static,
+            pool_cap: None,
         })
     }
 }
@@ -182,15 +201,18 @@ enum Cached {
 
 struct Found {
     address: String,
+    /// The wake's `pool_max_conns`.
+    pool_max_conns: Option<u32>,
     fetched_at: Instant,
     /// Set while a background refresh of this entry runs, so a burst of hits starts one.
     refreshing: AtomicBool,
 }
 
 impl Cached {
-    fn found(address: String) -> Cached {
+    fn found(address: String, pool_max_conns: Option<u32>) -> Cached {
         Cached::Found(Arc::new(Found {
             address,
+            pool_max_conns,
             fetched_at: Instant::now(),
             refreshing: AtomicBool::new(false),
         }))
@@ -353,6 +375,7 @@ impl RouteTable {
                 .map(|route| {
                     let route = Route {
                         origin: Origin::Static,
+                        pool_cap: None,
                         ..route
                     };
                     (route.endpoint.clone(), route)
@@ -390,6 +413,10 @@ impl RouteTable {
             endpoint: endpoint.clone(),
             address: found.address.clone(),
             origin,
+            pool_cap: found.pool_max_conns.map(|max_conns| PoolCap {
+                max_conns,
+                as_of: found.fetched_at,
+            }),
         };
         match self.routes.get(endpoint).await {
             Some(Cached::Found(found)) => {
@@ -717,8 +744,8 @@ async fn wake(
     .await;
     match woken {
         Ok(wake) if is_host_port(&wake.address) => {
-            tracing::debug!(%endpoint, address = %wake.address, cold_start = ?wake.aux.cold_start_info, "endpoint woken");
-            Ok(Cached::found(wake.address))
+            tracing::debug!(%endpoint, address = %wake.address, cold_start = ?wake.aux.cold_start_info, pool_max_conns = ?wake.pool_max_conns, "endpoint woken");
+            Ok(Cached::found(wake.address, wake.pool_max_conns))
         }
         Ok(wake) => Err(ControlPlaneError::Invalid(format!(
             "wake_compute address '{}' is not host:port",
@@ -851,6 +878,30 @@ mod tests {
             alone.resolve(&id("db-pooler")).await,
             Err(RouteError::NotFound)
         ));
+    }
+
+    #[tokio::test]
+    async fn a_wakes_pool_cap_travels_with_its_route_as_of_the_wake() {
+        let fake = fake_with_latency(Duration::ZERO).await;
+        fake.route("ep", "10.0.0.1:5432");
+        fake.route("ep-pooler", "10.0.0.1:6432");
+        fake.route("plain", "10.0.0.2:5432");
+        fake.pool_max_conns("ep", Some(88));
+        let (routes, _) = table(&fake, quick(), &["db=127.0.0.1:1"]);
+        let before = Instant::now();
+        let woken = routes.resolve(&id("ep")).await.expect("route");
+        let cap = woken.pool_cap.expect("a cap");
+        assert_eq!(cap.max_conns, 88);
+        assert!(cap.as_of >= before && cap.as_of <= Instant::now());
+        // The cached route carries the same word, from the same time.
+        let cached = routes.resolve(&id("ep")).await.expect("route");
+        assert_eq!(cached.origin, Origin::Cache);
+        assert_eq!(cached.pool_cap, Some(cap));
+        // The pooler's wake, a control plane that says nothing, and static routes: no cap.
+        for endpoint in ["ep-pooler", "plain", "db"] {
+            let route = routes.resolve(&id(endpoint)).await.expect("route");
+            assert_eq!(route.pool_cap, None, "{endpoint}");
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

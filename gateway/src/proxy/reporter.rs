@@ -8,7 +8,13 @@
 //!   the control plane received, and the endpoints whose routes are cached.
 //! - The reply names the reported or cached endpoints that are not active (suspended, starting,
 //!   deleted): their cached routes and idle pooled connections are dropped, so the next client
-//!   wakes the endpoint instead of meeting a stopped Postgres or a paused PgBouncer.
+//!   wakes the endpoint instead of meeting a stopped Postgres or a paused PgBouncer. What the
+//!   control plane said of their pool caps is forgotten too (the next wake says it again).
+//! - Pool caps. The reply gives, for each reported or cached endpoint that is active, the cap
+//!   on backend connections that its compute's current size allows (`pool_limits`): each is
+//!   applied to the endpoint's `/sql` pool at once ([`Pool::set_pool_cap`]: growing frees
+//!   slots, shrinking takes free ones and the rest as connections in use come back), so a
+//!   resize reaches the gateway within one report. Static routes are left alone.
 //! - Role changes. Every report carries this process's `gateway_id` (a random UUID chosen at
 //!   start) and `role_changes_applied`, the newest role change it has applied. The reply lists
 //!   the changes since (a password changed, a role dropped) and the control plane's cursor;
@@ -51,7 +57,7 @@ use crate::base::endpoint::EndpointId;
 use crate::control_plane::activity::Activity;
 use crate::control_plane::client::{ControlPlaneClient, ControlPlaneError};
 use crate::control_plane::jwt_rules::JwtRules;
-use crate::control_plane::routes::RouteTable;
+use crate::control_plane::routes::{PoolCap, RouteTable};
 use crate::obs::labels::{Invalidation, Label, Outcome, UsageOutcome};
 use crate::obs::metrics::Metrics;
 use crate::obs::usage::Usage;
@@ -222,12 +228,14 @@ impl Reporter {
         };
         match self.control_plane.report_activity(&report).await {
             Ok(reply) => {
+                let arrived = std::time::Instant::now();
                 activity.acknowledge(snapshot.epoch);
                 if self.failing {
                     tracing::info!("activity reports reach the control plane again");
                     self.failing = false;
                 }
                 forget_inactive(&self.state, &reply).await;
+                apply_pool_limits(&self.state, &reply, arrived);
                 let again = self.apply_role_changes(&reply).await;
                 if carries_usage {
                     self.usage_replied(&reply);
@@ -390,6 +398,9 @@ pub async fn forget_inactive(state: &Held, reply: &ActivityReply) {
         let Some(id) = EndpointId::parse(id) else {
             continue;
         };
+        if !state.routes.is_static(&id) {
+            state.pool.forget_pool_cap(&id);
+        }
         let pooler = EndpointId::parse(&format!("{id}{}", wake_api::POOLER_SUFFIX));
         for endpoint in std::iter::once(id).chain(pooler) {
             if state.routes.is_static(&endpoint) {
@@ -402,6 +413,26 @@ pub async fn forget_inactive(state: &Held, reply: &ActivityReply) {
                 tracing::info!(%endpoint, idle_connections = closed, "endpoint is not active; dropped its cached route and idle connections");
             }
         }
+    }
+}
+
+/// Applies the reply's pool caps (`pool_limits`, for endpoints without `-pooler`) to the
+/// pool, as of `arrived`: a route cached before it does not undo them. Endpoints with static
+/// routes are left alone.
+pub fn apply_pool_limits(state: &Held, reply: &ActivityReply, arrived: std::time::Instant) {
+    for limit in &reply.pool_limits {
+        let Some(endpoint) = EndpointId::parse(&limit.endpoint_id) else {
+            continue;
+        };
+        let endpoint = endpoint.without_pooler();
+        if state.routes.is_static(&endpoint) {
+            continue;
+        }
+        let cap = PoolCap {
+            max_conns: limit.pool_max_conns,
+            as_of: arrived,
+        };
+        state.pool.set_pool_cap(&endpoint, cap);
     }
 }
 
@@ -590,6 +621,40 @@ mod tests {
             state.routes.cached_endpoints(MAX_REPORTED_ENDPOINTS),
             ["ep"]
         );
+    }
+
+    #[tokio::test]
+    async fn pool_limits_reach_the_pool_and_an_inactive_endpoint_forgets_its_cap() {
+        let fake = fake(&["ep", "other"]).await;
+        fake.pool_max_conns("ep", Some(88));
+        let (state, client) = state_with(&fake, &["fixed=127.0.0.1:1"]);
+        for endpoint in ["ep", "other"] {
+            state.routes.resolve(&id(endpoint)).await.expect("route");
+        }
+        let cap = |endpoint: &str| state.pool.remembered_pool_cap(&id(endpoint));
+        let mut reporter = Reporter::new(state.clone(), client.clone(), Duration::from_secs(1));
+        reporter.report().await;
+        assert_eq!((cap("ep"), cap("other")), (Some(88), None));
+        // The compute was resized: the next reply says so.
+        fake.pool_max_conns("ep", Some(372));
+        reporter.report().await;
+        assert_eq!(cap("ep"), Some(372));
+        // A static route is not the control plane's to cap.
+        let limit = |id: &str| wake_api::proxy::PoolLimit {
+            endpoint_id: id.into(),
+            pool_max_conns: 1,
+        };
+        let reply = ActivityReply {
+            pool_limits: vec![limit("fixed"), limit("not an id")],
+            ..ActivityReply::default()
+        };
+        apply_pool_limits(&state, &reply, std::time::Instant::now());
+        assert_eq!(cap("fixed"), None);
+        // Suspended: its cap is forgotten with its route; the next wake says it again.
+        fake.set_inactive(&["ep"]);
+        reporter.report().await;
+        assert_eq!(cap("ep"), None);
+        assert_eq!(received(&fake).len(), 3);
     }
 
     #[tokio::test(start_paused = true)]

@@ -23,7 +23,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use wake_api::proxy::{
     AccessControl, ActivityReply, ActivityReport, ColdStartInfo, ControlPlaneError,
-    EndpointTraffic, MetricsAuxInfo, Reason, RoleChange, UsageReport, WakeCompute,
+    EndpointTraffic, MetricsAuxInfo, PoolLimit, Reason, RoleChange, UsageReport, WakeCompute,
 };
 
 /// What the fake answers to one `wake_compute` or `get_endpoint_access_control` call.
@@ -165,6 +165,10 @@ impl ReceivedReport {
 ///   ([`change_role`](Self::change_role)) after the report's `role_changes_applied`; it stores
 ///   the report's usage once per report id ([`usage`](Self::usage)) and names the id in
 ///   `usage_applied` (unless [`without_metering`](Self::without_metering)).
+/// - An endpoint given a pool cap ([`pool_max_conns`](Self::pool_max_conns)) has it in its
+///   `wake_compute` replies (not its `-pooler`'s) and, while a report names it (busy or
+///   cached) and it is not inactive, in activity replies' `pool_limits`, as the wake service
+///   sends its compute size's cap.
 ///
 /// A script is a list of replies, one per call, whose last one repeats. Every call is counted
 /// (also when refused for a missing token or an outage) once its reply is chosen, and answered
@@ -192,6 +196,8 @@ struct Script {
     unavailable: bool,
     requests: Vec<Request>,
     activity: ActivityScript,
+    /// Pool caps per endpoint id (without `-pooler`).
+    pool_caps: HashMap<String, u32>,
 }
 
 #[derive(Default)]
@@ -289,6 +295,17 @@ impl FakeControlPlane {
         let replies: VecDeque<Reply> = replies.into_iter().collect();
         assert!(!replies.is_empty(), "a script needs a reply");
         self.script().wake.insert(endpointish.to_owned(), replies);
+    }
+
+    /// From now on `wake_compute` for `endpoint` (an id without `-pooler`) says the gateway
+    /// should hold at most `cap` backend connections to it, and activity replies say so for it
+    /// while reports name it; `None`: nothing is said (as by a control plane without caps).
+    pub fn pool_max_conns(&self, endpoint: &str, cap: Option<u32>) {
+        let mut script = self.script();
+        match cap {
+            Some(cap) => script.pool_caps.insert(endpoint.to_owned(), cap),
+            None => script.pool_caps.remove(endpoint),
+        };
     }
 
     /// `get_endpoint_access_control` for (`endpoint`, `role`) answers `secret` from now on.
@@ -534,11 +551,13 @@ struct Admit {
     delay: Duration,
 }
 
-fn answer(reply: Reply, endpointish: &str) -> Response {
+/// The answer to a call: `pool_max_conns` goes into a `wake_compute` reply.
+fn answer(reply: Reply, endpointish: &str, pool_max_conns: Option<u32>) -> Response {
     match reply {
         Reply::Address(address) => axum::Json(WakeCompute {
             address,
             server_name: None,
+            pool_max_conns,
             aux: MetricsAuxInfo {
                 endpoint_id: endpointish.to_owned(),
                 project_id: "p".into(),
@@ -581,14 +600,15 @@ async fn wake(State(fake): State<Arc<Fake>>, Query(query): Params, headers: Head
         return refused;
     }
     let endpoint = query.get("endpointish").cloned().unwrap_or_default();
-    let reply = {
+    let (reply, cap) = {
         let mut script = fake.script.lock().expect("the fake's lock");
-        script.wake.get_mut(&endpoint).and_then(next)
+        let cap = script.pool_caps.get(&endpoint).copied();
+        (script.wake.get_mut(&endpoint).and_then(next), cap)
     };
     // Counted once the reply is chosen: a test that sees the count can change the script
     // without changing this answer.
     fake.wakes.fetch_add(1, Ordering::SeqCst);
-    let response = answer(reply.unwrap_or_else(Reply::not_found), &endpoint);
+    let response = answer(reply.unwrap_or_else(Reply::not_found), &endpoint, cap);
     delayed(admit.delay, response).await
 }
 
@@ -619,7 +639,7 @@ async fn access(
         }
     };
     fake.lookups.fetch_add(1, Ordering::SeqCst);
-    delayed(admit.delay, answer(reply, &endpoint)).await
+    delayed(admit.delay, answer(reply, &endpoint, None)).await
 }
 
 async fn activity(
@@ -634,6 +654,7 @@ async fn activity(
     // One lock for the reply and the record: a test that changes the reply knows which
     // reports were answered the old way.
     let mut script = fake.script.lock().expect("the fake's lock");
+    let pool_limits = pool_limits(&report, &script.pool_caps, &script.activity.inactive);
     let log = &mut script.activity;
     let delivered = !log.failing && !log.losing_replies;
     let applied = report.role_changes_applied;
@@ -675,9 +696,30 @@ async fn activity(
     axum::Json(ActivityReply {
         inactive: log.inactive.clone(),
         usage_applied,
+        pool_limits,
         ..roles
     })
     .into_response()
+}
+
+/// The caps of the endpoints `report` names (busy or cached) that are not `inactive`.
+fn pool_limits(
+    report: &ActivityReport,
+    caps: &HashMap<String, u32>,
+    inactive: &[String],
+) -> Vec<PoolLimit> {
+    let named = report.endpoints.iter().map(|e| &e.endpoint_id);
+    let named: std::collections::BTreeSet<&String> = named.chain(&report.cached).collect();
+    named
+        .into_iter()
+        .filter(|id| !inactive.contains(id))
+        .filter_map(|id| {
+            caps.get(id).map(|&pool_max_conns| PoolLimit {
+                endpoint_id: id.clone(),
+                pool_max_conns,
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]

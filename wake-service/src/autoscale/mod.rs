@@ -8,7 +8,7 @@
 //!   ([`sizing::Cu`]) so comparisons are exact; client input is validated once
 //!   ([`sizing::Cu::parse`], [`sizing::CuRange::parse`]) with messages fit for a 4xx reply.
 //! * **Settings.** `max_connections` is Neon's table exactly (104 at 0.25 CU … 4000 from
-//!   9 CU); the memory settings are conventional fractions of the limit (shared_buffers 25%,
+//!   9 CU); the memory settings are conventional fractions of the limit (shared_buffers 12.5%,
 //!   effective_cache_size 75%, maintenance_work_mem 1/16, work_mem from what is left per
 //!   connection), each marked reload or restart ([`sizing::Apply`]).
 //! * **Pools.** PgBouncer gets Neon's 90% of `max_connections` minus the superuser's reserved

@@ -4,9 +4,8 @@ use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::OwnedSemaphorePermit;
-
 use super::idle::{spawn_detached, Counted};
+use super::slots::Slot;
 use super::Pool;
 use crate::auth::Account;
 use crate::compute::{Backend, BackendError, Progress};
@@ -19,7 +18,7 @@ pub struct Conn {
     resetting: Arc<AtomicUsize>,
     key: Account,
     backend: Option<Backend>,
-    slot: Option<OwnedSemaphorePermit>,
+    slot: Option<Slot>,
     /// Taken from the idle list (rather than opened for this request).
     reused: bool,
     /// Where the conversation stood at checkout.
@@ -31,7 +30,7 @@ impl Conn {
         pool: Arc<Pool>,
         key: Account,
         backend: Backend,
-        slot: OwnedSemaphorePermit,
+        slot: Slot,
         reused: bool,
         resetting: Arc<AtomicUsize>,
     ) -> Self {
@@ -120,7 +119,7 @@ impl Conn {
     }
 }
 
-async fn discard(backend: Backend, slot: OwnedSemaphorePermit) {
+async fn discard(backend: Backend, slot: Slot) {
     if backend.in_flight() {
         if let Err(e) = backend.cancel_key().cancel().await {
             tracing::debug!(error = %e, "could not send cancel request");

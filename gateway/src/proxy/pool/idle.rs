@@ -1,9 +1,18 @@
 //! The pool's bookkeeping, apart from what a backend connection is: idle connections per
 //! [`Account`] with the time each became idle, one slot per open connection of an endpoint
-//! (a semaphore), requests waiting for a slot or a returned connection, eviction of the oldest
-//! idle connection, the surplus beyond the per-endpoint idle cap, the idle timeout and the
-//! reaper enforcing both. Generic over the connection ([`Pooled`]), so it is tested here
+//! ([`super::slots`]), requests waiting for a slot or a returned connection, eviction of the
+//! oldest idle connection, the surplus beyond the per-endpoint idle cap, the idle timeout and
+//! the reaper enforcing both. Generic over the connection ([`Pooled`]), so it is tested here
 //! without a server; [`super::Pool`] uses it with [`crate::compute::Backend`].
+//!
+//! Each endpoint's cap on open connections is the flag's (`max_conns_per_endpoint`), lowered
+//! to what the control plane says for the endpoint's compute size ([`PoolCap`], from a wake
+//! through the route, or from an activity reply), at least 1. The latest word per endpoint is
+//! remembered (bounded: forgotten when the endpoint is not active, or once it has no pool and
+//! no word came for [`CAP_MEMORY`]), so a pool made again later starts at it, and an older
+//! word (a route cached before a resize) never undoes a newer one. A smaller cap closes idle
+//! connections and owes the slots of active ones until they come back; it never interrupts a
+//! connection in use.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -12,12 +21,14 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use prometheus::{IntCounter, IntGauge};
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::slots::{Slot, Slots};
 use crate::auth::Account;
 use crate::base::endpoint::EndpointId;
+use crate::control_plane::routes::PoolCap;
 
 /// How long a request waits for a connection being reset before opening a new one.
 const RESET_WAIT: Duration = Duration::from_millis(5);
@@ -27,6 +38,15 @@ const SURPLUS_GRACE: Duration = Duration::from_secs(1);
 
 /// How often the reaper closes the surplus (the idle timeout is enforced less often).
 const SURPLUS_TICK: Duration = Duration::from_millis(250);
+
+/// How long a control plane's cap is remembered for an endpoint without a pool after it was
+/// last said or used (its route was long dropped from the cache by then, so the next wake says
+/// it again).
+const CAP_MEMORY: Duration = Duration::from_secs(15 * 60);
+
+/// The most endpoints whose caps are remembered (the route cache's size): when full, the caps
+/// of endpoints without a pool are forgotten first.
+const MAX_REMEMBERED_CAPS: usize = 10_000;
 
 /// What the idle set needs of a backend connection.
 pub(super) trait Pooled: Send + 'static {
@@ -39,7 +59,8 @@ pub(super) trait Pooled: Send + 'static {
 /// The limits the idle set enforces (from [`super::PoolConfig`]).
 #[derive(Clone, Debug)]
 pub(super) struct Limits {
-    /// Open (active + idle) connections per endpoint.
+    /// Open (active + idle) connections per endpoint, whatever its size (a control plane's
+    /// cap may lower it per endpoint).
     pub max_conns_per_endpoint: usize,
     pub max_idle_per_endpoint: usize,
     pub max_idle_total: usize,
@@ -56,12 +77,12 @@ pub(super) struct NoSlot;
 /// far larger than a slot.
 pub(super) enum Acquired<C> {
     Idle(Box<Idle<C>>),
-    Slot(OwnedSemaphorePermit),
+    Slot(Slot),
 }
 
 pub(super) struct Idle<C> {
     pub conn: C,
-    pub slot: OwnedSemaphorePermit,
+    pub slot: Slot,
     pub since: Instant,
 }
 
@@ -77,13 +98,24 @@ pub(super) struct IdleSet<C> {
 struct State<C> {
     endpoints: HashMap<EndpointId, EndpointPool<C>>,
     idle_total: usize,
+    /// The control plane's latest cap per endpoint (also of endpoints without a pool now).
+    caps: HashMap<EndpointId, Remembered>,
+}
+
+/// A control plane's cap on an endpoint, and when it was last said or used.
+struct Remembered {
+    cap: PoolCap,
+    seen: Instant,
 }
 
 struct EndpointPool<C> {
     /// Idle connections per (database, role), most recently returned last.
     idle: HashMap<(String, String), Vec<Idle<C>>>,
     idle_count: usize,
-    slots: Arc<Semaphore>,
+    /// One per open connection, `max` of them (less any debt).
+    slots: Arc<Slots>,
+    /// The endpoint's cap now: the flag's, or the control plane's when lower.
+    max: usize,
     /// Wakes requests waiting for a slot when a connection becomes idle.
     returned: Arc<Notify>,
     /// Connections being reset after a request, about to become idle (or be discarded).
@@ -98,11 +130,27 @@ impl<C> EndpointPool<C> {
         EndpointPool {
             idle: HashMap::new(),
             idle_count: 0,
-            slots: Arc::new(Semaphore::new(max_conns)),
+            slots: Slots::new(max_conns),
+            max: max_conns,
             returned: Arc::new(Notify::new()),
             resetting: Arc::new(AtomicUsize::new(0)),
             waiting: Arc::new(AtomicUsize::new(0)),
         }
+    }
+
+    /// Nothing idle, no connection open: the pool can be forgotten.
+    fn is_unused(&self) -> bool {
+        self.idle.is_empty() && self.slots.debt() == 0 && self.slots.available() == self.max
+    }
+}
+
+/// An endpoint's cap: the flag's, lowered to the control plane's `cap` (at least 1).
+fn effective_cap(flag: usize, cap: Option<&PoolCap>) -> usize {
+    match cap {
+        Some(cap) => flag
+            .min(usize::try_from(cap.max_conns).unwrap_or(usize::MAX))
+            .max(1),
+        None => flag,
     }
 }
 
@@ -137,6 +185,7 @@ impl<C: Pooled> IdleSet<C> {
             state: Mutex::new(State {
                 endpoints: HashMap::new(),
                 idle_total: 0,
+                caps: HashMap::new(),
             }),
             idle_gauge,
             discards,
@@ -165,25 +214,39 @@ impl<C: Pooled> IdleSet<C> {
     /// fork and an authentication on the server. Without the wait, a steady load of N clients
     /// keeps opening connections (each request's own is still resetting when its next one
     /// arrives) and closing them again past the idle cap.
+    ///
+    /// `cap` is what the control plane said of the endpoint's size when it gave the route: it
+    /// applies first (see [`IdleSet::set_cap`]), and a pool made now starts at it.
     pub async fn acquire(
         &self,
         key: &Account,
         verified: bool,
+        cap: Option<PoolCap>,
     ) -> Result<(Acquired<C>, Arc<AtomicUsize>), NoSlot> {
-        let (slots, returned, resetting, waiting) = {
+        let flag = self.limits.max_conns_per_endpoint;
+        let (slots, returned, resetting, waiting, closing) = {
             let mut state = self.state();
-            let max = self.limits.max_conns_per_endpoint;
-            let pool = state
-                .endpoints
-                .entry(key.endpoint.clone())
-                .or_insert_with(|| EndpointPool::new(max));
+            let closing = match cap {
+                Some(cap) => self.apply_cap(&mut state, &key.endpoint, cap),
+                None => Vec::new(),
+            };
+            let State {
+                endpoints, caps, ..
+            } = &mut *state;
+            let pool = endpoints.entry(key.endpoint.clone()).or_insert_with(|| {
+                let known = caps.get(&key.endpoint).map(|r| r.cap).or(cap);
+                EndpointPool::new(effective_cap(flag, known.as_ref()))
+            });
+            pool.slots.settle();
             (
                 pool.slots.clone(),
                 pool.returned.clone(),
                 pool.resetting.clone(),
                 pool.waiting.clone(),
+                closing,
             )
         };
+        self.close_idle(closing);
         let _waiting = verified.then(|| Counted::start(waiting));
         let acquired = self
             .acquire_in(key, verified, &slots, &returned, &resetting)
@@ -195,7 +258,7 @@ impl<C: Pooled> IdleSet<C> {
         &self,
         key: &Account,
         verified: bool,
-        slots: &Arc<Semaphore>,
+        slots: &Arc<Slots>,
         returned: &Notify,
         resetting: &AtomicUsize,
     ) -> Result<Acquired<C>, NoSlot> {
@@ -222,7 +285,7 @@ impl<C: Pooled> IdleSet<C> {
                     }
                 }
             }
-            if let Ok(slot) = slots.clone().try_acquire_owned() {
+            if let Some(slot) = slots.try_acquire() {
                 return Ok(Acquired::Slot(slot));
             }
             // Full: for a verified request, the oldest idle connection of this endpoint of
@@ -238,8 +301,8 @@ impl<C: Pooled> IdleSet<C> {
                 }
             }
             tokio::select! {
-                slot = slots.clone().acquire_owned() => {
-                    return slot.map(Acquired::Slot).map_err(|_| NoSlot);
+                slot = slots.acquire() => {
+                    return slot.map(Acquired::Slot).ok_or(NoSlot);
                 }
                 _ = &mut returned => continue,
                 _ = tokio::time::sleep_until(deadline) => return Err(NoSlot),
@@ -256,6 +319,7 @@ impl<C: Pooled> IdleSet<C> {
             let State {
                 endpoints,
                 idle_total,
+                ..
             } = &mut *state;
             let endpoint = endpoints.get_mut(&key.endpoint)?;
             let list = endpoint
@@ -284,6 +348,7 @@ impl<C: Pooled> IdleSet<C> {
         let State {
             endpoints,
             idle_total,
+            ..
         } = &mut *state;
         let idle = take_oldest(endpoints.get_mut(endpoint)?, Some(except))?;
         *idle_total -= 1;
@@ -294,8 +359,9 @@ impl<C: Pooled> IdleSet<C> {
     /// per-endpoint cap it is kept all the same (a load that needs more connections than the
     /// cap would otherwise close and reopen them all the time); idle connections beyond the
     /// cap go once unused for [`SURPLUS_GRACE`] (here and by [`IdleSet::run_reaper`]). A cap
-    /// of 0 keeps nothing idle unless a request is waiting.
-    pub fn put(&self, key: Account, conn: C, slot: OwnedSemaphorePermit) {
+    /// of 0 keeps nothing idle unless a request is waiting. While the endpoint's cap is owed
+    /// slots (it shrank below the connections open), it is closed: its slot pays the debt.
+    pub fn put(&self, key: Account, conn: C, slot: Slot) {
         let now = Instant::now();
         let idle = Idle {
             conn,
@@ -308,10 +374,12 @@ impl<C: Pooled> IdleSet<C> {
             let State {
                 endpoints,
                 idle_total,
+                ..
             } = &mut *state;
             match endpoints.get_mut(&key.endpoint) {
                 Some(pool)
                     if *idle_total < self.limits.max_idle_total
+                        && pool.slots.debt() == 0
                         && (cap > 0 || pool.waiting.load(Ordering::Acquire) > 0) =>
                 {
                     pool.idle
@@ -329,6 +397,74 @@ impl<C: Pooled> IdleSet<C> {
         self.close_idle(closing);
     }
 
+    /// The control plane's word on `endpoint`'s cap (an activity reply): remembered unless a
+    /// later one is, and applied to the endpoint's pool if it has one. Growing frees slots at
+    /// once (waiting requests take them); shrinking takes free slots, closes idle connections
+    /// and owes the slots of active ones until they come back.
+    pub fn set_cap(&self, endpoint: &EndpointId, cap: PoolCap) {
+        let closing = {
+            let mut state = self.state();
+            self.apply_cap(&mut state, endpoint, cap)
+        };
+        self.close_idle(closing);
+    }
+
+    /// Forgets what the control plane said of `endpoint`'s cap (it is not active: the next
+    /// wake says it again); a pool it has goes back to the flag's cap.
+    pub fn forget_cap(&self, endpoint: &EndpointId) {
+        let closing = {
+            let mut state = self.state();
+            let State {
+                endpoints,
+                idle_total,
+                caps,
+            } = &mut *state;
+            if caps.remove(endpoint).is_none() {
+                return;
+            }
+            match endpoints.get_mut(endpoint) {
+                Some(pool) => {
+                    let flag = self.limits.max_conns_per_endpoint;
+                    resize(endpoint, pool, idle_total, flag)
+                }
+                None => Vec::new(),
+            }
+        };
+        self.close_idle(closing);
+    }
+
+    /// What the control plane last said of `endpoint`'s cap, if it is remembered.
+    #[cfg(test)]
+    pub fn remembered_cap(&self, endpoint: &EndpointId) -> Option<u32> {
+        let state = self.state();
+        state.caps.get(endpoint).map(|known| known.cap.max_conns)
+    }
+
+    /// Remembers `cap` for `endpoint` unless a later word is remembered, and resizes the
+    /// endpoint's pool (if any) to it. Returns the idle connections to close.
+    fn apply_cap(&self, state: &mut State<C>, endpoint: &EndpointId, cap: PoolCap) -> Vec<Idle<C>> {
+        let now = Instant::now();
+        let State {
+            endpoints,
+            idle_total,
+            caps,
+        } = state;
+        match caps.get_mut(endpoint) {
+            Some(known) if known.cap.as_of > cap.as_of => {
+                // An older word (a route cached before a resize): the newer one stands.
+                known.seen = now;
+                return Vec::new();
+            }
+            Some(known) => *known = Remembered { cap, seen: now },
+            None => remember(caps, endpoints, endpoint, Remembered { cap, seen: now }),
+        }
+        let max = effective_cap(self.limits.max_conns_per_endpoint, Some(&cap));
+        match endpoints.get_mut(endpoint) {
+            Some(pool) => resize(endpoint, pool, idle_total, max),
+            None => Vec::new(),
+        }
+    }
+
     /// Closes the idle connections of `role` on `endpoint`, any database. Returns how many.
     pub fn close_idle_of_role(&self, endpoint: &EndpointId, role: &str) -> usize {
         let removed: Vec<Idle<C>> = {
@@ -336,6 +472,7 @@ impl<C: Pooled> IdleSet<C> {
             let State {
                 endpoints,
                 idle_total,
+                ..
             } = &mut *state;
             let Some(pool) = endpoints.get_mut(endpoint) else {
                 return 0;
@@ -380,6 +517,7 @@ impl<C: Pooled> IdleSet<C> {
             let State {
                 endpoints,
                 idle_total,
+                ..
             } = &mut *state;
             let Some(pool) = endpoints.get_mut(endpoint) else {
                 return 0;
@@ -403,6 +541,7 @@ impl<C: Pooled> IdleSet<C> {
             let State {
                 endpoints,
                 idle_total,
+                ..
             } = &mut *state;
             endpoints
                 .values_mut()
@@ -414,8 +553,9 @@ impl<C: Pooled> IdleSet<C> {
         count
     }
 
-    /// Removes idle connections older than the idle timeout or closed by the server, and
-    /// forgets endpoints with no connections at all. Returns how many connections it closed.
+    /// Removes idle connections older than the idle timeout or closed by the server, forgets
+    /// endpoints with no connections at all, and the caps of endpoints without a pool not
+    /// said or used for [`CAP_MEMORY`]. Returns how many connections it closed.
     pub fn evict_expired(&self, now: Instant) -> usize {
         let timeout = self.limits.idle_timeout;
         let expired: Vec<Idle<C>> = {
@@ -423,6 +563,7 @@ impl<C: Pooled> IdleSet<C> {
             let State {
                 endpoints,
                 idle_total,
+                caps,
             } = &mut *state;
             let mut expired = Vec::new();
             for pool in endpoints.values_mut() {
@@ -439,9 +580,12 @@ impl<C: Pooled> IdleSet<C> {
                 }
                 pool.idle.retain(|_, list| !list.is_empty());
             }
-            let max = self.limits.max_conns_per_endpoint;
-            endpoints
-                .retain(|_, pool| !(pool.idle.is_empty() && pool.slots.available_permits() == max));
+            // Against each endpoint's own cap, which a control plane may have lowered.
+            endpoints.retain(|_, pool| !pool.is_unused());
+            caps.retain(|endpoint, known| {
+                endpoints.contains_key(endpoint)
+                    || now.saturating_duration_since(known.seen) < CAP_MEMORY
+            });
             expired
         };
         let count = expired.len();
@@ -495,6 +639,61 @@ impl<C: Pooled> IdleSet<C> {
             conn.terminate().await;
         }
     }
+}
+
+/// Remembers the cap of an endpoint not remembered yet. With [`MAX_REMEMBERED_CAPS`]
+/// remembered, the caps of endpoints without a pool go first (their next wake says them
+/// again); if every one has a pool, this one is not remembered (its pool still gets it).
+fn remember<C>(
+    caps: &mut HashMap<EndpointId, Remembered>,
+    endpoints: &HashMap<EndpointId, EndpointPool<C>>,
+    endpoint: &EndpointId,
+    cap: Remembered,
+) {
+    if caps.len() >= MAX_REMEMBERED_CAPS {
+        caps.retain(|id, _| endpoints.contains_key(id));
+    }
+    if caps.len() < MAX_REMEMBERED_CAPS {
+        caps.insert(endpoint.clone(), cap);
+    }
+}
+
+/// Sets `pool`'s cap to `max` ([`Slots::grow`], [`Slots::shrink`]). Idle connections are open
+/// but unused, so a debt closes them first, oldest first; active ones pay it as they come back.
+/// Returns the idle connections to close.
+fn resize<C>(
+    endpoint: &EndpointId,
+    pool: &mut EndpointPool<C>,
+    idle_total: &mut usize,
+    max: usize,
+) -> Vec<Idle<C>> {
+    let from = pool.max;
+    if max == from {
+        return Vec::new();
+    }
+    if max > from {
+        pool.slots.grow(max - from);
+    } else {
+        pool.slots.shrink(from - max);
+    }
+    pool.max = max;
+    let mut closing = Vec::new();
+    while closing.len() < pool.slots.debt() {
+        let Some(idle) = take_oldest(pool, None) else {
+            break;
+        };
+        *idle_total -= 1;
+        closing.push(idle);
+    }
+    tracing::debug!(
+        %endpoint,
+        from,
+        to = max,
+        owed = pool.slots.debt(),
+        idle_closed = closing.len(),
+        "the endpoint's cap on backend connections changed"
+    );
+    closing
 }
 
 /// Takes `pool`'s idle connections beyond `cap` that went unused for [`SURPLUS_GRACE`], oldest
@@ -637,8 +836,8 @@ mod tests {
         }
 
         /// A slot for `key` without reusing anything.
-        async fn slot(&self, key: &Account) -> OwnedSemaphorePermit {
-            match self.set.acquire(key, false).await {
+        async fn slot(&self, key: &Account) -> Slot {
+            match self.set.acquire(key, false, None).await {
                 Ok((Acquired::Slot(slot), _)) => slot,
                 _ => panic!("no free slot"),
             }
@@ -672,6 +871,17 @@ mod tests {
             assert_eq!(state.idle_total, ids.len(), "total idle count");
             ids.sort();
             ids
+        }
+
+        /// `(cap, open, idle, free)` of `endpoint`'s pool once the closing connections are
+        /// gone: open counts active and idle connections (slots held).
+        async fn shape(&self, endpoint: &EndpointId) -> (usize, usize, usize, usize) {
+            self.terminated().await;
+            let state = self.set.state();
+            let pool = state.endpoints.get(endpoint).expect("a pool");
+            let free = pool.slots.available();
+            let open = pool.max + pool.slots.debt() - free;
+            (pool.max, open, pool.idle_count, free)
         }
 
         /// The connections terminated so far, sorted, once the closing tasks ran.
@@ -757,7 +967,7 @@ mod tests {
                 h.put(&key, returned.id, returned.closed).await;
                 tokio::time::advance(Duration::from_secs(1)).await;
             }
-            let (acquired, _) = h.set.acquire(&key, true).await.expect("a free slot");
+            let (acquired, _) = h.set.acquire(&key, true, None).await.expect("a free slot");
             assert_eq!(acquired_id(&acquired), case.takes, "{}", case.name);
             assert_eq!(h.idle_of(&key), case.left_idle, "{}", case.name);
             assert_eq!(h.discards.get(), case.discarded, "{}", case.name);
@@ -776,7 +986,7 @@ mod tests {
         let h = Harness::new(limits());
         let key = account("ep", "db", "alice");
         h.put(&key, 1, false).await;
-        let (acquired, _) = h.set.acquire(&key, false).await.expect("a free slot");
+        let (acquired, _) = h.set.acquire(&key, false, None).await.expect("a free slot");
         assert_eq!(acquired_id(&acquired), None);
         assert_eq!(h.idle_of(&key), vec![1]);
     }
@@ -863,7 +1073,7 @@ mod tests {
             }
             let before = h.all_idle();
             let started = Instant::now();
-            let got = h.set.acquire(&case.request, case.verified).await;
+            let got = h.set.acquire(&case.request, case.verified, None).await;
             match case.outcome {
                 Outcome::Evicted(id) => {
                     assert!(
@@ -966,7 +1176,7 @@ mod tests {
             let slot = h.slot(&alice).await;
             let set = h.set.clone();
             let (waiter, verified) = (case.waiter.clone(), case.verified);
-            let waiting = tokio::spawn(async move { set.acquire(&waiter, verified).await });
+            let waiting = tokio::spawn(async move { set.acquire(&waiter, verified, None).await });
             tokio::task::yield_now().await;
             assert!(!waiting.is_finished(), "{}: waits", case.name);
             tokio::time::advance(Duration::from_millis(100)).await;
@@ -1212,5 +1422,261 @@ mod tests {
             assert_eq!(h.idle_gauge.get(), left.len() as i64, "{}", case.name);
             assert_eq!(h.discards.get(), case.closed.len() as u64, "{}", case.name);
         }
+    }
+
+    /// One step of a cap scenario on endpoint `ep`, whose flag allows 4 connections.
+    enum Step {
+        /// Opens connections (unverified requests: new slots, nothing reused).
+        Open(usize),
+        /// The newest active connections come back and are put in the idle list.
+        Return(usize),
+        /// The newest active connections are discarded: only their slots come back.
+        Close(usize),
+        /// An activity reply's cap, said `at` seconds into the test.
+        Cap(u32, u64),
+        /// A route's cap (said `at` seconds in), with the request that opens a connection.
+        RouteCap(u32, u64),
+        /// The endpoint is not active: its cap is forgotten.
+        Forget,
+        /// Nothing open, and the reaper forgets the pool.
+        Reap,
+        /// The pool's cap, connections open (active and idle), idle, and free slots.
+        Expect(usize, usize, usize, usize),
+    }
+
+    struct CapCase {
+        name: &'static str,
+        steps: Vec<Step>,
+    }
+
+    #[tokio::test]
+    async fn the_cap_follows_the_control_plane_without_interrupting_connections_in_use() {
+        use Step::*;
+        tokio::time::pause();
+        let cases = [
+            CapCase {
+                name: "growing frees slots at once",
+                steps: vec![
+                    Cap(2, 1),
+                    Open(2),
+                    Expect(2, 2, 0, 0),
+                    Cap(3, 2),
+                    Expect(3, 2, 0, 1),
+                    Open(1),
+                    Expect(3, 3, 0, 0),
+                ],
+            },
+            CapCase {
+                name: "shrinking with connections in use: each returning one pays the debt",
+                steps: vec![
+                    Open(4),
+                    Cap(2, 1),
+                    Expect(2, 4, 0, 0),
+                    Close(1),
+                    Expect(2, 3, 0, 0),
+                    // Returned while a debt is owed: closed, not kept idle.
+                    Return(1),
+                    Expect(2, 2, 0, 0),
+                    Close(1),
+                    Expect(2, 1, 0, 1),
+                    // Never more than the new cap open again.
+                    Open(1),
+                    Expect(2, 2, 0, 0),
+                ],
+            },
+            CapCase {
+                name: "shrinking closes idle connections first, active ones stay",
+                steps: vec![Open(4), Return(3), Cap(2, 1), Expect(2, 2, 1, 0)],
+            },
+            CapCase {
+                name: "shrinking takes free slots at once",
+                steps: vec![Open(1), Cap(2, 1), Expect(2, 1, 0, 1)],
+            },
+            CapCase {
+                name: "shrink then grow before the debt is paid",
+                steps: vec![
+                    Open(4),
+                    Cap(1, 1),
+                    Expect(1, 4, 0, 0),
+                    Cap(3, 2),
+                    Expect(3, 4, 0, 0),
+                    Close(1),
+                    Expect(3, 3, 0, 0),
+                    Close(1),
+                    Expect(3, 2, 0, 1),
+                ],
+            },
+            CapCase {
+                name: "a cap above the flag is clamped to it",
+                steps: vec![
+                    Cap(10, 1),
+                    Open(4),
+                    Expect(4, 4, 0, 0),
+                    Cap(1000, 2),
+                    Expect(4, 4, 0, 0),
+                ],
+            },
+            CapCase {
+                name: "a cap of 0 still allows one",
+                steps: vec![Cap(0, 1), Open(1), Expect(1, 1, 0, 0)],
+            },
+            CapCase {
+                name: "a route's cap applies before its request takes a slot",
+                steps: vec![Open(2), RouteCap(3, 1), Expect(3, 3, 0, 0)],
+            },
+            CapCase {
+                name: "a route cached before a later word does not undo it",
+                steps: vec![
+                    RouteCap(2, 5),
+                    Cap(3, 9),
+                    RouteCap(2, 5),
+                    Expect(3, 2, 0, 1),
+                    Cap(1, 10),
+                    Expect(1, 2, 0, 0),
+                ],
+            },
+            CapCase {
+                name: "a pool made again starts at the remembered cap",
+                steps: vec![
+                    Cap(2, 1),
+                    Open(1),
+                    Close(1),
+                    Reap,
+                    Open(2),
+                    Expect(2, 2, 0, 0),
+                ],
+            },
+            CapCase {
+                name: "a cap said before the pool exists applies when it is made",
+                steps: vec![Cap(3, 1), Open(1), Expect(3, 1, 0, 2)],
+            },
+            CapCase {
+                name: "an inactive endpoint's cap is forgotten: back to the flag",
+                steps: vec![
+                    Cap(2, 1),
+                    Open(2),
+                    Forget,
+                    Expect(4, 2, 0, 2),
+                    Close(2),
+                    Reap,
+                    Open(4),
+                    Expect(4, 4, 0, 0),
+                ],
+            },
+        ];
+        for case in cases {
+            run_cap_case(case).await;
+        }
+    }
+
+    async fn run_cap_case(case: CapCase) {
+        let h = Harness::new(limits());
+        let key = account("ep", "db", "alice");
+        let start = std::time::Instant::now();
+        let said = |max_conns, at| PoolCap {
+            max_conns,
+            as_of: start + Duration::from_secs(at),
+        };
+        let mut active: Vec<Slot> = Vec::new();
+        let mut next_id = 0;
+        for (i, step) in case.steps.into_iter().enumerate() {
+            let at = format!("{}, step {i}", case.name);
+            match step {
+                Step::Open(n) => {
+                    for _ in 0..n {
+                        active.push(h.slot(&key).await);
+                    }
+                }
+                Step::Return(n) => {
+                    for _ in 0..n {
+                        next_id += 1;
+                        let slot = active.pop().expect("an active connection");
+                        h.set.put(key.clone(), h.fake(next_id, false), slot);
+                    }
+                }
+                Step::Close(n) => active.truncate(active.len() - n),
+                Step::Cap(max, at) => h.set.set_cap(&key.endpoint, said(max, at)),
+                Step::RouteCap(max, at) => {
+                    let acquired = h.set.acquire(&key, false, Some(said(max, at))).await;
+                    match acquired {
+                        Ok((Acquired::Slot(slot), _)) => active.push(slot),
+                        _ => panic!("{at}: no slot"),
+                    }
+                }
+                Step::Forget => h.set.forget_cap(&key.endpoint),
+                Step::Reap => {
+                    tokio::time::advance(limits().idle_timeout).await;
+                    h.set.evict_expired(Instant::now());
+                    assert!(h.set.state().endpoints.is_empty(), "{at}: forgotten");
+                }
+                Step::Expect(cap, open, idle, free) => {
+                    let shape = h.shape(&key.endpoint).await;
+                    assert_eq!(shape, (cap, open, idle, free), "{at}");
+                    assert_eq!(open - idle, active.len(), "{at}: active");
+                }
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_waiting_request_gets_a_slot_as_soon_as_the_cap_grows() {
+        tokio::time::pause();
+        let h = Harness::new(limits());
+        let key = account("ep", "db", "alice");
+        let now = std::time::Instant::now();
+        h.set.set_cap(
+            &key.endpoint,
+            PoolCap {
+                max_conns: 1,
+                as_of: now,
+            },
+        );
+        let _first = h.slot(&key).await;
+        let set = h.set.clone();
+        let waiter = {
+            let key = key.clone();
+            tokio::spawn(async move { set.acquire(&key, false, None).await.is_ok() })
+        };
+        tokio::time::advance(Duration::from_millis(100)).await;
+        assert!(!waiter.is_finished(), "waits for a slot");
+        let started = Instant::now();
+        let later = now + Duration::from_secs(1);
+        h.set.set_cap(
+            &key.endpoint,
+            PoolCap {
+                max_conns: 2,
+                as_of: later,
+            },
+        );
+        assert!(waiter.await.expect("no panic"), "a slot");
+        assert_eq!(started.elapsed(), Duration::ZERO);
+    }
+
+    #[tokio::test]
+    async fn remembered_caps_are_bounded_by_the_pools_and_time() {
+        tokio::time::pause();
+        let h = Harness::new(limits());
+        let now = std::time::Instant::now();
+        let cap = PoolCap {
+            max_conns: 2,
+            as_of: now,
+        };
+        let busy = account("busy", "db", "alice");
+        h.set.set_cap(&endpoint("gone"), cap);
+        h.set.set_cap(&busy.endpoint, cap);
+        let _active = h.slot(&busy).await;
+        let remembered = |h: &Harness| {
+            let mut ids: Vec<String> = h.set.state().caps.keys().map(|e| e.to_string()).collect();
+            ids.sort();
+            ids
+        };
+        tokio::time::advance(CAP_MEMORY - Duration::from_secs(1)).await;
+        h.set.evict_expired(Instant::now());
+        assert_eq!(remembered(&h), ["busy", "gone"]);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        h.set.evict_expired(Instant::now());
+        assert_eq!(remembered(&h), ["busy"], "a pool keeps its cap remembered");
+        h.set.forget_cap(&busy.endpoint);
+        assert!(remembered(&h).is_empty());
     }
 }

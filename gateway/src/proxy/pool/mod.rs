@@ -23,7 +23,9 @@
 //! before they become idle again. A connection is discarded, never returned, after any error
 //! or when the request is dropped mid-query; a dropped in-flight query is cancelled first.
 //! Limits: open connections per endpoint (waiting briefly for a slot; a proven request evicts
-//! idle connections of other roles first), idle connections per endpoint (a returned
+//! idle connections of other roles first; the flag's cap, or the control plane's for the
+//! endpoint's compute size when lower, which can change while connections are open: see
+//! [`idle`] and [`slots`]), idle connections per endpoint (a returned
 //! connection is kept past that cap, and the connections beyond it close once unused for a
 //! second: a load needing more connections than the cap keeps them instead of closing and
 //! reopening them) and in total, and an idle timeout, both enforced by [`Pool::run_reaper`]
@@ -35,10 +37,12 @@
 //! sent (a compute being suspended). [`Conn::never_ran`] tells when a failed request provably
 //!
 //! The bookkeeping (idle lists, slots, waiters, eviction, caps, the reaper) is in [`idle`],
-//! generic over the connection; this module opens connections and [`conn`] hands them out.
+//! generic over the connection, with each endpoint's resizable slots in [`slots`]; this module
+//! opens connections and [`conn`] hands them out.
 
 mod conn;
 mod idle;
+mod slots;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -50,17 +54,19 @@ use crate::base::conn_info::ConnInfo;
 use crate::base::endpoint::EndpointId;
 use crate::base::error::{ErrorKind, ReportableError};
 use crate::compute::{Backend, BackendError, ConnectParams, Login};
-use crate::control_plane::routes::{ConnectError, Route, RouteError, RouteTable};
+use crate::control_plane::routes::{ConnectError, PoolCap, Route, RouteError, RouteTable};
 use crate::obs::labels::Checkout;
 use crate::obs::metrics::Metrics;
 use crate::pgwire::scram::ScramKeys;
 
 pub use conn::Conn;
 use idle::{Acquired, IdleSet, Limits, Pooled};
+use slots::Slot;
 
 #[derive(Clone, Debug)]
 pub struct PoolConfig {
-    /// Open (active + idle) backend connections per endpoint.
+    /// Open (active + idle) backend connections per endpoint, whatever its size; a control
+    /// plane may set a lower cap per endpoint that follows its compute size.
     pub max_conns_per_endpoint: usize,
     pub max_idle_per_endpoint: usize,
     pub max_idle_total: usize,
@@ -178,7 +184,9 @@ impl Pool {
     /// caller against the role's secret: `options.proven`, or by Postgres earlier on a static
     /// route) and `options.reuse` allows it, else a new one authenticated by Postgres. With
     /// `proven`, a new connection logs in with those keys (SCRAM only); without, with the
-    /// password.
+    /// password. The route's cap (the control plane's, for the endpoint's compute size)
+    /// applies to the endpoint's pool first; a `-pooler` route's does not (PgBouncer's pools
+    /// are its own, and the cap is the direct endpoint's).
     pub async fn checkout(
         self: &Arc<Self>,
         routes: &RouteTable,
@@ -189,9 +197,10 @@ impl Pool {
         let key = Account::of(info);
         let verified = options.proven.is_some() || self.passwords.is_verified(&key, &info.password);
         let reuse_idle = verified && options.reuse == Reuse::Idle;
+        let cap = route.pool_cap.filter(|_| !key.endpoint.is_pooler());
         let (acquired, resetting) = self
             .idle
-            .acquire(&key, reuse_idle)
+            .acquire(&key, reuse_idle, cap)
             .await
             .map_err(|_| PoolError::TooManyConnections)?;
         let slot = match acquired {
@@ -299,8 +308,26 @@ impl Pool {
     }
 
     /// Puts a freshly reset connection back (see [`IdleSet::put`]).
-    fn put(&self, key: Account, backend: Backend, slot: tokio::sync::OwnedSemaphorePermit) {
+    fn put(&self, key: Account, backend: Backend, slot: Slot) {
         self.idle.put(key, backend, slot);
+    }
+
+    /// The control plane's cap on `endpoint` (without `-pooler`) for its compute size, from an
+    /// activity reply (see [`IdleSet::set_cap`]): never interrupts a connection in use.
+    pub fn set_pool_cap(&self, endpoint: &EndpointId, cap: PoolCap) {
+        self.idle.set_cap(endpoint, cap);
+    }
+
+    /// What the control plane last said of `endpoint`'s cap, if it is remembered.
+    #[cfg(test)]
+    pub fn remembered_pool_cap(&self, endpoint: &EndpointId) -> Option<u32> {
+        self.idle.remembered_cap(endpoint)
+    }
+
+    /// Forgets the control plane's cap on `endpoint` (it is not active); its next wake says
+    /// it again.
+    pub fn forget_pool_cap(&self, endpoint: &EndpointId) {
+        self.idle.forget_cap(endpoint);
     }
 
     /// Enforces the idle timeout and closes the surplus beyond the per-endpoint idle cap until

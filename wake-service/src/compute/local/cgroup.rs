@@ -19,7 +19,7 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use crate::autoscale::sizing::CpuQuota;
+use crate::autoscale::sizing::{CpuQuota, CPU_PERIOD_US};
 
 /// The hierarchy the computes' groups live in, found at startup.
 #[derive(Debug)]
@@ -109,10 +109,11 @@ impl Cgroups {
         }
     }
 
-    /// Creates `endpoint`'s group (idempotent) and sets its limits. A memory limit below
-    /// what the group uses now is refused by the kernel when reclaim cannot make room: the
-    /// error says so and the old limit stays.
-    pub fn limit(&self, endpoint: &str, cpu: CpuQuota, memory: u64) -> io::Result<()> {
+    /// Creates `endpoint`'s group (idempotent) and sets its limits; `cpu` None lifts the CPU
+    /// quota (a start: see [`super::size`]). A memory limit below what the group uses now is
+    /// refused by the kernel when reclaim cannot make room: the error says so and the old
+    /// limit stays.
+    pub fn limit(&self, endpoint: &str, cpu: Option<CpuQuota>, memory: u64) -> io::Result<()> {
         for dir in self.dirs(endpoint) {
             fs::create_dir_all(&dir)?;
         }
@@ -123,8 +124,13 @@ impl Cgroups {
                 ..
             } => {
                 let cpu_dir = cpu_root.join(endpoint);
-                write(&cpu_dir, "cpu.cfs_period_us", &cpu.period_us.to_string())?;
-                write(&cpu_dir, "cpu.cfs_quota_us", &cpu.quota_us.to_string())?;
+                match cpu {
+                    Some(cpu) => {
+                        write(&cpu_dir, "cpu.cfs_period_us", &cpu.period_us.to_string())?;
+                        write(&cpu_dir, "cpu.cfs_quota_us", &cpu.quota_us.to_string())?;
+                    }
+                    None => write(&cpu_dir, "cpu.cfs_quota_us", "-1")?,
+                }
                 write(
                     &memory_root.join(endpoint),
                     "memory.limit_in_bytes",
@@ -133,7 +139,8 @@ impl Cgroups {
             }
             Cgroups::V2 { base } => {
                 let dir = base.join(endpoint);
-                write(&dir, "cpu.max", &cpu.cpu_max())?;
+                let max = cpu.map_or_else(|| format!("max {CPU_PERIOD_US}"), CpuQuota::cpu_max);
+                write(&dir, "cpu.max", &max)?;
                 write(&dir, "memory.max", &memory.to_string())
             }
             Cgroups::Unavailable(_) => Ok(()),
@@ -143,14 +150,38 @@ impl Cgroups {
     /// Moves `pids` into `endpoint`'s group, in order; a pid gone meanwhile is skipped.
     pub fn attach(&self, endpoint: &str, pids: &[i32]) -> io::Result<()> {
         for dir in self.dirs(endpoint) {
+            let procs = dir.join("cgroup.procs");
             for &pid in pids {
-                match write(&dir, "cgroup.procs", &pid.to_string()) {
+                match fs::write(&procs, pid.to_string()) {
                     Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {}
-                    other => other?,
+                    Err(e) => {
+                        return Err(io::Error::new(
+                            e.kind(),
+                            format!("moving {pid} into {}: {e}", procs.display()),
+                        ))
+                    }
+                    Ok(()) => {}
                 }
             }
         }
         Ok(())
+    }
+
+    /// Whether `pid` is in `endpoint`'s group in every hierarchy in use (one read of
+    /// `/proc/<pid>/cgroup`; false without cgroups or when the process is gone).
+    pub fn holds(&self, endpoint: &str, pid: i32) -> bool {
+        let dirs = self.dirs(endpoint);
+        let Some(suffix) = dirs.first().and_then(|dir| {
+            let mut parts = dir.iter().rev();
+            let (leaf, base) = (parts.next()?, parts.next()?);
+            Some(format!("/{}/{}", base.to_str()?, leaf.to_str()?))
+        }) else {
+            return false;
+        };
+        let Ok(groups) = fs::read_to_string(format!("/proc/{pid}/cgroup")) else {
+            return false;
+        };
+        groups.lines().filter(|l| l.ends_with(&suffix)).count() >= dirs.len()
     }
 
     /// What `endpoint`'s group uses; `None` without cgroups.
@@ -344,8 +375,15 @@ fn stat_fields(pid: i32) -> Option<Vec<u64>> {
     (fields.len() > 14).then_some(fields)
 }
 
-/// Live children of `pid`.
+/// Live children of `pid` (single-threaded, as a postmaster is): the kernel's own list when it
+/// has one (`CONFIG_PROC_CHILDREN`, one file read on the resume path), else a scan of `/proc`.
 pub(crate) fn children_of(pid: i32) -> Vec<i32> {
+    if let Ok(list) = fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")) {
+        return list
+            .split_whitespace()
+            .filter_map(|c| c.parse().ok())
+            .collect();
+    }
     let Ok(entries) = fs::read_dir("/proc") else {
         return Vec::new();
     };
@@ -396,6 +434,33 @@ mod tests {
         assert_eq!(stat_field(stat, "mapped_file"), None);
         assert_eq!(own_path(OWN, None).as_deref(), Some("/svc"));
         assert_eq!(own_path(OWN, Some("memory")).as_deref(), Some("/jail/abc"));
+    }
+
+    #[test]
+    fn children_are_listed() {
+        // A single-threaded parent (as a postmaster is) with one child.
+        let mut shell = std::process::Command::new("sh")
+            .args(["-c", "sleep 5 & wait"])
+            .spawn()
+            .expect("sh");
+        let pid = i32::try_from(shell.id()).expect("pid fits");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let children = loop {
+            let children = children_of(pid);
+            if !children.is_empty() || std::time::Instant::now() > deadline {
+                break children;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        };
+        assert_eq!(children.len(), 1, "{children:?}");
+        let args = fs::read_to_string(format!("/proc/{}/cmdline", children[0])).expect("cmdline");
+        assert!(args.starts_with("sleep"), "{args:?}");
+        for child in children {
+            let _ = std::process::Command::new("kill")
+                .arg(child.to_string())
+                .status();
+        }
+        shell.wait().expect("reaped");
     }
 
     #[test]

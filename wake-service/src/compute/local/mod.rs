@@ -1490,10 +1490,11 @@ impl ComputeDriver for LocalDriver {
             .dir
             .ensure_subdir(RUN, 0o700, compute.identity.owner())
             .map_err(io_error(&compute.dir))?;
-        let (conf_changed, pool_changed) = self.write_size(spec, &compute)?;
+        let (conf_changed, pool_changed) = self.write_size(spec, &compute, true)?;
+        let confine = |pid: i32| self.confine(spec, &[pid]);
         let started = setup
             .compute_cluster(&compute)
-            .start(&setup.endpoint_settings(spec))
+            .start(&setup.endpoint_settings(spec), &confine)
             .await?;
         let postmaster = started.pid;
         let bouncer = self.ensure_bouncer(spec, &compute).await?;

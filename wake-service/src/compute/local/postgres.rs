@@ -63,6 +63,10 @@ pub(crate) struct Cluster<'a> {
     pub ident: &'a str,
 }
 
+/// Called with a spawned postmaster's pid before it has forked anything (a compute's cgroup:
+/// everything it forks later inherits it). An error fails the start.
+pub(crate) type OnSpawn<'a> = &'a (dyn Fn(i32) -> Result<(), ComputeError> + Sync);
+
 /// What the per-start file says.
 #[derive(Clone, Debug)]
 pub(crate) struct StartSettings {
@@ -308,7 +312,11 @@ impl Cluster<'_> {
     /// Starts the postmaster with `settings`, or adopts one already running for this data
     /// directory with the same settings (and authentication files); one running with other
     /// settings is restarted. Returns the postmaster's pid once it accepts connections.
-    pub async fn start(&self, settings: &StartSettings) -> Result<Started, ComputeError> {
+    pub async fn start(
+        &self,
+        settings: &StartSettings,
+        on_spawn: OnSpawn<'_>,
+    ) -> Result<Started, ComputeError> {
         let pgdata = self.pgdata_dir()?.ok_or_else(|| {
             ComputeError::Process(format!("{} is missing", self.pgdata.display()))
         })?;
@@ -326,7 +334,7 @@ impl Cluster<'_> {
                 PidFile::NotRunning => {
                     self.write_auth(&pgdata)?;
                     self.write_start_conf(&pgdata, settings)?;
-                    let pid = self.spawn(&pgdata, settings).await?;
+                    let pid = self.spawn(&pgdata, settings, on_spawn).await?;
                     return Ok(Started { pid, fresh: true });
                 }
                 PidFile::Stale(pid) => {
@@ -402,7 +410,12 @@ impl Cluster<'_> {
     /// when it binds none; a port held by another program is such a failure). That is the
     /// proof [`process::listens_on`] gives for an adopted postmaster, without reading
     /// `/proc/net/tcp` (~5 ms here).
-    async fn spawn(&self, pgdata: &Dir, settings: &StartSettings) -> Result<i32, ComputeError> {
+    async fn spawn(
+        &self,
+        pgdata: &Dir,
+        settings: &StartSettings,
+        on_spawn: OnSpawn<'_>,
+    ) -> Result<i32, ComputeError> {
         self.dir.rotate_log(LOG)?;
         let log = self.dir.open_append(LOG, self.identity.owner())?;
         let stderr = log.try_clone().map_err(|e| {
@@ -423,6 +436,11 @@ impl Cluster<'_> {
             )));
         };
         tracing::info!(pid, pgdata = %self.pgdata.display(), "starting Postgres");
+        if let Err(e) = on_spawn(pid) {
+            // Left to finish starting, like a timeout: the next start adopts it and tries again.
+            self.children.reap(pid, child);
+            return Err(e);
+        }
         let deadline = began + Duration::from_secs(PG_SECONDS);
         loop {
             match child.try_wait() {

@@ -14,7 +14,7 @@ use wake_api::admin::{ComputeSize, SizeSetting};
 use super::pgbouncer;
 use super::postgres::Started;
 use super::{cgroup, process, Compute, LocalDriver};
-use crate::autoscale::sizing::{Apply, Cu, Size};
+use crate::autoscale::sizing::{Apply, CpuQuota, Cu, Size};
 use crate::compute::{ComputeError, ComputeLoad, ComputeSpec};
 
 /// The file with PgBouncer's pool sizes, in its directory.
@@ -81,12 +81,14 @@ impl LocalDriver {
         self.sizes.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Before a start: the size's files and limits, so a postmaster spawned now reads them.
-    /// Returns whether the Postgres settings file changed (an adopted postmaster reloads).
+    /// The size's files and limits: before a start (`starting`: a postmaster spawned now
+    /// reads them) or for a resize. Returns whether the Postgres settings file and the pool
+    /// file changed (a running postmaster or PgBouncer then reloads).
     pub(super) fn write_size(
         &self,
         spec: &ComputeSpec,
         compute: &Compute,
+        starting: bool,
     ) -> Result<(bool, bool), ComputeError> {
         let size = spec.cu.size();
         let conf_changed = self
@@ -107,7 +109,9 @@ impl LocalDriver {
             .get(&spec.endpoint)
             .filter(|r| process::process_alive(r.postmaster))
             .map_or(RestartSettings::of(&size), |r| r.restart);
-        self.limit(spec, &size, running)?;
+        // A start runs without the CPU quota (see `settle_size`); a running compute keeps it.
+        let cpu = (!starting).then_some(size.cpu);
+        self.limit(spec, &size, cpu, running)?;
         Ok((conf_changed, pool_changed))
     }
 
@@ -115,10 +119,11 @@ impl LocalDriver {
         &self,
         spec: &ComputeSpec,
         size: &Size,
+        cpu: Option<CpuQuota>,
         running: RestartSettings,
     ) -> Result<(), ComputeError> {
         self.cgroups
-            .limit(&spec.endpoint, size.cpu, memory_limit(size, running))
+            .limit(&spec.endpoint, cpu, memory_limit(size, running))
             .map_err(|e| ComputeError::io(format!("limiting compute {}", spec.endpoint), e))
     }
 
@@ -131,11 +136,18 @@ impl LocalDriver {
         bouncer: i32,
         conf_changed: bool,
     ) -> Result<(), ComputeError> {
-        let mut pids = vec![started.pid, bouncer];
-        pids.extend(cgroup::children_of(started.pid));
-        self.cgroups
-            .attach(&spec.endpoint, &pids)
-            .map_err(|e| ComputeError::io(format!("confining compute {}", spec.endpoint), e))?;
+        // A fresh postmaster joined at its spawn; an adopted one (and what it forked) and
+        // PgBouncer join once. Each move is a few writes the kernel makes slow (it waits for
+        // RCU), so nothing already in place is moved again.
+        let mut pids = Vec::new();
+        if !self.cgroups.holds(&spec.endpoint, started.pid) {
+            pids.push(started.pid);
+            pids.extend(cgroup::children_of(started.pid));
+        }
+        if !self.cgroups.holds(&spec.endpoint, bouncer) {
+            pids.push(bouncer);
+        }
+        self.confine(spec, &pids)?;
         let size = spec.cu.size();
         let known = self
             .sizes()
@@ -158,10 +170,21 @@ impl LocalDriver {
                 cu: spec.cu,
             },
         );
-        if restart != RestartSettings::of(&size) {
-            self.limit(spec, &size, restart)?;
-        }
+        // The quota from the moment the compute accepts connections: Postgres' own start
+        // (recovery, forking its workers) is the resume path, and at 0.25 CU the quota alone
+        // would triple it (measured: ~25 ms of CPU become ~70 ms of wall time).
+        self.limit(spec, &size, Some(size.cpu), restart)?;
         Ok(())
+    }
+
+    /// Moves `pids` into the compute's group (nothing without cgroups).
+    pub(super) fn confine(&self, spec: &ComputeSpec, pids: &[i32]) -> Result<(), ComputeError> {
+        if !self.cgroups.enforced() || pids.is_empty() {
+            return Ok(());
+        }
+        self.cgroups
+            .attach(&spec.endpoint, pids)
+            .map_err(|e| ComputeError::io(format!("confining compute {}", spec.endpoint), e))
     }
 
     /// The restart-only settings of an adopted postmaster, from Postgres itself.
@@ -204,7 +227,7 @@ impl LocalDriver {
                 ))
             })?;
         let size = spec.cu.size();
-        let (conf_changed, pool_changed) = self.write_size(spec, compute)?;
+        let (conf_changed, pool_changed) = self.write_size(spec, compute, false)?;
         if conf_changed {
             process::signal(running.postmaster, Signal::SIGHUP);
         }
@@ -298,7 +321,7 @@ mod tests {
         let size = Cu::from_quarters(1).expect("0.25 CU").size();
         let conf = size_conf(&size);
         assert!(conf.contains("max_connections = '104'"), "{conf}");
-        assert!(conf.contains("shared_buffers = '262144kB'"), "{conf}");
+        assert!(conf.contains("shared_buffers = '131072kB'"), "{conf}");
         let ini = pool_ini(&size);
         assert!(ini.contains("default_pool_size = 88\n"), "{ini}");
         assert!(ini.contains("max_db_connections = 88\n"), "{ini}");

@@ -13,19 +13,23 @@
 #   4. loadgen run      the flood test (7a-7j), each attack on a fresh gateway: a hostile
 #                       client on 127.0.0.2 next to a well-behaved one on 127.0.0.1, whose
 #                       SELECT 1 latency and errors are compared with its own quiet run;
-#   5. loadgen report   merges the cold start in, prints the table, writes
+#   5. pgbench          autoscaling (9) on an endpoint of its own: the same select-only load
+#                       at a fixed 0.25 CU and 1 CU (the CPU quota's throughput ratio), then
+#                       rounds from 0.25 CU with max 2 CU (time from the load's start until
+#                       the size grows);
+#   6. loadgen report   merges the cold start and autoscaling in, prints the table, writes
 #                       bench/results/latest.json and BENCHMARKS.md.
 # With two or more cores the gateway (and the reference PgBouncer) run on core 0 and the
 # clients on core 1 (taskset).
 # Everything is bounded by fixed durations and counts, and each step by a time limit.
 #
-# Usage: scripts/bench.sh [--quick] [--only flood|7a,7b,...|8]
+# Usage: scripts/bench.sh [--quick] [--only flood|7a,7b,...|8|9]
 #        (make bench ARGS=--quick, ARGS="--quick --only flood", or BENCH_QUICK=1 make bench)
 # --quick runs every scenario with smaller counts and durations (about 2.5 minutes after the
 # build, half of it the flood test); the full run takes about 8 minutes after the build.
 # --only flood runs only the flood test (or only the attacks listed): their rows replace
 # theirs in bench/results/latest.json (a report of them alone when there is none); --only 8
-# runs only scenario 8 (JWT next to password), merged the same way.
+# runs only scenario 8 (JWT next to password), merged the same way; --only 9 only autoscaling.
 set -euo pipefail
 
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -58,8 +62,8 @@ while (($#)); do
   esac
   shift
 done
-if [[ "$ONLY" == 8 ]]; then
-  : # scenario 8 alone (JWT next to password), on one gateway
+if [[ "$ONLY" == 8 || "$ONLY" == 9 ]]; then
+  : # scenario 8 alone (JWT next to password), on one gateway; or 9 (autoscaling) alone
 elif [[ -n "$ONLY" && "$ONLY" != flood ]]; then
   IFS=',' read -r -a FLOOD_ATTACKS <<<"$ONLY"
   for attack in "${FLOOD_ATTACKS[@]}"; do
@@ -76,6 +80,7 @@ WAKE_BIN="$TARGET_DIR/release/wake-service"
 WAKE_LOG="$TARGET_DIR/bench-wake.log"
 LOADGEN_BIN="$TARGET_DIR/release/loadgen"
 COLD_JSON="$TARGET_DIR/bench-cold-start.json"
+AUTOSCALE_JSON="$TARGET_DIR/bench-autoscale.json"
 # Compute ports of the bench: away from `make up` (20000-20999) and `make test` (21000-22499).
 BENCH_COMPUTE_PORTS="${BENCH_COMPUTE_PORTS:-23000-23499}"
 PG_BIN="${PG_BIN:-/usr/lib/postgresql/15/bin}"
@@ -216,6 +221,74 @@ flood_test() {
   done
 }
 
+# api METHOD PATH [BODY] — the wake service's admin API; prints the answer.
+api() {
+  local args=(-fsS --max-time 30 -X "$1" -H "Authorization: Bearer $WAKE_ADMIN_TOKEN"
+    -H 'Content-Type: application/json')
+  (($# < 3)) || args+=(--data "$3")
+  curl "${args[@]}" "$WAKE_URL$2"
+}
+# current_cu ID — the endpoint's size now.
+current_cu() { api GET "/v1/endpoints/$1" | sed -n 's/.*"current_cu":\([0-9.]*\).*/\1/p'; }
+# scale_pgbench SECONDS [ARGS...] — the select-only load on endpoint `scale`: prints its tps;
+# fails when pgbench does (a failed transaction fails it).
+scale_pgbench() {
+  local seconds="$1" out
+  shift
+  out="$(PGPASSWORD=bench-password-1 "${CLIENT[@]}" "$PG_BIN/pgbench" -h "${SCALE_DIRECT%:*}" \
+    -p "${SCALE_DIRECT##*:}" -U bench -n -S -c 8 -j 2 -T "$seconds" "$@" bench 2>&1)" || {
+    warn "pgbench failed: $(tail -3 <<<"$out")"
+    return 1
+  }
+  sed -n 's/^tps = \([0-9.]*\).*/\1/p' <<<"$out" | head -1
+}
+# autoscale_bench — scenario 9 on an endpoint of its own, written to AUTOSCALE_JSON.
+autoscale_bench() {
+  local seconds=10 rounds=4 tps_one tps_quarter failures=0 upscale=() peaks=() round
+  ((QUICK)) && seconds=5 rounds=2
+  log "==> autoscaling (9): pgbench -S, 8 clients, ${seconds} s loads, $rounds rounds"
+  api POST /v1/endpoints '{"id":"scale","min_cu":1,"max_cu":1,"suspend_timeout_seconds":-1}' >/dev/null
+  api POST /v1/endpoints/scale/roles '{"name":"bench","password":"bench-password-1"}' >/dev/null
+  api POST /v1/endpoints/scale/databases '{"name":"bench","owner":"bench"}' >/dev/null
+  SCALE_DIRECT="$(api GET /v1/endpoints/scale | sed -n 's/.*"direct":"\([^"]*\)".*/\1/p')"
+  PGPASSWORD=bench-password-1 "$PG_BIN/pgbench" -h "${SCALE_DIRECT%:*}" -p "${SCALE_DIRECT##*:}" \
+    -U bench -i -s 4 -q bench >/dev/null 2>&1 || die "pgbench -i failed"
+  tps_one="$(scale_pgbench "$seconds")" || failures=$((failures + 1))
+  api POST /v1/endpoints/scale/resize '{"cu":0.25}' >/dev/null
+  tps_quarter="$(scale_pgbench "$seconds")" || failures=$((failures + 1))
+  for ((round = 1; round <= rounds; round++)); do
+    api PATCH /v1/endpoints/scale '{"min_cu":0.25,"max_cu":0.25}' >/dev/null
+    sleep 3 # a few quiet samples at 0.25 CU
+    api PATCH /v1/endpoints/scale '{"max_cu":2}' >/dev/null
+    local began=$EPOCHREALTIME grown="" peak=0.25 cu pid
+    scale_pgbench "$seconds" >/dev/null &
+    pid=$!
+    while kill -0 "$pid" 2>/dev/null; do
+      cu="$(current_cu scale)" || cu=""
+      if [[ -z "$grown" && -n "$cu" && "$cu" != 0.25 ]]; then
+        grown="$(awk -v a="$began" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.0f", (b - a) * 1000 }')"
+      fi
+      peak="$(awk -v a="$peak" -v b="$cu" 'BEGIN { print (b > a) ? b : a }')"
+      sleep 0.05
+    done
+    wait "$pid" || failures=$((failures + 1))
+    [[ -n "$grown" ]] && upscale+=("$grown")
+    peaks+=("$peak")
+    log "    round $round: grew after ${grown:-never} ms, peak $peak CU"
+  done
+  local IFS=,
+  printf '{"load":"pgbench -S, 8 clients, %s s","tps_quarter":%s,"tps_one":%s,"upscale_ms":[%s],"peak_cu":[%s],"failures":%s}\n' \
+    "$seconds" "${tps_quarter:-0}" "${tps_one:-0}" "${upscale[*]}" "${peaks[*]}" "$failures" >"$AUTOSCALE_JSON"
+  log "    0.25 CU ${tps_quarter:-?} tps, 1 CU ${tps_one:-?} tps"
+}
+
+if [[ "$ONLY" == 9 ]]; then
+  rm -f -- "$AUTOSCALE_JSON"
+  autoscale_bench
+  "$LOADGEN_BIN" report --autoscale "$AUTOSCALE_JSON"
+  log "measured in $((SECONDS - started)) s after the build ($( ((QUICK)) && echo quick || echo full) mode, scenario 9 only)"
+  exit 0
+fi
 if [[ "$ONLY" == 8 ]]; then
   loadgen_run --only 8 --merge
   "$LOADGEN_BIN" report
@@ -262,7 +335,11 @@ log "==> the flood test (7), each attack on a fresh gateway"
 MERGE_FLOOD=1
 flood_test
 
+rm -f -- "$AUTOSCALE_JSON"
+autoscale_bench || warn "the autoscaling bench failed; the report goes without it"
+
 report_args=()
 [[ -f "$COLD_JSON" ]] && report_args=(--cold-start "$COLD_JSON")
+[[ -f "$AUTOSCALE_JSON" ]] && report_args+=(--autoscale "$AUTOSCALE_JSON")
 "$LOADGEN_BIN" report "${report_args[@]}"
 log "measured in $((SECONDS - started)) s after the build ($( ((QUICK)) && echo quick || echo full) mode)"

@@ -7,6 +7,7 @@
 
 mod admin;
 mod attacks;
+mod autoscale;
 mod client;
 mod flood;
 mod jwt;
@@ -138,6 +139,9 @@ struct ReportArgs {
     /// The cold-start bench's JSON (`BENCH_COLD_START_JSON` of cold-start.bench.js).
     #[arg(long)]
     cold_start: Option<PathBuf>,
+    /// Scenario 9's JSON (`BENCH_AUTOSCALE_JSON` of scripts/bench.sh).
+    #[arg(long)]
+    autoscale: Option<PathBuf>,
     #[command(flatten)]
     outputs: Outputs,
 }
@@ -244,6 +248,11 @@ fn report(args: ReportArgs) -> anyhow::Result<()> {
         let text = std::fs::read_to_string(&path)
             .with_context(|| format!("reading {}", path.display()))?;
         report.merge_cold_start(serde_json::from_str(&text)?)?;
+    }
+    if let Some(path) = args.autoscale {
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        report.merge_autoscale(serde_json::from_str(&text)?)?;
     }
     write(&report, &args.outputs)
 }

@@ -638,6 +638,7 @@ test('/openapi.json (no token) describes every /v1 and /proxy/api/v1 route', { t
     '/v1/endpoints/{id}/databases': ['post'],
     '/v1/endpoints/{id}/wake': ['post'],
     '/v1/endpoints/{id}/suspend': ['post'],
+    '/v1/endpoints/{id}/resize': ['post'],
     '/v1/endpoints/{id}/events': ['get'],
     '/v1/endpoints/{id}/usage': ['get'],
     '/v1/usage': ['get'],

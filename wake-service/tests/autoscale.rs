@@ -6,7 +6,7 @@
 //! endpoint and shrinks it after the cooldown without failing a query, and bad input is
 //! refused with nothing changed.
 //!
-//! Compute ports 28000-28499.
+//! Compute ports 28000-28499 (28000-28199, 28200-28399, 28400-28499: one range per test).
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -14,8 +14,10 @@ use std::time::{Duration, Instant};
 
 use reqwest::Method;
 use serde_json::{json, Value};
+use time::OffsetDateTime;
 use tokio_postgres::NoTls;
 use wake_api::admin::{ComputeEvent, Endpoint};
+use wake_api::usage::EndpointUsage;
 
 mod common;
 use common::service::Wake;
@@ -315,8 +317,44 @@ async fn the_size_is_enforced_resized_live_and_restart_settings_wait() {
     assert_eq!(rows, 2);
     drop(session);
 
+    // Metering: CU-seconds change at the moment of the resize.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let expected = cu_seconds_from_events(&wake.events(id).await);
+    let usage: EndpointUsage = serde_json::from_value(
+        wake.expect(Method::GET, &format!("/v1/endpoints/{id}/usage"), None, 200)
+            .await,
+    )
+    .expect("usage");
+    let metered = usage.total.compute_unit_seconds;
+    assert!(
+        (metered - expected).abs() < 0.5,
+        "metered {metered} CU-s, the events say {expected}"
+    );
+    assert!(
+        metered > usage.total.active_seconds * 0.5,
+        "the 1 CU time is metered at 1 CU: {metered} CU-s over {} s",
+        usage.total.active_seconds
+    );
+
     bad_input_changes_nothing(&wake, id).await;
     wake.stop().await;
+}
+
+/// CU-seconds from the lifecycle events: each active span at the size of the moment (a state
+/// event carries the size then, a `resized` event the new one).
+fn cu_seconds_from_events(events: &[ComputeEvent]) -> f64 {
+    let (mut total, mut cu, mut since) = (0.0, 0.0, None::<OffsetDateTime>);
+    for e in events {
+        if let Some(start) = since {
+            total += (e.at - start).as_seconds_f64() * cu;
+        }
+        cu = e.cu.unwrap_or(cu);
+        since = (e.to_state.as_deref() == Some("active")).then_some(e.at);
+    }
+    if let Some(start) = since {
+        total += (OffsetDateTime::now_utc() - start).as_seconds_f64() * cu;
+    }
+    total
 }
 
 /// Every refusal is a 4xx with a message (422 for a value out of range, 400 for a body that
@@ -513,7 +551,7 @@ fn mean(values: &[f64]) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn load_grows_the_compute_and_idle_shrinks_it() {
     common::logs();
-    let wake = Wake::run_with(TempRoot::new("scale-auto"), "28200-28499", FLAGS).await;
+    let wake = Wake::run_with(TempRoot::new("scale-auto"), "28200-28399", FLAGS).await;
     let id = "ep-auto";
     let endpoint = wake.endpoint_with_role(id, 0.25, 2.0).await;
     let direct = port_of(&endpoint.addresses.direct);
@@ -617,5 +655,89 @@ async fn load_grows_the_compute_and_idle_shrinks_it() {
     assert!(
         metrics.contains("wake_autoscale_resizes_total{cause=\"autoscaler\",direction=\"down\"}")
     );
+    wake.stop().await;
+}
+
+/// A tenant that allocates more memory than its size allows meets its own memory limit: the
+/// kernel stops its backends inside its group (Postgres restarts itself), while another
+/// endpoint's session and the wake service go on untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_tenant_out_of_memory_hurts_only_itself() {
+    common::logs();
+    let wake = Wake::run_with(TempRoot::new("scale-oom"), "28400-28499", FLAGS).await;
+    let hog = wake.endpoint_with_role("ep-hog", 0.25, 0.25).await;
+    let calm = wake.endpoint_with_role("ep-calm", 0.25, 0.25).await;
+    let calm_session = connect(port_of(&calm.addresses.direct)).await;
+    calm_session
+        .batch_execute("BEGIN; CREATE TEMP TABLE kept (x int); INSERT INTO kept VALUES (1)")
+        .await
+        .expect("calm session");
+    let hog_port = port_of(&hog.addresses.direct);
+    // Three sessions of ~900 MB each against a 1 GiB limit.
+    let hogs: Vec<_> = (0..3)
+        .map(|_| {
+            tokio::spawn(async move {
+                let client = connect(hog_port).await;
+                client
+                    .query_one(
+                        "SELECT length(string_agg(repeat('x', 1048576), '')) FROM generate_series(1, 900)",
+                        &[],
+                    )
+                    .await
+                    .map(|_| ())
+            })
+        })
+        .collect();
+    let mut failed = 0;
+    for hog in hogs {
+        if hog.await.expect("task").is_err() {
+            failed += 1;
+        }
+    }
+    assert!(failed >= 1, "the hog did not fit in 1 GiB");
+    let group = PathBuf::from(format!(
+        "/sys/fs/cgroup/memory{}",
+        std::fs::read_to_string("/proc/self/cgroup")
+            .expect("cgroup")
+            .lines()
+            .find_map(|l| l.split_once(":memory:").map(|(_, p)| p.to_owned()))
+            .expect("memory line")
+    ));
+    let hog_groups: Vec<PathBuf> = std::fs::read_dir(&group)
+        .expect("own memory group")
+        .filter_map(|e| Some(e.ok()?.path().join("ep-hog")))
+        .filter(|p| p.exists())
+        .collect();
+    let peak: u64 = std::fs::read_to_string(hog_groups[0].join("memory.max_usage_in_bytes"))
+        .expect("peak")
+        .trim()
+        .parse()
+        .expect("number");
+    assert!(peak <= 1 << 30, "the hog stayed within its limit: {peak}");
+    // The neighbour's transaction and the wake service are untouched.
+    calm_session
+        .batch_execute("INSERT INTO kept VALUES (2); COMMIT")
+        .await
+        .expect("the other tenant's transaction goes on");
+    assert_eq!(wake.endpoint("ep-calm").await.current_cu, 0.25);
+    // The hog's Postgres restarts itself and serves again.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut config = tokio_postgres::Config::new();
+        config
+            .host("127.0.0.1")
+            .port(hog_port)
+            .user("app")
+            .password(PASSWORD)
+            .dbname("app");
+        if let Ok((client, connection)) = config.connect(NoTls).await {
+            tokio::spawn(connection);
+            if client.query_one("SELECT 1", &[]).await.is_ok() {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "the hog's compute came back");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     wake.stop().await;
 }

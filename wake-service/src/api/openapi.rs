@@ -64,6 +64,20 @@ fn usage_paths() -> Value {
     })
 }
 
+/// Autoscaling's schemas (`wake_api::admin::{ComputeSize, Resize}`), added to the components
+/// by [`spec`] (one `json!` of everything would exceed the macro's recursion limit).
+fn size_schemas() -> Value {
+    json!({
+        "ComputeSize": {"type": "object", "description": "how current_cu is in effect on the running compute (absent while it does not run)", "properties": {
+            "limits": {"type": "string", "description": "cgroup v1, cgroup v2, or not enforced: <why>"},
+            "cpu_max": {"type": "string", "description": "<quota_us> <period_us>"}, "memory_limit_bytes": {"type": "integer"},
+            "settings": {"type": "array", "items": {"type": "object", "properties": {"name": {"type": "string"}, "value": {"type": "string", "description": "in effect"},
+                "pending": {"type": "string", "description": "what the next start applies (restart-only settings that differ)"}}}},
+            "pooler_pool_size": {"type": "integer"}, "gateway_pool_max_conns": {"type": "integer"}}},
+        "Resize": {"type": "object", "required": ["cu"], "additionalProperties": false, "properties": {"cu": {"type": "number", "description": "0.25 steps, up to --max-cu"}}}
+    })
+}
+
 fn schema(name: &str) -> Value {
     json!({"$ref": format!("#/components/schemas/{name}")})
 }
@@ -71,7 +85,7 @@ fn schema(name: &str) -> Value {
 pub fn spec() -> Value {
     let id = json!([{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}]);
     let endpointish = json!({"name": "endpointish", "in": "query", "required": true, "schema": {"type": "string"}, "description": "endpoint id, or `<id>-pooler` for its PgBouncer"});
-    json!({
+    let mut spec = json!({
         "openapi": "3.0.3",
         "info": {
             "title": "wake-service",
@@ -93,7 +107,8 @@ pub fn spec() -> Value {
                     "roles": {"type": "array", "items": {"type": "string"}}, "databases": {"type": "array", "items": schema("Database")},
                     "created_at": {"type": "string", "format": "date-time"}, "updated_at": {"type": "string", "format": "date-time"},
                     "last_active": {"type": "string", "format": "date-time", "nullable": true},
-                    "suspended_at": {"type": "string", "format": "date-time", "nullable": true}}},
+                    "suspended_at": {"type": "string", "format": "date-time", "nullable": true},
+                    "size": schema("ComputeSize")}},
                 "CreateEndpoint": {"type": "object", "required": ["id"], "additionalProperties": false, "properties": {
                     "id": {"type": "string", "pattern": "^[a-z][a-z0-9-]{0,62}$"},
                     "suspend_timeout_seconds": {"type": "integer", "description": "-1 never, 0 default (300), up to 604800"},
@@ -118,7 +133,8 @@ pub fn spec() -> Value {
                 "JwksList": {"type": "object", "properties": {"jwks": {"type": "array", "items": schema("JwksSettings")}}},
                 "WakeCompute": {"type": "object", "properties": {"address": {"type": "string"}, "server_name": {"type": "string", "nullable": true}, "aux": {"type": "object", "properties": {
                     "endpoint_id": {"type": "string"}, "project_id": {"type": "string"}, "branch_id": {"type": "string"}, "compute_id": {"type": "string"},
-                    "cold_start_info": {"type": "string", "enum": ["warm", "pool_hit", "pool_miss", "unknown"]}}}}},
+                    "cold_start_info": {"type": "string", "enum": ["warm", "pool_hit", "pool_miss", "unknown"]}}},
+                    "pool_max_conns": {"type": "integer", "description": "not in Neon's API: the gateway's cap on direct connections for the compute's size"}}},
                 "AccessControl": {"type": "object", "properties": {"role_secret": {"type": "string"}, "project_id": {"type": "string", "nullable": true}, "allowed_ips": {"type": "array", "nullable": true, "items": {"type": "string"}}}},
                 "Jwks": {"type": "object", "properties": {"jwks": {"type": "array", "items": schema("JwksSettings")},
                     "jwt_login": {"type": "object", "description": "present when there are rules: {claims_key: {kid, key (64 hex)}, roles: [{name, secret (SCRAM verifier), client_key (base64)}]}"}}},
@@ -135,7 +151,8 @@ pub fn spec() -> Value {
                     "role_changes_applied": {"type": "integer", "description": "the newest role change applied (an earlier reply's role_changes_cursor)"}}},
                 "ActivityReply": {"type": "object", "properties": {"inactive": {"type": "array", "items": {"type": "string"}},
                     "role_changes": {"type": "array", "items": {"type": "object", "properties": {"id": {"type": "integer"}, "endpoint_id": {"type": "string"}, "role": {"type": "string"}}}},
-                    "role_changes_cursor": {"type": "integer"}, "role_changes_truncated": {"type": "boolean"}}},
+                    "role_changes_cursor": {"type": "integer"}, "role_changes_truncated": {"type": "boolean"},
+                    "pool_limits": {"type": "array", "items": {"type": "object", "properties": {"endpoint_id": {"type": "string"}, "pool_max_conns": {"type": "integer"}}}}}},
                 "ControlPlaneError": {"type": "object", "description": "Neon's error shape: {error, status: {code, message, details: {error_info: {reason}, retry_info: {retry_delay_ms}, user_facing_message: {message}}}}"}
             }
         },
@@ -190,6 +207,12 @@ pub fn spec() -> Value {
                 ],
                 "post": {"summary": "Stop the compute; refused (409) while a client is busy or holds a session through the gateway unless force=true (idle connections are closed)", "responses": ok("200", "suspended", schema("Endpoint"), &["400", "401", "404", "409", "503"])}
             },
+            "/v1/endpoints/{id}/resize": {
+                "parameters": id,
+                "post": {"summary": "Set a fixed-size endpoint's size (min_cu = max_cu = cu), applied live to its running compute; 409 for an autoscaling or a suspended endpoint",
+                    "requestBody": {"required": true, "content": {"application/json": {"schema": schema("Resize")}}},
+                    "responses": ok("200", "resized", schema("Endpoint"), &["400", "401", "404", "409", "422", "503"])}
+            },
             "/v1/endpoints/{id}/events": {
                 "parameters": [
                     {"name": "id", "in": "path", "required": true, "schema": {"type": "string"}},
@@ -229,5 +252,12 @@ pub fn spec() -> Value {
             "/healthz": {"get": {"summary": "Liveness", "security": [], "responses": {"200": {"description": "ok"}}}},
             "/readyz": {"get": {"summary": "Readiness (state store reachable)", "security": [], "responses": {"200": {"description": "ready"}, "503": {"description": "not ready"}}}}
         }
-    })
+    });
+    if let (Some(schemas), Value::Object(more)) = (
+        spec["components"]["schemas"].as_object_mut(),
+        size_schemas(),
+    ) {
+        schemas.extend(more);
+    }
+    spec
 }

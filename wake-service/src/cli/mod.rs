@@ -96,7 +96,17 @@ pub enum EndpointsCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
-    /// The compute's lifecycle events (starts, stops, …), oldest first.
+    /// Set a fixed-size endpoint's size (min_cu = max_cu = CU), applied to its running
+    /// compute at once (for an autoscaling endpoint, `update --min-cu/--max-cu` instead).
+    Resize {
+        id: String,
+        /// Compute units, in 0.25 steps.
+        #[arg(long)]
+        cu: f64,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// The compute's lifecycle events (starts, stops, resizes, …), oldest first.
     Events {
         id: String,
         /// How many of the newest events.
@@ -242,13 +252,10 @@ impl SettingsArgs {
 }
 
 pub async fn endpoints(command: EndpointsCommand) -> anyhow::Result<()> {
-    match command {
-        EndpointsCommand::List { client } => {
-            call(&client, Method::GET, "/v1/endpoints", None).await
-        }
-        EndpointsCommand::Get { id, client } => {
-            call(&client, Method::GET, &format!("/v1/endpoints/{id}"), None).await
-        }
+    let path = |id: &str, rest: &str| format!("/v1/endpoints/{id}{rest}");
+    let (client, method, path, body) = match command {
+        EndpointsCommand::List { client } => (client, Method::GET, "/v1/endpoints".into(), None),
+        EndpointsCommand::Get { id, client } => (client, Method::GET, path(&id, ""), None),
         EndpointsCommand::Create {
             id,
             settings,
@@ -256,65 +263,33 @@ pub async fn endpoints(command: EndpointsCommand) -> anyhow::Result<()> {
         } => {
             let mut body = settings.body();
             body.insert("id".into(), json!(id));
-            call(
-                &client,
-                Method::POST,
-                "/v1/endpoints",
-                Some(Value::Object(body)),
-            )
-            .await
+            let body = Some(Value::Object(body));
+            (client, Method::POST, "/v1/endpoints".into(), body)
         }
         EndpointsCommand::Update {
             id,
             settings,
             client,
         } => {
-            let body = settings.body();
-            call(
-                &client,
-                Method::PATCH,
-                &format!("/v1/endpoints/{id}"),
-                Some(Value::Object(body)),
-            )
-            .await
+            let body = Some(Value::Object(settings.body()));
+            (client, Method::PATCH, path(&id, ""), body)
         }
-        EndpointsCommand::Delete { id, client } => {
-            call(
-                &client,
-                Method::DELETE,
-                &format!("/v1/endpoints/{id}"),
-                None,
-            )
-            .await
-        }
-        EndpointsCommand::Wake { id, client } => {
-            call(
-                &client,
-                Method::POST,
-                &format!("/v1/endpoints/{id}/wake"),
-                None,
-            )
-            .await
-        }
+        EndpointsCommand::Delete { id, client } => (client, Method::DELETE, path(&id, ""), None),
+        EndpointsCommand::Wake { id, client } => (client, Method::POST, path(&id, "/wake"), None),
         EndpointsCommand::Suspend { id, force, client } => {
-            call(
-                &client,
-                Method::POST,
-                &format!("/v1/endpoints/{id}/suspend?force={force}"),
-                None,
-            )
-            .await
+            let path = path(&id, &format!("/suspend?force={force}"));
+            (client, Method::POST, path, None)
+        }
+        EndpointsCommand::Resize { id, cu, client } => {
+            let body = Some(json!({ "cu": cu }));
+            (client, Method::POST, path(&id, "/resize"), body)
         }
         EndpointsCommand::Events { id, limit, client } => {
-            call(
-                &client,
-                Method::GET,
-                &format!("/v1/endpoints/{id}/events?limit={limit}"),
-                None,
-            )
-            .await
+            let path = path(&id, &format!("/events?limit={limit}"));
+            (client, Method::GET, path, None)
         }
-    }
+    };
+    call(&client, method, &path, body).await
 }
 
 pub async fn roles(command: RolesCommand) -> anyhow::Result<()> {

@@ -495,10 +495,15 @@ impl Computes {
             min_cu: Some(range.min().as_f64()),
             max_cu: Some(range.max().as_f64()),
         };
-        self.store
+        let row = self
+            .store
             .update_settings(id, &changes)
             .await?
             .ok_or_else(|| LifecycleError::NotFound(id.to_owned()))?;
+        let current = stored_cu(row.current_cu);
+        if range.clamp(current) == current {
+            return Ok(row);
+        }
         self.fit_range(id).await
     }
 

@@ -200,9 +200,9 @@
 //!
 //! * A unix socket path holds at most 107 bytes: `root/<endpoint>/run/.s.PGSQL.<port>` must
 //!   fit, and create refuses an endpoint whose path would not.
-//! * `cu` is not enforced (no cgroups): every compute gets `shared_buffers = 32MB` and
-//!   `max_connections = 200` (room for the gateway's pool of 100 per endpoint plus PgBouncer's
-//!   pools and direct clients).
+//! * The size (`cu`) is enforced only where cgroups are writable ([`cgroup`]): elsewhere the
+//!   settings and pools follow it but CPU and memory are not limited (said once in the log
+//!   and in every endpoint's status). Sizes apply as [`size`] describes.
 //! * One wake service per root: the per-endpoint locks are in memory.
 //! * Per-endpoint users are system users (`useradd --system`): Debian's range 100-999 bounds
 //!   how many endpoints (of all wake services) a machine holds.

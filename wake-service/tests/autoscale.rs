@@ -424,47 +424,25 @@ async fn bad_input_changes_nothing(wake: &Wake, id: &str) {
         let message = value["error"]["message"].as_str().unwrap_or_default();
         assert!(message.contains(says), "{method} {path} {body}: {message}");
     }
+    let conflict = |says: &'static str| {
+        let value = wake.expect(Method::POST, &resize, Some(json!({"cu": 2})), 409);
+        async move {
+            let value = value.await;
+            let message = value["error"]["message"].as_str().unwrap_or_default();
+            assert!(message.contains(says), "{value}");
+        }
+    };
     // Not a fixed size: a resize is refused (PATCH the range instead).
-    wake.expect(
-        Method::PATCH,
-        &path,
-        Some(json!({"min_cu": 0.5, "max_cu": 2})),
-        200,
-    )
-    .await;
-    let value = wake
-        .expect(Method::POST, &resize, Some(json!({"cu": 1})), 409)
+    let range = |min: f64, max: f64| Some(json!({"min_cu": min, "max_cu": max}));
+    wake.expect(Method::PATCH, &path, range(0.5, 2.0), 200)
         .await;
-    assert!(
-        value["error"]["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("PATCH")),
-        "{value}"
-    );
-    wake.expect(
-        Method::PATCH,
-        &path,
-        Some(json!({"min_cu": 1, "max_cu": 1})),
-        200,
-    )
-    .await;
+    conflict("PATCH").await;
+    wake.expect(Method::PATCH, &path, range(1.0, 1.0), 200)
+        .await;
     // Suspended: a resize is refused, the stored size stays.
-    wake.expect(
-        Method::POST,
-        &format!("{path}/suspend?force=true"),
-        None,
-        200,
-    )
-    .await;
-    let value = wake
-        .expect(Method::POST, &resize, Some(json!({"cu": 2})), 409)
-        .await;
-    assert!(
-        value["error"]["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("suspended")),
-        "{value}"
-    );
+    let suspend = format!("{path}/suspend?force=true");
+    wake.expect(Method::POST, &suspend, None, 200).await;
+    conflict("suspended").await;
     let after = wake.endpoint(id).await;
     assert_eq!(
         (after.min_cu, after.max_cu, after.current_cu),

@@ -457,17 +457,9 @@ impl Store {
     ) -> Result<Option<EndpointRow>, StoreError> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
-        let Some(before) = tx
-            .query_opt(
-                "SELECT state, current_cu FROM endpoints WHERE id = $1 FOR UPDATE",
-                &[&id],
-            )
-            .await?
-        else {
+        let Some((from, cu)) = lock_endpoint(&tx, id).await? else {
             return Ok(None);
         };
-        let from: String = before.try_get(0)?;
-        let cu: f64 = before.try_get(1)?;
         let to = change.to.as_str();
         let operation = change.operation.map(Operation::as_str);
         let row = tx
@@ -606,17 +598,9 @@ impl Store {
     ) -> Result<Option<EndpointRow>, StoreError> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
-        let Some(before) = tx
-            .query_opt(
-                "SELECT state, current_cu FROM endpoints WHERE id = $1 FOR UPDATE",
-                &[&id],
-            )
-            .await?
-        else {
+        let Some((state, from)) = lock_endpoint(&tx, id).await? else {
             return Ok(None);
         };
-        let state: String = before.try_get(0)?;
-        let from: f64 = before.try_get(1)?;
         let (min, max) = range.unzip();
         let row = tx
             .query_one(
@@ -1256,6 +1240,23 @@ impl Store {
             roles,
         }))
     }
+}
+
+/// Locks the endpoint's row for the transaction: its state and size, or None when it is gone.
+async fn lock_endpoint(
+    tx: &tokio_postgres::Transaction<'_>,
+    id: &str,
+) -> Result<Option<(String, f64)>, StoreError> {
+    let Some(row) = tx
+        .query_opt(
+            "SELECT state, current_cu FROM endpoints WHERE id = $1 FOR UPDATE",
+            &[&id],
+        )
+        .await?
+    else {
+        return Ok(None);
+    };
+    Ok(Some((row.try_get(0)?, row.try_get(1)?)))
 }
 
 async fn insert_event(

@@ -43,13 +43,7 @@ pub(super) async fn meter_transition(
             if compute_lost {
                 close_run(tx, id, at, true).await?;
             }
-            tx.execute(
-                "INSERT INTO compute_runs (endpoint_id, cu, started_at, metered_to)
-                 VALUES ($1, $2, $3, $3)
-                 ON CONFLICT (endpoint_id) WHERE stopped_at IS NULL DO NOTHING",
-                &[&id, &cu, &at],
-            )
-            .await?;
+            open_run(tx, id, cu, at).await?;
         }
         EndpointState::Suspended | EndpointState::Failed => {
             close_run(tx, id, at, compute_lost).await?;
@@ -68,6 +62,16 @@ pub(super) async fn meter_resize(
     at: OffsetDateTime,
 ) -> Result<(), StoreError> {
     close_run(tx, id, at, false).await?;
+    open_run(tx, id, cu, at).await
+}
+
+/// Opens a run at `cu` from `at`, unless the endpoint has one open.
+async fn open_run(
+    tx: &Transaction<'_>,
+    id: &str,
+    cu: f64,
+    at: OffsetDateTime,
+) -> Result<(), StoreError> {
     tx.execute(
         "INSERT INTO compute_runs (endpoint_id, cu, started_at, metered_to)
          VALUES ($1, $2, $3, $3)

@@ -7,7 +7,7 @@
 //! in cores. The first sample of an endpoint (or after its compute restarted) has no rate, so
 //! it never scales down; the policy holds the rest of the rules ([`crate::autoscale`]).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -62,7 +62,8 @@ async fn round(
     metrics
         .active_cu
         .set(active.iter().map(|r| r.current_cu).sum());
-    tracked.retain(|id, _| active.iter().any(|r| &r.id == id));
+    let ids: HashSet<&str> = active.iter().map(|r| r.id.as_str()).collect();
+    tracked.retain(|id, _| ids.contains(id.as_str()));
     for row in active {
         let range = stored_range(row);
         let current = stored_cu(row.current_cu);

@@ -208,7 +208,13 @@ async fn the_size_is_enforced_resized_live_and_restart_settings_wait() {
         "88"
     );
 
-    // A transaction stays open across the resize: nothing is interrupted.
+    // A transaction stays open across the resize, and a client of PgBouncer stays connected
+    // through its RELOAD: nothing is interrupted.
+    let pooled = connect(pooler).await;
+    pooled
+        .batch_execute("SELECT 1")
+        .await
+        .expect("pooled query");
     session
         .batch_execute("BEGIN; CREATE TABLE t (x int); INSERT INTO t VALUES (1)")
         .await
@@ -261,6 +267,10 @@ async fn the_size_is_enforced_resized_live_and_restart_settings_wait() {
         pooler_config(&wake, id, pooler, "default_pool_size").await,
         "372"
     );
+    pooled
+        .batch_execute("SELECT 2")
+        .await
+        .expect("the pooler's client goes on after its RELOAD");
     let through_pooler = connect(pooler).await;
     assert_eq!(show(&through_pooler, "max_connections").await, "104");
     let resize_event = wake
@@ -278,7 +288,7 @@ async fn the_size_is_enforced_resized_live_and_restart_settings_wait() {
             .is_some_and(|d| d.starts_with("api:")),
         "{resize_event:?}"
     );
-    drop((session, fresh, through_pooler));
+    drop((session, fresh, through_pooler, pooled));
 
     // The next start applies what was pending.
     wake.expect(
@@ -590,6 +600,31 @@ async fn load_grows_the_compute_and_idle_shrinks_it() {
         .await
         .iter()
         .all(|e| e.kind != "resized"));
+    // At its maximum under load, an endpoint stays there.
+    wake.expect(
+        Method::PATCH,
+        "/v1/endpoints/ep-pinned",
+        Some(json!({"max_cu": 0.5})),
+        200,
+    )
+    .await;
+    let capped = tokio::spawn(pgbench(pinned_port, 8, 6));
+    let mut sizes = Vec::new();
+    while !capped.is_finished() {
+        sizes.push(wake.endpoint("ep-pinned").await.current_cu);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (capped_ok, _, capped_text) = capped.await.expect("capped task");
+    assert!(capped_ok, "{capped_text}");
+    assert!(sizes.iter().all(|&cu| cu <= 0.5), "{sizes:?}");
+    let at_max = sizes
+        .iter()
+        .position(|&cu| cu == 0.5)
+        .expect("reached max_cu");
+    assert!(
+        sizes[at_max..].iter().all(|&cu| cu == 0.5),
+        "stayed at max_cu under load: {sizes:?}"
+    );
 
     // Idle: back to min_cu after the cooldown, and the pools followed both ways.
     while wake.endpoint(id).await.current_cu > 0.25 {

@@ -123,25 +123,26 @@ impl Cgroups {
                 memory: memory_root,
                 ..
             } => {
-                let cpu_dir = cpu_root.join(endpoint);
-                match cpu {
-                    Some(cpu) => {
-                        write(&cpu_dir, "cpu.cfs_period_us", &cpu.period_us.to_string())?;
-                        write(&cpu_dir, "cpu.cfs_quota_us", &cpu.quota_us.to_string())?;
-                    }
-                    None => write(&cpu_dir, "cpu.cfs_quota_us", "-1")?,
-                }
+                // Memory first: the one the kernel may refuse, and then nothing changed.
                 write(
                     &memory_root.join(endpoint),
                     "memory.limit_in_bytes",
                     &memory.to_string(),
-                )
+                )?;
+                let cpu_dir = cpu_root.join(endpoint);
+                match cpu {
+                    Some(cpu) => {
+                        write(&cpu_dir, "cpu.cfs_period_us", &cpu.period_us.to_string())?;
+                        write(&cpu_dir, "cpu.cfs_quota_us", &cpu.quota_us.to_string())
+                    }
+                    None => write(&cpu_dir, "cpu.cfs_quota_us", "-1"),
+                }
             }
             Cgroups::V2 { base } => {
                 let dir = base.join(endpoint);
+                write(&dir, "memory.max", &memory.to_string())?;
                 let max = cpu.map_or_else(|| format!("max {CPU_PERIOD_US}"), CpuQuota::cpu_max);
-                write(&dir, "cpu.max", &max)?;
-                write(&dir, "memory.max", &memory.to_string())
+                write(&dir, "cpu.max", &max)
             }
             Cgroups::Unavailable(_) => Ok(()),
         }

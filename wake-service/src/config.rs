@@ -280,6 +280,8 @@ pub fn parse_port_range(s: &str) -> Result<RangeInclusive<u16>, String> {
 
 impl ServeArgs {
     pub fn validate(self) -> anyhow::Result<ServeConfig> {
+        let (max_cu, autoscale) = self.autoscale()?;
+        let metering = self.metering()?;
         let admin_token = secret(self.admin_token, self.admin_token_file, "admin token")?
             .ok_or_else(|| anyhow::anyhow!("set WAKE_ADMIN_TOKEN or WAKE_ADMIN_TOKEN_FILE"))?;
         anyhow::ensure!(
@@ -322,30 +324,6 @@ impl ServeArgs {
         }
         local.host = self.compute_host;
         local.fast = self.compute_fast;
-        let prices = [
-            self.price_cu_hour,
-            self.price_gb_month,
-            self.price_transfer_gb,
-        ];
-        anyhow::ensure!(
-            prices.iter().flatten().all(|p| p.is_finite() && *p >= 0.0),
-            "prices must be finite and not negative"
-        );
-        let max_cu = Cu::parse_ceiling("--max-cu", self.max_cu).map_err(anyhow::Error::msg)?;
-        let defaults = Prices::default();
-        let metering = MeteringConfig {
-            checkpoint_interval: Duration::from_secs(self.usage_checkpoint_seconds),
-            storage_interval: Duration::from_secs(self.storage_sample_seconds),
-            prices: prices.iter().any(Option::is_some).then(|| Prices {
-                cu_hour: self.price_cu_hour.unwrap_or(defaults.cu_hour),
-                gb_month: self.price_gb_month.unwrap_or(defaults.gb_month),
-                transfer_gb: self.price_transfer_gb.unwrap_or(defaults.transfer_gb),
-            }),
-            sink: self.usage_sink_url.map(|url| SinkConfig {
-                url,
-                poll_interval: Duration::from_secs(1),
-            }),
-        };
         Ok(ServeConfig {
             listen: self.listen,
             data_dir,
@@ -365,11 +343,45 @@ impl ServeArgs {
             quarantine_unknown_computes: self.quarantine_unknown_computes,
             metering,
             max_cu,
-            autoscale: AutoscaleConfig {
-                interval: Duration::from_millis(self.autoscale_interval_ms),
-                cooldown: Duration::from_secs(self.autoscale_cooldown_seconds),
-            },
+            autoscale,
         })
+    }
+
+    /// Metering's settings (prices checked).
+    fn metering(&self) -> anyhow::Result<MeteringConfig> {
+        let prices = [
+            self.price_cu_hour,
+            self.price_gb_month,
+            self.price_transfer_gb,
+        ];
+        anyhow::ensure!(
+            prices.iter().flatten().all(|p| p.is_finite() && *p >= 0.0),
+            "prices must be finite and not negative"
+        );
+        let defaults = Prices::default();
+        Ok(MeteringConfig {
+            checkpoint_interval: Duration::from_secs(self.usage_checkpoint_seconds),
+            storage_interval: Duration::from_secs(self.storage_sample_seconds),
+            prices: prices.iter().any(Option::is_some).then(|| Prices {
+                cu_hour: self.price_cu_hour.unwrap_or(defaults.cu_hour),
+                gb_month: self.price_gb_month.unwrap_or(defaults.gb_month),
+                transfer_gb: self.price_transfer_gb.unwrap_or(defaults.transfer_gb),
+            }),
+            sink: self.usage_sink_url.clone().map(|url| SinkConfig {
+                url,
+                poll_interval: Duration::from_secs(1),
+            }),
+        })
+    }
+
+    /// The size ceiling and the autoscaler's timing.
+    fn autoscale(&self) -> anyhow::Result<(Cu, AutoscaleConfig)> {
+        let max_cu = Cu::parse_ceiling("--max-cu", self.max_cu).map_err(anyhow::Error::msg)?;
+        let timing = AutoscaleConfig {
+            interval: Duration::from_millis(self.autoscale_interval_ms),
+            cooldown: Duration::from_secs(self.autoscale_cooldown_seconds),
+        };
+        Ok((max_cu, timing))
     }
 }
 

@@ -487,6 +487,22 @@ mod tests {
     }
 
     /// The reports `fake` received, with when they arrived.
+    /// The reporter running every `interval` until the returned token is cancelled.
+    fn start(
+        state: &Held,
+        client: &Arc<ControlPlaneClient>,
+        interval: Duration,
+    ) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+        let stop = CancellationToken::new();
+        let reporter = tokio::spawn(run_reporter(
+            state.clone(),
+            client.clone(),
+            interval,
+            stop.clone(),
+        ));
+        (stop, reporter)
+    }
+
     fn received(fake: &FakeControlPlane) -> Vec<(Instant, ActivityReport)> {
         fake.reports()
             .into_iter()
@@ -506,15 +522,9 @@ mod tests {
     async fn new_activity_is_reported_at_once_bursts_coalesce_and_failures_are_resent() {
         let fake = fake(&[]).await;
         let (state, client) = state_with(&fake, &["db=127.0.0.1:1"]);
-        let stop = CancellationToken::new();
         let interval = Duration::from_secs(10);
         let started = Instant::now();
-        let reporter = tokio::spawn(run_reporter(
-            state.clone(),
-            client.clone(),
-            interval,
-            stop.clone(),
-        ));
+        let (stop, reporter) = start(&state, &client, interval);
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert!(received(&fake).is_empty(), "nothing to report yet");
 
@@ -727,15 +737,9 @@ mod tests {
         state.pool.passwords().remember(&proof("bob"), &pw);
         assert_eq!(lookups(), 2);
 
-        let stop = CancellationToken::new();
         let interval = Duration::from_secs(10);
         let started = Instant::now();
-        let reporter = tokio::spawn(run_reporter(
-            state.clone(),
-            client.clone(),
-            interval,
-            stop.clone(),
-        ));
+        let (stop, reporter) = start(&state, &client, interval);
         // The first report has applied nothing; its reply drops every secret and proof, and
         // the cursor is reported at once.
         tokio::time::sleep(Duration::from_millis(25)).await;
@@ -812,14 +816,8 @@ mod tests {
             .routes
             .cached_endpoints(MAX_REPORTED_ENDPOINTS)
             .is_empty());
-        let stop = CancellationToken::new();
         let interval = Duration::from_secs(1);
-        let reporter = tokio::spawn(run_reporter(
-            state.clone(),
-            client.clone(),
-            interval,
-            stop.clone(),
-        ));
+        let (stop, reporter) = start(&state, &client, interval);
         tokio::time::sleep(interval * 3 + Duration::from_millis(10)).await;
         stop.cancel();
         reporter.await.expect("reporter");
@@ -983,15 +981,9 @@ mod tests {
     async fn a_pending_batch_goes_with_every_interval_and_what_is_left_at_stop_is_delivered() {
         let fake = fake(&[]).await;
         let (state, client) = state_with(&fake, &["db=127.0.0.1:1"]);
-        let stop = CancellationToken::new();
         let interval = Duration::from_secs(1);
         let started = Instant::now();
-        let reporter = tokio::spawn(run_reporter(
-            state.clone(),
-            client.clone(),
-            interval,
-            stop.clone(),
-        ));
+        let (stop, reporter) = start(&state, &client, interval);
         tokio::time::sleep(Duration::from_millis(100)).await;
         state.usage.endpoint(&id("db")).add_queries(1);
         // A control plane that does not meter never names the batch: it goes every interval.
@@ -1026,13 +1018,7 @@ mod tests {
         // delivered at stop, all of it.
         let fake = self::fake(&[]).await;
         let (state, client) = state_with(&fake, &["db=127.0.0.1:1"]);
-        let stop = CancellationToken::new();
-        let reporter = tokio::spawn(run_reporter(
-            state.clone(),
-            client.clone(),
-            Duration::from_secs(60),
-            stop.clone(),
-        ));
+        let (stop, reporter) = start(&state, &client, Duration::from_secs(60));
         tokio::time::sleep(Duration::from_millis(100)).await;
         state.usage.endpoint(&id("db-pooler")).add_session();
         state.usage.endpoint(&id("db")).add_queries(7);

@@ -243,8 +243,8 @@ pub struct PostgresSettings {
     /// 25% for a dedicated server on purpose: the memory limit counts the page cache too, so
     /// what shared buffers leave is the compute's cache anyway (as Neon's small shared buffers
     /// leave it to its file cache), and a start maps all of them before it accepts a
-    /// connection: measured here, a postmaster is ready in ~35 ms with 128 MiB, ~43 ms with
-    /// 256 MiB, ~61 ms with 1 GiB, and every resume pays it.
+    /// connection, so every resume pays more for more of them (`resume_timing` in
+    /// tests/local_driver.rs prints a resume and a bare postmaster at 0.25 CU).
     pub shared_buffers: u64,
     /// 75% of memory: what the planner may assume is cached (shared buffers + page cache).
     pub effective_cache_size: u64,

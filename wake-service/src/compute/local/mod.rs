@@ -946,6 +946,8 @@ pub struct LocalDriver {
     cgroups: Cgroups,
     /// The size each running compute has, as applied ([`size`]).
     sizes: Mutex<HashMap<String, Running>>,
+    /// The largest memory limit a compute gets ([`size::memory_ceiling`]).
+    memory_ceiling: u64,
 }
 
 /// What the driver keeps about one endpoint's PgBouncer process (`pid`, listening on
@@ -1030,6 +1032,7 @@ impl LocalDriver {
             poolers: Mutex::new(HashMap::new()),
             cgroups,
             sizes: Mutex::new(HashMap::new()),
+            memory_ceiling: size::memory_ceiling(),
         })
     }
 

@@ -68,12 +68,26 @@ pub(super) fn pool_ini(size: &Size) -> String {
 
 /// The memory limit for `size` while the postmaster holds shared buffers sized for
 /// `running`: a bigger postmaster's shared memory stays mapped until its next restart, so the
-/// excess is added on top rather than letting the OOM killer find it.
-fn memory_limit(size: &Size, running: RestartSettings) -> u64 {
-    size.memory_bytes
+/// excess is added on top rather than letting the OOM killer find it. Never more than
+/// `ceiling` (3/4 of the machine's memory, [`memory_ceiling`]): a size larger than the
+/// machine must not let one tenant take the memory the host and the other tenants need.
+fn memory_limit(size: &Size, running: RestartSettings, ceiling: u64) -> u64 {
+    let wanted = size.memory_bytes
         + running
             .shared_buffers
-            .saturating_sub(size.postgres.shared_buffers)
+            .saturating_sub(size.postgres.shared_buffers);
+    wanted.min(ceiling)
+}
+
+/// 3/4 of the machine's memory (`MemTotal` in /proc/meminfo), the most one compute may be
+/// given; no ceiling when it cannot be read.
+pub(super) fn memory_ceiling() -> u64 {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(u64::MAX, |kib| kib * 1024 / 4 * 3)
 }
 
 impl LocalDriver {
@@ -125,7 +139,11 @@ impl LocalDriver {
         running: RestartSettings,
     ) -> Result<(), ComputeError> {
         self.cgroups
-            .limit(&spec.endpoint, cpu, memory_limit(size, running))
+            .limit(
+                &spec.endpoint,
+                cpu,
+                memory_limit(size, running, self.memory_ceiling),
+            )
             .map_err(|e| ComputeError::io(format!("limiting compute {}", spec.endpoint), e))
     }
 
@@ -173,8 +191,8 @@ impl LocalDriver {
             },
         );
         // The quota from the moment the compute accepts connections: Postgres' own start
-        // (recovery, forking its workers) is the resume path, and at 0.25 CU the quota made
-        // it about a third slower here (start ~50 ms → ~65 ms in tests/local_driver.rs).
+        // (recovery, forking its workers) is the resume path, and it should take as long as a
+        // bare postmaster's (`resume_timing` in tests/local_driver.rs prints both).
         self.limit(spec, &size, Some(size.cpu), restart)?;
         Ok(())
     }
@@ -288,7 +306,7 @@ impl LocalDriver {
         ComputeSize {
             limits: self.cgroups.describe(),
             cpu_max: size.cpu.cpu_max(),
-            memory_limit_bytes: memory_limit(size, running),
+            memory_limit_bytes: memory_limit(size, running, self.memory_ceiling),
             settings,
             pooler_pool_size: size.pooler.default_pool_size,
             gateway_pool_max_conns: size.gateway_pool_max_conns,
@@ -333,17 +351,28 @@ mod tests {
     fn a_bigger_postmasters_shared_buffers_stay_inside_the_limit() {
         let small = Cu::from_quarters(1).expect("0.25 CU").size();
         let big = Cu::from_quarters(8).expect("2 CU").size();
+        let none = u64::MAX;
         assert_eq!(
-            memory_limit(&small, RestartSettings::of(&small)),
+            memory_limit(&small, RestartSettings::of(&small), none),
             small.memory_bytes
         );
         assert_eq!(
-            memory_limit(&small, RestartSettings::of(&big)),
+            memory_limit(&small, RestartSettings::of(&big), none),
             small.memory_bytes + big.postgres.shared_buffers - small.postgres.shared_buffers
         );
         assert_eq!(
-            memory_limit(&big, RestartSettings::of(&small)),
+            memory_limit(&big, RestartSettings::of(&small), none),
             big.memory_bytes
         );
+        // A size beyond the machine gets the machine's ceiling, whatever else.
+        let machine = 3 << 30;
+        assert_eq!(
+            memory_limit(&big, RestartSettings::of(&big), machine),
+            machine
+        );
+        let tiny = 1 << 30;
+        assert_eq!(memory_limit(&small, RestartSettings::of(&big), tiny), tiny);
+        let ceiling = memory_ceiling();
+        assert!(ceiling > 1 << 30 && ceiling < u64::MAX, "{ceiling}");
     }
 }

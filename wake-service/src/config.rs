@@ -11,6 +11,8 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::autoscale::sizing::Cu;
 use crate::compute::local::LocalConfig;
+use crate::compute::railway::client::RateBudget;
+use crate::compute::railway::{self, Network, RailwayConfig};
 use crate::scheduler::SchedulerConfig;
 use crate::usage::sink::SinkConfig;
 use crate::usage::MeteringConfig;
@@ -191,6 +193,44 @@ pub struct ServeArgs {
           value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub autoscale_cooldown_seconds: u64,
 
+    /// Railway: an account or workspace API token. With it, endpoints can be bound to
+    /// Railway Postgres services (`driver: "railway"`); never logged or shown.
+    #[arg(long, env = "RAILWAY_API_TOKEN", hide_env_values = true)]
+    pub railway_token: Option<String>,
+    /// Railway: a file holding the API token.
+    #[arg(long, env = "RAILWAY_API_TOKEN_FILE")]
+    pub railway_token_file: Option<PathBuf>,
+    /// Railway: the GraphQL API.
+    #[arg(long, env = "WAKE_RAILWAY_API_URL", default_value = railway::DEFAULT_API_URL)]
+    pub railway_api_url: reqwest::Url,
+    /// Railway: which addresses gateways and the wake service use, `private` (DATABASE_URL,
+    /// Railway's private network: run them in the same project) or `public` (the TCP proxy).
+    #[arg(long, env = "WAKE_RAILWAY_NETWORK", default_value = "private",
+          value_parser = ["private", "public"])]
+    pub railway_network: String,
+    /// Railway: the client-side request budget, per second and per hour (Railway's limits
+    /// by plan: Hobby 10/s and 1,000/h, Pro 50/s and 10,000/h).
+    #[arg(long, env = "WAKE_RAILWAY_REQUESTS_PER_SECOND", default_value_t = 10,
+          value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub railway_requests_per_second: u32,
+    #[arg(long, env = "WAKE_RAILWAY_REQUESTS_PER_HOUR", default_value_t = 1000,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub railway_requests_per_hour: u32,
+    /// Railway: the longest a resume may take, from the redeploy to a Postgres login
+    /// (seconds); wakes of Railway endpoints wait this long, not WAKE_WAKE_TIMEOUT_SECONDS.
+    #[arg(long, env = "WAKE_RAILWAY_RESUME_TIMEOUT_SECONDS", default_value_t = 180,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub railway_resume_timeout_seconds: u64,
+    /// Railway: how often a deployment's status is polled while waiting (milliseconds).
+    #[arg(long, env = "WAKE_RAILWAY_POLL_INTERVAL_MS", default_value_t = 1000,
+          value_parser = clap::value_parser!(u64).range(10..=60_000))]
+    pub railway_poll_interval_ms: u64,
+    /// Railway: the cap on each gateway's own pool of direct connections to a Railway
+    /// Postgres (its image keeps max_connections = 100 whatever the size).
+    #[arg(long, env = "WAKE_RAILWAY_POOL_MAX_CONNS", default_value_t = 80,
+          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub railway_pool_max_conns: u32,
+
     /// Validate the configuration, print it, and exit.
     #[arg(long)]
     pub check_config: bool,
@@ -236,6 +276,8 @@ pub struct ServeConfig {
     /// The largest size the API accepts.
     pub max_cu: Cu,
     pub autoscale: AutoscaleConfig,
+    /// The railway driver's settings, when a token is configured.
+    pub railway: Option<RailwayConfig>,
 }
 
 #[derive(Debug, Clone)]
@@ -282,6 +324,7 @@ impl ServeArgs {
     pub fn validate(self) -> anyhow::Result<ServeConfig> {
         let (max_cu, autoscale) = self.autoscale()?;
         let metering = self.metering()?;
+        let railway = self.railway()?;
         let admin_token = secret(self.admin_token, self.admin_token_file, "admin token")?
             .ok_or_else(|| anyhow::anyhow!("set WAKE_ADMIN_TOKEN or WAKE_ADMIN_TOKEN_FILE"))?;
         anyhow::ensure!(
@@ -342,6 +385,7 @@ impl ServeArgs {
             leave_computes_running: self.leave_computes_running,
             quarantine_unknown_computes: self.quarantine_unknown_computes,
             metering,
+            railway,
             max_cu,
             autoscale,
         })
@@ -375,6 +419,35 @@ impl ServeArgs {
     }
 
     /// The size ceiling and the autoscaler's timing.
+    /// The railway driver's settings: None without a token.
+    fn railway(&self) -> anyhow::Result<Option<RailwayConfig>> {
+        let token = secret(
+            self.railway_token.clone(),
+            self.railway_token_file.clone(),
+            "Railway API token",
+        )?;
+        let Some(token) = token else {
+            return Ok(None);
+        };
+        Ok(Some(RailwayConfig {
+            api_url: self.railway_api_url.clone(),
+            token,
+            budget: RateBudget {
+                per_second: self.railway_requests_per_second,
+                per_hour: self.railway_requests_per_hour,
+            },
+            network: if self.railway_network == "public" {
+                Network::Public
+            } else {
+                Network::Private
+            },
+            resume_timeout: Duration::from_secs(self.railway_resume_timeout_seconds),
+            stop_timeout: Duration::from_secs(120),
+            poll_interval: Duration::from_millis(self.railway_poll_interval_ms),
+            pool_max_conns: self.railway_pool_max_conns,
+        }))
+    }
+
     fn autoscale(&self) -> anyhow::Result<(Cu, AutoscaleConfig)> {
         let max_cu = Cu::parse_ceiling("--max-cu", self.max_cu).map_err(anyhow::Error::msg)?;
         let timing = AutoscaleConfig {

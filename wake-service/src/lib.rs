@@ -32,7 +32,9 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::Service;
+use crate::compute::drivers::Drivers;
 use crate::compute::local::LocalDriver;
+use crate::compute::railway::RailwayDriver;
 use crate::config::ServeConfig;
 use crate::leadership::Election;
 use crate::lifecycle::{Computes, LifecycleConfig};
@@ -125,7 +127,14 @@ async fn bootstrap(
         .await
         .context("opening the state store")?;
     let metrics = Arc::new(Metrics::new()?);
-    let driver = Arc::new(LocalDriver::new(config.local.clone()).context("local compute driver")?);
+    let local = LocalDriver::new(config.local.clone()).context("local compute driver")?;
+    let railway = match &config.railway {
+        Some(railway) => {
+            Some(RailwayDriver::new(railway.clone()).context("railway compute driver")?)
+        }
+        None => None,
+    };
+    let driver = Arc::new(Drivers::new(local, railway));
     let computes = Arc::new(Computes::new(
         store,
         driver,

@@ -28,7 +28,7 @@ use wake_service::state_cluster::StateCluster;
 mod common;
 use common::{alive, bouncer_pid, cmdline, pids, processes_of, processes_under, uids, TempRoot};
 use wake_service::compute::{
-    ComputeDriver, ComputeSpec, Health, PoolerRole, PoolerStats, StopMode,
+    ComputeDriver, ComputeSpec, Health, PoolerRole, PoolerStats, StopMode, Target,
 };
 
 /// Postmasters (`postgres -D <pgdata>`) of one data directory. A backend the postmaster just
@@ -91,6 +91,7 @@ fn spec(endpoint: &str) -> ComputeSpec {
         port,
         pooler_port,
         cu: Cu::MIN,
+        target: Target::Local,
     }
 }
 
@@ -310,16 +311,22 @@ async fn local_driver_lifecycle() {
     drop(pooled);
 
     // Destroy: directory and processes gone; idempotent.
-    driver.destroy(&spec.endpoint).await.expect("destroy");
+    driver
+        .destroy_endpoint(&spec.endpoint)
+        .await
+        .expect("destroy");
     assert!(!dir.exists());
     assert_eq!(processes_under(&dir), vec![], "no process after destroy");
-    driver.destroy(&spec.endpoint).await.expect("destroy again");
+    driver
+        .destroy_endpoint(&spec.endpoint)
+        .await
+        .expect("destroy again");
     expect_health(&driver, &spec, Health::Stopped).await;
     assert!(driver.list().await.expect("list").is_empty());
 
     // Names that could leave the root are refused.
     for bad in ["..", "../x", "a/b", ""] {
-        assert!(driver.destroy(bad).await.is_err(), "{bad:?}");
+        assert!(driver.destroy_endpoint(bad).await.is_err(), "{bad:?}");
     }
     assert!(root.exists());
     println!("lifecycle test took {:?}", began.elapsed());
@@ -376,7 +383,7 @@ async fn local_driver_redoes_an_unfinished_create() {
     );
     drop(admin);
     driver
-        .destroy(&spec.endpoint)
+        .destroy_endpoint(&spec.endpoint)
         .await
         .expect("destroy a running compute");
     assert!(!dir.exists());
@@ -1337,7 +1344,10 @@ async fn a_daemon_of_the_tenant_does_not_survive_a_suspend() {
         .expect("task")
         .expect("query");
     assert_eq!(answer, "2");
-    driver.destroy(&spec.endpoint).await.expect("destroy");
+    driver
+        .destroy_endpoint(&spec.endpoint)
+        .await
+        .expect("destroy");
     assert!(
         processes_of(uid).is_empty(),
         "nothing of the user after destroy"
@@ -1933,7 +1943,10 @@ async fn quarantine_moves_a_compute_aside() {
     driver.create(&spec).await.expect("create again");
     driver.start(&spec).await.expect("start");
     assert!(moved.join("pgdata/PG_VERSION").exists());
-    driver.destroy(&spec.endpoint).await.expect("destroy");
+    driver
+        .destroy_endpoint(&spec.endpoint)
+        .await
+        .expect("destroy");
     assert!(moved.exists(), "destroy does not touch the quarantine");
 }
 
@@ -2051,6 +2064,9 @@ async fn data_of_an_earlier_version_is_taken_over() {
     assert_eq!(scalar(&client, "SELECT v FROM s").await, "state");
     drop(client);
     state.stop().await.expect("stop state");
-    driver.destroy(&spec.endpoint).await.expect("destroy");
+    driver
+        .destroy_endpoint(&spec.endpoint)
+        .await
+        .expect("destroy");
     sentinel.check("after destroy");
 }

@@ -74,6 +74,9 @@ pub struct Endpoint {
     /// before this wake service has applied it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub size: Option<ComputeSize>,
+    /// The Railway services of a `railway` endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub railway: Option<RailwayService>,
 }
 
 /// How a running compute's size is applied.
@@ -121,6 +124,24 @@ pub struct CreateEndpoint {
     pub min_cu: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_cu: Option<f64>,
+    /// `local` (the default) or `railway` (then `railway` names the service to bind to).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub driver: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub railway: Option<RailwayService>,
+}
+
+/// An existing Railway Postgres service an endpoint is bound to (`driver: "railway"`), and
+/// the PgBouncer service in front of it, if any. Ids as Railway shows them (project settings,
+/// or the service's URL in the dashboard).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RailwayService {
+    pub project_id: String,
+    pub environment_id: String,
+    pub service_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pooler_service_id: Option<String>,
 }
 
 /// `PATCH /v1/endpoints/{id}`: only the fields present change.

@@ -68,6 +68,7 @@ async fn render(service: &Service, row: EndpointRow) -> Result<Endpoint, ApiErro
         updated_at: row.updated_at,
         last_active: row.last_active,
         suspended_at: row.suspended_at,
+        railway: row.railway.map(|binding| binding.service),
     })
 }
 

@@ -3,7 +3,9 @@
 //! machine and the store; a driver only does what it is told, idempotently, so that a
 //! restarted wake service can repeat any step it was in the middle of.
 
+pub mod drivers;
 pub mod local;
+pub mod railway;
 
 use std::time::Duration;
 
@@ -24,6 +26,28 @@ pub struct ComputeSpec {
     /// The size the compute should have (1 CU = 1 vCPU + 4 GiB in Neon's terms): its CPU and
     /// memory limits, Postgres settings and pool sizes follow it.
     pub cu: Cu,
+    /// Which driver runs it, and where.
+    pub target: Target,
+}
+
+/// Where an endpoint's compute runs: the driver named in the store, with what that driver
+/// needs to find it.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Target {
+    /// Processes on this host ([`local::LocalDriver`]); `port` and `pooler_port` are theirs.
+    Local,
+    /// A Railway Postgres service (and its PgBouncer service) this endpoint is bound to.
+    Railway(railway::Binding),
+}
+
+impl Target {
+    /// The driver's name, as stored and shown in the API.
+    pub fn driver(&self) -> &'static str {
+        match self {
+            Target::Local => local::NAME,
+            Target::Railway(_) => railway::NAME,
+        }
+    }
 }
 
 /// A login role as the compute's pooler must know it: its name and SCRAM-SHA-256 verifier
@@ -174,8 +198,15 @@ pub trait ComputeDriver: Send + Sync + 'static {
     /// What the compute uses now, without waking anything.
     async fn load(&self, spec: &ComputeSpec) -> Result<ComputeLoad, ComputeError>;
 
-    /// Stops whatever runs for `endpoint` and deletes its data. Idempotent.
-    async fn destroy(&self, endpoint: &str) -> Result<(), ComputeError>;
+    /// Removes what this driver created for the compute: for `local`, whatever runs for it
+    /// and its data. Idempotent.
+    async fn destroy(&self, spec: &ComputeSpec) -> Result<(), ComputeError>;
+
+    /// Whether the compute stops when the wake service does (`local`: its processes are the
+    /// wake service's children in all but name), rather than running on without it.
+    fn stops_with_service(&self, _spec: &ComputeSpec) -> bool {
+        true
+    }
 
     /// Whether the compute runs and answers.
     async fn health(&self, spec: &ComputeSpec) -> Result<Health, ComputeError>;

@@ -41,7 +41,10 @@ mod resize;
 pub use self::resize::{stored_cu, stored_range, ResizeCause};
 
 use crate::autoscale::sizing::Cu;
-use crate::compute::{ComputeDriver, ComputeError, ComputeSpec, Health, PoolerRole, StopMode};
+use crate::compute::drivers::Drivers;
+use crate::compute::{
+    local, railway, ComputeDriver, ComputeError, ComputeSpec, Health, PoolerRole, StopMode, Target,
+};
 use crate::jwt;
 use crate::metrics::{self, Metrics};
 use crate::roles;
@@ -190,7 +193,7 @@ fn held(row: &EndpointRow) -> bool {
 
 pub struct Computes {
     store: Store,
-    driver: Arc<dyn ComputeDriver>,
+    driver: Arc<Drivers>,
     config: LifecycleConfig,
     metrics: Arc<Metrics>,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -199,7 +202,7 @@ pub struct Computes {
 impl Computes {
     pub fn new(
         store: Store,
-        driver: Arc<dyn ComputeDriver>,
+        driver: Arc<Drivers>,
         config: LifecycleConfig,
         metrics: Arc<Metrics>,
     ) -> Computes {
@@ -230,6 +233,10 @@ impl Computes {
             port: row.port,
             pooler_port: row.pooler_port,
             cu: stored_cu(row.current_cu),
+            target: match &row.railway {
+                Some(binding) => Target::Railway(binding.clone()),
+                None => Target::Local,
+            },
         }
     }
 
@@ -241,6 +248,12 @@ impl Computes {
     }
 
     pub fn addresses(&self, row: &EndpointRow) -> Addresses {
+        if let Some(binding) = &row.railway {
+            return Addresses {
+                direct: binding.direct.clone(),
+                pooler: binding.pooler.clone(),
+            };
+        }
         let host = &self.config.host;
         let host = if host.contains(':') {
             format!("[{host}]")
@@ -412,9 +425,16 @@ impl Computes {
         let range = self.parse_range(min_cu, request.max_cu.unwrap_or(min_cu))?;
         let (min_cu, max_cu) = (range.min().as_f64(), range.max().as_f64());
         let _guard = self.lock(&request.id).await?;
+        let railway = self.railway_binding(request).await?;
         let new = NewEndpoint {
             id: request.id.clone(),
-            driver: self.driver.name().to_owned(),
+            driver: if railway.is_some() {
+                railway::NAME
+            } else {
+                local::NAME
+            }
+            .to_owned(),
+            railway,
             suspend_timeout_seconds: suspend,
             min_cu,
             max_cu,
@@ -442,6 +462,37 @@ impl Computes {
         self.finish_create(row).await
     }
 
+    /// For `driver: "railway"`, the binding to the named services (checked and resolved
+    /// through Railway's API, before anything is stored); None for `local`.
+    async fn railway_binding(
+        &self,
+        request: &CreateEndpoint,
+    ) -> Result<Option<railway::Binding>, LifecycleError> {
+        match (request.driver.as_deref(), &request.railway) {
+            (None | Some(local::NAME), None) => Ok(None),
+            (Some(railway::NAME), Some(service)) => {
+                let driver = self
+                    .driver
+                    .railway()
+                    .map_err(|e| LifecycleError::Invalid(e.to_string()))?;
+                let binding = driver.resolve(&request.id, service).await;
+                binding.map(Some).map_err(|e| {
+                    LifecycleError::Invalid(format!("cannot bind to the Railway service: {e}"))
+                })
+            }
+            (Some(railway::NAME), None) => Err(LifecycleError::Invalid(
+                "driver \"railway\" needs \"railway\": {project_id, environment_id, service_id}"
+                    .to_owned(),
+            )),
+            (None | Some(local::NAME), Some(_)) => Err(LifecycleError::Invalid(
+                "\"railway\" is only for driver \"railway\"".to_owned(),
+            )),
+            (Some(other), _) => Err(LifecycleError::Invalid(format!(
+                "unknown driver '{other}': use \"local\" or \"railway\""
+            ))),
+        }
+    }
+
     /// The driver half of create, also run by reconcile for a create cut short by a crash.
     /// A create that fails is rolled back: the compute's files and the store row go.
     async fn finish_create(&self, row: EndpointRow) -> Result<EndpointRow, LifecycleError> {
@@ -462,7 +513,7 @@ impl Computes {
             }
             Err(source) => {
                 tracing::error!(endpoint = %row.id, error = %source, "create failed; rolling back");
-                if let Err(e) = self.driver.destroy(&row.id).await {
+                if let Err(e) = self.driver.destroy(&spec).await {
                     tracing::error!(endpoint = %row.id, error = %e, "rollback could not remove the compute");
                     return Err(self.fail(&row.id, source).await);
                 }
@@ -962,7 +1013,7 @@ impl Computes {
             None,
         )
         .await?;
-        self.finish_delete(id).await?;
+        self.finish_delete(&row).await?;
         self.forget_lock(id);
         Ok(())
     }
@@ -976,8 +1027,9 @@ impl Computes {
             .remove(id);
     }
 
-    async fn finish_delete(&self, id: &str) -> Result<(), LifecycleError> {
-        if let Err(source) = self.driver.destroy(id).await {
+    async fn finish_delete(&self, row: &EndpointRow) -> Result<(), LifecycleError> {
+        let id = row.id.as_str();
+        if let Err(source) = self.driver.destroy(&Self::spec(row)).await {
             return Err(self.fail(id, source).await);
         }
         self.store.delete_endpoint(id).await?;
@@ -1589,7 +1641,7 @@ impl Computes {
             }
             (Some(Operation::Delete), _) => {
                 tracing::info!(endpoint = id, "finishing a delete cut short");
-                self.finish_delete(id).await
+                self.finish_delete(row).await
             }
             (Some(Operation::Suspend), _)
             | (None, EndpointState::Suspending | EndpointState::Suspended) => {
@@ -1787,7 +1839,8 @@ impl Computes {
             if matches!(
                 row.state,
                 EndpointState::Active | EndpointState::Resuming | EndpointState::Suspended
-            ) {
+            ) && self.driver.stops_with_service(&Self::spec(&row))
+            {
                 if let Err(e) = self.suspend(&row.id, SuspendRequest::Shutdown).await {
                     tracing::error!(endpoint = %row.id, error = %e, "could not stop compute on exit");
                 }

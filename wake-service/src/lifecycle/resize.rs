@@ -8,6 +8,7 @@ use wake_api::admin::EndpointState;
 
 use super::{compute_error, Computes, LifecycleError};
 use crate::autoscale::sizing::{Cu, CuRange, SizeError, MAX_CEILING};
+use crate::compute::ComputeDriver;
 use crate::store::EndpointRow;
 
 /// Who resized, for the event and the `wake_autoscale_resizes_total{cause}` label.

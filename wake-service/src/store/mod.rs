@@ -15,6 +15,7 @@ use tokio_postgres::{NoTls, Row};
 use wake_api::admin::{ComputeEvent, Database, EndpointState};
 use wake_api::proxy::JwksSettings;
 
+use crate::compute::railway::Binding;
 use crate::jwt::RoleLogin;
 
 mod usage;
@@ -39,6 +40,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
     ),
     (4, "jwt", include_str!("../../migrations/0004_jwt.sql")),
     (5, "usage", include_str!("../../migrations/0005_usage.sql")),
+    (
+        6,
+        "railway",
+        include_str!("../../migrations/0006_railway.sql"),
+    ),
 ];
 
 /// How long the ports of a deleted endpoint are not given to another one: longer than a
@@ -145,6 +151,8 @@ pub struct EndpointRow {
     /// The compute's roles and security baseline must be applied again the next time it
     /// runs (endpoints made by earlier versions).
     pub sync_needed: bool,
+    /// The Railway services of a `railway` endpoint.
+    pub railway: Option<Binding>,
 }
 
 impl EndpointRow {
@@ -174,6 +182,11 @@ impl EndpointRow {
             suspended_at: row.try_get("suspended_at")?,
             held_until: row.try_get("held_until")?,
             sync_needed: row.try_get("sync_needed")?,
+            railway: row
+                .try_get::<_, Option<serde_json::Value>>("railway")?
+                .map(serde_json::from_value)
+                .transpose()
+                .map_err(|e| StoreError::Build(format!("railway binding: {e}")))?,
         })
     }
 }
@@ -225,6 +238,8 @@ pub struct RoleChanges {
 pub struct NewEndpoint {
     pub id: String,
     pub driver: String,
+    /// For `railway`, the services it is bound to.
+    pub railway: Option<Binding>,
     pub suspend_timeout_seconds: i64,
     pub min_cu: f64,
     pub max_cu: f64,
@@ -380,11 +395,18 @@ impl Store {
                 return Err(StoreError::NoFreePort(ports));
             };
             let tx = client.transaction().await?;
+            let railway = new
+                .railway
+                .as_ref()
+                .map(serde_json::to_value)
+                .transpose()
+                .map_err(|e| StoreError::Build(format!("railway binding: {e}")))?;
             let inserted = tx
                 .query_one(
                     "INSERT INTO endpoints (id, state, operation, operation_started_at, driver,
-                        port, pooler_port, suspend_timeout_seconds, min_cu, max_cu, current_cu)
-                     VALUES ($1, 'resuming', 'create', now(), $2, $3, $4, $5, $6, $7, $6)
+                        port, pooler_port, suspend_timeout_seconds, min_cu, max_cu, current_cu,
+                        railway)
+                     VALUES ($1, 'resuming', 'create', now(), $2, $3, $4, $5, $6, $7, $6, $8)
                      RETURNING *",
                     &[
                         &new.id,
@@ -394,6 +416,7 @@ impl Store {
                         &new.suspend_timeout_seconds,
                         &new.min_cu,
                         &new.max_cu,
+                        &railway,
                     ],
                 )
                 .await;

@@ -238,6 +238,9 @@ use super::{
     StopMode,
 };
 
+/// The driver's name in the store and the API.
+pub const NAME: &str = "local";
+
 /// The longest unix socket path the kernel binds (sun_path is 108 bytes with the NUL).
 const MAX_SOCKET_PATH: usize = 107;
 /// Written last by create (and by the state store's start).
@@ -974,6 +977,21 @@ impl std::fmt::Debug for LocalDriver {
 }
 
 impl LocalDriver {
+    /// Stops whatever runs for `endpoint` and deletes its data and OS user. Idempotent.
+    pub async fn destroy_endpoint(&self, endpoint: &str) -> Result<(), ComputeError> {
+        let path = self.endpoint_dir(endpoint)?;
+        // The lock entry stays: a waiter may hold it, and a fresh one would not exclude it.
+        let _guard = self.lock(endpoint).await;
+        if let Some(dir) = self.halt_endpoint(endpoint, &path).await? {
+            tracing::info!(endpoint, dir = %path.display(), "destroying compute");
+            drop(dir);
+            process::remove_tree(path).await?;
+        }
+        self.forget_size(endpoint);
+        self.cgroups.remove(endpoint);
+        self.setup.remove_identity(endpoint).await
+    }
+
     /// Checks the binaries and the OS user(s), creates `root` and makes it reachable for the
     /// computes' users (and, with one user per endpoint, closed to listing: 0711).
     pub fn new(config: LocalConfig) -> Result<LocalDriver, ComputeError> {
@@ -1424,7 +1442,7 @@ impl LocalDriver {
 #[async_trait]
 impl ComputeDriver for LocalDriver {
     fn name(&self) -> &'static str {
-        "local"
+        NAME
     }
 
     async fn create(&self, spec: &ComputeSpec) -> Result<(), ComputeError> {
@@ -1698,18 +1716,8 @@ impl ComputeDriver for LocalDriver {
         Ok(load)
     }
 
-    async fn destroy(&self, endpoint: &str) -> Result<(), ComputeError> {
-        let path = self.endpoint_dir(endpoint)?;
-        // The lock entry stays: a waiter may hold it, and a fresh one would not exclude it.
-        let _guard = self.lock(endpoint).await;
-        if let Some(dir) = self.halt_endpoint(endpoint, &path).await? {
-            tracing::info!(endpoint, dir = %path.display(), "destroying compute");
-            drop(dir);
-            process::remove_tree(path).await?;
-        }
-        self.forget_size(endpoint);
-        self.cgroups.remove(endpoint);
-        self.setup.remove_identity(endpoint).await
+    async fn destroy(&self, spec: &ComputeSpec) -> Result<(), ComputeError> {
+        self.destroy_endpoint(&spec.endpoint).await
     }
 
     async fn health(&self, spec: &ComputeSpec) -> Result<Health, ComputeError> {

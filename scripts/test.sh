@@ -163,6 +163,7 @@ if [[ "$SKIP_RUST" != "1" ]]; then
 else
   skipped "Rust checks (SKIP_RUST=1)"
 fi
+step "deploy files (scripts/check-deploy.sh)" bash "$SCRIPT_DIR/check-deploy.sh"
 
 # --- 2. Node suite against a real gateway --------------------------------------------
 

@@ -221,6 +221,7 @@ npm_test() {
       WAKE_PROXY_TOKEN="$WAKE_PROXY_TOKEN" \
       WAKE_BIN="$WAKE_BIN" \
       GATEWAY_BIN="$GATEWAY_BIN" \
+      RAILWAY_DOUBLE_BIN="$TARGET_DIR/debug/examples/railway_double" \
       run_node_tests
   ) || rc=$?
   if ((rc != 0)); then
@@ -284,6 +285,8 @@ fi
 if [[ "$SKIP_NODE" != "1" ]]; then
   [[ -f sdk-tests/package.json ]] || die "sdk-tests/package.json is missing"
   step "cargo build -p gateway -p wake-service" cargo build -p gateway -p wake-service
+  # The Railway API double for railway.test.js (test tooling, tests/railway_double).
+  step "cargo build --example railway_double" cargo build -p wake-service --example railway_double
   [[ -x "$GATEWAY_BIN" ]] || die "no gateway binary at $GATEWAY_BIN after the build"
   [[ -x "$WAKE_BIN" ]] || die "no wake-service binary at $WAKE_BIN after the build"
   STACK_LOGS=1

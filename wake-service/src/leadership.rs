@@ -4,6 +4,12 @@
 //! creates the default endpoint and runs the suspend [`scheduler`], the [`autoscaler`] and metering's checkpoints
 //! ([`Metering::run`]); the others serve the API
 //! and try for the lock every [`LEADER_RETRY`].
+//!
+//! The leader watches its lock: the lock lives as long as its connection, and a connection
+//! can go without the replica dying (the store restarted, a proxy or an operator closed it).
+//! A leader whose lock connection closed, or stopped answering within [`LOCK_ANSWER`], stops
+//! its scheduler and goes back to following, so that two replicas never go on leading at
+//! once. `wake_leader` in the metrics is 1 on the replica that leads.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,19 +27,20 @@ use crate::{autoscaler, scheduler};
 
 /// How often a replica that is not the leader tries to become it.
 pub const LEADER_RETRY: Duration = Duration::from_secs(2);
+/// How often the leader looks whether its lock connection closed (no round trip).
+const LOCK_WATCH: Duration = Duration::from_millis(100);
+/// How often the leader asks the store over its lock connection (a connection that dies
+/// silently is only found by asking; the question also keeps it from looking idle).
+const LOCK_PROBE: Duration = Duration::from_secs(2);
+/// How long that question may take before the leader gives the lock up.
+const LOCK_ANSWER: Duration = Duration::from_secs(10);
 
 /// This replica's part in the election, from startup until shutdown.
 pub struct Election {
-    /// The lock, once held; or the task trying for it, which returns it.
-    state: State,
-    /// Stops the scheduler (before computes are stopped).
-    scheduling: CancellationToken,
-    scheduler_tasks: TaskTracker,
-}
-
-enum State {
-    Leading(Leadership),
-    Following(JoinHandle<Option<Leadership>>),
+    /// Holds the lock (watching it) or tries for it; returns it when it holds it at the end.
+    campaign: JoinHandle<Option<Leadership>>,
+    /// Ends the campaign ([`Election::finish`]).
+    stop: CancellationToken,
 }
 
 impl Election {
@@ -50,43 +57,41 @@ impl Election {
             computes: computes.clone(),
             metering: metering.clone(),
             config: config.clone(),
-            scheduling: CancellationToken::new(),
-            scheduler_tasks: TaskTracker::new(),
         };
-        let (scheduling, scheduler_tasks) =
-            (leader.scheduling.clone(), leader.scheduler_tasks.clone());
-        let state = match computes.store().try_lead().await? {
+        computes.metrics().leader.set(0);
+        let lead = match computes.store().try_lead().await? {
             Some(lock) => {
-                leader.take_over().await?;
-                State::Leading(lock)
+                leader.startup().await?;
+                tracing::info!("leading: this replica holds the leader lock");
+                Some((lock, leader.start_scheduler()))
             }
             None => {
                 tracing::info!("another replica leads; serving the API and waiting to take over");
-                State::Following(tokio::spawn(follow(
-                    computes.store().clone(),
-                    leader,
-                    shutdown.clone(),
-                )))
+                None
             }
         };
-        Ok(Election {
-            state,
-            scheduling,
-            scheduler_tasks,
-        })
+        let stop = CancellationToken::new();
+        let campaign = tokio::spawn(campaign(
+            computes.store().clone(),
+            leader,
+            lead,
+            shutdown.clone(),
+            stop.clone(),
+        ));
+        Ok(Election { campaign, stop })
     }
 
-    /// Once `shutdown` fired: stops following and waits for the scheduler to stop. Returns the
-    /// leader lock when this replica leads (drop it to let another lead).
+    /// Once `shutdown` fired: stops following, or stops the scheduler and returns the leader
+    /// lock when this replica leads (drop it to let another lead).
     pub async fn finish(self) -> Option<Leadership> {
-        let lock = match self.state {
-            State::Leading(lock) => Some(lock),
-            State::Following(task) => task.await.ok().flatten(),
-        };
-        self.scheduling.cancel();
-        self.scheduler_tasks.close();
-        self.scheduler_tasks.wait().await;
-        lock
+        self.stop.cancel();
+        match self.campaign.await {
+            Ok(lock) => lock,
+            Err(e) => {
+                tracing::error!(error = %e, "the leader election task failed");
+                None
+            }
+        }
     }
 }
 
@@ -95,21 +100,25 @@ struct Leader {
     computes: Arc<Computes>,
     metering: Arc<Metering>,
     config: ServeConfig,
+}
+
+/// The scheduler, the autoscaler and metering's loop of one term as leader.
+struct Term {
     scheduling: CancellationToken,
-    scheduler_tasks: TaskTracker,
+    tasks: TaskTracker,
+}
+
+impl Term {
+    /// Stops the term's loops and waits for them (an operation they started finishes).
+    async fn end(self) {
+        self.scheduling.cancel();
+        self.tasks.close();
+        self.tasks.wait().await;
+    }
 }
 
 impl Leader {
-    /// Reconciles computes with the store, creates the default endpoint on first start, then
-    /// starts the scheduler; an error (which refuses the start) starts nothing.
-    async fn take_over(&self) -> anyhow::Result<()> {
-        let startup = self.startup().await;
-        if startup.is_ok() {
-            self.start_scheduler();
-        }
-        startup
-    }
-
+    /// Reconciles computes with the store and creates the default endpoint on first start.
     async fn startup(&self) -> anyhow::Result<()> {
         self.computes
             .reconcile()
@@ -129,37 +138,92 @@ impl Leader {
         Ok(())
     }
 
-    fn start_scheduler(&self) {
-        self.scheduler_tasks.spawn(scheduler::run(
+    fn start_scheduler(&self) -> Term {
+        let term = Term {
+            scheduling: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+        };
+        term.tasks.spawn(scheduler::run(
             self.computes.clone(),
             self.config.scheduler,
-            self.scheduling.clone(),
+            term.scheduling.clone(),
         ));
-        self.scheduler_tasks
-            .spawn(self.metering.clone().run(self.scheduling.clone()));
-        self.scheduler_tasks.spawn(autoscaler::run(
+        term.tasks
+            .spawn(self.metering.clone().run(term.scheduling.clone()));
+        term.tasks.spawn(autoscaler::run(
             self.computes.clone(),
             self.config.autoscale.clone(),
-            self.scheduling.clone(),
+            term.scheduling.clone(),
         ));
+        self.computes.metrics().leader.set(1);
+        term
+    }
+
+    /// Takes over after another leader went: a failed reconcile is logged, and the scheduler
+    /// runs anyway.
+    async fn take_over(&self) -> Term {
+        tracing::info!("became the leader");
+        if let Err(e) = self.startup().await {
+            tracing::error!(error = %e, "leader startup failed");
+        }
+        self.start_scheduler()
     }
 }
 
-/// Tries for the lock every [`LEADER_RETRY`] until `shutdown`; once it holds it, leads (a
-/// failed reconcile is logged, and the scheduler runs anyway) and returns it.
-async fn follow(store: Store, leader: Leader, shutdown: CancellationToken) -> Option<Leadership> {
+/// The election from startup to `stop`: while leading, watches the lock and steps down when
+/// it is lost; while following, tries for the lock every [`LEADER_RETRY`] until `shutdown`.
+async fn campaign(
+    store: Store,
+    leader: Leader,
+    mut lead: Option<(Leadership, Term)>,
+    shutdown: CancellationToken,
+    stop: CancellationToken,
+) -> Option<Leadership> {
     loop {
+        if let Some((lock, term)) = lead.take() {
+            if watch(&lock, &stop).await {
+                term.end().await;
+                return Some(lock);
+            }
+            tracing::error!(
+                "lost the leader lock (its state-store connection closed or stopped answering): \
+                 stopping the scheduler and following"
+            );
+            leader.computes.metrics().leader.set(0);
+            // The lock (if it is only slow to answer) goes once the term's work is done.
+            term.end().await;
+            drop(lock);
+        }
         tokio::select! {
             () = shutdown.cancelled() => return None,
+            () = stop.cancelled() => return None,
             () = tokio::time::sleep(LEADER_RETRY) => {}
         }
         if let Ok(Some(lock)) = store.try_lead().await {
-            tracing::info!("became the leader");
-            if let Err(e) = leader.startup().await {
-                tracing::error!(error = %e, "leader startup failed");
+            let term = leader.take_over().await;
+            lead = Some((lock, term));
+        }
+    }
+}
+
+/// Waits until `stop` fires (true) or the lock is lost (false).
+async fn watch(lock: &Leadership, stop: &CancellationToken) -> bool {
+    let mut watched = Duration::ZERO;
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return true,
+            () = tokio::time::sleep(LOCK_WATCH) => {}
+        }
+        watched += LOCK_WATCH;
+        if lock.connection_closed() {
+            return false;
+        }
+        if watched >= LOCK_PROBE {
+            watched = Duration::ZERO;
+            tokio::select! {
+                () = stop.cancelled() => return true,
+                held = lock.held(LOCK_ANSWER) => if !held { return false },
             }
-            leader.start_scheduler();
-            return Some(lock);
         }
     }
 }

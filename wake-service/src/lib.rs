@@ -72,12 +72,11 @@ async fn state_store(
     config: &ServeConfig,
 ) -> anyhow::Result<(tokio_postgres::Config, Option<StateCluster>)> {
     match &config.database_url {
-        Some(url) => Ok((
-            url.0
-                .parse::<tokio_postgres::Config>()
-                .context("WAKE_DATABASE_URL is not a valid Postgres connection string")?,
-            None,
-        )),
+        Some(url) => {
+            let store = external_store(&url.0)?;
+            answers(&store).await.context("opening the state store")?;
+            Ok((store, None))
+        }
         None => {
             let dir = config.data_dir.join("state");
             let cluster = StateCluster::start(&config.local, &dir)
@@ -86,6 +85,49 @@ async fn state_store(
             Ok((cluster.connection_config(), Some(cluster)))
         }
     }
+}
+
+/// How long a connection to an external state store may take unless its URL says
+/// (`connect_timeout`): an unreachable store fails the start, or an operation, in bounded time.
+const STORE_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// How long an external state store may take to let the service in (connect, log in) at
+/// startup: one that accepts connections and never answers (a hung server, a broken proxy)
+/// fails the start instead of holding it forever. Migrations are not bounded.
+const STORE_ANSWER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// The external store's connection settings from `--database-url` (never echoed: it holds a
+/// password), with a connect timeout and the application name (what `pg_stat_activity`
+/// shows) unless the URL sets them.
+fn external_store(url: &str) -> anyhow::Result<tokio_postgres::Config> {
+    let mut store = url.parse::<tokio_postgres::Config>().context(
+        "the state store's WAKE_DATABASE_URL (--database-url) is not a valid Postgres \
+         connection string (postgres://user:password@host:port/database)",
+    )?;
+    if store.get_connect_timeout().is_none() {
+        store.connect_timeout(STORE_CONNECT_TIMEOUT);
+    }
+    if store.get_application_name().is_none() {
+        store.application_name("wake-service");
+    }
+    Ok(store)
+}
+
+/// Logs in to the external store once, bounded by [`STORE_ANSWER_TIMEOUT`].
+async fn answers(store: &tokio_postgres::Config) -> anyhow::Result<()> {
+    let (client, connection) =
+        tokio::time::timeout(STORE_ANSWER_TIMEOUT, store.connect(tokio_postgres::NoTls))
+            .await
+            .map_err(|_| {
+                anyhow::anyhow!(
+                    "the state store did not answer within {} s",
+                    STORE_ANSWER_TIMEOUT.as_secs()
+                )
+            })??;
+    drop(client);
+    // With its client gone the connection says goodbye and ends.
+    tokio::spawn(connection);
+    Ok(())
 }
 
 /// [`run`] once the state store runs: bootstrap, leadership, serving, then the leader's

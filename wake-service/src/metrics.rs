@@ -40,6 +40,9 @@ pub struct Metrics {
     pub role_changes_unacknowledged: IntCounter,
     /// Compute directories the store did not know, moved aside at startup.
     pub computes_quarantined: IntCounter,
+    /// 1 while this replica holds the leader lock (it reconciles and runs the scheduler, the
+    /// autoscaler and metering's loop), else 0: with replicas on one store, exactly one says 1.
+    pub leader: IntGauge,
     /// Metering.
     pub usage: UsageMetrics,
     /// Autoscaling.
@@ -300,6 +303,11 @@ impl Metrics {
             "wake_computes_quarantined_total",
             "Compute directories the state store did not know, moved aside at startup",
         )?;
+        let leader = IntGauge::new(
+            "wake_leader",
+            "1 while this replica holds the leader lock (reconcile, scheduler, autoscaler, metering), else 0",
+        )?;
+        registry.register(Box::new(leader.clone()))?;
         registry.register(Box::new(role_operations.clone()))?;
         registry.register(Box::new(role_changes_unacknowledged.clone()))?;
         registry.register(Box::new(computes_quarantined.clone()))?;
@@ -332,6 +340,7 @@ impl Metrics {
             role_operations,
             role_changes_unacknowledged,
             computes_quarantined,
+            leader,
         })
     }
 

@@ -374,6 +374,8 @@ async fn a_railway_endpoint_suspends_wakes_resizes_and_unbinds() {
         .await;
     let resume = started.elapsed();
     assert_eq!(woken["address"], direct);
+    // The gateways' pool cap: the size's (88 at 0.25 CU), capped for Railway's Postgres.
+    assert_eq!(woken["pool_max_conns"], 80);
     assert_eq!(double.count("DeploymentRedeploy"), 1);
     let deployments = double.deployments("svc-pg");
     assert_eq!(
@@ -454,6 +456,48 @@ async fn a_railway_endpoint_suspends_wakes_resizes_and_unbinds() {
     })
     .await;
     assert!(double.count("Metrics") >= 2);
+
+    // A redeploy that crashes: the wake fails with Railway's status in the answer and in the
+    // endpoint's events; the next wake redeploys again.
+    wake.expect(
+        Method::POST,
+        "/v1/endpoints/rw/suspend?force=true",
+        None,
+        200,
+    )
+    .await;
+    wake.wait_state("rw", "suspended").await;
+    double.fault("DeploymentRedeploy", Fault::Crash);
+    let (status, error) = wake.call(Method::POST, "/v1/endpoints/rw/wake", None).await;
+    assert!(status >= 500, "{status}: {error}");
+    assert!(error.to_string().contains("CRASHED"), "{error}");
+    let events = wake
+        .expect(Method::GET, "/v1/endpoints/rw/events", None, 200)
+        .await;
+    assert!(events.to_string().contains("CRASHED"), "{events}");
+    wake.expect(Method::POST, "/v1/endpoints/rw/wake", None, 200)
+        .await;
+    wake.wait_state("rw", "active").await;
+
+    // One endpoint per service; the CLI binds like the API does.
+    let cli = tokio::process::Command::new(env!("CARGO_BIN_EXE_wake-service"))
+        .args(["endpoints", "create", "rw2", "--railway-service", "svc-pg"])
+        .args([
+            "--railway-project",
+            "prj-1",
+            "--railway-environment",
+            "env-1",
+        ])
+        .args(["--url", &wake.url, "--token", ADMIN])
+        .output()
+        .await
+        .expect("the CLI runs");
+    let stderr = String::from_utf8_lossy(&cli.stderr);
+    assert!(!cli.status.success(), "a second binding is refused");
+    assert!(
+        stderr.contains("already bound to endpoint 'rw'"),
+        "{stderr}"
+    );
 
     // Delete: unbound, and nothing of the user's removed on Railway.
     wake.expect(Method::DELETE, "/v1/endpoints/rw", None, 204)

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
-use wake_api::proxy::REPORT_INTERVAL_MS;
+use wake_api::proxy::{MAX_PEER_ADDRESS, REPORT_INTERVAL_MS};
 
 use crate::auth::jwt::JwtConfig;
 use crate::auth::HashingLimits;
@@ -19,6 +19,7 @@ use crate::control_plane::routes::{Route, RouteCacheConfig};
 use crate::frontend::config::SessionConfig;
 use crate::frontend::config::{ClientLimits, HttpConfig};
 use crate::pgwire::scram;
+use crate::proxy::cancel::{CancelConfig, AUTO_PEER_ADDRESS};
 use crate::proxy::pool::PoolConfig;
 
 #[derive(Parser, Debug, Clone)]
@@ -70,6 +71,24 @@ pub struct Args {
     #[arg(long, env = "GATEWAY_ACTIVITY_INTERVAL_MS", default_value_t = 1000)]
     pub activity_interval_ms: u64,
 
+    /// Where the other gateway replicas behind the same load balancer reach this one's admin
+    /// listener (`host:port`, e.g. the pod's IP and the admin port; the admin listener must
+    /// listen there too). Set on every replica: it is reported to the control plane, which
+    /// tells each gateway where the others are, and a CancelRequest that reaches a replica
+    /// other than the session's is forwarded there (`POST /internal/cancel`, signed with a key
+    /// derived from the control-plane token, so the replicas must share it). `auto`: the
+    /// address this host reaches the control plane from, with the admin listener's port (a
+    /// Railway replica's private address, a pod's IP). Unset: a single replica. Needs
+    /// --control-plane-url, --control-plane-token and activity reports.
+    #[arg(long, env = "GATEWAY_PEER_ADDR")]
+    pub peer_addr: Option<String>,
+
+    /// CancelRequests per second from one client address (an IPv6 client's /64), with a burst
+    /// of one second's worth; more are dropped unanswered (a forwarded one counts again on the
+    /// replica it is forwarded to). 0: no limit.
+    #[arg(long, env = "GATEWAY_MAX_CANCEL_RPS_PER_IP", default_value_t = 100)]
+    pub max_cancel_rps_per_ip: u32,
+
     /// Seconds an endpoint's JWKS rules (and its JWT roles' logins) from the control plane are
     /// cached: a deleted rule stops working within this time.
     #[arg(long, env = "GATEWAY_JWT_RULES_TTL_SECONDS", default_value_t = 30)]
@@ -112,6 +131,12 @@ pub struct Args {
     /// Milliseconds before the first wake retry; later retries wait `factor` times longer each.
     #[arg(long, env = "GATEWAY_WAKE_RETRY_BASE_MS", default_value_t = 100)]
     pub wake_retry_base_ms: u64,
+
+    /// The longest a wake is retried when the control plane says the endpoint's compute
+    /// resumes in seconds (a Railway endpoint: the wake service names its budget, this caps it).
+    #[arg(long, env = "GATEWAY_WAKE_BUDGET_MAX_SECONDS", default_value_t = 300,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub wake_budget_max_seconds: u64,
 
     /// Growth of the wake retry delay per retry.
     #[arg(long, env = "GATEWAY_WAKE_RETRY_FACTOR", default_value_t = RetryConfig::WAKE.factor)]
@@ -322,6 +347,8 @@ pub struct Config {
     pub http: HttpConfig,
     pub clients: ClientLimits,
     pub endpoint_limits: EndpointLimitsConfig,
+    /// The cancel rate limit, and where other gateway replicas forward cancel requests to.
+    pub cancels: CancelConfig,
     pub shutdown_timeout: Duration,
 }
 
@@ -357,6 +384,12 @@ pub enum ConfigError {
     RequireTlsWithoutCertificate,
     #[error("max-scram-iterations must be at least 4096 (Postgres's default)")]
     ScramIterations,
+    #[error("invalid peer-addr '{0}': use host:port, the address other gateways reach this one's admin listener at")]
+    PeerAddr(String),
+    #[error("--peer-addr needs {0}")]
+    PeerAddrNeeds(&'static str),
+    #[error("the admin listener ({0}) takes loopback connections only: other replicas cannot reach it at --peer-addr {1}; listen on an address they reach (e.g. --admin-listen 0.0.0.0:4480)")]
+    PeerAddrUnreachable(SocketAddr, String),
     #[error(transparent)]
     Tls(#[from] crate::frontend::tls::TlsError),
 }
@@ -385,6 +418,7 @@ impl Args {
         let activity_interval = activity_interval(self.activity_interval_ms)?;
         let pool = self.pool()?;
         let control_plane = self.control_plane()?;
+        let cancels = self.cancels(control_plane.as_ref(), activity_interval)?;
         let route_cache = self.route_cache();
         let sessions = self.sessions(domains);
         let http = self.http();
@@ -432,6 +466,7 @@ impl Args {
                 max_connections: self.max_endpoint_connections,
                 max_rps: (self.max_endpoint_rps > 0).then_some(self.max_endpoint_rps),
             },
+            cancels,
             shutdown_timeout: Duration::from_secs(self.shutdown_timeout_seconds),
         })
     }
@@ -573,6 +608,45 @@ impl Args {
         }))
     }
 
+    /// CancelRequests: the rate per client address, and `--peer-addr` (checked: `host:port`,
+    /// with a control plane, its token and activity reports, which carry it to the others).
+    fn cancels(
+        &self,
+        control_plane: Option<&ControlPlaneConfig>,
+        activity_interval: Option<Duration>,
+    ) -> Result<CancelConfig, ConfigError> {
+        let peer_address = match self.peer_addr.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(address) => {
+                // `auto` is resolved at start (`app::serve`), and checked then.
+                let auto = address == AUTO_PEER_ADDRESS;
+                if !auto && !peer_address(address) {
+                    return Err(ConfigError::PeerAddr(address.to_owned()));
+                }
+                if !auto && self.admin_listen.ip().is_loopback() && !loopback_host(address) {
+                    let address = address.to_owned();
+                    return Err(ConfigError::PeerAddrUnreachable(self.admin_listen, address));
+                }
+                match control_plane {
+                    None => return Err(ConfigError::PeerAddrNeeds("--control-plane-url")),
+                    Some(cp) if cp.token.is_none() => {
+                        return Err(ConfigError::PeerAddrNeeds("--control-plane-token"))
+                    }
+                    Some(_) if activity_interval.is_none() => {
+                        return Err(ConfigError::PeerAddrNeeds(
+                            "activity reports (--activity-interval-ms above 0)",
+                        ))
+                    }
+                    Some(_) => Some(address.to_owned()),
+                }
+            }
+        };
+        Ok(CancelConfig {
+            max_rps_per_ip: (self.max_cancel_rps_per_ip > 0).then_some(self.max_cancel_rps_per_ip),
+            peer_address,
+        })
+    }
+
     /// The control plane's route and role-secret caches, and how waking is retried.
     fn route_cache(&self) -> RouteCacheConfig {
         RouteCacheConfig {
@@ -585,6 +659,7 @@ impl Args {
                 base_delay: Duration::from_millis(self.wake_retry_base_ms),
                 factor: self.wake_retry_factor,
             },
+            wake_budget_max: Duration::from_secs(self.wake_budget_max_seconds),
             ..RouteCacheConfig::default()
         }
     }
@@ -598,6 +673,34 @@ fn activity_interval(ms: u64) -> Result<Option<Duration>, ConfigError> {
         ms if REPORT_INTERVAL_MS.contains(&ms) => Ok(Some(Duration::from_millis(ms))),
         _ => Err(ConfigError::ActivityInterval),
     }
+}
+
+/// `--peer-addr`: `host:port` with a DNS name, an IPv4 address or a bracketed IPv6 one, a port
+/// other than 0, at most [`MAX_PEER_ADDRESS`] characters (what the wake service accepts).
+fn peer_address(address: &str) -> bool {
+    address.len() <= MAX_PEER_ADDRESS
+        && address.rsplit_once(':').is_some_and(|(host, port)| {
+            let host_ok = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+                Some(v6) => v6.parse::<std::net::Ipv6Addr>().is_ok(),
+                None => {
+                    !host.is_empty()
+                        && host
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+                }
+            };
+            host_ok && port.parse::<u16>().is_ok_and(|p| p != 0)
+        })
+}
+
+/// Whether a `host:port` names this machine's loopback (`localhost`, 127.0.0.0/8, `[::1]`).
+fn loopback_host(address: &str) -> bool {
+    let host = address.rsplit_once(':').map_or(address, |(host, _)| host);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// The proxy API base URL, checked and without a trailing `/` (paths are appended to it).
@@ -853,5 +956,69 @@ mod tests {
         assert!(config.jwt.allow_http_loopback);
         let config = parse(&["--jwks-allow-private-addresses"]).expect("valid");
         assert!(config.jwt.allow_private_addresses && !config.jwt.allow_http_loopback);
+    }
+
+    #[test]
+    fn cancels_and_peers() {
+        let config = parse(&[]).expect("defaults are valid");
+        assert_eq!(config.cancels.max_rps_per_ip, Some(100));
+        assert_eq!(config.cancels.peer_address, None);
+        let config = parse(&["--max-cancel-rps-per-ip", "0"]).expect("valid");
+        assert_eq!(config.cancels.max_rps_per_ip, None);
+        let cp = [
+            "--control-plane-url",
+            "http://127.0.0.1:4400/proxy/api/v1",
+            "--control-plane-token",
+            "t",
+        ];
+        let with = |address: &str, extra: &[&str]| {
+            let mut args = cp.to_vec();
+            args.extend(["--peer-addr", address]);
+            args.extend_from_slice(extra);
+            parse(&args).map(|c| c.cancels.peer_address)
+        };
+        for good in [
+            "10.0.0.7:4480",
+            "gw-1.gw.default.svc.cluster.local:4480",
+            "[fd00::7]:4480",
+        ] {
+            let reachable = ["--admin-listen", "0.0.0.0:4480"];
+            assert_eq!(with(good, &reachable), Ok(Some(good.to_owned())));
+            // The default admin listener is loopback only: no other host reaches it there.
+            assert!(with(good, &[])
+                .expect_err(good)
+                .contains("loopback connections only"));
+        }
+        for local in ["127.0.0.1:4480", "localhost:4480", "[::1]:4480", "auto"] {
+            assert_eq!(with(local, &[]), Ok(Some(local.to_owned())), "one host");
+        }
+        assert_eq!(with("", &[]), Ok(None), "empty: a single replica");
+        for bad in [
+            "10.0.0.7",
+            "10.0.0.7:0",
+            "fd00::7:4480",
+            "http://h:1",
+            "h/x:1",
+            ":1",
+        ] {
+            assert!(
+                with(bad, &[]).expect_err(bad).contains("invalid peer-addr"),
+                "{bad}"
+            );
+        }
+        assert!(with("127.0.0.1:1", &["--activity-interval-ms", "0"])
+            .expect_err("no reports")
+            .contains("activity reports"));
+        assert!(parse(&["--peer-addr", "127.0.0.1:1"])
+            .expect_err("no control plane")
+            .contains("--control-plane-url"));
+        assert!(parse(&[
+            "--control-plane-url",
+            "http://127.0.0.1:4400/proxy/api/v1",
+            "--peer-addr",
+            "127.0.0.1:1"
+        ])
+        .expect_err("no token")
+        .contains("--control-plane-token"));
     }
 }

@@ -6,7 +6,7 @@ mod session_tests;
 
 pub use config::Config;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
@@ -25,6 +25,7 @@ use crate::frontend::state::AppState;
 use crate::frontend::tls::{Tls, TlsError};
 use crate::obs::labels::Outcome;
 use crate::obs::metrics::Metrics;
+use crate::proxy::cancel::{Cancels, AUTO_PEER_ADDRESS};
 use crate::proxy::pool::Pool;
 
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +34,8 @@ pub enum StateError {
     Tls(#[from] TlsError),
     #[error("cannot build the control-plane client: {0}")]
     ControlPlane(#[from] reqwest::Error),
+    #[error("cannot build the client for peer gateways: {0}")]
+    Peers(reqwest::Error),
 }
 
 /// Builds the shared state for a configuration; fails only on unreadable TLS files (or an HTTP
@@ -52,6 +55,17 @@ pub fn state(config: &Config) -> Result<Arc<AppState>, StateError> {
     };
     let mut mock_auth_key = [0u8; 32];
     rand::thread_rng().fill_bytes(&mut mock_auth_key);
+    let token = config
+        .control_plane
+        .as_ref()
+        .and_then(|cp| cp.token.as_ref());
+    let cancels = Cancels::new(
+        &config.cancels,
+        token.map(|t| t.expose()),
+        metrics.clone(),
+        config.pool.connect_timeout,
+    )
+    .map_err(StateError::Peers)?;
     Ok(Arc::new(AppState {
         jwt_rules: Arc::new(JwtRules::new(control_plane.clone(), &config.jwt_rules)),
         jwt: JwtValidator::new(config.jwt.clone(), &metrics),
@@ -67,7 +81,7 @@ pub fn state(config: &Config) -> Result<Arc<AppState>, StateError> {
         metrics,
         sessions: config.sessions.clone(),
         tls,
-        cancels: Default::default(),
+        cancels: Arc::new(cancels),
         usage: Default::default(),
         activity: crate::control_plane::activity::Activity::new(),
         connections: crate::base::limits::ConnectionSlots::new(
@@ -108,6 +122,7 @@ pub async fn serve(
     admin: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    let config = with_peer_address(config, &admin).await?;
     let state = state(&config)?;
     let addr = |l: &TcpListener| {
         l.local_addr()
@@ -120,6 +135,8 @@ pub async fn serve(
         control_plane = config.control_plane.as_ref().map(|c| c.url.as_str()),
         default_endpoint = %config.default_endpoint,
         tls = config.tls.is_some(),
+        peer_address = config.cancels.peer_address.as_deref(),
+        cancel_tag = state.cancels.advert().map(|p| p.cancel_tag),
         "gateway started"
     );
     let tasks = TaskTracker::new();
@@ -155,6 +172,7 @@ pub async fn serve(
             pool: state.pool.clone(),
             metrics: state.metrics.clone(),
             usage: state.usage.clone(),
+            cancels: state.cancels.clone(),
         };
         tasks.spawn(crate::proxy::reporter::run_reporter(
             held,
@@ -169,6 +187,55 @@ pub async fn serve(
     tasks.wait().await;
     tracing::info!("gateway stopped");
     Ok(())
+}
+
+/// Resolves `--peer-addr auto`: the local address this host reaches the control plane from
+/// (the other replicas share its network), with the admin listener's port.
+async fn with_peer_address(mut config: Config, admin: &TcpListener) -> anyhow::Result<Config> {
+    if config.cancels.peer_address.as_deref() != Some(AUTO_PEER_ADDRESS) {
+        return Ok(config);
+    }
+    let admin = admin.local_addr()?;
+    let url = config
+        .control_plane
+        .as_ref()
+        .map(|cp| cp.url.clone())
+        .ok_or_else(|| anyhow::anyhow!("--peer-addr auto needs a control plane"))?;
+    let ip = local_ip_toward(&url)
+        .await
+        .map_err(|e| anyhow::anyhow!("--peer-addr auto: no route to the control plane: {e}"))?;
+    if admin.ip().is_loopback() && !ip.is_loopback() {
+        anyhow::bail!("--peer-addr auto found {ip}, but the admin listener ({admin}) takes loopback connections only; listen on an address the other replicas reach (e.g. --admin-listen 0.0.0.0:4480)");
+    }
+    let address = SocketAddr::new(ip, admin.port()).to_string();
+    tracing::info!(peer_address = %address, "--peer-addr auto");
+    config.cancels.peer_address = Some(address);
+    Ok(config)
+}
+
+/// The local address the kernel picks to reach `url`'s host (a connected UDP socket sends
+/// nothing).
+async fn local_ip_toward(url: &str) -> std::io::Result<IpAddr> {
+    let invalid = |why: &str| std::io::Error::new(std::io::ErrorKind::InvalidInput, why.to_owned());
+    let parsed = url::Url::parse(url).map_err(|e| invalid(&e.to_string()))?;
+    let port = parsed.port_or_known_default().unwrap_or(80);
+    let target = match parsed.host() {
+        Some(url::Host::Ipv4(ip)) => SocketAddr::new(ip.into(), port),
+        Some(url::Host::Ipv6(ip)) => SocketAddr::new(ip.into(), port),
+        Some(url::Host::Domain(name)) => tokio::net::lookup_host((name, port))
+            .await?
+            .next()
+            .ok_or_else(|| invalid("the control plane's name resolves to nothing"))?,
+        None => return Err(invalid("the control-plane URL has no host")),
+    };
+    let any: IpAddr = if target.is_ipv4() {
+        Ipv4Addr::UNSPECIFIED.into()
+    } else {
+        Ipv6Addr::UNSPECIFIED.into()
+    };
+    let socket = std::net::UdpSocket::bind((any, 0))?;
+    socket.connect(target)?;
+    Ok(socket.local_addr()?.ip())
 }
 
 /// Re-reads the TLS certificate and key on every SIGHUP until `stop`.
@@ -196,5 +263,35 @@ async fn reload_tls_on_sighup(
             }
         };
         state.metrics.tls_reloads.inc(outcome);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn peer_address_auto_is_the_address_toward_the_control_plane() {
+        let loopback = local_ip_toward("http://127.0.0.1:4400/proxy/api/v1").await;
+        assert_eq!(loopback.expect("a route"), IpAddr::from([127, 0, 0, 1]));
+        let named = local_ip_toward("http://localhost:4400/proxy/api/v1").await;
+        assert!(named.expect("a route").is_loopback());
+
+        let admin = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = admin.local_addr().expect("addr").port();
+        let mut config =
+            Config::for_tests_with_control_plane("http://127.0.0.1:4400/proxy/api/v1", Some("t"));
+        config.cancels.peer_address = Some(AUTO_PEER_ADDRESS.into());
+        let config = with_peer_address(config, &admin).await.expect("resolved");
+        assert_eq!(
+            config.cancels.peer_address,
+            Some(format!("127.0.0.1:{port}"))
+        );
+        // A fixed address is left as it is.
+        let config = with_peer_address(config, &admin).await.expect("as is");
+        assert_eq!(
+            config.cancels.peer_address,
+            Some(format!("127.0.0.1:{port}"))
+        );
     }
 }

@@ -398,7 +398,13 @@ struct Session {
 impl Session {
     fn start(transport: Transport, state: &Arc<AppState>) -> Session {
         let (client, gateway) = tokio::io::duplex(64 * 1024);
-        let served = tokio::spawn(serve_stream(gateway, &[], transport, state.clone()));
+        let served = tokio::spawn(serve_stream(
+            gateway,
+            &[],
+            transport,
+            [127, 0, 0, 1].into(),
+            state.clone(),
+        ));
         Session {
             client: Client {
                 io: client,

@@ -352,15 +352,25 @@ impl PasswordCache {
     /// on any database, for the endpoint and its `-pooler` (`endpoint` without `-pooler`).
     /// Proofs remembered after this call are new ones.
     pub fn forget_role(&self, endpoint: &EndpointId, role: &str) {
+        self.forget_where(endpoint, Some(role.to_owned()));
+    }
+
+    /// `endpoint` was deleted: forgets every proof of every role of it (and its `-pooler`), so
+    /// an endpoint made again under the same id starts with none.
+    pub fn forget_endpoint(&self, endpoint: &EndpointId) {
+        self.forget_where(endpoint, None);
+    }
+
+    /// Forgets the proofs of `role` (every role when `None`) on `endpoint` and its `-pooler`.
+    fn forget_where(&self, endpoint: &EndpointId, role: Option<String>) {
         let endpoint = endpoint.without_pooler();
-        let (e, r) = (endpoint.clone(), role.to_owned());
+        let (e, r) = (endpoint.clone(), role.clone());
         let verified = self.verified.invalidate_entries_if(move |key, _| {
-            key.role == r && key.endpoint.without_pooler() == e
+            r.as_ref().is_none_or(|r| key.role == *r) && key.endpoint.without_pooler() == e
         });
-        let r = role.to_owned();
-        let matched = self
-            .matched
-            .invalidate_entries_if(move |key, _| key.role == r && key.endpoint == endpoint);
+        let matched = self.matched.invalidate_entries_if(move |key, _| {
+            role.as_ref().is_none_or(|r| key.role == *r) && key.endpoint == endpoint
+        });
         if let Err(e) = verified.map(|_| ()).and(matched.map(|_| ())) {
             // Cannot happen (both caches support closures); drop everything rather than keep
             // a proof that may be stale.

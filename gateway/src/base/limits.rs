@@ -46,10 +46,14 @@ pub enum Limit {
     HandshakeMessageBytes,
     /// `--require-tls`: a plaintext HTTP request, `ws://` upgrade or Postgres startup.
     TlsRequired,
+    /// `--max-cancel-rps-per-ip`: CancelRequests per second from one client address (an IPv6
+    /// client's /64), counted on the gateway the client reached and again on a peer it is
+    /// forwarded to.
+    CancelRate,
 }
 
 impl Limit {
-    pub const ALL: [Limit; 13] = [
+    pub const ALL: [Limit; 14] = [
         Limit::ClientConnections,
         Limit::ConnectionsPerIp,
         Limit::FirstRequestTimeout,
@@ -63,6 +67,7 @@ impl Limit {
         Limit::EndpointRate,
         Limit::HandshakeMessageBytes,
         Limit::TlsRequired,
+        Limit::CancelRate,
     ];
 
     /// The metric label.
@@ -81,6 +86,7 @@ impl Limit {
             Limit::EndpointRate => "endpoint_rate",
             Limit::HandshakeMessageBytes => "handshake_message_bytes",
             Limit::TlsRequired => "tls_required",
+            Limit::CancelRate => "cancel_rate",
         }
     }
 }
@@ -111,7 +117,8 @@ impl Refused {
             | Limit::PasswordHashQueue
             | Limit::EndpointConnections
             | Limit::EndpointRate
-            | Limit::HandshakeMessageBytes => StatusCode::TOO_MANY_REQUESTS,
+            | Limit::HandshakeMessageBytes
+            | Limit::CancelRate => StatusCode::TOO_MANY_REQUESTS,
             Limit::FirstRequestTimeout | Limit::BodyReadTimeout | Limit::HttpIdleTimeout => {
                 StatusCode::REQUEST_TIMEOUT
             }
@@ -131,7 +138,8 @@ impl Refused {
             | Limit::PasswordHashQueue
             | Limit::EndpointConnections
             | Limit::EndpointRate
-            | Limit::HandshakeMessageBytes => "53300",
+            | Limit::HandshakeMessageBytes
+            | Limit::CancelRate => "53300",
             // connection_failure, as a handshake timeout
             Limit::FirstRequestTimeout | Limit::BodyReadTimeout | Limit::HttpIdleTimeout => "08006",
             // program_limit_exceeded
@@ -193,6 +201,13 @@ impl ConnectionSlots {
     /// Connections open from `ip` (for tests and metrics).
     pub fn open_from(&self, ip: IpAddr) -> usize {
         lock(&self.per_ip).get(&ip).copied().unwrap_or(0)
+    }
+}
+
+impl ConnectionSlot {
+    /// The client's address.
+    pub fn ip(&self) -> IpAddr {
+        self.ip
     }
 }
 
@@ -332,9 +347,141 @@ impl Drop for EndpointSlot {
     }
 }
 
+/// Client addresses whose cancel buckets are remembered at once; beyond it, full buckets are
+/// forgotten (at most once a second), and while none is full new addresses are refused.
+const MAX_CANCEL_CLIENTS: usize = 100_000;
+
+/// CancelRequests per client address: a token bucket of `rate` per second holding one
+/// second's worth, per IPv4 address or IPv6 /64 (one host has a whole /64). A CancelRequest
+/// is anonymous (its key is the only proof), so this bounds how fast one client can guess
+/// keys and how many backend cancels and peer requests it can make the gateway send.
+pub struct CancelLimits {
+    rate: Option<f64>,
+    clients: Mutex<CancelClients>,
+}
+
+#[derive(Default)]
+struct CancelClients {
+    buckets: HashMap<IpAddr, Bucket>,
+    pruned: Option<Instant>,
+}
+
+struct Bucket {
+    tokens: f64,
+    refilled: Instant,
+}
+
+impl CancelLimits {
+    /// `rate` per second per client address; `None`: no limit.
+    pub fn new(rate: Option<u32>) -> Self {
+        CancelLimits {
+            rate: rate.map(f64::from),
+            clients: Mutex::default(),
+        }
+    }
+
+    /// Takes one CancelRequest of `client`'s allowance: `false` when it has none left.
+    pub fn admit(&self, client: IpAddr) -> bool {
+        let Some(rate) = self.rate else {
+            return true;
+        };
+        let now = Instant::now();
+        let key = cancel_key(client);
+        let mut clients = lock(&self.clients);
+        if !clients.buckets.contains_key(&key) && !clients.make_room(rate, now) {
+            return false;
+        }
+        let bucket = clients.buckets.entry(key).or_insert(Bucket {
+            tokens: rate,
+            refilled: now,
+        });
+        let elapsed = now.saturating_duration_since(bucket.refilled).as_secs_f64();
+        bucket.tokens = (bucket.tokens + elapsed * rate).min(rate);
+        bucket.refilled = now;
+        if bucket.tokens < 1.0 {
+            return false;
+        }
+        bucket.tokens -= 1.0;
+        true
+    }
+}
+
+impl CancelClients {
+    /// Whether a new address fits: below the cap, or once full buckets (those a new entry would
+    /// start as) are forgotten, which is tried at most once a second.
+    fn make_room(&mut self, rate: f64, now: Instant) -> bool {
+        if self.buckets.len() < MAX_CANCEL_CLIENTS {
+            return true;
+        }
+        if self
+            .pruned
+            .is_some_and(|at| now.saturating_duration_since(at) < std::time::Duration::from_secs(1))
+        {
+            return false;
+        }
+        self.pruned = Some(now);
+        self.buckets.retain(|_, bucket| {
+            let elapsed = now.saturating_duration_since(bucket.refilled).as_secs_f64();
+            bucket.tokens + elapsed * rate < rate
+        });
+        self.buckets.len() < MAX_CANCEL_CLIENTS
+    }
+}
+
+/// The address a cancel bucket belongs to: IPv4 as is (an IPv4-mapped IPv6 address too), IPv6
+/// by its /64.
+fn cancel_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(v4) => IpAddr::V4(v4),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let bits = u128::from(v6) & !((1u128 << 64) - 1);
+                IpAddr::V6(bits.into())
+            }
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cancels_per_client_address() {
+        let limits = CancelLimits::new(Some(2));
+        let a: IpAddr = [10, 0, 0, 1].into();
+        let mapped: IpAddr = "::ffff:10.0.0.1".parse().expect("ip");
+        let b: IpAddr = "2001:db8:1:2::1".parse().expect("ip");
+        let same_64: IpAddr = "2001:db8:1:2:ffff::9".parse().expect("ip");
+        let other_64: IpAddr = "2001:db8:1:3::1".parse().expect("ip");
+        assert!(limits.admit(a));
+        assert!(limits.admit(mapped), "the same IPv4 client");
+        assert!(!limits.admit(a), "two a second");
+        assert!(limits.admit(b) && limits.admit(same_64));
+        assert!(!limits.admit(b), "one /64 shares a bucket");
+        assert!(limits.admit(other_64), "another /64 has its own");
+        std::thread::sleep(Duration::from_millis(600));
+        assert!(limits.admit(a), "a token came back");
+        let unlimited = CancelLimits::new(None);
+        assert!((0..1000).all(|_| unlimited.admit(a)));
+    }
+
+    #[test]
+    fn cancel_buckets_are_bounded() {
+        let limits = CancelLimits::new(Some(1));
+        let client = |n: u32| IpAddr::V4(n.into());
+        for n in 0..u32::try_from(MAX_CANCEL_CLIENTS).expect("fits") {
+            assert!(limits.admit(client(n)));
+        }
+        // Every bucket is empty: no room for a new address, and no pruning again at once.
+        assert!(!limits.admit(client(u32::MAX)));
+        assert_eq!(lock(&limits.clients).buckets.len(), MAX_CANCEL_CLIENTS);
+        // A second later they are full again: forgotten, and the new address fits.
+        std::thread::sleep(Duration::from_millis(1100));
+        assert!(limits.admit(client(u32::MAX)));
+        assert_eq!(lock(&limits.clients).buckets.len(), 1);
+    }
 
     #[test]
     fn connections_per_ip_and_in_total() {

@@ -82,6 +82,17 @@ impl ControlPlaneError {
     }
 }
 
+impl ControlPlaneError {
+    /// How long the control plane says a wake of this endpoint may take, when it takes
+    /// seconds (`retry_info.wake_budget_ms`, not in Neon's API).
+    pub fn wake_budget(&self) -> Option<Duration> {
+        match self {
+            ControlPlaneError::Api { body, .. } => body.wake_budget_ms().map(Duration::from_millis),
+            _ => None,
+        }
+    }
+}
+
 impl Retryable for ControlPlaneError {
     fn is_retryable(&self) -> bool {
         match self {

@@ -174,6 +174,10 @@ pub struct RouteCacheConfig {
     /// Entries per cache (routes; secrets).
     pub capacity: u64,
     pub wake_retry: RetryConfig,
+    /// The longest a wake is retried when the control plane says the endpoint's compute
+    /// resumes in seconds (its driver's wake budget, e.g. Railway's redeploys): the budget it
+    /// names, capped by this.
+    pub wake_budget_max: Duration,
     /// Connecting to a compute after a cached address failed (or a fresh one did).
     pub connect_retry: RetryConfig,
 }
@@ -187,6 +191,7 @@ impl Default for RouteCacheConfig {
             secret_ttl: Duration::from_secs(240),
             capacity: 10_000,
             wake_retry: RetryConfig::WAKE,
+            wake_budget_max: Duration::from_secs(300),
             connect_retry: RetryConfig::CONNECT,
         }
     }
@@ -439,13 +444,20 @@ impl RouteTable {
         let flight = wake(
             control_plane.clone(),
             endpoint.clone(),
-            self.config.wake_retry,
+            self.wake_policy(),
             self.metrics.clone(),
         );
         match self.routes.try_get_with(endpoint.clone(), flight).await {
             Ok(Cached::Found(found)) => Ok(route(&found, Origin::Wake)),
             Ok(Cached::NotFound) => Err(RouteError::NotFound),
             Err(e) => Err(RouteError::Unavailable(e)),
+        }
+    }
+
+    fn wake_policy(&self) -> WakePolicy {
+        WakePolicy {
+            retry: self.config.wake_retry,
+            budget_max: self.config.wake_budget_max,
         }
     }
 
@@ -457,10 +469,10 @@ impl RouteTable {
             return;
         };
         let routes = self.routes.clone();
-        let retry = self.config.wake_retry;
+        let policy = self.wake_policy();
         let metrics = self.metrics.clone();
         tokio::spawn(async move {
-            match wake(control_plane, endpoint.clone(), retry, metrics).await {
+            match wake(control_plane, endpoint.clone(), policy, metrics).await {
                 Ok(fresh) => routes.insert(endpoint, fresh).await,
                 Err(e) => {
                     tracing::warn!(%endpoint, error = %e, "route refresh failed; keeping the cached address");
@@ -682,6 +694,39 @@ impl RouteTable {
             .await;
     }
 
+    /// `endpoint` (without `-pooler`) was deleted: drops every role secret cached for it,
+    /// after the lookups in flight have finished; returns how many.
+    pub async fn forget_endpoint_roles(&self, endpoint: &EndpointId) -> usize {
+        let endpoint = endpoint.without_pooler();
+        let _exclusive = self.secret_lookups.write().await;
+        let keys: Vec<SecretKey> = self
+            .secrets
+            .iter()
+            .filter(|(key, _)| key.0 == endpoint)
+            .map(|(key, _)| (*key).clone())
+            .collect();
+        for key in &keys {
+            self.secrets.invalidate(key).await;
+        }
+        keys.len()
+    }
+
+    /// The endpoints (ids without `-pooler`, deduplicated, sorted) with a role secret cached,
+    /// at most `max` of them: reported with the cached routes, so that a reply says which were
+    /// deleted.
+    pub fn secret_endpoints(&self, max: usize) -> Vec<String> {
+        let mut ids = std::collections::BTreeSet::new();
+        for (key, secret) in self.secrets.iter() {
+            if ids.len() >= max {
+                break;
+            }
+            if let Secret::Known(_) = secret {
+                ids.insert(key.0.as_str().to_owned());
+            }
+        }
+        ids.into_iter().collect()
+    }
+
     /// Drops every cached role secret (the gateway may have missed role changes), after the
     /// lookups in flight have finished.
     pub async fn forget_all_roles(&self) {
@@ -731,17 +776,42 @@ async fn fetch_secret(
 
 /// One flight: `wake_compute` with retries. "Not found" is an answer (cached briefly); other
 /// errors are returned and not cached.
+/// How a wake is retried.
+#[derive(Clone, Copy)]
+struct WakePolicy {
+    retry: RetryConfig,
+    /// The cap on a wake budget the control plane names.
+    budget_max: Duration,
+}
+
 async fn wake(
     control_plane: Arc<ControlPlaneClient>,
     endpoint: EndpointId,
-    config: RetryConfig,
+    policy: WakePolicy,
     metrics: Arc<Metrics>,
 ) -> Result<Cached, ControlPlaneError> {
     let retries = metrics.retries.with(RetryOperation::WakeCompute);
-    let woken = retry::retry(&config, retries, |_| {
-        Box::pin(control_plane.wake_compute(&endpoint))
-    })
-    .await;
+    let started = tokio::time::Instant::now();
+    let woken = loop {
+        let woken = retry::retry(&policy.retry, retries, |_| {
+            Box::pin(control_plane.wake_compute(&endpoint))
+        })
+        .await;
+        match woken {
+            // A compute that resumes in seconds (the control plane says how long to keep
+            // trying): the retry count is not the limit, the budget is.
+            Err(e)
+                if e.wake_budget()
+                    .is_some_and(|b| started.elapsed() < b.min(policy.budget_max)) =>
+            {
+                let delay = e.retry_after().unwrap_or(Duration::from_secs(1));
+                tracing::debug!(%endpoint, ?delay, "compute still starting; waiting within its wake budget");
+                retries.inc();
+                tokio::time::sleep(delay).await;
+            }
+            other => break other,
+        }
+    };
     match woken {
         Ok(wake) if is_host_port(&wake.address) => {
             tracing::debug!(%endpoint, address = %wake.address, cold_start = ?wake.aux.cold_start_info, pool_max_conns = ?wake.pool_max_conns, "endpoint woken");
@@ -939,6 +1009,36 @@ mod tests {
         assert_eq!(fake.wakes(), 2);
         assert!(lookups(&metrics, RouteLookup::Hit) >= 1);
         assert!(lookups(&metrics, RouteLookup::NegativeHit) >= 1);
+    }
+
+    #[tokio::test]
+    async fn a_slow_drivers_wake_is_retried_for_its_budget_not_a_count() {
+        let fake = FakeControlPlane::start().await;
+        let starting = || Reply::starting(Duration::from_millis(1), Duration::from_secs(30));
+        // Six "still starting" answers: beyond quick()'s four tries, within the budget.
+        let mut replies: Vec<Reply> = (0..6).map(|_| starting()).collect();
+        replies.push(Reply::address("10.0.0.2:5432"));
+        fake.wake_replies("slow", replies);
+        let (routes, _) = table(&fake, quick(), &[]);
+        let woken = address(&routes, "slow")
+            .await
+            .expect("woken within its budget");
+        assert_eq!(woken.0, "10.0.0.2:5432");
+        assert_eq!(fake.wakes(), 7);
+
+        // The gateway's own cap bounds a budget: with a cap of 50 ms, it gives up.
+        fake.wake_replies("stuck", [starting()]);
+        let capped = RouteCacheConfig {
+            wake_budget_max: Duration::from_millis(50),
+            ..quick()
+        };
+        let (routes, _) = table(&fake, capped, &[]);
+        let before = fake.wakes();
+        assert_eq!(address(&routes, "stuck").await, Err("unavailable".into()));
+        assert!(
+            fake.wakes() > before + 4,
+            "retried past the count, within the cap"
+        );
     }
 
     #[tokio::test]

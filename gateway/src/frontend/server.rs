@@ -241,8 +241,9 @@ impl Connection {
         match connection.alpn_protocol() {
             Some(ALPN_POSTGRESQL) => {
                 let transport = Transport::Tls { sni };
+                let peer = self.slot.ip();
                 let _slot = self.slot;
-                session::serve_stream(stream, &[], transport, self.state).await;
+                session::serve_stream(stream, &[], transport, peer, self.state).await;
             }
             Some(_) => self.serve_http(stream, Link::Tls { sni }).await,
             None => {
@@ -255,8 +256,9 @@ impl Connection {
                 }
                 if first[0] == 0 {
                     let transport = Transport::Tls { sni };
+                    let peer = self.slot.ip();
                     let _slot = self.slot;
-                    session::serve_stream(stream, &first, transport, self.state).await;
+                    session::serve_stream(stream, &first, transport, peer, self.state).await;
                 } else {
                     self.serve_http(Prefixed::new(first.to_vec(), stream), Link::Tls { sni })
                         .await;

@@ -21,7 +21,7 @@ use crate::frontend::query::types::TypeCache;
 use crate::frontend::tls::Tls;
 use crate::obs::metrics::Metrics;
 use crate::obs::usage::Usage;
-use crate::proxy::cancel::CancelMap;
+use crate::proxy::cancel::Cancels;
 use crate::proxy::login::Login;
 use crate::proxy::pool::Pool;
 
@@ -39,7 +39,9 @@ pub struct AppState {
     pub sessions: SessionConfig,
     /// The certificate for https, wss and Postgres TLS, when one is configured.
     pub tls: Option<Tls>,
-    pub cancels: Arc<CancelMap>,
+    /// Cancel keys of this gateway's sessions, the cancel rate limit, and the peer gateways
+    /// CancelRequests for other replicas' keys are forwarded to.
+    pub cancels: Arc<Cancels>,
     /// Traffic per endpoint (bytes, queries, sessions, backend connections): what the
     /// reporter meters and admin `/usage` shows.
     pub usage: Arc<Usage>,

@@ -4,6 +4,7 @@
 //! message across frames); a text frame ends the session with an error; pings are answered;
 //! a close frame is the end of the stream.
 
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
 use axum::extract::Request;
@@ -67,6 +68,9 @@ pub async fn upgrade(state: Arc<AppState>, mut request: Request) -> Response {
     let info = request.extensions().get::<Arc<ConnectionInfo>>().cloned();
     // The connection's place under the connection limits goes with the session.
     let slot = info.as_ref().and_then(|i| i.slot.clone());
+    let peer = slot
+        .as_ref()
+        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |s| s.ip());
     let Some(on_upgrade) = request
         .extensions_mut()
         .remove::<hyper::upgrade::OnUpgrade>()
@@ -92,7 +96,7 @@ pub async fn upgrade(state: Arc<AppState>, mut request: Request) -> Response {
             Ok(upgraded) => {
                 let raw = Budgeted::new(TokioIo::new(upgraded), budget);
                 let ws = WebSocketStream::from_raw_socket(raw, Role::Server, config).await;
-                session::serve_stream(WsStream::new(ws), &[], transport, state).await;
+                session::serve_stream(WsStream::new(ws), &[], transport, peer, state).await;
             }
             Err(e) => tracing::debug!(error = %e, "WebSocket upgrade did not complete"),
         }

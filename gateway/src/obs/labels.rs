@@ -79,6 +79,9 @@ label! {
         FirstReply => "first_reply",
         /// The reply could not list every change: everything, idle connections included.
         Truncated => "truncated",
+        /// An endpoint was deleted: every role of it (its routes and idle connections go as
+        /// for any endpoint that is not active).
+        EndpointDeleted => "endpoint_deleted",
     }
 }
 
@@ -163,11 +166,39 @@ impl Label for SessionOutcome {
 }
 
 label! {
-    /// `outcome` of `gateway_cancel_requests_total`.
+    /// `outcome` of `gateway_cancel_requests_total`: CancelRequests from clients (TCP or
+    /// WebSocket) that reached this gateway.
     CancelOutcome {
+        /// A live session of this gateway has the key: its backend was sent the cancel.
         Forwarded => "forwarded",
-        /// No live session has that key.
+        /// No live session has that key, here or (by its tag) on a peer gateway.
         NoMatch => "no_match",
+        /// Not here; a peer gateway with the key's tag had the session and cancelled it.
+        Peer => "peer",
+        /// Not here, and the peer gateways with the key's tag have no such session either.
+        PeerNoMatch => "peer_no_match",
+        /// Not here, and no peer gateway with the key's tag answered in time (down, refused,
+        /// unreachable, another control-plane token): the cancel is lost.
+        PeerFailed => "peer_failed",
+        /// Over the client's cancel rate (`--max-cancel-rps-per-ip`): not looked up.
+        RateLimited => "rate_limited",
+    }
+}
+
+label! {
+    /// `outcome` of `gateway_peer_cancel_requests_total`: cancel requests other gateways
+    /// forwarded to this one (`POST /internal/cancel`).
+    PeerCancelOutcome {
+        /// A live session of this gateway has the key: its backend was sent the cancel.
+        Forwarded => "forwarded",
+        /// No live session of this gateway has that key (never forwarded again).
+        NoMatch => "no_match",
+        /// Over the client's cancel rate: not looked up.
+        RateLimited => "rate_limited",
+        /// Without the peer key (the control-plane token the gateways share): not looked up.
+        Unauthorized => "unauthorized",
+        /// Not a forwarded cancel request, or this gateway takes none (no `--peer-addr`).
+        Invalid => "invalid",
     }
 }
 
@@ -362,6 +393,7 @@ mod tests {
         check::<Transport>();
         check::<SessionOutcome>();
         check::<CancelOutcome>();
+        check::<PeerCancelOutcome>();
         check::<Outcome>();
         check::<CallOutcome>();
         check::<RetryOperation>();

@@ -11,8 +11,8 @@ use prometheus::{
 
 use super::labels::{
     Call, CallOutcome, CancelOutcome, Checkout, Invalidation, JwksCache, JwksFetch, JwtOutcome,
-    Label, Outcome, Protocol, RequestKind, RetryOperation, RouteLookup, ScramProof, SecretLookup,
-    SecretOutcome, SessionOutcome, Transport, UsageOutcome,
+    Label, Outcome, PeerCancelOutcome, Protocol, RequestKind, RetryOperation, RouteLookup,
+    ScramProof, SecretLookup, SecretOutcome, SessionOutcome, Transport, UsageOutcome,
 };
 use super::usage::Direction;
 use crate::base::error::ErrorKind;
@@ -39,6 +39,10 @@ pub struct Metrics {
     pub session_bytes: Counter<Direction>,
     /// CancelRequests by `outcome` ([`CancelOutcome`]).
     pub cancel_requests: Counter<CancelOutcome>,
+    /// Cancel requests forwarded by other gateways, by `outcome` ([`PeerCancelOutcome`]).
+    pub peer_cancel_requests: Counter<PeerCancelOutcome>,
+    /// Other gateways this one forwards cancel requests to (as of the last activity reply).
+    pub peers: IntGauge,
     pub tls_reloads: Counter<Outcome>,
     /// SCRAM proofs of plain TCP/TLS clients checked by the gateway's own SCRAM server, by
     /// `outcome` ([`ScramProof`]).
@@ -266,7 +270,12 @@ impl Metrics {
             registry: Registry::new(),
         };
         let http_requests = HttpRequests::new(&r);
-        let (client_connections, cancel_requests) = connections(&r);
+        let client_connections = r.counters(
+            "gateway_client_connections_total",
+            "Accepted client connections by protocol",
+            "protocol",
+        );
+        let (cancel_requests, peer_cancel_requests, peers) = cancels(&r);
         let (sessions, sessions_active, session_bytes) = sessions(&r);
         let (pool_checkouts, pool_discards, pool_idle, pool_active, backend_connect_seconds) =
             pool(&r);
@@ -307,6 +316,8 @@ impl Metrics {
             sessions_active,
             session_bytes,
             cancel_requests,
+            peer_cancel_requests,
+            peers,
             pool_checkouts,
             pool_discards,
             pool_idle,
@@ -370,18 +381,22 @@ impl HttpRequests {
     }
 }
 
-/// The metrics of client connections and CancelRequests.
-fn connections(r: &Registrar) -> (Counter<Protocol>, Counter<CancelOutcome>) {
+/// The metrics of CancelRequests, here and forwarded between gateways.
+fn cancels(r: &Registrar) -> (Counter<CancelOutcome>, Counter<PeerCancelOutcome>, IntGauge) {
     (
         r.counters(
-            "gateway_client_connections_total",
-            "Accepted client connections by protocol",
-            "protocol",
+            "gateway_cancel_requests_total",
+            "Cancel requests from clients by outcome",
+            "outcome",
         ),
         r.counters(
-            "gateway_cancel_requests_total",
-            "Cancel requests by outcome",
+            "gateway_peer_cancel_requests_total",
+            "Cancel requests forwarded by other gateways, by outcome",
             "outcome",
+        ),
+        r.gauge(
+            "gateway_peers",
+            "Other gateways this one forwards cancel requests to",
         ),
     )
 }

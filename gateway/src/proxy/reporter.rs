@@ -37,10 +37,20 @@
 //!   control-plane outage the outage's traffic. When stopped (SIGTERM, once the drain is over)
 //!   the reporter sends up to [`FINAL_REPORTS`] more reports within [`FINAL_FLUSH`] to deliver
 //!   what is left.
+//! - Deleted endpoints. The reply says which of the inactive endpoints no longer exist
+//!   (`deleted`); besides their routes and idle connections, their cached role secrets,
+//!   password proofs and JWKS rules are dropped, so an endpoint made again under the same id
+//!   starts clean. Endpoints with a cached role secret are reported with the cached routes
+//!   for this.
+//! - Replicas. With `--peer-addr` every report says where the other gateways forward the
+//!   CancelRequests that reach them for this gateway's sessions (`peer`: the address and this
+//!   gateway's cancel tag), and every reply lists the other live gateways that take them
+//!   (`peers`), which replaces the list `proxy::cancel` forwards to.
 //! - The reporter reports at least every interval while this gateway holds a cached route or
 //!   role secret (so the wake service knows it is live and waits for it), a usage batch is
-//!   pending or traffic counters moved; with nothing cached and nothing happening it stays
-//!   silent. With reporting off (`--activity-interval-ms 0`) role changes reach the gateway
+//!   pending, traffic counters moved or it takes forwarded cancel requests (so the others
+//!   keep it in their lists, and it learns theirs); with nothing cached and nothing happening
+//!   it stays silent. With reporting off (`--activity-interval-ms 0`) role changes reach the gateway
 //!   only when cached secrets expire, and usage only reaches admin `/usage`.
 //!
 //! Invariant: reporting never affects queries. A failed or slow report is logged and counted;
@@ -61,6 +71,7 @@ use crate::control_plane::routes::{PoolCap, RouteTable};
 use crate::obs::labels::{Invalidation, Label, Outcome, UsageOutcome};
 use crate::obs::metrics::Metrics;
 use crate::obs::usage::Usage;
+use crate::proxy::cancel::Cancels;
 use crate::proxy::metering::{Metering, Readings};
 use crate::proxy::pool::Pool;
 
@@ -74,6 +85,8 @@ pub struct Held {
     pub metrics: Arc<Metrics>,
     /// The traffic counters whose differences the reports carry for metering.
     pub usage: Arc<Usage>,
+    /// What the reports say of this gateway to its peers, and where the replies' peers go.
+    pub cancels: Arc<Cancels>,
 }
 
 /// An urgent report (an endpoint just became busy) waits at least this long after the
@@ -206,11 +219,12 @@ impl Reporter {
         let snapshot = activity.snapshot(Instant::now());
         let now = self.state.usage.counts();
         let usage = self.metering.batch(&now).cloned();
-        let cached = self.state.routes.cached_endpoints(MAX_REPORTED_ENDPOINTS);
+        let cached = self.cached();
         if snapshot.endpoints.is_empty()
             && cached.is_empty()
             && !self.state.routes.holds_role_secrets()
             && usage.is_none()
+            && !self.state.cancels.takes_forwarded()
         {
             // Nothing to say, and nothing cached that a role change could make stale; the
             // control plane has heard everything before.
@@ -225,6 +239,7 @@ impl Reporter {
             gateway_id: Some(self.gateway_id.clone()),
             role_changes_applied: self.applied,
             usage,
+            peer: self.state.cancels.advert(),
         };
         match self.control_plane.report_activity(&report).await {
             Ok(reply) => {
@@ -235,7 +250,9 @@ impl Reporter {
                     self.failing = false;
                 }
                 forget_inactive(&self.state, &reply).await;
+                forget_deleted(&self.state, &reply).await;
                 apply_pool_limits(&self.state, &reply, arrived);
+                self.state.cancels.set_peers(&reply.peers, &self.gateway_id);
                 let again = self.apply_role_changes(&reply).await;
                 if carries_usage {
                     self.usage_replied(&reply);
@@ -251,6 +268,18 @@ impl Reporter {
                 false
             }
         }
+    }
+
+    /// The endpoints whose routes or role secrets are cached (ids without `-pooler`, sorted),
+    /// at most [`MAX_REPORTED_ENDPOINTS`].
+    fn cached(&self) -> Vec<String> {
+        let routes = &self.state.routes;
+        let mut cached = routes.cached_endpoints(MAX_REPORTED_ENDPOINTS);
+        cached.extend(routes.secret_endpoints(MAX_REPORTED_ENDPOINTS));
+        cached.sort_unstable();
+        cached.dedup();
+        cached.truncate(MAX_REPORTED_ENDPOINTS);
+        cached
     }
 
     /// Logs and counts a failed report.
@@ -416,6 +445,28 @@ pub async fn forget_inactive(state: &Held, reply: &ActivityReply) {
     }
 }
 
+/// Drops what this gateway holds of the endpoints the control plane says were deleted: their
+/// role secrets, password proofs and JWKS rules (their routes and idle pooled connections went
+/// with `inactive`). Endpoints with static routes are left alone.
+pub async fn forget_deleted(state: &Held, reply: &ActivityReply) {
+    for id in &reply.deleted {
+        let Some(endpoint) = EndpointId::parse(id).map(|e| e.without_pooler()) else {
+            continue;
+        };
+        if state.routes.is_static(&endpoint) {
+            continue;
+        }
+        let secrets = state.routes.forget_endpoint_roles(&endpoint).await;
+        state.jwt_rules.forget(&endpoint).await;
+        state.pool.passwords().forget_endpoint(&endpoint);
+        state
+            .metrics
+            .role_invalidations
+            .inc(Invalidation::EndpointDeleted);
+        tracing::info!(%endpoint, secrets, "endpoint deleted; dropped its cached role secrets, proofs and JWKS rules");
+    }
+}
+
 /// Applies the reply's pool caps (`pool_limits`, for endpoints without `-pooler`) to the
 /// pool, as of `arrived`: a route cached before it does not undo them. Endpoints with static
 /// routes are left alone.
@@ -482,6 +533,7 @@ mod tests {
             pool: state.pool.clone(),
             metrics: state.metrics.clone(),
             usage: state.usage.clone(),
+            cancels: state.cancels.clone(),
         };
         (held, client)
     }
@@ -1030,6 +1082,136 @@ mod tests {
         assert_eq!(fake.usage()["db"].queries, 7);
         assert_eq!(
             state.metrics.usage_reports.get(UsageOutcome::Acknowledged),
+            1
+        );
+    }
+
+    /// Peers as the control plane lists them.
+    fn peers(list: &[(&str, &str, u8)]) -> Vec<wake_api::proxy::GatewayPeer> {
+        list.iter()
+            .map(|&(id, address, tag)| wake_api::proxy::GatewayPeer {
+                gateway_id: id.into(),
+                address: address.into(),
+                cancel_tag: tag,
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_replica_advertises_itself_always_and_takes_its_peers_from_each_reply() {
+        let fake = fake(&[]).await;
+        let (mut state, client) = state_with(&fake, &[]);
+        let config = crate::proxy::cancel::CancelConfig {
+            max_rps_per_ip: None,
+            peer_address: Some("10.0.0.1:4480".into()),
+        };
+        let cancels = Cancels::new(
+            &config,
+            Some("t"),
+            state.metrics.clone(),
+            Duration::from_secs(1),
+        );
+        state.cancels = Arc::new(cancels.expect("cancels"));
+        let mut reporter = Reporter::new(state.clone(), client.clone(), Duration::from_secs(1));
+        let me = reporter.gateway_id.clone();
+        fake.activity_replies([
+            ActivityReply {
+                peers: peers(&[(&me, "10.0.0.1:4480", 1), ("b", "10.0.0.2:4480", 2)]),
+                ..ActivityReply::default()
+            },
+            ActivityReply::default(),
+        ]);
+        // Nothing cached and nothing happening: it reports anyway, to stay in the others'
+        // lists and learn theirs.
+        reporter.report().await;
+        assert_eq!(state.metrics.peers.get(), 1, "itself left out");
+        reporter.report().await;
+        assert_eq!(
+            state.metrics.peers.get(),
+            0,
+            "a reply without peers empties the list"
+        );
+        let reports = received(&fake);
+        assert_eq!(reports.len(), 2);
+        let tag = state.cancels.advert().expect("advertised").cancel_tag;
+        for (_, report) in &reports {
+            let peer = report.peer.as_ref().expect("the peer address");
+            assert_eq!(
+                (peer.address.as_str(), peer.cancel_tag),
+                ("10.0.0.1:4480", tag)
+            );
+            assert_eq!(report.gateway_id.as_deref(), Some(me.as_str()));
+        }
+
+        // A single gateway says nothing of itself, and nothing at all with nothing to say.
+        let (state, client) = state_with(&fake, &[]);
+        assert!(state.cancels.advert().is_none());
+        Reporter::new(state, client, Duration::from_secs(1))
+            .report()
+            .await;
+        assert_eq!(received(&fake).len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_deleted_endpoint_loses_its_secrets_proofs_and_routes_a_suspended_one_only_its_route()
+    {
+        let fake = fake(&["gone", "asleep"]).await;
+        let secret = postgres_protocol::password::scram_sha_256(b"pw");
+        for endpoint in ["gone", "asleep", "unrouted"] {
+            fake.secret(endpoint, "alice", &secret);
+        }
+        let (state, client) = state_with(&fake, &[]);
+        let pw = crate::base::endpoint::Password::new(b"pw".to_vec());
+        let proof = |endpoint: &str| crate::auth::Account {
+            endpoint: id(endpoint),
+            database: "main".into(),
+            role: "alice".into(),
+        };
+        for endpoint in ["gone", "asleep", "unrouted"] {
+            state
+                .routes
+                .role_secret(&id(endpoint), "alice")
+                .await
+                .expect("secret");
+            state.pool.passwords().remember(&proof(endpoint), &pw);
+        }
+        for endpoint in ["gone", "asleep"] {
+            state.routes.resolve(&id(endpoint)).await.expect("route");
+        }
+        assert_eq!(fake.lookups(), 3);
+        fake.set_inactive(&["gone", "asleep"]);
+        fake.activity_replies([ActivityReply {
+            deleted: vec!["gone".into(), "not an id".into()],
+            ..ActivityReply::default()
+        }]);
+        let mut reporter = Reporter::new(state.clone(), client.clone(), Duration::from_secs(1));
+        reporter.report().await;
+        // An endpoint known only by a cached secret is reported too (its deletion must reach
+        // the secret).
+        assert_eq!(received(&fake)[0].1.cached, ["asleep", "gone", "unrouted"]);
+        let proven = |endpoint: &str| state.pool.passwords().is_verified(&proof(endpoint), &pw);
+        assert!(!proven("gone") && proven("asleep") && proven("unrouted"));
+        assert_eq!(
+            state.routes.cached_endpoints(MAX_REPORTED_ENDPOINTS),
+            Vec::<String>::new()
+        );
+        for endpoint in ["asleep", "unrouted", "gone"] {
+            state
+                .routes
+                .role_secret(&id(endpoint), "alice")
+                .await
+                .expect("secret");
+        }
+        assert_eq!(
+            fake.lookups(),
+            4,
+            "only the deleted endpoint's secret was asked again"
+        );
+        assert_eq!(
+            state
+                .metrics
+                .role_invalidations
+                .get(Invalidation::EndpointDeleted),
             1
         );
     }

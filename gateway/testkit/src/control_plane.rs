@@ -79,6 +79,19 @@ impl Reply {
         }
     }
 
+    /// A 503 for a compute that resumes in seconds: retry after `retry_delay`, for up to
+    /// `budget` from the first try (`retry_info.wake_budget_ms`).
+    pub fn starting(retry_delay: Duration, budget: Duration) -> Reply {
+        let budget = u64::try_from(budget.as_millis()).unwrap_or(u64::MAX);
+        match Reply::busy(retry_delay) {
+            Reply::Refuse { status, error } => Reply::Refuse {
+                status,
+                error: error.with_wake_budget_ms(budget),
+            },
+            other => other,
+        }
+    }
+
     /// A bare 503: the control plane is unavailable for this call (retried by the gateway).
     pub fn unavailable() -> Reply {
         Reply::Status(503)

@@ -117,6 +117,12 @@ impl TestGateway {
     pub async fn serve(config: Config) -> TestGateway {
         let public = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let admin = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        TestGateway::serve_on(config, public, admin)
+    }
+
+    /// A gateway with this configuration on these listeners (for a configuration that names
+    /// the gateway's own addresses).
+    pub fn serve_on(config: Config, public: TcpListener, admin: TcpListener) -> TestGateway {
         let addr = public.local_addr().expect("addr");
         let admin_addr = admin.local_addr().expect("addr");
         let shutdown = CancellationToken::new();

@@ -14,6 +14,13 @@ pub const REPORT_INTERVAL_MS: RangeInclusive<u64> = 50..=60_000;
 /// `cached`): a gateway sends at most this many, and the wake service ignores any beyond.
 pub const MAX_REPORTED_ENDPOINTS: usize = 10_000;
 
+/// The longest [`PeerAddress::address`] (`host:port`).
+pub const MAX_PEER_ADDRESS: usize = 255;
+
+/// The most peers one [`ActivityReply`] lists (the live gateways that take forwarded cancel
+/// requests); a gateway ignores any beyond.
+pub const MAX_PEERS: usize = 1024;
+
 /// `GET /proxy/api/v1/wake_compute?endpointish=<id>[-pooler]`: where to connect now.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WakeCompute {
@@ -85,6 +92,27 @@ pub struct ActivityReport {
     /// with the same id, until a reply's `usage_applied` names it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<UsageReport>,
+    /// Where the other gateways (replicas behind one load balancer) forward the cancel
+    /// requests that reach them for this gateway's sessions, and the tag its cancel keys
+    /// carry. Absent: this gateway takes no forwarded cancel requests (a single replica).
+    /// Needs `gateway_id`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer: Option<PeerAddress>,
+}
+
+/// How the other gateways reach one gateway with forwarded cancel requests
+/// ([`ActivityReport::peer`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerAddress {
+    /// `host:port` of the gateway's admin listener as the other gateways reach it (a pod IP,
+    /// a private DNS name), 1 to [`MAX_PEER_ADDRESS`] characters. They `POST` a
+    /// [`PeerCancel`] to `http://<address>/internal/cancel`.
+    pub address: String,
+    /// Bits 23 to 30 of the process id of every cancel key (BackendKeyData) this gateway
+    /// hands out: a gateway that receives a CancelRequest for a key it does not hold
+    /// forwards it only to the peers with that key's tag. Random per process; two gateways
+    /// may share one (both are then asked).
+    pub cancel_tag: u8,
 }
 
 /// The longest [`UsageReport::report_id`].
@@ -171,6 +199,50 @@ pub struct ActivityReply {
     /// (see [`WakeCompute::pool_max_conns`]): a resize reaches every gateway within one report.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pool_limits: Vec<PoolLimit>,
+    /// Of `inactive`, the endpoints that do not exist (deleted): besides their routes and idle
+    /// connections, the gateway drops their cached role secrets, password proofs and JWKS
+    /// rules, so an endpoint created again under the same id starts clean.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deleted: Vec<String>,
+    /// The other live gateways that take forwarded cancel requests (those whose reports carry
+    /// [`ActivityReport::peer`] and that reported within three of their intervals), at most
+    /// [`MAX_PEERS`], never the reporting gateway itself. Empty for a report without
+    /// `gateway_id`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub peers: Vec<GatewayPeer>,
+}
+
+/// Another gateway, in an [`ActivityReply`]: where it takes forwarded cancel requests.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GatewayPeer {
+    pub gateway_id: String,
+    /// See [`PeerAddress::address`].
+    pub address: String,
+    /// See [`PeerAddress::cancel_tag`].
+    pub cancel_tag: u8,
+}
+
+/// `POST http://<peer address>/internal/cancel` (gateway to gateway, not part of Neon's API): a
+/// CancelRequest that reached one gateway for a key whose tag names another. Sent with
+/// `Authorization: Bearer <key>`, the key derived from the control-plane token the gateways
+/// share, and forwarded once: the receiving gateway looks the key up among its own sessions
+/// only (the same check as for a CancelRequest of its own), never forwarding it again.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerCancel {
+    /// The CancelRequest's process id and secret key, as the client sent them.
+    pub process_id: i32,
+    pub secret_key: i32,
+    /// The address of the client that sent the CancelRequest: the receiving gateway charges
+    /// its cancel rate limit per client address too.
+    pub client_ip: std::net::IpAddr,
+}
+
+/// The answer to a [`PeerCancel`] (status 200; 401 for a wrong key, 429 over the client's cancel
+/// rate, 404 from a gateway that takes no forwarded cancel requests).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerCancelReply {
+    /// A live session of the receiving gateway holds the key; its query was sent a cancel.
+    pub cancelled: bool,
 }
 
 /// One endpoint's gateway pool cap, in an [`ActivityReply`].
@@ -316,6 +388,11 @@ pub struct ErrorInfo {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RetryInfo {
     pub retry_delay_ms: u64,
+    /// Not in Neon's API: how long, from its first try, a caller should keep retrying a wake
+    /// of this endpoint (its compute driver's resume time: seconds on Railway, where Neon's
+    /// are milliseconds). Absent: the caller's own retry count applies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wake_budget_ms: Option<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -395,9 +472,29 @@ impl ControlPlaneError {
         if let Some(status) = &mut self.status {
             status.details.retry_info = Some(RetryInfo {
                 retry_delay_ms: delay,
+                wake_budget_ms: None,
             });
         }
         self
+    }
+
+    /// Sets [`RetryInfo::wake_budget_ms`] (after [`Self::with_retry_delay_ms`]).
+    pub fn with_wake_budget_ms(mut self, budget: u64) -> Self {
+        if let Some(info) = self
+            .status
+            .as_mut()
+            .and_then(|s| s.details.retry_info.as_mut())
+        {
+            info.wake_budget_ms = Some(budget);
+        }
+        self
+    }
+
+    pub fn wake_budget_ms(&self) -> Option<u64> {
+        self.status
+            .as_ref()
+            .and_then(|s| s.details.retry_info.as_ref())
+            .and_then(|r| r.wake_budget_ms)
     }
 
     pub fn reason(&self) -> Reason {
@@ -437,6 +534,7 @@ mod tests {
     fn activity_limits() {
         assert_eq!(REPORT_INTERVAL_MS, 50..=60_000);
         assert_eq!(MAX_REPORTED_ENDPOINTS, 10_000);
+        assert_eq!((MAX_PEER_ADDRESS, MAX_PEERS), (255, 1024));
     }
 
     #[test]
@@ -477,6 +575,41 @@ mod tests {
         assert_eq!(parsed.role_changes_cursor, Some(8));
         assert!(parsed.role_changes_truncated);
         assert_eq!(serde_json::to_string(&parsed).expect("serialize"), reply);
+    }
+
+    #[test]
+    fn peers_golden() {
+        let json = r#"{"interval_ms":1000,"endpoints":[],"cached":[],"gateway_id":"g-1","peer":{"address":"10.0.0.7:4480","cancel_tag":200}}"#;
+        let parsed: ActivityReport = serde_json::from_str(json).expect("parse");
+        let peer = parsed.peer.as_ref().expect("peer");
+        assert_eq!(
+            (peer.address.as_str(), peer.cancel_tag),
+            ("10.0.0.7:4480", 200)
+        );
+        assert_eq!(serde_json::to_string(&parsed).expect("serialize"), json);
+        // A tag is one byte.
+        let wide = json.replace("200", "256");
+        assert!(serde_json::from_str::<ActivityReport>(&wide).is_err());
+
+        let reply = r#"{"inactive":["gone","asleep"],"deleted":["gone"],"peers":[{"gateway_id":"g-2","address":"gw-2.internal:4480","cancel_tag":7}]}"#;
+        let parsed: ActivityReply = serde_json::from_str(reply).expect("parse");
+        assert_eq!(parsed.deleted, ["gone"]);
+        assert_eq!(parsed.peers[0].gateway_id, "g-2");
+        assert_eq!(parsed.peers[0].cancel_tag, 7);
+        assert_eq!(serde_json::to_string(&parsed).expect("serialize"), reply);
+        // An older wake service sends neither.
+        let old: ActivityReply = serde_json::from_str(r#"{"inactive":[]}"#).expect("parse");
+        assert!(old.peers.is_empty() && old.deleted.is_empty());
+
+        let cancel = r#"{"process_id":1677721601,"secret_key":-5,"client_ip":"2001:db8::1"}"#;
+        let parsed: PeerCancel = serde_json::from_str(cancel).expect("parse");
+        assert_eq!(
+            parsed.client_ip,
+            "2001:db8::1".parse::<std::net::IpAddr>().expect("ip")
+        );
+        assert_eq!(serde_json::to_string(&parsed).expect("serialize"), cancel);
+        let answer: PeerCancelReply = serde_json::from_str(r#"{"cancelled":true}"#).expect("parse");
+        assert!(answer.cancelled);
     }
 
     #[test]

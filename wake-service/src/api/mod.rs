@@ -61,11 +61,20 @@ pub fn app(service: Arc<Service>) -> Router {
         .with_state(service)
 }
 
+/// How long `/readyz` waits for the state store: a store that hangs makes the replica not
+/// ready in bounded time (a load balancer's probe gets an answer).
+const READY_STORE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 async fn readyz(State(service): State<Arc<Service>>) -> Response {
-    match service.computes.store().ping().await {
-        Ok(()) => "ready".into_response(),
-        Err(e) => {
+    let ping = tokio::time::timeout(READY_STORE_TIMEOUT, service.computes.store().ping()).await;
+    match ping {
+        Ok(Ok(())) => "ready".into_response(),
+        Ok(Err(e)) => {
             tracing::warn!(error = %e, "not ready: state store unreachable");
+            ApiError::Unavailable("state store unreachable".into()).into_response()
+        }
+        Err(_) => {
+            tracing::warn!("not ready: the state store did not answer in time");
             ApiError::Unavailable("state store unreachable".into()).into_response()
         }
     }
@@ -172,8 +181,10 @@ impl From<LifecycleError> for ApiError {
             LifecycleError::Busy(_) => ApiError::Unavailable(e.to_string()),
             LifecycleError::Compute { endpoint, source } => {
                 tracing::error!(endpoint, error = %source, "compute error");
+                // The admin API is the operator's: the driver's reason (a Railway
+                // deployment's status, a GraphQL error) is what they need. It names no secret.
                 ApiError::Unavailable(format!(
-                    "the compute of endpoint '{endpoint}' failed; see the wake-service log"
+                    "the compute of endpoint '{endpoint}' failed: {source}"
                 ))
             }
             LifecycleError::Store(source) => {
@@ -227,6 +238,12 @@ pub enum ProxyError {
     EndpointNotFound,
     /// Worth retrying after the delay.
     Busy(u64),
+    /// A wake still in progress on a slow driver: retry after the delay, and keep retrying
+    /// for the budget (milliseconds from the first try).
+    Starting {
+        retry_ms: u64,
+        budget_ms: u64,
+    },
     /// The compute could not be started.
     ComputeFailed,
 }
@@ -281,6 +298,19 @@ impl IntoResponse for ProxyError {
                     Reason::RunningOperations,
                 )
                 .with_retry_delay_ms(delay),
+            ),
+            ProxyError::Starting {
+                retry_ms,
+                budget_ms,
+            } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                ControlPlaneError::new(
+                    "UNAVAILABLE",
+                    "the endpoint's compute is starting",
+                    Reason::RunningOperations,
+                )
+                .with_retry_delay_ms(retry_ms)
+                .with_wake_budget_ms(budget_ms),
             ),
             ProxyError::ComputeFailed => (
                 StatusCode::SERVICE_UNAVAILABLE,

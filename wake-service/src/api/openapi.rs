@@ -74,7 +74,11 @@ fn size_schemas() -> Value {
             "settings": {"type": "array", "items": {"type": "object", "properties": {"name": {"type": "string"}, "value": {"type": "string", "description": "in effect"},
                 "pending": {"type": "string", "description": "what the next start applies (restart-only settings that differ)"}}}},
             "pooler_pool_size": {"type": "integer"}, "gateway_pool_max_conns": {"type": "integer"}}},
-        "Resize": {"type": "object", "required": ["cu"], "additionalProperties": false, "properties": {"cu": {"type": "number", "description": "0.25 steps, up to --max-cu"}}}
+        "Resize": {"type": "object", "required": ["cu"], "additionalProperties": false, "properties": {"cu": {"type": "number", "description": "0.25 steps, up to --max-cu"}}},
+        "RailwayService": {"type": "object", "required": ["project_id", "environment_id", "service_id"], "additionalProperties": false,
+            "description": "An existing Railway Postgres service (and its PgBouncer service) a railway endpoint is bound to",
+            "properties": {"project_id": {"type": "string"}, "environment_id": {"type": "string"},
+                "service_id": {"type": "string"}, "pooler_service_id": {"type": "string"}}}
     })
 }
 
@@ -108,11 +112,13 @@ pub fn spec() -> Value {
                     "created_at": {"type": "string", "format": "date-time"}, "updated_at": {"type": "string", "format": "date-time"},
                     "last_active": {"type": "string", "format": "date-time", "nullable": true},
                     "suspended_at": {"type": "string", "format": "date-time", "nullable": true},
-                    "size": schema("ComputeSize")}},
+                    "size": schema("ComputeSize"), "railway": schema("RailwayService")}},
                 "CreateEndpoint": {"type": "object", "required": ["id"], "additionalProperties": false, "properties": {
                     "id": {"type": "string", "pattern": "^[a-z][a-z0-9-]{0,62}$"},
                     "suspend_timeout_seconds": {"type": "integer", "description": "-1 never, 0 default (300), up to 604800"},
-                    "min_cu": {"type": "number"}, "max_cu": {"type": "number"}}},
+                    "min_cu": {"type": "number"}, "max_cu": {"type": "number"},
+                    "driver": {"type": "string", "enum": ["local", "railway"], "description": "default local; railway needs `railway` and a wake service started with RAILWAY_API_TOKEN"},
+                    "railway": schema("RailwayService")}},
                 "PatchEndpoint": {"type": "object", "additionalProperties": false, "properties": {
                     "suspend_timeout_seconds": {"type": "integer"}, "min_cu": {"type": "number"}, "max_cu": {"type": "number"}}},
                 "CreateRole": {"type": "object", "required": ["name", "password"], "additionalProperties": false, "properties": {"name": {"type": "string"}, "password": {"type": "string"}}},
@@ -153,7 +159,7 @@ pub fn spec() -> Value {
                     "role_changes": {"type": "array", "items": {"type": "object", "properties": {"id": {"type": "integer"}, "endpoint_id": {"type": "string"}, "role": {"type": "string"}}}},
                     "role_changes_cursor": {"type": "integer"}, "role_changes_truncated": {"type": "boolean"},
                     "pool_limits": {"type": "array", "items": {"type": "object", "properties": {"endpoint_id": {"type": "string"}, "pool_max_conns": {"type": "integer"}}}}}},
-                "ControlPlaneError": {"type": "object", "description": "Neon's error shape: {error, status: {code, message, details: {error_info: {reason}, retry_info: {retry_delay_ms}, user_facing_message: {message}}}}"}
+                "ControlPlaneError": {"type": "object", "description": "Neon's error shape: {error, status: {code, message, details: {error_info: {reason}, retry_info: {retry_delay_ms, wake_budget_ms?}, user_facing_message: {message}}}}"}
             }
         },
         "security": [{"bearer": []}],
@@ -259,5 +265,18 @@ pub fn spec() -> Value {
     ) {
         schemas.extend(more);
     }
+    replica_fields(&mut spec["components"]["schemas"]);
     spec
+}
+
+/// The activity report's and reply's fields for several gateway replicas.
+fn replica_fields(schemas: &mut Value) {
+    schemas["ActivityReport"]["properties"]["peer"] = json!({"type": "object", "required": ["address", "cancel_tag"],
+        "description": "where the other gateways forward cancel requests for this gateway's sessions (POST http://<address>/internal/cancel); needs gateway_id",
+        "properties": {"address": {"type": "string", "maxLength": 255, "description": "host:port"},
+            "cancel_tag": {"type": "integer", "minimum": 0, "maximum": 255}}});
+    schemas["ActivityReply"]["properties"]["deleted"] = json!({"type": "array", "items": {"type": "string"},
+        "description": "of inactive, the endpoints that no longer exist"});
+    schemas["ActivityReply"]["properties"]["peers"] = json!({"type": "array", "items": {"type": "object", "properties": {
+        "gateway_id": {"type": "string"}, "address": {"type": "string"}, "cancel_tag": {"type": "integer"}}}});
 }

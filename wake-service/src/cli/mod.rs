@@ -46,6 +46,41 @@ pub struct SettingsArgs {
     max_cu: Option<f64>,
 }
 
+/// `endpoints create --railway-service …`: bind the endpoint to an existing Railway Postgres
+/// service (`driver: "railway"`; the wake service needs RAILWAY_API_TOKEN).
+#[derive(clap::Args, Debug)]
+pub struct RailwayArgs {
+    /// The Railway Postgres service to bind to (with its project and environment).
+    #[arg(long, requires_all = ["railway_project", "railway_environment"])]
+    railway_service: Option<String>,
+    #[arg(long)]
+    railway_project: Option<String>,
+    #[arg(long)]
+    railway_environment: Option<String>,
+    /// The PgBouncer service in front of it, if any.
+    #[arg(long, requires = "railway_service")]
+    railway_pooler_service: Option<String>,
+}
+
+impl RailwayArgs {
+    /// The body's `driver` and `railway` fields, when a service is named.
+    fn fields(self) -> Option<[(String, Value); 2]> {
+        let service = self.railway_service?;
+        let mut railway = json!({
+            "project_id": self.railway_project,
+            "environment_id": self.railway_environment,
+            "service_id": service,
+        });
+        if let Some(pooler) = self.railway_pooler_service {
+            railway["pooler_service_id"] = json!(pooler);
+        }
+        Some([
+            ("driver".into(), json!("railway")),
+            ("railway".into(), railway),
+        ])
+    }
+}
+
 #[derive(Subcommand, Debug)]
 pub enum EndpointsCommand {
     /// List endpoints.
@@ -64,6 +99,8 @@ pub enum EndpointsCommand {
         id: String,
         #[command(flatten)]
         settings: SettingsArgs,
+        #[command(flatten)]
+        railway: RailwayArgs,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -259,10 +296,12 @@ pub async fn endpoints(command: EndpointsCommand) -> anyhow::Result<()> {
         EndpointsCommand::Create {
             id,
             settings,
+            railway,
             client,
         } => {
             let mut body = settings.body();
             body.insert("id".into(), json!(id));
+            body.extend(railway.fields().into_iter().flatten());
             let body = Some(Value::Object(body));
             (client, Method::POST, "/v1/endpoints".into(), body)
         }

@@ -14,6 +14,7 @@ use super::{
     ComputeDriver, ComputeError, ComputeLoad, ComputeSpec, Health, PoolerRole, PoolerStats,
     StopMode, Target,
 };
+use crate::autoscale::sizing::Cu;
 
 pub struct Drivers {
     local: Arc<dyn ComputeDriver>,
@@ -44,6 +45,29 @@ impl Drivers {
                     .to_owned(),
             )
         })
+    }
+
+    /// How long a wake of this compute may take when it is not the usual milliseconds: a
+    /// Railway redeploy's resume budget (`--railway-resume-timeout-seconds`).
+    pub fn wake_budget(&self, spec: &ComputeSpec) -> Option<Duration> {
+        match (&spec.target, &self.railway) {
+            (Target::Railway(_), Some(railway)) => Some(railway.resume_budget()),
+            _ => None,
+        }
+    }
+
+    /// The cap on gateways' own pools of direct connections for the compute's size.
+    pub fn pool_max_conns(&self, spec: &ComputeSpec) -> u32 {
+        self.pool_cap(spec.cu, matches!(spec.target, Target::Railway(_)))
+    }
+
+    /// [`Self::pool_max_conns`] from a size and whether the compute is on Railway.
+    pub fn pool_cap(&self, cu: Cu, railway: bool) -> u32 {
+        let sized = cu.size().gateway_pool_max_conns;
+        match (&self.railway, railway) {
+            (Some(driver), true) => sized.min(driver.pool_max_conns()),
+            _ => sized,
+        }
     }
 
     fn of(&self, spec: &ComputeSpec) -> Result<&dyn ComputeDriver, ComputeError> {

@@ -49,8 +49,8 @@ use crate::jwt;
 use crate::metrics::{self, Metrics};
 use crate::roles;
 use crate::store::{
-    EndpointChanges, EndpointRow, GatewayActivity, NewEndpoint, NewJwksRule, Operation, RoleRow,
-    Store, StoreError, Transition,
+    EndpointChanges, EndpointLock, EndpointRow, GatewayActivity, NewEndpoint, NewJwksRule,
+    Operation, RoleRow, Store, StoreError, Transition,
 };
 
 /// Largest suspend timeout (Neon's: one week). -1 means never; 0 means the default.
@@ -191,6 +191,27 @@ fn held(row: &EndpointRow) -> bool {
     held_at(row, time::OffsetDateTime::now_utc())
 }
 
+/// An endpoint's operation lock, in this process and in the store (dropped in that order:
+/// the store's is released first).
+pub struct EndpointGuard {
+    _store: EndpointLock,
+    _local: OwnedMutexGuard<()>,
+}
+
+/// What [`Computes::wake_for_gateway`] came to.
+pub enum Waited {
+    Done(Box<Result<(EndpointRow, ColdStartInfo), LifecycleError>>),
+    /// Still waking (it goes on in its task); `budget`: how long a caller should keep
+    /// retrying, for a driver that resumes in seconds.
+    Pending {
+        budget: Option<Duration>,
+    },
+}
+
+/// The longest a gateway's `wake_compute` is held for a driver that resumes in seconds:
+/// below gateways' request timeout (5 s by default), so the answer carries the budget.
+pub const SLOW_WAKE_HOLD: Duration = Duration::from_secs(3);
+
 pub struct Computes {
     store: Store,
     driver: Arc<Drivers>,
@@ -267,30 +288,55 @@ impl Computes {
     }
 
     /// Waits (bounded) for the endpoint's operation lock.
-    async fn lock(&self, id: &str) -> Result<OwnedMutexGuard<()>, LifecycleError> {
+    /// Waits (bounded) for the endpoint's operation lock: this process's, then the store's,
+    /// which every replica of the wake service takes too.
+    async fn lock(&self, id: &str) -> Result<EndpointGuard, LifecycleError> {
+        let deadline = tokio::time::Instant::now() + self.config.operation_timeout;
         let lock = {
             let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
             locks.entry(id.to_owned()).or_default().clone()
         };
-        tokio::time::timeout(self.config.operation_timeout, lock.lock_owned())
+        let local = tokio::time::timeout_at(deadline, lock.lock_owned())
             .await
-            .map_err(|_| LifecycleError::Busy(id.to_owned()))
+            .map_err(|_| LifecycleError::Busy(id.to_owned()))?;
+        match self
+            .store
+            .lock_endpoint_operation(id, Some(deadline))
+            .await?
+        {
+            Some(store) => Ok(EndpointGuard {
+                _store: store,
+                _local: local,
+            }),
+            None => Err(LifecycleError::Busy(id.to_owned())),
+        }
     }
 
-    /// The endpoint's lock if nothing holds it now.
-    fn try_lock(&self, id: &str) -> Option<OwnedMutexGuard<()>> {
+    /// The endpoint's lock if nothing (on any replica) holds it now.
+    async fn try_lock(&self, id: &str) -> Option<EndpointGuard> {
         let lock = {
             let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
             locks.entry(id.to_owned()).or_default().clone()
         };
-        lock.try_lock_owned().ok()
+        let local = lock.try_lock_owned().ok()?;
+        match self.store.lock_endpoint_operation(id, None).await {
+            Ok(Some(store)) => Some(EndpointGuard {
+                _store: store,
+                _local: local,
+            }),
+            Ok(None) => None,
+            Err(e) => {
+                tracing::warn!(endpoint = id, error = %e, "could not take the endpoint's lock in the store");
+                None
+            }
+        }
     }
 
     /// Samples the logical size of an active endpoint's databases (metering). Never wakes a
     /// compute and never waits for one: `Ok(None)` when the endpoint is not active or another
     /// operation holds it.
     pub async fn sample_storage(&self, id: &str) -> Result<Option<i64>, LifecycleError> {
-        let Some(_guard) = self.try_lock(id) else {
+        let Some(_guard) = self.try_lock(id).await else {
             return Ok(None);
         };
         let Some(row) = self.store.endpoint(id).await? else {
@@ -471,6 +517,16 @@ impl Computes {
         match (request.driver.as_deref(), &request.railway) {
             (None | Some(local::NAME), None) => Ok(None),
             (Some(railway::NAME), Some(service)) => {
+                let owner = self
+                    .store
+                    .railway_binding_owner(&service.environment_id, &service.service_id)
+                    .await?;
+                if let Some(owner) = owner {
+                    return Err(LifecycleError::Conflict(format!(
+                        "Railway service '{}' is already bound to endpoint '{owner}'",
+                        service.service_id
+                    )));
+                }
                 let driver = self
                     .driver
                     .railway()
@@ -582,10 +638,44 @@ impl Computes {
         id: &str,
         trigger: WakeTrigger,
     ) -> Option<Result<(EndpointRow, ColdStartInfo), LifecycleError>> {
+        self.wake_within(id, trigger, self.config.wake_timeout)
+            .await
+    }
+
+    /// [`Self::wake_detached`] for a gateway's `wake_compute`. When the endpoint's driver
+    /// resumes in seconds (Railway), the answer comes within [`SLOW_WAKE_HOLD`], before a
+    /// gateway's request times out, and a wake still in progress says how long the gateway
+    /// should keep retrying: the driver's resume budget.
+    pub async fn wake_for_gateway(self: &Arc<Self>, id: &str, trigger: WakeTrigger) -> Waited {
+        let budget = match self.store.endpoint(id).await {
+            Ok(Some(row)) => self.driver.wake_budget(&Self::spec(&row)),
+            _ => None,
+        };
+        let hold = match budget {
+            Some(_) => SLOW_WAKE_HOLD.min(self.config.wake_timeout),
+            None => self.config.wake_timeout,
+        };
+        match self.wake_within(id, trigger, hold).await {
+            Some(result) => Waited::Done(Box::new(result)),
+            None => Waited::Pending { budget },
+        }
+    }
+
+    /// The cap on each gateway's own pool of direct connections to the endpoint's compute.
+    pub fn pool_max_conns(&self, row: &EndpointRow) -> u32 {
+        self.driver.pool_max_conns(&Self::spec(row))
+    }
+
+    async fn wake_within(
+        self: &Arc<Self>,
+        id: &str,
+        trigger: WakeTrigger,
+        hold: Duration,
+    ) -> Option<Result<(EndpointRow, ColdStartInfo), LifecycleError>> {
         let computes = self.clone();
         let owned = id.to_owned();
         let task = tokio::spawn(async move { computes.wake(&owned, trigger).await });
-        match tokio::time::timeout(self.config.wake_timeout, task).await {
+        match tokio::time::timeout(hold, task).await {
             Ok(Ok(result)) => Some(result),
             Ok(Err(e)) => {
                 tracing::error!(endpoint = id, error = %e, "wake task failed");
@@ -623,10 +713,7 @@ impl Computes {
 
     /// The endpoint's lock, with its compute running (started now if it was not): what every
     /// operation that changes something inside Postgres needs.
-    async fn lock_running(
-        &self,
-        id: &str,
-    ) -> Result<(OwnedMutexGuard<()>, EndpointRow), LifecycleError> {
+    async fn lock_running(&self, id: &str) -> Result<(EndpointGuard, EndpointRow), LifecycleError> {
         // Unknown ids never get a lock entry (the map only holds real endpoints).
         self.row(id).await?;
         let guard = self.lock(id).await?;
@@ -1799,9 +1886,9 @@ impl Computes {
         let pool_limits = status
             .active
             .into_iter()
-            .map(|(endpoint_id, cu)| PoolLimit {
+            .map(|(endpoint_id, cu, railway)| PoolLimit {
                 endpoint_id,
-                pool_max_conns: stored_cu(cu).size().gateway_pool_max_conns,
+                pool_max_conns: self.driver.pool_cap(stored_cu(cu), railway),
             })
             .collect();
         let mut reply = ActivityReply {

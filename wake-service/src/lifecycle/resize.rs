@@ -77,7 +77,7 @@ impl Computes {
         to: Cu,
         reason: String,
     ) -> Result<Option<EndpointRow>, LifecycleError> {
-        let Some(_guard) = self.try_lock(id) else {
+        let Some(_guard) = self.try_lock(id).await else {
             return Ok(None);
         };
         let row = self.row(id).await?;

@@ -18,6 +18,7 @@ use wake_api::proxy::JwksSettings;
 use crate::compute::railway::Binding;
 use crate::jwt::RoleLogin;
 
+mod gateways;
 mod usage;
 pub use usage::{AppliedUsage, Checkpoint, UsageRow};
 
@@ -44,6 +45,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         6,
         "railway",
         include_str!("../../migrations/0006_railway.sql"),
+    ),
+    (
+        7,
+        "gateways",
+        include_str!("../../migrations/0007_gateways.sql"),
     ),
 ];
 
@@ -263,8 +269,8 @@ pub struct Transition<'a> {
 pub struct ActivityStatus {
     /// Not active (or gone).
     pub inactive: Vec<String>,
-    /// Active, with their size.
-    pub active: Vec<(String, f64)>,
+    /// Active, with their size and whether they are bound to Railway.
+    pub active: Vec<(String, f64, bool)>,
 }
 
 /// Settings a PATCH may change; `None` leaves a field alone.
@@ -278,32 +284,176 @@ pub struct EndpointChanges {
 #[derive(Clone)]
 pub struct Store {
     pool: Pool,
+    /// Connections that hold endpoint operation locks ([`Store::lock_endpoint_operation`]),
+    /// apart from `pool` so that long operations never starve the store's queries.
+    locks: Pool,
+}
+
+/// The first key of every endpoint operation lock (the advisory locks with two 32-bit keys
+/// are a key space of their own, apart from the 64-bit leader and migration locks).
+const ENDPOINT_LOCK_CLASS: i32 = 0x7761_6b65;
+/// The most endpoint operations that may hold their lock at once, across the replica.
+const ENDPOINT_LOCKS: usize = 64;
+/// How long getting a connection for an endpoint lock may take beyond its deadline.
+const ENDPOINT_LOCK_CONNECT: Duration = Duration::from_secs(5);
+/// How often a taken endpoint lock is tried again.
+const ENDPOINT_LOCK_RETRY: Duration = Duration::from_millis(20);
+
+/// An endpoint's operation lock in the store, held while it lives: every replica of the
+/// wake service takes it around an operation on the endpoint's compute, so two replicas
+/// never start, stop or resize one compute at once. A session advisory lock: released by
+/// `pg_advisory_unlock` when dropped, or with its connection if the replica dies.
+pub struct EndpointLock {
+    client: Option<deadpool_postgres::Object>,
+    key: i32,
+}
+
+impl Drop for EndpointLock {
+    fn drop(&mut self) {
+        let Some(client) = self.client.take() else {
+            return;
+        };
+        let key = self.key;
+        let unlock = async move {
+            let unlocked = client
+                .query_one(
+                    "SELECT pg_advisory_unlock($1, $2)",
+                    &[&ENDPOINT_LOCK_CLASS, &key],
+                )
+                .await
+                .and_then(|row| row.try_get::<_, bool>(0));
+            if !matches!(unlocked, Ok(true)) {
+                // Closing the session releases whatever it holds.
+                drop(deadpool_postgres::Object::take(client));
+            }
+        };
+        // Without a runtime left, the connection closes with it, and the lock with it.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            drop(runtime.spawn(unlock));
+        }
+    }
 }
 
 /// Holds the leader lock for as long as it lives (one replica runs reconciliation and the
 /// schedulers at a time). The lock is a session advisory lock: it goes away with the
 /// connection, so a crashed leader releases it by dying.
 pub struct Leadership {
-    _client: deadpool_postgres::ClientWrapper,
+    client: deadpool_postgres::ClientWrapper,
+}
+
+impl Leadership {
+    /// Whether the lock is still held: its connection is open and answers within `timeout`.
+    /// A connection that closed took the lock with it (another replica may hold it now); one
+    /// that does not answer may be gone too, and a leader must not go on as if it led.
+    pub async fn held(&self, timeout: Duration) -> bool {
+        if self.client.is_closed() {
+            return false;
+        }
+        matches!(
+            tokio::time::timeout(timeout, self.client.simple_query("SELECT 1")).await,
+            Ok(Ok(_))
+        )
+    }
+
+    /// Whether the lock's connection closed (no round trip: cheap enough to ask often).
+    pub fn connection_closed(&self) -> bool {
+        self.client.is_closed()
+    }
 }
 
 impl Store {
     /// Connects and applies pending migrations.
     pub async fn open(config: tokio_postgres::Config) -> Result<Store, StoreError> {
         let manager = Manager::from_config(
-            config,
+            config.clone(),
             NoTls,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
         );
+        let locks = Manager::from_config(
+            config.clone(),
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let locks = Pool::builder(locks)
+            .max_size(ENDPOINT_LOCKS)
+            .build()
+            .map_err(|e| StoreError::Build(e.to_string()))?;
         let pool = Pool::builder(manager)
             .max_size(16)
             .build()
             .map_err(|e| StoreError::Build(e.to_string()))?;
-        let store = Store { pool };
+        let store = Store { pool, locks };
         store.migrate().await?;
         Ok(store)
+    }
+
+    /// The endpoint bound to Railway service `service_id` in `environment_id`, if any.
+    pub async fn railway_binding_owner(
+        &self,
+        environment_id: &str,
+        service_id: &str,
+    ) -> Result<Option<String>, StoreError> {
+        let client = self.pool.get().await?;
+        let row = client
+            .query_opt(
+                "SELECT id FROM endpoints
+                 WHERE railway ->> 'environment_id' = $1 AND railway ->> 'service_id' = $2",
+                &[&environment_id, &service_id],
+            )
+            .await?;
+        Ok(row.map(|r| r.try_get(0)).transpose()?)
+    }
+
+    /// Takes endpoint `id`'s operation lock (see [`EndpointLock`]), waiting for it until
+    /// `deadline` (None: one try): `Ok(None)` when another operation (on any replica) still
+    /// holds it then.
+    pub async fn lock_endpoint_operation(
+        &self,
+        id: &str,
+        deadline: Option<tokio::time::Instant>,
+    ) -> Result<Option<EndpointLock>, StoreError> {
+        let now = tokio::time::Instant::now();
+        // A connection may have to be made first, even for a single try.
+        let connected_by = deadline.map_or(now, |d| d.max(now)) + ENDPOINT_LOCK_CONNECT;
+        let client = match tokio::time::timeout_at(connected_by, self.locks.get()).await {
+            Ok(client) => client?,
+            Err(_) => return Ok(None),
+        };
+        let key: i32 = client
+            .query_one("SELECT hashtext($1)", &[&id])
+            .await?
+            .try_get(0)?;
+        let mut lock = EndpointLock {
+            client: Some(client),
+            key,
+        };
+        loop {
+            let Some(client) = &lock.client else {
+                return Ok(None);
+            };
+            let taken: bool = client
+                .query_one(
+                    "SELECT pg_try_advisory_lock($1, $2)",
+                    &[&ENDPOINT_LOCK_CLASS, &key],
+                )
+                .await?
+                .try_get(0)?;
+            if taken {
+                return Ok(Some(lock));
+            }
+            let again =
+                deadline.is_some_and(|d| tokio::time::Instant::now() + ENDPOINT_LOCK_RETRY <= d);
+            if !again {
+                // Not taken: nothing to unlock, the connection goes back as it is.
+                lock.client = None;
+                return Ok(None);
+            }
+            tokio::time::sleep(ENDPOINT_LOCK_RETRY).await;
+        }
     }
 
     async fn migrate(&self) -> Result<(), StoreError> {
@@ -358,9 +508,17 @@ impl Store {
             .await?;
         if row.try_get::<_, bool>(0)? {
             // This connection must never go back to the pool while it holds the lock.
-            Ok(Some(Leadership {
-                _client: deadpool_postgres::Object::take(client),
-            }))
+            let client = deadpool_postgres::Object::take(client);
+            // The store notices a leader that vanished without closing its connection (its
+            // machine or network gone) within about 25 s instead of the OS default of hours,
+            // and releases the lock; without keepalives no other replica could take over.
+            client
+                .batch_execute(
+                    "SET tcp_keepalives_idle = 10; SET tcp_keepalives_interval = 5;
+                     SET tcp_keepalives_count = 3",
+                )
+                .await?;
+            Ok(Some(Leadership { client }))
         } else {
             Ok(None)
         }
@@ -551,7 +709,8 @@ impl Store {
         }
         let rows = client
             .query(
-                "SELECT q.id, e.state IS NOT DISTINCT FROM 'active', e.current_cu
+                "SELECT q.id, e.state IS NOT DISTINCT FROM 'active', e.current_cu,
+                        e.railway IS NOT NULL
                  FROM unnest($1::text[]) AS q(id)
                  LEFT JOIN endpoints e ON e.id = q.id",
                 &[&ids],
@@ -561,7 +720,7 @@ impl Store {
         for row in &rows {
             let id: String = row.try_get(0)?;
             if row.try_get(1)? {
-                status.active.push((id, row.try_get(2)?));
+                status.active.push((id, row.try_get(2)?, row.try_get(3)?));
             } else {
                 status.inactive.push(id);
             }
@@ -1082,6 +1241,7 @@ impl Store {
     /// Closes every pooled connection (before the embedded store is stopped).
     pub fn close(&self) {
         self.pool.close();
+        self.locks.close();
     }
 
     /// A cheap round trip, for readiness.

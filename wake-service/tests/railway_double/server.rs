@@ -141,6 +141,7 @@ impl Double {
         });
         let app = Router::new()
             .route("/graphql/v2", post(graphql))
+            .route("/_double/calls", axum::routing::get(calls))
             .with_state(inner.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -230,6 +231,18 @@ impl Double {
     pub fn service_exists(&self, service: &str) -> bool {
         self.world().services.contains_key(service)
     }
+}
+
+/// `GET /_double/calls`: every request that passed the schema, and the refused ones (for
+/// tests in other languages).
+async fn calls(State(inner): State<Arc<Inner>>) -> Json<Value> {
+    let world = inner.world();
+    let calls: Vec<Value> = world
+        .calls
+        .iter()
+        .map(|c| json!({"operation": c.operation, "root_field": c.root_field, "status": c.status}))
+        .collect();
+    Json(json!({"calls": calls, "violations": world.violations}))
 }
 
 fn graphql_error(status: StatusCode, message: &str) -> Response {

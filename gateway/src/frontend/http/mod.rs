@@ -1,17 +1,20 @@
 //! The HTTP surfaces: the public router (`POST /sql`, its CORS preflight, a request id on every
-//! response) and the admin router (`/metrics`, `/healthz`, `/readyz`).
+//! response) and the admin router (`/metrics`, `/usage`, `/healthz`, `/readyz`, and the cancel
+//! requests other gateway replicas forward, `/internal/cancel`).
 
 pub mod cors;
 pub mod error;
+pub mod peer;
 pub mod sql;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use axum::extract::DefaultBodyLimit;
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Router;
 use tracing::Instrument;
 
@@ -19,6 +22,7 @@ use crate::base::limits::{Limit, Refused};
 use crate::frontend::connection::ConnectionInfo;
 use crate::frontend::http::error::SqlError;
 use crate::frontend::websocket;
+use crate::proxy::cancel::PEER_CANCEL_PATH;
 
 pub use crate::frontend::state::AppState;
 
@@ -83,13 +87,18 @@ async fn route(state: Arc<AppState>, request: Request) -> Response {
     }
 }
 
-/// The admin router.
+/// The admin router; with `--peer-addr` other gateway replicas reach it too
+/// (`POST /internal/cancel`).
 pub fn admin(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
         .route("/usage", get(usage))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
+        .route(
+            PEER_CANCEL_PATH,
+            post(peer::cancel).layer(DefaultBodyLimit::max(peer::MAX_BODY)),
+        )
         .with_state(state)
 }
 

@@ -5,7 +5,8 @@
 //! Handshake, within `handshake_timeout` of the first byte:
 //! 1. Startup packets: SSLRequest is answered `S` + TLS on plain TCP when a certificate is
 //!    configured, `N` otherwise; GSSENCRequest `N`; a CancelRequest is looked up in the
-//!    [`crate::proxy::cancel::CancelMap`] and forwarded, then the connection closes.
+//!    [`crate::proxy::cancel::Cancels`] and forwarded (to the session's backend, or to the
+//!    peer gateway whose key it is), then the connection closes.
 //! 2. The endpoint ([`credentials`]): host (WebSocket address, Host, SNI), `options`, password
 //!    hack, default.
 //! 3. Authentication, before the endpoint is resolved, woken or connected to. What the client
@@ -44,6 +45,7 @@ mod jwt;
 pub mod relay;
 
 use std::io;
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
 use bytes::{BufMut, BytesMut};
@@ -65,9 +67,7 @@ use crate::control_plane::activity::ActivityGuard;
 use crate::control_plane::client::ControlPlaneError;
 use crate::control_plane::routes::{ConnectError, Route};
 use crate::frontend::state::AppState;
-use crate::obs::labels::{
-    CancelOutcome, Label, ScramProof, SessionOutcome, Transport as TransportLabel,
-};
+use crate::obs::labels::{Label, ScramProof, SessionOutcome, Transport as TransportLabel};
 use crate::pgwire::client::{ClientError, ClientStream};
 use crate::pgwire::frame::{self, FrameError};
 use crate::pgwire::scram::{Proven, ScramError, ScramSecret, ScramServer};
@@ -321,6 +321,9 @@ impl SessionError {
 /// A Postgres connection on the public port (its first byte was that of a startup packet).
 pub async fn serve_tcp(stream: TcpStream, state: Arc<AppState>) {
     let deadline = Instant::now() + state.sessions.handshake_timeout;
+    let peer = stream
+        .peer_addr()
+        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip());
     let mut client = ClientStream::new(stream);
     let tls = state.tls.as_ref();
     let first = timeout_at(deadline, first_packet(&mut client, tls.is_some()))
@@ -348,31 +351,37 @@ pub async fn serve_tcp(stream: TcpStream, state: Arc<AppState>) {
                 Ok(Ok(stream)) => {
                     let sni = stream.get_ref().1.server_name().map(str::to_owned);
                     let transport = Transport::Tls { sni };
-                    run(ClientStream::new(stream), transport, deadline, &state).await;
+                    run(ClientStream::new(stream), transport, peer, deadline, &state).await;
                 }
                 Ok(Err(e)) => record(&Transport::Tcp, &SessionError::Tls(e), &state),
                 Err(_) => record(&Transport::Tcp, &SessionError::HandshakeTimeout, &state),
             }
         }
-        (first, _) => proceed(client, first, Transport::Tcp, deadline, &state).await,
+        (first, _) => proceed(client, first, Transport::Tcp, peer, deadline, &state).await,
     }
 }
 
 /// A session on a stream that is already set up: direct TLS, or a WebSocket. `ahead` holds
-/// bytes already read from it while telling protocols apart.
-pub async fn serve_stream<S>(io: S, ahead: &[u8], transport: Transport, state: Arc<AppState>)
-where
+/// bytes already read from it while telling protocols apart; `peer` is the client's address.
+pub async fn serve_stream<S>(
+    io: S,
+    ahead: &[u8],
+    transport: Transport,
+    peer: IpAddr,
+    state: Arc<AppState>,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     let deadline = Instant::now() + state.sessions.handshake_timeout;
     let mut client = ClientStream::new(io);
     client.push_ahead(ahead);
-    run(client, transport, deadline, &state).await;
+    run(client, transport, peer, deadline, &state).await;
 }
 
 async fn run<S>(
     mut client: ClientStream<S>,
     transport: Transport,
+    peer: IpAddr,
     deadline: Instant,
     state: &Arc<AppState>,
 ) where
@@ -381,7 +390,7 @@ async fn run<S>(
     let first = timeout_at(deadline, first_packet(&mut client, false))
         .await
         .unwrap_or_else(|_| startup_timed_out(state));
-    proceed(client, first, transport, deadline, state).await;
+    proceed(client, first, transport, peer, deadline, state).await;
 }
 
 /// No startup packet within the handshake timeout: the first-request deadline.
@@ -418,6 +427,7 @@ async fn proceed<S>(
     mut client: ClientStream<S>,
     first: Result<StartupPacket, SessionError>,
     transport: Transport,
+    peer: IpAddr,
     deadline: Instant,
     state: &Arc<AppState>,
 ) where
@@ -429,7 +439,8 @@ async fn proceed<S>(
             process_id,
             secret_key,
         }) => {
-            forward_cancel(process_id, secret_key, state).await;
+            // Here, or on the peer gateway whose key it is (see `proxy::cancel`).
+            state.cancels.cancel(process_id, secret_key, peer).await;
             state
                 .metrics
                 .sessions
@@ -453,26 +464,6 @@ async fn proceed<S>(
         }
         Ok(Err(e)) => fail(client, &transport, e, state).await,
         Err(_) => fail(client, &transport, SessionError::HandshakeTimeout, state).await,
-    }
-}
-
-async fn forward_cancel(process_id: i32, secret_key: i32, state: &AppState) {
-    match state.cancels.lookup(process_id, secret_key) {
-        Some(target) => {
-            state.metrics.cancel_requests.inc(CancelOutcome::Forwarded);
-            // Bounded like any backend connect: a backend that does not answer cannot hold
-            // the client's connection.
-            let timeout = state.pool.config().connect_timeout;
-            match tokio::time::timeout(timeout, target.cancel()).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::warn!(error = %e, "forwarding a cancel request failed"),
-                Err(_) => tracing::warn!("forwarding a cancel request timed out"),
-            }
-        }
-        None => {
-            state.metrics.cancel_requests.inc(CancelOutcome::NoMatch);
-            tracing::debug!("cancel request for an unknown key");
-        }
     }
 }
 

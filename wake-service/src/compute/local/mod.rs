@@ -1285,6 +1285,12 @@ impl LocalDriver {
             .and_then(|p| p.paused)
     }
 
+    fn forget_paused(&self, endpoint: &str) {
+        if let Some(pooler) = self.poolers().get_mut(endpoint) {
+            pooler.paused = None;
+        }
+    }
+
     fn forget_pooler(&self, endpoint: &str) {
         self.poolers().remove(endpoint);
     }
@@ -1518,6 +1524,9 @@ impl ComputeDriver for LocalDriver {
             .start(&setup.endpoint_settings(spec), &confine)
             .await?;
         let postmaster = started.pid;
+        // Whether PgBouncer is paused is not this process's to know: another replica of the
+        // wake service may have paused it since. Only one started just now is known unpaused.
+        self.forget_paused(&spec.endpoint);
         let bouncer = self.ensure_bouncer(spec, &compute).await?;
         self.settle_size(spec, started, bouncer, conf_changed)
             .await?;

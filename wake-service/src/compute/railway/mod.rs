@@ -200,6 +200,16 @@ impl RailwayDriver {
         })
     }
 
+    /// How long a resume may take (`--railway-resume-timeout-seconds`).
+    pub fn resume_budget(&self) -> Duration {
+        self.config.resume_timeout
+    }
+
+    /// The cap on gateways' own pools (`--railway-pool-max-conns`).
+    pub fn pool_max_conns(&self) -> u32 {
+        self.config.pool_max_conns
+    }
+
     fn known<R>(&self, endpoint: &str, f: impl FnOnce(&mut Known) -> R) -> R {
         let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
         f(known.entry(endpoint.to_owned()).or_default())
@@ -555,8 +565,9 @@ impl ComputeDriver for RailwayDriver {
         self.connect(spec, database).await
     }
 
-    /// Railway's PgBouncer authenticates against Postgres itself: the roles made over SQL
-    /// are all it needs.
+    /// The driver does not write a Railway PgBouncer's configuration: one that looks roles up
+    /// in Postgres (`auth_query`, as the double's does) sees the roles made over SQL; one
+    /// with a fixed user list needs them added there.
     async fn set_pooler_roles(
         &self,
         _spec: &ComputeSpec,

@@ -221,6 +221,11 @@ pub struct ServeArgs {
     #[arg(long, env = "WAKE_RAILWAY_RESUME_TIMEOUT_SECONDS", default_value_t = 180,
           value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub railway_resume_timeout_seconds: u64,
+    /// Railway: the longest one API request may take (milliseconds); a query or a repeatable
+    /// mutation that times out is sent again, a redeploy is looked for instead.
+    #[arg(long, env = "WAKE_RAILWAY_REQUEST_TIMEOUT_MS", default_value_t = 15_000,
+          value_parser = clap::value_parser!(u64).range(100..=120_000))]
+    pub railway_request_timeout_ms: u64,
     /// Railway: how often a deployment's status is polled while waiting (milliseconds).
     #[arg(long, env = "WAKE_RAILWAY_POLL_INTERVAL_MS", default_value_t = 1000,
           value_parser = clap::value_parser!(u64).range(10..=60_000))]
@@ -436,6 +441,7 @@ impl ServeArgs {
                 per_second: self.railway_requests_per_second,
                 per_hour: self.railway_requests_per_hour,
             },
+            request_timeout: Duration::from_millis(self.railway_request_timeout_ms),
             network: if self.railway_network == "public" {
                 Network::Public
             } else {

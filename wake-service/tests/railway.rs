@@ -4,8 +4,10 @@
 //! binary: bind, roles and databases over SQL, suspend (`deploymentStop`), wake
 //! (`deploymentRedeploy` until `SUCCESS` and a login), resize (`serviceInstanceLimitsUpdate`),
 //! the autoscaler on Railway's `metrics`, rate limiting and transient errors, delete (nothing
-//! of the user's removed), bad bindings; and `kill -9` in the middle of a stop and of a
-//! redeploy: after the restart each completes, sent once.
+//! of the user's removed), bad bindings, a crashed redeploy, a late answer past the request
+//! timeout; and `kill -9` in the middle of a stop, of a redeploy and of a resize: after the
+//! restart the stop and the redeploy complete, sent once, and the unrecorded resize is undone
+//! (Railway and the store agree).
 //!
 //! Ports 29000-29499.
 
@@ -65,6 +67,8 @@ impl WakeProcess {
                 &double.url,
                 "--railway-poll-interval-ms",
                 "100",
+                "--railway-request-timeout-ms",
+                "1500",
             ])
             .args([
                 "--autoscale-interval-ms",
@@ -410,7 +414,7 @@ async fn a_railway_endpoint_suspends_wakes_resizes_and_unbinds() {
         "{endpoint}"
     );
 
-    // A 429 with Retry-After and a 502 on the way: the suspend still completes, after the wait.
+    // A 429 with Retry-After, a 502 and a late answer on the way: the suspend still completes.
     double.fault(
         "Deployments",
         Fault::RateLimited {
@@ -418,6 +422,8 @@ async fn a_railway_endpoint_suspends_wakes_resizes_and_unbinds() {
         },
     );
     double.fault("Deployments", Fault::BadGateway);
+    // An answer later than the request timeout (1.5 s here): given up on, and sent again.
+    double.fault("Deployments", Fault::SlowAnswer(Duration::from_secs(4)));
     let started = Instant::now();
     wake.expect(
         Method::POST,
@@ -440,6 +446,11 @@ async fn a_railway_endpoint_suspends_wakes_resizes_and_unbinds() {
     assert!(
         statuses.contains(&429) && statuses.contains(&502),
         "{statuses:?}"
+    );
+    let log = std::fs::read_to_string(&wake.log).unwrap_or_default();
+    assert!(
+        log.contains("timed out"),
+        "the slow answer timed out and was retried"
     );
     assert_eq!(double.count("DeploymentStop"), 2);
 
@@ -603,11 +614,41 @@ async fn kill_9_in_the_middle_of_a_railway_operation_completes_it_once() {
         .await,
         Ok(vec!["1".to_owned()])
     );
+
+    // A resize: killed after Railway applied the limits, before the answer: the size was never
+    // recorded, and the restart applies the recorded one again, so Railway and the store agree.
+    double.fault(
+        "ServiceInstanceLimitsUpdate",
+        Fault::SlowAnswer(Duration::from_secs(30)),
+    );
+    let url = format!("{}/v1/endpoints/rk/resize", wake.url);
+    let http = wake.http.clone();
+    let resize = tokio::spawn(async move {
+        http.post(url)
+            .bearer_auth(ADMIN)
+            .json(&json!({"cu": 1}))
+            .send()
+            .await
+    });
+    wait_for("the new limits applied", || {
+        double.limits("svc-pg") == Some((1.0, 4.0))
+    })
+    .await;
+    let log4 = wake.kill9().await;
+    resize.abort();
+    let wake = WakeProcess::start(&temp, 29012, "29200-29299", double).await;
+    let endpoint = wake.wait_state("rk", "active").await;
+    assert_eq!(endpoint["current_cu"], 0.25, "{endpoint}");
+    wait_for("the recorded size applied again", || {
+        double.limits("svc-pg") == Some((0.25, 1.0))
+    })
+    .await;
+
     wake.expect(Method::DELETE, "/v1/endpoints/rk", None, 204)
         .await;
     railway.assert_contract_kept();
     let log3 = wake.kill9().await;
-    for log in [log1, log2, log3] {
+    for log in [log1, log2, log3, log4] {
         assert_no_secrets(&std::fs::read_to_string(log).unwrap_or_default());
     }
     railway.postgres.remove().await;

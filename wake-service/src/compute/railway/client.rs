@@ -17,7 +17,7 @@ use serde::Deserialize;
 use serde_json::Value;
 use tokio::time::Instant;
 
-/// The longest a single HTTP request may take.
+/// The longest a single HTTP request may take, by default (`--railway-request-timeout-ms`).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 /// How many times one call is tried at most.
 const ATTEMPTS: u32 = 5;
@@ -98,12 +98,21 @@ pub struct RateBudget {
     pub per_hour: u32,
 }
 
+/// How the client talks to Railway.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClientSettings {
+    pub budget: RateBudget,
+    /// The longest one HTTP request may take.
+    pub request_timeout: Duration,
+}
+
 /// The GraphQL client (see the module documentation).
 pub struct Client {
     http: reqwest::Client,
     url: reqwest::Url,
     token: String,
     budget: RateBudget,
+    request_timeout: Duration,
     window: Mutex<Window>,
 }
 
@@ -147,9 +156,13 @@ enum Attempt {
 }
 
 impl Client {
-    pub fn new(url: reqwest::Url, token: String, budget: RateBudget) -> Result<Client, String> {
+    pub fn new(
+        url: reqwest::Url,
+        token: String,
+        settings: ClientSettings,
+    ) -> Result<Client, String> {
         let http = reqwest::Client::builder()
-            .timeout(REQUEST_TIMEOUT)
+            .timeout(settings.request_timeout)
             .connect_timeout(Duration::from_secs(5))
             .build()
             .map_err(|e| format!("railway HTTP client: {e}"))?;
@@ -157,9 +170,15 @@ impl Client {
             http,
             url,
             token,
-            budget,
+            budget: settings.budget,
+            request_timeout: settings.request_timeout,
             window: Mutex::new(Window::default()),
         })
+    }
+
+    /// The longest one HTTP request may take.
+    pub fn request_timeout(&self) -> Duration {
+        self.request_timeout
     }
 
     /// Sends `request` (retrying as its [`Retry`] allows) and decodes its `data`.
@@ -210,7 +229,7 @@ impl Client {
             .http
             .post(self.url.clone())
             .bearer_auth(&self.token)
-            .timeout(left.min(REQUEST_TIMEOUT))
+            .timeout(left.min(self.request_timeout))
             .json(&body)
             .send()
             .await;

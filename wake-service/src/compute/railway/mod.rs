@@ -79,6 +79,8 @@ pub struct RailwayConfig {
     /// An account or workspace token (`RAILWAY_API_TOKEN`).
     pub token: String,
     pub budget: client::RateBudget,
+    /// The longest one HTTP request to Railway may take.
+    pub request_timeout: Duration,
     pub network: Network,
     /// The longest a resume may take, from the redeploy to a Postgres login.
     pub resume_timeout: Duration,
@@ -191,7 +193,11 @@ fn parse_url(
 
 impl RailwayDriver {
     pub fn new(config: RailwayConfig) -> Result<RailwayDriver, ComputeError> {
-        let client = Client::new(config.api_url.clone(), config.token.clone(), config.budget)
+        let settings = client::ClientSettings {
+            budget: config.budget,
+            request_timeout: config.request_timeout,
+        };
+        let client = Client::new(config.api_url.clone(), config.token.clone(), settings)
             .map_err(ComputeError::Process)?;
         Ok(RailwayDriver {
             client,
@@ -216,7 +222,7 @@ impl RailwayDriver {
     }
 
     fn deadline(&self) -> Instant {
-        Instant::now() + client::REQUEST_TIMEOUT * 4
+        Instant::now() + self.client.request_timeout() * 4
     }
 
     /// Checks that the services exist and reads their addresses (and the superuser login)

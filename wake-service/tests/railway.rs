@@ -490,6 +490,28 @@ async fn a_railway_endpoint_suspends_wakes_resizes_and_unbinds() {
         .await;
     wake.wait_state("rw", "active").await;
 
+    // App Sleeping slept the service under an active endpoint: a wake connects (inbound
+    // traffic wakes a slept Railway service) instead of redeploying.
+    let redeploys = double.count("DeploymentRedeploy");
+    double.sleep("svc-pg").await;
+    let woken = wake
+        .expect(
+            Method::GET,
+            "/proxy/api/v1/wake_compute?endpointish=rw",
+            None,
+            200,
+        )
+        .await;
+    assert_eq!(woken["address"], direct);
+    assert_eq!(double.count("DeploymentRedeploy"), redeploys, "no redeploy");
+    assert_eq!(
+        double
+            .deployments("svc-pg")
+            .last()
+            .map(|d| d.status.clone()),
+        Some("SUCCESS".to_owned())
+    );
+
     // One endpoint per service; the CLI binds like the API does.
     let cli = tokio::process::Command::new(env!("CARGO_BIN_EXE_wake-service"))
         .args(["endpoints", "create", "rw2", "--railway-service", "svc-pg"])

@@ -74,6 +74,10 @@ impl Backend for Postgres {
     fn stop(&self) -> Done<'_> {
         Box::pin(async move { run(&["stop", self.dir.to_str().unwrap_or_default()]).await })
     }
+
+    fn port(&self) -> Option<u16> {
+        Some(self.port)
+    }
 }
 
 /// A PgBouncer (transaction pooling) in front of a [`Postgres`], run as the `postgres` OS

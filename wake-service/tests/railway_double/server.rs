@@ -29,6 +29,10 @@ pub trait Backend: Send + Sync + 'static {
     fn stop(
         &self,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + '_>>;
+    /// The TCP port it serves on (where App Sleeping's wake-on-traffic is simulated).
+    fn port(&self) -> Option<u16> {
+        None
+    }
 }
 
 /// How long each status of a new deployment lasts.
@@ -226,6 +230,46 @@ impl Double {
 
     pub fn limits(&self, service: &str) -> Option<(f64, f64)> {
         self.world().services.get(service).and_then(|s| s.limits)
+    }
+
+    /// App Sleeping: the service's deployment goes `SLEEPING` and its backend stops; the first
+    /// inbound connection on its port (which is turned away, as Railway's proxy may answer the
+    /// first request of a slept service with an error) wakes it: the backend starts again and
+    /// the deployment is `SUCCESS`, with no new deployment.
+    pub async fn sleep(&self, service: &str) {
+        let backend = {
+            let mut world = self.world();
+            let s = world.services.get_mut(service).expect("a service to sleep");
+            if let Some(d) = s.deployments.last_mut() {
+                d.status = "SLEEPING".into();
+            }
+            s.backend.clone().expect("a service with a backend")
+        };
+        backend.stop().await.expect("the backend stops");
+        let port = backend.port().expect("a backend with a port");
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .expect("the slept service's port");
+        let inner = self.inner.clone();
+        let service = service.to_owned();
+        tokio::spawn(async move {
+            if let Ok((first, _)) = listener.accept().await {
+                drop(first);
+            }
+            drop(listener);
+            if let Err(e) = backend.start().await {
+                eprintln!("railway double: waking the slept service failed: {e}");
+                return;
+            }
+            let mut world = inner.world();
+            if let Some(d) = world
+                .services
+                .get_mut(&service)
+                .and_then(|s| s.deployments.last_mut())
+            {
+                d.status = "SUCCESS".into();
+            }
+        });
     }
 
     pub fn service_exists(&self, service: &str) -> bool {

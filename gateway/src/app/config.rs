@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
-use wake_api::proxy::{MAX_PEER_ADDRESS, REPORT_INTERVAL_MS};
+use wake_api::proxy::{valid_peer_address, REPORT_INTERVAL_MS};
 
 use crate::auth::jwt::JwtConfig;
 use crate::auth::HashingLimits;
@@ -620,7 +620,7 @@ impl Args {
             Some(address) => {
                 // `auto` is resolved at start (`app::serve`), and checked then.
                 let auto = address == AUTO_PEER_ADDRESS;
-                if !auto && !peer_address(address) {
+                if !auto && !valid_peer_address(address) {
                     return Err(ConfigError::PeerAddr(address.to_owned()));
                 }
                 if !auto && self.admin_listen.ip().is_loopback() && !loopback_host(address) {
@@ -673,24 +673,6 @@ fn activity_interval(ms: u64) -> Result<Option<Duration>, ConfigError> {
         ms if REPORT_INTERVAL_MS.contains(&ms) => Ok(Some(Duration::from_millis(ms))),
         _ => Err(ConfigError::ActivityInterval),
     }
-}
-
-/// `--peer-addr`: `host:port` with a DNS name, an IPv4 address or a bracketed IPv6 one, a port
-/// other than 0, at most [`MAX_PEER_ADDRESS`] characters (what the wake service accepts).
-fn peer_address(address: &str) -> bool {
-    address.len() <= MAX_PEER_ADDRESS
-        && address.rsplit_once(':').is_some_and(|(host, port)| {
-            let host_ok = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
-                Some(v6) => v6.parse::<std::net::Ipv6Addr>().is_ok(),
-                None => {
-                    !host.is_empty()
-                        && host
-                            .bytes()
-                            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
-                }
-            };
-            host_ok && port.parse::<u16>().is_ok_and(|p| p != 0)
-        })
 }
 
 /// Whether a `host:port` names this machine's loopback (`localhost`, 127.0.0.0/8, `[::1]`).

@@ -17,6 +17,25 @@ pub const MAX_REPORTED_ENDPOINTS: usize = 10_000;
 /// The longest [`PeerAddress::address`] (`host:port`).
 pub const MAX_PEER_ADDRESS: usize = 255;
 
+/// Whether `address` is a peer address a gateway may report: `host:port` with a DNS name, an
+/// IPv4 address or a bracketed IPv6 one, a port other than 0, at most [`MAX_PEER_ADDRESS`]
+/// characters. The gateway checks its `--peer-addr` with it, the wake service every report.
+pub fn valid_peer_address(address: &str) -> bool {
+    address.len() <= MAX_PEER_ADDRESS
+        && address.rsplit_once(':').is_some_and(|(host, port)| {
+            let host_ok = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+                Some(v6) => v6.parse::<std::net::Ipv6Addr>().is_ok(),
+                None => {
+                    !host.is_empty()
+                        && host
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+                }
+            };
+            host_ok && port.parse::<u16>().is_ok_and(|p| p != 0)
+        })
+}
+
 /// The most peers one [`ActivityReply`] lists (the live gateways that take forwarded cancel
 /// requests); a gateway ignores any beyond.
 pub const MAX_PEERS: usize = 1024;

@@ -172,19 +172,7 @@ fn check_peer(peer: &PeerAddress, has_gateway_id: bool) -> Result<(), ProxyError
         ));
     }
     let address = peer.address.as_str();
-    let valid = address.len() <= MAX_PEER_ADDRESS
-        && address.rsplit_once(':').is_some_and(|(host, port)| {
-            let host_ok = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
-                Some(v6) => v6.parse::<std::net::Ipv6Addr>().is_ok(),
-                None => {
-                    !host.is_empty()
-                        && host
-                            .bytes()
-                            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
-                }
-            };
-            host_ok && port.parse::<u16>().is_ok_and(|p| p != 0)
-        });
+    let valid = wake_api::proxy::valid_peer_address(address);
     if valid {
         Ok(())
     } else {

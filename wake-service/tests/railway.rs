@@ -168,7 +168,12 @@ impl WakeProcess {
 
 /// Secrets that must never reach a log.
 fn assert_no_secrets(log: &str) {
-    for secret in [RAILWAY_TOKEN, APP_PASSWORD, "postgres:postgres@"] {
+    for secret in [
+        RAILWAY_TOKEN,
+        APP_PASSWORD,
+        "postgres:postgres@",
+        "rotated-9f1c",
+    ] {
         assert!(
             !log.contains(secret),
             "{secret:?} in the wake service's log"
@@ -489,6 +494,26 @@ async fn a_railway_endpoint_suspends_wakes_resizes_and_unbinds() {
     wake.expect(Method::POST, "/v1/endpoints/rw/wake", None, 200)
         .await;
     wake.wait_state("rw", "active").await;
+
+    // The user rotates the service's superuser password in Railway: the driver's next login
+    // is refused, it reads the variables again, and the operation goes through.
+    let rotated = "rotated-9f1c";
+    let alter = format!("ALTER ROLE postgres PASSWORD '{rotated}'");
+    query(direct, "postgres", "postgres", "postgres", &alter)
+        .await
+        .expect("rotate");
+    let url = format!("postgresql://postgres:{rotated}@{direct}/postgres");
+    let rotated_vars =
+        json!({"DATABASE_URL": url, "DATABASE_PUBLIC_URL": url, "PGPASSWORD": rotated});
+    double.set_variables("svc-pg", rotated_vars.as_object().expect("object"));
+    let role = json!({"name": "app2", "password": APP_PASSWORD});
+    wake.expect(Method::POST, "/v1/endpoints/rw/roles", Some(role), 201)
+        .await;
+    let log = std::fs::read_to_string(&wake.log).unwrap_or_default();
+    assert!(
+        log.contains("the Railway login was refused"),
+        "the cached login was refused and read again"
+    );
 
     // App Sleeping slept the service under an active endpoint: a wake connects (inbound
     // traffic wakes a slept Railway service) instead of redeploying.

@@ -195,6 +195,13 @@ impl Double {
             .push_back(fault);
     }
 
+    /// Sets variables of `service` (a rotated password, a moved address).
+    pub fn set_variables(&self, service: &str, variables: &Map<String, Value>) {
+        if let Some(s) = self.world().services.get_mut(service) {
+            s.variables.extend(variables.clone());
+        }
+    }
+
     /// The CPU (vCPUs) and memory (GB) the next `metrics` answers report for `service`.
     pub fn set_usage(&self, service: &str, cpu: f64, memory_gb: f64) {
         if let Some(s) = self.world().services.get_mut(service) {

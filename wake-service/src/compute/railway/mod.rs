@@ -280,7 +280,26 @@ impl RailwayDriver {
         Ok(config)
     }
 
+    /// A superuser session in `database`. A login refused for its password reads the
+    /// service's variables again once (the user may have rotated `PGPASSWORD` in Railway).
     async fn connect(
+        &self,
+        spec: &ComputeSpec,
+        database: &str,
+    ) -> Result<tokio_postgres::Client, ComputeError> {
+        match self.connect_once(spec, database).await {
+            Err(ComputeError::Postgres(e))
+                if e.code() == Some(&tokio_postgres::error::SqlState::INVALID_PASSWORD) =>
+            {
+                tracing::info!(endpoint = %spec.endpoint, "the Railway login was refused; reading the service's variables again");
+                self.known(&spec.endpoint, |k| k.admin = None);
+                self.connect_once(spec, database).await
+            }
+            other => other,
+        }
+    }
+
+    async fn connect_once(
         &self,
         spec: &ComputeSpec,
         database: &str,

@@ -529,13 +529,15 @@ async fn a_railway_endpoint_suspends_wakes_resizes_and_unbinds() {
         .await;
     assert_eq!(woken["address"], direct);
     assert_eq!(double.count("DeploymentRedeploy"), redeploys, "no redeploy");
-    assert_eq!(
+    // (Postgres answers a moment before the double marks the deployment awake.)
+    wait_for("the slept deployment is SUCCESS again", || {
         double
             .deployments("svc-pg")
             .last()
-            .map(|d| d.status.clone()),
-        Some("SUCCESS".to_owned())
-    );
+            .map(|d| d.status.clone())
+            == Some("SUCCESS".to_owned())
+    })
+    .await;
 
     // One endpoint per service; the CLI binds like the API does.
     let cli = tokio::process::Command::new(env!("CARGO_BIN_EXE_wake-service"))

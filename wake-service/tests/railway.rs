@@ -153,6 +153,13 @@ impl WakeProcess {
         .await
     }
 
+    /// A forced suspend (open sessions cut), once it has settled.
+    async fn suspend_forced(&self, id: &str) -> Value {
+        let path = format!("/v1/endpoints/{id}/suspend?force=true");
+        self.expect(reqwest::Method::POST, &path, None, 200).await;
+        self.wait_state(id, "suspended").await
+    }
+
     async fn wait_state(&self, id: &str, state: &str) -> Value {
         let deadline = Instant::now() + SETTLE;
         loop {
@@ -358,14 +365,7 @@ async fn a_railway_endpoint_suspends_wakes_resizes_and_unbinds() {
         .await;
     assert_eq!(status, 409, "{busy}");
     assert_eq!(double.count("DeploymentStop"), 0);
-    wake.expect(
-        Method::POST,
-        "/v1/endpoints/rw/suspend?force=true",
-        None,
-        200,
-    )
-    .await;
-    wake.wait_state("rw", "suspended").await;
+    wake.suspend_forced("rw").await;
     assert_eq!(double.count("DeploymentStop"), 1);
     assert!(query(direct, "app", APP_PASSWORD, "appdb", "SELECT 1")
         .await
@@ -430,14 +430,7 @@ async fn a_railway_endpoint_suspends_wakes_resizes_and_unbinds() {
     // An answer later than the request timeout (1.5 s here): given up on, and sent again.
     double.fault("Deployments", Fault::SlowAnswer(Duration::from_secs(4)));
     let started = Instant::now();
-    wake.expect(
-        Method::POST,
-        "/v1/endpoints/rw/suspend?force=true",
-        None,
-        200,
-    )
-    .await;
-    wake.wait_state("rw", "suspended").await;
+    wake.suspend_forced("rw").await;
     assert!(
         started.elapsed() >= Duration::from_secs(1),
         "Retry-After honoured"
@@ -475,14 +468,7 @@ async fn a_railway_endpoint_suspends_wakes_resizes_and_unbinds() {
 
     // A redeploy that crashes: the wake fails with Railway's status in the answer and in the
     // endpoint's events; the next wake redeploys again.
-    wake.expect(
-        Method::POST,
-        "/v1/endpoints/rw/suspend?force=true",
-        None,
-        200,
-    )
-    .await;
-    wake.wait_state("rw", "suspended").await;
+    wake.suspend_forced("rw").await;
     double.fault("DeploymentRedeploy", Fault::Crash);
     let (status, error) = wake.call(Method::POST, "/v1/endpoints/rw/wake", None).await;
     assert!(status >= 500, "{status}: {error}");

@@ -169,6 +169,16 @@ step "deploy files (scripts/check-deploy.sh)" bash "$SCRIPT_DIR/check-deploy.sh"
 
 npm_ci() { (cd sdk-tests && npm ci --no-audit --no-fund); }
 
+# wrangler_examples_ci — every Worker in wrangler-examples/ installed from its own lock file
+# as its README says, and its TypeScript checked; wrangler-examples.test.js runs them.
+wrangler_examples_ci() {
+  local dir
+  for dir in wrangler-examples/*/; do
+    (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error && npm run --silent typecheck) ||
+      { warn "wrangler-examples: npm ci or typecheck failed in $dir"; return 1; }
+  done
+}
+
 # test_tls — a throwaway CA and server certificate in a temp dir (removed on
 # exit); the gateway under test serves TLS with them.
 test_tls() {
@@ -296,6 +306,7 @@ if [[ "$SKIP_NODE" != "1" ]]; then
   export GATEWAY_JWKS_ALLOW_HTTP_LOOPBACK=true
   step "gateway ready (TLS on)" start_gateway
   step "npm ci (sdk-tests)" npm_ci
+  step "npm ci and typecheck (wrangler-examples)" wrangler_examples_ci
   step "npm test (sdk-tests)" npm_test
   step "gateway and wake service still running after the suite" stack_alive
   step "gateway: clean exit on SIGTERM" gateway_stops_cleanly

@@ -32,7 +32,7 @@ const GATEWAY = `127.0.0.1:${GATEWAY_PORT}`;
 const EP = { id: `wx-${RUN}`, owner: `wx_owner_${RUN}`, password: randomBytes(12).toString('base64url') };
 const HOST = `${EP.id}.localtest.me:${GATEWAY_PORT}`;
 const DB = Object.fromEntries(
-  ['http_query', 'websocket_transaction', 'drizzle', 'jwt_rls', 'hyperdrive'].map((n) => [n, `wx_${n}_${RUN}`]),
+  ['http_query', 'websocket_transaction', 'drizzle', 'jwt_rls', 'hyperdrive', 'shared'].map((n) => [n, `wx_${n}_${RUN}`]),
 );
 const ownerUrl = (db) => `postgresql://${EP.owner}:${EP.password}@${HOST}/${db}`;
 /** The same over the gateway's Postgres port: no DNS, so the endpoint goes in `options`. */
@@ -232,12 +232,49 @@ async function withWorker(example, opts, work) {
   }
 }
 
+const KEYS_DIR = () => path.join(TMP, 'jwt-keys');
+
+/** jwt-rls's scripts/dev-keys.mjs with `args`, its keys in this file's temp dir. */
+async function devKeys(args, env = {}) {
+  const script = path.join(EXAMPLES, 'jwt-rls', 'scripts', 'dev-keys.mjs');
+  const r = await run(process.execPath, [script, ...args], { env: { ...process.env, DEV_KEYS_DIR: KEYS_DIR(), ...env } });
+  assert.equal(r.code, 0, `dev-keys.mjs ${args.join(' ')}: ${r.stderr}`);
+  return r.stdout.trim();
+}
+
+/** A token for `sub` from the example's stand-in identity provider. */
+const token = (sub, ttl) => devKeys(['token', sub], ttl === undefined ? {} : { TTL_SECONDS: String(ttl) });
+
+let jwksRule;
+/** The README's `wake-service jwks add --jwks-file dev-keys/jwks.json`, over the API, once. */
+async function addJwksRule() {
+  if (jwksRule) return jwksRule;
+  await devKeys(['keys']);
+  const jwks = JSON.parse(fs.readFileSync(path.join(KEYS_DIR(), 'jwks.json'), 'utf8'));
+  const body = { provider_name: 'dev-keys', jwks };
+  jwksRule = await api.expect(201, 'POST', `/v1/endpoints/${EP.id}/jwks`, { body, timeoutMs: 120_000 });
+  return jwksRule;
+}
+
 /** The .dev.vars of a driver example: its database on this file's endpoint, via the switch. */
 const driverVars = (db) => ({ DATABASE_URL: ownerUrl(db), LOCAL_GATEWAY: GATEWAY });
 
 // ---------------------------------------------------------------------------
 // The examples
 // ---------------------------------------------------------------------------
+
+test('every schema.sql applies to one database, twice, as the READMEs do with make up\'s main', { timeout: 120_000 }, async () => {
+  await addJwksRule(); // jwt-rls's schema needs role `authenticated` and auth.user_id()
+  const examples = fs.readdirSync(EXAMPLES).filter((n) => fs.existsSync(path.join(EXAMPLES, n, 'schema.sql')));
+  assert.equal(examples.length, 5, `schema.sql files: ${examples}`);
+  for (const round of [1, 2]) {
+    for (const example of examples) {
+      await applySchema(example, DB.shared).catch((err) => assert.fail(`${example}/schema.sql, round ${round}: ${err.message}`));
+    }
+  }
+  const tables = await ownerQuery(DB.shared, "SELECT count(*)::int AS n FROM pg_tables WHERE schemaname = 'public'");
+  assert.equal(tables[0].n, 7, 'notes, accounts, transfers, projects, todos, user_notes, visits');
+});
 
 test('http-query: neon() over HTTP, JSON in and out, sql.transaction all or nothing', { timeout: 180_000 }, async () => {
   await applySchema('http-query', DB.http_query);
@@ -355,21 +392,8 @@ test('drizzle: CRUD over neon-http, a project and its todos in one neon-serverle
 });
 
 test('jwt-rls: a user token as authToken; each user sees and deletes only their own notes', { timeout: 180_000 }, async () => {
-  const keysDir = path.join(TMP, 'jwt-keys');
-  const devKeys = (...args) => run(process.execPath, [path.join(EXAMPLES, 'jwt-rls', 'scripts', 'dev-keys.mjs'), ...args], { env: { ...process.env, DEV_KEYS_DIR: keysDir } });
-  assert.equal((await devKeys('keys')).code, 0);
-  const jwks = JSON.parse(fs.readFileSync(path.join(keysDir, 'jwks.json'), 'utf8'));
-  // The README's `wake-service jwks add --jwks-file`, over the API.
-  await api.expect(201, 'POST', `/v1/endpoints/${EP.id}/jwks`, { body: { provider_name: 'dev-keys', jwks }, timeoutMs: 120_000 });
+  await addJwksRule();
   await applySchema('jwt-rls', DB.jwt_rls);
-
-  const token = async (sub, ttl) => {
-    const r = await run(process.execPath, [path.join(EXAMPLES, 'jwt-rls', 'scripts', 'dev-keys.mjs'), 'token', sub], {
-      env: { ...process.env, DEV_KEYS_DIR: keysDir, ...(ttl === undefined ? {} : { TTL_SECONDS: String(ttl) }) },
-    });
-    assert.equal(r.code, 0, r.stderr);
-    return r.stdout.trim();
-  };
   const [alice, bob, expired] = [await token('alice'), await token('bob'), await token('alice', -120)];
   const as = (t) => ({ headers: { authorization: `Bearer ${t}` } });
   const vars = { DATABASE_AUTHENTICATED_URL: `postgresql://authenticated@${HOST}/${DB.jwt_rls}`, LOCAL_GATEWAY: GATEWAY };
@@ -388,7 +412,7 @@ test('jwt-rls: a user token as authToken; each user sees and deletes only their 
 
     // Bob cannot delete Alice's note: it is invisible to him, and it stays.
     await w.expect(404, 'DELETE', `/notes/${a1.id}`, as(bob));
-    assert.equal((await ownerQuery(DB.jwt_rls, 'SELECT count(*)::int AS n FROM notes WHERE id = $1', [a1.id]))[0].n, 1);
+    assert.equal((await ownerQuery(DB.jwt_rls, 'SELECT count(*)::int AS n FROM user_notes WHERE id = $1', [a1.id]))[0].n, 1);
     await w.expect(200, 'DELETE', `/notes/${b1.id}`, as(bob));
     assert.deepEqual(await seen(bob), []);
 

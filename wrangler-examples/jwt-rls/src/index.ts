@@ -31,19 +31,19 @@ export default {
         return Response.json(me);
       }
       if (url.pathname === '/notes' && request.method === 'GET') {
-        const notes = await sql`SELECT id, owner, body, created_at FROM notes ORDER BY id`;
+        const notes = await sql`SELECT id, owner, body, created_at FROM user_notes ORDER BY id`;
         return Response.json({ notes });
       }
       if (url.pathname === '/notes' && request.method === 'POST') {
         const { body } = (await request.json()) as { body?: unknown };
         if (typeof body !== 'string') return Response.json({ error: 'a note is {"body": string}' }, { status: 400 });
-        const [note] = await sql`INSERT INTO notes (body) VALUES (${body}) RETURNING id, owner, body, created_at`;
+        const [note] = await sql`INSERT INTO user_notes (body) VALUES (${body}) RETURNING id, owner, body, created_at`;
         return Response.json(note, { status: 201 });
       }
       const del = url.pathname.match(/^\/notes\/(\d+)$/);
       if (del && request.method === 'DELETE') {
         // Another user's note is invisible to this user: the DELETE matches no row.
-        const [note] = await sql`DELETE FROM notes WHERE id = ${del[1]} RETURNING id, owner, body, created_at`;
+        const [note] = await sql`DELETE FROM user_notes WHERE id = ${del[1]} RETURNING id, owner, body, created_at`;
         return note ? Response.json(note) : Response.json({ error: 'not found' }, { status: 404 });
       }
       return Response.json({ error: 'not found' }, { status: 404 });

@@ -137,11 +137,17 @@ if [[ -z "${WAKE_DEFAULT_PASSWORD:-}" && -s "$DEFAULT_PASSWORD_FILE" ]]; then
 fi
 DB_PASSWORD="${WAKE_DEFAULT_PASSWORD:-postgres}"
 
+# The connection strings the API answers with (branches) name this gateway.
+PUBLIC_SSLMODE="disable"
+[[ -z "${GATEWAY_TLS_CERT:-}" ]] || PUBLIC_SSLMODE="require"
+
 log "starting the wake service on $WAKE_LISTEN (computes on ports $WAKE_COMPUTE_PORTS), log also in $WAKE_LOG"
 : >"$WAKE_LOG"
 env -u WAKE_PROXY_TOKEN_FILE -u WAKE_ADMIN_TOKEN_FILE \
   RUST_LOG="$RUST_LOG" WAKE_ADMIN_TOKEN="$WAKE_ADMIN_TOKEN" WAKE_PROXY_TOKEN="$WAKE_PROXY_TOKEN" \
   WAKE_DEFAULT_PASSWORD="$DB_PASSWORD" \
+  WAKE_PUBLIC_PORT="${WAKE_PUBLIC_PORT:-${GATEWAY_LISTEN##*:}}" \
+  WAKE_PUBLIC_SSLMODE="${WAKE_PUBLIC_SSLMODE:-$PUBLIC_SSLMODE}" \
   "$WAKE_BIN" serve --listen "$WAKE_LISTEN" --data-dir "$DATA_DIR" \
   --compute-ports "$WAKE_COMPUTE_PORTS" > >(
     trap '' INT

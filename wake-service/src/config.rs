@@ -13,6 +13,7 @@ use crate::autoscale::sizing::Cu;
 use crate::compute::local::LocalConfig;
 use crate::compute::railway::client::RateBudget;
 use crate::compute::railway::{self, Network, RailwayConfig};
+use crate::lifecycle::{BranchSettings, PublicAddress};
 use crate::scheduler::SchedulerConfig;
 use crate::usage::sink::SinkConfig;
 use crate::usage::MeteringConfig;
@@ -42,6 +43,9 @@ pub enum Command {
     /// Manage databases through a running service.
     #[command(subcommand)]
     Databases(crate::cli::DatabasesCommand),
+    /// Manage branches (throwaway copies of a database) through a running service.
+    #[command(subcommand)]
+    Branches(crate::cli::BranchesCommand),
     /// Manage an endpoint's JWKS rules (JWT logins) through a running service.
     #[command(subcommand)]
     Jwks(crate::cli::JwksCommand),
@@ -155,6 +159,22 @@ pub struct ServeArgs {
     /// quarantined, never deleted.
     #[arg(long, env = "WAKE_QUARANTINE_UNKNOWN_COMPUTES")]
     pub quarantine_unknown_computes: bool,
+
+    /// Branches: the most one endpoint may have (a create beyond it gets 409).
+    #[arg(long, env = "WAKE_MAX_BRANCHES_PER_ENDPOINT", default_value_t = 100,
+          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub max_branches_per_endpoint: u32,
+    /// The gateway's domain, for the connection strings the API answers with: endpoint `x`
+    /// is `x.<domain>` (and `x-pooler.<domain>`).
+    #[arg(long, env = "WAKE_PUBLIC_DOMAIN", default_value = "localtest.me")]
+    pub public_domain: String,
+    /// The gateway's public port, for the same connection strings.
+    #[arg(long, env = "WAKE_PUBLIC_PORT", default_value_t = 4444)]
+    pub public_port: u16,
+    /// The `sslmode` those connection strings carry.
+    #[arg(long, env = "WAKE_PUBLIC_SSLMODE", default_value = "disable",
+          value_parser = ["disable", "prefer", "require", "verify-ca", "verify-full"])]
+    pub public_sslmode: String,
 
     /// Metering: how often compute time becomes consumption events (seconds). After a kill -9,
     /// a compute found dead is metered until the last checkpoint.
@@ -283,6 +303,7 @@ pub struct ServeConfig {
     pub autoscale: AutoscaleConfig,
     /// The railway driver's settings, when a token is configured.
     pub railway: Option<RailwayConfig>,
+    pub branches: BranchSettings,
 }
 
 #[derive(Debug, Clone)]
@@ -330,6 +351,7 @@ impl ServeArgs {
         let (max_cu, autoscale) = self.autoscale()?;
         let metering = self.metering()?;
         let railway = self.railway()?;
+        let branches = self.branches()?;
         let admin_token = secret(self.admin_token, self.admin_token_file, "admin token")?
             .ok_or_else(|| anyhow::anyhow!("set WAKE_ADMIN_TOKEN or WAKE_ADMIN_TOKEN_FILE"))?;
         anyhow::ensure!(
@@ -393,6 +415,40 @@ impl ServeArgs {
             railway,
             max_cu,
             autoscale,
+            branches,
+        })
+    }
+
+    /// Branches' settings (the domain checked: a DNS name, no scheme or port).
+    fn branches(&self) -> anyhow::Result<BranchSettings> {
+        let domain = self
+            .public_domain
+            .trim()
+            .trim_end_matches('.')
+            .to_ascii_lowercase();
+        let valid = !domain.is_empty()
+            && domain.len() <= 253
+            && domain.split('.').all(|label| {
+                (1..=63).contains(&label.len())
+                    && label
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                    && !label.starts_with('-')
+                    && !label.ends_with('-')
+            });
+        if !valid {
+            anyhow::bail!(
+                "--public-domain '{}' is not a DNS name (like db.example.com: no scheme, port or path)",
+                self.public_domain
+            );
+        }
+        Ok(BranchSettings {
+            max_per_endpoint: self.max_branches_per_endpoint,
+            public: PublicAddress {
+                domain,
+                port: self.public_port,
+                sslmode: self.public_sslmode.clone(),
+            },
         })
     }
 

@@ -23,7 +23,7 @@ use crate::config::ServeConfig;
 use crate::lifecycle::Computes;
 use crate::store::{Leadership, Store};
 use crate::usage::Metering;
-use crate::{autoscaler, scheduler};
+use crate::{autoscaler, branch_expiry, scheduler};
 
 /// How often a replica that is not the leader tries to become it.
 pub const LEADER_RETRY: Duration = Duration::from_secs(2);
@@ -153,6 +153,10 @@ impl Leader {
         term.tasks.spawn(autoscaler::run(
             self.computes.clone(),
             self.config.autoscale.clone(),
+            term.scheduling.clone(),
+        ));
+        term.tasks.spawn(branch_expiry::run(
+            self.computes.clone(),
             term.scheduling.clone(),
         ));
         self.computes.metrics().leader.set(1);

@@ -12,6 +12,7 @@
 pub mod api;
 pub mod autoscale;
 pub mod autoscaler;
+pub mod branch_expiry;
 pub mod cli;
 pub mod compute;
 pub mod config;
@@ -188,6 +189,7 @@ async fn bootstrap(
             wake_timeout: config.wake_timeout,
             quarantine_unknown: config.quarantine_unknown_computes,
             ceiling: config.max_cu,
+            branches: config.branches.clone(),
         },
         metrics.clone(),
     ));

@@ -13,6 +13,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Endpoints(command) => wake_service::cli::endpoints(command).await,
         Command::Roles(command) => wake_service::cli::roles(command).await,
         Command::Databases(command) => wake_service::cli::databases(command).await,
+        Command::Branches(command) => wake_service::cli::branches(command).await,
         Command::Jwks(command) => wake_service::cli::jwks(command).await,
         Command::Usage(command) => wake_service::cli::usage(command).await,
     }

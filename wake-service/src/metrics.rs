@@ -47,6 +47,49 @@ pub struct Metrics {
     pub usage: UsageMetrics,
     /// Autoscaling.
     pub autoscale: AutoscaleMetrics,
+    /// Branches.
+    pub branches: BranchMetrics,
+}
+
+/// Branches' figures, totals over every endpoint.
+pub struct BranchMetrics {
+    /// Branch operations done, by kind (`create`, `reset`, `delete`, `expire`).
+    pub operations: IntCounterVec,
+    /// Seconds a copy took (`CREATE DATABASE … TEMPLATE`, the source's idle sessions ended
+    /// first; a schema-only copy's tables emptied after).
+    pub copy_seconds: Histogram,
+}
+
+impl BranchMetrics {
+    fn new(registry: &Registry) -> Result<BranchMetrics, prometheus::Error> {
+        let operations = IntCounterVec::new(
+            Opts::new(
+                "wake_branch_operations_total",
+                "Branch operations done, by kind",
+            ),
+            &["kind"],
+        )?;
+        let copy_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "wake_branch_copy_seconds",
+                "Seconds to copy a database into a branch (create or reset)",
+            )
+            .buckets(vec![
+                0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+            ]),
+        )?;
+        registry.register(Box::new(operations.clone()))?;
+        registry.register(Box::new(copy_seconds.clone()))?;
+        Ok(BranchMetrics {
+            operations,
+            copy_seconds,
+        })
+    }
+
+    /// One branch operation of `kind` done.
+    pub fn count(&self, kind: &str) {
+        self.operations.with_label_values(&[kind]).inc();
+    }
 }
 
 /// Autoscaling's figures, totals over every endpoint.
@@ -323,9 +366,11 @@ impl Metrics {
         registry.register(Box::new(start_seconds.clone()))?;
         let usage = UsageMetrics::new(&registry)?;
         let autoscale = AutoscaleMetrics::new(&registry)?;
+        let branches = BranchMetrics::new(&registry)?;
         Ok(Metrics {
             usage,
             autoscale,
+            branches,
             registry,
             http_requests,
             transitions,

@@ -238,6 +238,80 @@ pub struct Database {
     pub owner: String,
 }
 
+/// The longest a branch may live (`ttl_seconds`): 30 days, as Neon's `expires_at`.
+pub const MAX_BRANCH_TTL_SECONDS: i64 = 30 * 24 * 3600;
+/// At most this many labels per branch; keys 1 to 63 of `[A-Za-z0-9_.-]`, values at most
+/// [`MAX_LABEL_VALUE_BYTES`].
+pub const MAX_BRANCH_LABELS: usize = 16;
+pub const MAX_LABEL_VALUE_BYTES: usize = 256;
+
+/// `POST /v1/endpoints/{id}/branches`: a copy of database `from` of the same endpoint, made
+/// as a database of its own (`CREATE DATABASE … TEMPLATE`), owned by `from`'s owner.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateBranch {
+    pub from: String,
+    /// The branch's (and its database's) name; `br_<12 hex digits>` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Deleted this long after its creation (1 to [`MAX_BRANCH_TTL_SECONDS`]); never when
+    /// absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_seconds: Option<i64>,
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// `false`: the schema only (every table of the copy emptied, its sequences restarted).
+    #[serde(default = "yes")]
+    pub data: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Connection strings through the gateway, as Neon's look: `<endpoint>.<domain>` and
+/// `<endpoint>-pooler.<domain>` (PgBouncer, transaction mode), the branch's database and
+/// owner, the configured port and `sslmode`. No password: the owner's is the caller's.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnectionUris {
+    pub direct: String,
+    pub pooled: String,
+}
+
+/// A branch: a database copied from another of the same endpoint.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Branch {
+    /// Also the name of its database.
+    pub name: String,
+    pub endpoint: String,
+    /// The database it was copied from (at its creation or last reset).
+    pub source: String,
+    pub owner: String,
+    /// `false`: made from the source's schema only.
+    pub data: bool,
+    pub labels: std::collections::BTreeMap<String, String>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    /// When it was last copied from its source (its creation, or a reset).
+    #[serde(with = "time::serde::rfc3339")]
+    pub copied_at: OffsetDateTime,
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub expires_at: Option<OffsetDateTime>,
+    pub connection_uris: ConnectionUris,
+}
+
+/// `GET /v1/endpoints/{id}/branches[?label=key=value]`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BranchList {
+    pub branches: Vec<Branch>,
+}
+
+/// `DELETE /v1/endpoints/{id}/branches?label=key=value`: the names of the branches deleted.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeletedBranches {
+    pub deleted: Vec<String>,
+}
+
 /// `GET /v1/endpoints/{id}/events`: one step of the compute's life, as recorded (durably,
 /// in the same transaction as the state change) for metering: `started` and `stopped` bound
 /// the periods the compute ran.

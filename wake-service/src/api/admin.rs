@@ -131,7 +131,7 @@ async fn remove(
 
 /// Runs an operation on the endpoint's Postgres in a task of its own: a client that goes
 /// away never cuts it in half (what was recorded as pending would wait for the next start).
-async fn detached<T, F>(
+pub(super) async fn detached<T, F>(
     service: &Arc<Service>,
     operation: impl FnOnce(Arc<Service>) -> F,
 ) -> Result<T, ApiError>

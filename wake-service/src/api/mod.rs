@@ -8,6 +8,7 @@
 //! Neon-compatible `/proxy/api/v1` (Neon's `{"error", "status": {...}}`).
 
 mod admin;
+mod branches;
 mod openapi;
 mod proxy;
 
@@ -40,10 +41,13 @@ pub struct Service {
 }
 
 pub fn app(service: Arc<Service>) -> Router {
-    let admin = admin::routes().route_layer(middleware::from_fn_with_state(
-        service.clone(),
-        require_admin,
-    ));
+    let admin =
+        admin::routes()
+            .merge(branches::routes())
+            .route_layer(middleware::from_fn_with_state(
+                service.clone(),
+                require_admin,
+            ));
     let proxy = proxy::routes().route_layer(middleware::from_fn_with_state(
         service.clone(),
         require_proxy,
@@ -174,7 +178,9 @@ impl From<LifecycleError> for ApiError {
         match e {
             LifecycleError::NotFound(_)
             | LifecycleError::RoleNotFound { .. }
-            | LifecycleError::RuleNotFound { .. } => ApiError::NotFound(e.to_string()),
+            | LifecycleError::RuleNotFound { .. }
+            | LifecycleError::BranchNotFound { .. }
+            | LifecycleError::DatabaseNotFound { .. } => ApiError::NotFound(e.to_string()),
             LifecycleError::Conflict(m) => ApiError::Conflict(m),
             LifecycleError::BadRule(m) => ApiError::BadRequest(m),
             LifecycleError::Invalid(m) => ApiError::Invalid(m),
@@ -252,9 +258,10 @@ impl From<LifecycleError> for ProxyError {
     fn from(e: LifecycleError) -> Self {
         match e {
             LifecycleError::NotFound(_) => ProxyError::EndpointNotFound,
-            LifecycleError::RoleNotFound { .. } | LifecycleError::RuleNotFound { .. } => {
-                ProxyError::BadRequest(e.to_string())
-            }
+            LifecycleError::RoleNotFound { .. }
+            | LifecycleError::RuleNotFound { .. }
+            | LifecycleError::BranchNotFound { .. }
+            | LifecycleError::DatabaseNotFound { .. } => ProxyError::BadRequest(e.to_string()),
             LifecycleError::Busy(_) => ProxyError::Busy(200),
             LifecycleError::Store(source) => {
                 tracing::error!(error = %source, "state store error");

@@ -266,7 +266,52 @@ pub fn spec() -> Value {
         schemas.extend(more);
     }
     replica_fields(&mut spec["components"]["schemas"]);
+    branch_api(&mut spec);
     spec
+}
+
+/// The branch routes and schemas (`wake_api::admin::{CreateBranch, Branch, …}`).
+fn branch_api(spec: &mut Value) {
+    let schemas = &mut spec["components"]["schemas"];
+    let labels = json!({"type": "object", "additionalProperties": {"type": "string", "maxLength": 256}, "maxProperties": 16,
+        "description": "keys of 1 to 63 of [A-Za-z0-9_.-]"});
+    schemas["CreateBranch"] = json!({"type": "object", "required": ["from"], "additionalProperties": false, "properties": {
+        "from": {"type": "string", "description": "a database of the endpoint (not postgres)"},
+        "name": {"type": "string", "description": "the branch's database name; br_<12 hex> when absent"},
+        "ttl_seconds": {"type": "integer", "minimum": 1, "maximum": 2_592_000, "description": "deleted this long after creation (within 1 s while the endpoint runs; at its next wake otherwise)"},
+        "labels": labels.clone(),
+        "data": {"type": "boolean", "default": true, "description": "false: the schema only (tenant tables emptied, sequences restarted)"}}});
+    schemas["Branch"] = json!({"type": "object", "properties": {
+        "name": {"type": "string"}, "endpoint": {"type": "string"}, "source": {"type": "string"}, "owner": {"type": "string"},
+        "data": {"type": "boolean"}, "labels": labels,
+        "created_at": {"type": "string", "format": "date-time"}, "copied_at": {"type": "string", "format": "date-time"},
+        "expires_at": {"type": "string", "format": "date-time", "nullable": true},
+        "connection_uris": {"type": "object", "properties": {"direct": {"type": "string"}, "pooled": {"type": "string"}},
+            "description": "through the gateway (--public-domain, --public-port, --public-sslmode), as the owner, without a password"}}});
+    let name = json!([
+        {"name": "id", "in": "path", "required": true, "schema": {"type": "string"}},
+        {"name": "name", "in": "path", "required": true, "schema": {"type": "string"}}
+    ]);
+    let label = json!([
+        {"name": "id", "in": "path", "required": true, "schema": {"type": "string"}},
+        {"name": "label", "in": "query", "required": false, "schema": {"type": "string"}, "description": "key=value"}
+    ]);
+    let paths = &mut spec["paths"];
+    paths["/v1/endpoints/{id}/branches"] = json!({
+        "parameters": label,
+        "get": {"summary": "The endpoint's branches, oldest first (only those with the label, when given)", "responses": ok("200", "branches", json!({"type": "object", "properties": {"branches": {"type": "array", "items": schema("Branch")}}}), &["400", "401", "404"])},
+        "post": {"summary": "Copy a database into a branch (CREATE DATABASE … TEMPLATE), waking the endpoint; the source's idle sessions end (57P01), one in a transaction is waited for up to 5 s, then 409", "requestBody": body("CreateBranch"), "responses": ok("201", "created", schema("Branch"), &["400", "401", "404", "409", "422", "503"])},
+        "delete": {"summary": "Delete every branch with the label (required)", "responses": ok("200", "deleted", json!({"type": "object", "properties": {"deleted": {"type": "array", "items": {"type": "string"}}}}), &["400", "401", "404", "422", "503"])}
+    });
+    paths["/v1/endpoints/{id}/branches/{name}"] = json!({
+        "parameters": name.clone(),
+        "get": {"summary": "One branch", "responses": ok("200", "branch", schema("Branch"), &["401", "404"])},
+        "delete": {"summary": "Delete a branch (its database dropped; its sessions end with 57P01)", "responses": with(json!({"204": {"description": "deleted"}}), error_responses(&["401", "404", "503"]))}
+    });
+    paths["/v1/endpoints/{id}/branches/{name}/reset"] = json!({
+        "parameters": name,
+        "post": {"summary": "Copy the source again (its current state), keeping the name, labels and expiry; the branch's sessions end with 57P01", "responses": ok("200", "reset", schema("Branch"), &["401", "404", "409", "503"])}
+    });
 }
 
 /// The activity report's and reply's fields for several gateway replicas.

@@ -5,7 +5,10 @@ use std::io::Read;
 
 use std::path::PathBuf;
 
+mod branches;
 mod usage;
+
+pub use branches::{branches, BranchesCommand};
 
 pub use usage::{usage, UsageCommand};
 

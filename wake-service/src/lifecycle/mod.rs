@@ -36,8 +36,10 @@ use wake_api::proxy::{
 };
 use wake_api::split_pooler;
 
+mod branches;
 mod resize;
 
+pub use self::branches::{BranchSettings, PublicAddress};
 pub use self::resize::{stored_cu, stored_range, ResizeCause};
 
 use crate::autoscale::sizing::Cu;
@@ -64,6 +66,10 @@ pub enum LifecycleError {
     RoleNotFound { endpoint: String, role: String },
     #[error("JWKS rule '{rule}' does not exist on endpoint '{endpoint}'")]
     RuleNotFound { endpoint: String, rule: String },
+    #[error("branch '{branch}' does not exist on endpoint '{endpoint}'")]
+    BranchNotFound { endpoint: String, branch: String },
+    #[error("database '{database}' does not exist on endpoint '{endpoint}'")]
+    DatabaseNotFound { endpoint: String, database: String },
     #[error("{0}")]
     Conflict(String),
     /// The request is well-formed JSON but its values are not acceptable.
@@ -101,6 +107,7 @@ pub struct LifecycleConfig {
     pub quarantine_unknown: bool,
     /// The largest `min_cu`/`max_cu`/resize the API accepts.
     pub ceiling: Cu,
+    pub branches: BranchSettings,
 }
 
 /// An open session holds its endpoint for this many of its gateway's report intervals, so

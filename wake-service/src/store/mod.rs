@@ -18,8 +18,10 @@ use wake_api::proxy::JwksSettings;
 use crate::compute::railway::Binding;
 use crate::jwt::RoleLogin;
 
+mod branches;
 mod gateways;
 mod usage;
+pub use branches::{BranchRow, BranchState, NewBranch};
 pub use usage::{AppliedUsage, Checkpoint, UsageRow};
 
 /// The migrations, in order. A version is never edited once released; add a new one.
@@ -50,6 +52,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         7,
         "gateways",
         include_str!("../../migrations/0007_gateways.sql"),
+    ),
+    (
+        8,
+        "branches",
+        include_str!("../../migrations/0008_branches.sql"),
     ),
 ];
 

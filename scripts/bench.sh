@@ -17,19 +17,24 @@
 #                       at a fixed 0.25 CU and 1 CU (the CPU quota's throughput ratio), then
 #                       rounds from 0.25 CU with max 2 CU (time from the load's start until
 #                       the size grows);
-#   6. loadgen report   merges the cold start and autoscaling in, prints the table, writes
-#                       bench/results/latest.json and BENCHMARKS.md.
+#   6. node branches    a branch of a small and of a large database, created through the
+#                       wake service and queried with the real driver, next to CREATE
+#                       DATABASE … TEMPLATE by hand on a bare Postgres with the same data and
+#                       next to a fresh Postgres (sdk-tests/bench/branches.bench.js);
+#   7. loadgen report   merges the cold start, autoscaling and branches in, prints the table,
+#                       writes bench/results/latest.json and BENCHMARKS.md.
 # With two or more cores the gateway (and the reference PgBouncer) run on core 0 and the
 # clients on core 1 (taskset).
 # Everything is bounded by fixed durations and counts, and each step by a time limit.
 #
-# Usage: scripts/bench.sh [--quick] [--only flood|7a,7b,...|8|9]
+# Usage: scripts/bench.sh [--quick] [--only flood|7a,7b,...|8|9|10]
 #        (make bench ARGS=--quick, ARGS="--quick --only flood", or BENCH_QUICK=1 make bench)
 # --quick runs every scenario with smaller counts and durations (about 2.5 minutes after the
 # build, half of it the flood test); the full run takes about 8 minutes after the build.
 # --only flood runs only the flood test (or only the attacks listed): their rows replace
 # theirs in bench/results/latest.json (a report of them alone when there is none); --only 8
-# runs only scenario 8 (JWT next to password), merged the same way; --only 9 only autoscaling.
+# runs only scenario 8 (JWT next to password), merged the same way; --only 9 only autoscaling;
+# --only 10 only branches.
 set -euo pipefail
 
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -62,12 +67,12 @@ while (($#)); do
   esac
   shift
 done
-if [[ "$ONLY" == 8 || "$ONLY" == 9 ]]; then
-  : # scenario 8 alone (JWT next to password), on one gateway; or 9 (autoscaling) alone
+if [[ "$ONLY" == 8 || "$ONLY" == 9 || "$ONLY" == 10 ]]; then
+  : # scenario 8 alone (JWT next to password), on one gateway; or 9 (autoscaling), or 10 (branches)
 elif [[ -n "$ONLY" && "$ONLY" != flood ]]; then
   IFS=',' read -r -a FLOOD_ATTACKS <<<"$ONLY"
   for attack in "${FLOOD_ATTACKS[@]}"; do
-    [[ "$attack" =~ ^7[a-j]$ ]] || die "--only takes flood, attacks 7a to 7j, or 8, not '$attack'"
+    [[ "$attack" =~ ^7[a-j]$ ]] || die "--only takes flood, attacks 7a to 7j, 8, 9 or 10, not '$attack'"
   done
 fi
 
@@ -81,6 +86,7 @@ WAKE_LOG="$TARGET_DIR/bench-wake.log"
 LOADGEN_BIN="$TARGET_DIR/release/loadgen"
 COLD_JSON="$TARGET_DIR/bench-cold-start.json"
 AUTOSCALE_JSON="$TARGET_DIR/bench-autoscale.json"
+BRANCHES_JSON="$TARGET_DIR/bench-branches.json"
 # Compute ports of the bench: away from `make up` (20000-20999) and `make test` (21000-22499).
 BENCH_COMPUTE_PORTS="${BENCH_COMPUTE_PORTS:-23000-23499}"
 PG_BIN="${PG_BIN:-/usr/lib/postgresql/15/bin}"
@@ -282,6 +288,21 @@ autoscale_bench() {
   log "    0.25 CU ${tps_quarter:-?} tps, 1 CU ${tps_one:-?} tps"
 }
 
+# branches_bench — scenario 10 (sdk-tests/bench/branches.bench.js), its samples in BRANCHES_JSON.
+branches_bench() {
+  log "==> sdk-tests/bench/branches.bench.js"
+  rm -f -- "$BRANCHES_JSON"
+  env GATEWAY_HTTP="http://127.0.0.1:$GW_PORT" WAKE_URL="$WAKE_URL" WAKE_ADMIN_TOKEN="$WAKE_ADMIN_TOKEN" \
+    BENCH_QUICK="$QUICK" BENCH_BRANCHES_JSON="$BRANCHES_JSON" \
+    timeout --foreground -k 10 1200 "${CLIENT[@]}" node sdk-tests/bench/branches.bench.js
+}
+
+if [[ "$ONLY" == 10 ]]; then
+  branches_bench
+  "$LOADGEN_BIN" report --branches "$BRANCHES_JSON"
+  log "measured in $((SECONDS - started)) s after the build ($( ((QUICK)) && echo quick || echo full) mode, scenario 10 only)"
+  exit 0
+fi
 if [[ "$ONLY" == 9 ]]; then
   rm -f -- "$AUTOSCALE_JSON"
   autoscale_bench
@@ -337,9 +358,11 @@ flood_test
 
 rm -f -- "$AUTOSCALE_JSON"
 autoscale_bench || warn "the autoscaling bench failed; the report goes without it"
+branches_bench || { warn "the branches bench failed; the report goes without it"; rm -f -- "$BRANCHES_JSON"; }
 
 report_args=()
 [[ -f "$COLD_JSON" ]] && report_args=(--cold-start "$COLD_JSON")
 [[ -f "$AUTOSCALE_JSON" ]] && report_args+=(--autoscale "$AUTOSCALE_JSON")
+[[ -f "$BRANCHES_JSON" ]] && report_args+=(--branches "$BRANCHES_JSON")
 "$LOADGEN_BIN" report "${report_args[@]}"
 log "measured in $((SECONDS - started)) s after the build ($( ((QUICK)) && echo quick || echo full) mode)"

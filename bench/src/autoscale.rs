@@ -26,7 +26,8 @@ struct Autoscale {
     failures: u64,
 }
 
-fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
+/// The `p`th percentile (nearest rank) of ascending `sorted`.
+pub(crate) fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
     if sorted.is_empty() {
         return None;
     }

@@ -8,6 +8,7 @@
 mod admin;
 mod attacks;
 mod autoscale;
+mod branches;
 mod client;
 mod flood;
 mod jwt;
@@ -142,6 +143,9 @@ struct ReportArgs {
     /// Scenario 9's JSON (`BENCH_AUTOSCALE_JSON` of scripts/bench.sh).
     #[arg(long)]
     autoscale: Option<PathBuf>,
+    /// Scenario 10's JSON (`BENCH_BRANCHES_JSON` of branches.bench.js).
+    #[arg(long)]
+    branches: Option<PathBuf>,
     #[command(flatten)]
     outputs: Outputs,
 }
@@ -253,6 +257,11 @@ fn report(args: ReportArgs) -> anyhow::Result<()> {
         let text = std::fs::read_to_string(&path)
             .with_context(|| format!("reading {}", path.display()))?;
         report.merge_autoscale(serde_json::from_str(&text)?)?;
+    }
+    if let Some(path) = args.branches {
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        report.merge_branches(serde_json::from_str(&text)?)?;
     }
     write(&report, &args.outputs)
 }

@@ -105,6 +105,13 @@ impl Row {
     }
 }
 
+/// How scenarios sort: by their number, then their letter ("4a" < "4b" < "10").
+pub(crate) fn scenario_order(scenario: &str) -> (u32, String) {
+    let digits = scenario.chars().take_while(char::is_ascii_digit).count();
+    let number = scenario[..digits].parse().unwrap_or(u32::MAX);
+    (number, scenario[digits..].to_owned())
+}
+
 /// Everything one `make bench` run measured.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Report {
@@ -159,7 +166,7 @@ impl Report {
         let ran: Vec<String> = rows.iter().map(|row| row.scenario.clone()).collect();
         self.rows.retain(|row| !ran.contains(&row.scenario));
         self.rows.extend(rows);
-        self.rows.sort_by(|a, b| a.scenario.cmp(&b.scenario));
+        self.rows.sort_by_key(|row| scenario_order(&row.scenario));
         self.count_goals();
     }
 
@@ -215,7 +222,7 @@ impl Report {
         let at = self
             .rows
             .iter()
-            .position(|row| row.scenario.as_str() > "5")
+            .position(|row| scenario_order(&row.scenario) > scenario_order("5"))
             .unwrap_or(self.rows.len());
         self.rows.splice(at..at, [http_row, ws_row]);
         self.cold_start = Some(json);
@@ -409,4 +416,16 @@ fn fmt_qps(qps: Option<f64>) -> String {
 
 pub fn fmt_ratio(ratio: Option<f64>) -> String {
     ratio.map_or("—".into(), |r| format!("{r:.2}x"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scenarios_sort_by_number_then_letter() {
+        let mut s = vec!["10", "4b", "7a", "4a", "9", "1"];
+        s.sort_by_key(|x| scenario_order(x));
+        assert_eq!(s, ["1", "4a", "4b", "7a", "9", "10"]);
+    }
 }

@@ -237,7 +237,7 @@ pub async fn run(stack: &Stack, plan: &Plan) -> anyhow::Result<Vec<Row>> {
             Err(e) => log(format!("scenario 8 (JWT) failed: {e:#}")),
         }
     }
-    rows.sort_by(|a, b| a.scenario.cmp(&b.scenario));
+    rows.sort_by_key(|row| crate::report::scenario_order(&row.scenario));
     Ok(rows)
 }
 

@@ -6,7 +6,8 @@
 //! and a create that wakes a suspended endpoint. The driver's view (HTTP, WebSocket, pooled)
 //! is in sdk-tests/test/branches.test.js.
 //!
-//! Computes on ports 29500-29599 (29500-29549 and 29550-29599, one range per test).
+//! Computes on ports 29500-29597 (a range per test); the third test's state store (a Postgres
+//! of its own, so that the test can write what a crash leaves) on 29599.
 
 use std::time::{Duration, Instant};
 
@@ -18,8 +19,9 @@ use tokio_postgres::NoTls;
 mod common;
 use common::service::Wake;
 use common::TempRoot;
+use std::path::{Path, PathBuf};
 
-const PORTS: &str = "29500-29549";
+const PORTS: &str = "29500-29539";
 const PASSWORD: &str = "branch-test-password";
 const FLAGS: &[&str] = &[
     "--public-domain",
@@ -406,7 +408,7 @@ async fn branches_copy_reset_expire_and_refuse_bad_input() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expiry_never_wakes_an_endpoint_and_survives_a_restart() {
     common::logs();
-    let wake = Wake::run_with(TempRoot::new("branch-ttl"), "29550-29599", FLAGS).await;
+    let wake = Wake::run_with(TempRoot::new("branch-ttl"), "29540-29569", FLAGS).await;
     wake.endpoint_with_app("ttl").await;
 
     // A create wakes a suspended endpoint.
@@ -437,7 +439,7 @@ async fn expiry_never_wakes_an_endpoint_and_survives_a_restart() {
     .await;
     let temp = wake.halt().await;
     tokio::time::sleep(Duration::from_secs(4)).await;
-    let wake = Wake::run_with(temp, "29550-29599", FLAGS).await;
+    let wake = Wake::run_with(temp, "29540-29569", FLAGS).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(
         wake.state("ttl").await,
@@ -458,5 +460,128 @@ async fn expiry_never_wakes_an_endpoint_and_survives_a_restart() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    wake.stop().await;
+}
+
+/// A Postgres 15 of its own for the state store, stopped and deleted on drop (and by
+/// `postgres.sh watch` should this test process die).
+struct StorePostgres {
+    dir: PathBuf,
+    port: u16,
+}
+
+fn postgres_sh(args: &[&str]) -> std::process::Output {
+    std::process::Command::new("bash")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/postgres.sh"))
+        .args(args)
+        .env("PG_FAST", "1")
+        .output()
+        .expect("run scripts/postgres.sh")
+}
+
+impl StorePostgres {
+    fn start(port: u16) -> StorePostgres {
+        let out = postgres_sh(&["temp", &port.to_string()]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        let me = std::process::id().to_string();
+        assert!(postgres_sh(&["watch", &me, dir.to_str().expect("UTF-8")])
+            .status
+            .success());
+        StorePostgres { dir, port }
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://postgres:postgres@127.0.0.1:{}/main", self.port)
+    }
+
+    async fn client(&self) -> tokio_postgres::Client {
+        let (client, connection) = tokio_postgres::connect(&self.url(), NoTls)
+            .await
+            .expect("store login");
+        tokio::spawn(connection);
+        client
+    }
+}
+
+impl Drop for StorePostgres {
+    fn drop(&mut self) {
+        postgres_sh(&["stop", self.dir.to_str().unwrap_or_default()]);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_crash_leaves_is_settled_and_expiry_goes_by_the_store() {
+    common::logs();
+    let store = StorePostgres::start(29599);
+    let url = store.url();
+    let mut flags = FLAGS.to_vec();
+    flags.extend_from_slice(&["--database-url", &url]);
+    let wake = Wake::run_with(TempRoot::new("branch-crash"), "29570-29597", &flags).await;
+    wake.endpoint_with_app("crash").await;
+    let port = wake.port_of("crash").await;
+    connect(port, "app")
+        .await
+        .batch_execute(
+            "CREATE TABLE notes (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, body text NOT NULL);
+             INSERT INTO notes (body) VALUES ('kept');",
+        )
+        .await
+        .expect("schema");
+    for name in ["made", "deleting", "resetting", "old"] {
+        let (status, b) = wake
+            .branch("crash", json!({"from": "app", "name": name}))
+            .await;
+        assert_eq!(status, 201, "{b}");
+    }
+
+    // What a kill -9 in the middle of each operation leaves in the store (the database of
+    // `made` exists, as after the CREATE and before the store said ready), and an expiry
+    // that passed while nothing ran.
+    let state = store.client().await;
+    state
+        .batch_execute(
+            "UPDATE branches SET state = 'creating' WHERE name = 'made';
+             UPDATE branches SET state = 'deleting' WHERE name = 'deleting';
+             UPDATE branches SET state = 'resetting' WHERE name = 'resetting';
+             UPDATE branches SET expires_at = now() - interval '1 second' WHERE name = 'old';",
+        )
+        .await
+        .expect("the store as a crash leaves it");
+
+    // Within a few rounds: the unfinished create and delete and the expired branch are gone,
+    // database and all; the unfinished reset is settled with the branch as it was.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let names = wake.branch_names("crash", "").await;
+        let gone = !exists(port, "made").await
+            && !exists(port, "deleting").await
+            && !exists(port, "old").await;
+        if names == ["resetting"] && gone {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not settled: {names:?}, databases gone: {gone}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let left: Vec<String> = state
+        .query(
+            "SELECT name || ':' || state FROM branches ORDER BY name",
+            &[],
+        )
+        .await
+        .expect("branches")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(left, ["resetting:ready"]);
+    assert_eq!(notes(port, "resetting").await, vec![(1, "kept".to_owned())]);
     wake.stop().await;
 }

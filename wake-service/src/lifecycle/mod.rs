@@ -225,7 +225,18 @@ pub struct Computes {
     config: LifecycleConfig,
     metrics: Arc<Metrics>,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// When an API operation last found each endpoint's compute running (see
+    /// [`RUNNING_TRUST`]); a state change here forgets it.
+    running_seen: Mutex<HashMap<String, Instant>>,
 }
+
+/// How long a compute an API operation found running is trusted by the next ones without
+/// asking the driver again: the local driver's health check reads `/proc/net/tcp`, whose cost
+/// grows with every socket on the machine (about 20 ms on a busy one), and branches for a test
+/// suite come many a second. A compute that died within it fails the operation with a compute
+/// error (the operation connects to it), and the next one asks the driver. The gateway's wakes
+/// always ask.
+const RUNNING_TRUST: Duration = Duration::from_secs(1);
 
 impl Computes {
     pub fn new(
@@ -240,6 +251,7 @@ impl Computes {
             config,
             metrics,
             locks: Mutex::new(HashMap::new()),
+            running_seen: Mutex::new(HashMap::new()),
         }
     }
 
@@ -424,6 +436,10 @@ impl Computes {
         id: &str,
         change: &Transition<'_>,
     ) -> Result<EndpointRow, LifecycleError> {
+        self.running_seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
         self.metrics.record_transition(change.to);
         let row = self
             .store
@@ -725,7 +741,14 @@ impl Computes {
         self.row(id).await?;
         let guard = self.lock(id).await?;
         let row = self.row(id).await?;
+        if self.seen_running(&row) {
+            return Ok((guard, row));
+        }
         if self.is_running(&row).await {
+            self.running_seen
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(id.to_owned(), Instant::now());
             return Ok((guard, row));
         }
         let row = self.resume_locked(row, WakeTrigger::Api).await?;
@@ -776,6 +799,19 @@ impl Computes {
             "compute resumed"
         );
         Ok(row)
+    }
+
+    /// Whether the store says active and an API operation found the compute running less than
+    /// [`RUNNING_TRUST`] ago.
+    fn seen_running(&self, row: &EndpointRow) -> bool {
+        row.state == EndpointState::Active
+            && row.operation.is_none()
+            && self
+                .running_seen
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&row.id)
+                .is_some_and(|at| at.elapsed() < RUNNING_TRUST)
     }
 
     /// Whether the store says active and the compute answers (the driver is only asked when

@@ -130,8 +130,14 @@ impl Computes {
         };
         let started = std::time::Instant::now();
         if let Err(e) = self.copy(&row, &branch, &name).await {
-            // Nothing half-created: the copy's database (if any) and the rows go.
-            self.remove_branch(&row, &name).await.ok();
+            // Nothing half-created. A refusal (a busy source, a database of that name the
+            // API did not make) created nothing, and what has the name is not ours to drop:
+            // only the rows go. After any other failure the copy's database goes too.
+            if matches!(e, LifecycleError::Conflict(_)) {
+                self.store.delete_branch(id, &name).await.ok();
+            } else {
+                self.remove_branch(&row, &name).await.ok();
+            }
             return Err(e);
         }
         self.store
@@ -162,7 +168,14 @@ impl Computes {
 
     pub async fn branch(&self, id: &str, name: &str) -> Result<Branch, LifecycleError> {
         self.row(id).await?;
-        self.render_branch(self.branch_row(id, name).await?)
+        let branch = self.branch_row(id, name).await?;
+        if !matches!(branch.state, BranchState::Ready | BranchState::Resetting) {
+            return Err(LifecycleError::BranchNotFound {
+                endpoint: id.to_owned(),
+                branch: name.to_owned(),
+            });
+        }
+        self.render_branch(branch)
     }
 
     /// Deletes a branch: its database is dropped, ending its sessions (`57P01`).
@@ -336,6 +349,11 @@ impl Computes {
                 .map_err(|e| compute(e.into()))?;
             match admin.batch_execute(&create).await {
                 Ok(()) => break,
+                Err(e) if e.code() == Some(&SqlState::DUPLICATE_DATABASE) => {
+                    return Err(LifecycleError::Conflict(format!(
+                        "endpoint '{id}' has a database named '{target}' that the API did not make"
+                    )));
+                }
                 Err(e) if e.code() == Some(&SqlState::OBJECT_IN_USE) && attempt < 2 => {}
                 Err(e) if e.code() == Some(&SqlState::OBJECT_IN_USE) => {
                     let busy: i64 = admin

@@ -18,8 +18,8 @@ use tokio_postgres::NoTls;
 
 mod common;
 use common::service::Wake;
+use common::store_postgres::StorePostgres;
 use common::TempRoot;
-use std::path::{Path, PathBuf};
 
 const PORTS: &str = "29500-29539";
 const PASSWORD: &str = "branch-test-password";
@@ -463,63 +463,16 @@ async fn expiry_never_wakes_an_endpoint_and_survives_a_restart() {
     wake.stop().await;
 }
 
-/// A Postgres 15 of its own for the state store, stopped and deleted on drop (and by
-/// `postgres.sh watch` should this test process die).
-struct StorePostgres {
-    dir: PathBuf,
-    port: u16,
-}
-
-fn postgres_sh(args: &[&str]) -> std::process::Output {
-    std::process::Command::new("bash")
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/postgres.sh"))
-        .args(args)
-        .env("PG_FAST", "1")
-        .output()
-        .expect("run scripts/postgres.sh")
-}
-
-impl StorePostgres {
-    fn start(port: u16) -> StorePostgres {
-        let out = postgres_sh(&["temp", &port.to_string()]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-        let me = std::process::id().to_string();
-        assert!(postgres_sh(&["watch", &me, dir.to_str().expect("UTF-8")])
-            .status
-            .success());
-        StorePostgres { dir, port }
-    }
-
-    fn url(&self) -> String {
-        format!("postgres://postgres:postgres@127.0.0.1:{}/main", self.port)
-    }
-
-    async fn client(&self) -> tokio_postgres::Client {
-        let (client, connection) = tokio_postgres::connect(&self.url(), NoTls)
-            .await
-            .expect("store login");
-        tokio::spawn(connection);
-        client
-    }
-}
-
-impl Drop for StorePostgres {
-    fn drop(&mut self) {
-        postgres_sh(&["stop", self.dir.to_str().unwrap_or_default()]);
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
+/// The store's URL: the superuser on database `main`.
+fn store_url(store: &StorePostgres) -> String {
+    format!("postgres://postgres:postgres@127.0.0.1:{}/main", store.port)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_a_crash_leaves_is_settled_and_expiry_goes_by_the_store() {
     common::logs();
     let store = StorePostgres::start(29599);
-    let url = store.url();
+    let url = store_url(&store);
     let mut flags = FLAGS.to_vec();
     flags.extend_from_slice(&["--database-url", &url]);
     let wake = Wake::run_with(TempRoot::new("branch-crash"), "29570-29597", &flags).await;
@@ -543,7 +496,7 @@ async fn what_a_crash_leaves_is_settled_and_expiry_goes_by_the_store() {
     // What a kill -9 in the middle of each operation leaves in the store (the database of
     // `made` exists, as after the CREATE and before the store said ready), and an expiry
     // that passed while nothing ran.
-    let state = store.client().await;
+    let state = store.superuser("main").await;
     state
         .batch_execute(
             "UPDATE branches SET state = 'creating' WHERE name = 'made';

@@ -38,6 +38,7 @@ use tokio_postgres::NoTls;
 use wake_api::admin::{Endpoint, EndpointState};
 
 mod common;
+use common::store_postgres::{postgres_sh, StorePostgres};
 use common::TempRoot;
 
 /// The admin token of every replica.
@@ -57,54 +58,7 @@ const LEADER_LOCK_OBJID: i64 = 0x6b65_0002;
 
 // --- the external store ---------------------------------------------------------------------
 
-/// A Postgres 15 of its own (superuser `postgres`/`postgres`), stopped and deleted on drop,
-/// and by `postgres.sh watch` should this test process die.
-struct StorePostgres {
-    dir: PathBuf,
-    port: u16,
-}
-
-fn script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/postgres.sh")
-}
-
-fn postgres_sh(args: &[&str]) -> std::process::Output {
-    std::process::Command::new("bash")
-        .arg(script())
-        .args(args)
-        .env("PG_FAST", "1")
-        .output()
-        .expect("run scripts/postgres.sh")
-}
-
 impl StorePostgres {
-    fn start(port: u16) -> StorePostgres {
-        let out = postgres_sh(&["temp", &port.to_string()]);
-        assert!(
-            out.status.success(),
-            "postgres.sh temp {port}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-        let me = std::process::id().to_string();
-        let dir_arg = dir.to_str().expect("UTF-8 path");
-        assert!(postgres_sh(&["watch", &me, dir_arg]).status.success());
-        StorePostgres { dir, port }
-    }
-
-    /// A superuser session on `database`.
-    async fn superuser(&self, database: &str) -> tokio_postgres::Client {
-        let url = format!(
-            "postgres://postgres:postgres@127.0.0.1:{}/{database}",
-            self.port
-        );
-        let (client, connection) = tokio_postgres::connect(&url, NoTls)
-            .await
-            .expect("superuser login to the store");
-        tokio::spawn(connection);
-        client
-    }
-
     /// A login role that owns database `database` and holds nothing else (what a platform
     /// may give a tenant), with [`STORE_PASSWORD`].
     async fn owned_database(&self, role: &str, database: &str) -> String {
@@ -167,15 +121,6 @@ impl StorePostgres {
             "start: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-    }
-}
-
-impl Drop for StorePostgres {
-    fn drop(&mut self) {
-        if let Some(dir) = self.dir.to_str() {
-            let _ = postgres_sh(&["stop", dir]);
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 

@@ -1277,7 +1277,9 @@ async fn a_daemon_of_the_tenant_does_not_survive_a_suspend() {
     let marker = format!("wake-test-daemon-{}", std::process::id());
     admin
         .batch_execute(&format!(
-            "COPY (SELECT 1) TO PROGRAM 'setsid -f bash -c \"exec -a {marker} sleep 600\" </dev/null >/dev/null 2>&1'"
+            // The program reads the row first: one that exits unread fails the COPY with
+            // EPIPE when Postgres writes to it late.
+            "COPY (SELECT 1) TO PROGRAM 'cat >/dev/null; setsid -f bash -c \"exec -a {marker} sleep 600\" </dev/null >/dev/null 2>&1'"
         ))
         .await
         .expect("COPY TO PROGRAM as the compute's superuser");

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod service;
+pub mod store_postgres;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};

@@ -300,7 +300,7 @@ fn branch_api(spec: &mut Value) {
     paths["/v1/endpoints/{id}/branches"] = json!({
         "parameters": label,
         "get": {"summary": "The endpoint's branches, oldest first (only those with the label, when given)", "responses": ok("200", "branches", json!({"type": "object", "properties": {"branches": {"type": "array", "items": schema("Branch")}}}), &["400", "401", "404"])},
-        "post": {"summary": "Copy a database into a branch (CREATE DATABASE … TEMPLATE), waking the endpoint; the source's idle sessions end (57P01), one in a transaction is waited for up to 5 s, then 409", "requestBody": body("CreateBranch"), "responses": ok("201", "created", schema("Branch"), &["400", "401", "404", "409", "422", "503"])},
+        "post": {"summary": "Copy a database into a branch (CREATE DATABASE … TEMPLATE), waking the endpoint; the source's idle sessions end (57P01), one in a transaction is waited for (about 10 s), then 409", "requestBody": body("CreateBranch"), "responses": ok("201", "created", schema("Branch"), &["400", "401", "404", "409", "422", "503"])},
         "delete": {"summary": "Delete every branch with the label (required)", "responses": ok("200", "deleted", json!({"type": "object", "properties": {"deleted": {"type": "array", "items": {"type": "string"}}}}), &["400", "401", "404", "422", "503"])}
     });
     paths["/v1/endpoints/{id}/branches/{name}"] = json!({

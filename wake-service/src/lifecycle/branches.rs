@@ -6,7 +6,7 @@
 //! source must have no other session during the copy, so the copy first ends the source's
 //! idle sessions (the gateway's and PgBouncer's pooled connections among them; a client's
 //! idle session gets `57P01` at its next statement). A session in a transaction or running a
-//! query is waited for, up to Postgres's own 5 s, and then the branch is refused (409) with
+//! query is waited for (Postgres's 5 s, twice), and then the branch is refused (409) with
 //! nothing created.
 //!
 //! Every operation is written to the store before it starts (`creating`, `resetting`,

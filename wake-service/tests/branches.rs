@@ -226,6 +226,67 @@ async fn branches_copy_reset_expire_and_refuse_bad_input() {
         .get(0);
     assert_eq!(id, 1, "identity restarted");
 
+    // A tenant's TRUNCATE trigger (even one enabled ALWAYS) must not run when a schema-only
+    // copy empties its table: it would run as the compute's superuser.
+    connect(port, "app")
+        .await
+        .batch_execute(
+            "CREATE TABLE trap (x int);
+             CREATE FUNCTION escalate() RETURNS trigger LANGUAGE plpgsql AS
+               $$ BEGIN EXECUTE 'ALTER ROLE app SUPERUSER'; RETURN NULL; END $$;
+             CREATE TRIGGER escalate AFTER TRUNCATE ON trap EXECUTE FUNCTION escalate();
+             ALTER TABLE trap ENABLE ALWAYS TRIGGER escalate;
+             CREATE TRIGGER off AFTER TRUNCATE ON trap EXECUTE FUNCTION escalate();
+             ALTER TABLE trap DISABLE TRIGGER off;",
+        )
+        .await
+        .expect("the trap");
+    let (status, trap) = wake
+        .branch(
+            "br",
+            json!({"from": "app", "name": "trapped", "data": false}),
+        )
+        .await;
+    assert_eq!(status, 201, "{trap}");
+    let copy = connect(port, "trapped").await;
+    let superuser: bool = copy
+        .query_one("SELECT rolsuper FROM pg_roles WHERE rolname = 'app'", &[])
+        .await
+        .expect("rolsuper")
+        .get(0);
+    assert!(!superuser, "the tenant's trigger ran as superuser");
+    let states: Vec<String> = copy
+        .query("SELECT tgname || ':' || tgenabled::text FROM pg_trigger WHERE tgrelid = 'trap'::regclass ORDER BY 1", &[])
+        .await
+        .expect("triggers")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(states, ["escalate:A", "off:D"], "trigger states kept");
+    drop(copy);
+    wake.expect(
+        Method::DELETE,
+        "/v1/endpoints/br/branches/trapped",
+        None,
+        204,
+    )
+    .await;
+    connect(port, "app")
+        .await
+        .batch_execute("DROP TABLE trap; DROP FUNCTION escalate();")
+        .await
+        .expect("drop the trap");
+
+    // Only the admin token reaches the branch API.
+    let anonymous = wake
+        .http
+        .post(format!("{}/v1/endpoints/br/branches", wake.url))
+        .json(&json!({"from": "app"}))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(anonymous.status().as_u16(), 401);
+
     // A session in a transaction on the source is waited for (Postgres's 5 s), then the branch
     // is refused with nothing created.
     let busy = connect(port, "app").await;

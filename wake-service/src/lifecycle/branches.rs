@@ -70,19 +70,38 @@ const SESSIONS: &str = "SELECT count(*) FROM pg_stat_activity
 
 /// For a schema-only branch: every table of the copy that a tenant role owns is emptied, with
 /// its identity sequences restarted, and every other sequence a tenant role owns restarted.
-/// Tables of the platform's own (owned by the superuser, like the JWT key) are kept.
+/// Tables of the platform's own (owned by the superuser, like the JWT key) are kept. This runs
+/// as the compute's superuser, so no code of the tenant's may run: their triggers on those
+/// tables (a TRUNCATE trigger, even one enabled ALWAYS) are disabled around the TRUNCATE and
+/// then set back exactly as they were, all in this one transaction. TRUNCATE fires no rule, no
+/// foreign-key check and no event trigger a tenant can make.
 const EMPTY_TENANT_TABLES: &str = "DO $$
 DECLARE
   tables text;
   s record;
+  t record;
 BEGIN
-  SELECT string_agg(format('%I.%I', n.nspname, c.relname), ', ') INTO tables
-  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-  WHERE c.relkind IN ('r', 'p') AND c.relowner <> (SELECT oid FROM pg_roles WHERE rolname = current_user)
-    AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_toast%';
+  CREATE TEMPORARY TABLE tenant_tables ON COMMIT DROP AS
+    SELECT c.oid AS rel, format('%I.%I', n.nspname, c.relname) AS name
+    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+    WHERE c.relkind IN ('r', 'p') AND c.relowner <> (SELECT oid FROM pg_roles WHERE rolname = current_user)
+      AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_toast%';
+  CREATE TEMPORARY TABLE tenant_triggers ON COMMIT DROP AS
+    SELECT tt.name AS tbl, tg.tgname AS trigger, tg.tgenabled AS enabled
+    FROM pg_trigger tg JOIN tenant_tables tt ON tt.rel = tg.tgrelid WHERE NOT tg.tgisinternal;
+  FOR t IN SELECT * FROM tenant_triggers LOOP
+    EXECUTE format('ALTER TABLE %s DISABLE TRIGGER %I', t.tbl, t.trigger);
+  END LOOP;
+  SELECT string_agg(name, ', ') INTO tables FROM tenant_tables;
   IF tables IS NOT NULL THEN
     EXECUTE 'TRUNCATE ' || tables || ' RESTART IDENTITY CASCADE';
   END IF;
+  FOR t IN SELECT * FROM tenant_triggers LOOP
+    EXECUTE format('ALTER TABLE %s %s TRIGGER %I', t.tbl,
+      CASE t.enabled WHEN 'O' THEN 'ENABLE' WHEN 'A' THEN 'ENABLE ALWAYS'
+                     WHEN 'R' THEN 'ENABLE REPLICA' ELSE 'DISABLE' END,
+      t.trigger);
+  END LOOP;
   FOR s IN SELECT format('%I.%I', n.nspname, c.relname) AS seq
            FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
            WHERE c.relkind = 'S' AND c.relowner <> (SELECT oid FROM pg_roles WHERE rolname = current_user)

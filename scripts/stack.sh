@@ -197,7 +197,9 @@ start_gateway() {
   fi
   : >"$GATEWAY_LOG"
   for attempt in 1 2 3; do
+    # GW_PUBLIC_PORT: a port chosen earlier (the wake service's --public-port), first try only.
     GW_PORT="$(free_port)"
+    ((attempt > 1)) || [[ -z "${GW_PUBLIC_PORT:-}" ]] || GW_PORT="$GW_PUBLIC_PORT"
     GW_ADMIN_PORT="$(free_port)"
     [[ "$GW_PORT" != "$GW_ADMIN_PORT" ]] || continue
     echo "---- attempt $attempt: listen 127.0.0.1:$GW_PORT admin 127.0.0.1:$GW_ADMIN_PORT" >>"$GATEWAY_LOG"

@@ -194,7 +194,11 @@ test_tls() {
 test_wake_service() {
   WAKE_DATA="$(mktemp -d "${TMPDIR:-/tmp}/wake-test-data.XXXXXX")" || return 1
   chmod 711 "$WAKE_DATA"
-  start_wake_service "$WAKE_DATA" "$TEST_COMPUTE_PORTS" --compute-fast || return 1
+  # The gateway's port, chosen now: the connection strings the wake service hands out
+  # (branches, Neon's API) name it.
+  GW_PUBLIC_PORT="$(free_port)"
+  start_wake_service "$WAKE_DATA" "$TEST_COMPUTE_PORTS" --compute-fast \
+    --public-port "$GW_PUBLIC_PORT" || return 1
   DB_DIRECT="$(curl -fsS --max-time 10 -H "Authorization: Bearer $WAKE_ADMIN_TOKEN" \
     "$WAKE_URL/v1/endpoints/db" | sed -n 's/.*"direct":"\([^"]*\)".*/\1/p')"
   [[ -n "$DB_DIRECT" ]] || { warn "endpoint db has no direct address"; return 1; }

@@ -82,6 +82,11 @@ pub struct ServeArgs {
     #[arg(long, env = "WAKE_PROXY_TOKEN_FILE")]
     pub proxy_token_file: Option<PathBuf>,
 
+    /// Key that seals the role passwords Neon's API reveals (64 hex digits), created on first
+    /// start [default: DATA_DIR/password.key]. Replicas sharing a store need the same file.
+    #[arg(long, env = "WAKE_PASSWORD_KEY_FILE")]
+    pub password_key_file: Option<PathBuf>,
+
     /// Compute driver.
     #[arg(long, env = "WAKE_DRIVER", default_value = "local", value_parser = ["local"])]
     pub driver: String,
@@ -289,6 +294,7 @@ pub struct ServeConfig {
     pub database_url: Option<Secret>,
     pub admin_token: Secret,
     pub proxy_token: Option<Secret>,
+    pub password_key_file: PathBuf,
     pub local: LocalConfig,
     pub compute_ports: RangeInclusive<u16>,
     pub default_endpoint: Option<DefaultEndpoint>,
@@ -386,6 +392,10 @@ impl ServeArgs {
                 database: self.default_database,
             })
         };
+        let password_key_file = match self.password_key_file {
+            Some(path) => std::path::absolute(path)?,
+            None => data_dir.join("password.key"),
+        };
         let mut local = LocalConfig::defaults(data_dir.join("computes"));
         local.pg_bin = self.pg_bin;
         local.pgbouncer = self.pgbouncer;
@@ -400,6 +410,7 @@ impl ServeArgs {
             database_url: self.database_url.map(Secret),
             admin_token: Secret(admin_token),
             proxy_token: proxy_token.map(Secret),
+            password_key_file,
             local,
             compute_ports,
             default_endpoint,

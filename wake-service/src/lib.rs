@@ -20,6 +20,7 @@ pub mod jwt;
 pub mod leadership;
 pub mod lifecycle;
 pub mod metrics;
+pub mod password_vault;
 pub mod roles;
 pub mod scheduler;
 pub mod state_cluster;
@@ -40,6 +41,7 @@ use crate::config::ServeConfig;
 use crate::leadership::Election;
 use crate::lifecycle::{Computes, LifecycleConfig};
 use crate::metrics::Metrics;
+use crate::password_vault::PasswordVault;
 use crate::state_cluster::StateCluster;
 use crate::store::Store;
 use crate::usage::Metering;
@@ -169,6 +171,17 @@ async fn bootstrap(
     let store = Store::open(store_config)
         .await
         .context("opening the state store")?;
+    let passwords = Arc::new(PasswordVault::load_or_create(&config.password_key_file)?);
+    let recorded = store
+        .claim_setting("password_key_fingerprint", passwords.fingerprint())
+        .await
+        .context("recording the password key's fingerprint")?;
+    anyhow::ensure!(
+        recorded == passwords.fingerprint(),
+        "the password key {} is not the one this state store's passwords are sealed with \
+         (fingerprint {recorded}): give every replica the same --password-key-file",
+        config.password_key_file.display()
+    );
     let metrics = Arc::new(Metrics::new()?);
     let local = LocalDriver::new(config.local.clone()).context("local compute driver")?;
     let railway = match &config.railway {
@@ -190,6 +203,7 @@ async fn bootstrap(
             quarantine_unknown: config.quarantine_unknown_computes,
             ceiling: config.max_cu,
             branches: config.branches.clone(),
+            passwords,
         },
         metrics.clone(),
     ));

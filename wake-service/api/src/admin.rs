@@ -254,6 +254,10 @@ pub struct CreateBranch {
     /// The branch's (and its database's) name; `br_<12 hex digits>` when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// A free-form name of 1 to 256 characters (Neon's API shows it as the branch's name,
+    /// e.g. `test/<uuid>`); the name when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display_name: Option<String>,
     /// Deleted this long after its creation (1 to [`MAX_BRANCH_TTL_SECONDS`]); never when
     /// absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -283,6 +287,8 @@ pub struct ConnectionUris {
 pub struct Branch {
     /// Also the name of its database.
     pub name: String,
+    /// What Neon's API shows as its name (the name unless one was given).
+    pub display_name: String,
     pub endpoint: String,
     /// The database it was copied from (at its creation or last reset).
     pub source: String,

@@ -9,6 +9,7 @@
 
 mod admin;
 mod branches;
+mod neon;
 mod openapi;
 mod proxy;
 
@@ -52,9 +53,14 @@ pub fn app(service: Arc<Service>) -> Router {
         service.clone(),
         require_proxy,
     ));
+    let neon = neon::routes().route_layer(middleware::from_fn_with_state(
+        service.clone(),
+        require_neon_key,
+    ));
     Router::new()
         .merge(admin)
         .merge(proxy)
+        .nest("/api/v2", neon)
         .route("/openapi.json", get(openapi::document))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
@@ -142,6 +148,18 @@ async fn require_admin(
     }
 }
 
+/// Neon's API key is the admin token.
+async fn require_neon_key(
+    State(service): State<Arc<Service>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    match bearer(request.headers()) {
+        Some(token) if token_matches(token, &service.admin_token) => next.run(request).await,
+        _ => neon::NeonError::Unauthorized.into_response(),
+    }
+}
+
 async fn require_proxy(
     State(service): State<Arc<Service>>,
     request: Request,
@@ -182,6 +200,7 @@ impl From<LifecycleError> for ApiError {
             | LifecycleError::BranchNotFound { .. }
             | LifecycleError::DatabaseNotFound { .. } => ApiError::NotFound(e.to_string()),
             LifecycleError::Conflict(m) => ApiError::Conflict(m),
+            LifecycleError::PasswordUnavailable { .. } => ApiError::Conflict(e.to_string()),
             LifecycleError::BadRule(m) => ApiError::BadRequest(m),
             LifecycleError::Invalid(m) => ApiError::Invalid(m),
             LifecycleError::Busy(_) => ApiError::Unavailable(e.to_string()),
@@ -261,7 +280,8 @@ impl From<LifecycleError> for ProxyError {
             LifecycleError::RoleNotFound { .. }
             | LifecycleError::RuleNotFound { .. }
             | LifecycleError::BranchNotFound { .. }
-            | LifecycleError::DatabaseNotFound { .. } => ProxyError::BadRequest(e.to_string()),
+            | LifecycleError::DatabaseNotFound { .. }
+            | LifecycleError::PasswordUnavailable { .. } => ProxyError::BadRequest(e.to_string()),
             LifecycleError::Busy(_) => ProxyError::Busy(200),
             LifecycleError::Store(source) => {
                 tracing::error!(error = %source, "state store error");

@@ -138,6 +138,7 @@ impl Computes {
             data: request.data,
             labels: &request.labels,
             ttl_seconds: request.ttl_seconds,
+            display_name: request.display_name.as_deref(),
         };
         let branch = match self.store.insert_branch(&new).await {
             Err(StoreError::Conflict) => {
@@ -443,6 +444,7 @@ impl Computes {
     fn render_branch(&self, b: BranchRow) -> Result<Branch, LifecycleError> {
         let connection_uris = connection_uris(&self.config.branches.public, &b);
         Ok(Branch {
+            display_name: b.display_name.unwrap_or_else(|| b.name.clone()),
             name: b.name,
             endpoint: b.endpoint,
             source: b.source,
@@ -514,9 +516,24 @@ fn generated_name() -> String {
     format!("br_{:012x}", n & 0xffff_ffff_ffff)
 }
 
+/// The id Neon's API gives an endpoint's default branch; no branch may take it as its name.
+pub const DEFAULT_BRANCH_ID: &str = "br-main-root-0";
+
+/// The longest display name (Neon's limit for a branch's name).
+const MAX_DISPLAY_NAME_CHARS: usize = 256;
+
 fn check_request(name: &str, request: &CreateBranch) -> Result<(), LifecycleError> {
-    if !names::valid_object_name(name) || name == "postgres" {
+    if !names::valid_object_name(name) || name == "postgres" || name == DEFAULT_BRANCH_ID {
         return Err(invalid_name("branch", name));
+    }
+    if let Some(display) = &request.display_name {
+        if !(1..=MAX_DISPLAY_NAME_CHARS).contains(&display.chars().count())
+            || display.chars().any(char::is_control)
+        {
+            return Err(LifecycleError::Invalid(format!(
+                "display_name must be 1 to {MAX_DISPLAY_NAME_CHARS} characters, none of them control characters"
+            )));
+        }
     }
     if let Some(ttl) = request.ttl_seconds {
         if !(1..=MAX_BRANCH_TTL_SECONDS).contains(&ttl) {
@@ -553,21 +570,46 @@ pub fn check_label(key: &str, value: &str) -> Result<(), LifecycleError> {
 
 /// The branch's connection strings through the gateway (no password).
 fn connection_uris(public: &PublicAddress, b: &BranchRow) -> ConnectionUris {
-    let uri = |host: String| {
-        let mut url = format!(
-            "postgresql://{}@{host}.{}",
-            percent(&b.owner),
-            public.domain
-        );
-        if public.port != 5432 {
-            url.push_str(&format!(":{}", public.port));
-        }
-        url.push_str(&format!("/{}?sslmode={}", percent(&b.name), public.sslmode));
-        url
-    };
     ConnectionUris {
-        direct: uri(b.endpoint.clone()),
-        pooled: uri(format!("{}-pooler", b.endpoint)),
+        direct: connection_uri(public, &b.endpoint, false, &b.owner, None, &b.name),
+        pooled: connection_uri(public, &b.endpoint, true, &b.owner, None, &b.name),
+    }
+}
+
+/// `postgresql://<role>[:<password>]@<endpoint>[-pooler].<domain>[:<port>]/<database>?sslmode=…`:
+/// a connection string through the gateway, as Neon's look.
+pub fn connection_uri(
+    public: &PublicAddress,
+    endpoint: &str,
+    pooled: bool,
+    role: &str,
+    password: Option<&str>,
+    database: &str,
+) -> String {
+    let mut url = format!("postgresql://{}", percent(role));
+    if let Some(password) = password {
+        url.push(':');
+        url.push_str(&percent(password));
+    }
+    url.push('@');
+    url.push_str(&public.host(endpoint, pooled));
+    url.push_str(&format!(
+        "/{}?sslmode={}",
+        percent(database),
+        public.sslmode
+    ));
+    url
+}
+
+impl PublicAddress {
+    /// `<endpoint>[-pooler].<domain>`, with `:<port>` unless it is 5432.
+    pub fn host(&self, endpoint: &str, pooled: bool) -> String {
+        let suffix = if pooled { "-pooler" } else { "" };
+        let mut host = format!("{endpoint}{suffix}.{}", self.domain);
+        if self.port != 5432 {
+            host.push_str(&format!(":{}", self.port));
+        }
+        host
     }
 }
 
@@ -660,6 +702,7 @@ mod tests {
             created_at: time::OffsetDateTime::UNIX_EPOCH,
             copied_at: time::OffsetDateTime::UNIX_EPOCH,
             expires_at: None,
+            display_name: None,
         };
         let uris = connection_uris(&public, &b);
         assert_eq!(

@@ -39,7 +39,7 @@ use wake_api::split_pooler;
 mod branches;
 mod resize;
 
-pub use self::branches::{BranchSettings, PublicAddress};
+pub use self::branches::{connection_uri, BranchSettings, PublicAddress, DEFAULT_BRANCH_ID};
 pub use self::resize::{stored_cu, stored_range, ResizeCause};
 
 use crate::autoscale::sizing::Cu;
@@ -49,6 +49,7 @@ use crate::compute::{
 };
 use crate::jwt;
 use crate::metrics::{self, Metrics};
+use crate::password_vault::PasswordVault;
 use crate::roles;
 use crate::store::{
     EndpointChanges, EndpointLock, EndpointRow, GatewayActivity, NewEndpoint, NewJwksRule,
@@ -72,6 +73,14 @@ pub enum LifecycleError {
     DatabaseNotFound { endpoint: String, database: String },
     #[error("{0}")]
     Conflict(String),
+    /// The role's password cannot be revealed (kept by no earlier version, or sealed under
+    /// another key): resetting it makes a new one that can.
+    #[error("the password of role '{role}' on endpoint '{endpoint}' cannot be revealed: {reason}; reset it to get one that can")]
+    PasswordUnavailable {
+        endpoint: String,
+        role: String,
+        reason: String,
+    },
     /// The request is well-formed JSON but its values are not acceptable.
     #[error("{0}")]
     Invalid(String),
@@ -108,6 +117,8 @@ pub struct LifecycleConfig {
     /// The largest `min_cu`/`max_cu`/resize the API accepts.
     pub ceiling: Cu,
     pub branches: BranchSettings,
+    /// Seals the role passwords Neon's API reveals.
+    pub passwords: Arc<PasswordVault>,
 }
 
 /// An open session holds its endpoint for this many of its gateway's report intervals, so
@@ -285,6 +296,11 @@ impl Computes {
         (row.state == EndpointState::Active)
             .then(|| self.driver.size(&Self::spec(row)))
             .flatten()
+    }
+
+    /// How clients reach the gateway (for connection strings).
+    pub fn public_address(&self) -> &PublicAddress {
+        &self.config.branches.public
     }
 
     pub fn addresses(&self, row: &EndpointRow) -> Addresses {
@@ -1182,6 +1198,7 @@ impl Computes {
             return Err(invalid_name("role", name));
         }
         let secret = scram_secret(password)?;
+        let sealed = self.seal_password(id, name, password)?;
         let (_guard, row) = self.lock_running(id).await?;
         if self
             .store
@@ -1203,7 +1220,11 @@ impl Computes {
         if ours {
             self.store.delete_role_pending_create(id, name).await?;
         }
-        match self.store.insert_role_pending(id, name, &secret).await {
+        match self
+            .store
+            .insert_role_pending(id, name, &secret, &sealed)
+            .await
+        {
             Err(StoreError::Conflict) => return Err(role_exists(id, name)),
             other => other?,
         }
@@ -1251,12 +1272,13 @@ impl Computes {
         password: &str,
     ) -> Result<time::OffsetDateTime, LifecycleError> {
         let secret = scram_secret(password)?;
+        let sealed = self.seal_password(id, name, password)?;
         let change = {
             let (_guard, row) = self.lock_running(id).await?;
             let role = self.settled_role(id, name).await?;
             if !self
                 .store
-                .mark_role_pending(id, name, Some(&secret))
+                .mark_role_pending(id, name, Some((&secret, &sealed)))
                 .await?
             {
                 return Err(role_not_found(id, name));
@@ -1951,6 +1973,47 @@ impl Computes {
         Ok(reply)
     }
 
+    /// The role's password, as it was last set (Neon's API reveals it).
+    pub async fn role_password(&self, id: &str, role: &str) -> Result<String, LifecycleError> {
+        let unavailable = |reason: &str| LifecycleError::PasswordUnavailable {
+            endpoint: id.to_owned(),
+            role: role.to_owned(),
+            reason: reason.to_owned(),
+        };
+        match self.store.role_sealed_password(id, role).await? {
+            None => Err(role_not_found(id, role)),
+            Some(None) => Err(unavailable("it was set before passwords were kept")),
+            Some(Some(sealed)) => self
+                .config
+                .passwords
+                .open(id, role, &sealed)
+                .map_err(|e| unavailable(&e.to_string())),
+        }
+    }
+
+    /// Gives the role a new generated password and returns it (Neon's `reset_password`).
+    pub async fn reset_role_password(
+        &self,
+        id: &str,
+        role: &str,
+    ) -> Result<String, LifecycleError> {
+        let password = crate::password_vault::generate_password();
+        self.update_role(id, role, &password).await?;
+        Ok(password)
+    }
+
+    fn seal_password(
+        &self,
+        id: &str,
+        role: &str,
+        password: &str,
+    ) -> Result<String, LifecycleError> {
+        self.config
+            .passwords
+            .seal(id, role, password)
+            .map_err(|e| LifecycleError::Invalid(e.to_string()))
+    }
+
     /// The SCRAM secret a gateway checks `role`'s password against: empty for a role the
     /// endpoint does not have (or has not finished creating). `NotFound` for an unknown
     /// endpoint.
@@ -2017,7 +2080,6 @@ fn invalid_name(kind: &str, name: &str) -> LifecycleError {
     ))
 }
 
-/// Validates a CU range; missing values fall back to `default`.
 /// The SCRAM-SHA-256 verifier of a password the API was given.
 fn scram_secret(password: &str) -> Result<String, LifecycleError> {
     if password.is_empty() || password.len() > 1024 || password.contains('\0') {

@@ -51,6 +51,7 @@ pub struct BranchRow {
     pub created_at: OffsetDateTime,
     pub copied_at: OffsetDateTime,
     pub expires_at: Option<OffsetDateTime>,
+    pub display_name: Option<String>,
 }
 
 /// What [`Store::insert_branch`] writes.
@@ -63,10 +64,11 @@ pub struct NewBranch<'a> {
     pub data: bool,
     pub labels: &'a BTreeMap<String, String>,
     pub ttl_seconds: Option<i64>,
+    pub display_name: Option<&'a str>,
 }
 
 const COLUMNS: &str = "b.endpoint_id, b.name, b.source, d.owner, b.data, b.labels, b.state, \
-                       b.created_at, b.copied_at, b.expires_at";
+                       b.created_at, b.copied_at, b.expires_at, b.display_name";
 
 fn branch(row: &Row) -> Result<BranchRow, StoreError> {
     let labels: serde_json::Value = row.try_get(5)?;
@@ -83,6 +85,7 @@ fn branch(row: &Row) -> Result<BranchRow, StoreError> {
         created_at: row.try_get(7)?,
         copied_at: row.try_get(8)?,
         expires_at: row.try_get(9)?,
+        display_name: row.try_get(10)?,
     })
 }
 
@@ -101,9 +104,10 @@ impl Store {
         .await
         .map_err(StoreError::from_db)?;
         tx.execute(
-            "INSERT INTO branches (endpoint_id, name, source, data, labels, state, expires_at)
+            "INSERT INTO branches (endpoint_id, name, source, data, labels, state, expires_at,
+                                   display_name)
              VALUES ($1, $2, $3, $4, $5, 'creating',
-                     now() + make_interval(secs => $6::int8::float8))",
+                     now() + make_interval(secs => $6::int8::float8), $7)",
             &[
                 &new.endpoint,
                 &new.name,
@@ -111,6 +115,7 @@ impl Store {
                 &new.data,
                 &labels,
                 &new.ttl_seconds,
+                &new.display_name,
             ],
         )
         .await

@@ -20,8 +20,10 @@ use crate::jwt::RoleLogin;
 
 mod branches;
 mod gateways;
+mod operations;
 mod usage;
 pub use branches::{BranchRow, BranchState, NewBranch};
+pub use operations::OperationRow;
 pub use usage::{AppliedUsage, Checkpoint, UsageRow};
 
 /// The migrations, in order. A version is never edited once released; add a new one.
@@ -57,6 +59,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         8,
         "branches",
         include_str!("../../migrations/0008_branches.sql"),
+    ),
+    (
+        9,
+        "neon_api",
+        include_str!("../../migrations/0009_neon_api.sql"),
     ),
 ];
 
@@ -236,6 +243,16 @@ impl RoleRow {
             created_at: row.try_get(4)?,
         })
     }
+}
+
+/// One row of `databases`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DatabaseRow {
+    pub name: String,
+    pub owner: String,
+    pub created_at: OffsetDateTime,
+    /// Made as a branch (see `branches`).
+    pub branch: bool,
 }
 
 /// What a gateway must apply after a report (see [`Store::gateway_report`]).
@@ -885,6 +902,40 @@ impl Store {
             .transpose()?)
     }
 
+    /// The role's password as sealed (see `password_vault`): `None` when the role is not
+    /// settled, `Some(None)` when it was made before passwords were kept.
+    pub async fn role_sealed_password(
+        &self,
+        endpoint: &str,
+        role: &str,
+    ) -> Result<Option<Option<String>>, StoreError> {
+        let client = self.pool.get().await?;
+        Ok(client
+            .query_opt(
+                "SELECT sealed_password FROM roles
+                 WHERE endpoint_id = $1 AND name = $2 AND pending IS NULL",
+                &[&endpoint, &role],
+            )
+            .await?
+            .map(|r| r.try_get(0))
+            .transpose()?)
+    }
+
+    /// Records `value` for `name` unless one is recorded, and returns the recorded one.
+    pub async fn claim_setting(&self, name: &str, value: &str) -> Result<String, StoreError> {
+        let client = self.pool.get().await?;
+        client
+            .execute(
+                "INSERT INTO settings (name, value) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                &[&name, &value],
+            )
+            .await?;
+        Ok(client
+            .query_one("SELECT value FROM settings WHERE name = $1", &[&name])
+            .await?
+            .try_get(0)?)
+    }
+
     /// Every role of the endpoint as recorded, pending operations included, by name.
     pub async fn role_rows(&self, endpoint: &str) -> Result<Vec<RoleRow>, StoreError> {
         let client = self.pool.get().await?;
@@ -926,13 +977,14 @@ impl Store {
         endpoint: &str,
         name: &str,
         secret: &str,
+        sealed_password: &str,
     ) -> Result<(), StoreError> {
         let client = self.pool.get().await?;
         client
             .execute(
-                "INSERT INTO roles (endpoint_id, name, secret, pending)
-                 VALUES ($1, $2, $3, 'create')",
-                &[&endpoint, &name, &secret],
+                "INSERT INTO roles (endpoint_id, name, secret, sealed_password, pending)
+                 VALUES ($1, $2, $3, $4, 'create')",
+                &[&endpoint, &name, &secret, &sealed_password],
             )
             .await
             .map_err(StoreError::from_db)?;
@@ -955,13 +1007,13 @@ impl Store {
         Ok(())
     }
 
-    /// Marks a recorded role as being changed: `Some(secret)` a new verifier (`update`),
-    /// `None` a drop (`delete`). False when the role is not recorded.
+    /// Marks a recorded role as being changed: `Some((secret, sealed password))` a new
+    /// verifier (`update`), `None` a drop (`delete`). False when the role is not recorded.
     pub async fn mark_role_pending(
         &self,
         endpoint: &str,
         name: &str,
-        new_secret: Option<&str>,
+        new_secret: Option<(&str, &str)>,
     ) -> Result<bool, StoreError> {
         let client = self.pool.get().await?;
         let pending = if new_secret.is_some() {
@@ -969,11 +1021,12 @@ impl Store {
         } else {
             "delete"
         };
+        let (secret, sealed) = new_secret.unzip();
         let changed = client
             .execute(
-                "UPDATE roles SET pending = $3, pending_secret = $4
+                "UPDATE roles SET pending = $3, pending_secret = $4, pending_sealed_password = $5
                  WHERE endpoint_id = $1 AND name = $2",
-                &[&endpoint, &name, &pending, &new_secret],
+                &[&endpoint, &name, &pending, &secret, &sealed],
             )
             .await?;
         Ok(changed == 1)
@@ -999,7 +1052,8 @@ impl Store {
             Some("update") => {
                 tx.execute(
                     "UPDATE roles SET secret = pending_secret, pending = NULL,
-                         pending_secret = NULL
+                         pending_secret = NULL, sealed_password = pending_sealed_password,
+                         pending_sealed_password = NULL
                      WHERE endpoint_id = $1 AND name = $2",
                     &[&endpoint, &name],
                 )
@@ -1016,7 +1070,8 @@ impl Store {
             }
             _ => {
                 tx.execute(
-                    "UPDATE roles SET pending = NULL, pending_secret = NULL
+                    "UPDATE roles SET pending = NULL, pending_secret = NULL,
+                         pending_sealed_password = NULL
                      WHERE endpoint_id = $1 AND name = $2",
                     &[&endpoint, &name],
                 )
@@ -1172,6 +1227,30 @@ impl Store {
                 Ok(Database {
                     name: r.try_get(0)?,
                     owner: r.try_get(1)?,
+                })
+            })
+            .collect()
+    }
+
+    /// The endpoint's databases, oldest first, with when each was made and whether it is a
+    /// branch.
+    pub async fn database_rows(&self, endpoint: &str) -> Result<Vec<DatabaseRow>, StoreError> {
+        let client = self.pool.get().await?;
+        client
+            .query(
+                "SELECT d.name, d.owner, d.created_at, b.name IS NOT NULL
+                 FROM databases d LEFT JOIN branches b USING (endpoint_id, name)
+                 WHERE d.endpoint_id = $1 ORDER BY d.created_at, d.name",
+                &[&endpoint],
+            )
+            .await?
+            .iter()
+            .map(|r| {
+                Ok(DatabaseRow {
+                    name: r.try_get(0)?,
+                    owner: r.try_get(1)?,
+                    created_at: r.try_get(2)?,
+                    branch: r.try_get(3)?,
                 })
             })
             .collect()

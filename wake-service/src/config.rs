@@ -82,8 +82,12 @@ pub struct ServeArgs {
     #[arg(long, env = "WAKE_PROXY_TOKEN_FILE")]
     pub proxy_token_file: Option<PathBuf>,
 
-    /// Key that seals the role passwords Neon's API reveals (64 hex digits), created on first
-    /// start [default: DATA_DIR/password.key]. Replicas sharing a store need the same file.
+    /// Key that seals the role passwords Neon's API reveals: 64 hex digits (e.g.
+    /// `openssl rand -hex 32`). Replicas sharing a state store need the same key.
+    #[arg(long, env = "WAKE_PASSWORD_KEY", hide_env_values = true)]
+    pub password_key: Option<String>,
+    /// File holding that key, created with a random one if missing
+    /// [default: DATA_DIR/password.key, when --password-key is not set].
     #[arg(long, env = "WAKE_PASSWORD_KEY_FILE")]
     pub password_key_file: Option<PathBuf>,
 
@@ -294,7 +298,7 @@ pub struct ServeConfig {
     pub database_url: Option<Secret>,
     pub admin_token: Secret,
     pub proxy_token: Option<Secret>,
-    pub password_key_file: PathBuf,
+    pub password_key: PasswordKey,
     pub local: LocalConfig,
     pub compute_ports: RangeInclusive<u16>,
     pub default_endpoint: Option<DefaultEndpoint>,
@@ -310,6 +314,14 @@ pub struct ServeConfig {
     /// The railway driver's settings, when a token is configured.
     pub railway: Option<RailwayConfig>,
     pub branches: BranchSettings,
+}
+
+/// Where the key that seals role passwords comes from.
+#[derive(Debug, Clone)]
+pub enum PasswordKey {
+    Value(Secret),
+    /// Created with a random key when missing.
+    File(PathBuf),
 }
 
 #[derive(Debug, Clone)]
@@ -392,9 +404,10 @@ impl ServeArgs {
                 database: self.default_database,
             })
         };
-        let password_key_file = match self.password_key_file {
-            Some(path) => std::path::absolute(path)?,
-            None => data_dir.join("password.key"),
+        let password_key = match (self.password_key, self.password_key_file) {
+            (Some(key), _) if !key.trim().is_empty() => PasswordKey::Value(Secret(key)),
+            (_, Some(path)) => PasswordKey::File(std::path::absolute(path)?),
+            _ => PasswordKey::File(data_dir.join("password.key")),
         };
         let mut local = LocalConfig::defaults(data_dir.join("computes"));
         local.pg_bin = self.pg_bin;
@@ -410,7 +423,7 @@ impl ServeArgs {
             database_url: self.database_url.map(Secret),
             admin_token: Secret(admin_token),
             proxy_token: proxy_token.map(Secret),
-            password_key_file,
+            password_key,
             local,
             compute_ports,
             default_endpoint,

@@ -37,7 +37,7 @@ use crate::api::Service;
 use crate::compute::drivers::Drivers;
 use crate::compute::local::LocalDriver;
 use crate::compute::railway::RailwayDriver;
-use crate::config::ServeConfig;
+use crate::config::{PasswordKey, ServeConfig};
 use crate::leadership::Election;
 use crate::lifecycle::{Computes, LifecycleConfig};
 use crate::metrics::Metrics;
@@ -171,16 +171,21 @@ async fn bootstrap(
     let store = Store::open(store_config)
         .await
         .context("opening the state store")?;
-    let passwords = Arc::new(PasswordVault::load_or_create(&config.password_key_file)?);
+    let passwords = Arc::new(match &config.password_key {
+        PasswordKey::Value(key) => PasswordVault::from_hex(&key.0)
+            .context("WAKE_PASSWORD_KEY (--password-key) must be 64 hex digits")?,
+        PasswordKey::File(path) => PasswordVault::load_or_create(path)?,
+    });
     let recorded = store
         .claim_setting("password_key_fingerprint", passwords.fingerprint())
         .await
         .context("recording the password key's fingerprint")?;
     anyhow::ensure!(
         recorded == passwords.fingerprint(),
-        "the password key {} is not the one this state store's passwords are sealed with \
-         (fingerprint {recorded}): give every replica the same --password-key-file",
-        config.password_key_file.display()
+        "this password key (fingerprint {}) is not the one the state store's role passwords \
+         are sealed with (fingerprint {recorded}): give every replica the same \
+         --password-key or --password-key-file",
+        passwords.fingerprint()
     );
     let metrics = Arc::new(Metrics::new()?);
     let local = LocalDriver::new(config.local.clone()).context("local compute driver")?;

@@ -7,10 +7,11 @@
 //! The endpoint and the role are the seal's associated data, so a sealed value copied onto
 //! another role's row does not open.
 //!
-//! The key lives in a file (`--password-key-file`, by default `DATA_DIR/password.key`,
-//! created with mode 0600 on first start). Replicas sharing an external store must be given
-//! the same file: the store records the key's fingerprint on first use and a replica with
-//! another key refuses to start ([`PasswordVault::fingerprint`]).
+//! The key is given (`--password-key`, 64 hex digits) or lives in a file
+//! (`--password-key-file`, by default `DATA_DIR/password.key`, created with mode 0600 on first
+//! start). Replicas sharing an external store must have the same key: the store records the
+//! key's fingerprint on first use and a replica with another key refuses to start
+//! ([`PasswordVault::fingerprint`]).
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -61,6 +62,13 @@ impl PasswordVault {
             key: LessSafeKey::new(key),
             fingerprint,
         })
+    }
+
+    /// A key given as 64 hex digits.
+    pub fn from_hex(text: &str) -> anyhow::Result<PasswordVault> {
+        let key = parse_key(text.trim())
+            .ok_or_else(|| anyhow::anyhow!("a password key is 64 hex digits"))?;
+        Ok(PasswordVault::new(key)?)
     }
 
     /// Reads the key file (64 hex digits), or creates it with a random key (mode 0600) when
@@ -224,6 +232,10 @@ mod tests {
         );
         let again = PasswordVault::load_or_create(&path).expect("read");
         assert_eq!(first.fingerprint(), again.fingerprint());
+        let text = std::fs::read_to_string(&path).expect("read");
+        let given = PasswordVault::from_hex(&text).expect("the file's key, given");
+        assert_eq!(first.fingerprint(), given.fingerprint());
+        assert!(PasswordVault::from_hex("abcd").is_err());
         std::fs::write(&path, "not hex").expect("write");
         assert!(PasswordVault::load_or_create(&path).is_err());
         let _ = std::fs::remove_dir_all(&dir);

@@ -131,23 +131,20 @@ async fn remove(
 
 /// Runs an operation on the endpoint's Postgres in a task of its own: a client that goes
 /// away never cuts it in half (what was recorded as pending would wait for the next start).
+/// The outer error is a lost task; the operation's own is left to the caller's API to
+/// classify (`/v1`'s or Neon's), hence `.await??`.
 pub(super) async fn detached<T, F>(
     service: &Arc<Service>,
     operation: impl FnOnce(Arc<Service>) -> F,
-) -> Result<T, ApiError>
+) -> Result<Result<T, crate::lifecycle::LifecycleError>, ApiError>
 where
     T: Send + 'static,
     F: std::future::Future<Output = Result<T, crate::lifecycle::LifecycleError>> + Send + 'static,
 {
-    match tokio::spawn(operation(service.clone())).await {
-        Ok(result) => Ok(result?),
-        Err(e) => {
-            tracing::error!(error = %e, "operation task failed");
-            Err(ApiError::Unavailable(
-                "the operation failed; try again".into(),
-            ))
-        }
-    }
+    tokio::spawn(operation(service.clone())).await.map_err(|e| {
+        tracing::error!(error = %e, "operation task failed");
+        ApiError::Unavailable("the operation failed; try again".into())
+    })
 }
 
 async fn create_role(
@@ -162,7 +159,7 @@ async fn create_role(
             .create_role(&id, &request.name, &request.password)
             .await
     })
-    .await?;
+    .await??;
     let role = Role { name, created_at };
     Ok((StatusCode::CREATED, Json(role)).into_response())
 }
@@ -181,7 +178,7 @@ async fn update_role(
             .update_role(&id, &role, &request.password)
             .await
     })
-    .await?;
+    .await??;
     Ok(Json(Role { name, created_at }))
 }
 
@@ -193,7 +190,7 @@ async fn delete_role(
     detached(&service, move |service| async move {
         service.computes.delete_role(&id, &name).await
     })
-    .await?;
+    .await??;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -206,7 +203,7 @@ async fn create_database(
     detached(&service, move |service| async move {
         service.computes.create_database(&id, &name, &owner).await
     })
-    .await?;
+    .await??;
     let database = Database {
         name: request.name,
         owner: request.owner,
@@ -223,7 +220,7 @@ async fn create_jwks(
     let rule = detached(&service, move |service| async move {
         service.computes.create_jwks(&id, &request).await
     })
-    .await?;
+    .await??;
     Ok((StatusCode::CREATED, Json(rule)).into_response())
 }
 

@@ -58,7 +58,7 @@ async fn create(
     let branch = detached(&service, move |service| async move {
         service.computes.create_branch(&id, &request).await
     })
-    .await?;
+    .await??;
     Ok((StatusCode::CREATED, Json(branch)).into_response())
 }
 
@@ -87,7 +87,7 @@ async fn remove(
     detached(&service, move |service| async move {
         service.computes.delete_branch(&id, &name).await
     })
-    .await?;
+    .await??;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -109,7 +109,7 @@ async fn delete_labelled(
             .delete_branches_labelled(&id, (&key, &value))
             .await
     })
-    .await?;
+    .await??;
     Ok(Json(DeletedBranches { deleted }))
 }
 
@@ -120,6 +120,6 @@ async fn reset(
     let branch = detached(&service, move |service| async move {
         service.computes.reset_branch(&id, &name).await
     })
-    .await?;
+    .await??;
     Ok(Json(branch))
 }

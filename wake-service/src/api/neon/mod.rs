@@ -715,7 +715,7 @@ async fn create_branch(
     let branch = detached(&service, move |service| async move {
         service.computes.create_branch(&id, &request).await
     })
-    .await?;
+    .await??;
     let operation = record(
         &service,
         &branch.endpoint,
@@ -772,7 +772,7 @@ async fn delete_branch(
     detached(&service, move |service| async move {
         service.computes.delete_branch(&project, &name).await
     })
-    .await?;
+    .await??;
     let operation = record(&service, &id, &branch, "delete_timeline", started).await?;
     ok(json!({
         "branch": to_value(&deleted)?,
@@ -812,7 +812,7 @@ async fn restore_branch(
     detached(&service, move |service| async move {
         service.computes.reset_branch(&project, &name).await
     })
-    .await?;
+    .await??;
     let operation = record(&service, &id, &branch, "create_timeline", started).await?;
     let view = ProjectView::load(&service, &id).await?;
     ok(json!({
@@ -933,7 +933,7 @@ async fn create_role(
     detached(&service, move |service| async move {
         service.computes.create_role(&project, &name, &secret).await
     })
-    .await?;
+    .await??;
     let operation = record(&service, &id, &branch, "apply_config", started).await?;
     let mut role = find_role(&service, &view, &branch, &body.role.name).await?;
     role.password = Some(password);
@@ -965,7 +965,7 @@ async fn reset_password(
     let password = detached(&service, move |service| async move {
         service.computes.reset_role_password(&project, &name).await
     })
-    .await?;
+    .await??;
     let operation = record(&service, &id, &branch, "apply_config", started).await?;
     found.password = Some(password);
     ok(json!({
@@ -1025,7 +1025,7 @@ async fn create_database(
             .create_database(&project, &name, &owner)
             .await
     })
-    .await?;
+    .await??;
     let operation = record(&service, &id, &branch, "apply_config", started).await?;
     let view = ProjectView::load(&service, &id).await?;
     let row = view

@@ -85,23 +85,14 @@ impl PasswordVault {
                 Ok(PasswordVault::new(key)?)
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let key: [u8; KEY_LEN] = rand::rngs::OsRng.gen();
-                if let Some(dir) = path.parent() {
-                    std::fs::create_dir_all(dir)
-                        .with_context(|| format!("creating {}", dir.display()))?;
+                match create_key_file(path)? {
+                    Some(key) => {
+                        tracing::info!(path = %path.display(), "created a password key");
+                        Ok(PasswordVault::new(key)?)
+                    }
+                    // Another process sharing DATA_DIR made it first: theirs is the key.
+                    None => PasswordVault::load_or_create(path),
                 }
-                let mut file = std::fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .open(path)
-                    .with_context(|| {
-                        format!("creating the password key file {}", path.display())
-                    })?;
-                file.write_all(format!("{}\n", hex(&key)).as_bytes())?;
-                file.sync_all()?;
-                tracing::info!(path = %path.display(), "created a password key");
-                Ok(PasswordVault::new(key)?)
             }
             Err(e) => Err(anyhow::anyhow!(
                 "cannot read the password key file {}: {e}",
@@ -151,6 +142,36 @@ impl PasswordVault {
             .open_in_place(nonce, Aad::from(aad.as_slice()), &mut buffer)
             .map_err(|_| VaultError::Unsealable)?;
         String::from_utf8(plain.to_vec()).map_err(|_| VaultError::Unsealable)
+    }
+}
+
+/// Writes a random key to `path` unless a file is there: the key is written to a file of
+/// its own (a random name) first and then linked into place, so another process never reads
+/// half a key, and of two racing first starts one key wins. `None` when the other won.
+fn create_key_file(path: &Path) -> anyhow::Result<Option<[u8; KEY_LEN]>> {
+    let key: [u8; KEY_LEN] = rand::rngs::OsRng.gen();
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let staging = path.with_extension(format!("key.{:016x}.new", rand::random::<u64>()));
+    let written = (|| -> std::io::Result<()> {
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&staging)?;
+        file.write_all(format!("{}\n", hex(&key)).as_bytes())?;
+        file.sync_all()
+    })();
+    let linked = written.and_then(|()| std::fs::hard_link(&staging, path));
+    let _ = std::fs::remove_file(&staging);
+    match linked {
+        Ok(()) => Ok(Some(key)),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(None),
+        Err(e) => Err(anyhow::anyhow!(
+            "creating the password key file {}: {e}",
+            path.display()
+        )),
     }
 }
 
@@ -238,6 +259,34 @@ mod tests {
         assert!(PasswordVault::from_hex("abcd").is_err());
         std::fs::write(&path, "not hex").expect("write");
         assert!(PasswordVault::load_or_create(&path).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn racing_first_starts_agree_on_one_key() {
+        let dir = std::env::temp_dir().join(format!("vault-race-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let path = dir.join("password.key");
+        let fingerprints: Vec<String> = (0..8)
+            .map(|_| {
+                let path = path.clone();
+                std::thread::spawn(move || {
+                    PasswordVault::load_or_create(&path)
+                        .expect("a key")
+                        .fingerprint()
+                        .to_owned()
+                })
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|t| t.join().expect("thread"))
+            .collect();
+        assert!(
+            fingerprints.iter().all(|f| f == &fingerprints[0]),
+            "{fingerprints:?}"
+        );
+        let left: Vec<_> = std::fs::read_dir(&dir).expect("dir").collect();
+        assert_eq!(left.len(), 1, "no staging file left");
         let _ = std::fs::remove_dir_all(&dir);
     }
 

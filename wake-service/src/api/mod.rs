@@ -137,14 +137,19 @@ fn token_matches(given: &str, expected: &str) -> bool {
         )
 }
 
+fn is_admin(service: &Service, request: &Request) -> bool {
+    bearer(request.headers()).is_some_and(|token| token_matches(token, &service.admin_token))
+}
+
 async fn require_admin(
     State(service): State<Arc<Service>>,
     request: Request,
     next: Next,
 ) -> Response {
-    match bearer(request.headers()) {
-        Some(token) if token_matches(token, &service.admin_token) => next.run(request).await,
-        _ => ApiError::Unauthorized.into_response(),
+    if is_admin(&service, &request) {
+        next.run(request).await
+    } else {
+        ApiError::Unauthorized.into_response()
     }
 }
 
@@ -154,9 +159,10 @@ async fn require_neon_key(
     request: Request,
     next: Next,
 ) -> Response {
-    match bearer(request.headers()) {
-        Some(token) if token_matches(token, &service.admin_token) => next.run(request).await,
-        _ => neon::NeonError::Unauthorized.into_response(),
+    if is_admin(&service, &request) {
+        next.run(request).await
+    } else {
+        neon::NeonError::Unauthorized.into_response()
     }
 }
 

@@ -527,6 +527,16 @@ async fn record(
     Ok(operation(row))
 }
 
+/// Where a page starts: a cursor is the offset of the next page (opaque to clients).
+fn offset(cursor: Option<&str>) -> Result<usize, NeonError> {
+    match cursor {
+        None | Some("") => Ok(0),
+        Some(cursor) => cursor
+            .parse()
+            .map_err(|_| NeonError::BadRequest(format!("invalid cursor '{cursor}'"))),
+    }
+}
+
 // ---- projects ----
 
 async fn list_projects(State(service): State<Arc<Service>>) -> Reply {
@@ -604,13 +614,7 @@ async fn list_branches(
             "limit must be between 1 and {DEFAULT_PAGE}"
         )));
     }
-    // The cursor is the offset of the next page (opaque to clients).
-    let start = match query.cursor.as_deref() {
-        None | Some("") => 0,
-        Some(cursor) => cursor
-            .parse::<usize>()
-            .map_err(|_| NeonError::BadRequest(format!("invalid cursor '{cursor}'")))?,
-    };
+    let start = offset(query.cursor.as_deref())?;
     let page: Vec<&shapes::Branch> = branches.iter().skip(start).take(limit).copied().collect();
     let end = start + page.len();
     let annotations: BTreeMap<String, Annotation> = page
@@ -1132,12 +1136,7 @@ async fn list_operations(
         .await
         .map_err(LifecycleError::from)?;
     let limit = query.limit.unwrap_or(1000).clamp(1, 1000);
-    let start = match query.cursor.as_deref() {
-        None | Some("") => 0,
-        Some(cursor) => cursor
-            .parse::<usize>()
-            .map_err(|_| NeonError::BadRequest(format!("invalid cursor '{cursor}'")))?,
-    };
+    let start = offset(query.cursor.as_deref())?;
     let page: Vec<Operation> = rows
         .into_iter()
         .skip(start)

@@ -278,11 +278,12 @@ fn branch_api(spec: &mut Value) {
     schemas["CreateBranch"] = json!({"type": "object", "required": ["from"], "additionalProperties": false, "properties": {
         "from": {"type": "string", "description": "a database of the endpoint (not postgres)"},
         "name": {"type": "string", "description": "the branch's database name; br_<12 hex> when absent"},
+        "display_name": {"type": "string", "minLength": 1, "maxLength": 256, "description": "free-form; what Neon's API (/api/v2) shows as the branch's name; the name when absent"},
         "ttl_seconds": {"type": "integer", "minimum": 1, "maximum": 2_592_000, "description": "deleted this long after creation (within 1 s while the endpoint runs; at its next wake otherwise)"},
         "labels": labels.clone(),
         "data": {"type": "boolean", "default": true, "description": "false: the schema only (tenant tables emptied, sequences restarted)"}}});
     schemas["Branch"] = json!({"type": "object", "properties": {
-        "name": {"type": "string"}, "endpoint": {"type": "string"}, "source": {"type": "string"}, "owner": {"type": "string"},
+        "name": {"type": "string"}, "display_name": {"type": "string"}, "endpoint": {"type": "string"}, "source": {"type": "string"}, "owner": {"type": "string"},
         "data": {"type": "boolean"}, "labels": labels,
         "created_at": {"type": "string", "format": "date-time"}, "copied_at": {"type": "string", "format": "date-time"},
         "expires_at": {"type": "string", "format": "date-time", "nullable": true},

@@ -613,8 +613,9 @@ impl PublicAddress {
     }
 }
 
-/// Percent-encodes what a URL's user or path may not hold as is (names here are
-/// `[A-Za-z0-9_-]`, so this is belt and braces).
+/// Percent-encodes every byte but `[A-Za-z0-9_.-]`: what a URL's user, password or path may
+/// not hold as is, and more (over-encoding is harmless). Names are `[A-Za-z0-9_-]` already;
+/// passwords are anything.
 fn percent(s: &str) -> String {
     s.bytes()
         .map(|b| {
@@ -682,6 +683,20 @@ mod tests {
         assert!(check_label("", "v").is_err());
         assert!(check_label("a=b", "v").is_err());
         assert!(check_label("k", &"v".repeat(MAX_LABEL_VALUE_BYTES + 1)).is_err());
+    }
+
+    #[test]
+    fn a_password_in_a_connection_uri_is_percent_encoded() {
+        let public = PublicAddress {
+            domain: "example.test".into(),
+            port: 5432,
+            sslmode: "require".into(),
+        };
+        let uri = connection_uri(&public, "db", true, "app", Some("p@ss:w/rd#1 ?%"), "main");
+        assert_eq!(
+            uri,
+            "postgresql://app:p%40ss%3Aw%2Frd%231%20%3F%25@db-pooler.example.test/main?sslmode=require"
+        );
     }
 
     #[test]

@@ -1183,7 +1183,8 @@ impl Computes {
     }
 
     /// Creates a login role in the endpoint's Postgres (waking it) and records its SCRAM
-    /// secret (the password itself is never stored), then gives PgBouncer the new list. Under
+    /// secret and its password sealed (`password_vault`; never in the clear), then gives
+    /// PgBouncer the new list. Under
     /// the endpoint lock, recorded before Postgres is touched (`pending = 'create'`), so a
     /// crash in between is finished by the next start. A role that already exists in
     /// Postgres without having been created through the API (by an earlier version's tenant

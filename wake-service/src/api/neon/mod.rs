@@ -141,11 +141,8 @@ impl From<LifecycleError> for NeonError {
             }
             LifecycleError::Invalid(m) | LifecycleError::BadRule(m) => NeonError::BadRequest(m),
             LifecycleError::Busy(_) => NeonError::Locked(e.to_string()),
-            // Logged and worded once, by the /v1 mapping.
-            other => match ApiError::from(other) {
-                ApiError::Unavailable(m) => NeonError::Unavailable(m),
-                other => NeonError::Unavailable(format!("{other:?}")),
-            },
+            // Compute and store failures: logged and worded once, by the /v1 mapping.
+            other => NeonError::from(ApiError::from(other)),
         }
     }
 }
@@ -456,11 +453,10 @@ fn database_id(endpoint: &str, name: &str) -> i64 {
 
 fn project(service: &Service, row: &EndpointRow) -> Project {
     let now = OffsetDateTime::now_utc();
+    // The first of this month, UTC (replace_day(1) never fails).
     let period_start = now
         .replace_day(1)
-        .ok()
-        .and_then(|d| d.replace_time(time::Time::MIDNIGHT).into())
-        .unwrap_or(now);
+        .map_or(now, |d| d.replace_time(time::Time::MIDNIGHT));
     Project {
         id: row.id.clone(),
         platform_id: row.driver.clone(),
@@ -1183,6 +1179,24 @@ mod tests {
             assert!(wake_api::names::valid_object_name(&id), "{id}");
         }
         assert!(wake_api::names::valid_object_name(ROOT_ID));
+    }
+
+    #[test]
+    fn lifecycle_errors_get_the_statuses_neons_clients_expect() {
+        let status = |e: LifecycleError| NeonError::from(e).into_response().status().as_u16();
+        // neonctl and neon-testing retry 423 ("project locked").
+        assert_eq!(status(LifecycleError::Busy("db".into())), 423);
+        let unavailable = LifecycleError::PasswordUnavailable {
+            endpoint: "db".into(),
+            role: "r".into(),
+            reason: "x".into(),
+        };
+        assert_eq!(status(unavailable), 412);
+        assert_eq!(status(LifecycleError::NotFound("db".into())), 404);
+        assert_eq!(status(LifecycleError::Conflict("taken".into())), 409);
+        assert_eq!(status(LifecycleError::Invalid("bad".into())), 400);
+        let response = NeonError::Locked("busy".into()).into_response();
+        assert!(response.headers().contains_key("x-neon-ret-request-id"));
     }
 
     #[test]

@@ -7,7 +7,9 @@
 //   - the connection strings it hands out work with the driver (HTTP and WebSocket);
 //   - Neon's error shape {code, message, request_id} for a bad key, an unknown project or
 //     branch, and requests this service refuses (point in time, a reset from elsewhere);
-//   - neonctl --api-host: branches create, list, reset, delete, and connection-string.
+//   - neonctl --api-host: branches create, list, reset, delete, and connection-string;
+//   - create-branch-action's calls: a URL made of a branch endpoint's host and the parent's
+//     database name reaches the branch (its host is <endpoint>--<branch>).
 // neon-testing runs in vitest-neon-testing.test.js.
 
 import { test, after, before } from 'node:test';
@@ -99,13 +101,14 @@ async function neonError(call) {
   assert.fail('the call should have failed');
 }
 
+const mainUri = () => `postgres://${EP.role}:${EP.password}@${EP.id}.localtest.me:${GATEWAY_PORT}/${EP.db}`;
 const rows = async (uri) => (await neon(uri)`SELECT title FROM items ORDER BY id`).map((r) => r.title);
 
 before(async () => {
   await api.create(EP.id, { suspend_timeout_seconds: -1 });
   await api.createRole(EP.id, EP.role, EP.password);
   await api.createDatabase(EP.id, EP.db, EP.role);
-  const sql = neon(`postgres://${EP.role}:${EP.password}@${EP.id}.localtest.me:${GATEWAY_PORT}/${EP.db}`);
+  const sql = neon(mainUri());
   await sql`CREATE TABLE items (id int GENERATED ALWAYS AS IDENTITY PRIMARY KEY, title text NOT NULL)`;
   await sql`INSERT INTO items (title) VALUES ('a'), ('b')`;
 });
@@ -166,8 +169,9 @@ test('api-client: a branch with parent_id, expires_at and annotations, used by t
   assert.equal(b.default, false);
   assert.ok(Math.abs(new Date(b.expires_at) - expires) < 2000, `${b.expires_at} vs ${expires.toISOString()}`);
   assert.deepEqual(created.roles.map((r) => r.name), [EP.role]);
-  // The copy is a database of its own, listed under its own name (neonctl builds URIs from it).
-  assert.deepEqual(created.databases.map((d) => d.name), [b.id]);
+  // The copy is a database of its own, listed under its parent's name, as on Neon: with the
+  // branch's own host, that name reaches the copy (tools build URIs from it).
+  assert.deepEqual(created.databases.map((d) => d.name), [EP.db]);
   assert.equal(created.endpoints[0].branch_id, b.id);
   assert.deepEqual(created.operations.map((o) => [o.action, o.status]), [['create_branch', 'finished']]);
   assert.equal(created.connection_uris.length, 1);
@@ -176,9 +180,12 @@ test('api-client: a branch with parent_id, expires_at and annotations, used by t
   const got = await checked('getProjectBranch', neonApi.getProjectBranch(EP.id, b.id));
   assert.deepEqual(got.annotation.value, { 'integration-test': 'true' });
 
-  // Pooled and direct URIs, by the name Neon's clients use (the source's) and by its own.
+  // Pooled and direct URIs, by the name Neon's clients use (the source's) and by its own, on
+  // the branch endpoint's host (<endpoint>--<branch>: the gateway takes the branch's database).
   const pooled = (await neonApi.getConnectionUri({ projectId: EP.id, branch_id: b.id, role_name: EP.role, database_name: EP.db, pooled: true })).data.uri;
-  assert.equal(pooled, `postgresql://${EP.role}:${EP.password}@${EP.id}-pooler.localtest.me:${GATEWAY_PORT}/${b.id}?sslmode=disable`);
+  assert.equal(pooled, `postgresql://${EP.role}:${EP.password}@${EP.id}--${b.id}-pooler.localtest.me:${GATEWAY_PORT}/${EP.db}?sslmode=disable`);
+  assert.equal(created.endpoints[0].id, `${EP.id}--${b.id}`);
+  assert.equal(created.endpoints[0].host, `${EP.id}--${b.id}.localtest.me:${GATEWAY_PORT}`);
   const direct = (await neonApi.getConnectionUri({ projectId: EP.id, branch_id: b.id, role_name: EP.role, database_name: b.id })).data.uri;
   await neon(pooled)`INSERT INTO items (title) VALUES ('on the branch')`;
   const pool = new Pool({ connectionString: direct, max: 1 });
@@ -186,7 +193,7 @@ test('api-client: a branch with parent_id, expires_at and annotations, used by t
   pools.push(pool);
   assert.deepEqual((await pool.query('SELECT count(*)::int AS n FROM items')).rows, [{ n: 3 }]);
   await pool.end();
-  assert.deepEqual(await rows(created.connection_uris[0].connection_uri.replace(`/${b.id}?`, `/${EP.db}?`)), ['a', 'b'], 'the parent is untouched');
+  assert.deepEqual(await rows(mainUri()), ['a', 'b'], 'the parent is untouched');
 
   // Reset from the parent: the branch's own row is gone.
   const reset = await checked('restoreProjectBranch', neonApi.restoreProjectBranch(EP.id, b.id, { source_branch_id: main.id }));
@@ -196,7 +203,7 @@ test('api-client: a branch with parent_id, expires_at and annotations, used by t
   // A schema-only branch of the branch: no rows; connection_uri still takes 'neondb'.
   const child = await checked('createProjectBranch', neonApi.createProjectBranch(EP.id, { branch: { parent_id: b.id, init_source: 'schema-only' } }));
   assert.equal(child.branch.parent_id, b.id);
-  assert.deepEqual(child.databases.map((d) => d.name), [child.branch.id]);
+  assert.deepEqual(child.databases.map((d) => d.name), [EP.db]);
   const childUri = (await neonApi.getConnectionUri({ projectId: EP.id, branch_id: child.branch.id, role_name: EP.role, database_name: EP.db })).data.uri;
   assert.deepEqual(await rows(childUri), []);
 
@@ -222,6 +229,53 @@ test('api-client: a branch with parent_id, expires_at and annotations, used by t
   const gone = await neonError(neonApi.getProjectBranch(EP.id, b.id));
   assert.equal(gone.status, 404);
   assert.equal((await neonApi.listProjectBranches({ projectId: EP.id })).data.branches.length, 1);
+});
+
+test('create-branch-action\'s calls: a URL built from the branch endpoint\'s host and the parent\'s database name reaches the branch', { timeout: 60_000 }, async () => {
+  // What neondatabase/create-branch-action (src/branch.ts) does through api-client with its
+  // api_host (a GitHub Action: it cannot run here, its calls can): find the branch by name,
+  // create it with a read_write endpoint, then build the URLs from the endpoint's host, the
+  // `database` input (the parent's name) and the revealed password.
+  const name = `preview/${RUN}`;
+  const byName = async () => (await neonApi.listProjectBranches({ projectId: EP.id, search: name, limit: 10000 }))
+    .data.branches.find((b) => b.name === name || b.id === name);
+  assert.equal(await byName(), undefined);
+  const created = await checked('createProjectBranch', neonApi.createProjectBranch(EP.id, {
+    endpoints: [{ type: 'read_write', suspend_timeout_seconds: 0 }],
+    branch: { name, parent_id: undefined, init_source: undefined, expires_at: undefined },
+    annotation_value: { 'github-repo': 'example/app' },
+  }));
+  const branchId = created.branch.id;
+  const [endpoint] = (await checked('listProjectBranchEndpoints', neonApi.listProjectBranchEndpoints(EP.id, branchId))).endpoints;
+  await checked('getProjectBranchDatabase', neonApi.getProjectBranchDatabase(EP.id, branchId, EP.db));
+  await checked('getProjectBranchRole', neonApi.getProjectBranchRole(EP.id, branchId, EP.role));
+  const { password } = await checked('getProjectBranchRolePassword', neonApi.getProjectBranchRolePassword(EP.id, branchId, EP.role));
+  const url = (host) => {
+    const u = new URL(`postgresql://${host}`);
+    u.pathname = EP.db;
+    u.username = EP.role;
+    u.password = password;
+    return u.toString();
+  };
+  const direct = url(endpoint.host);
+  const pooled = url(endpoint.host.replace(endpoint.id, `${endpoint.id}-pooler`));
+  assert.equal(pooled, `postgresql://${EP.role}:${password}@${EP.id}--${branchId}-pooler.localtest.me:${GATEWAY_PORT}/${EP.db}`);
+
+  // Over HTTP (direct and pooled) and WebSocket, the session is in the branch's database.
+  await neon(direct)`INSERT INTO items (title) VALUES ('preview')`;
+  assert.deepEqual(await rows(pooled), ['a', 'b', 'preview']);
+  const pool = new Pool({ connectionString: direct, max: 1 });
+  pool.on('error', () => {});
+  pools.push(pool);
+  assert.deepEqual((await pool.query('SELECT current_database() AS db, count(*)::int AS n FROM items')).rows, [{ db: branchId, n: 3 }]);
+  await pool.end();
+  assert.deepEqual(await rows(mainUri()), ['a', 'b'], 'the parent is untouched');
+  // The action's second run finds the branch by name instead of making another.
+  assert.equal((await byName()).id, branchId);
+  await checked('deleteProjectBranch', neonApi.deleteProjectBranch({ projectId: EP.id, branchId }));
+  // The branch's host names a database that is gone: Postgres says so.
+  const gone = await neon(direct)`SELECT 1`.then(() => null, (e) => e);
+  assert.match(gone?.message ?? '', /does not exist/);
 });
 
 test('api-client: roles created and reset through the API get generated passwords that work', async () => {
@@ -289,11 +343,13 @@ test('neonctl --api-host: branches create, list, connection-string, reset, delet
   assert.deepEqual(listed.map((b) => b.name).sort(), [`ci-${RUN}`, 'main']);
 
   const uri = await neonctl('connection-string', `ci-${RUN}`, '--role-name', EP.role, '--ssl', 'omit');
-  assert.equal(uri, `postgresql://${EP.role}:${EP.password}@${EP.id}.localtest.me:${GATEWAY_PORT}/${id}`);
-  const pooled = await neonctl('connection-string', `ci-${RUN}`, '--role-name', EP.role, '--pooled', '--ssl', 'omit', '--database-name', id);
-  assert.equal(pooled, `postgresql://${EP.role}:${EP.password}@${EP.id}-pooler.localtest.me:${GATEWAY_PORT}/${id}`);
+  // As on Neon: the branch's host, and its parent's database name.
+  assert.equal(uri, `postgresql://${EP.role}:${EP.password}@${EP.id}--${id}.localtest.me:${GATEWAY_PORT}/${EP.db}`);
+  const pooled = await neonctl('connection-string', `ci-${RUN}`, '--role-name', EP.role, '--pooled', '--ssl', 'omit', '--database-name', EP.db);
+  assert.equal(pooled, `postgresql://${EP.role}:${EP.password}@${EP.id}--${id}-pooler.localtest.me:${GATEWAY_PORT}/${EP.db}`);
   await neon(uri)`INSERT INTO items (title) VALUES ('neonctl')`;
   assert.deepEqual(await rows(pooled), ['a', 'b', 'neonctl']);
+  assert.deepEqual(await rows(mainUri()), ['a', 'b']);
 
   await neonctl('branches', 'reset', `ci-${RUN}`, '--parent', '--output', 'json');
   assert.deepEqual(await rows(uri), ['a', 'b']);

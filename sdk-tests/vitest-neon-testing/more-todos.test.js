@@ -3,7 +3,9 @@ import { expect, test } from 'vitest';
 import { neonTesting } from './neon-testing.js';
 import { addTodo, sql, todos } from '../vitest-branches/src/db.js';
 
-const branch = neonTesting();
+// Named as on Neon: a branch's databases keep their parent's names (neon-testing checks that
+// the branch lists it), and its connection string reaches the branch's copy.
+const branch = neonTesting({ databaseName: 'neondb', roleName: 'neondb_owner' });
 
 test('another file, another branch: none of the other file\'s rows', async () => {
   const [{ db }] = await sql()`SELECT current_database() AS db`;

@@ -2,7 +2,8 @@
 //! the driver sends in `Neon-Connection-String`.
 //!
 //! The host names the endpoint by [`crate::base::host`]'s rule (`ep-x.region.example.com` →
-//! `ep-x`); `localhost` or an IP literal names none and goes to the configured default. The
+//! `ep-x`, `ep-x--br-1.region.example.com` → `ep-x` and its database `br-1` whatever the path
+//! says); `localhost` or an IP literal names none and goes to the configured default. The
 //! Host header, the port and the URL's query string play no part.
 
 use percent_encoding::percent_decode_str;
@@ -65,9 +66,7 @@ pub fn parse(
         .host_str()
         .filter(|h| !h.is_empty())
         .ok_or(ConnInfoError::MissingHostname)?;
-    let endpoint = host::from_connection_host(host, domains)
-        .map_err(ConnInfoError::Host)?
-        .unwrap_or_else(|| default.clone());
+    let target = host::from_connection_host(host, domains).map_err(ConnInfoError::Host)?;
 
     let database = url
         .path_segments()
@@ -85,6 +84,15 @@ pub fn parse(
     if password.contains(&0) {
         return Err(ConnInfoError::Nul("password"));
     }
+    // A host `<id>--<database>` chooses the database ([`crate::base::host`]).
+    let (endpoint, database) = match target {
+        Some(host::Target {
+            endpoint,
+            database: Some(chosen),
+        }) => (endpoint, chosen),
+        Some(host::Target { endpoint, .. }) => (endpoint, database),
+        None => (default.clone(), database),
+    };
     Ok(ConnInfo {
         endpoint,
         database,
@@ -154,6 +162,14 @@ mod tests {
         check(
             "postgres://u@db-pooler.x/main",
             Ok(("db-pooler", "main", "u", b"")),
+        );
+        check(
+            "postgres://u:p@db--br-cool-dawn-12345678.x/neondb",
+            Ok(("db", "br-cool-dawn-12345678", "u", b"p")),
+        );
+        check(
+            "postgres://u:p@db--br-1-pooler.x/neondb",
+            Ok(("db-pooler", "br-1", "u", b"p")),
         );
         check(
             "postgres://u:%FF%00@db.x/main",

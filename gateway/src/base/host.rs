@@ -7,6 +7,13 @@
 //! string is meant as an endpoint, so a bare name (`db`) names that endpoint and a name outside
 //! the domains is an error; a name the client merely dialled (Host, SNI) may be a service name
 //! (`gateway:4444`) or another domain, which name no endpoint.
+//!
+//! A label `<id>--<database>` (or `<id>--<database>-pooler`) names endpoint `<id>` (or its
+//! PgBouncer) and one of its databases, which the session gets whatever database the client
+//! names: a Neon branch has a host of its own and keeps its databases' names, and here a
+//! branch is a database, so its host names it ([`wake_api::DATABASE_SEPARATOR`]). The database
+//! is the tenant's own, reachable by name on the endpoint's host anyway: the host only chooses
+//! it; roles and privileges decide as always.
 
 use std::net::IpAddr;
 
@@ -21,8 +28,42 @@ pub enum HostError {
     OutsideDomains(String),
 }
 
+/// What a host names: an endpoint, and with `<id>--<database>` one of its databases.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    pub endpoint: EndpointId,
+    /// The database the session gets, whatever the client names (lower case, as hosts are).
+    pub database: Option<String>,
+}
+
+impl Target {
+    /// `label`'s endpoint and database, if it is a valid endpoint id or `<id>--<database>`.
+    fn parse(label: &str) -> Option<Target> {
+        let label = label.to_ascii_lowercase();
+        let (base, pooler) = wake_api::split_pooler(&label);
+        let Some((id, database)) = base.split_once(wake_api::DATABASE_SEPARATOR) else {
+            return EndpointId::parse(&label).map(|endpoint| Target {
+                endpoint,
+                database: None,
+            });
+        };
+        if !wake_api::names::valid_object_name(database) {
+            return None;
+        }
+        let id = if pooler {
+            format!("{id}{}", wake_api::POOLER_SUFFIX)
+        } else {
+            id.to_owned()
+        };
+        Some(Target {
+            endpoint: EndpointId::parse(&id)?,
+            database: Some(database.to_owned()),
+        })
+    }
+}
+
 /// What a host name says, before a source's policy applies.
-enum Named<'a> {
+enum Shape<'a> {
     /// `localhost` or an IP literal.
     Local,
     /// A name without a dot.
@@ -33,48 +74,45 @@ enum Named<'a> {
     Elsewhere,
 }
 
-fn classify<'a>(host: &'a str, domains: &[String]) -> Named<'a> {
+fn classify<'a>(host: &'a str, domains: &[String]) -> Shape<'a> {
     let host = strip_port(host).trim_end_matches('.');
     if is_local(host) {
-        return Named::Local;
+        return Shape::Local;
     }
     match host.split_once('.') {
-        None => Named::Bare(host),
+        None => Shape::Bare(host),
         Some((label, rest)) => {
             if domains.is_empty() || domains.iter().any(|d| d.eq_ignore_ascii_case(rest)) {
-                Named::Label(label)
+                Shape::Label(label)
             } else {
-                Named::Elsewhere
+                Shape::Elsewhere
             }
         }
     }
 }
 
-/// The endpoint the host of a connection string (or `?address=`, `host[:port]`) names; `None`
-/// for `localhost` and IP literals (the default endpoint's).
-pub fn from_connection_host(
-    host: &str,
-    domains: &[String],
-) -> Result<Option<EndpointId>, HostError> {
+/// What the host of a connection string (or `?address=`, `host[:port]`) names; `None` for
+/// `localhost` and IP literals (the default endpoint's).
+pub fn from_connection_host(host: &str, domains: &[String]) -> Result<Option<Target>, HostError> {
     let label = match classify(host, domains) {
-        Named::Local => return Ok(None),
-        Named::Bare(label) if domains.is_empty() => label,
-        Named::Label(label) => label,
-        Named::Bare(_) | Named::Elsewhere => {
+        Shape::Local => return Ok(None),
+        Shape::Bare(label) if domains.is_empty() => label,
+        Shape::Label(label) => label,
+        Shape::Bare(_) | Shape::Elsewhere => {
             return Err(HostError::OutsideDomains(host.to_owned()))
         }
     };
-    EndpointId::parse(label)
+    Target::parse(label)
         .map(Some)
         .ok_or_else(|| HostError::InvalidEndpoint(label.to_owned()))
 }
 
-/// The endpoint a Host header or SNI name names, if any: only `<id>.<domain>` (any dotted
-/// name's first label without domains), never a bare name, a local one or an invalid label.
-pub fn from_server_name(name: &str, domains: &[String]) -> Option<EndpointId> {
+/// What a Host header or SNI name names, if anything: only `<id>.<domain>` (any dotted name's
+/// first label without domains), never a bare name, a local one or an invalid label.
+pub fn from_server_name(name: &str, domains: &[String]) -> Option<Target> {
     match classify(name, domains) {
-        Named::Label(label) => EndpointId::parse(label),
-        Named::Local | Named::Bare(_) | Named::Elsewhere => None,
+        Shape::Label(label) => Target::parse(label),
+        Shape::Local | Shape::Bare(_) | Shape::Elsewhere => None,
     }
 }
 
@@ -97,15 +135,25 @@ fn is_local(host: &str) -> bool {
 mod tests {
     use super::*;
 
-    fn id(name: &str) -> Option<EndpointId> {
-        Some(EndpointId::parse(name).expect("endpoint id"))
+    fn id(name: &str) -> Option<Target> {
+        Some(Target {
+            endpoint: EndpointId::parse(name).expect("endpoint id"),
+            database: None,
+        })
+    }
+
+    fn in_database(name: &str, database: &str) -> Option<Target> {
+        Some(Target {
+            endpoint: EndpointId::parse(name).expect("endpoint id"),
+            database: Some(database.to_owned()),
+        })
     }
 
     struct Case {
         host: &'static str,
         domains: &'static [&'static str],
-        connection: Result<Option<EndpointId>, HostError>,
-        server_name: Option<EndpointId>,
+        connection: Result<Option<Target>, HostError>,
+        server_name: Option<Target>,
     }
 
     #[test]
@@ -183,6 +231,43 @@ mod tests {
                 domains: pg,
                 connection: Err(HostError::OutsideDomains("db".into())),
                 server_name: None,
+            },
+            // <endpoint>--<database>: a branch's own host.
+            Case {
+                host: "db--br-cool-dawn-12345678.localtest.me:4444",
+                domains: &[],
+                connection: Ok(in_database("db", "br-cool-dawn-12345678")),
+                server_name: in_database("db", "br-cool-dawn-12345678"),
+            },
+            Case {
+                host: "EP-1--Br_X-pooler.pg.example.com",
+                domains: pg,
+                connection: Ok(in_database("ep-1-pooler", "br_x")),
+                server_name: in_database("ep-1-pooler", "br_x"),
+            },
+            Case {
+                host: "db--pg_catalog.localtest.me",
+                domains: &[],
+                connection: Err(HostError::InvalidEndpoint("db--pg_catalog".into())),
+                server_name: None,
+            },
+            Case {
+                host: "db--.localtest.me",
+                domains: &[],
+                connection: Err(HostError::InvalidEndpoint("db--".into())),
+                server_name: None,
+            },
+            Case {
+                host: "--main.localtest.me",
+                domains: &[],
+                connection: Err(HostError::InvalidEndpoint("--main".into())),
+                server_name: None,
+            },
+            Case {
+                host: "db--main-pooler-pooler.localtest.me",
+                domains: &[],
+                connection: Ok(in_database("db-pooler", "main-pooler")),
+                server_name: in_database("db-pooler", "main-pooler"),
             },
         ];
         for case in cases {

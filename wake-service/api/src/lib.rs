@@ -14,6 +14,12 @@ pub mod usage;
 /// The suffix of an endpoint name that selects the endpoint's PgBouncer instead of Postgres.
 pub const POOLER_SUFFIX: &str = "-pooler";
 
+/// What separates an endpoint from one of its databases in a host name:
+/// `<endpoint>--<database>[-pooler].<domain>` reaches that database whatever database the
+/// client names (how a Neon branch's own host is served here). New endpoint ids may not
+/// contain it ([`names::valid_new_endpoint_id`]).
+pub const DATABASE_SEPARATOR: &str = "--";
+
 /// Splits an "endpointish" (`ep` or `ep-pooler`) into the endpoint id and whether the pooler
 /// was asked for.
 pub fn split_pooler(endpointish: &str) -> (&str, bool) {
@@ -37,6 +43,13 @@ pub mod names {
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
             && !id.ends_with('-')
             && !id.ends_with(super::POOLER_SUFFIX)
+    }
+
+    /// An id for a new endpoint: [`valid_endpoint_id`] without [`super::DATABASE_SEPARATOR`],
+    /// so that its host names it alone. (Endpoints made before the rule keep their ids; a host
+    /// cannot name them, `options=endpoint=<id>` still can.)
+    pub fn valid_new_endpoint_id(id: &str) -> bool {
+        valid_endpoint_id(id) && !id.contains(super::DATABASE_SEPARATOR)
     }
 
     /// Role and database names: 1–63 characters of letters, digits, `_` and `-`, starting with
@@ -82,6 +95,9 @@ mod tests {
         for bad in ["", "Db", "1db", "db-", "db_x", "db-pooler", &"a".repeat(64)] {
             assert!(!names::valid_endpoint_id(bad), "{bad}");
         }
+        assert!(names::valid_endpoint_id("a--b"));
+        assert!(!names::valid_new_endpoint_id("a--b"));
+        assert!(names::valid_new_endpoint_id("ep-a-b"));
     }
 
     #[test]

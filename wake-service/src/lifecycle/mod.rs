@@ -499,9 +499,9 @@ impl Computes {
 
     /// Creates an endpoint and starts its compute; returns once it is active.
     pub async fn create(&self, request: &CreateEndpoint) -> Result<EndpointRow, LifecycleError> {
-        if !names::valid_endpoint_id(&request.id) {
+        if !names::valid_new_endpoint_id(&request.id) {
             return Err(LifecycleError::Invalid(format!(
-                "invalid endpoint id '{}': use 1-63 lower-case letters, digits and '-', starting with a letter, not ending with '-' or '-pooler'",
+                "invalid endpoint id '{}': use 1-63 lower-case letters, digits and '-', starting with a letter, without '--', not ending with '-' or '-pooler'",
                 request.id
             )));
         }

@@ -51,7 +51,7 @@ pub(super) async fn login(
         .collect();
     let params = ConnectParams {
         user: requested.user,
-        database: requested.database,
+        database: &requested.database,
         startup: &startup,
         login: Login::Scram(&checked.keys),
     };

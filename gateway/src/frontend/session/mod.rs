@@ -44,6 +44,7 @@ pub mod credentials;
 mod jwt;
 pub mod relay;
 
+use std::borrow::Cow;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
@@ -123,8 +124,8 @@ impl Transport {
         }
     }
 
-    /// The endpoint named by the host the client dialled, if any.
-    fn host_endpoint(&self, domains: &[String]) -> Result<Option<EndpointId>, CredentialsError> {
+    /// What the host the client dialled names (an endpoint, perhaps one of its databases).
+    fn host_target(&self, domains: &[String]) -> Result<Option<host::Target>, CredentialsError> {
         let by_name = |name: &Option<String>| {
             name.as_deref()
                 .and_then(|n| host::from_server_name(n, domains))
@@ -494,7 +495,8 @@ impl Ready {
 /// What the client's startup packet asks for.
 struct Requested<'a> {
     user: &'a str,
-    database: &'a str,
+    /// The startup packet's, unless the host named one (`<id>--<database>`).
+    database: Cow<'a, str>,
     /// The endpoint the host name, SNI or `options` named, if any.
     named: Option<EndpointId>,
     /// Every other parameter, passed on to Postgres as the client set it.
@@ -520,17 +522,20 @@ where
         .get("user")
         .filter(|u| !u.is_empty())
         .ok_or(SessionError::MissingUser)?;
-    let database = startup
-        .get("database")
-        .filter(|d| !d.is_empty())
-        .unwrap_or(user);
     let (option_endpoint, rest) =
         credentials::split_options(startup.get("options").unwrap_or_default())?;
     *options = rest;
-    let named = credentials::reconcile(
-        transport.host_endpoint(&state.sessions.domains)?,
-        option_endpoint,
-    )?;
+    let target = transport.host_target(&state.sessions.domains)?;
+    let database = match target.as_ref().and_then(|t| t.database.clone()) {
+        Some(database) => Cow::Owned(database),
+        None => Cow::Borrowed(
+            startup
+                .get("database")
+                .filter(|d| !d.is_empty())
+                .unwrap_or(user),
+        ),
+    };
+    let named = credentials::reconcile(target.map(|t| t.endpoint), option_endpoint)?;
     // Everything else the client set reaches Postgres as it would directly.
     let mut forward: Vec<(&str, &str)> = startup
         .params
@@ -634,7 +639,7 @@ where
     };
     let params = ConnectParams {
         user: requested.user,
-        database: requested.database,
+        database: &requested.database,
         startup: &requested.forward,
         login: backend_login,
     };
@@ -687,7 +692,7 @@ where
     let proven = scram_exchange(client, secret, real, requested.user, state).await?;
     let params = ConnectParams {
         user: requested.user,
-        database: requested.database,
+        database: &requested.database,
         startup: &requested.forward,
         login: Login::Scram(&proven.keys),
     };
@@ -777,7 +782,7 @@ async fn relay_authentication<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let (user, database, forward) = (requested.user, requested.database, &requested.forward);
+    let (user, database, forward) = (requested.user, &*requested.database, &requested.forward);
     let failed = |e| SessionError::from(LoginError::from_backend(e, user));
     let timeout = state.pool.config().connect_timeout;
     let max_message_bytes = state.sessions.max_message_bytes;

@@ -329,12 +329,17 @@ impl ProjectView {
             })
     }
 
+    fn endpoint_id(&self, branch: &str) -> String {
+        branch_endpoint_id(&self.row.id, branch)
+    }
+
     fn endpoint(&self, service: &Service, branch: &str) -> shapes::Endpoint {
         let row = &self.row;
         let public = service.computes.public_address();
+        let id = self.endpoint_id(branch);
         shapes::Endpoint {
-            host: public.host(&row.id, false),
-            id: row.id.clone(),
+            host: public.host(&id, false),
+            id,
             project_id: row.id.clone(),
             branch_id: branch.to_owned(),
             region_id: region(row),
@@ -363,10 +368,7 @@ impl ProjectView {
     }
 
     /// The name of the endpoint's database a branch's database was copied from, through
-    /// branches of branches. On Neon a branch's databases keep their names; here each copy is
-    /// a database of its own, named after its branch, and listed under that name (neonctl
-    /// builds connection strings from the listed name). `connection_uri` also takes the
-    /// original's name, for clients that ask for `neondb` on every branch.
+    /// branches of branches.
     fn original_name(&self, database: &str) -> String {
         let mut at = database;
         for _ in 0..=self.sources.len() {
@@ -378,19 +380,33 @@ impl ProjectView {
         at.to_owned()
     }
 
+    /// The name a branch's database is shown under, the one that reaches it with the branch
+    /// endpoint's host. On Neon a branch's databases keep their names; here each copy is a
+    /// database of its own, named after its branch. On the branch's own host
+    /// (`<endpoint>--<branch>`, which the gateway reads as the copy) it keeps its original's
+    /// name (`neondb`), as on Neon; a branch without a host of its own is reached on the
+    /// endpoint's host, by the copy's name. Tools build connection strings from this name.
+    fn shown_name(&self, branch: &str, database: &str) -> String {
+        if branch != ROOT_ID && self.endpoint_id(branch) != self.row.id {
+            self.original_name(database)
+        } else {
+            database.to_owned()
+        }
+    }
+
     fn database(&self, branch: &str, d: &DatabaseRow) -> shapes::Database {
         shapes::Database {
             id: database_id(&self.row.id, &d.name),
             branch_id: branch.to_owned(),
-            name: d.name.clone(),
+            name: self.shown_name(branch, &d.name),
             owner_name: d.owner.clone(),
             created_at: d.created_at,
             updated_at: d.created_at,
         }
     }
 
-    /// The database `connection_uri` names: on the default branch, one of the endpoint's by
-    /// its name; on a branch, its copy, by the name it is shown under or its own.
+    /// The database a request names: on the default branch, one of the endpoint's by its
+    /// name; on a branch, its copy, by its original's name or its own. Its real name.
     fn resolve_database(&self, branch: &shapes::Branch, name: &str) -> Result<String, NeonError> {
         let found = if branch.id == ROOT_ID {
             self.databases_of(ROOT_ID).iter().any(|d| d.name == name)
@@ -408,6 +424,29 @@ impl ProjectView {
             "database '{name}' not found on branch '{}'",
             branch.id
         )))
+    }
+}
+
+/// The id of a branch's endpoint, which its host carries: the endpoint's own for the default
+/// branch; `<endpoint>--<branch>` for another, which the gateway reads as the endpoint and the
+/// branch's database ([`wake_api::DATABASE_SEPARATOR`]), so that a client building its URL from
+/// the host and the parent's database name (`neondb`), as create-branch-action does, lands in
+/// the branch. A branch name a host cannot carry (upper case, a label over 63 characters with
+/// `-pooler`) keeps the endpoint's own host, where its database name reaches it.
+fn branch_endpoint_id(endpoint: &str, branch: &str) -> String {
+    if branch == ROOT_ID {
+        return endpoint.to_owned();
+    }
+    let label = format!("{endpoint}{}{branch}", wake_api::DATABASE_SEPARATOR);
+    let hostable = branch
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        && !wake_api::split_pooler(branch).1
+        && label.len() + wake_api::POOLER_SUFFIX.len() <= 63;
+    if hostable {
+        label
+    } else {
+        endpoint.to_owned()
     }
 }
 
@@ -740,10 +779,10 @@ async fn create_branch(
     {
         connection_uris.push(connection_details(
             &service,
-            &branch.endpoint,
+            &view.endpoint_id(&new.id),
             &branch.owner,
             &password,
-            &branch.name,
+            &view.shown_name(&new.id, &branch.name),
         ));
     }
     created(json!({
@@ -848,7 +887,12 @@ async fn branch_endpoints(
 
 async fn project_endpoints(State(service): State<Arc<Service>>, Path(id): Path<String>) -> Reply {
     let view = ProjectView::load(&service, &id).await?;
-    ok(json!({ "endpoints": [to_value(&view.endpoint(&service, ROOT_ID))?] }))
+    let endpoints: Vec<shapes::Endpoint> = view
+        .branches
+        .iter()
+        .map(|b| view.endpoint(&service, &b.id))
+        .collect();
+    ok(json!({ "endpoints": to_value(&endpoints)? }))
 }
 
 // ---- roles ----
@@ -1086,15 +1130,30 @@ async fn connection_uri(
     Query(query): Query<ConnectionUriQuery>,
 ) -> Reply {
     let view = ProjectView::load(&service, &id).await?;
+    let branch = match (&query.branch_id, &query.endpoint_id) {
+        (Some(branch), _) => view.branch(branch)?,
+        (None, None) => view.branch(ROOT_ID)?,
+        (None, Some(endpoint)) => view
+            .branches
+            .iter()
+            .find(|b| &view.endpoint_id(&b.id) == endpoint)
+            .ok_or_else(|| {
+                NeonError::NotFound(format!("endpoint '{endpoint}' not found in project '{id}'"))
+            })?,
+    };
+    // Every branch runs on the project's compute, so its id is accepted on any branch.
     if let Some(endpoint) = &query.endpoint_id {
-        if endpoint != &id {
+        if endpoint != &view.endpoint_id(&branch.id) && endpoint != &id {
             return Err(NeonError::NotFound(format!(
-                "endpoint '{endpoint}' not found in project '{id}'"
+                "endpoint '{endpoint}' is not branch '{}''s",
+                branch.id
             )));
         }
     }
-    let branch = view.branch(query.branch_id.as_deref().unwrap_or(ROOT_ID))?;
-    let database = view.resolve_database(branch, &query.database_name)?;
+    let database = view.shown_name(
+        &branch.id,
+        &view.resolve_database(branch, &query.database_name)?,
+    );
     find_role(&service, &view, &branch.id, &query.role_name).await?;
     let password = service
         .computes
@@ -1102,7 +1161,7 @@ async fn connection_uri(
         .await?;
     let uri = crate::lifecycle::connection_uri(
         service.computes.public_address(),
-        &id,
+        &view.endpoint_id(&branch.id),
         query.pooled,
         &query.role_name,
         Some(&password),
@@ -1197,6 +1256,30 @@ mod tests {
         assert_eq!(status(LifecycleError::Invalid("bad".into())), 400);
         let response = NeonError::Locked("busy".into()).into_response();
         assert!(response.headers().contains_key("x-neon-ret-request-id"));
+    }
+
+    #[test]
+    fn branch_endpoints_are_named_by_their_host_when_it_can_carry_them() {
+        assert_eq!(branch_endpoint_id("db", ROOT_ID), "db");
+        assert_eq!(
+            branch_endpoint_id("db", "br-cool-dawn-12345678"),
+            "db--br-cool-dawn-12345678"
+        );
+        assert_eq!(
+            branch_endpoint_id("db", "br_0a1b2c3d4e5f"),
+            "db--br_0a1b2c3d4e5f"
+        );
+        // Upper case, a name ending in -pooler, a label too long: the endpoint's own host.
+        assert_eq!(branch_endpoint_id("db", "Test1"), "db");
+        assert_eq!(branch_endpoint_id("db", "x-pooler"), "db");
+        assert_eq!(
+            branch_endpoint_id(&"e".repeat(30), &"b".repeat(25)),
+            "e".repeat(30)
+        );
+        assert_eq!(
+            branch_endpoint_id(&"e".repeat(29), &"b".repeat(25)),
+            format!("{}--{}", "e".repeat(29), "b".repeat(25))
+        );
     }
 
     #[test]

@@ -148,6 +148,28 @@ async fn create_app_role(driver: &LocalDriver, spec: &ComputeSpec, admin: &tokio
         .expect("pooler roles");
 }
 
+/// Whether `chattr +T` sets the top-directory flag on `dir`.
+fn chattr_topdir(dir: &Path) -> bool {
+    std::process::Command::new("chattr")
+        .arg("+T")
+        .arg(dir)
+        .output()
+        .is_ok_and(|o| o.status.success())
+        && has_topdir(dir)
+}
+
+/// Whether `lsattr -d` shows the top-directory flag (`T`) on `dir`.
+fn has_topdir(dir: &Path) -> bool {
+    std::process::Command::new("lsattr")
+        .arg("-d")
+        .arg(dir)
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|text| text.split_whitespace().next().map(|f| f.contains('T')))
+        .unwrap_or(false)
+}
+
 fn pooler_role(name: &str, secret: &str) -> PoolerRole {
     PoolerRole {
         name: name.to_string(),
@@ -195,6 +217,14 @@ async fn local_driver_lifecycle() {
         processes_under(&dir).is_empty(),
         "create leaves the compute stopped"
     );
+    // Where the filesystem has ext2/3/4's top-directory flag (a probe directory next to the
+    // compute takes it), base/ carries it: new databases spread over block groups.
+    let probe = root.join("topdir-probe");
+    std::fs::create_dir(&probe).expect("probe dir");
+    if chattr_topdir(&probe) {
+        assert!(has_topdir(&pgdata.join("base")), "base/ is a top directory");
+    }
+    std::fs::remove_dir(&probe).expect("probe dir removed");
 
     // Start.
     let addresses = driver.start(&spec).await.expect("start");

@@ -775,6 +775,7 @@ impl Setup {
         }
         let cluster = self.cluster(identity, dir, PGDATA_INIT, hba);
         cluster.initdb(self.locale, self.fast).await?;
+        cluster.spread_databases().await;
         cluster.configure(settings)?;
         dir.rename(PGDATA_INIT, PGDATA).map_err(|e| {
             ComputeError::io(

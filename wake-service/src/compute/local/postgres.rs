@@ -154,6 +154,34 @@ impl Cluster<'_> {
         Ok(())
     }
 
+    /// Marks `base/` (one directory per database) as the top of a directory tree for ext2/3/4
+    /// (`chattr +T`), so that the kernel spreads the databases' directories, and with them
+    /// their files' inodes, over block groups instead of packing them next to `base/`. Why:
+    /// on ext4 without a journal, finding an inode for a new file steps past every inode its
+    /// group freed in the last minutes, so a test suite that makes and drops branches (about
+    /// 300 files each) slowed every `CREATE DATABASE`: 24 ms growing to 69 ms over 100 rounds
+    /// on this machine, against a steady 16 ms with the flag (perf: the time was in
+    /// `ext4_create`'s `recently_deleted`). Elsewhere (another filesystem, no `chattr`) it
+    /// changes nothing, and a failure is only logged: the cluster works either way.
+    pub async fn spread_databases(&self) {
+        let base = self.pgdata.join("base");
+        let mut cmd = self.identity.command("chattr");
+        cmd.arg("+T").arg(&base);
+        match process::run(cmd, Duration::from_secs(10), "chattr").await {
+            Ok(output) if output.status.success() => {}
+            Ok(output) => tracing::debug!(
+                dir = %base.display(),
+                output = %process::output_text(&output),
+                "chattr +T refused: databases' directories stay where the filesystem puts them"
+            ),
+            Err(e) => tracing::debug!(
+                dir = %base.display(),
+                error = %e,
+                "chattr +T did not run: databases' directories stay where the filesystem puts them"
+            ),
+        }
+    }
+
     /// Writes pg_hba.conf, pg_ident.conf, the static settings and the include lines. Called
     /// once after initdb.
     pub fn configure(&self, settings: &StartSettings) -> Result<(), ComputeError> {

@@ -20,6 +20,12 @@ struct Branches {
     big: Case,
     /// initdb + start + first query, per round (ms).
     fresh_ms: Vec<f64>,
+    /// DELETE …/branches/{name} of a small branch the driver had used, per round.
+    #[serde(default)]
+    delete_ms: Vec<f64>,
+    /// DROP DATABASE by hand of the floor's copy (no session on it), per round.
+    #[serde(default)]
+    drop_ms: Vec<f64>,
 }
 
 #[derive(Deserialize)]
@@ -28,8 +34,12 @@ struct Case {
     label: String,
     /// POST …/branches until the first `neon()` query on the branch answered, per round.
     usable_ms: Vec<f64>,
-    /// `CREATE DATABASE … TEMPLATE` + connect + the same query, by hand, per round.
+    /// `CREATE DATABASE … TEMPLATE` + connect + the same query, by hand, per round, on a bare
+    /// Postgres whose `base/` is a top directory (`chattr +T`), as the computes'.
     floor_ms: Vec<f64>,
+    /// The same on a stock cluster (`base/` as initdb leaves it).
+    #[serde(default)]
+    stock_ms: Vec<f64>,
 }
 
 fn figures(samples: &[f64]) -> Figures {
@@ -46,6 +56,8 @@ fn figures(samples: &[f64]) -> Figures {
 
 const PATH: &str = "POST …/branches → first `neon()` query";
 const FLOOR: &str = "`CREATE DATABASE … TEMPLATE` by hand + connect + query (bare Postgres)";
+const TOPDIR: &str = "by hand, `base/` a top directory (`chattr +T`, as the computes)";
+const STOCK: &str = "by hand on a stock cluster";
 
 impl Report {
     /// Adds scenario 10's rows (replacing earlier ones).
@@ -114,7 +126,50 @@ impl Report {
         );
         let small_row = small_row.note(Some(note.clone()));
         let big_row = big_row.note(Some(note));
-        self.replace_rows(vec![small_row, big_row, fresh_row]);
+        let mut rows = vec![small_row, big_row, fresh_row];
+        if !b.delete_ms.is_empty() {
+            let row = Row::new(
+                "10",
+                format!(
+                    "deleting a branch of {} the driver used, {} rounds",
+                    b.small.label,
+                    b.delete_ms.len()
+                ),
+                "DELETE …/branches/{name} (its pooled session ended)",
+                figures(&b.delete_ms),
+                Some((
+                    "`DROP DATABASE` by hand (bare Postgres, no session)",
+                    figures(&b.drop_ms),
+                )),
+            );
+            let goal = Goal::new(
+                row.ratio_p50.is_some_and(|r| r < 2.0),
+                format!("p50 < 2x the floor ({})", fmt_ratio(row.ratio_p50)),
+            );
+            rows.push(row.goal(goal));
+        }
+        // What the computes' top-directory flag is worth: copies made and dropped by hand on
+        // two bare clusters, with it and without.
+        for case in [&b.small, &b.big] {
+            if case.stock_ms.is_empty() {
+                continue;
+            }
+            let row = Row::new(
+                "10",
+                format!(
+                    "a copy of {}, made and dropped {} times",
+                    case.label,
+                    case.floor_ms.len()
+                ),
+                TOPDIR,
+                figures(&case.floor_ms),
+                Some((STOCK, figures(&case.stock_ms))),
+            );
+            rows.push(row.note(Some(
+                "on ext4 without a journal, the inodes each dropped copy frees slow the later copies' file creation; spreading databases over block groups avoids it (elsewhere the two are alike)",
+            )));
+        }
+        self.replace_rows(rows);
         Ok(())
     }
 }

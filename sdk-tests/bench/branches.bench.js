@@ -3,8 +3,12 @@
 // the branch over HTTP (`neon()`), timed together, for a small database (one table, 1,000
 // rows) and a large one (1,000 tables, about 100 MB; 100 tables and about 10 MB with
 // BENCH_QUICK). Measured in the same run, on the same machine:
-//   - the floor: `CREATE DATABASE … TEMPLATE` run by hand on a bare Postgres 15 (fsync on, as
-//     the computes) holding the same data, then a connection to the copy and the same query;
+//   - the floor: `CREATE DATABASE … TEMPLATE` run by hand on a bare Postgres 15 set up as the
+//     computes are (fsync on; base/ a top directory, `chattr +T`) holding the same data, then a
+//     connection to the copy and the same query;
+//   - the same by hand on a stock cluster (base/ as initdb leaves it): on ext4 without a
+//     journal, the inodes each dropped copy frees slow the later copies' file creation, which
+//     the computes' `chattr +T` avoids (compute::local::postgres::spread_databases);
 //   - a fresh Postgres, what a container-based test gets without the container: initdb,
 //     start, first query (scripts/postgres.sh temp).
 // Bounded: BENCH_BRANCH_ROUNDS rounds (and a fifth as many for the large database), every
@@ -78,6 +82,14 @@ async function call(method, urlPath, body) {
 
 const gatewayUrl = (db) => `postgres://${EP.role}:${EP.password}@${EP.id}.localtest.me:${GATEWAY.port}/${db}`;
 
+function run(program, args) {
+  return new Promise((resolve, reject) => {
+    execFile(program, args, { timeout: STEP_MS }, (err, stdout, stderr) =>
+      err ? reject(new Error(`${program} ${args.join(' ')}: ${err.message}\n${stderr}`)) : resolve(stdout.trim()),
+    );
+  });
+}
+
 function sh(args) {
   return new Promise((resolve, reject) => {
     execFile('bash', [POSTGRES_SH, ...args], { timeout: STEP_MS }, (err, stdout, stderr) =>
@@ -104,13 +116,15 @@ async function viaGateway(source) {
   const [{ n }] = await neon(gatewayUrl(branch.name))`SELECT count(*)::int AS n FROM items`;
   const took = performance.now() - started;
   if (n !== 1000) throw new Error(`the branch of ${source} has ${n} items, not 1000`);
+  // The gateway's pool holds the connection that query used: the delete ends it.
+  const deleting = performance.now();
   await call('DELETE', `/v1/endpoints/${EP.id}/branches/${branch.name}`);
-  return took;
+  return { took, deleted: performance.now() - deleting };
 }
 
 /** One round of the floor: CREATE DATABASE … TEMPLATE by hand, connect, the same query. */
 async function byHand(admin, port, source, i) {
-  const name = `hand_${source}_${i}`;
+  const name = `hand_${source}_${i}_${port}`;
   const started = performance.now();
   await admin.query(`CREATE DATABASE ${name} TEMPLATE ${source}`);
   const client = new pg.Client({ host: '127.0.0.1', port, user: 'postgres', password: 'postgres', database: name });
@@ -119,8 +133,9 @@ async function byHand(admin, port, source, i) {
   const took = performance.now() - started;
   await client.end();
   if (rows[0].n !== 1000) throw new Error(`the copy of ${source} has ${rows[0].n} items`);
+  const dropping = performance.now();
   await admin.query(`DROP DATABASE ${name}`);
-  return took;
+  return { took, dropped: performance.now() - dropping };
 }
 
 /** One fresh Postgres: initdb, start, first query; then it goes. */
@@ -147,7 +162,7 @@ const stats = (samples) => {
 // --- setup: the endpoint through the API and the driver, the floor's bare Postgres ----------
 
 await call('POST', '/v1/endpoints', { id: EP.id, suspend_timeout_seconds: -1, min_cu: CU, max_cu: CU });
-let floorDir;
+const bareDirs = [];
 try {
   await call('POST', `/v1/endpoints/${EP.id}/roles`, { name: EP.role, password: EP.password });
   for (const db of ['small', 'big']) await call('POST', `/v1/endpoints/${EP.id}/databases`, { name: db, owner: EP.role });
@@ -160,29 +175,45 @@ try {
   const [{ bytes }] = await neon(gatewayUrl('big'))`SELECT pg_database_size('big')::float8 AS bytes`;
   const bigMb = bytes / 1e6;
 
-  const floorPort = await freePort();
-  floorDir = await sh(['temp', String(floorPort)]);
-  const admin = new pg.Client({ host: '127.0.0.1', port: floorPort, user: 'postgres', password: 'postgres', database: 'main' });
-  await admin.connect();
-  for (const [db, sql] of [['small', SMALL_SQL], ['big', BIG_SQL]]) {
-    await admin.query(`CREATE DATABASE ${db}`);
-    const c = new pg.Client({ host: '127.0.0.1', port: floorPort, user: 'postgres', password: 'postgres', database: db });
-    await c.connect();
-    await bounded(`filling the floor's ${db}`, c.query(sql));
-    await c.end();
+  /** A bare Postgres holding the same data (`topdir`: base/ marked as the computes' is). */
+  async function bare(topdir) {
+    const port = await freePort();
+    const dir = await sh(['temp', String(port)]);
+    bareDirs.push(dir);
+    // Where the filesystem has no such flag, the two bare clusters are alike.
+    if (topdir) await run('chattr', ['+T', `${dir}/base`]).catch((e) => console.error(`no top directory: ${e.message}`));
+    const admin = new pg.Client({ host: '127.0.0.1', port, user: 'postgres', password: 'postgres', database: 'main' });
+    await admin.connect();
+    for (const [db, sql] of [['small', SMALL_SQL], ['big', BIG_SQL]]) {
+      await admin.query(`CREATE DATABASE ${db}`);
+      const c = new pg.Client({ host: '127.0.0.1', port, user: 'postgres', password: 'postgres', database: db });
+      await c.connect();
+      await bounded(`filling a bare Postgres's ${db}`, c.query(sql));
+      await c.end();
+    }
+    return { admin, port };
   }
+  const floor = await bare(true);
+  const stock = await bare(false);
 
   // --- rounds, alternating product and floor so that drift hits both alike ---------------
-  const samples = { small: [], smallFloor: [], big: [], bigFloor: [], fresh: [] };
+  const samples = { small: [], smallFloor: [], smallStock: [], big: [], bigFloor: [], bigStock: [], fresh: [], deleted: [], dropped: [] };
   for (let i = 0; i < ROUNDS; i++) {
-    samples.small.push(await bounded('a small branch', viaGateway('small')));
-    samples.smallFloor.push(await bounded('the small floor', byHand(admin, floorPort, 'small', i)));
+    const branch = await bounded('a small branch', viaGateway('small'));
+    samples.small.push(branch.took);
+    samples.deleted.push(branch.deleted);
+    const hand = await bounded('the small floor', byHand(floor.admin, floor.port, 'small', i));
+    samples.smallFloor.push(hand.took);
+    samples.dropped.push(hand.dropped);
+    samples.smallStock.push((await bounded('the small copy on a stock cluster', byHand(stock.admin, stock.port, 'small', i))).took);
   }
   for (let i = 0; i < BIG_ROUNDS; i++) {
-    samples.big.push(await bounded('a large branch', viaGateway('big')));
-    samples.bigFloor.push(await bounded('the large floor', byHand(admin, floorPort, 'big', i)));
+    samples.big.push((await bounded('a large branch', viaGateway('big'))).took);
+    samples.bigFloor.push((await bounded('the large floor', byHand(floor.admin, floor.port, 'big', i))).took);
+    samples.bigStock.push((await bounded('the large copy on a stock cluster', byHand(stock.admin, stock.port, 'big', i))).took);
   }
-  await admin.end();
+  await floor.admin.end();
+  await stock.admin.end();
   for (let i = 0; i < FRESH_ROUNDS; i++) samples.fresh.push(await bounded('a fresh Postgres', fresh()));
 
   const bigLabel = `${BIG_TABLES} tables, ${bigMb.toFixed(0)} MB`;
@@ -190,9 +221,13 @@ try {
   for (const [name, s] of [
     ['small (1 table, 1,000 rows): branch + first neon() query', samples.small],
     ['small: CREATE DATABASE … TEMPLATE by hand + connect + query', samples.smallFloor],
+    ['small: the same on a stock cluster (no chattr +T)', samples.smallStock],
     [`large (${bigLabel}): branch + first neon() query`, samples.big],
     [`large: CREATE DATABASE … TEMPLATE by hand + connect + query`, samples.bigFloor],
+    ['large: the same on a stock cluster (no chattr +T)', samples.bigStock],
     ['fresh Postgres: initdb + start + first query', samples.fresh],
+    ['small: DELETE of a branch the driver used (its pooled session ended)', samples.deleted],
+    ['small: DROP DATABASE by hand (no session)', samples.dropped],
   ]) {
     const st = stats(s);
     console.log(`  ${name.padEnd(70)} ${st.p50.toFixed(1).padStart(8)} / ${st.p99.toFixed(1).padStart(8)}  (${st.n})`);
@@ -200,16 +235,18 @@ try {
   if (process.env.BENCH_BRANCHES_JSON) {
     const out = {
       cu: CU,
-      small: { label: '1 table, 1,000 rows', usable_ms: samples.small, floor_ms: samples.smallFloor },
-      big: { label: bigLabel, usable_ms: samples.big, floor_ms: samples.bigFloor },
+      small: { label: '1 table, 1,000 rows', usable_ms: samples.small, floor_ms: samples.smallFloor, stock_ms: samples.smallStock },
+      big: { label: bigLabel, usable_ms: samples.big, floor_ms: samples.bigFloor, stock_ms: samples.bigStock },
       fresh_ms: samples.fresh,
+      delete_ms: samples.deleted,
+      drop_ms: samples.dropped,
     };
     fs.writeFileSync(process.env.BENCH_BRANCHES_JSON, JSON.stringify(out, null, 2) + '\n');
   }
 } finally {
   await call('DELETE', `/v1/endpoints/${EP.id}`).catch((e) => console.error(`cleanup: ${e.message}`));
-  if (floorDir) {
-    await sh(['stop', floorDir]).catch((e) => console.error(`cleanup: ${e.message}`));
-    fs.rmSync(floorDir, { recursive: true, force: true });
+  for (const dir of bareDirs) {
+    await sh(['stop', dir]).catch((e) => console.error(`cleanup: ${e.message}`));
+    fs.rmSync(dir, { recursive: true, force: true });
   }
 }

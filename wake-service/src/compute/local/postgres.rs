@@ -159,10 +159,10 @@ impl Cluster<'_> {
     /// their files' inodes, over block groups instead of packing them next to `base/`. Why:
     /// on ext4 without a journal, finding an inode for a new file steps past every inode its
     /// group freed in the last minutes, so a test suite that makes and drops branches (about
-    /// 300 files each) slowed every `CREATE DATABASE`: 24 ms growing to 69 ms over 100 rounds
-    /// on this machine, against a steady 16 ms with the flag (perf: the time was in
-    /// `ext4_create`'s `recently_deleted`). Elsewhere (another filesystem, no `chattr`) it
-    /// changes nothing, and a failure is only logged: the cluster works either way.
+    /// 300 files each) slowed every later `CREATE DATABASE` (perf: the time was in
+    /// `ext4_create`'s `recently_deleted`); `make bench` scenario 10 measures copies with the
+    /// flag and without. Elsewhere (another filesystem, no `chattr`) it changes nothing, and a
+    /// failure is only logged: the cluster works either way.
     pub async fn spread_databases(&self) {
         let base = self.pgdata.join("base");
         let mut cmd = self.identity.command("chattr");

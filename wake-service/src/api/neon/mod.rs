@@ -432,15 +432,17 @@ impl ProjectView {
 /// branch's database ([`wake_api::DATABASE_SEPARATOR`]), so that a client building its URL from
 /// the host and the parent's database name (`neondb`), as create-branch-action does, lands in
 /// the branch. A branch name a host cannot carry (upper case, a label over 63 characters with
-/// `-pooler`) keeps the endpoint's own host, where its database name reaches it.
+/// `-pooler`), or an endpoint id made before `--` was refused in ids, keeps the endpoint's own
+/// host, where its database name reaches it.
 fn branch_endpoint_id(endpoint: &str, branch: &str) -> String {
     if branch == ROOT_ID {
         return endpoint.to_owned();
     }
     let label = format!("{endpoint}{}{branch}", wake_api::DATABASE_SEPARATOR);
-    let hostable = branch
-        .bytes()
-        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+    let hostable = !endpoint.contains(wake_api::DATABASE_SEPARATOR)
+        && branch
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
         && !wake_api::split_pooler(branch).1
         && label.len() + wake_api::POOLER_SUFFIX.len() <= 63;
     if hostable {
@@ -1272,6 +1274,7 @@ mod tests {
         // Upper case, a name ending in -pooler, a label too long: the endpoint's own host.
         assert_eq!(branch_endpoint_id("db", "Test1"), "db");
         assert_eq!(branch_endpoint_id("db", "x-pooler"), "db");
+        assert_eq!(branch_endpoint_id("old--id", "br-1"), "old--id");
         assert_eq!(
             branch_endpoint_id(&"e".repeat(30), &"b".repeat(25)),
             "e".repeat(30)

@@ -446,15 +446,20 @@ mod tests {
             .expect("sh");
         let pid = i32::try_from(shell.id()).expect("pid fits");
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        // Until the child has run `sleep`: just after the fork it is still a copy of `sh`.
+        let cmdline = |child: i32| fs::read_to_string(format!("/proc/{child}/cmdline"));
         let children = loop {
             let children = children_of(pid);
-            if !children.is_empty() || std::time::Instant::now() > deadline {
+            let execed = children
+                .first()
+                .is_some_and(|&c| cmdline(c).is_ok_and(|args| args.starts_with("sleep")));
+            if execed || std::time::Instant::now() > deadline {
                 break children;
             }
             std::thread::sleep(std::time::Duration::from_millis(10));
         };
         assert_eq!(children.len(), 1, "{children:?}");
-        let args = fs::read_to_string(format!("/proc/{}/cmdline", children[0])).expect("cmdline");
+        let args = cmdline(children[0]).expect("cmdline");
         assert!(args.starts_with("sleep"), "{args:?}");
         for child in children {
             let _ = std::process::Command::new("kill")

@@ -44,6 +44,9 @@ test('neon-testing: a branch per test file through Neon\'s API, deleted after th
       NEON_API_KEY: WAKE_ADMIN_TOKEN,
       NEON_PROJECT_ID: EP.id,
       NEON_API_HOST: `${WAKE_URL}/api/v2`,
+      // more-todos.test.js names them; todos.test.js lets neon-testing choose.
+      NEON_DATABASE_NAME: EP.db,
+      NEON_ROLE_NAME: EP.role,
       GATEWAY: `${GATEWAY_HOST}:${GATEWAY_PORT}`,
       BRANCH_LOG: log,
       DATABASE_URL: '', // neon-testing sets it per test file

@@ -3,9 +3,13 @@ import { expect, test } from 'vitest';
 import { neonTesting } from './neon-testing.js';
 import { addTodo, sql, todos } from '../vitest-branches/src/db.js';
 
-// Named as on Neon: a branch's databases keep their parent's names (neon-testing checks that
-// the branch lists it), and its connection string reaches the branch's copy.
-const branch = neonTesting({ databaseName: 'neondb', roleName: 'neondb_owner' });
+// A database and role named, as neon-testing allows (it checks that the branch lists them):
+// as on Neon, a branch's database keeps its parent's name, and its connection string reaches
+// the branch's copy. Unset, neon-testing picks them itself.
+const branch = neonTesting({
+  databaseName: process.env.NEON_DATABASE_NAME || undefined,
+  roleName: process.env.NEON_ROLE_NAME || undefined,
+});
 
 test('another file, another branch: none of the other file\'s rows', async () => {
   const [{ db }] = await sql()`SELECT current_database() AS db`;

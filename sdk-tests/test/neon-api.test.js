@@ -278,6 +278,38 @@ test('create-branch-action\'s calls: a URL built from the branch endpoint\'s hos
   assert.match(gone?.message ?? '', /does not exist/);
 });
 
+test('a branch host reaches only its own endpoint: credentials never cross to another endpoint, reserved names are refused', { timeout: 60_000 }, async () => {
+  const other = { id: `napi2-${RUN}`, role: 'other_owner', password: randomBytes(12).toString('base64url'), db: 'otherdb' };
+  await api.create(other.id, { suspend_timeout_seconds: -1 });
+  try {
+    await api.createRole(other.id, other.role, other.password);
+    await api.createDatabase(other.id, other.db, other.role);
+    const failure = (uri) => neon(uri)`SELECT current_database() AS db`.then((rows) => assert.fail(`reached ${JSON.stringify(rows)}`), (e) => e.message);
+    const host = (endpoint, db) => `${endpoint}--${db}.localtest.me:${GATEWAY_PORT}`;
+    // This endpoint's credentials on a host naming the other endpoint and its database.
+    assert.match(await failure(`postgres://${EP.role}:${EP.password}@${host(other.id, other.db)}/${EP.db}`), /password authentication failed/);
+    // The other endpoint's credentials on this endpoint's host, naming the other's database.
+    assert.match(await failure(`postgres://${other.role}:${other.password}@${host(EP.id, other.db)}/${other.db}`), /password authentication failed/);
+    // This endpoint's role, the other's database name: not a database of this endpoint.
+    assert.match(await failure(`postgres://${EP.role}:${EP.password}@${host(EP.id, other.db)}/${EP.db}`), /does not exist/);
+    // Over WebSocket the same: the other endpoint's host refuses this endpoint's role.
+    const pool = new Pool({ connectionString: `postgres://${EP.role}:${EP.password}@${host(other.id, other.db)}/${EP.db}`, max: 1 });
+    pool.on('error', () => {});
+    pools.push(pool);
+    const ws = await pool.query('SELECT 1').then(() => null, (e) => e.message);
+    assert.match(ws ?? '', /password authentication failed/);
+    await pool.end().catch(() => {});
+    // Names the computes keep for themselves are no database a host can choose.
+    for (const reserved of ['template1', 'pg_catalog', 'cloud_admin']) {
+      assert.match(await failure(`postgres://${EP.role}:${EP.password}@${host(EP.id, reserved)}/${EP.db}`), /invalid endpoint id/);
+    }
+    // The other endpoint is untouched, and still reached with its own credentials.
+    assert.deepEqual(await neon(`postgres://${other.role}:${other.password}@${host(other.id, other.db)}/whatever`)`SELECT current_database() AS db`, [{ db: other.db }]);
+  } finally {
+    await api.remove(other.id);
+  }
+});
+
 test('api-client: roles created and reset through the API get generated passwords that work', async () => {
   const main = (await neonApi.listProjectBranches({ projectId: EP.id })).data.branches.find((b) => b.default);
   const made = await checked('createProjectBranchRole', neonApi.createProjectBranchRole(EP.id, main.id, { role: { name: `app_${RUN}` } }));

@@ -22,7 +22,9 @@ use crate::base::endpoint::EndpointId;
 /// Why a connection-string host names no usable endpoint.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum HostError {
-    #[error("invalid endpoint id '{0}': use letters, digits and '-'")]
+    #[error(
+        "invalid endpoint id '{0}': use letters, digits and '-' (or '<id>--<database>' for one of its databases)"
+    )]
     InvalidEndpoint(String),
     #[error("host '{0}' is not under this gateway's domain")]
     OutsideDomains(String),
